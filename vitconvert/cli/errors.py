@@ -1,0 +1,50 @@
+"""How every command fails: one line `error: ...` on stderr, exit 1 (2 for usage); --debug for the traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import click
+
+from ..errors import VitConvertError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def run(command: click.Command, args: Sequence[str] | None = None) -> None:
+    """Run a click command with our error contract (instead of click's standalone mode)."""
+    args = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in args or os.environ.get("VITCONVERT_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    try:
+        command.main(args, prog_name=os.path.basename(sys.argv[0]) or command.name, standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.Abort:
+        _fail("aborted", EXIT_ERROR, debug)
+    except click.UsageError as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+        _fail(f"{e.format_message()}{hint}", EXIT_USAGE, debug)
+    except click.ClickException as e:
+        _fail(e.format_message(), EXIT_ERROR, debug)
+    except VitConvertError as e:
+        _fail(str(e), EXIT_ERROR, debug)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130, debug)
+    except BrokenPipeError:
+        sys.exit(EXIT_ERROR)
+    except Exception as e:  # a bug of ours: still one line, with the way to see more
+        _fail(f"unexpected {type(e).__name__}: {e} (run with --debug for the traceback; "
+              "please report it)", EXIT_ERROR, debug)
+
+
+def _fail(message: str, code: int, debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)

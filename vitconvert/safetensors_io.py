@@ -1,0 +1,130 @@
+"""Writing safetensors one tensor at a time, and replacing the output file atomically.
+
+The header needs every shape before the first byte of data, so a writer is given `TensorSpec`s
+(name, shape, dtype, and a function that makes the array) and calls each function only when its
+turn comes: at most one converted tensor is in memory at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .dtypes import STORAGE, to_storage
+from .errors import VitConvertError
+
+ALIGN = 8
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    make: Callable[[], np.ndarray]  # float array of `shape`, converted to the file's dtype on write
+
+
+def header_bytes(specs: Sequence[TensorSpec], dtype: str, metadata: dict[str, str]) -> bytes:
+    itemsize = STORAGE[dtype][1].itemsize
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for spec in specs:
+        size = int(np.prod(spec.shape, dtype=np.int64)) * itemsize
+        header[spec.name] = {"dtype": STORAGE[dtype][0], "shape": list(spec.shape),
+                             "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % ALIGN)  # the format allows space padding; aligned data maps cleanly
+    return len(raw).to_bytes(8, "little") + raw
+
+
+@contextlib.contextmanager
+def atomic_output(dst: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """A temporary path beside `dst`, renamed onto it only if the block finishes.
+
+    On any failure the temporary file is removed and an existing `dst` is untouched.
+    """
+    dst = Path(dst)
+    if dst.is_dir():
+        raise VitConvertError(f"output {dst} is a directory; give a file name")
+    if dst.exists() and not force:
+        raise VitConvertError(f"output {dst} exists; pass --force (force=True) to replace it")
+    if not dst.parent.is_dir():
+        raise VitConvertError(f"output directory {dst.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_safetensors(dst: str | os.PathLike, specs: Sequence[TensorSpec], dtype: str,
+                      metadata: dict[str, str], force: bool = False,
+                      progress: Callable[[int], None] | None = None) -> None:
+    """Stream `specs` into `dst` atomically; `progress` is told the bytes written after each tensor."""
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise VitConvertError(f"duplicate tensor names: {sorted({n for n in names if names.count(n) > 1})}")
+    with atomic_output(dst, force) as tmp, open(tmp, "wb") as f:
+        f.write(header_bytes(specs, dtype, metadata))
+        for spec in specs:
+            array = spec.make()
+            if tuple(array.shape) != tuple(spec.shape):
+                raise VitConvertError(
+                    f"tensor {spec.name}: planned shape {spec.shape}, produced {tuple(array.shape)}")
+            data = to_storage(array, dtype)
+            f.write(memoryview(data).cast("B"))
+            if progress:
+                progress(data.nbytes)
+            del array, data
+        f.flush()
+        os.fsync(f.fileno())
+
+
+MAX_HEADER = 100 * 2**20
+
+
+def read_header(path: str | os.PathLike) -> dict:
+    """The JSON header of a safetensors file, checked against the file's size."""
+    path = Path(path)
+    if path.is_dir():
+        raise VitConvertError(f"{path} is a directory, not a weights file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            n = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+            if n < 2 or n > min(MAX_HEADER, size - 8):
+                raise VitConvertError(f"{path}: not a safetensors file (bad or truncated header)")
+            raw = f.read(n)
+    except OSError as e:
+        raise VitConvertError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise VitConvertError(f"{path}: not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise VitConvertError(f"{path}: not a safetensors file (header is not a JSON object)")
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = info["data_offsets"]
+            end = max(end, int(stop))
+            _ = info["dtype"], list(info["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise VitConvertError(f"{path}: tensor {name!r} has a malformed header entry") from None
+    if 8 + n + end > size:
+        raise VitConvertError(f"{path}: truncated ({size} bytes, header promises {8 + n + end})")
+    return header

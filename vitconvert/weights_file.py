@@ -1,0 +1,152 @@
+"""Our weights file: safetensors whose metadata says everything needed to run it.
+
+`__metadata__["vitconvert"]` holds a versioned JSON record (see README, "The weights file"):
+the architecture, the preprocessing, the label set, the head's state and the source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from .config import ViTConfig
+from .errors import VitConvertError
+from .safetensors_io import read_header
+
+META_KEY = "vitconvert"
+FORMAT_VERSION = 1
+LABEL_SETS = {1000: "imagenet-1k", 21843: "imagenet-21k"}
+
+Resize = Literal["squash", "crop"]
+Interpolation = Literal["bicubic", "bilinear"]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the model's input.
+
+    'squash': resize straight to `size`. 'crop': resize the short side to size / crop_pct
+    (timm's rule), then center-crop `size`. Pixels in [0, 1] are then normalized by mean and std.
+    """
+
+    size: tuple[int, int]
+    resize: Resize = "squash"
+    crop_pct: float = 1.0
+    interpolation: Interpolation = "bilinear"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        if self.resize not in ("squash", "crop"):
+            raise VitConvertError(f"preprocess.resize must be 'squash' or 'crop', got {self.resize!r}")
+        if self.interpolation not in ("bicubic", "bilinear"):
+            raise VitConvertError(
+                f"preprocess.interpolation must be 'bicubic' or 'bilinear', got {self.interpolation!r}")
+        if not 0 < self.crop_pct <= 1:
+            raise VitConvertError(f"preprocess.crop_pct must be in (0, 1], got {self.crop_pct}")
+
+    def at_size(self, size: tuple[int, int]) -> Preprocess:
+        """The same pipeline for another input size (crop fraction kept)."""
+        return replace(self, size=tuple(size))
+
+    @classmethod
+    def google(cls, size: tuple[int, int]) -> Preprocess:
+        """Google's evaluation: bilinear squash to size, (x - 127.5) / 127.5."""
+        return cls(size=tuple(size))
+
+
+@dataclass(frozen=True)
+class Source:
+    format: str  # e.g. 'jax-npz/vit_jax', 'jax-npz/big_vision', 'timm'
+    file: str
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class WeightsRecord:
+    config: ViTConfig
+    preprocess: Preprocess
+    source: Source
+    labels: str | None = None  # 'imagenet-1k', 'imagenet-21k' or None (class indices)
+    head_is_zero: bool = False  # published for fine-tuning only: top-k would be meaningless
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": "vitconvert-weights",
+            "version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "preprocess": {**asdict(self.preprocess), "size": list(self.preprocess.size),
+                           "mean": list(self.preprocess.mean), "std": list(self.preprocess.std)},
+            "labels": self.labels,
+            "head_is_zero": self.head_is_zero,
+            "source": asdict(self.source),
+            "notes": list(self.notes),
+        }, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "weights file") -> WeightsRecord:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise VitConvertError(f"{where}: metadata is not valid JSON ({e})") from None
+        if not isinstance(d, dict) or d.get("format") != "vitconvert-weights":
+            raise VitConvertError(f"{where}: metadata is not a vitconvert weights record")
+        if d.get("version") != FORMAT_VERSION:
+            raise VitConvertError(
+                f"{where}: weights record version {d.get('version')!r} is not supported "
+                f"(this vitconvert reads version {FORMAT_VERSION}); upgrade vitconvert or reconvert")
+        try:
+            pre = d["preprocess"]
+            return cls(
+                config=ViTConfig.from_dict(d["config"]),
+                preprocess=Preprocess(**{**pre, "size": tuple(pre["size"]), "mean": tuple(pre["mean"]),
+                                         "std": tuple(pre["std"])}),
+                source=Source(**d["source"]),
+                labels=d["labels"],
+                head_is_zero=bool(d["head_is_zero"]),
+                notes=tuple(d.get("notes", ())),
+            )
+        except VitConvertError as e:
+            raise VitConvertError(f"{where}: {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise VitConvertError(f"{where}: malformed weights record ({type(e).__name__}: {e})") from None
+
+    def metadata(self) -> dict[str, str]:
+        return {META_KEY: self.to_json()}
+
+
+def label_set_for(num_classes: int) -> str | None:
+    return LABEL_SETS.get(num_classes)
+
+
+def read_record(path: str | os.PathLike) -> WeightsRecord:
+    """The record alone: reads the header, not the tensors."""
+    header = read_header(path)
+    meta = header.get("__metadata__") or {}
+    if META_KEY not in meta:
+        raise VitConvertError(
+            f"{path}: no vitconvert metadata; convert the checkpoint first "
+            "(vitconvert jax2torch / timm2torch)")
+    record = WeightsRecord.from_json(meta[META_KEY], where=str(path))
+    _check_shapes(record.config, {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"},
+                  str(path))
+    return record
+
+
+def _check_shapes(cfg: ViTConfig, shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    from .model import expected_shapes
+
+    expected = expected_shapes(cfg)
+    missing = sorted(set(expected) - set(shapes))
+    extra = sorted(set(shapes) - set(expected))
+    wrong = [f"{k} {shapes[k]} (config says {expected[k]})"
+             for k in expected if k in shapes and shapes[k] != expected[k]]
+    if missing or extra or wrong:
+        parts = [f"missing tensors: {', '.join(missing)}" if missing else "",
+                 f"unexpected tensors: {', '.join(extra)}" if extra else "",
+                 f"wrong shapes: {'; '.join(wrong)}" if wrong else ""]
+        raise VitConvertError(
+            f"{where}: metadata disagrees with the tensors: " + "; ".join(p for p in parts if p))
