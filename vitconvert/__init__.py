@@ -22,6 +22,7 @@ _EXPORTS = {
     "VisionTransformer": "model",
     "load_model": "loading",
     "resample_pos_embed": "posembed",
+    "Predictor": "predict",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -163,6 +163,17 @@ class VisionTransformer(nn.Module):
             stages["pool"] = pooled
         return Intermediates(self.head_logits(pooled), stages)
 
+    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's softmax attention weights (B, heads, N, N), in order; for attention rollout.
+
+        A separate pass, so `forward` keeps its fused attention kernel.
+        """
+        x = self.embed(x)
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attn.attention_probs(block.norm1(x)))
+            x = block(x)
+        return maps
 
 
 def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:

@@ -1,0 +1,66 @@
+"""Shared fixtures: test images, small weights files, and `vitpredict` run in-process."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from helpers.vit_weights import TINY, TINY_TIMM_KWARGS, timm_vit, write_weights
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def _no_user_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The tester's own weights and cache must not leak into a test."""
+    monkeypatch.delenv("VITCONVERT_WEIGHTS", raising=False)
+    monkeypatch.setenv("VITCONVERT_CACHE", str(tmp_path / "no-cache"))
+
+
+@pytest.fixture(scope="session")
+def cat_jpg() -> Path:
+    return DATA / "cat.jpg"  # 451x300 RGB JPEG
+
+
+@pytest.fixture(scope="session")
+def gray_png() -> Path:
+    return DATA / "camera_gray.png"  # 128x128 grayscale
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Embed 64, depth 2, 4 heads, patch 16 at 224, 1000 classes, AugReg preprocessing."""
+    model = timm_vit("vit_tiny_patch16_224", **TINY_TIMM_KWARGS)
+    return write_weights(tmp_path_factory.mktemp("tiny") / "tiny.safetensors", model.state_dict(), TINY)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> list[dict]:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def vitpredict(capsys: pytest.CaptureFixture[str]):
+    """Run `vitpredict ARGS...` in this process, through our error contract; returns a Result."""
+    from vitconvert.cli.errors import run
+    from vitconvert.cli.predict import command
+
+    def invoke(*args: object) -> Result:
+        capsys.readouterr()
+        try:
+            run(command, [str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return invoke

@@ -1,0 +1,147 @@
+"""`vitpredict`: top-k classes (and attention maps) for images, from one of our weights files.
+
+Thin: click parses and prints, `vitconvert.Predictor` does the work. Arguments, image files and
+the weights path are checked with light imports only (click, Pillow); torch is imported after
+that, so `--help` and a mistyped path answer at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..cache import WEIGHTS_ENV, resolve_weights
+from ..config import parse_size
+from ..errors import VitConvertError
+from .errors import run
+
+# Below this many images a progress bar would only flicker.
+PROGRESS_MIN_IMAGES = 8
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except VitConvertError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+               epilog="Add --debug to see a traceback when it fails.")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@click.option("--weights", type=click.Path(path_type=Path), metavar="FILE",
+              help=f"Our weights file (.safetensors); default ${WEIGHTS_ENV}.")
+@click.option("--model", "model_name", metavar="NAME",
+              help="A converted model from the cache (see `vitconvert download NAME`).")
+@click.option("--res", callback=_size, metavar="R|HxW",
+              help="Run at another input size; position embeddings are resampled (bicubic).")
+@click.option("--top", "top_k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="How many classes to show per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of tables.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per forward pass.")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
+@click.option("--labels", metavar="imagenet-1k|imagenet-21k|FILE",
+              help="Class names (a FILE has one name a line); default: the weights file's label set.")
+@click.option("--attention-map", "attention_out", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="OUT.png",
+              help="Save the attention rollout over each image (several images: OUT-<image>.png).")
+def command(images: tuple[str, ...], weights: Path | None, model_name: str | None,
+            res: tuple[int, int] | None, top_k: int, as_json: bool, batch_size: int, device: str,
+            labels: str | None, attention_out: Path | None) -> None:
+    """Classify IMAGE... (files or directories of images) with a converted ViT."""
+    from ..images import find_images, open_image
+
+    paths = find_images(images)
+    for path in paths:  # headers only: not an image, empty, too large fail before the model loads
+        open_image(path).close()
+    weights_path = resolve_weights(weights, model_name)
+    map_paths = attention_paths(attention_out, paths) if attention_out else None
+
+    from ..predict import Predictor  # torch from here on
+
+    predictor = Predictor(weights_path, img_size=res, device=device, labels=labels)
+    if map_paths:  # refuse before the first prediction rather than after it
+        from ..attention import check_supported
+
+        check_supported(predictor.config)
+    show_progress = sys.stdout.isatty() and len(paths) >= PROGRESS_MIN_IMAGES
+    # With a bar on the terminal, tables wait until it is done; otherwise each prints when ready.
+    deferred: list[dict[str, Any]] = []
+    with _progress(len(paths), show_progress) as bar:
+        results = predictor.iter_predict(paths, top_k=top_k, batch_size=batch_size)
+        for i, result in enumerate(results):
+            entry = result.to_dict()
+            if map_paths:
+                predictor.attention_map(paths[i]).save(map_paths[i], format="PNG")
+                entry["attention_map"] = str(map_paths[i])
+            bar.update(1)
+            if as_json or show_progress:
+                deferred.append(entry)
+            else:
+                click.echo(format_table(entry))
+    if as_json:
+        click.echo(json.dumps(deferred, indent=2))
+    else:
+        for entry in deferred:
+            click.echo(format_table(entry))
+
+
+def attention_paths(out: Path, images: list[Path]) -> list[Path]:
+    """OUT for one image; OUT-<image stem>.png each for several (numbered where stems repeat)."""
+    if not out.parent.is_dir():
+        raise VitConvertError(f"--attention-map: directory {out.parent} does not exist")
+    if len(images) == 1:
+        return [out]
+    repeated = {stem for stem, n in Counter(p.stem for p in images).items() if n > 1}
+    seen: Counter[str] = Counter()
+    paths = []
+    for image in images:
+        seen[image.stem] += 1
+        suffix = f"-{seen[image.stem]}" if image.stem in repeated else ""
+        paths.append(out.with_name(f"{out.stem}-{image.stem}{suffix}.png"))
+    return paths
+
+
+def format_table(entry: dict[str, Any]) -> str:
+    """One image's entry (as in --json): the image, then rank, probability in % and label (the
+    class index when the classes have no names)."""
+    lines = [entry["image"], "  rank     prob  label"]
+    for p in entry["predictions"]:
+        label = p["label"] if p["label"] is not None else str(p["index"])
+        lines.append(f"  {p['rank']:>4}  {p['probability'] * 100:6.2f}%  {label}")
+    if entry.get("attention_map"):
+        lines.append(f"  attention map: {entry['attention_map']}")
+    return "\n".join(lines) + "\n"
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        pass
+
+
+def _progress(total: int, show: bool) -> Any:
+    if not show:
+        return _NoBar()
+    return click.progressbar(length=total, label="classifying", file=sys.stderr)
+
+
+def main() -> None:
+    run(command)
+
+
+if __name__ == "__main__":
+    main()
