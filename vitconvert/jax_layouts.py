@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import VitConvertError
-from .mapping import Op, Rule, Shape
+from .mapping import IDENTITY, Op, Rule, Shape
 
 PREFIXES = ("", "opt/target/", "params/", "params/img/")
 WS_EPS = 1e-5  # weight standardization in the JAX ResNet: (w - mean) / (std + 1e-5)
@@ -57,7 +57,6 @@ def _flat_shape(s: Shape) -> Shape:
     return (s[-1],)
 
 
-IDENTITY = Op("identity", lambda x: x, lambda s: s)
 VECTOR = Op("vector", lambda x: x.reshape(-1), _flat_shape)
 DENSE = Op("dense kernel (in, out) -> (out, in)", lambda w: w.T,
            lambda s: _check_rank(s, 2)[::-1])

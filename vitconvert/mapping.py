@@ -47,6 +47,8 @@ class Rule:
     optional: bool = False  # absent sources mean the target is absent too (e.g. pre_logits)
 
 
+IDENTITY = Op("identity", lambda x: x, lambda s: s)
+
 _INDEXED = re.compile(r"^(?P<key>.*)\[(?P<index>\d+)\]$")
 
 

@@ -28,3 +28,14 @@ def cli() -> None:
 
 def main() -> None:
     run(cli)
+
+
+def _register() -> None:
+    from .convert import jax2torch, timm2torch
+    from .verify import verify
+
+    for command in (jax2torch, timm2torch, verify):
+        cli.add_command(command)
+
+
+_register()
