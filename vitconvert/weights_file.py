@@ -145,14 +145,17 @@ def _check_shapes(cfg: ViTConfig, shapes: dict[str, tuple[int, ...]], where: str
     from .model import expected_shapes
 
     expected = expected_shapes(cfg)
-    missing = sorted(set(expected) - set(shapes))
-    extra = sorted(set(shapes) - set(expected))
+    from .mapping import name_list
+
+    missing = set(expected) - set(shapes)
+    extra = set(shapes) - set(expected)
     wrong = [f"{k} {shapes[k]} (config says {expected[k]})"
              for k in expected if k in shapes and shapes[k] != expected[k]]
     if missing or extra or wrong:
-        parts = [f"missing tensors: {', '.join(missing)}" if missing else "",
-                 f"unexpected tensors: {', '.join(extra)}" if extra else "",
-                 f"wrong shapes: {'; '.join(wrong)}" if wrong else ""]
+        parts = [f"missing tensors: {name_list(missing)}" if missing else "",
+                 f"unexpected tensors: {name_list(extra)}" if extra else "",
+                 f"wrong shapes: {'; '.join(wrong[:4])}" + (f" and {len(wrong) - 4} more" if len(wrong) > 4 else "")
+                 if wrong else ""]
         raise VitConvertError(
             f"{where}: metadata disagrees with the tensors: " + "; ".join(p for p in parts if p))
 
