@@ -43,13 +43,14 @@ def infer_config(reader: NpzReader, layout: jax_layouts.Layout, act: str) -> ViT
     stage_units = jax_layouts.hybrid_units(layout, s) if layout.hybrid else None
     pool = "token" if f"{p}cls" in s else "gap"
     pre = s.get(f"{p}pre_logits/bias")
+    hybrid_width = 64
     if layout.hybrid:
-        in_chs = s[f"{p}conv_root/kernel"][2]
+        _, _, in_chs, hybrid_width = s[f"{p}conv_root/kernel"]
     base = ViTConfig(
         patch_size=kh, in_chans=in_chs, embed_dim=dim, depth=depth,
         num_heads=heads, mlp_dim=mlp_dim, num_classes=s[f"{p}head/bias"][-1], pool=pool,
         representation_size=pre[-1] if pre else None, act=act,
-        no_embed_class=layout.name == "big_vision", hybrid_layers=stage_units,
+        no_embed_class=layout.name == "big_vision", hybrid_layers=stage_units, hybrid_width=hybrid_width,
         img_size=(32 * kh, 32 * kh))  # a placeholder any backbone stride divides; set below
     n_pos = s[layout.pos_embed][-2]
     n_patches = n_pos - (0 if base.no_embed_class else base.num_prefix_tokens)
