@@ -22,6 +22,8 @@ _EXPORTS = {
     "VisionTransformer": "model",
     "load_model": "loading",
     "resample_pos_embed": "posembed",
+    "download": "fetch",
+    "load_manifest": "manifest",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -26,5 +26,11 @@ def cli() -> None:
     """
 
 
+from .manifest import download_cmd, list_cmd  # click only; heavy imports run inside
+
+cli.add_command(list_cmd)
+cli.add_command(download_cmd)
+
+
 def main() -> None:
     run(cli)
