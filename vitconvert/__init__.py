@@ -25,6 +25,8 @@ _EXPORTS = {
     "convert_jax": "jax2torch",
     "convert_timm": "timm2torch",
     "verify": "verify",
+    "download": "fetch",
+    "load_manifest": "manifest",
 }
 
 __all__ = sorted(_EXPORTS)
