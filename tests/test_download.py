@@ -19,6 +19,7 @@ from manifest_helpers import (
 
 import vitconvert
 from vitconvert.cache import cache_dir, cached_weights
+from vitconvert.config import ViTConfig
 from vitconvert.cli import cli
 from vitconvert.cli.errors import run
 from vitconvert.errors import VitConvertError
@@ -260,7 +261,7 @@ def test_download_and_convert(env, monkeypatch):
         path = download(TINY_NAME, manifest=m, **FAST)
     assert path == cached_weights(TINY_NAME)
     record = read_record(path)
-    assert record.config.to_dict() == TINY_CONFIG
+    assert record.config == ViTConfig.from_dict(TINY_CONFIG)
     assert record.preprocess.resize == "crop" and record.preprocess.crop_pct == 0.9
     assert record.labels is None
     assert sorted(leftovers(cache_dir())) == sorted([f"{TINY_NAME}.npz", f"{TINY_NAME}.safetensors"])

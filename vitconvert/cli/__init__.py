@@ -26,9 +26,6 @@ def cli() -> None:
     """
 
 
-
-
-
 def main() -> None:
     run(cli)
 
