@@ -17,6 +17,7 @@ from . import jax_layouts
 from .config import ViTConfig
 from .dtypes import check_dtype
 from .errors import VitConvertError
+from .manifest import load_manifest
 from .mapping import plan
 from .npz import NpzReader
 from .weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
@@ -73,8 +74,9 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
     """Convert a JAX `.npz` ViT checkpoint at `src` into our weights file at `dst`.
 
     gelu: 'tanh' (what the JAX models were trained with; exact reproduction) or 'erf' (timm's).
-    dtype: stored tensor dtype. preprocess / labels: defaults are Google's evaluation pipeline at
-    the training size and the label set implied by the class count.
+    dtype: stored tensor dtype. preprocess / labels: by default those of the published checkpoint
+    when the manifest knows the file (by name and architecture), else Google's evaluation pipeline
+    at the training size and the label set implied by the class count.
     progress(done_bytes, total_bytes) is called after each tensor.
     """
     if gelu not in GELU:
@@ -88,7 +90,12 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
         cfg = infer_config(reader, layout, GELU[gelu])
         specs = plan(jax_layouts.rules(layout), reader,
                      jax_layouts.bindings(cfg.depth, cfg.hybrid_layers), where=str(src))
-        bf16 = any(reader.stored_dtype(k) == "bfloat16" for k in reader.shapes)
+        notes = ["source arrays stored as bfloat16"] if any(
+            reader.stored_dtype(k) == "bfloat16" for k in reader.shapes) else []
+        if preprocess is None and labels is None and (known := load_manifest().match_file(src.name, cfg)):
+            preprocess, labels = known.preprocess, known.labels
+            notes.append(f"preprocessing and labels of the published checkpoint '{known.name}' "
+                         f"({known.preprocess_source})")
         record = WeightsRecord(
             config=cfg,
             preprocess=preprocess or Preprocess.google(cfg.img_size),
@@ -96,7 +103,7 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
                           file=src.name),
             labels=labels if labels is not None else label_set_for(cfg.num_classes),
             head_is_zero=_is_zero(reader, f"{layout.prefix}head/kernel", f"{layout.prefix}head/bias"),
-            notes=("source arrays stored as bfloat16",) if bf16 else (),
+            notes=tuple(notes),
         )
         return write_weights(dst, specs, record, source_path=src, dtype=dtype, force=force,
                              allow_nonfinite=allow_nonfinite, progress=progress)

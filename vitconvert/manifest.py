@@ -127,6 +127,17 @@ class Manifest:
         raise VitConvertError(
             f"no checkpoint named {name!r} in {self.source}{hint} (see 'vitconvert list')")
 
+    def match_file(self, filename: str, config: ViTConfig) -> CheckpointEntry | None:
+        """The entry for a published file, by name and architecture (the 2020 folders reuse names).
+
+        None unless every match agrees on preprocessing and labels.
+        """
+        hits = [e for e in self.checkpoints
+                if e.filename == filename and e.config.replace(act=config.act) == config]
+        if hits and all((e.preprocess, e.labels) == (hits[0].preprocess, hits[0].labels) for e in hits):
+            return hits[0]
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": self.schema_version,
                 "checkpoints": [e.to_dict() for e in self.checkpoints]}
