@@ -1,4 +1,5 @@
-"""Shared fixtures: test images, small weights files, and `vitpredict` run in-process."""
+"""Shared test support: timm reference models with random, non-zero weights; test images, small
+weights files, and `vitpredict` run in-process."""
 
 from __future__ import annotations
 
@@ -7,17 +8,47 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
-from helpers.vit_weights import TINY, TINY_TIMM_KWARGS, timm_vit, write_weights
+torch.set_num_threads(2)
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every parameter non-zero and of a realistic scale, so a mapping mistake cannot hide."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if name.endswith(".weight") and p.ndim == 1:  # norm scales around 1
+                p.copy_(1 + 0.1 * noise)
+            elif p.ndim == 1:
+                p.copy_(0.05 * noise)
+            else:
+                p.copy_(noise * (0.5 / p[0].numel() ** 0.5) if p.ndim > 1 else noise)
+            if name in ("cls_token", "dist_token", "pos_embed"):
+                p.copy_(0.1 * noise)
+    return model.eval()
+
+
+def timm_vit(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
+    import timm
+
+    return randomize(timm.create_model(name, pretrained=False, **kwargs), seed)
+
+
+@pytest.fixture
+def images(tmp_path_factory):
+    return tmp_path_factory.mktemp("images")
+
 
 DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(autouse=True)
-def _no_user_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The tester's own weights and cache must not leak into a test."""
+def _no_user_weights(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The tester's own weights file and cache must not leak into a test."""
     monkeypatch.delenv("VITCONVERT_WEIGHTS", raising=False)
-    monkeypatch.setenv("VITCONVERT_CACHE", str(tmp_path / "no-cache"))
+    monkeypatch.setenv("VITCONVERT_CACHE", str(tmp_path_factory.getbasetemp() / "empty-cache"))
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +64,10 @@ def gray_png() -> Path:
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Embed 64, depth 2, 4 heads, patch 16 at 224, 1000 classes, AugReg preprocessing."""
-    model = timm_vit("vit_tiny_patch16_224", **TINY_TIMM_KWARGS)
-    return write_weights(tmp_path_factory.mktemp("tiny") / "tiny.safetensors", model.state_dict(), TINY)
+    from helpers.vit_weights import TINY, TINY_TIMM_KWARGS, timm_classifier, write_test_weights
+
+    model = timm_classifier("vit_tiny_patch16_224", **TINY_TIMM_KWARGS)
+    return write_test_weights(tmp_path_factory.mktemp("tiny") / "tiny.safetensors", model.state_dict(), TINY)
 
 
 @dataclass

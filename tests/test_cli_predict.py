@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers.vit_weights import TINY, our_vit, write_weights
+from helpers.vit_weights import TINY, our_vit, write_test_weights
 from vitconvert.cli import predict as predict_cli
 from vitconvert.errors import VitConvertError
 
@@ -94,7 +94,7 @@ def test_one_pixel_image(vitpredict, tiny_weights, tmp_path):
 
 def test_label_file(vitpredict, tmp_path, cat_jpg):
     config = TINY.replace(num_classes=4)
-    path = write_weights(tmp_path / "four.safetensors", our_vit(config).state_dict(), config, labels=None)
+    path = write_test_weights(tmp_path / "four.safetensors", our_vit(config).state_dict(), config, labels=None)
     indices = vitpredict(cat_jpg, "--weights", path, "--json").json()[0]["predictions"]
     assert sorted(p["index"] for p in indices) == [0, 1, 2, 3] and all(p["label"] is None for p in indices)
     table = vitpredict(cat_jpg, "--weights", path).out.splitlines()
@@ -146,7 +146,7 @@ def test_attention_map_names_stay_unique(tmp_path):
 
 def test_attention_map_of_a_gap_model_is_refused_before_predicting(vitpredict, tmp_path, cat_jpg):
     config = TINY.replace(pool="gap", num_classes=10, depth=1)
-    path = write_weights(tmp_path / "gap.safetensors", our_vit(config).state_dict(), config, labels=None)
+    path = write_test_weights(tmp_path / "gap.safetensors", our_vit(config).state_dict(), config, labels=None)
     result = vitpredict(cat_jpg, "--weights", path, "--attention-map", tmp_path / "a.png")
     assert result.code == 1 and result.out == ""
     assert "attention maps need a class token" in result.err
@@ -179,7 +179,7 @@ def test_model_from_the_cache(vitpredict, tiny_weights, cat_jpg, tmp_path, monke
 
 def test_zero_head_refusal(vitpredict, tmp_path, cat_jpg):
     model = our_vit(TINY)
-    path = write_weights(tmp_path / "z.safetensors", model.state_dict(), TINY, head_is_zero=True)
+    path = write_test_weights(tmp_path / "z.safetensors", model.state_dict(), TINY, head_is_zero=True)
     result = vitpredict(cat_jpg, "--weights", path)
     assert result.code == 1 and result.out == ""
     assert "published for fine-tuning only" in result.err
@@ -227,6 +227,7 @@ def test_progress_bar_only_for_a_terminal(vitpredict, tiny_weights, cat_jpg, mon
     quiet = vitpredict(*images, "--weights", tiny_weights, "--batch-size", "4")
     assert quiet.err == ""
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     shown = vitpredict(*images, "--weights", tiny_weights, "--batch-size", "4")
     assert "classifying" in shown.err
     assert shown.out == quiet.out  # the same tables, printed after the bar

@@ -17,7 +17,7 @@ from timm.data import create_transform, resolve_data_config
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import checkpoint_filter_fn
 
-from helpers.vit_weights import AUGREG_384, timm_vit, write_weights
+from helpers.vit_weights import AUGREG_384, timm_classifier, write_test_weights
 from vitconvert import Predictor, ViTConfig
 
 B16_2 = ViTConfig(depth=2)  # B/16 at 224, 1000 classes
@@ -27,8 +27,8 @@ TAG_384 = "vit_base_patch16_384.augreg_in21k_ft_in1k"
 
 @pytest.fixture(scope="module")
 def b16(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
-    model = timm_vit(TAG_224, depth=2)
-    path = write_weights(tmp_path_factory.mktemp("b16") / "b16-224.safetensors", model.state_dict(), B16_2)
+    model = timm_classifier(TAG_224, depth=2)
+    path = write_test_weights(tmp_path_factory.mktemp("b16") / "b16-224.safetensors", model.state_dict(), B16_2)
     return path, model.state_dict()
 
 
@@ -59,8 +59,8 @@ def assert_same(ours: torch.Tensor, top5: list[int], theirs: torch.Tensor) -> No
 
 def test_full_depth_b16_native_224(vitpredict, tmp_path, cat_jpg):
     # The real architecture, all 12 blocks (about 6 s here: 86M parameters written and read).
-    model = timm_vit(TAG_224)
-    path = write_weights(tmp_path / "b16-full.safetensors", model.state_dict(), ViTConfig())
+    model = timm_classifier(TAG_224)
+    path = write_test_weights(tmp_path / "b16-full.safetensors", model.state_dict(), ViTConfig())
     theirs = timm_probs(model, create_transform(**resolve_data_config({}, model=model)), cat_jpg)
     ours, top5 = cli_probs(vitpredict, cat_jpg, "--weights", path)
     assert_same(ours, top5, theirs)
@@ -90,8 +90,8 @@ def test_res_384_from_224_weights(vitpredict, b16, cat_jpg):
 
 def test_native_384_file_uses_the_384_pretrained_cfg(vitpredict, tmp_path, cat_jpg):
     # A file converted from the 384 fine-tune carries crop_pct 1.0, as timm's cfg for that tag.
-    model = timm_vit(TAG_384, depth=2, seed=1)
-    path = write_weights(tmp_path / "b16-384.safetensors", model.state_dict(),
+    model = timm_classifier(TAG_384, depth=2, seed=1)
+    path = write_test_weights(tmp_path / "b16-384.safetensors", model.state_dict(),
                          B16_2.replace(img_size=(384, 384)), preprocess=AUGREG_384)
     theirs = timm_probs(model, create_transform(**resolve_data_config({}, model=model)), cat_jpg)
     ours, top5 = cli_probs(vitpredict, cat_jpg, "--weights", path)

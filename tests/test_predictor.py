@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.vit_weights import TINY, TINY_TIMM_KWARGS, our_vit, timm_vit, write_weights
+from helpers.vit_weights import TINY, TINY_TIMM_KWARGS, our_vit, timm_classifier, write_test_weights
 from vitconvert import Predictor, VitConvertError
 from vitconvert.attention import rollout
 
@@ -36,7 +36,7 @@ def test_batching_does_not_change_results(tiny_weights, cat_jpg, gray_png):
 
 def test_pil_images_and_top_k_beyond_the_class_count(tmp_path, cat_jpg):
     model = our_vit(TINY.replace(num_classes=3))
-    path = write_weights(tmp_path / "three.safetensors", model.state_dict(), model.config, labels=None)
+    path = write_test_weights(tmp_path / "three.safetensors", model.state_dict(), model.config, labels=None)
     predictor = Predictor(path)
     (result,) = predictor.predict(Image.open(cat_jpg), top_k=10)
     assert len(result.predictions) == 3
@@ -46,9 +46,9 @@ def test_pil_images_and_top_k_beyond_the_class_count(tmp_path, cat_jpg):
 
 
 def test_zero_head_is_refused_with_the_reason(tmp_path):
-    model = timm_vit("vit_tiny_patch16_224", **TINY_TIMM_KWARGS)
+    model = timm_classifier("vit_tiny_patch16_224", **TINY_TIMM_KWARGS)
     state = {**model.state_dict(), "head.weight": torch.zeros(1000, 64), "head.bias": torch.zeros(1000)}
-    path = write_weights(tmp_path / "zero.safetensors", state, TINY, head_is_zero=True)
+    path = write_test_weights(tmp_path / "zero.safetensors", state, TINY, head_is_zero=True)
     with pytest.raises(VitConvertError, match="all zeros: it was published for fine-tuning only") as e:
         Predictor(path)
     assert "same probability" in str(e.value)
@@ -95,12 +95,12 @@ def test_rollout_arithmetic():
 
 def test_attention_maps_are_timm_softmax_weights(tmp_path, cat_jpg):
     # timm's unfused attention passes its softmax weights through attn_drop: catch them there.
-    model = timm_vit("vit_tiny_patch16_224", **TINY_TIMM_KWARGS)
+    model = timm_classifier("vit_tiny_patch16_224", **TINY_TIMM_KWARGS)
     caught = []
     for block in model.blocks:
         block.attn.fused_attn = False
         block.attn.attn_drop.register_forward_hook(lambda mod, inp, out: caught.append(out))
-    predictor = Predictor(write_weights(tmp_path / "same.safetensors", model.state_dict(), TINY))
+    predictor = Predictor(write_test_weights(tmp_path / "same.safetensors", model.state_dict(), TINY))
     x = predictor.transform(cat_jpg).unsqueeze(0)
     with torch.no_grad():
         model(x)
@@ -126,7 +126,7 @@ def test_attention_rollout_shape_and_mass(tiny_weights, cat_jpg):
 def test_attention_map_for_distilled_and_hybrid_models(tmp_path, cat_jpg, change):
     config = TINY.replace(img_size=(64, 64), num_classes=10, depth=1, **change)
     model = our_vit(config)
-    path = write_weights(tmp_path / "m.safetensors", model.state_dict(), config, labels=None)
+    path = write_test_weights(tmp_path / "m.safetensors", model.state_dict(), config, labels=None)
     predictor = Predictor(path)
     assert predictor.attention_rollout([cat_jpg]).shape == (1, 4, 4)
     assert predictor.attention_map(cat_jpg).size == (451, 300)
@@ -134,6 +134,6 @@ def test_attention_map_for_distilled_and_hybrid_models(tmp_path, cat_jpg, change
 
 def test_attention_map_needs_a_class_token(tmp_path, cat_jpg):
     config = TINY.replace(pool="gap", num_classes=10, depth=1)
-    path = write_weights(tmp_path / "gap.safetensors", our_vit(config).state_dict(), config, labels=None)
+    path = write_test_weights(tmp_path / "gap.safetensors", our_vit(config).state_dict(), config, labels=None)
     with pytest.raises(VitConvertError, match="need a class token.*pool='gap'"):
         Predictor(path).attention_map(cat_jpg)

@@ -22,6 +22,11 @@ _EXPORTS = {
     "VisionTransformer": "model",
     "load_model": "loading",
     "resample_pos_embed": "posembed",
+    "convert_jax": "jax2torch",
+    "convert_timm": "timm2torch",
+    "verify": "verify",
+    "download": "fetch",
+    "load_manifest": "manifest",
     "Predictor": "predict",
 }
 

@@ -1,9 +1,7 @@
-"""Where weights files are found: the cache of converted models (one `<NAME>.safetensors` per name),
-`$VITCONVERT_WEIGHTS`, or a path given.
+"""Where downloaded and converted weights live: $VITCONVERT_CACHE, else the platform's cache dir;
+and which weights file a command uses (a path, a cached model name, or $VITCONVERT_WEIGHTS).
 
-`vitconvert download NAME` writes to `cached_weights(NAME)` and `vitpredict --model NAME` reads
-from it, so both agree through this one module. Standard library only: it runs before torch is
-imported.
+Standard library only: vitpredict resolves its weights before it imports torch.
 """
 
 from __future__ import annotations
@@ -18,37 +16,29 @@ CACHE_ENV = "VITCONVERT_CACHE"
 
 
 def cache_dir() -> Path:
-    """`$VITCONVERT_CACHE`, else the platform's user cache directory plus 'vitconvert'.
-
-    Linux and other Unix: `$XDG_CACHE_HOME/vitconvert` (XDG ignores relative values), else
-    `~/.cache/vitconvert`; macOS: `~/Library/Caches/vitconvert`; Windows: `%LOCALAPPDATA%\\vitconvert`.
-    The directory is not created here: readers must not leave empty directories behind.
-    """
+    """$VITCONVERT_CACHE, else ~/.cache/vitconvert ($XDG_CACHE_HOME), ~/Library/Caches/vitconvert
+    on macOS, %LOCALAPPDATA%\\vitconvert\\Cache on Windows. Not created here."""
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
     if sys.platform == "win32":
-        local = os.environ.get("LOCALAPPDATA")
-        return (Path(local) if local else Path.home() / "AppData" / "Local") / "vitconvert"
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "vitconvert" / "Cache"
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Caches" / "vitconvert"
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "vitconvert"
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "vitconvert"
 
 
 def cached_weights(name: str) -> Path:
-    """The cache path of model `name` (whether or not it has been downloaded yet)."""
-    # A name is a file name, never a path: '../x' or 'a/b' would read or write outside the cache.
-    if not name or name.startswith(".") or any(sep in name for sep in ("/", "\\", os.sep)):
-        raise VitConvertError(
-            f"invalid model name {name!r}: use a plain name such as vit_base_patch16_224.augreg_in21k_ft_in1k")
+    """Our converted weights file for the manifest entry `name`."""
     return cache_dir() / f"{name}.safetensors"
 
 
 WEIGHTS_ENV = "VITCONVERT_WEIGHTS"
-HOW_TO_GET = ("convert one with `vitconvert jax2torch IN.npz OUT.safetensors` or `vitconvert timm2torch`, "
-              "or download one with `vitconvert download NAME`")
+HOW_TO_GET = ("convert one with `vitconvert jax2torch IN.npz OUT.safetensors` or "
+              "`vitconvert timm2torch TIMM_CHECKPOINT OUT.safetensors`, or download one with "
+              "`vitconvert download NAME` (`vitconvert list` shows the names)")
 
 
 def resolve_weights(weights: str | os.PathLike | None = None, model: str | None = None) -> Path:
@@ -59,6 +49,8 @@ def resolve_weights(weights: str | os.PathLike | None = None, model: str | None 
     if weights is not None and model is not None:
         raise VitConvertError("give either a weights file or a model name, not both")
     if model is not None:
+        if not model or model.startswith(".") or any(sep in model for sep in ("/", "\\", os.sep)):
+            raise VitConvertError(f"invalid model name {model!r}: give a name as `vitconvert list` shows it")
         path = cached_weights(model)
         if not path.is_file():
             raise VitConvertError(

@@ -49,6 +49,8 @@ class ViTConfig:
     no_embed_class: bool = False
     # ResNetV2 stages before the patch embedding; None = plain ViT, () = stem only (R+Ti/16).
     hybrid_layers: tuple[int, ...] | None = None
+    # Stem width of that ResNet (64 in every published hybrid); stage s outputs 4 * width * 2**s channels.
+    hybrid_width: int = 64
 
     def __post_init__(self) -> None:
         problems = []

@@ -16,7 +16,6 @@ from torch import nn
 
 GN_GROUPS = 32
 GN_EPS = 1e-6  # flax GroupNorm default; timm uses 1e-5.
-STEM_WIDTH = 64
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -63,10 +62,10 @@ class GroupNormAct(nn.GroupNorm):
 class Stem(nn.Sequential):
     """7x7/2 conv, GroupNorm + ReLU, 3x3/2 max-pool: stride 4."""
 
-    def __init__(self, in_chans: int) -> None:
+    def __init__(self, in_chans: int, width: int) -> None:
         super().__init__()
-        self.conv = Conv2dSame(in_chans, STEM_WIDTH, 7, 2)
-        self.norm = GroupNormAct(STEM_WIDTH)
+        self.conv = Conv2dSame(in_chans, width, 7, 2)
+        self.norm = GroupNormAct(width)
         self.pool = MaxPool2dSame(3, 2)
 
 
@@ -110,14 +109,14 @@ class Stage(nn.Module):
 
 
 class ResNetV2(nn.Module):
-    """Stem plus bottleneck stages; stage s has 256 * 2**s output channels, all but the first stride 2."""
+    """Stem plus bottleneck stages; stage s has 4 * width * 2**s output channels, all but the first stride 2."""
 
-    def __init__(self, layers: tuple[int, ...], in_chans: int) -> None:
+    def __init__(self, layers: tuple[int, ...], in_chans: int, width: int) -> None:
         super().__init__()
-        self.stem = Stem(in_chans)
-        chs, stages = STEM_WIDTH, []
+        self.stem = Stem(in_chans, width)
+        chs, stages = width, []
         for s, depth in enumerate(layers):
-            out_chs = 256 * 2**s
+            out_chs = backbone_channels(layers[: s + 1], width)
             stages.append(Stage(chs, out_chs, depth, 1 if s == 0 else 2))
             chs = out_chs
         self.stages = nn.Sequential(*stages)
@@ -126,10 +125,11 @@ class ResNetV2(nn.Module):
         return self.stages(self.stem(x))
 
 
-def build_backbone(layers: tuple[int, ...], in_chans: int) -> nn.Module:
+def build_backbone(layers: tuple[int, ...], in_chans: int, width: int) -> nn.Module:
     """timm names a stem-only backbone by its stem's modules directly (`backbone.conv`)."""
-    return ResNetV2(layers, in_chans) if layers else Stem(in_chans)
+    return ResNetV2(layers, in_chans, width) if layers else Stem(in_chans, width)
 
 
-def backbone_channels(layers: tuple[int, ...]) -> int:
-    return 256 * 2 ** (len(layers) - 1) if layers else STEM_WIDTH
+def backbone_channels(layers: tuple[int, ...], width: int) -> int:
+    """Output channels of a ResNet with these stages (the stem's width if there are none)."""
+    return 4 * width * 2 ** (len(layers) - 1) if layers else width

@@ -23,8 +23,8 @@ class PatchEmbed(nn.Module):
         super().__init__()
         in_chs = cfg.in_chans
         if cfg.hybrid_layers is not None:
-            self.backbone = build_backbone(cfg.hybrid_layers, cfg.in_chans)
-            in_chs = backbone_channels(cfg.hybrid_layers)
+            self.backbone = build_backbone(cfg.hybrid_layers, cfg.in_chans, cfg.hybrid_width)
+            in_chs = backbone_channels(cfg.hybrid_layers, cfg.hybrid_width)
         self.proj = nn.Conv2d(in_chs, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

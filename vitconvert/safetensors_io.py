@@ -70,13 +70,19 @@ def atomic_output(dst: str | os.PathLike, force: bool = False) -> Iterator[Path]
 
 def write_safetensors(dst: str | os.PathLike, specs: Sequence[TensorSpec], dtype: str,
                       metadata: dict[str, str], force: bool = False,
-                      progress: Callable[[int], None] | None = None) -> None:
-    """Stream `specs` into `dst` atomically; `progress` is told the bytes written after each tensor."""
+                      progress: Callable[[int], None] | None = None,
+                      final_metadata: Callable[[], dict[str, str]] | None = None) -> None:
+    """Stream `specs` into `dst` atomically; `progress` is told the bytes written after each tensor.
+
+    `final_metadata`, if given, is called after the data is written and replaces `metadata` in the
+    header; it must serialise to the same length (e.g. a hash filled into a placeholder).
+    """
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise VitConvertError(f"duplicate tensor names: {sorted({n for n in names if names.count(n) > 1})}")
     with atomic_output(dst, force) as tmp, open(tmp, "wb") as f:
-        f.write(header_bytes(specs, dtype, metadata))
+        header = header_bytes(specs, dtype, metadata)
+        f.write(header)
         for spec in specs:
             array = spec.make()
             if tuple(array.shape) != tuple(spec.shape):
@@ -87,6 +93,12 @@ def write_safetensors(dst: str | os.PathLike, specs: Sequence[TensorSpec], dtype
             if progress:
                 progress(data.nbytes)
             del array, data
+        if final_metadata:
+            final = header_bytes(specs, dtype, final_metadata())
+            if len(final) != len(header):
+                raise ValueError("final metadata must keep the header's length")
+            f.seek(0)
+            f.write(final)
         f.flush()
         os.fsync(f.fileno())
 
@@ -120,7 +132,7 @@ def read_header(path: str | os.PathLike) -> dict:
         if name == "__metadata__":
             continue
         try:
-            begin, stop = info["data_offsets"]
+            _, stop = info["data_offsets"]
             end = max(end, int(stop))
             _ = info["dtype"], list(info["shape"])
         except (KeyError, TypeError, ValueError):

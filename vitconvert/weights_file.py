@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Literal
+
+import numpy as np
 
 from .config import ViTConfig
+from .dtypes import STORAGE, check_dtype
 from .errors import VitConvertError
-from .safetensors_io import read_header
+from .safetensors_io import TensorSpec, read_header, write_safetensors
+from .source_hash import PLACEHOLDER, FileHash
 
 META_KEY = "vitconvert"
 FORMAT_VERSION = 1
@@ -140,13 +145,59 @@ def _check_shapes(cfg: ViTConfig, shapes: dict[str, tuple[int, ...]], where: str
     from .model import expected_shapes
 
     expected = expected_shapes(cfg)
-    missing = sorted(set(expected) - set(shapes))
-    extra = sorted(set(shapes) - set(expected))
+    from .mapping import name_list
+
+    missing = set(expected) - set(shapes)
+    extra = set(shapes) - set(expected)
     wrong = [f"{k} {shapes[k]} (config says {expected[k]})"
              for k in expected if k in shapes and shapes[k] != expected[k]]
     if missing or extra or wrong:
-        parts = [f"missing tensors: {', '.join(missing)}" if missing else "",
-                 f"unexpected tensors: {', '.join(extra)}" if extra else "",
-                 f"wrong shapes: {'; '.join(wrong)}" if wrong else ""]
+        parts = [f"missing tensors: {name_list(missing)}" if missing else "",
+                 f"unexpected tensors: {name_list(extra)}" if extra else "",
+                 f"wrong shapes: {'; '.join(wrong[:4])}" + (f" and {len(wrong) - 4} more" if len(wrong) > 4 else "")
+                 if wrong else ""]
         raise VitConvertError(
             f"{where}: metadata disagrees with the tensors: " + "; ".join(p for p in parts if p))
+
+
+def write_weights(dst: str | os.PathLike, specs: Sequence[TensorSpec], record: WeightsRecord, *,
+                  source_path: str | os.PathLike, dtype: str = "float32", force: bool = False,
+                  allow_nonfinite: bool = False,
+                  progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
+    """Write converted tensors and `record` to `dst` atomically; returns the final record.
+
+    The source's sha256 is computed alongside (the header carries a placeholder until the end);
+    NaN or Inf in any tensor stops the write unless `allow_nonfinite`.
+    """
+    check_dtype(dtype)
+    file_hash = FileHash(source_path)
+    record = replace(record, source=replace(record.source, sha256=PLACEHOLDER))
+    if not allow_nonfinite:
+        specs = [TensorSpec(s.name, s.shape, _finite(s)) for s in specs]
+    total = sum(int(np.prod(s.shape)) for s in specs) * STORAGE[dtype][1].itemsize
+    done = 0
+
+    def step(nbytes: int) -> None:
+        nonlocal done
+        done += nbytes
+        if progress:
+            progress(done, total)
+
+    def final() -> dict[str, str]:
+        nonlocal record
+        record = replace(record, source=replace(record.source, sha256=file_hash.hexdigest()))
+        return record.metadata()
+
+    write_safetensors(dst, specs, dtype, record.metadata(), force=force, progress=step,
+                      final_metadata=final)
+    return record
+
+
+def _finite(spec: TensorSpec) -> Callable[[], np.ndarray]:
+    def make() -> np.ndarray:
+        array = spec.make()
+        if not np.isfinite(array).all():
+            raise VitConvertError(
+                f"tensor {spec.name} holds NaN or Inf values; pass --allow-nonfinite to convert anyway")
+        return array
+    return make

@@ -26,9 +26,10 @@ TINY = ViTConfig(embed_dim=64, depth=2, num_heads=4, mlp_dim=256)  # patch 16, 2
 TINY_TIMM_KWARGS = dict(embed_dim=64, depth=2, num_heads=4)
 
 
-def write_weights(path: Path, state: dict[str, torch.Tensor], config: ViTConfig,
-                  preprocess: Preprocess = AUGREG_224, labels: str | None = "imagenet-1k",
-                  head_is_zero: bool = False) -> Path:
+def write_test_weights(path: Path, state: dict[str, torch.Tensor], config: ViTConfig,
+                       preprocess: Preprocess = AUGREG_224, labels: str | None = "imagenet-1k",
+                       head_is_zero: bool = False) -> Path:
+    """`state` in our weights-file format, with a record as a converter would write it."""
     record = WeightsRecord(config=config, preprocess=preprocess, source=Source(format="timm", file="test"),
                            labels=labels, head_is_zero=head_is_zero)
     specs = [TensorSpec(name, tuple(t.shape), lambda t=t: t.detach().float().numpy())
@@ -37,38 +38,26 @@ def write_weights(path: Path, state: dict[str, torch.Tensor], config: ViTConfig,
     return path
 
 
-def spread_head(model: torch.nn.Module, seed: int = 0) -> None:
-    """Random inits give near-uniform logits; a wider head (logits with a standard deviation of
-    about 3) gives a clear but not one-hot top-5."""
+def spread_heads(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights give near-uniform class probabilities; heads whose logits have a standard
+    deviation of about 3 give a clear, not one-hot, top-5 for the parity tests to compare."""
     gen = torch.Generator().manual_seed(seed)
-    std = 3 / model.head.weight.shape[1] ** 0.5
-    with torch.no_grad():
-        model.head.weight.copy_(torch.randn(model.head.weight.shape, generator=gen) * std)
-        model.head.bias.copy_(torch.randn(model.head.bias.shape, generator=gen) * 0.1)
-
-
-def timm_vit(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
-    """A timm ViT with random weights: non-zero class token and head."""
-    import timm
-
-    torch.manual_seed(seed)
-    model = timm.create_model(name, pretrained=False, **kwargs).eval()
-    with torch.no_grad():
-        model.cls_token.normal_(0, 0.02)
-    spread_head(model, seed)
+    for head in (getattr(model, "head", None), getattr(model, "head_dist", None)):
+        if isinstance(head, torch.nn.Linear):
+            with torch.no_grad():
+                head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * 3 / head.in_features ** 0.5)
     return model
+
+
+def timm_classifier(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
+    """A timm ViT with random non-zero weights (the project's `timm_vit`) and a spread head."""
+    from conftest import timm_vit
+
+    return spread_heads(timm_vit(name, seed, **kwargs), seed)
 
 
 def our_vit(config: ViTConfig, seed: int = 0) -> VisionTransformer:
-    """Our model with random weights everywhere (the prefix tokens and position embeddings too)."""
-    torch.manual_seed(seed)
-    model = VisionTransformer(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in ("cls_token", "dist_token", "pos_embed"):
-                p.normal_(0, 0.02)
-    spread_head(model, seed)
-    if config.distilled:
-        with torch.no_grad():
-            model.head_dist.weight.normal_(0, 3 / config.embed_dim ** 0.5)
-    return model
+    """Our model for `config`, randomized the same way."""
+    from conftest import randomize
+
+    return spread_heads(randomize(VisionTransformer(config), seed), seed)

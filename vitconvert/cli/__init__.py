@@ -28,3 +28,15 @@ def cli() -> None:
 
 def main() -> None:
     run(cli)
+
+
+def _register() -> None:
+    from .convert import jax2torch, timm2torch
+    from .manifest import download_cmd, list_cmd
+    from .verify import verify
+
+    for command in (jax2torch, timm2torch, verify, list_cmd, download_cmd):
+        cli.add_command(command)
+
+
+_register()

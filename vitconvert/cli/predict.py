@@ -19,8 +19,10 @@ from ..cache import WEIGHTS_ENV, resolve_weights
 from ..config import parse_size
 from ..errors import VitConvertError
 from .errors import run
+from .progress import byte_progress
 
-# Below this many images a progress bar would only flicker.
+# Below this many images a progress bar would only flicker. The bar goes to stderr, and only
+# when stdout is a terminal too: a pipe or a file gets the results alone.
 PROGRESS_MIN_IMAGES = 8
 
 
@@ -72,18 +74,19 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
         from ..attention import check_supported
 
         check_supported(predictor.config)
-    show_progress = sys.stdout.isatty() and len(paths) >= PROGRESS_MIN_IMAGES
-    # With a bar on the terminal, tables wait until it is done; otherwise each prints when ready.
+    many_on_terminal = sys.stdout.isatty() and len(paths) >= PROGRESS_MIN_IMAGES
     deferred: list[dict[str, Any]] = []
-    with _progress(len(paths), show_progress) as bar:
+    with byte_progress("classifying", quiet=not many_on_terminal) as progress:
         results = predictor.iter_predict(paths, top_k=top_k, batch_size=batch_size)
         for i, result in enumerate(results):
             entry = result.to_dict()
             if map_paths:
                 predictor.attention_map(paths[i]).save(map_paths[i], format="PNG")
                 entry["attention_map"] = str(map_paths[i])
-            bar.update(1)
-            if as_json or show_progress:
+            if progress:
+                progress(i + 1, len(paths))
+            # Under a bar the tables wait until it is done; otherwise each prints when ready.
+            if as_json or progress:
                 deferred.append(entry)
             else:
                 click.echo(format_table(entry))
@@ -120,23 +123,6 @@ def format_table(entry: dict[str, Any]) -> str:
     if entry.get("attention_map"):
         lines.append(f"  attention map: {entry['attention_map']}")
     return "\n".join(lines) + "\n"
-
-
-class _NoBar:
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, n: int) -> None:
-        pass
-
-
-def _progress(total: int, show: bool) -> Any:
-    if not show:
-        return _NoBar()
-    return click.progressbar(length=total, label="classifying", file=sys.stderr)
 
 
 def main() -> None:

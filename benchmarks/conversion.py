@@ -1,0 +1,107 @@
+"""Whole-process conversion of a published-layout JAX .npz: `vitconvert jax2torch` against what a timm
+user does today (create the timm model, load the npz with timm's loader, save safetensors).
+
+    python -m benchmarks.conversion [--models B/16 L/16] [--repeats 3]
+
+Checkpoints are random weights in the vit_jax layout (examples/make_random_checkpoint.py), generated
+once into a temporary folder; every run is a fresh process, timed and measured for peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+from benchmarks.common import machine, table
+
+ROOT = Path(__file__).resolve().parent.parent
+ARCH = {  # name: (width, depth, heads, mlp, patch, timm model)
+    "B/16": (768, 12, 12, 3072, 16, "vit_base_patch16_224"),
+    "L/16": (1024, 24, 16, 4096, 16, "vit_large_patch16_224"),
+}
+TIMM_SCRIPT = """
+import sys, timm
+from safetensors.torch import save_file
+from timm.models.vision_transformer import _load_weights
+model = timm.create_model(sys.argv[1], pretrained=False, num_classes=1000)
+_load_weights(model, sys.argv[2])
+save_file(model.state_dict(), sys.argv[3])
+"""
+
+
+MAKE_SCRIPT = """
+import sys, runpy, numpy as np
+make = runpy.run_path(sys.argv[1])["checkpoint"]
+np.savez(sys.argv[2], **make(*map(int, sys.argv[3:])))
+"""
+
+
+def make_checkpoint(name: str, folder: Path) -> Path:
+    """In a child process: a parent holding the arrays would lend its RSS to every process it forks."""
+    path = folder / f"{name.replace('/', '_')}.npz"
+    subprocess.run([sys.executable, "-c", MAKE_SCRIPT, str(ROOT / "examples" / "make_random_checkpoint.py"),
+                    str(path), *map(str, ARCH[name][:5])], check=True)
+    return path
+
+
+def measure(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one fresh process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if status:
+        raise SystemExit(f"failed ({status}): {' '.join(cmd)}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def run(names: list[str], repeats: int) -> list[dict]:
+    results = []
+    vitconvert = [sys.executable, "-m", "vitconvert", "jax2torch"]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name in names:
+            npz = make_checkpoint(name, folder)
+            out = folder / "out.safetensors"
+            paths = {
+                "vitconvert": vitconvert + [str(npz), str(out), "--force", "--quiet"],
+                "timm": [sys.executable, "-c", TIMM_SCRIPT, ARCH[name][5], str(npz), str(out)],
+            }
+            runs: dict[str, list[tuple[float, float]]] = {k: [] for k in paths}
+            for _ in range(repeats):
+                for label, cmd in paths.items():
+                    runs[label].append(measure(cmd))
+            row = {"model": name, "npz_mb": npz.stat().st_size / 1e6}
+            for label, values in runs.items():
+                row[f"{label}_s"] = statistics.median(v[0] for v in values)
+                row[f"{label}_mib"] = max(v[1] for v in values)
+            results.append(row)
+            npz.unlink()
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(ARCH), choices=list(ARCH))
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    rows = run(args.models, args.repeats)
+    print(f"machine: {machine()}")
+    print(f"whole process, median of {args.repeats} runs (wall) and the largest peak RSS")
+    lines = [["model", "npz", "vitconvert", "timm path", "time ratio", "vitconvert RSS", "timm RSS", "RSS ratio"]]
+    for r in rows:
+        lines.append([r["model"], f"{r['npz_mb']:.0f} MB", f"{r['vitconvert_s']:.2f} s", f"{r['timm_s']:.2f} s",
+                      f"{r['vitconvert_s'] / r['timm_s']:.2f}x", f"{r['vitconvert_mib']:.0f} MiB",
+                      f"{r['timm_mib']:.0f} MiB", f"{r['vitconvert_mib'] / r['timm_mib']:.2f}x"])
+    print(table(lines))
+
+
+if __name__ == "__main__":
+    main()

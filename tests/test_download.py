@@ -1,0 +1,267 @@
+"""`vitconvert.download` / `vitconvert download` against a local HTTP server (127.0.0.1 only)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from manifest_helpers import (
+    TINY_CONFIG,
+    TINY_NAME,
+    TINY_PATH,
+    FileServer,
+    tiny_entry,
+    tiny_npz_bytes,
+    write_manifest,
+)
+
+import vitconvert
+from vitconvert.cache import cache_dir, cached_weights
+from vitconvert.config import ViTConfig
+from vitconvert.cli import cli
+from vitconvert.cli.errors import run
+from vitconvert.errors import VitConvertError
+from vitconvert.fetch import cached_source, download, resolve_url
+
+DATA = tiny_npz_bytes()
+# A file check, not find_spec: an editable install of another checkout can answer for submodules.
+HAS_CONVERTER = (Path(vitconvert.__file__).parent / "jax2torch.py").is_file()
+FAST = {"retries": 2, "backoff": 0.0, "timeout": 5.0, "progress": False}
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A private cache; $VITCONVERT_MIRROR is set per test once the server has a port."""
+    monkeypatch.setenv("VITCONVERT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("VITCONVERT_MIRROR", raising=False)
+    return tmp_path
+
+
+def serve(monkeypatch, **kw) -> FileServer:
+    server = FileServer({TINY_PATH: DATA}, **kw)
+    monkeypatch.setenv("VITCONVERT_MIRROR", server.url)
+    return server
+
+
+def manifest(tmp_path, **overrides):
+    return write_manifest(tmp_path / "manifest.json", tiny_entry(DATA, **overrides))
+
+
+def leftovers(directory):
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def test_full_download(env, monkeypatch):
+    m = manifest(env)
+    with serve(monkeypatch) as server:
+        path = download(TINY_NAME, convert=False, manifest=m, **FAST)
+    assert path == cached_source(TINY_NAME) == cache_dir() / f"{TINY_NAME}.npz"
+    assert path.read_bytes() == DATA
+    assert leftovers(cache_dir()) == [path.name]  # no .part, lock or resume record left
+    assert len(server.requests) == 1 and "Range" not in server.requests[0]
+    with serve(monkeypatch) as server:  # cached: no second request
+        assert download(TINY_NAME, convert=False, manifest=m, **FAST) == path
+    assert server.requests == []
+
+
+def test_interrupted_download_resumes_with_range(env, monkeypatch):
+    m = manifest(env)
+    with serve(monkeypatch, mode="drop_once") as server:
+        path = download(TINY_NAME, convert=False, manifest=m, **FAST)
+    assert path.read_bytes() == DATA
+    first, second = server.requests
+    assert "Range" not in first
+    assert second["Range"] == f"bytes={len(DATA) // 2}-"
+    assert second["If-Range"].startswith('"')  # the ETag of the first response
+
+
+def test_resume_after_the_process_died(env, monkeypatch):
+    """A .part left by an earlier run is continued, not restarted."""
+    m = manifest(env)
+    with serve(monkeypatch, mode="drop_once"), pytest.raises(VitConvertError, match="run again to resume"):
+        download(TINY_NAME, convert=False, manifest=m, **{**FAST, "retries": 0})
+    part = cache_dir() / f"{TINY_NAME}.npz.part"
+    assert part.stat().st_size == len(DATA) // 2
+    assert not cached_source(TINY_NAME).exists()
+    with serve(monkeypatch) as server:
+        path = download(TINY_NAME, convert=False, manifest=m, **FAST)
+    assert path.read_bytes() == DATA
+    assert server.requests[0]["Range"] == f"bytes={len(DATA) // 2}-"
+
+
+def test_server_ignoring_range_restarts_cleanly(env, monkeypatch):
+    m = manifest(env)
+    with serve(monkeypatch, mode="drop_once"), pytest.raises(VitConvertError):
+        download(TINY_NAME, convert=False, manifest=m, **{**FAST, "retries": 0})
+    with serve(monkeypatch, mode="ignore_range") as server:
+        path = download(TINY_NAME, convert=False, manifest=m, **FAST)
+    assert path.read_bytes() == DATA
+    assert "Range" in server.requests[0]  # asked to resume, got the whole file, used it whole
+
+
+def test_timeout_is_retried(env, monkeypatch):
+    m = manifest(env)
+    with serve(monkeypatch, mode="stall_once", stall=1.0) as server:
+        path = download(TINY_NAME, convert=False, manifest=m, **{**FAST, "timeout": 0.2})
+    assert path.read_bytes() == DATA
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("sha256", "0" * 64, "sha256 mismatch"),
+    ("size_bytes", len(DATA) + 1, "manifest says"),
+])
+def test_checksum_or_size_mismatch_is_refused(env, monkeypatch, field, value, message):
+    m = manifest(env, **{field: value})
+    with serve(monkeypatch), pytest.raises(VitConvertError, match=message) as e:
+        download(TINY_NAME, convert=False, manifest=m, **FAST)
+    assert "refus" in str(e.value)
+    assert leftovers(cache_dir()) == []  # neither the final name nor a partial file
+
+
+def test_unknown_checksums_are_accepted(env, monkeypatch):
+    m = manifest(env, sha256=None, size_bytes=None)
+    with serve(monkeypatch):
+        assert download(TINY_NAME, convert=False, manifest=m, **FAST).read_bytes() == DATA
+
+
+def test_server_error_is_retried_then_reported(env, monkeypatch):
+    m = manifest(env)
+    with serve(monkeypatch, mode="error500") as server, pytest.raises(
+            VitConvertError, match=r"failed after 3 attempts in a row: HTTP 500") as e:
+        download(TINY_NAME, convert=False, manifest=m, **FAST)
+    assert len(server.requests) == 3  # 1 + retries
+    assert "127.0.0.1" in str(e.value)
+    assert leftovers(cache_dir()) == []
+
+
+def test_not_found_is_not_retried(env, monkeypatch):
+    m = manifest(env, url="https://storage.googleapis.com/vit_models/test/missing.npz")
+    with serve(monkeypatch) as server, pytest.raises(VitConvertError, match="HTTP 404"):
+        download(TINY_NAME, convert=False, manifest=m, **FAST)
+    assert len(server.requests) == 1
+
+
+def test_connection_refused_is_reported(env, monkeypatch):
+    m = manifest(env)
+    server = FileServer({})
+    port_url = server.url
+    server.httpd.server_close()  # nothing listens there now
+    monkeypatch.setenv("VITCONVERT_MIRROR", port_url)
+    with pytest.raises(VitConvertError, match="cannot connect"):
+        download(TINY_NAME, convert=False, manifest=m, **{**FAST, "retries": 1})
+
+
+def test_out_and_force(env, monkeypatch):
+    m = manifest(env)
+    out = env / "mine.npz"
+    out.write_bytes(b"keep me")
+    with serve(monkeypatch):
+        with pytest.raises(VitConvertError, match="exists; pass --force"):
+            download(TINY_NAME, out=out, convert=False, manifest=m, **FAST)
+        assert out.read_bytes() == b"keep me"
+        assert download(TINY_NAME, out=out, convert=False, force=True, manifest=m, **FAST) == out
+    assert out.read_bytes() == DATA
+
+
+def test_unknown_name_suggests_close_names(env):
+    with pytest.raises(VitConvertError, match="did you mean augreg-B16-in21k-ft-in1k-384"):
+        download("augreg-B16-in21k-ft-in1k-348", convert=False, progress=False)
+
+
+def test_library_api():
+    assert vitconvert.download is download
+    assert "download" in vitconvert.__all__ and "load_manifest" in vitconvert.__all__
+
+
+def test_convert_without_converter_fails_before_downloading(env, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vitconvert.jax2torch", None)  # as if it were not installed
+    with serve(monkeypatch) as server, pytest.raises(VitConvertError, match="--no-convert"):
+        download(TINY_NAME, manifest=manifest(env), **FAST)
+    assert server.requests == []
+
+
+def test_mirror_replaces_the_bucket_root(monkeypatch):
+    url = "https://storage.googleapis.com/vit_models/augreg/x.npz"
+    monkeypatch.delenv("VITCONVERT_MIRROR", raising=False)
+    assert resolve_url(url) == url
+    monkeypatch.setenv("VITCONVERT_MIRROR", "http://127.0.0.1:9/mirror/")
+    assert resolve_url(url) == "http://127.0.0.1:9/mirror/augreg/x.npz"
+    assert resolve_url("https://example.org/x.npz") == "https://example.org/x.npz"
+
+
+def test_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("VITCONVERT_CACHE", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"
+    assert cached_weights("n") == tmp_path / "c" / "n.safetensors"
+    monkeypatch.delenv("VITCONVERT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr("sys.platform", "linux")
+    assert cache_dir() == tmp_path / "xdg" / "vitconvert"
+
+
+# ---- the commands -----------------------------------------------------------------------------
+
+
+def cli_run(capsys, *args):
+    with pytest.raises(SystemExit) as e:
+        run(cli, list(args))
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def test_cli_download_no_convert(env, monkeypatch, capsys):
+    monkeypatch.setenv("VITCONVERT_MANIFEST", str(manifest(env)))
+    with serve(monkeypatch):
+        code, out, err = cli_run(capsys, "download", TINY_NAME, "--no-convert", "--quiet")
+    assert code == 0, err
+    assert out.strip() == str(cached_source(TINY_NAME))
+    assert err == ""
+    assert cached_source(TINY_NAME).read_bytes() == DATA
+
+
+def test_cli_unknown_name(capsys, monkeypatch):
+    monkeypatch.delenv("VITCONVERT_MANIFEST", raising=False)
+    code, _, err = cli_run(capsys, "download", "augreg-B16-384", "--no-convert")
+    assert code == 1
+    assert err.startswith("error: no checkpoint named 'augreg-B16-384'")
+    assert "did you mean" in err and "augreg-B16-in21k-ft-in1k-384" in err
+
+
+def test_cli_list_json_parses_and_filter_filters(capsys, monkeypatch):
+    monkeypatch.delenv("VITCONVERT_MANIFEST", raising=False)
+    code, out, _ = cli_run(capsys, "list", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["schema_version"] == 1 and len(doc["checkpoints"]) > 40
+    code, out, _ = cli_run(capsys, "list", "--json", "--filter", "R50L32 384")
+    names = [e["name"] for e in json.loads(out)["checkpoints"]]
+    assert names and all("R50L32" in n and "384" in n for n in names)
+    code, out, _ = cli_run(capsys, "list", "--filter", "vit_base_patch16_384.augreg")
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:3] == ["NAME", "ARCH", "RES"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["augreg-B16-in21k-ft-in1k-384-timm"]
+    code, out, err = cli_run(capsys, "list", "--filter", "no-such-thing")
+    assert code == 0 and out == "" and "no checkpoint matches" in err
+
+
+# ---- the conversion step (needs the JAX converter, merged separately) --------------------------
+
+
+@pytest.mark.skipif(not HAS_CONVERTER,
+                    reason="vitconvert.jax2torch (the JAX converter) is not in this tree yet")
+def test_download_and_convert(env, monkeypatch):
+    from vitconvert.weights_file import read_record
+
+    m = manifest(env)
+    with serve(monkeypatch):
+        path = download(TINY_NAME, manifest=m, **FAST)
+    assert path == cached_weights(TINY_NAME)
+    record = read_record(path)
+    assert record.config == ViTConfig.from_dict(TINY_CONFIG)
+    assert record.preprocess.resize == "crop" and record.preprocess.crop_pct == 0.9
+    assert record.labels is None
+    assert sorted(leftovers(cache_dir())) == sorted([f"{TINY_NAME}.npz", f"{TINY_NAME}.safetensors"])

@@ -1,0 +1,139 @@
+"""weights_manifest.json: the schema, the loader's checks, and the facts it records."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from manifest_helpers import tiny_entry, tiny_npz_bytes, write_manifest
+
+from vitconvert.config import WIDTHS
+from vitconvert.errors import VitConvertError
+from vitconvert.manifest import bundled_path, find, load_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOP_LEVEL = ROOT / "weights_manifest.json"
+BUCKET = "https://storage.googleapis.com/vit_models/"
+MANIFEST = load_manifest(TOP_LEVEL)
+ENTRIES = MANIFEST.checkpoints
+
+
+def test_package_copy_is_identical_to_the_top_level_file():
+    """The top-level file is the one to edit; the package ships a copy. Copy it after editing:
+    cp weights_manifest.json vitconvert/data/weights_manifest.json"""
+    assert bundled_path().read_bytes() == TOP_LEVEL.read_bytes()
+
+
+def test_default_is_the_bundled_copy_and_the_env_var_overrides(tmp_path, monkeypatch):
+    monkeypatch.delenv("VITCONVERT_MANIFEST", raising=False)
+    assert load_manifest().names == MANIFEST.names
+    other = write_manifest(tmp_path / "m.json", tiny_entry(b"x"))
+    monkeypatch.setenv("VITCONVERT_MANIFEST", str(other))
+    assert load_manifest().names == ["tiny-test-B16"]
+
+
+def test_entries_round_trip_unchanged():
+    raw = json.loads(TOP_LEVEL.read_text())
+    assert raw["schema_version"] == 1
+    assert [e.to_dict() for e in ENTRIES] == raw["checkpoints"]
+
+
+def test_coverage():
+    names = set(MANIFEST.names)
+    for arch in ("B16", "B32", "L16", "L32", "H14", "R50B16"):
+        assert f"orig-{arch}-in21k" in names
+    for arch in ("B16", "B32", "L16", "L32", "R50B16"):
+        assert f"orig-{arch}-in21k-ft-in1k-384" in names
+    for arch in ("Ti16", "S16", "S32", "B16", "B32", "L16", "RTi16", "R26S32", "R50L32"):
+        assert f"augreg-{arch}-in21k" in names
+        assert f"augreg-{arch}-in21k-ft-in1k-384" in names
+        assert f"augreg-{arch}-in21k-ft-in1k-224" in names or f"augreg-{arch}-in21k-ft-in1k-224-timm" in names
+    assert len(ENTRIES) == 51
+
+
+@pytest.mark.parametrize("e", ENTRIES, ids=lambda e: e.name)
+def test_entry_facts(e):
+    assert e.url.startswith(BUCKET) and e.url.endswith(".npz")
+    assert e.format == "jax-npz/vit_jax" and e.act == "gelu_tanh" and e.config.pool == "token"
+    dim, depth, heads, mlp = WIDTHS[{"Ti": "Ti", "S": "S", "B": "B", "L": "L", "H": "H"}[
+        e.arch.split("+")[-1].split("/")[0]]]
+    assert (e.config.embed_dim, e.config.depth, e.config.num_heads, e.config.mlp_dim) == (dim, depth, heads, mlp)
+    # total stride = the number after the slash (R+Ti/16 is the exception: /32, see docs)
+    stride = 32 if e.arch == "R+Ti/16" else int(e.arch.split("/")[1])
+    assert e.config.total_stride == stride
+    if e.num_classes == 21843:
+        assert e.labels == "imagenet-21k" and e.train_resolution == 224 and e.upstream is None
+        assert e.top1 is None
+    else:
+        assert e.num_classes == 1000 and e.labels == "imagenet-1k" and not e.head_is_zero
+        assert e.config.representation_size is None
+    if e.family == "vit-2020":
+        assert e.url.startswith(BUCKET + ("imagenet21k/" if e.num_classes == 21843 else "imagenet21k+imagenet2012/"))
+        if e.num_classes == 21843:  # the 2020 ImageNet-21k files: pre_logits of width D, zero head
+            assert e.head_is_zero and e.config.representation_size == e.config.embed_dim
+    else:
+        assert re.fullmatch(
+            r"(Ti|S|B|L|R_Ti|R26_S|R50_L)_(16|32)-i21k-300ep-lr_0\.001-aug_\w+-wd_[\d.]+-do_[\d.]+-sd_[\d.]+"
+            r"(--imagenet2012-steps_20k-lr_0\.0[13]-res_(224|384))?\.npz", e.filename), e.filename
+        assert not e.head_is_zero and e.config.representation_size is None
+        if e.num_classes == 1000:
+            assert e.filename.endswith(f"-res_{e.train_resolution}.npz")
+    if e.upstream is not None:  # a fine-tune names the checkpoint it was fine-tuned from
+        up = find(e.upstream, MANIFEST)
+        assert up.num_classes == 21843 and up.arch == e.arch
+        if e.family == "augreg":
+            assert e.filename.startswith(up.filename[: -len(".npz")] + "--imagenet2012-")
+    if e.preprocess_source == "google":
+        assert (e.preprocess.resize, e.preprocess.interpolation) == ("squash", "bilinear")
+    assert e.preprocess.mean == e.preprocess.std == (0.5, 0.5, 0.5)
+    assert e.size_bytes is None or e.size_bytes > 0
+
+
+def test_find():
+    e = find("augreg-B16-in21k-ft-in1k-384", MANIFEST)
+    assert e.train_resolution == 384 and e.top1 == 85.49
+    assert find("AUGREG-b16-IN21K", MANIFEST).name == "augreg-B16-in21k"
+    with pytest.raises(VitConvertError, match=r"did you mean orig-B16-in21k-ft-in1k-384"):
+        find("orig-B16-in21k-ft-in1k-386", MANIFEST)
+    with pytest.raises(VitConvertError, match=r"did you mean .*augreg-R50L32-in21k"):
+        find("R50L32", MANIFEST)  # too short for difflib: falls back to containment
+    with pytest.raises(VitConvertError, match=r"no checkpoint named 'zzz'.*vitconvert list"):
+        find("zzz", MANIFEST)
+
+
+DATA = tiny_npz_bytes()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(schema_version=2), "schema_version 2 is not supported"),
+    (lambda d: d["checkpoints"][0].update(colour="red"), "unknown colour"),
+    (lambda d: d["checkpoints"][0].pop("url"), "missing url"),
+    (lambda d: d["checkpoints"][0].update(num_classes=1000), "num_classes 1000 but config.num_classes 10"),
+    (lambda d: d["checkpoints"][0].update(url="http://x/y.npz"), "url must be https"),
+    (lambda d: d["checkpoints"][0].update(sha256="ABC"), "sha256 must be 64 lowercase hex"),
+    (lambda d: d["checkpoints"][0].update(top1=85.0), "with a top1_source"),
+    (lambda d: d["checkpoints"][0].update(upstream="nope"), "upstream 'nope' is not in the manifest"),
+    (lambda d: d["checkpoints"][0]["config"].update(depth="1"), "config.depth has the wrong type"),
+    (lambda d: d["checkpoints"][0]["config"].update(embed_dim=9), "invalid ViT config"),
+    (lambda d: d["checkpoints"][0]["preprocess"].update(resize="stretch"), "preprocess.resize"),
+    (lambda d: d["checkpoints"].append(dict(d["checkpoints"][0])), "appears twice"),
+    (lambda d: d["checkpoints"][0].update(head_is_zero="no"), "head_is_zero has the wrong type"),
+])
+def test_invalid_manifests_are_refused_clearly(tmp_path, change, message):
+    doc = {"schema_version": 1, "checkpoints": [tiny_entry(DATA)]}
+    change(doc)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(VitConvertError, match=message):
+        load_manifest(path)
+
+
+def test_not_json(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text("{")
+    with pytest.raises(VitConvertError, match="not valid JSON"):
+        load_manifest(path)
+    with pytest.raises(VitConvertError, match="cannot read manifest"):
+        load_manifest(tmp_path / "missing.json")

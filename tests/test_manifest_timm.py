@@ -1,0 +1,68 @@
+"""Every manifest entry that names a timm model, checked against timm's own registry: the model
+timm builds has exactly the parameter shapes our config gives, and the tag's pretrained cfg agrees
+on input size, classes, mean, std, crop_pct and interpolation (and, where timm lists an .npz URL,
+on the file). Models are built on the meta device: no memory, no weights, no network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+timm = pytest.importorskip("timm")
+torch = pytest.importorskip("torch")
+
+from timm.models import get_pretrained_cfg
+
+from vitconvert.manifest import load_manifest
+from vitconvert.model import expected_shapes
+
+MANIFEST = load_manifest(Path(__file__).resolve().parents[1] / "weights_manifest.json")
+NO_TIMM = "timm has no pretrained tag for this file"
+
+
+def timm_npz_urls() -> dict[str, set[str]]:
+    """url -> timm tags whose pretrained cfg downloads that .npz."""
+    urls: dict[str, set[str]] = {}
+    for tag in timm.list_pretrained("vit_*"):
+        cfg = get_pretrained_cfg(tag)
+        if cfg is not None and cfg.url and cfg.url.endswith(".npz"):
+            urls.setdefault(cfg.url, set()).add(tag)
+    return urls
+
+
+@pytest.mark.parametrize("e", MANIFEST.checkpoints, ids=lambda e: e.name)
+def test_against_timm(e):
+    if e.timm_model is None:
+        # The entry's notes say why, e.g. "timm's vit_..._384.augreg_in21k_ft_in1k is a different file".
+        pytest.skip(f"{e.name}: " + next((n for n in e.notes if n.startswith("timm's ")), NO_TIMM))
+    base = e.timm_model.split(".")[0]
+    with torch.device("meta"):
+        model = timm.create_model(base, pretrained=False, num_classes=e.num_classes)
+    theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    # timm drops the 2020 checkpoints' pre_logits layer (its head then reads the D-wide token).
+    ours = {k: v for k, v in expected_shapes(e.config).items() if not k.startswith("pre_logits.")}
+    assert ours == theirs
+
+    cfg = get_pretrained_cfg(e.timm_model)
+    assert cfg is not None, f"timm has no pretrained tag {e.timm_model}"
+    assert tuple(cfg.input_size) == (3, *e.config.img_size)
+    # timm's copies of the 2020 ImageNet-21k weights leave out the all-zero head: num_classes=0.
+    assert cfg.num_classes == (0 if e.head_is_zero else e.num_classes)
+    if e.preprocess_source == "timm":
+        p = e.preprocess
+        assert (p.size, p.resize) == (tuple(cfg.input_size[1:]), "crop")
+        assert (p.crop_pct, p.interpolation) == (cfg.crop_pct, cfg.interpolation)
+        assert (p.mean, p.std) == (tuple(cfg.mean), tuple(cfg.std))
+    if cfg.url and cfg.url.endswith(".npz"):
+        assert cfg.url == e.url, "timm's tag downloads another file"
+
+
+def test_timm_tags_are_named_wherever_timm_loads_the_same_file():
+    urls = timm_npz_urls()
+    for e in MANIFEST.checkpoints:
+        tags = urls.get(e.url, set())
+        if e.timm_model is None:
+            assert not tags, f"{e.name}: timm loads this file as {sorted(tags)}"
+        elif get_pretrained_cfg(e.timm_model).url.endswith(".npz"):
+            assert e.timm_model in tags

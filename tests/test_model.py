@@ -1,0 +1,105 @@
+"""Our ViT is numerically timm's ViT on the same weights, at the trained size and at others."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import timm_vit
+from vitconvert.config import ViTConfig, preset
+from vitconvert.loading import at_size, build_with_weights
+from vitconvert.model import VisionTransformer, expected_shapes
+
+ATOL = 1e-4  # float32, same activation on both sides; in practice the difference is 0 or ~1e-7
+
+VARIANTS = {
+    # id: (timm name, timm kwargs, our config)
+    "Ti/16 token": ("vit_tiny_patch16_224", {}, preset("Ti/16")),
+    "S/16 token": ("vit_small_patch16_224", {}, preset("S/16")),
+    "B/16 token": ("vit_base_patch16_224", {}, preset("B/16")),
+    "S/32 gap (JAX: norm, then mean)": (
+        "vit_small_patch32_224", dict(class_token=False, global_pool="avg", fc_norm=False),
+        preset("S/32", pool="gap")),
+    "Ti/16 gap (timm: mean, then fc_norm)": (
+        "vit_tiny_patch16_224", dict(class_token=False, global_pool="avg"), preset("Ti/16", pool="gap", fc_norm=True)),
+    "DeiT-Ti distilled": ("deit_tiny_distilled_patch16_224", {}, preset("Ti/16", distilled=True)),
+    "Ti/16 big_vision pos (no_embed_class)": ("vit_tiny_patch16_224", dict(no_embed_class=True),
+                                             preset("Ti/16", no_embed_class=True)),
+}
+
+
+def logits(model: torch.nn.Module, size: tuple[int, int], seed: int = 1) -> torch.Tensor:
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        return model(x)
+
+
+@pytest.mark.parametrize("size", [(224, 224), (384, 384)], ids=["224", "384"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_our_model_gives_timms_logits(variant: str, size: tuple[int, int]) -> None:
+    name, kwargs, cfg = VARIANTS[variant]
+    reference = timm_vit(name, **kwargs)
+    theirs_at_size = reference
+    state = reference.state_dict()
+    cfg_at, state_at = at_size(cfg.replace(ln_eps=1e-6), state, size)
+    if size != cfg.img_size:  # timm's own path to another size: its state-dict filter, bicubic
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        theirs_at_size = timm_vit(name, img_size=size, **kwargs)
+        theirs_at_size.load_state_dict(checkpoint_filter_fn(state, theirs_at_size))
+    ours = build_with_weights(cfg_at, state_at)
+    diff = (logits(ours, size) - logits(theirs_at_size, size)).abs().max().item()
+    assert diff <= ATOL, f"max abs logit difference {diff:.3e}"
+
+
+@pytest.mark.parametrize("cfg, timm_name", [
+    (preset("Ti/16"), "vit_tiny_patch16_224"), (preset("S/16"), "vit_small_patch16_224"),
+    (preset("S/32"), "vit_small_patch32_224"), (preset("B/16"), "vit_base_patch16_224"),
+    (preset("B/32"), "vit_base_patch32_224"), (preset("B/8"), "vit_base_patch8_224"),
+    (preset("L/16"), "vit_large_patch16_224"), (preset("L/32"), "vit_large_patch32_224"),
+    (preset("H/14"), "vit_huge_patch14_224"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_presets_have_timms_parameter_shapes(cfg: ViTConfig, timm_name: str) -> None:
+    import timm
+
+    with torch.device("meta"):
+        theirs = timm.create_model(timm_name, pretrained=False, num_classes=1000)
+    assert expected_shapes(cfg) == {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+
+
+def test_state_dict_of_ours_loads_strictly_into_timm() -> None:
+    import timm
+
+    ours = VisionTransformer(preset("Ti/16", distilled=True))
+    theirs = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False)
+    assert str(theirs.load_state_dict(ours.state_dict(), strict=True)) == "<All keys matched successfully>"
+
+
+def test_intermediates_name_every_stage_and_end_in_the_logits() -> None:
+    model = build_with_weights(preset("Ti/16", depth=3), timm_vit("vit_tiny_patch16_224", depth=3).state_dict())
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        out = model.forward_intermediates(x)
+        assert list(out.stages) == ["embed", "blocks.0", "blocks.1", "blocks.2", "norm", "pool"]
+        assert torch.equal(out.logits, model(x))
+        assert out.stages["pool"].shape == (1, 192)
+        assert torch.equal(model.forward_features(x), out.stages["pool"])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(embed_dim=100, num_heads=3), "not divisible by num_heads"),
+    (dict(img_size=(225, 224)), "not a multiple of the patch stride 16"),
+    (dict(pool="cls"), "pool must be"),
+    (dict(act="relu"), "act must be"),
+    (dict(pool="gap", distilled=True), "distilled model needs pool='token'"),
+])
+def test_impossible_configs_are_refused(bad: dict, message: str) -> None:
+    from vitconvert.errors import VitConvertError
+
+    with pytest.raises(VitConvertError, match=message):
+        preset("Ti/16", **bad)
+
+
+def test_config_survives_json_round_trip() -> None:
+    cfg = preset("S/32", pool="gap", hybrid_layers=(2, 2, 2, 2), patch_size=1, representation_size=384)
+    assert ViTConfig.from_dict(cfg.to_dict()) == cfg

@@ -1,0 +1,113 @@
+"""The weights file: a versioned record that must agree with the tensors, or a clear error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import timm_vit
+from vitconvert import VitConvertError, convert_timm, load_model, read_record
+from vitconvert.weights_file import META_KEY
+
+
+@pytest.fixture
+def converted(tmp_path):
+    torch.save(timm_vit("vit_tiny_patch16_224", depth=2).state_dict(), tmp_path / "t.pth")
+    convert_timm(tmp_path / "t.pth", tmp_path / "t.safetensors")
+    return tmp_path / "t.safetensors"
+
+
+def rewrite(path, tensors=None, record=None, drop_record=False):
+    """Re-save a weights file with its tensors or record changed."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = tensors if tensors is not None else load_file(str(path))
+    if drop_record:
+        meta = {}
+    elif record is not None:
+        meta = {META_KEY: record if isinstance(record, str) else json.dumps(record)}
+    out = path.with_name("edited.safetensors")
+    save_file(tensors, str(out), metadata=meta)
+    return out
+
+
+def record_of(path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()[META_KEY])
+
+
+def test_record_documents_config_preprocessing_labels_and_source(converted) -> None:
+    rec = record_of(converted)
+    assert rec["format"] == "vitconvert-weights" and rec["version"] == 1
+    assert rec["config"]["embed_dim"] == 192 and rec["config"]["act"] == "gelu"
+    assert set(rec["preprocess"]) == {"size", "resize", "crop_pct", "interpolation", "mean", "std"}
+    assert rec["labels"] == "imagenet-1k" and rec["head_is_zero"] is False
+    assert set(rec["source"]) == {"format", "file", "sha256"}
+
+
+def test_missing_record_is_a_clear_error(converted) -> None:
+    with pytest.raises(VitConvertError, match="no vitconvert metadata; convert the checkpoint first"):
+        read_record(rewrite(converted, drop_record=True))
+
+
+def test_unknown_version_is_a_clear_error(converted) -> None:
+    rec = record_of(converted) | {"version": 99}
+    with pytest.raises(VitConvertError, match="version 99 is not supported"):
+        load_model(rewrite(converted, record=rec))
+
+
+def test_tampered_json_is_a_clear_error(converted) -> None:
+    with pytest.raises(VitConvertError, match="metadata is not valid JSON"):
+        read_record(rewrite(converted, record='{"format": "vitconvert-weights", "version": 1,'))
+
+
+def test_record_that_disagrees_with_tensors_names_the_tensors(converted) -> None:
+    rec = record_of(converted)
+    rec["config"]["depth"] = 3
+    with pytest.raises(VitConvertError, match=r"missing tensors: blocks\.2\.attn\.proj\.bias"):
+        read_record(rewrite(converted, record=rec))
+    rec["config"]["depth"], rec["config"]["mlp_dim"] = 2, 512
+    with pytest.raises(VitConvertError, match=r"wrong shapes: .*blocks\.0\.mlp\.fc1\.bias \(768,\) \(config says \(512,\)\)"):
+        read_record(rewrite(converted, record=rec))
+
+
+def test_unexpected_tensor_is_named(converted) -> None:
+    tensors = load_file(str(converted)) | {"extra.weight": torch.zeros(3)}
+    with pytest.raises(VitConvertError, match=r"unexpected tensors: extra\.weight"):
+        read_record(rewrite(converted, tensors=tensors))
+
+
+def test_malformed_config_field_is_a_clear_error(converted) -> None:
+    rec = record_of(converted)
+    rec["config"]["colour"] = "blue"
+    with pytest.raises(VitConvertError, match="unknown ViT config fields: colour"):
+        read_record(rewrite(converted, record=rec))
+
+
+def test_load_model_resamples_position_embeddings_like_timm(converted) -> None:
+    from timm.layers import resample_abs_pos_embed
+
+    base = load_model(converted)
+    for size, grid in [(384, (24, 24)), ("160x320", (10, 20)), ((96, 64), (6, 4))]:
+        model = load_model(converted, img_size=size)
+        theirs = resample_abs_pos_embed(base.pos_embed.detach(), new_size=grid, old_size=(14, 14),
+                                        num_prefix_tokens=1)
+        assert model.config.grid_size == grid
+        assert (model.pos_embed.detach() - theirs).abs().max().item() == 0.0
+
+
+def test_size_not_a_multiple_of_the_patch_is_a_clear_error(converted) -> None:
+    with pytest.raises(VitConvertError, match="not a multiple of the patch stride 16"):
+        load_model(converted, img_size=200)
+
+
+def test_load_model_honours_dtype(converted) -> None:
+    model = load_model(converted, dtype=torch.bfloat16)
+    assert model.pos_embed.dtype == torch.bfloat16 and not model.training

@@ -1,0 +1,93 @@
+"""`vitconvert jax2torch` and `vitconvert timm2torch`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .progress import byte_progress
+
+DTYPES = click.Choice(["float32", "bfloat16", "float16"])
+
+
+def _report(record, dst: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"output": dst, "record": json.loads(record.to_json())}, indent=2))
+        return
+    c = record.config
+    arch = f"{c.embed_dim}-wide, {c.depth} blocks, {c.num_heads} heads, patch {c.patch_size}"
+    if c.hybrid_layers is not None:
+        arch += f", ResNet stages {list(c.hybrid_layers)}"
+    click.echo(f"wrote {dst}")
+    click.echo(f"  source      {record.source.file} ({record.source.format}, sha256 {record.source.sha256[:12]}...)")
+    click.echo(f"  model       {arch}; pool {c.pool}; {c.num_classes} classes; act {c.act}")
+    click.echo(f"  input       {c.img_size[0]}x{c.img_size[1]}, {record.preprocess.resize} "
+               f"({record.preprocess.interpolation}), mean {list(record.preprocess.mean)}")
+    if record.head_is_zero:
+        click.echo("  note        the head is all zeros (published for fine-tuning): vitpredict will refuse top-k")
+    for note in record.notes:
+        click.echo(f"  note        {note}")
+
+
+@click.command("jax2torch")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False))
+@click.option("--gelu", type=click.Choice(["tanh", "erf"]), default="tanh", show_default=True,
+              help="MLP activation to record: 'tanh' reproduces the JAX model (trained with tanh GELU); "
+                   "'erf' is what timm runs.")
+@click.option("--dtype", type=DTYPES, default="float32", show_default=True, help="Dtype of the stored tensors.")
+@click.option("--force", is_flag=True, help="Replace DST if it exists.")
+@click.option("--allow-nonfinite", is_flag=True, help="Convert even if weights hold NaN or Inf.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print the written record as JSON.")
+def jax2torch(src: str, dst: str, gelu: str, dtype: str, force: bool, allow_nonfinite: bool,
+              quiet: bool, as_json: bool) -> None:
+    """Convert a Google JAX ViT checkpoint (.npz) to a vitconvert weights file.
+
+    The layout is detected from the keys: the vit_jax files of the 2020 and AugReg sets (also under
+    opt/target/), big_vision files (params/, scanned or not), hybrids (R50+ViT-B/16, R26+S/32,
+    R+Ti/16), 'gap' models, the pre_logits representation layer and bfloat16 arrays. The architecture
+    is read from the array shapes. Nothing is written unless the whole conversion succeeds.
+
+    \b
+    Example:
+      vitconvert jax2torch ViT-B_16.npz vit-b16.safetensors
+      vitpredict cat.jpg --weights vit-b16.safetensors
+    """
+    from ..jax2torch import convert_jax
+
+    with byte_progress("converting", quiet) as progress:
+        record = convert_jax(src, dst, force=force, gelu=gelu, dtype=dtype,
+                             allow_nonfinite=allow_nonfinite, progress=progress)
+    if not quiet or as_json:
+        _report(record, dst, as_json)
+
+
+@click.command("timm2torch")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False))
+@click.option("--model", "model_name", metavar="TIMM_NAME",
+              help="timm model name with tag (e.g. vit_base_patch16_224.augreg_in21k_ft_in1k): supplies the "
+                   "head count and the checkpoint's own preprocessing from timm's pretrained cfg.")
+@click.option("--heads", type=click.IntRange(min=1), help="Attention heads, if not a standard width.")
+@click.option("--dtype", type=DTYPES, default="float32", show_default=True, help="Dtype of the stored tensors.")
+@click.option("--force", is_flag=True, help="Replace DST if it exists.")
+@click.option("--allow-nonfinite", is_flag=True, help="Convert even if weights hold NaN or Inf.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print the written record as JSON.")
+def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, dtype: str, force: bool,
+               allow_nonfinite: bool, quiet: bool, as_json: bool) -> None:
+    """Convert a timm ViT state dict (.pth, .bin or .safetensors) to a vitconvert weights file.
+
+    Training checkpoints wrapped in 'model' / 'state_dict' or with 'module.' prefixes are unwrapped.
+    Token, 'gap' (fc_norm) and DeiT distilled models are recognised from the keys. Pickles are read
+    with weights_only=True, so a file that would run code is refused.
+    """
+    from ..timm2torch import convert_timm
+
+    with byte_progress("converting", quiet) as progress:
+        record = convert_timm(src, dst, model=model_name, num_heads=heads, force=force, dtype=dtype,
+                              allow_nonfinite=allow_nonfinite, progress=progress)
+    if not quiet or as_json:
+        _report(record, dst, as_json)

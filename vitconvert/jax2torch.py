@@ -1,0 +1,109 @@
+"""Google's JAX `.npz` checkpoints to our weights file, with numpy alone (no torch, no model).
+
+The layout is read from the keys, the architecture from the shapes; the arrays stream through the
+mapping table into the safetensors writer one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import jax_layouts
+from .config import ViTConfig
+from .dtypes import check_dtype
+from .errors import VitConvertError
+from .manifest import load_manifest
+from .mapping import plan
+from .npz import NpzReader
+from .weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
+
+GELU = {"tanh": "gelu_tanh", "erf": "gelu"}
+
+
+def infer_config(reader: NpzReader, layout: jax_layouts.Layout, act: str) -> ViTConfig:
+    """The architecture, from array shapes alone."""
+    s, p = reader.shapes, layout.prefix
+    kh, kw, in_chs, dim = s[f"{p}embedding/kernel"]
+    if kh != kw:
+        raise VitConvertError(f"{reader.path}: non-square patches ({kh}x{kw}) are not supported")
+    depth = jax_layouts.count_blocks(layout, s)
+    if depth == 0:
+        raise VitConvertError(f"{reader.path}: no encoder blocks found under {layout.prefix}Transformer/")
+    q = layout.block_key(f"{layout.mha}/query/kernel").format(i=0).split("[")[0]
+    mlp = layout.block_key(f"{layout.mlp}/Dense_0/kernel").format(i=0).split("[")[0]
+    for key in (q, mlp, f"{p}head/bias", layout.pos_embed):
+        if key not in s:
+            raise VitConvertError(f"{reader.path}: missing key {key} ({layout.name} layout)")
+    heads = s[q][-2]
+    mlp_dim = s[mlp][-1]
+    stage_units = jax_layouts.hybrid_units(layout, s) if layout.hybrid else None
+    pool = "token" if f"{p}cls" in s else "gap"
+    pre = s.get(f"{p}pre_logits/bias")
+    hybrid_width = 64
+    if layout.hybrid:
+        _, _, in_chs, hybrid_width = s[f"{p}conv_root/kernel"]
+    base = ViTConfig(
+        patch_size=kh, in_chans=in_chs, embed_dim=dim, depth=depth,
+        num_heads=heads, mlp_dim=mlp_dim, num_classes=s[f"{p}head/bias"][-1], pool=pool,
+        representation_size=pre[-1] if pre else None, act=act,
+        no_embed_class=layout.name == "big_vision", hybrid_layers=stage_units, hybrid_width=hybrid_width,
+        img_size=(32 * kh, 32 * kh))  # a placeholder any backbone stride divides; set below
+    n_pos = s[layout.pos_embed][-2]
+    n_patches = n_pos - (0 if base.no_embed_class else base.num_prefix_tokens)
+    side = math.isqrt(max(n_patches, 0))
+    if side * side != n_patches or side == 0:
+        raise VitConvertError(
+            f"{reader.path}: {layout.pos_embed} has {n_pos} positions, which is not a square grid "
+            f"plus {base.num_prefix_tokens} class token(s)")
+    return base.replace(img_size=(side * base.total_stride,) * 2)
+
+
+def _is_zero(reader: NpzReader, *keys: str) -> bool:
+    return all(not np.any(reader.read(k)) for k in keys)
+
+
+def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False,
+                gelu: str = "tanh", dtype: str = "float32", preprocess: Preprocess | None = None,
+                labels: str | None = None, allow_nonfinite: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
+    """Convert a JAX `.npz` ViT checkpoint at `src` into our weights file at `dst`.
+
+    gelu: 'tanh' (what the JAX models were trained with; exact reproduction) or 'erf' (timm's).
+    dtype: stored tensor dtype. preprocess / labels: by default those of the published checkpoint
+    when the manifest knows the file (by name and architecture), else Google's evaluation pipeline
+    at the training size and the label set implied by the class count.
+    progress(done_bytes, total_bytes) is called after each tensor.
+    """
+    if gelu not in GELU:
+        raise VitConvertError(f"gelu must be 'tanh' or 'erf', got {gelu!r}")
+    check_dtype(dtype)
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and not force:  # before reading anything large
+        raise VitConvertError(f"output {dst} exists; pass --force (force=True) to replace it")
+    with NpzReader(src) as reader:
+        layout = jax_layouts.detect(reader.shapes, str(src))
+        cfg = infer_config(reader, layout, GELU[gelu])
+        specs = plan(jax_layouts.rules(layout), reader,
+                     jax_layouts.bindings(cfg.depth, cfg.hybrid_layers), where=str(src))
+        notes = ["source arrays stored as bfloat16"] if any(
+            reader.stored_dtype(k) == "bfloat16" for k in reader.shapes) else []
+        if preprocess is None and labels is None and (known := load_manifest().match_file(src.name, cfg)):
+            preprocess, labels = known.preprocess, known.labels
+            notes.append(f"preprocessing and labels of the published checkpoint '{known.name}' "
+                         f"({known.preprocess_source})")
+        record = WeightsRecord(
+            config=cfg,
+            preprocess=preprocess or Preprocess.google(cfg.img_size),
+            source=Source(format=f"jax-npz/{layout.name}" + ("-scanned" if layout.scanned else ""),
+                          file=src.name),
+            labels=labels if labels is not None else label_set_for(cfg.num_classes),
+            head_is_zero=_is_zero(reader, f"{layout.prefix}head/kernel", f"{layout.prefix}head/bias"),
+            notes=tuple(notes),
+        )
+        return write_weights(dst, specs, record, source_path=src, dtype=dtype, force=force,
+                             allow_nonfinite=allow_nonfinite, progress=progress)
