@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.vit_weights import TINY, our_vit, write_test_weights
 from PIL import Image
 
-from helpers.vit_weights import TINY, our_vit, write_test_weights
 from vitconvert.cli import predict as predict_cli
 from vitconvert.errors import VitConvertError
 
@@ -243,7 +243,7 @@ def run_process(*args: object, env: dict | None = None) -> subprocess.CompletedP
             "finally:\n"
             "    print('imported:', *sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules),"
             " file=sys.stderr)\n")
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=False,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=120)
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.vit_weights import TINY, our_vit
 from timm.layers import resample_abs_pos_embed
 
 from vitconvert.loading import at_size
 from vitconvert.posembed import resample_pos_embed
-
-from helpers.vit_weights import TINY, our_vit
 
 
 @pytest.mark.parametrize("old, new", [

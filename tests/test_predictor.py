@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.vit_weights import TINY, TINY_TIMM_KWARGS, our_vit, timm_classifier, write_test_weights
 from PIL import Image
 
-from helpers.vit_weights import TINY, TINY_TIMM_KWARGS, our_vit, timm_classifier, write_test_weights
 from vitconvert import Predictor, VitConvertError
 from vitconvert.attention import rollout
 
@@ -120,8 +120,8 @@ def test_attention_rollout_shape_and_mass(tiny_weights, cat_jpg):
 
 
 @pytest.mark.parametrize("change", [
-    dict(distilled=True),                 # two prefix tokens: patches start at 2
-    dict(hybrid_layers=(), patch_size=4),  # ResNet stem (stride 4) then 4x4 patches
+    {"distilled": True},                      # two prefix tokens: patches start at 2
+    {"hybrid_layers": (), "patch_size": 4},  # ResNet stem (stride 4) then 4x4 patches
 ])
 def test_attention_map_for_distilled_and_hybrid_models(tmp_path, cat_jpg, change):
     config = TINY.replace(img_size=(64, 64), num_classes=10, depth=1, **change)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import timm
 import torch
+from helpers.vit_weights import AUGREG_224, AUGREG_384
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from helpers.vit_weights import AUGREG_224, AUGREG_384
 from vitconvert.transform import plan, to_tensor
 from vitconvert.weights_file import Preprocess
 
