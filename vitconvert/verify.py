@@ -50,10 +50,18 @@ class VerifyReport:
 
 
 def timm_model_for(name: str, record: WeightsRecord, img_size: tuple[int, int], act: str) -> torch.nn.Module:
+    """timm's model `name`, shaped by our config (so a reduced-depth or re-headed file still compares)."""
     import timm
 
     cfg = record.config
-    kwargs = dict(pretrained=False, num_classes=cfg.num_classes, img_size=img_size, act_layer=TIMM_ACT[act])
+    if cfg.representation_size:
+        raise VitConvertError("timm's VisionTransformer has no representation (pre_logits) layer, so it cannot "
+                              "run this file; compare its features instead")
+    kwargs = dict(pretrained=False, num_classes=cfg.num_classes, img_size=img_size, act_layer=TIMM_ACT[act],
+                  embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
+                  mlp_ratio=cfg.mlp_dim / cfg.embed_dim, qkv_bias=cfg.qkv_bias)
+    if cfg.hybrid_layers is None:
+        kwargs.update(patch_size=cfg.patch_size)
     if cfg.pool == "gap":
         kwargs.update(class_token=False, global_pool="avg", fc_norm=cfg.fc_norm)
     if cfg.no_embed_class:
@@ -61,7 +69,7 @@ def timm_model_for(name: str, record: WeightsRecord, img_size: tuple[int, int], 
     try:
         model = timm.create_model(name, **kwargs)
     except (RuntimeError, TypeError) as e:
-        raise VitConvertError(f"cannot build timm model {name!r}: {e}") from None
+        raise VitConvertError(f"cannot build timm model {name!r} for this file: {e}") from None
     if cfg.hybrid_layers is not None:
         _jax_resnet_numerics(model)
     return model.eval()
@@ -109,9 +117,10 @@ def verify(path: str | os.PathLike, timm_model: str, *, source: str | os.PathLik
     origin = load_timm_weights(theirs, Path(source) if source else None, state)
 
     if image is not None:
-        from .preprocess import preprocess_image
+        from .images import load_rgb
+        from .transform import to_tensor
 
-        x = preprocess_image(image, record.preprocess.at_size(cfg.img_size)).unsqueeze(0)
+        x = to_tensor(load_rgb(image), record.preprocess.at_size(cfg.img_size)).unsqueeze(0)
         described = f"{Path(image).name} through the file's preprocessing"
     else:
         x = torch.randn(batch, cfg.in_chans, *cfg.img_size, generator=torch.Generator().manual_seed(seed))
