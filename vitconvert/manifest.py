@@ -1,4 +1,4 @@
-"""The published checkpoints we know by name: `weights_manifest.json` (see docs/manifest.md).
+"""The published checkpoints we know by name: `weights_manifest.json` (schema in the README).
 
 The repository's top-level `weights_manifest.json` is what people read and edit; an identical copy
 ships inside the package (`vitconvert/data/weights_manifest.json`, a test keeps them equal) so an
