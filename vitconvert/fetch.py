@@ -75,7 +75,6 @@ def download(name: str, out: str | os.PathLike | None = None, convert: bool = Tr
             log.say(f"{entry.name}: already converted")
             return dst
         _check_output(dst, force, explicit=out is not None)
-        _converter()  # before a long download, not after
         src = cached_source(entry.name)
         if not src.is_file() or force:
             fetch(entry, src, force=force, log=log, retries=retries, backoff=backoff, timeout=timeout)
@@ -94,34 +93,20 @@ def convert_entry(entry: CheckpointEntry, src: Path, dst: Path, *, force: bool =
                   log: _Log | None = None) -> Path:
     """Convert the downloaded `src` of `entry` to our weights file `dst` (atomically), with the
     manifest's preprocessing and label set, and check that it is the architecture the manifest says."""
-    convert_jax = _converter()
+    from .jax2torch import convert_jax
     from .safetensors_io import atomic_output
-    from .weights_file import read_record
 
     log = log or _Log(False)
     log.say(f"{entry.name}: converting to {dst}")
+    # The final name appears only once the file is known to hold the manifest's architecture.
     with atomic_output(dst, force=force) as tmp:
-        # atomic_output made `tmp`; the converter may replace it.
-        convert_jax(src, tmp, force=True, gelu="tanh", dtype="float32",
-                    preprocess=entry.preprocess, labels=entry.labels)
-        got = read_record(tmp).config
+        got = convert_jax(src, tmp, force=True, gelu="tanh", dtype="float32",
+                          preprocess=entry.preprocess, labels=entry.labels).config
         if got != entry.config:
             want, have = entry.config.to_dict(), got.to_dict()
             diff = ", ".join(f"{k}: manifest {want[k]!r}, file {have[k]!r}" for k in want if want[k] != have[k])
             raise VitConvertError(f"{src} does not hold {entry.name}: {diff}")
     return dst
-
-
-def _converter():
-    try:
-        from .jax2torch import convert_jax
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.jax2torch":
-            raise
-        raise VitConvertError(
-            "this vitconvert has no JAX converter (vitconvert.jax2torch); "
-            "download with --no-convert (convert=False)") from None
-    return convert_jax
 
 
 def fetch(entry: CheckpointEntry, dst: Path, *, force: bool = False, log: _Log | None = None,
