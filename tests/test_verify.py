@@ -50,3 +50,16 @@ def test_cli_exit_status_is_0_within_tolerance_and_1_outside(tiny_b16) -> None:
     assert bad.exit_code == 1
     out = json.loads(bad.output)
     assert out["ok"] is False and out["first_divergence"] == "blocks.0" and out["max_abs_diff"] > 1e-7
+
+
+def test_hybrids_compare_with_the_jax_resnet_numerics_and_show_timms_own(tmp_path) -> None:
+    model = pl.random_timm_vit("timm_r26_s32", seed=1)
+    pl.write_npz(model, tmp_path / "h.npz", "vit_jax")
+    convert_jax(tmp_path / "h.npz", tmp_path / "h.safetensors")
+    ours_in_timm = verify(tmp_path / "h.safetensors", "vit_small_r26_s32_224")
+    assert ours_in_timm.ok and ours_in_timm.max_abs_diff <= 1e-4
+    from_npz = verify(tmp_path / "h.safetensors", "vit_small_r26_s32_224", source=tmp_path / "h.npz")
+    assert from_npz.ok and from_npz.max_abs_diff <= 1e-4
+    # timm's own standardization, sqrt(var + 1e-8) instead of std + 1e-5, is a real difference
+    stock = verify(tmp_path / "h.safetensors", "vit_small_r26_s32_224", timm_act="gelu_tanh", atol=1e-5)
+    assert not stock.ok and stock.max_abs_diff > 1e-5

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .errors import VitConvertError
 from .loading import build_with_weights, load_state_dict, at_size
@@ -70,17 +72,31 @@ def timm_model_for(name: str, record: WeightsRecord, img_size: tuple[int, int], 
         model = timm.create_model(name, **kwargs)
     except (RuntimeError, TypeError) as e:
         raise VitConvertError(f"cannot build timm model {name!r} for this file: {e}") from None
-    if cfg.hybrid_layers is not None:
-        _jax_resnet_numerics(model)
     return model.eval()
 
 
-def _jax_resnet_numerics(model: torch.nn.Module) -> None:
-    """Our hybrid stems carry kernels standardized at conversion; timm standardizes again at run
-    time, which is a no-op up to its eps. GroupNorm eps follows the JAX models (1e-6)."""
+def _jax_resnet_numerics(model: torch.nn.Module, kernels_standardized: bool) -> None:
+    """timm's hybrid with the JAX ResNet numerics: GroupNorm eps 1e-6, and convolutions that either
+    standardize as JAX does, (w - mean) / (std + 1e-5), or, for kernels we already standardized at
+    conversion, do not standardize again."""
+    from timm.layers import StdConv2dSame
+
     for m in model.modules():
         if isinstance(m, torch.nn.GroupNorm):
             m.eps = 1e-6
+        elif isinstance(m, StdConv2dSame):
+            m.forward = partial(_jax_conv, m, standardize=not kernels_standardized)
+
+
+def _jax_conv(conv: torch.nn.Conv2d, x: torch.Tensor, standardize: bool) -> torch.Tensor:
+    from timm.layers.padding import pad_same
+
+    w = conv.weight
+    if standardize:
+        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True, unbiased=False) + 1e-5)
+    if conv.same_pad:
+        x = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)
+    return F.conv2d(x, w, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def load_timm_weights(model: torch.nn.Module, source: Path | None, ours_state: dict[str, torch.Tensor]) -> str:
@@ -104,8 +120,9 @@ def verify(path: str | os.PathLike, timm_model: str, *, source: str | os.PathLik
            atol: float = 1e-4, timm_act: str = "match", batch: int = 4, seed: int = 0) -> VerifyReport:
     """Run our model from `path` and timm's `timm_model` on the same input and compare.
 
-    timm_act: 'match' runs timm with the activation our file records (a pure conversion check);
-    'gelu' or 'gelu_tanh' forces one (e.g. 'gelu' shows what stock timm gives).
+    timm_act: 'match' runs timm with the activation our file records and, for hybrids, the JAX
+    ResNet numerics (a pure conversion check); 'gelu' or 'gelu_tanh' forces an activation and leaves
+    timm's own numerics (e.g. 'gelu' shows what stock timm gives).
     """
     record, state = load_state_dict(path)
     cfg, state = at_size(record.config, state, img_size or record.config.img_size)
@@ -115,6 +132,8 @@ def verify(path: str | os.PathLike, timm_model: str, *, source: str | os.PathLik
         raise VitConvertError(f"timm activation must be 'match', 'gelu' or 'gelu_tanh', got {timm_act!r}")
     theirs = timm_model_for(timm_model, record, cfg.img_size, act)
     origin = load_timm_weights(theirs, Path(source) if source else None, state)
+    if cfg.hybrid_layers is not None and timm_act == "match":
+        _jax_resnet_numerics(theirs, kernels_standardized=source is None)
 
     if image is not None:
         from .images import load_rgb
