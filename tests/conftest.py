@@ -13,32 +13,12 @@ import torch
 torch.set_num_threads(2)
 
 
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter non-zero and of a realistic scale, so a mapping mistake cannot hide."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if name.endswith(".weight") and p.ndim == 1:  # norm scales around 1
-                p.copy_(1 + 0.1 * noise)
-            elif p.ndim == 1:
-                p.copy_(0.05 * noise)
-            else:
-                p.copy_(noise * (0.5 / p[0].numel() ** 0.5) if p.ndim > 1 else noise)
-            if name in ("cls_token", "dist_token", "pos_embed"):
-                p.copy_(0.1 * noise)
-    return model.eval()
-
-
 def timm_vit(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
     import timm
 
-    return randomize(timm.create_model(name, pretrained=False, **kwargs), seed)
+    from published_layouts import fill_random_
 
-
-@pytest.fixture
-def images(tmp_path_factory):
-    return tmp_path_factory.mktemp("images")
+    return fill_random_(timm.create_model(name, pretrained=False, **kwargs), seed).eval()
 
 
 DATA = Path(__file__).parent / "data"

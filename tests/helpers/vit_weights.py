@@ -41,7 +41,7 @@ def write_test_weights(path: Path, state: dict[str, torch.Tensor], config: ViTCo
 def spread_heads(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Random weights give near-uniform class probabilities; heads whose logits have a standard
     deviation of about 3 give a clear, not one-hot, top-5 for the parity tests to compare."""
-    # Not `seed` itself: randomize() drew the class token from that stream first, and a head row
+    # Not `seed` itself: fill_random_() drew the class token from that stream first, and a head row
     # equal to it would make one class win every image.
     gen = torch.Generator().manual_seed(seed + 7919)
     for head in (getattr(model, "head", None), getattr(model, "head_dist", None)):
@@ -60,6 +60,6 @@ def timm_classifier(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
 
 def our_vit(config: ViTConfig, seed: int = 0) -> VisionTransformer:
     """Our model for `config`, randomized the same way."""
-    from conftest import randomize
+    from published_layouts import fill_random_
 
-    return spread_heads(randomize(VisionTransformer(config), seed), seed)
+    return spread_heads(fill_random_(VisionTransformer(config), seed).eval(), seed)
