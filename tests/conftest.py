@@ -34,3 +34,18 @@ def timm_vit(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
 @pytest.fixture
 def images(tmp_path_factory):
     return tmp_path_factory.mktemp("images")
+
+
+# test_fuzz.py records how many examples each property ran; the numbers go into tests/FUZZING.md.
+FUZZ_COUNTS = pytest.StashKey[dict]()
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    counts = config.stash.get(FUZZ_COUNTS, None)
+    if not counts:
+        return
+    terminalreporter.section("fuzz examples run")
+    for prop, tally in counts.items():
+        terminalreporter.write_line(f"{tally['examples']:6d}  {prop}  ({tally['ok']} ok, "
+                                    f"{tally['error']} VitConvertError)")
+    terminalreporter.write_line(f"{sum(t['examples'] for t in counts.values()):6d}  in all")

@@ -20,16 +20,15 @@ from pathlib import Path
 
 import click
 import numpy as np
+import published_layouts as pl
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import published_layouts as pl
 from vitconvert import VitConvertError, convert_jax, convert_timm, load_model, read_record
 from vitconvert.cli import cli
 from vitconvert.cli.errors import run
 from vitconvert.weights_file import META_KEY
-
 
 # --- helpers ----------------------------------------------------------------------------------------
 
@@ -99,6 +98,7 @@ class Evil:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on raw pickles
 @pytest.mark.parametrize("form", ["raw pickle .pth", "raw pickle .bin", "legacy torch format"])
 def test_a_pickle_that_would_run_code_is_refused_in_every_form(tmp_path, out_dir, form: str) -> None:
     Evil.marker = str(tmp_path / "pwned")
@@ -291,11 +291,11 @@ def test_cli_allow_nonfinite_flag(tmp_path, out_dir, capsys, tiny_npz_arrays, ti
         torch.save(tiny_state | {"head.bias": torch.full((10,), float("nan"))}, src)
     dst = str(out_dir / "out.safetensors")
     code, err = cli_error(capsys, command, str(src), dst, "--quiet")
-    assert code == 1 and err.splitlines() == [f"error: {src}: tensor head.bias holds NaN or Inf values; "
-                                              "pass --allow-nonfinite to convert anyway"]
+    assert code == 1 and err.splitlines() == [(f"error: {src}: tensor head.bias holds NaN or Inf values; "
+                                               "pass --allow-nonfinite to convert anyway")]
     assert_nothing_written(out_dir)
     run_ok = subprocess.run([sys.executable, "-m", "vitconvert", command, str(src), dst, "--allow-nonfinite",
-                             "--quiet"], capture_output=True, text=True)
+                             "--quiet"], capture_output=True, text=True, check=False)
     assert run_ok.returncode == 0, run_ok.stderr
     assert torch.isnan(load_file(dst)["head.bias"]).all()
 
@@ -339,8 +339,8 @@ def test_a_zip_of_other_files_is_not_an_npz(tmp_path, out_dir) -> None:
     ("head.weight", (), r"head\.weight has shape \(\), expected 2 dimensions"),
     ("patch_embed.proj.weight", (32, 0, 8, 8), r"invalid ViT config: in_chans must be a positive integer, got 0"),
     ("patch_embed.proj.weight", (32, 3, 0, 0), r"invalid ViT config: .*patch_size must be a positive integer"),
-    ("blocks.0.attn.qkv.weight", (96, 31), r"inconsistent shapes: blocks\.0\.attn\.qkv\.weight \(96, 31\) "
-                                          r"\(expected \(96, 32\)\)"),
+    ("blocks.0.attn.qkv.weight", (96, 31), (r"inconsistent shapes: blocks\.0\.attn\.qkv\.weight \(96, 31\) "
+                                           r"\(expected \(96, 32\)\)")),
 ])
 def test_inconsistent_timm_shapes_are_named(tmp_path, out_dir, tiny_state, key, shape, pattern) -> None:
     torch.save(tiny_state | {key: torch.zeros(shape)}, tmp_path / "s.pth")
@@ -365,6 +365,7 @@ def test_a_state_dict_key_that_is_not_a_string(tmp_path, out_dir, tiny_state) ->
 
 @pytest.mark.parametrize("key, shape", [
     ("Transformer/encoder_norm/scale", (5,)),
+    ("Transformer/encoder_norm/bias", ()),  # found by test_fuzz: written, then refused by load_model
     ("embedding/bias", (31,)),
     ("head/kernel", (32, 11)),
     ("Transformer/encoderblock_1/MlpBlock_3/Dense_1/bias", (7,)),
@@ -399,7 +400,8 @@ def test_hybrid_unit_numbers_must_count_from_one(tmp_path, out_dir) -> None:
     arrays = dict(pl.npz_arrays(pl.random_timm_vit("tiny_hybrid_stages"), "vit_jax"))
     arrays["block1/unit99999999/gn1/bias"] = np.ones(32, np.float32)
     np.savez(tmp_path / "h.npz", **arrays)
-    with pytest.raises(VitConvertError, match=r"units of ResNet stage 1 are not numbered 1\.\.n: found \[1, 2, 99999999\]"):
+    pattern = r"units of ResNet stage 1 are not numbered 1\.\.n: found \[1, 2, 99999999\]"
+    with pytest.raises(VitConvertError, match=pattern):
         convert_jax(tmp_path / "h.npz", out_dir / "out.safetensors")
 
 
@@ -529,6 +531,17 @@ def test_a_timm2torch_write_failing_midway_keeps_the_old_file(pth, out_dir, monk
     assert [p.name for p in out_dir.iterdir()] == ["out.safetensors"]
 
 
+def test_the_writer_handles_empty_tensors(out_dir) -> None:
+    """Regression (found by test_fuzz): memoryview.cast refused zero-size arrays with a TypeError mid-write."""
+    from vitconvert.safetensors_io import TensorSpec, write_safetensors
+
+    write_safetensors(out_dir / "e.safetensors", [TensorSpec("e", (0, 3), lambda: np.zeros((0, 3), np.float32)),
+                                                  TensorSpec("f", (2,), lambda: np.ones(2, np.float32))],
+                      "float32", {})
+    loaded = load_file(str(out_dir / "e.safetensors"))
+    assert loaded["e"].shape == (0, 3) and loaded["f"].tolist() == [1.0, 1.0]
+
+
 def test_an_output_directory_we_cannot_write_in(pth, out_dir, monkeypatch) -> None:
     import tempfile
 
@@ -544,7 +557,8 @@ def test_an_output_directory_we_cannot_write_in(pth, out_dir, monkeypatch) -> No
 
 @pytest.mark.parametrize("args, pattern", [
     (["timm2torch", "{tmp}/missing.pth", "{out}/o.safetensors"], r"error: {tmp}/missing\.pth: no such file"),
-    (["jax2torch", "{tmp}/a.npz", "{out}/o.safetensors"], r"error: {tmp}/a\.npz: member 'notes\.txt' is not a \.npy array"),
+    (["jax2torch", "{tmp}/a.npz", "{out}/o.safetensors"],
+     r"error: {tmp}/a\.npz: member 'notes\.txt' is not a \.npy array"),
     (["timm2torch", "{tmp}/empty.bin", "{out}/o.safetensors"], r"error: {tmp}/empty\.bin is empty \(0 bytes\)"),
     (["jax2torch", "{tmp}/empty.bin", "{out}/no/o.safetensors"], r"error: output directory {out}/no does not exist"),
     (["timm2torch", "{tmp}/evil.pth", "{out}/o.safetensors"], r"error: {tmp}/evil\.pth: refused: the pickle"),
@@ -599,8 +613,8 @@ def test_cli_debug_shows_the_traceback(tmp_path, out_dir) -> None:
     (tmp_path / "empty.pth").touch()
     args = [sys.executable, "-m", "vitconvert", "timm2torch", str(tmp_path / "empty.pth"),
             str(out_dir / "o.safetensors")]
-    plain = subprocess.run(args, capture_output=True, text=True)
-    debug = subprocess.run(args + ["--debug"], capture_output=True, text=True)
+    plain = subprocess.run(args, capture_output=True, text=True, check=False)
+    debug = subprocess.run([*args, "--debug"], capture_output=True, text=True, check=False)
     assert plain.returncode == debug.returncode == 1
     assert plain.stderr.splitlines() == [f"error: {tmp_path / 'empty.pth'} is empty (0 bytes), not a checkpoint file"]
     assert "Traceback (most recent call last)" in debug.stderr and "VitConvertError" in debug.stderr

@@ -94,10 +94,14 @@ def check_planned(specs: Sequence[TensorSpec], cfg: ViTConfig, where: str) -> No
     planned = {s.name: s.shape for s in specs}
     wrong = [f"{k} {shape} (expected {expected[k]})" for k, shape in planned.items()
              if k in expected and shape != expected[k]]
-    problems = [f"inconsistent shapes: {'; '.join(wrong[:6])}" + (f" and {len(wrong) - 6} more" if len(wrong) > 6 else "")
-                if wrong else "",
-                f"tensors the model lacks: {name_list(set(planned) - set(expected))}" if set(planned) - set(expected) else "",
-                f"tensors the model needs but the checkpoint lacks: {name_list(set(expected) - set(planned))}"
-                if set(expected) - set(planned) else ""]
-    if any(problems):
-        raise VitConvertError(f"{where}: " + "; ".join(p for p in problems if p))
+    extra, missing = set(planned) - set(expected), set(expected) - set(planned)
+    problems = []
+    if wrong:
+        more = f" and {len(wrong) - 6} more" if len(wrong) > 6 else ""
+        problems.append(f"inconsistent shapes: {'; '.join(wrong[:6])}{more}")
+    if extra:
+        problems.append(f"tensors the model lacks: {name_list(extra)}")
+    if missing:
+        problems.append(f"tensors the model needs but the checkpoint lacks: {name_list(missing)}")
+    if problems:
+        raise VitConvertError(f"{where}: " + "; ".join(problems))
