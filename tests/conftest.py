@@ -13,6 +13,14 @@ import torch
 torch.set_num_threads(2)
 
 
+def model_shapes(cfg) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of our model for `cfg`, in state-dict order (built on the meta device)."""
+    from vitconvert.model import VisionTransformer
+
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in VisionTransformer(cfg).state_dict().items()}
+
+
 def timm_vit(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
     import timm
 
@@ -77,3 +85,18 @@ def vitpredict(capsys: pytest.CaptureFixture[str]):
         return Result(code, captured.out, captured.err)
 
     return invoke
+
+
+# test_fuzz.py records how many examples each property ran; the numbers go into tests/FUZZING.md.
+FUZZ_COUNTS = pytest.StashKey[dict]()
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    counts = config.stash.get(FUZZ_COUNTS, None)
+    if not counts:
+        return
+    terminalreporter.section("fuzz examples run")
+    for prop, tally in counts.items():
+        terminalreporter.write_line(f"{tally['examples']:6d}  {prop}  ({tally['ok']} ok, "
+                                    f"{tally['error']} VitConvertError)")
+    terminalreporter.write_line(f"{sum(t['examples'] for t in counts.values()):6d}  in all")

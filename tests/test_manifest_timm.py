@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 from timm.models import get_pretrained_cfg
 
 from vitconvert.manifest import load_manifest
-from vitconvert.model import expected_shapes
+from vitconvert.shapes import param_shapes
 
 MANIFEST = load_manifest(Path(__file__).resolve().parents[1] / "weights_manifest.json")
 NO_TIMM = "timm has no pretrained tag for this file"
@@ -41,7 +41,7 @@ def test_against_timm(e):
         model = timm.create_model(base, pretrained=False, num_classes=e.num_classes)
     theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     # timm drops the 2020 checkpoints' pre_logits layer (its head then reads the D-wide token).
-    ours = {k: v for k, v in expected_shapes(e.config).items() if not k.startswith("pre_logits.")}
+    ours = {k: v for k, v in param_shapes(e.config).items() if not k.startswith("pre_logits.")}
     assert ours == theirs
 
     cfg = get_pretrained_cfg(e.timm_model)

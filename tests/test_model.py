@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import timm_vit
+from conftest import model_shapes, timm_vit
 from vitconvert.config import ViTConfig, preset
 from vitconvert.loading import at_size, build_with_weights
-from vitconvert.model import VisionTransformer, expected_shapes
+from vitconvert.model import VisionTransformer
+from vitconvert.shapes import param_shapes
 
 ATOL = 1e-4  # float32, same activation on both sides; in practice the difference is 0 or ~1e-7
 
@@ -64,7 +65,9 @@ def test_presets_have_timms_parameter_shapes(cfg: ViTConfig, timm_name: str) -> 
 
     with torch.device("meta"):
         theirs = timm.create_model(timm_name, pretrained=False, num_classes=1000)
-    assert expected_shapes(cfg) == {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    timm_shapes = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    assert model_shapes(cfg) == timm_shapes
+    assert param_shapes(cfg) == timm_shapes  # the torch-free twin the converters check against
 
 
 def test_state_dict_of_ours_loads_strictly_into_timm() -> None:

@@ -7,6 +7,7 @@ the weights file stores it as JSON, and `build_model` reads it back.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,6 +25,11 @@ WIDTHS: dict[str, tuple[int, int, int, int]] = {
     "H": (1280, 32, 16, 5120),
 }
 PATCHES = (8, 14, 16, 32)
+# The hybrid ResNet normalizes with GroupNorm(32 groups): every width in it must divide into them.
+GN_GROUPS = 32
+_POSITIVE_INTS = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim", "num_classes",
+                  "hybrid_width")
+_BOOLS = ("fc_norm", "distilled", "qkv_bias", "no_embed_class")
 
 
 @dataclass(frozen=True)
@@ -53,19 +59,20 @@ class ViTConfig:
     hybrid_width: int = 64
 
     def __post_init__(self) -> None:
-        problems = []
-        if len(self.img_size) != 2 or min(self.img_size) <= 0:
-            problems.append(f"img_size must be (height, width) > 0, got {self.img_size}")
+        # Types first: a config also comes from a file's JSON, and a wrong type must be a clear
+        # error here, not a TypeError (or a silently wrong model) when the model is built.
+        problems = self._type_problems()
+        if problems:
+            raise VitConvertError("invalid ViT config: " + "; ".join(problems))
         if self.embed_dim % self.num_heads:
             problems.append(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.pool not in ("token", "gap"):
-            problems.append(f"pool must be 'token' or 'gap', got {self.pool!r}")
-        if self.act not in ("gelu", "gelu_tanh"):
-            problems.append(f"act must be 'gelu' or 'gelu_tanh', got {self.act!r}")
         if self.pool == "gap" and self.distilled:
             problems.append("a distilled model needs pool='token'")
         if self.fc_norm and self.pool != "gap":
             problems.append("fc_norm is only used with pool='gap'")
+        if self.hybrid_layers is not None and self.hybrid_width % GN_GROUPS:
+            problems.append(f"hybrid_width {self.hybrid_width} is not a multiple of the {GN_GROUPS} "
+                            "GroupNorm groups of the ResNet")
         stride = self.total_stride
         for side in self.img_size:
             if side % stride:
@@ -75,6 +82,32 @@ class ViTConfig:
                 break
         if problems:
             raise VitConvertError("invalid ViT config: " + "; ".join(problems))
+
+    def _type_problems(self) -> list[str]:
+        problems = []
+        size = self.img_size
+        if not (isinstance(size, tuple) and len(size) == 2 and all(_is_int(n) and n > 0 for n in size)):
+            problems.append(f"img_size must be (height, width) > 0, got {size!r}")
+        for name in _POSITIVE_INTS:
+            if not (_is_int(value := getattr(self, name)) and value > 0):
+                problems.append(f"{name} must be a positive integer, got {value!r}")
+        rep = self.representation_size
+        if rep is not None and not (_is_int(rep) and rep > 0):
+            problems.append(f"representation_size must be a positive integer or null, got {rep!r}")
+        for name in _BOOLS:
+            if not isinstance(value := getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {value!r}")
+        eps = self.ln_eps
+        if not ((_is_int(eps) or isinstance(eps, float) and math.isfinite(eps)) and eps > 0):
+            problems.append(f"ln_eps must be a positive number, got {eps!r}")
+        if self.pool not in ("token", "gap"):
+            problems.append(f"pool must be 'token' or 'gap', got {self.pool!r}")
+        if self.act not in ("gelu", "gelu_tanh"):
+            problems.append(f"act must be 'gelu' or 'gelu_tanh', got {self.act!r}")
+        layers = self.hybrid_layers
+        if layers is not None and not (isinstance(layers, tuple) and all(_is_int(n) and n > 0 for n in layers)):
+            problems.append(f"hybrid_layers must be null or a list of positive unit counts, got {layers!r}")
+        return problems
 
     @property
     def backbone_stride(self) -> int:
@@ -112,19 +145,25 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
+        if not isinstance(d, dict):
+            raise VitConvertError(f"config must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise VitConvertError(f"unknown ViT config fields: {', '.join(unknown)}")
         d = dict(d)
-        if "img_size" in d:
-            d["img_size"] = tuple(d["img_size"])
-        if d.get("hybrid_layers") is not None:
-            d["hybrid_layers"] = tuple(d["hybrid_layers"])
+        # JSON has lists where the config has tuples; anything else is left for validation to name.
+        for name in ("img_size", "hybrid_layers"):
+            if isinstance(d.get(name), list):
+                d[name] = tuple(d[name])
         try:
             return cls(**d)
         except TypeError as e:
             raise VitConvertError(f"invalid ViT config: {e}") from None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def preset(name: str, **overrides: Any) -> ViTConfig:

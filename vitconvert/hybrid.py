@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GN_GROUPS = 32
+from .config import GN_GROUPS  # ViTConfig checks hybrid widths against the same group count
+
 GN_EPS = 1e-6  # flax GroupNorm default; timm uses 1e-5.
 
 

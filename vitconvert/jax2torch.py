@@ -17,21 +17,32 @@ from . import jax_layouts
 from .config import ViTConfig
 from .dtypes import check_dtype
 from .errors import VitConvertError
+from .files import check_output
 from .manifest import load_manifest
 from .mapping import plan
 from .npz import NpzReader
+from .shapes import check_planned
 from .weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
 
 GELU = {"tanh": "gelu_tanh", "erf": "gelu"}
 
 
+def _dims(reader: NpzReader, key: str, rank: int, scanned: bool = False) -> tuple[int, ...]:
+    """The shape of `key`, which the config is read from, checked to have `rank` dimensions
+    (plus the leading layer axis of a scanned layout)."""
+    shape = reader.shapes[key]
+    if len(shape) != rank + scanned:
+        raise VitConvertError(f"{reader.path}: {key} has shape {shape}, expected {rank + scanned} dimensions")
+    return shape[scanned:]
+
+
 def infer_config(reader: NpzReader, layout: jax_layouts.Layout, act: str) -> ViTConfig:
     """The architecture, from array shapes alone."""
     s, p = reader.shapes, layout.prefix
-    kh, kw, in_chs, dim = s[f"{p}embedding/kernel"]
+    kh, kw, in_chs, dim = _dims(reader, f"{p}embedding/kernel", 4)
     if kh != kw:
         raise VitConvertError(f"{reader.path}: non-square patches ({kh}x{kw}) are not supported")
-    depth = jax_layouts.count_blocks(layout, s)
+    depth = jax_layouts.count_blocks(layout, s, str(reader.path))
     if depth == 0:
         raise VitConvertError(f"{reader.path}: no encoder blocks found under {layout.prefix}Transformer/")
     q = layout.block_key(f"{layout.mha}/query/kernel").format(i=0).split("[")[0]
@@ -39,21 +50,25 @@ def infer_config(reader: NpzReader, layout: jax_layouts.Layout, act: str) -> ViT
     for key in (q, mlp, f"{p}head/bias", layout.pos_embed):
         if key not in s:
             raise VitConvertError(f"{reader.path}: missing key {key} ({layout.name} layout)")
-    heads = s[q][-2]
-    mlp_dim = s[mlp][-1]
-    stage_units = jax_layouts.hybrid_units(layout, s) if layout.hybrid else None
+    heads = _dims(reader, q, 3, layout.scanned)[1]
+    mlp_dim = _dims(reader, mlp, 2, layout.scanned)[1]
+    stage_units = jax_layouts.hybrid_units(layout, s, str(reader.path)) if layout.hybrid else None
     pool = "token" if f"{p}cls" in s else "gap"
-    pre = s.get(f"{p}pre_logits/bias")
+    pre = _dims(reader, f"{p}pre_logits/bias", 1) if f"{p}pre_logits/bias" in s else None
     hybrid_width = 64
     if layout.hybrid:
-        _, _, in_chs, hybrid_width = s[f"{p}conv_root/kernel"]
-    base = ViTConfig(
-        patch_size=kh, in_chans=in_chs, embed_dim=dim, depth=depth,
-        num_heads=heads, mlp_dim=mlp_dim, num_classes=s[f"{p}head/bias"][-1], pool=pool,
-        representation_size=pre[-1] if pre else None, act=act,
-        no_embed_class=layout.name == "big_vision", hybrid_layers=stage_units, hybrid_width=hybrid_width,
-        img_size=(32 * kh, 32 * kh))  # a placeholder any backbone stride divides; set below
-    n_pos = s[layout.pos_embed][-2]
+        _, _, in_chs, hybrid_width = _dims(reader, f"{p}conv_root/kernel", 4)
+    num_classes = _dims(reader, f"{p}head/bias", 1)[0]
+    n_pos = _dims(reader, layout.pos_embed, 3)[1]
+    try:
+        base = ViTConfig(
+            patch_size=kh, in_chans=in_chs, embed_dim=dim, depth=depth,
+            num_heads=heads, mlp_dim=mlp_dim, num_classes=num_classes, pool=pool,
+            representation_size=pre[-1] if pre else None, act=act,
+            no_embed_class=layout.name == "big_vision", hybrid_layers=stage_units, hybrid_width=hybrid_width,
+            img_size=(32 * kh, 32 * kh))  # a placeholder any backbone stride divides; set below
+    except VitConvertError as e:  # shapes that make no model: say which file they came from
+        raise VitConvertError(f"{reader.path}: {e}") from None
     n_patches = n_pos - (0 if base.no_embed_class else base.num_prefix_tokens)
     side = math.isqrt(max(n_patches, 0))
     if side * side != n_patches or side == 0:
@@ -82,14 +97,13 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
     if gelu not in GELU:
         raise VitConvertError(f"gelu must be 'tanh' or 'erf', got {gelu!r}")
     check_dtype(dtype)
-    src, dst = Path(src), Path(dst)
-    if dst.exists() and not force:  # before reading anything large
-        raise VitConvertError(f"output {dst} exists; pass --force (force=True) to replace it")
+    src, dst = Path(src), check_output(dst, force)  # before reading anything large
     with NpzReader(src) as reader:
         layout = jax_layouts.detect(reader.shapes, str(src))
         cfg = infer_config(reader, layout, GELU[gelu])
         specs = plan(jax_layouts.rules(layout), reader,
                      jax_layouts.bindings(cfg.depth, cfg.hybrid_layers), where=str(src))
+        check_planned(specs, cfg, str(src))
         notes = ["source arrays stored as bfloat16"] if any(
             reader.stored_dtype(k) == "bfloat16" for k in reader.shapes) else []
         if preprocess is None and labels is None and (known := load_manifest().match_file(src.name, cfg)):

@@ -126,23 +126,31 @@ def detect(shapes: Mapping[str, Shape], where: str) -> Layout:
                   hybrid=f"{prefix}conv_root/kernel" in shapes)
 
 
-def count_blocks(layout: Layout, shapes: Mapping[str, Shape]) -> int:
+def count_blocks(layout: Layout, shapes: Mapping[str, Shape], where: str = "checkpoint") -> int:
     if layout.scanned:
-        return shapes[f"{layout.prefix}Transformer/encoderblock/LayerNorm_0/scale"][0]
+        key = f"{layout.prefix}Transformer/encoderblock/LayerNorm_0/scale"
+        if len(shapes[key]) != 2:
+            raise VitConvertError(f"{where}: {key} has shape {shapes[key]}, expected (layers, width)")
+        return shapes[key][0]
     pattern = re.compile(re.escape(f"{layout.prefix}Transformer/encoderblock_") + r"(\d+)/")
     return len({m[1] for k in shapes if (m := pattern.match(k))})
 
 
-def hybrid_units(layout: Layout, shapes: Mapping[str, Shape]) -> tuple[int, ...]:
+def hybrid_units(layout: Layout, shapes: Mapping[str, Shape], where: str = "checkpoint") -> tuple[int, ...]:
     """Units per ResNet stage, from keys 'block{s}/unit{u}/...' (1-based)."""
     pattern = re.compile(re.escape(layout.prefix) + r"block(\d+)/unit(\d+)/")
-    units: dict[int, int] = {}
+    units: dict[int, set[int]] = {}
     for k in shapes:
         if m := pattern.match(k):
-            units[int(m[1])] = max(units.get(int(m[1]), 0), int(m[2]))
+            units.setdefault(int(m[1]), set()).add(int(m[2]))
     if sorted(units) != list(range(1, len(units) + 1)):
-        raise VitConvertError(f"ResNet stages are not numbered 1..n: found stages {sorted(units)}")
-    return tuple(units[s] for s in sorted(units))
+        raise VitConvertError(f"{where}: ResNet stages are not numbered 1..n: found stages {sorted(units)}")
+    # Numbered 1..n, so the count is bounded by the keys (a key 'unit99999999' must not make a plan that big).
+    for stage, found in units.items():
+        if sorted(found) != list(range(1, len(found) + 1)):
+            raise VitConvertError(f"{where}: the units of ResNet stage {stage} are not numbered 1..n: "
+                                  f"found {sorted(found)}")
+    return tuple(len(units[s]) for s in sorted(units))
 
 
 # --- the table ------------------------------------------------------------------------------------

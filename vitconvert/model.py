@@ -174,10 +174,3 @@ class VisionTransformer(nn.Module):
             maps.append(block.attn.attention_probs(block.norm1(x)))
             x = block(x)
         return maps
-
-
-def expected_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
-    """Parameter names and shapes of the model `cfg` describes, without allocating it."""
-    with torch.device("meta"):
-        model = VisionTransformer(cfg)
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}

@@ -19,6 +19,7 @@ import numpy as np
 
 from .dtypes import STORAGE, to_storage
 from .errors import VitConvertError
+from .files import check_input, check_output
 
 ALIGN = 8
 
@@ -50,14 +51,11 @@ def atomic_output(dst: str | os.PathLike, force: bool = False) -> Iterator[Path]
 
     On any failure the temporary file is removed and an existing `dst` is untouched.
     """
-    dst = Path(dst)
-    if dst.is_dir():
-        raise VitConvertError(f"output {dst} is a directory; give a file name")
-    if dst.exists() and not force:
-        raise VitConvertError(f"output {dst} exists; pass --force (force=True) to replace it")
-    if not dst.parent.is_dir():
-        raise VitConvertError(f"output directory {dst.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
+    dst = check_output(dst, force)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
+    except OSError as e:
+        raise VitConvertError(f"cannot write in {dst.parent}: {e.strerror or e}") from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -89,7 +87,7 @@ def write_safetensors(dst: str | os.PathLike, specs: Sequence[TensorSpec], dtype
                 raise VitConvertError(
                     f"tensor {spec.name}: planned shape {spec.shape}, produced {tuple(array.shape)}")
             data = to_storage(array, dtype)
-            f.write(memoryview(data).cast("B"))
+            f.write(data.reshape(-1).view(np.uint8))  # bytes without a copy; also for empty tensors
             if progress:
                 progress(data.nbytes)
             del array, data
@@ -107,10 +105,11 @@ MAX_HEADER = 100 * 2**20
 
 
 def read_header(path: str | os.PathLike) -> dict:
-    """The JSON header of a safetensors file, checked against the file's size."""
-    path = Path(path)
-    if path.is_dir():
-        raise VitConvertError(f"{path} is a directory, not a weights file")
+    """The JSON header of a safetensors file, checked against the file's size.
+
+    Every entry is checked for the types the format prescribes, so callers may index it freely.
+    """
+    path = check_input(path, "a safetensors file")
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -122,21 +121,37 @@ def read_header(path: str | os.PathLike) -> dict:
     except OSError as e:
         raise VitConvertError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        # Only standard JSON: Python would take NaN/Infinity; RecursionError is a deeply nested header.
+        header = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise VitConvertError(f"{path}: not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise VitConvertError(f"{path}: not a safetensors file (header is not a JSON object)")
+    meta = header.get("__metadata__", {})
+    if not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise VitConvertError(f"{path}: malformed safetensors header (__metadata__ must map strings to strings)")
     end = 0
     for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            _, stop = info["data_offsets"]
-            end = max(end, int(stop))
-            _ = info["dtype"], list(info["shape"])
-        except (KeyError, TypeError, ValueError):
-            raise VitConvertError(f"{path}: tensor {name!r} has a malformed header entry") from None
+        if name != "__metadata__":
+            end = max(end, _entry_end(info, f"{path}: tensor {name!r} has a malformed header entry"))
     if 8 + n + end > size:
         raise VitConvertError(f"{path}: truncated ({size} bytes, header promises {8 + n + end})")
     return header
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _entry_end(info: object, message: str) -> int:
+    """Where a tensor's data ends, once its entry is known to be {dtype: str, shape: [n >= 0],
+    data_offsets: [begin <= end]}."""
+    def is_count(n: object) -> bool:
+        return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+    if not (isinstance(info, dict) and isinstance(info.get("dtype"), str)
+            and isinstance(shape := info.get("shape"), list) and all(is_count(n) for n in shape)
+            and isinstance(offsets := info.get("data_offsets"), list) and len(offsets) == 2
+            and all(is_count(n) for n in offsets) and offsets[0] <= offsets[1]):
+        raise VitConvertError(message)
+    return offsets[1]

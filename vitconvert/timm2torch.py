@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +18,9 @@ import torch
 
 from .config import ViTConfig
 from .errors import VitConvertError
+from .files import check_input, check_output
 from .mapping import IDENTITY, Rule, plan
-from .model import expected_shapes
+from .shapes import check_planned, param_shapes
 from .weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
 
 WRAPPERS = ("state_dict", "model", "model_ema", "module")
@@ -32,11 +33,7 @@ TIMM_DEFAULT_PREPROCESS = dict(resize="crop", crop_pct=0.9, interpolation="bicub
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors, or of a .pth/.bin read with weights_only (no code runs)."""
-    path = Path(path)
-    if path.is_dir():
-        raise VitConvertError(f"{path} is a directory, not a checkpoint file")
-    if not path.exists():
-        raise VitConvertError(f"{path}: no such file")
+    path = check_input(path, "a checkpoint file")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -51,12 +48,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, zip errors...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        text = str(e)
+        if "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text:
+            # torch's message is a page long; its one informative sentence names what was refused
+            reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. |\n|$)", text)
             raise VitConvertError(
                 f"{path}: refused: the pickle asks to run code or build objects that are not plain "
-                f"tensors ({first}). vitconvert loads pickles only with weights_only=True; if you "
-                "trust the file, re-save its state dict with safetensors") from None
+                f"tensors ({reason[1].strip() if reason else 'weights_only load failed'}). vitconvert "
+                "loads pickles only with weights_only=True; if you trust the file, re-save its state "
+                "dict with safetensors") from None
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         raise VitConvertError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
     return unwrap(obj, str(path))
 
@@ -74,10 +75,19 @@ def unwrap(obj: object, where: str) -> dict[str, torch.Tensor]:
     tensors = {}
     for k, v in obj.items():
         if isinstance(v, torch.Tensor):
+            if not isinstance(k, str):
+                raise VitConvertError(f"{where}: the state dict has a key that is not a string: {k!r}")
             tensors[k.removeprefix("module.")] = v
     if not tensors:
         raise VitConvertError(f"{where}: the checkpoint holds no tensors")
     return tensors
+
+
+def _dims(shapes: Mapping[str, tuple[int, ...]], key: str, rank: int, where: str) -> tuple[int, ...]:
+    """The shape of `key`, which the config is read from, checked to have `rank` dimensions."""
+    if len(shapes[key]) != rank:
+        raise VitConvertError(f"{where}: {key} has shape {shapes[key]}, expected {rank} dimensions")
+    return shapes[key]
 
 
 def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str,
@@ -86,7 +96,7 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str,
         keys = ", ".join(sorted(shapes)[:6])
         raise VitConvertError(f"{where}: not a timm ViT state dict (no patch_embed.proj.weight); "
                               f"its keys begin: {keys}")
-    dim, in_chans, ph, pw = shapes["patch_embed.proj.weight"]
+    dim, in_chans, ph, pw = _dims(shapes, "patch_embed.proj.weight", 4, where)
     if ph != pw:
         raise VitConvertError(f"{where}: non-square patches ({ph}x{pw}) are not supported")
     depth = len({m[1] for k in shapes if (m := re.match(r"blocks\.(\d+)\.", k))})
@@ -95,20 +105,25 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str,
     distilled = "dist_token" in shapes
     pool = "token" if "cls_token" in shapes else "gap"
     prefix = (pool == "token") + distilled
-    n_pos = shapes.get("pos_embed", (0, 0, 0))[1]
+    n_pos = _dims(shapes, "pos_embed", 3, where)[1] if "pos_embed" in shapes else 0
     no_embed_class = prefix > 0 and math.isqrt(n_pos) ** 2 == n_pos
     side = math.isqrt(n_pos - (0 if no_embed_class else prefix))
     if side * side != n_pos - (0 if no_embed_class else prefix) or side == 0:
         raise VitConvertError(f"{where}: pos_embed with {n_pos} positions is not a square grid "
                               f"plus {prefix} prefix token(s)")
-    pre = shapes.get("pre_logits.fc.weight")
-    return ViTConfig(
-        img_size=(side * ph, side * ph), patch_size=ph, in_chans=in_chans, embed_dim=dim, depth=depth,
-        num_heads=num_heads or HEADS_BY_WIDTH.get(dim, max(dim // 64, 1)),
-        mlp_dim=shapes["blocks.0.mlp.fc1.weight"][0], num_classes=shapes["head.weight"][0], pool=pool,
-        fc_norm="fc_norm.weight" in shapes, representation_size=pre[0] if pre else None,
-        distilled=distilled, qkv_bias="blocks.0.attn.qkv.bias" in shapes, ln_eps=1e-6, act="gelu",
-        no_embed_class=no_embed_class)
+    pre = _dims(shapes, "pre_logits.fc.weight", 2, where) if "pre_logits.fc.weight" in shapes else None
+    mlp_dim = _dims(shapes, "blocks.0.mlp.fc1.weight", 2, where)[0]
+    num_classes = _dims(shapes, "head.weight", 2, where)[0]
+    try:
+        return ViTConfig(
+            img_size=(side * ph, side * ph), patch_size=ph, in_chans=in_chans, embed_dim=dim, depth=depth,
+            num_heads=num_heads or HEADS_BY_WIDTH.get(dim, max(dim // 64, 1)),
+            mlp_dim=mlp_dim, num_classes=num_classes, pool=pool,
+            fc_norm="fc_norm.weight" in shapes, representation_size=pre[0] if pre else None,
+            distilled=distilled, qkv_bias="blocks.0.attn.qkv.bias" in shapes, ln_eps=1e-6, act="gelu",
+            no_embed_class=no_embed_class)
+    except VitConvertError as e:  # shapes that make no model: say which file they came from
+        raise VitConvertError(f"{where}: {e}") from None
 
 
 def timm_pretrained(model_name: str) -> tuple[int, Preprocess, str | None]:
@@ -134,6 +149,15 @@ class _TensorReader:
         self.tensors = tensors
         self.shapes = {k: tuple(v.shape) for k, v in tensors.items()}
 
+    def check_weights(self, keys: Iterable[str], where: str) -> None:
+        """Real-valued dense tensors only: an int or bool 'weight' would convert silently to nonsense."""
+        for k in keys:
+            t = self.tensors[k]
+            if not t.is_floating_point() or t.layout != torch.strided or t.device.type != "cpu" or t.is_quantized:
+                kind = f"{t.dtype}" + ("" if t.layout == torch.strided else f", {t.layout}") + \
+                    ("" if t.device.type == "cpu" else f", on {t.device.type}")
+                raise VitConvertError(f"{where}: tensor {k} is {kind}; expected dense floating point weights")
+
     def read(self, key: str) -> np.ndarray:
         return self.tensors[key].detach().to(torch.float32).numpy()
 
@@ -148,9 +172,7 @@ def convert_timm(src: str | os.PathLike, dst: str | os.PathLike, *, model: str |
     number of heads and the checkpoint's own preprocessing. Without it, heads follow the standard
     widths and preprocessing is timm's ViT default (bicubic, crop 0.9, mean = std = 0.5).
     """
-    src, dst = Path(src), Path(dst)
-    if dst.exists() and not force:
-        raise VitConvertError(f"output {dst} exists; pass --force (force=True) to replace it")
+    src, dst = Path(src), check_output(dst, force)  # before reading anything large
     tensors = read_state_dict(src)
     reader = _TensorReader(tensors)
     preprocess, labels, notes = None, None, ()
@@ -161,11 +183,10 @@ def convert_timm(src: str | os.PathLike, dst: str | os.PathLike, *, model: str |
         preprocess = Preprocess(size=cfg.img_size, **TIMM_DEFAULT_PREPROCESS)
         notes = ("preprocessing assumed to be timm's ViT default; convert with --model NAME.TAG "
                  "for the checkpoint's own",)
-    expected = expected_shapes(cfg)
+    expected = param_shapes(cfg)
     specs = plan([Rule(name, (name,), IDENTITY) for name in expected], reader, {}, where=str(src))
-    wrong = [f"{s.name} {s.shape} (expected {expected[s.name]})" for s in specs if s.shape != expected[s.name]]
-    if wrong:
-        raise VitConvertError(f"{src}: inconsistent shapes: {'; '.join(wrong)}")
+    check_planned(specs, cfg, str(src))
+    reader.check_weights(expected, str(src))
     record = WeightsRecord(
         config=cfg, preprocess=preprocess,
         source=Source(format="timm" + (f"/{model}" if model else ""), file=src.name),

@@ -7,6 +7,7 @@ the architecture, the preprocessing, the label set, the head's state and the sou
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -44,6 +45,18 @@ class Preprocess:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     def __post_init__(self) -> None:
+        # Also read from a file's JSON: wrong types are named here, not met later as a TypeError.
+        size = self.size
+        if not (isinstance(size, tuple) and len(size) == 2 and all(_is_int(n) and n > 0 for n in size)):
+            raise VitConvertError(f"preprocess.size must be (height, width) > 0, got {size!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if not (isinstance(value, tuple) and len(value) == 3 and all(_is_real(v) for v in value)):
+                raise VitConvertError(f"preprocess.{name} must be 3 finite numbers, got {value!r}")
+        if not all(v > 0 for v in self.std):
+            raise VitConvertError(f"preprocess.std must be positive, got {self.std!r}")
+        if not _is_real(self.crop_pct):
+            raise VitConvertError(f"preprocess.crop_pct must be a number, got {self.crop_pct!r}")
         if self.resize not in ("squash", "crop"):
             raise VitConvertError(f"preprocess.resize must be 'squash' or 'crop', got {self.resize!r}")
         if self.interpolation not in ("bicubic", "bilinear"):
@@ -67,6 +80,12 @@ class Source:
     format: str  # e.g. 'jax-npz/vit_jax', 'jax-npz/big_vision', 'timm'
     file: str
     sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("format", "file", "sha256"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) or name == "sha256" and value is None):
+                raise VitConvertError(f"source.{name} must be a string, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -104,15 +123,25 @@ class WeightsRecord:
                 f"{where}: weights record version {d.get('version')!r} is not supported "
                 f"(this vitconvert reads version {FORMAT_VERSION}); upgrade vitconvert or reconvert")
         try:
-            pre = d["preprocess"]
+            pre, source, notes = d["preprocess"], d["source"], d.get("notes", [])
+            for name, value in (("preprocess", pre), ("source", source)):
+                if not isinstance(value, dict):
+                    raise VitConvertError(f"{name} must be a JSON object, got {value!r}")
+            # bool("false") is True: only JSON's own true/false may say whether the head is zero.
+            if not isinstance(d["head_is_zero"], bool):
+                raise VitConvertError(f"head_is_zero must be true or false, got {d['head_is_zero']!r}")
+            if not (d["labels"] is None or isinstance(d["labels"], str)):
+                raise VitConvertError(f"labels must be a string or null, got {d['labels']!r}")
+            if not (isinstance(notes, list) and all(isinstance(n, str) for n in notes)):
+                raise VitConvertError(f"notes must be a list of strings, got {notes!r}")
             return cls(
                 config=ViTConfig.from_dict(d["config"]),
-                preprocess=Preprocess(**{**pre, "size": tuple(pre["size"]), "mean": tuple(pre["mean"]),
-                                         "std": tuple(pre["std"])}),
-                source=Source(**d["source"]),
+                preprocess=Preprocess(**{**pre, **{k: tuple(pre[k]) for k in ("size", "mean", "std")
+                                                   if isinstance(pre.get(k), list)}}),
+                source=Source(**source),
                 labels=d["labels"],
-                head_is_zero=bool(d["head_is_zero"]),
-                notes=tuple(d.get("notes", ())),
+                head_is_zero=d["head_is_zero"],
+                notes=tuple(notes),
             )
         except VitConvertError as e:
             raise VitConvertError(f"{where}: {e}") from None
@@ -123,29 +152,46 @@ class WeightsRecord:
         return {META_KEY: self.to_json()}
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    """A finite int or float (JSON numbers), not a bool."""
+    return _is_int(value) or isinstance(value, float) and math.isfinite(value)
+
+
 def label_set_for(num_classes: int) -> str | None:
     return LABEL_SETS.get(num_classes)
 
 
+# What our writer stores; the model is built in one of these (torch cannot load ints into parameters).
+FLOAT_DTYPES = {name for name, _ in STORAGE.values()}
+
+
 def read_record(path: str | os.PathLike) -> WeightsRecord:
     """The record alone: reads the header, not the tensors."""
-    header = read_header(path)
+    header = read_header(path)  # checks that __metadata__, if any, maps strings to strings
     meta = header.get("__metadata__") or {}
     if META_KEY not in meta:
         raise VitConvertError(
             f"{path}: no vitconvert metadata; convert the checkpoint first "
             "(vitconvert jax2torch / timm2torch)")
     record = WeightsRecord.from_json(meta[META_KEY], where=str(path))
-    _check_shapes(record.config, {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"},
-                  str(path))
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    dtypes = {v["dtype"] for v in tensors.values()}
+    if not dtypes <= FLOAT_DTYPES or len(dtypes) > 1:
+        raise VitConvertError(f"{path}: tensors must all have one dtype of {', '.join(sorted(FLOAT_DTYPES))}; "
+                              f"found {', '.join(sorted(map(str, dtypes)))}")
+    _check_shapes(record.config, {k: tuple(v["shape"]) for k, v in tensors.items()}, str(path))
     return record
 
 
 def _check_shapes(cfg: ViTConfig, shapes: dict[str, tuple[int, ...]], where: str) -> None:
-    from .model import expected_shapes
-
-    expected = expected_shapes(cfg)
     from .mapping import name_list
+    from .shapes import param_shapes
+
+    expected = param_shapes(cfg)
 
     missing = set(expected) - set(shapes)
     extra = set(shapes) - set(expected)
@@ -173,7 +219,7 @@ def write_weights(dst: str | os.PathLike, specs: Sequence[TensorSpec], record: W
     file_hash = FileHash(source_path)
     record = replace(record, source=replace(record.source, sha256=PLACEHOLDER))
     if not allow_nonfinite:
-        specs = [TensorSpec(s.name, s.shape, _finite(s)) for s in specs]
+        specs = [TensorSpec(s.name, s.shape, _finite(s, str(source_path))) for s in specs]
     total = sum(int(np.prod(s.shape)) for s in specs) * STORAGE[dtype][1].itemsize
     done = 0
 
@@ -193,11 +239,11 @@ def write_weights(dst: str | os.PathLike, specs: Sequence[TensorSpec], record: W
     return record
 
 
-def _finite(spec: TensorSpec) -> Callable[[], np.ndarray]:
+def _finite(spec: TensorSpec, where: str) -> Callable[[], np.ndarray]:
     def make() -> np.ndarray:
         array = spec.make()
         if not np.isfinite(array).all():
             raise VitConvertError(
-                f"tensor {spec.name} holds NaN or Inf values; pass --allow-nonfinite to convert anyway")
+                f"{where}: tensor {spec.name} holds NaN or Inf values; pass --allow-nonfinite to convert anyway")
         return array
     return make

@@ -32,10 +32,13 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> None:
         _fail(e.format_message(), EXIT_ERROR, debug)
     except VitConvertError as e:
         _fail(str(e), EXIT_ERROR, debug)
+    except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): nothing to say
+        sys.exit(EXIT_ERROR)
+    except OSError as e:  # the disk or the file system, not a bug: e.g. no space left mid-write
+        where = f"{e.filename}: " if e.filename else ""
+        _fail(f"{where}{e.strerror or e}", EXIT_ERROR, debug)
     except KeyboardInterrupt:
         _fail("interrupted", 130, debug)
-    except BrokenPipeError:
-        sys.exit(EXIT_ERROR)
     except Exception as e:  # a bug of ours: still one line, with the way to see more
         _fail(f"unexpected {type(e).__name__}: {e} (run with --debug for the traceback; "
               "please report it)", EXIT_ERROR, debug)
@@ -46,5 +49,6 @@ def _fail(message: str, code: int, debug: bool) -> None:
         import traceback
 
         traceback.print_exc()
-    click.echo(f"error: {message}", err=True)
+    # One line, always: messages may quote a library's multi-line text.
+    click.echo(f"error: {' '.join(str(message).split())}", err=True)
     sys.exit(code)
