@@ -487,3 +487,62 @@ def test_fuzz_timm_state_dicts(case: Mutated, allow_nonfinite: bool, dtype: str)
             torch.save(obj, src)
         outcome("timm state dicts -> convert_timm",
                 lambda: convert_timm(src, dst, allow_nonfinite=allow_nonfinite, dtype=dtype), out_dir, dst)
+
+
+# --- image bytes -----------------------------------------------------------------------------------
+
+def _seed_images() -> list[bytes]:
+    """Small valid images in every format vitpredict reads, to mutate."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (12, 17, 3), dtype=np.uint8))
+    seeds = []
+    for fmt, image in [("JPEG", rgb), ("PNG", rgb.convert("RGBA")), ("WEBP", rgb), ("GIF", rgb.convert("P")),
+                       ("BMP", rgb), ("TIFF", rgb.convert("CMYK")), ("PNG", rgb.convert("I;16"))]:
+        buf = io.BytesIO()
+        image.save(buf, fmt)
+        seeds.append(buf.getvalue())
+    return seeds
+
+
+IMAGE_SEEDS = _seed_images()
+
+
+@st.composite
+def image_bytes(draw) -> bytes:
+    data = bytearray(draw(st.sampled_from(IMAGE_SEEDS)))
+    how = draw(st.sampled_from(["intact", "truncate", "flip", "splice", "random"]))
+    if how == "truncate":
+        del data[draw(st.integers(0, len(data) - 1)):]
+    elif how == "flip":
+        for _ in range(draw(st.integers(1, 8))):
+            data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
+    elif how == "splice":
+        at = draw(st.integers(0, len(data)))
+        data[at:at] = draw(st.binary(min_size=1, max_size=64))
+    elif how == "random":
+        data = bytearray(draw(st.binary(max_size=256)))
+    return bytes(data)
+
+
+@fuzz_settings(60)
+@given(image_bytes())
+def test_image_bytes_give_a_model_input_or_a_clear_error(data: bytes) -> None:
+    from vitconvert.images import load_rgb
+    from vitconvert.transform import to_tensor
+    from vitconvert.weights_file import Preprocess
+
+    pre = Preprocess(size=(32, 48), resize="crop", crop_pct=0.9, interpolation="bicubic")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "image"
+        path.write_bytes(data)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Pillow warns about some truncated files; errors are what count
+                x = to_tensor(load_rgb(path, max_pixels=1 << 20), pre)
+        except VitConvertError:
+            count("image bytes -> model input", "error")
+            return
+    assert x.shape == (3, 32, 48) and x.dtype == torch.float32 and torch.isfinite(x).all()
+    count("image bytes -> model input", "ok")
