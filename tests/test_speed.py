@@ -121,6 +121,18 @@ def test_a_bad_image_under_workers_is_the_serial_error(tiny_weights, photos, tmp
     assert message.startswith(f"{bad}: cannot ")  # names the file, says what went wrong
 
 
+def test_default_workers_leave_the_cores_to_the_model_on_a_cpu(monkeypatch):
+    from vitconvert.batches import default_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(8)), raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert default_workers(100, 8, "cpu") == 0  # torch's threads use every core
+    assert default_workers(100, 8, "cuda") == 2  # the model is elsewhere: decode ahead
+    assert default_workers(8, 8, "cuda") == 0  # one batch: nothing to overlap
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
+    assert default_workers(100, 8, "cpu") == 1
+
+
 def test_negative_workers_are_refused(tiny_weights, cat_jpg):
     with pytest.raises(VitConvertError, match="workers at least 0"):
         Predictor(tiny_weights).predict([cat_jpg], workers=-1)

@@ -29,12 +29,21 @@ def prepare(image: ImageInput, preprocess: Preprocess, max_pixels: int) -> torch
     return to_tensor(load_rgb(image, max_pixels), preprocess)
 
 
-def default_workers(num_images: int, batch_size: int) -> int:
-    """Worker processes for `num_images`: none for a single batch (nothing to overlap), else up to
-    two, never more than the CPU has cores."""
+def default_workers(num_images: int, batch_size: int, device: str | torch.device = "cpu") -> int:
+    """Worker processes worth starting: none for a single batch (nothing to overlap). With the model
+    on a GPU, up to two. With the model on the CPU, only on cores torch's threads leave idle: there,
+    workers take cores from the matrix products, and on a machine whose cores torch uses they cost
+    more than decoding in between batches does (2 cores, ViT-B/16 bfloat16: 0.83x the model's
+    images/s with 2 workers, 0.95x with none; benchmarks/RESULTS.md)."""
     if num_images <= batch_size:
         return 0
-    return min(2, os.cpu_count() or 1)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    if torch.device(device).type == "cpu":
+        return max(0, min(2, cores - torch.get_num_threads()))
+    return min(2, cores)
 
 
 @dataclass(frozen=True)

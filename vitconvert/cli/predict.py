@@ -57,8 +57,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the model: slower start, faster batches; for many images.")
 @click.option("--workers", type=click.IntRange(min=0), metavar="N",
-              help="Processes decoding and resizing images ahead of the model; 0: none. "
-                   "Default: none for a single batch, else min(2, CPU cores).")
+              help="Processes decoding and resizing images ahead of the model; 0: none. Default: "
+                   "none for a single batch; on a GPU up to 2; on the CPU only cores torch leaves idle.")
 @click.option("--labels", metavar="imagenet-1k|imagenet-21k|FILE",
               help="Class names (a FILE has one name a line); default: the weights file's label set.")
 @click.option("--attention-map", "attention_out", type=click.Path(dir_okay=False, path_type=Path),
@@ -83,7 +83,7 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
     predictor = Predictor(weights_path, img_size=res, device=device, labels=labels, dtype=dtype,
                           compile=compile_)
     if workers is None:
-        workers = default_workers(len(paths), batch_size)
+        workers = default_workers(len(paths), batch_size, predictor.device)
     if map_paths:  # refuse before the first prediction rather than after it
         from ..attention import check_supported
 
