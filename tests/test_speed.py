@@ -14,7 +14,7 @@ from PIL import Image
 
 from vitconvert import Predictor, VitConvertError
 from vitconvert.errors import VitConvertWarning
-from vitconvert.runtime import inference_dtype, run_compiled
+from vitconvert.runtime import inference_dtype, keep_freed_memory, run_compiled
 
 CPU = torch.device("cpu")
 
@@ -189,3 +189,13 @@ def test_vitpredict_float16_on_cpu_warns_in_one_line(vitpredict, tiny_weights, c
     result = vitpredict(cat_jpg, "--weights", tiny_weights, "--dtype", "float16", "--top", "1")
     assert result.code == 0 and result.out.startswith(str(cat_jpg))
     assert result.err.startswith("warning: float16 on CPU: ") and result.err.count("\n") == 1
+
+
+def test_keep_freed_memory_takes_effect_on_glibc():
+    import os
+
+    try:
+        glibc = os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (ValueError, OSError):
+        glibc = False
+    assert keep_freed_memory() is glibc

@@ -79,7 +79,9 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
 
     from ..batches import default_workers
     from ..predict import Predictor  # torch from here on
+    from ..runtime import keep_freed_memory
 
+    keep_freed_memory()  # this process is ours: reuse freed activations instead of faulting them in again
     predictor = Predictor(weights_path, img_size=res, device=device, labels=labels, dtype=dtype,
                           compile=compile_)
     if workers is None:
