@@ -1,24 +1,31 @@
 """Inference images/s of our ViT and timm's on the same weights, same process, same batch (CPU).
 
     python -m benchmarks.inference [--model vit_base_patch16_224] [--batch 8] [--res 224] [--repeats 10]
+
+`matrix` (used by `python -m benchmarks`) times float32 and bfloat16, ours and timm's, interleaved,
+for several sizes and batches; `agreement` compares their top-1 classes on the sample photos.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 
-from benchmarks.common import interleaved_medians, machine, table
+from benchmarks.common import PHOTOS, interleaved_medians, machine, markdown, realistic_random, table
 
 
-def models(timm_name: str, res: int):
+def models(timm_name: str, res: int, realistic: bool = False):
+    """(ours, timm's) holding the same weights: timm's initialisation, or `realistic_random` ones."""
     import timm
 
     from vitconvert.loading import at_size, build_with_weights
     from vitconvert.timm2torch import infer_config
 
     theirs = timm.create_model(timm_name, pretrained=False, img_size=res).eval()
+    if realistic:
+        realistic_random(theirs)
     state = theirs.state_dict()
     cfg = infer_config({k: tuple(v.shape) for k, v in state.items()}, timm_name,
                        num_heads=theirs.blocks[0].attn.num_heads)
@@ -40,6 +47,147 @@ def run(timm_name: str = "vit_base_patch16_224", batch: int = 8, res: int = 224,
 
     seconds = interleaved_medians({"vitconvert": step(ours), "timm": step(theirs)}, repeats)
     return {name: batch / s for name, s in seconds.items()}
+
+
+def matrix(sizes: list[int], batches: list[int], repeats: int, warmup: int = 1,
+           timm_name: str = "vit_base_patch16_224") -> list[dict]:
+    """images/s of ours and timm's in float32 and bfloat16; the four runs of a (size, batch) interleaved."""
+    rows = []
+    for res in sizes:
+        ours, theirs = models(timm_name, res, realistic=True)
+        variants = {"ours fp32": ours, "timm fp32": theirs,
+                    "ours bf16": copy.deepcopy(ours).to(torch.bfloat16),
+                    "timm bf16": copy.deepcopy(theirs).to(torch.bfloat16)}
+        for batch in batches:
+            x = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(0))
+            inputs = {torch.float32: x, torch.bfloat16: x.to(torch.bfloat16)}
+
+            def step(model, inputs=inputs):
+                x = inputs[next(model.parameters()).dtype]
+
+                def call():
+                    with torch.inference_mode():
+                        model(x)
+                return call
+
+            seconds = interleaved_medians({k: step(m) for k, m in variants.items()}, repeats, warmup)
+            rows.append({"res": res, "batch": batch, **{k: batch / s for k, s in seconds.items()}})
+    return rows
+
+
+def matrix_table(rows: list[dict]) -> str:
+    lines = [["input", "batch", "timm fp32", "ours fp32", "ours/timm fp32", "timm bf16", "ours bf16",
+              "ours bf16 / timm fp32", "ours bf16 / timm bf16"]]
+    for r in rows:
+        lines.append([f"{r['res']}x{r['res']}", str(r["batch"]), f"{r['timm fp32']:.2f}", f"{r['ours fp32']:.2f}",
+                      f"{r['ours fp32'] / r['timm fp32']:.2f}x", f"{r['timm bf16']:.2f}", f"{r['ours bf16']:.2f}",
+                      f"**{r['ours bf16'] / r['timm fp32']:.2f}x**", f"{r['ours bf16'] / r['timm bf16']:.2f}x"])
+    return markdown(lines)
+
+
+def agreement(res: int = 224, timm_name: str = "vit_base_patch16_224") -> dict:
+    """Top-1 classes of ours and timm's, float32 and bfloat16, on the sample photos, through our
+    preprocessing (AugReg's, at `res`), with each photo's float32 margin and the bfloat16 logit error.
+
+    A top-1 can only change when the logit error reaches half the margin between the first two
+    classes, so `forced` (largest error < smallest margin / 2) says the agreement is no accident.
+    """
+    from vitconvert.batches import prepare
+    from vitconvert.weights_file import Preprocess
+
+    pre = Preprocess(size=(res, res), resize="crop", crop_pct=0.9, interpolation="bicubic")
+    x = torch.stack([prepare(p, pre, 10**9) for p in PHOTOS])
+    ours, theirs = models(timm_name, res, realistic=True)
+    with torch.inference_mode():
+        logits = {"ours fp32": ours(x), "timm fp32": theirs(x),
+                  "ours bf16": ours.to(torch.bfloat16)(x.to(torch.bfloat16)).float(),
+                  "timm bf16": theirs.to(torch.bfloat16)(x.to(torch.bfloat16)).float()}
+    ref = logits["timm fp32"]
+    top2 = ref.topk(2, dim=-1).values
+    margins = (top2[:, 0] - top2[:, 1]).tolist()
+    errors = {k: (v - ref).abs().amax(dim=-1).tolist() for k, v in logits.items()}
+    rows = []
+    for i, photo in enumerate(PHOTOS):
+        rows.append({"photo": photo.name, **{k: int(v[i].argmax()) for k, v in logits.items()},
+                     "margin": margins[i], "err ours bf16": errors["ours bf16"][i],
+                     "err timm bf16": errors["timm bf16"][i], "err ours fp32": errors["ours fp32"][i]})
+    same = sum(r["ours bf16"] == r["timm fp32"] for r in rows)
+    forced = sum(r["err ours bf16"] < r["margin"] / 2 for r in rows)
+    return {"rows": rows, "same": same, "forced": forced, "n": len(rows), "worst": max(errors["ours bf16"]),
+            "logit_std": ref.std().item(), "distinct": len({r["timm fp32"] for r in rows})}
+
+
+def agreement_text(a: dict) -> str:
+    lines = [["photo", "timm fp32", "ours fp32", "timm bf16", "ours bf16", "fp32 margin (top1 - top2)",
+              "max abs logit diff: ours bf16", "timm bf16", "ours fp32", "forced"]]
+    for r in a["rows"]:
+        lines.append([r["photo"], str(r["timm fp32"]), str(r["ours fp32"]), str(r["timm bf16"]),
+                      str(r["ours bf16"]), f"{r['margin']:.3f}", f"{r['err ours bf16']:.3f}",
+                      f"{r['err timm bf16']:.3f}", f"{r['err ours fp32']:.1e}",
+                      "yes" if r["err ours bf16"] < r["margin"] / 2 else "no"])
+    return (markdown(lines) + "\n\n"
+            f"Top-1 class index per model (random weights, so indices rather than names; {a['distinct']} distinct "
+            f"top-1 classes over {a['n']} photos; logits vs timm float32, whose logits have std "
+            f"{a['logit_std']:.2f}). Ours in bfloat16 gives timm float32's top-1 on **{a['same']}/{a['n']}** "
+            f"photos. A top-1 can only flip when the logit error reaches half the margin between the first "
+            f"two classes: on {a['forced']}/{a['n']} photos the error is below that, so agreement there is "
+            f"certain; on the other {a['n'] - a['forced']} the margin is within the bfloat16 error "
+            f"(largest {a['worst']:.3f}) and the agreement could have gone either way. timm's own bfloat16 "
+            f"has the same size of error. What this shows: with any weights, a top-1 that leads the second class "
+            f"by more than twice the bfloat16 error (here about {2 * a['worst']:.2f} logits) cannot change; random "
+            "weights give unusually close races (a trained model's top-1 on a clear photo usually leads by much more).")
+
+
+def compiled(repeats: int, batch: int = 8, res: int = 224, timm_name: str = "vit_base_patch16_224") -> list[dict]:
+    """Ours eager vs `torch.compile`d (as `Predictor(compile=True)`), float32 and bfloat16: images/s
+    and the first call's seconds, which include compiling from an empty inductor cache (a process
+    finding a warm cache, e.g. a second vitpredict run with the same shapes, compiles faster)."""
+    import os
+    import tempfile
+    import time
+
+    from vitconvert.runtime import compile_model
+
+    rows = []
+    ours, _ = models(timm_name, res, realistic=True)
+    for dtype in (torch.float32, torch.bfloat16):
+        eager = copy.deepcopy(ours).to(dtype)
+        x = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(0)).to(dtype)
+        saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        with tempfile.TemporaryDirectory() as cache:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+            torch._dynamo.reset()
+            fast = compile_model(eager)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                fast(x)
+            first = time.perf_counter() - start
+        if saved is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR")
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
+
+        def step(model, x=x):
+            def call():
+                with torch.inference_mode():
+                    model(x)
+            return call
+
+        seconds = interleaved_medians({"eager": step(eager), "compiled": step(fast)}, repeats, warmup=1)
+        rows.append({"dtype": str(dtype).removeprefix("torch."), "first": first,
+                     **{k: batch / v for k, v in seconds.items()}})
+    return rows
+
+
+def compiled_table(rows: list[dict], batch: int = 8) -> str:
+    lines = [["dtype", f"eager, images/s (batch {batch})", "compiled", "compiled/eager", "first call (compiling)",
+              "images to pay back the compile"]]
+    for r in rows:
+        gain = 1 / r["eager"] - 1 / r["compiled"]  # seconds saved per image
+        payback = f"{(r['first'] - batch / r['compiled']) / gain:.0f}" if gain > 0 else "never"
+        lines.append([r["dtype"], f"{r['eager']:.2f}", f"{r['compiled']:.2f}", f"{r['compiled'] / r['eager']:.2f}x",
+                      f"{r['first']:.1f} s", payback])
+    return markdown(lines)
 
 
 def main() -> None:

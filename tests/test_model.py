@@ -84,9 +84,11 @@ def test_intermediates_name_every_stage_and_end_in_the_logits() -> None:
     with torch.inference_mode():
         out = model.forward_intermediates(x)
         assert list(out.stages) == ["embed", "blocks.0", "blocks.1", "blocks.2", "norm", "pool"]
-        assert torch.equal(out.logits, model(x))
+        # forward runs the last block for the class token only (a smaller matrix product): equal up
+        # to float rounding, not bit for bit
+        assert (out.logits - model(x)).abs().max().item() < 1e-5
         assert out.stages["pool"].shape == (1, 192)
-        assert torch.equal(model.forward_features(x), out.stages["pool"])
+        assert (model.forward_features(x) - out.stages["pool"]).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize("bad, message", [

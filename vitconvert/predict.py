@@ -15,16 +15,16 @@ import torch
 from PIL import Image
 
 from .attention import check_supported, overlay, rollout
+from .batches import ImageInput, batches, prepare
 from .cache import resolve_weights
 from .config import ViTConfig, parse_size
 from .errors import VitConvertError
 from .images import MAX_PIXELS, load_rgb
 from .labels import resolve_labels
 from .loading import load_model
-from .transform import plan, to_tensor
+from .runtime import compile_model, inference_dtype, run_compiled
+from .transform import plan
 from .weights_file import read_record
-
-ImageInput = str | os.PathLike | Image.Image
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,18 @@ class Predictor:
 
     `img_size` (R, 'R', 'HxW' or (H, W)) runs the model at another resolution. `labels` overrides the
     class names: 'imagenet-1k', 'imagenet-21k', a file with one name a line, or a list.
+
+    Speed (see docs/speed.md): `dtype` 'bfloat16' (CPUs with native bfloat16, GPUs) or 'float16'
+    (GPUs) runs the model in that precision, probabilities still computed in float32; `compile=True`
+    runs it through `torch.compile` (pays a compilation on the first batch of each size). `workers`
+    in `predict`/`iter_predict` decodes and resizes images in that many processes ahead of the model.
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, *, model: str | None = None,
                  img_size: int | str | tuple[int, int] | None = None, device: str | torch.device = "cpu",
                  labels: str | os.PathLike | Sequence[str] | None = None,
-                 max_pixels: int = MAX_PIXELS) -> None:
+                 max_pixels: int = MAX_PIXELS, dtype: str | torch.dtype | None = "float32",
+                 compile: bool = False) -> None:
         self.path = resolve_weights(weights, model)
         # The header alone answers everything that can be refused, before the tensors are read.
         record = read_record(self.path)
@@ -72,10 +78,12 @@ class Predictor:
         check_size(record.config, size)
         self.labels = resolve_labels(labels, record.config.num_classes, record.labels)
         self.device = check_device(device)
+        self.dtype = inference_dtype(dtype, self.device)
         self.record = record
         self.preprocess = record.preprocess.at_size(size)
         self.max_pixels = max_pixels
-        self.model = load_model(self.path, img_size=size, device=self.device)
+        self.model = load_model(self.path, img_size=size, device=self.device, dtype=self.dtype)
+        self.compiled = compile_model(self.model) if compile else None
 
     @property
     def config(self) -> ViTConfig:
@@ -85,38 +93,50 @@ class Predictor:
         return self.labels[index] if self.labels is not None else None
 
     def transform(self, image: ImageInput) -> torch.Tensor:
-        """The model's input for one image: (3, H, W), preprocessed as the weights file says."""
-        return to_tensor(load_rgb(image, self.max_pixels), self.preprocess)
+        """The model's input for one image: (3, H, W) float32, preprocessed as the weights file says."""
+        return prepare(image, self.preprocess, self.max_pixels)
 
-    @torch.inference_mode()
     def probabilities(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Softmax over the classes, (len(images), num_classes), float32 on the CPU."""
-        batch = torch.stack([self.transform(image) for image in _as_list(images)]).to(self.device)
-        return self.model(batch).float().softmax(dim=-1).cpu()
+        return self.batch_probabilities(torch.stack([self.transform(image) for image in _as_list(images)]))
 
-    def iter_predict(self, images: Sequence[ImageInput], top_k: int = 5,
-                     batch_size: int = 32) -> Iterator[ImagePredictions]:
-        """Predictions one image at a time, computed `batch_size` images at once."""
+    @torch.inference_mode()
+    def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax over the classes for a prepared (B, 3, H, W) batch, float32 on the CPU."""
+        batch = batch.to(self.device, self.dtype, non_blocking=True)
+        logits = run_compiled(self.compiled, batch) if self.compiled is not None else self.model(batch)
+        return logits.float().softmax(dim=-1).cpu()
+
+    def iter_predict(self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32,
+                     workers: int = 0) -> Iterator[ImagePredictions]:
+        """Predictions one image at a time, computed `batch_size` images at once, in input order.
+
+        `workers` > 0 decodes and resizes the images in that many processes, prefetching up to two
+        batches each, while the model runs; the results are the same as with `workers=0`.
+        """
         images = _as_list(images)
-        if top_k < 1 or batch_size < 1:
-            raise VitConvertError(f"top_k and batch_size must be at least 1, got {top_k} and {batch_size}")
-        for start in range(0, len(images), batch_size):
+        if top_k < 1 or batch_size < 1 or workers < 0:
+            raise VitConvertError(f"top_k and batch_size must be at least 1 and workers at least 0, "
+                                  f"got {top_k}, {batch_size} and {workers}")
+        pin = self.device.type == "cuda"
+        prepared = batches(images, self.preprocess, self.max_pixels, batch_size, workers, pin_memory=pin)
+        for start, batch in zip(range(0, len(images), batch_size), prepared):
             chunk = images[start:start + batch_size]
-            values, indices = self.probabilities(chunk).topk(min(top_k, self.config.num_classes), dim=-1)
+            values, indices = self.batch_probabilities(batch).topk(min(top_k, self.config.num_classes), dim=-1)
             for offset, (image, probs, classes) in enumerate(zip(chunk, values.tolist(), indices.tolist())):
                 yield ImagePredictions(_name(image, start + offset), tuple(
                     Prediction(rank, index, self.label(index), prob)
                     for rank, (prob, index) in enumerate(zip(probs, classes), start=1)))
 
-    def predict(self, images: Sequence[ImageInput], top_k: int = 5,
-                batch_size: int = 32) -> list[ImagePredictions]:
-        return list(self.iter_predict(images, top_k, batch_size))
+    def predict(self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32,
+                workers: int = 0) -> list[ImagePredictions]:
+        return list(self.iter_predict(images, top_k, batch_size, workers))
 
     @torch.inference_mode()
     def attention_rollout(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """(len(images), grid_h, grid_w): the class token's rolled-out attention over the patches."""
         check_supported(self.config)
-        batch = torch.stack([self.transform(image) for image in _as_list(images)]).to(self.device)
+        batch = torch.stack([self.transform(image) for image in _as_list(images)]).to(self.device, self.dtype)
         maps = self.model.attention_maps(batch)
         return rollout(maps, self.config.num_prefix_tokens, self.config.grid_size).cpu()
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 import click
 
-from ..errors import VitConvertError
+from ..errors import VitConvertError, VitConvertWarning
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -20,7 +21,10 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("VITCONVERT_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     try:
-        command.main(args, prog_name=os.path.basename(sys.argv[0]) or command.name, standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", VitConvertWarning)
+            warnings.showwarning = _show_warning
+            command.main(args, prog_name=os.path.basename(sys.argv[0]) or command.name, standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.Abort:
@@ -42,6 +46,14 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> None:
     except Exception as e:  # a bug of ours: still one line, with the way to see more
         _fail(f"unexpected {type(e).__name__}: {e} (run with --debug for the traceback; "
               "please report it)", EXIT_ERROR, debug)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our warnings as one line `warning: ...` on stderr; anyone else's as Python prints them."""
+    if issubclass(category, VitConvertWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _fail(message: str, code: int, debug: bool) -> None:

@@ -50,6 +50,16 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Images per forward pass.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+              show_default=True,
+              help="Precision of the model (probabilities are always float32). bfloat16: CPUs with "
+                   "native bfloat16 and GPUs; float16: GPUs.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the model: 10-20 s of compiling per batch size; for many images on "
+                   "a GPU (no gain measured on CPU, see docs/speed.md).")
+@click.option("--workers", type=click.IntRange(min=0), metavar="N",
+              help="Processes decoding and resizing images ahead of the model; 0: none. Default: "
+                   "none for a single batch; on a GPU up to 2; on the CPU only cores torch leaves idle.")
 @click.option("--labels", metavar="imagenet-1k|imagenet-21k|FILE",
               help="Class names (a FILE has one name a line); default: the weights file's label set.")
 @click.option("--attention-map", "attention_out", type=click.Path(dir_okay=False, path_type=Path),
@@ -57,7 +67,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
               help="Save the attention rollout over each image (several images: OUT-<image>.png).")
 def command(images: tuple[str, ...], weights: Path | None, model_name: str | None,
             res: tuple[int, int] | None, top_k: int, as_json: bool, batch_size: int, device: str,
-            labels: str | None, attention_out: Path | None) -> None:
+            dtype: str, compile_: bool, workers: int | None, labels: str | None,
+            attention_out: Path | None) -> None:
     """Classify IMAGE... (files or directories of images) with a converted ViT."""
     from ..images import find_images, open_image
 
@@ -67,9 +78,15 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
     weights_path = resolve_weights(weights, model_name)
     map_paths = attention_paths(attention_out, paths) if attention_out else None
 
+    from ..batches import default_workers
     from ..predict import Predictor  # torch from here on
+    from ..runtime import keep_freed_memory
 
-    predictor = Predictor(weights_path, img_size=res, device=device, labels=labels)
+    keep_freed_memory()  # this process is ours: reuse freed activations instead of faulting them in again
+    predictor = Predictor(weights_path, img_size=res, device=device, labels=labels, dtype=dtype,
+                          compile=compile_)
+    if workers is None:
+        workers = default_workers(len(paths), batch_size, predictor.device)
     if map_paths:  # refuse before the first prediction rather than after it
         from ..attention import check_supported
 
@@ -77,7 +94,7 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
     many_on_terminal = sys.stdout.isatty() and len(paths) >= PROGRESS_MIN_IMAGES
     deferred: list[dict[str, Any]] = []
     with byte_progress("classifying", quiet=not many_on_terminal) as progress:
-        results = predictor.iter_predict(paths, top_k=top_k, batch_size=batch_size)
+        results = predictor.iter_predict(paths, top_k=top_k, batch_size=batch_size, workers=workers)
         for i, result in enumerate(results):
             entry = result.to_dict()
             if map_paths:

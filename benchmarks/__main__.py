@@ -1,0 +1,153 @@
+"""Every benchmark, side by side with timm on the same weights in the same run; results to RESULTS.md.
+
+    python -m benchmarks [--only conversion inference cold_start folder] [--quick] [--no-write]
+
+Sections (the first four also run alone: `python -m benchmarks.<module>`):
+  conversion  jax2torch vs timm's npz loader + save, whole process: wall and peak RSS (B/16, L/16)
+  inference   images/s, ours vs timm, float32 and bfloat16, 224 and 384, batch 1 and 8; and the
+              top-1 agreement of bfloat16 with float32 on the sample photos
+  cold_start  `vitpredict` vs a timm user's script, one image, whole process
+  folder      `vitpredict` over 200 images vs the model alone at the same batch size
+  compile     ours eager vs torch.compile (--compile), float32 and bfloat16; only when named
+
+--quick takes fewer repeats (a few minutes on 2 cores). Each section printed is also written into
+benchmarks/RESULTS.md, replacing that section's previous figures and keeping the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import time
+from pathlib import Path
+
+from benchmarks.common import ROOT, OtherLoad, load, machine, markdown
+
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+SECTIONS = ["conversion", "inference", "cold_start", "folder", "compile"]
+DEFAULT = SECTIONS[:4]  # compile is asked for by name: it spends minutes compiling
+HEADER = """# Benchmark results
+
+Written by `python -m benchmarks` (see `benchmarks/__main__.py`); each section says when, on what
+machine, with how many repeats, and how busy the machine was: the 1/5/15-minute load averages before
+it, and the share of the cores that processes other than the benchmark took while it ran (another
+job shares these 2 cores; figures taken while it works are noisier and lower). Run one section again with
+`python -m benchmarks --only SECTION`; it replaces only that section below.
+
+Weights are random (no network here, no published checkpoint): speed does not depend on the values,
+and the agreement check says what random weights can and cannot show. The photos are scikit-image's
+sample images, CC0 or public domain (benchmarks/images/README.md, tests/data/README.md).
+
+**GPU: none.** This machine has no GPU, so no GPU figures were measured and the GPU target
+(fp16/bf16 on GPU) is neither met nor missed here: it is untested.
+"""
+
+
+def conversion(quick: bool) -> str:
+    from benchmarks import conversion as c
+
+    repeats = 1 if quick else 3
+    rows = c.run(list(c.ARCH), repeats)
+    lines = [["model", "npz", "vitconvert", "timm path", "time ratio", "vitconvert RSS", "timm RSS", "RSS ratio"]]
+    for r in rows:
+        lines.append([r["model"], f"{r['npz_mb']:.0f} MB", f"{r['vitconvert_s']:.2f} s", f"{r['timm_s']:.2f} s",
+                      f"**{r['vitconvert_s'] / r['timm_s']:.2f}x**", f"{r['vitconvert_mib']:.0f} MiB",
+                      f"{r['timm_mib']:.0f} MiB", f"**{r['vitconvert_mib'] / r['timm_mib']:.2f}x**"])
+    return (f"Whole process, `vitconvert jax2torch` vs timm's `_load_weights` + `save_file`, random weights in "
+            f"the vit_jax layout; median wall time of {repeats} run(s), largest peak RSS.\n\n" + markdown(lines))
+
+
+def inference(quick: bool) -> str:
+    from benchmarks import inference as i
+
+    repeats = 3 if quick else 10
+    rows = i.matrix([224, 384], [1, 8], repeats, warmup=1 if quick else 2)
+    agree = i.agreement()
+    bf = min(r["ours bf16"] / r["timm fp32"] for r in rows)
+    fp = min(r["ours fp32"] / r["timm fp32"] for r in rows)
+    return (f"ViT-B/16, images/s (higher is better), CPU, the four variants of a row timed interleaved, median of "
+            f"{repeats} runs. Same weights in ours and timm's (`realistic_random`); bfloat16 = the whole model "
+            f"cast, as `Predictor(dtype='bfloat16')` / `vitpredict --dtype bfloat16` run it.\n\n"
+            + i.matrix_table(rows)
+            + f"\n\nTargets: ours float32 >= 1.0x timm float32: worst row {fp:.2f}x, "
+            f"{'met' if fp >= 1.0 else 'NOT met'}; ours bfloat16 >= 1.5x timm float32: worst row {bf:.2f}x, "
+            f"{'met' if bf >= 1.5 else 'NOT met'}.\n\n"
+            "### Top-1 agreement, bfloat16 vs float32, on the sample photos (224)\n\n" + i.agreement_text(agree))
+
+
+def cold_start(quick: bool) -> str:
+    from benchmarks import cold_start as c
+
+    repeats = 3 if quick else 5
+    seconds = c.run(ROOT / "tests" / "data" / "cat.jpg", repeats)
+    ratio = seconds["vitpredict"] / seconds["timm script"]
+    return (f"ViT-B/16 (random weights), one image to printed top-5, whole process, median of {repeats} "
+            "interleaved runs (float32, defaults).\n\n"
+            + markdown([["", "seconds", "vs timm"],
+                        ["vitpredict", f"{seconds['vitpredict']:.2f}", f"**{ratio:.2f}x**"],
+                        ["timm script", f"{seconds['timm script']:.2f}", "1.00x"]])
+            + f"\n\nTarget <= 0.60x: {'met' if ratio <= 0.6 else 'NOT met'}.")
+
+
+def folder(quick: bool) -> str:
+    from benchmarks import folder as f
+
+    result = f.run(["bfloat16"] if quick else ["bfloat16", "float32"], rounds=1 if quick else 3)
+    key = "serial" if result["default"] == 0 else "workers"
+    worst = min(r[key] / r["model"] for r in result["rows"])
+    return (f.text(result) + f"\n\nTarget: folder (default workers) >= 0.8x the model alone: worst {worst:.2f}x, "
+            f"{'met' if worst >= 0.8 else 'NOT met'}.")
+
+
+def compile_(quick: bool) -> str:
+    from benchmarks import inference as i
+
+    repeats = 3 if quick else 10
+    return (f"ViT-B/16 at 224, ours eager vs `torch.compile(dynamic=False)` (`--compile`), median of {repeats} "
+            "interleaved runs after the first.\n\n" + i.compiled_table(i.compiled(repeats)))
+
+
+RUNNERS = {"conversion": conversion, "inference": inference, "cold_start": cold_start, "folder": folder,
+           "compile": compile_}
+TITLES = {"conversion": "Conversion", "inference": "Inference (CPU)", "cold_start": "Cold start",
+          "folder": "A folder of 200 images", "compile": "torch.compile (CPU)"}
+
+
+def update(results: Path, bodies: dict[str, str]) -> None:
+    text = results.read_text() if results.exists() else ""
+    old = {m.group(1): m.group(0) for m in re.finditer(r"<!-- section:(\w+) -->.*?<!-- /section:\1 -->", text, re.DOTALL)}
+    for name, body in bodies.items():
+        old[name] = f"<!-- section:{name} -->\n{body}\n<!-- /section:{name} -->"
+    results.write_text(HEADER + "\n" + "\n\n".join(old[n] for n in SECTIONS if n in old) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, default=DEFAULT, metavar="SECTION",
+                    help=f"run these sections only ({', '.join(SECTIONS)}; default all but compile)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats: a few minutes on 2 cores")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the markdown file to update")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave the results file alone")
+    args = ap.parse_args()
+    print(f"machine: {machine()}")
+    bodies = {}
+    for name in [s for s in SECTIONS if s in args.only]:
+        start_load, start = load(), time.perf_counter()
+        when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        with OtherLoad() as other:
+            body = RUNNERS[name](args.quick)
+        took = time.perf_counter() - start
+        bodies[name] = (f"## {TITLES[name]}\n\n{when}, {'--quick' if args.quick else 'full'} run, {took:.0f} s. "
+                        f"Load average {start_load} before it (after {'the run started' if bodies else 'nothing of ours'}"
+                        f"); during it {other.text}.\nMachine: {machine()}.\n\n{body}")
+        print("\n" + bodies[name], flush=True)
+        if not args.no_write:  # after each section, so an interrupted run keeps what it measured
+            update(args.results, {name: bodies[name]})
+    if not args.no_write:
+        print(f"\nwritten to {args.results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The benchmark command's plumbing (no timings): the results file, the generated folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds `benchmarks`
+
+from benchmarks.__main__ import HEADER, update
+from benchmarks.common import PHOTOS, markdown
+from benchmarks.folder import make_folder
+
+
+def test_a_section_run_replaces_only_itself(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    update(results, {"inference": "## Inference\nold", "conversion": "## Conversion\nkept"})
+    update(results, {"inference": "## Inference\nnew"})
+    text = results.read_text()
+    assert text.startswith(HEADER) and "GPU: none" in text
+    assert "new" in text and "old" not in text and "kept" in text
+    assert text.index("## Conversion") < text.index("## Inference")  # in the command's order
+
+
+def test_sample_photos_are_in_the_tree():
+    assert all(p.is_file() for p in PHOTOS)
+
+
+def test_folder_images_vary(tmp_path):
+    paths = make_folder(tmp_path, n=12)
+    sizes = {Image.open(p).size for p in paths}
+    assert len(paths) == 12 and len(sizes) > 8
+    assert {p.suffix for p in paths} == {".jpg", ".png"}
+    again = tmp_path / "again"
+    again.mkdir()
+    assert [p.read_bytes() for p in paths] == [p.read_bytes() for p in make_folder(again, n=12)]  # deterministic
+
+
+def test_markdown_table():
+    assert markdown([["a", "bb"], ["ccc", "d"]]) == "| a   | bb |\n|-----|----|\n| ccc | d  |"

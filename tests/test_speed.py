@@ -1,0 +1,201 @@
+"""Inference fast paths: dtype, torch.compile, worker-process prefetch, the last block's shortcut.
+
+Correctness only; the speed itself is measured by `python -m benchmarks` (no timings here).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from helpers.vit_weights import TINY, our_vit, write_test_weights
+from PIL import Image
+
+from vitconvert import Predictor, VitConvertError
+from vitconvert.errors import VitConvertWarning
+from vitconvert.runtime import inference_dtype, keep_freed_memory, run_compiled
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, cat_jpg, gray_png):
+    """Eleven varied images: sizes, crops, flips, a grayscale and a palette PNG."""
+    folder = tmp_path_factory.mktemp("photos")
+    cat = Image.open(cat_jpg).convert("RGB")
+    paths = []
+    for i in range(9):
+        image = cat.resize((120 + 37 * i, 300 - 17 * i)) if i % 2 else cat.crop((i * 10, 0, 300 + i * 10, 290))
+        if i % 3 == 0:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        paths.append(folder / f"{i:02d}.jpg")
+        image.save(paths[-1], quality=90)
+    paths.append(gray_png)
+    paths.append(folder / "palette.png")
+    cat.convert("P").save(paths[-1])
+    return paths
+
+
+# --- the model's shortcut for the last block -----------------------------------------------------
+
+@pytest.mark.parametrize("change", [{}, {"distilled": True}, {"pool": "gap"}, {"qkv_bias": False}])
+def test_forward_equals_the_full_computation(change):
+    model = our_vit(TINY.replace(img_size=(64, 64), num_classes=10, **change))
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        fast = model(x)
+        full = model.forward_intermediates(x).logits  # every token through every block
+    assert (fast - full).abs().max().item() < 1e-5
+
+
+def test_block_forward_first_is_forward_of_the_first_tokens():
+    model = our_vit(TINY.replace(img_size=(64, 64), num_classes=10))
+    x = torch.randn(2, 17, 64, generator=torch.Generator().manual_seed(2))
+    block = model.blocks[0]
+    with torch.inference_mode():
+        assert torch.allclose(block.forward_first(x, 2), block(x)[:, :2], atol=1e-5, rtol=0)
+
+
+# --- dtypes --------------------------------------------------------------------------------------
+
+def test_dtype_names_and_refusals():
+    assert inference_dtype(None, CPU) is torch.float32
+    assert inference_dtype("float32", CPU) is torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VitConvertWarning)
+        assert inference_dtype("bf16", CPU) is torch.bfloat16
+        assert inference_dtype(torch.float16, CPU) is torch.float16
+    with pytest.raises(VitConvertError, match="must be one of float32, bfloat16, float16, got 'int8'"):
+        inference_dtype("int8", CPU)
+    with pytest.raises(VitConvertError, match="got torch.float64"):
+        inference_dtype(torch.float64, CPU)
+
+
+def test_float16_on_a_cpu_without_it_warns_that_it_is_slow():
+    if torch.ops.mkldnn._is_mkldnn_fp16_supported():
+        pytest.skip("this CPU has native float16")
+    with pytest.warns(VitConvertWarning, match="float16 on CPU: .* usually several times slower than float32"):
+        inference_dtype("float16", CPU)
+
+
+def test_bfloat16_model_and_float32_probabilities(tiny_weights, cat_jpg, gray_png):
+    exact = Predictor(tiny_weights).probabilities([cat_jpg, gray_png])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VitConvertWarning)  # a CPU without native bfloat16
+        fast = Predictor(tiny_weights, dtype="bfloat16")
+    assert fast.dtype is torch.bfloat16 and fast.model.head.weight.dtype is torch.bfloat16
+    probs = fast.probabilities([cat_jpg, gray_png])
+    assert probs.dtype is torch.float32
+    assert probs.sum(-1).tolist() == pytest.approx([1, 1], abs=1e-5)
+    assert (probs - exact).abs().max().item() < 0.02
+    # attention maps follow the model's dtype, rollout in float32
+    assert fast.attention_rollout([cat_jpg]).dtype is torch.float32
+
+
+# --- worker processes ----------------------------------------------------------------------------
+
+def test_workers_give_the_serial_results_in_input_order(tiny_weights, photos):
+    predictor = Predictor(tiny_weights)
+    serial = predictor.predict(photos, top_k=3, batch_size=3)
+    parallel = predictor.predict(photos, top_k=3, batch_size=3, workers=2)
+    assert [r.image for r in parallel] == [str(p) for p in photos]
+    assert parallel == serial  # bit-identical inputs, so identical probabilities
+
+
+def test_a_bad_image_under_workers_is_the_serial_error(tiny_weights, photos, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(photos[0].read_bytes()[:400])  # a truncated JPEG: the header reads, decoding fails
+    images = [*photos[:4], bad, *photos[4:]]
+    predictor = Predictor(tiny_weights)
+    outcomes = []
+    for workers in (0, 2):
+        done = []
+        with pytest.raises(VitConvertError) as e:
+            for result in predictor.iter_predict(images, batch_size=2, workers=workers):
+                done.append(result.image)
+        outcomes.append((done, str(e.value)))
+    assert outcomes[0] == outcomes[1]
+    done, message = outcomes[1]
+    assert done == [str(p) for p in photos[:4]]  # the batches before the bad one
+    assert message.startswith(f"{bad}: cannot ")  # names the file, says what went wrong
+
+
+def test_default_workers_leave_the_cores_to_the_model_on_a_cpu(monkeypatch):
+    from vitconvert.batches import default_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(8)), raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert default_workers(100, 8, "cpu") == 0  # torch's threads use every core
+    assert default_workers(100, 8, "cuda") == 2  # the model is elsewhere: decode ahead
+    assert default_workers(8, 8, "cuda") == 0  # one batch: nothing to overlap
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
+    assert default_workers(100, 8, "cpu") == 1
+
+
+def test_negative_workers_are_refused(tiny_weights, cat_jpg):
+    with pytest.raises(VitConvertError, match="workers at least 0"):
+        Predictor(tiny_weights).predict([cat_jpg], workers=-1)
+
+
+# --- torch.compile -------------------------------------------------------------------------------
+
+def test_compile_errors_become_one_clear_error():
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def broken(_batch):
+        raise BackendCompilerFailed(lambda *a: None, RuntimeError("no C++ compiler found\nmore"), None)
+
+    with pytest.raises(VitConvertError, match=r"^torch.compile failed \(RuntimeError: no C\+\+ compiler found\); run without --compile"):
+        run_compiled(broken, torch.zeros(1))
+    with pytest.raises(ValueError):  # anything else is not the compiler's and passes through
+        run_compiled(lambda _b: (_ for _ in ()).throw(ValueError("x")), torch.zeros(1))
+
+
+def test_compiled_predictor_matches_eager(tmp_path, cat_jpg):
+    config = TINY.replace(img_size=(32, 32), depth=1, num_classes=10)
+    path = write_test_weights(tmp_path / "small.safetensors", our_vit(config).state_dict(), config, labels=None)
+    eager = Predictor(path).probabilities([cat_jpg])
+    compiled = Predictor(path, compile=True).probabilities([cat_jpg])
+    assert (compiled - eager).abs().max().item() < 1e-5
+
+
+# --- vitpredict ----------------------------------------------------------------------------------
+
+def test_vitpredict_workers_print_what_the_serial_path_prints(vitpredict, tiny_weights, photos):
+    folder = photos[0].parent  # the photos' folder: every image but the grayscale one
+    serial = vitpredict(folder, "--weights", tiny_weights, "--batch-size", "4", "--workers", "0", "--json")
+    parallel = vitpredict(folder, "--weights", tiny_weights, "--batch-size", "4", "--workers", "2", "--json")
+    assert serial.code == parallel.code == 0 and parallel.err == ""
+    assert parallel.out == serial.out
+    assert [e["image"] for e in parallel.json()] == sorted(e["image"] for e in serial.json())
+
+
+def test_vitpredict_dtype(vitpredict, tiny_weights, cat_jpg):
+    exact = vitpredict(cat_jpg, "--weights", tiny_weights, "--json").json()[0]["predictions"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VitConvertWarning)
+        fast = vitpredict(cat_jpg, "--weights", tiny_weights, "--json", "--dtype", "bfloat16")
+    assert fast.code == 0
+    probs = [p["probability"] for p in fast.json()[0]["predictions"]]
+    assert probs == pytest.approx([p["probability"] for p in exact], abs=0.02)
+    bad = vitpredict(cat_jpg, "--weights", tiny_weights, "--dtype", "int8")
+    assert bad.code == 2 and "'int8' is not one of" in bad.err
+
+
+def test_vitpredict_float16_on_cpu_warns_in_one_line(vitpredict, tiny_weights, cat_jpg):
+    if torch.ops.mkldnn._is_mkldnn_fp16_supported():
+        pytest.skip("this CPU has native float16")
+    result = vitpredict(cat_jpg, "--weights", tiny_weights, "--dtype", "float16", "--top", "1")
+    assert result.code == 0 and result.out.startswith(str(cat_jpg))
+    assert result.err.startswith("warning: float16 on CPU: ") and result.err.count("\n") == 1
+
+
+def test_keep_freed_memory_takes_effect_on_glibc():
+    import os
+
+    try:
+        glibc = os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (ValueError, OSError):
+        glibc = False
+    assert keep_freed_memory() is glibc
