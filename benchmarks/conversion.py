@@ -10,12 +10,10 @@ once into a temporary folder; every run is a fresh process, timed and measured f
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 
@@ -51,15 +49,25 @@ def make_checkpoint(name: str, folder: Path) -> Path:
     return path
 
 
+# Linux charges a child the peak RSS of the process it was forked from (the kernel keeps the
+# pre-exec high-water mark), so a benchmark parent holding torch and models would inflate every
+# figure. A fresh, small launcher process forks the measured command and reports its rusage.
+LAUNCHER = """
+import os, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+print(time.perf_counter() - start, usage.ru_maxrss, status)
+"""
+
+
 def measure(cmd: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of one fresh process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if status:
+    out = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], capture_output=True, text=True, check=True)
+    wall, maxrss_kib, status = out.stdout.split()
+    if int(status):
         raise SystemExit(f"failed ({status}): {' '.join(cmd)}")
-    return wall, usage.ru_maxrss / 1024
+    return float(wall), int(maxrss_kib) / 1024
 
 
 def run(names: list[str], repeats: int) -> list[dict]:
