@@ -54,7 +54,7 @@ class Predictor:
     `img_size` (R, 'R', 'HxW' or (H, W)) runs the model at another resolution. `labels` overrides the
     class names: 'imagenet-1k', 'imagenet-21k', a file with one name a line, or a list.
 
-    Speed (see docs/speed.md): `dtype` 'bfloat16' (CPUs with native bfloat16, GPUs) or 'float16'
+    Speed (the README's Speed section): `dtype` 'bfloat16' (CPUs with native bfloat16, GPUs) or 'float16'
     (GPUs) runs the model in that precision, probabilities still computed in float32; `compile=True`
     runs it through `torch.compile` (pays a compilation on the first batch of each size). `workers`
     in `predict`/`iter_predict` decodes and resizes images in that many processes ahead of the model.

@@ -56,7 +56,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
                    "native bfloat16 and GPUs; float16: GPUs.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the model: 10-20 s of compiling per batch size; for many images on "
-                   "a GPU (no gain measured on CPU, see docs/speed.md).")
+                   "a GPU (no gain measured on CPU, see the README's Speed section).")
 @click.option("--workers", type=click.IntRange(min=0), metavar="N",
               help="Processes decoding and resizing images ahead of the model; 0: none. Default: "
                    "none for a single batch; on a GPU up to 2; on the CPU only cores torch leaves idle.")
