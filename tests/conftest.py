@@ -21,6 +21,21 @@ def model_shapes(cfg) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in VisionTransformer(cfg).state_dict().items()}
 
 
+def disk_full_after(monkeypatch: pytest.MonkeyPatch, tensors: int) -> None:
+    """Make the weights writer raise ENOSPC on its `tensors`-th tensor, as a full disk would."""
+    import vitconvert.safetensors_io as io
+
+    real, calls = io.to_storage, []
+
+    def write(array, dtype):
+        calls.append(1)
+        if len(calls) == tensors:
+            raise OSError(28, "No space left on device")
+        return real(array, dtype)
+
+    monkeypatch.setattr(io, "to_storage", write)
+
+
 def timm_vit(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
     import timm
 

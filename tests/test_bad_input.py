@@ -513,18 +513,10 @@ def test_output_path_is_a_directory(request, out_dir, kind: str, force: bool) ->
 
 
 def test_a_timm2torch_write_failing_midway_keeps_the_old_file(pth, out_dir, monkeypatch) -> None:
-    import vitconvert.safetensors_io as io
+    from conftest import disk_full_after
 
     (out_dir / "out.safetensors").write_bytes(b"old")
-    real, calls = io.to_storage, []
-
-    def disk_full(array, dtype):
-        calls.append(1)
-        if len(calls) == 7:
-            raise OSError(28, "No space left on device")
-        return real(array, dtype)
-
-    monkeypatch.setattr(io, "to_storage", disk_full)
+    disk_full_after(monkeypatch, tensors=7)
     with pytest.raises(OSError, match="No space left"):
         convert_timm(pth, out_dir / "out.safetensors", force=True)
     assert (out_dir / "out.safetensors").read_bytes() == b"old"
@@ -582,12 +574,9 @@ def test_cli_usage_errors_exit_2(capsys) -> None:
 
 
 def test_cli_disk_errors_are_one_line_not_a_bug_report(pth, out_dir, capsys, monkeypatch) -> None:
-    import vitconvert.safetensors_io as io
+    from conftest import disk_full_after
 
-    def disk_full(array, dtype):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(io, "to_storage", disk_full)
+    disk_full_after(monkeypatch, tensors=1)
     code, err = cli_error(capsys, "timm2torch", str(pth), str(out_dir / "o.safetensors"), "-q")
     assert (code, err) == (1, "error: No space left on device\n")
     assert_nothing_written(out_dir)

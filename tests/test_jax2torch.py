@@ -193,19 +193,11 @@ def test_existing_output_is_not_replaced_without_force(tmp_path) -> None:
 
 
 def test_a_write_failing_midway_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch) -> None:
-    import vitconvert.safetensors_io as io
+    from conftest import disk_full_after
 
     pl.write_npz(pl.random_timm_vit("tiny"), tmp_path / "t.npz", "vit_jax")
     (tmp_path / "out.safetensors").write_bytes(b"old")
-    real, calls = io.to_storage, []
-
-    def disk_full(array, dtype):
-        calls.append(1)
-        if len(calls) == 5:
-            raise OSError(28, "No space left on device")
-        return real(array, dtype)
-
-    monkeypatch.setattr(io, "to_storage", disk_full)
+    disk_full_after(monkeypatch, tensors=5)
     with pytest.raises(OSError, match="No space left"):
         convert_jax(tmp_path / "t.npz", tmp_path / "out.safetensors", force=True)
     assert (tmp_path / "out.safetensors").read_bytes() == b"old"
