@@ -15,12 +15,16 @@ from .weights_file import WeightsRecord, read_record
 
 def load_state_dict(path: str | os.PathLike) -> tuple[WeightsRecord, dict[str, torch.Tensor]]:
     """The checked record and the tensors of one of our weights files."""
+    record = read_record(path)
+    return record, _tensors(path)
+
+
+def _tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    record = read_record(path)
     try:
-        return record, load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise VitConvertError(f"{path}: cannot read tensors ({e})") from None
 
@@ -52,7 +56,14 @@ def load_model(path: str | os.PathLike, img_size: int | str | tuple[int, int] | 
 
     The model's `.config` describes it, `.record` carries the file's metadata.
     """
-    record, state = load_state_dict(path)
+    return model_from(read_record(path), path, img_size, device, dtype)
+
+
+def model_from(record: WeightsRecord, path: str | os.PathLike,
+               img_size: int | str | tuple[int, int] | None = None, device: str | torch.device | None = None,
+               dtype: torch.dtype | None = None) -> VisionTransformer:
+    """`load_model` for a caller that has already read and checked the file's record."""
+    state = _tensors(path)
     cfg = record.config
     if img_size is not None:
         cfg, state = at_size(cfg, state, parse_size(img_size))

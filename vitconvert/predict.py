@@ -21,7 +21,7 @@ from .config import ViTConfig, parse_size
 from .errors import VitConvertError
 from .images import MAX_PIXELS, load_rgb
 from .labels import resolve_labels
-from .loading import load_model
+from .loading import model_from
 from .runtime import compile_model, inference_dtype, run_compiled
 from .transform import plan
 from .weights_file import read_record
@@ -82,7 +82,7 @@ class Predictor:
         self.record = record
         self.preprocess = record.preprocess.at_size(size)
         self.max_pixels = max_pixels
-        self.model = load_model(self.path, img_size=size, device=self.device, dtype=self.dtype)
+        self.model = model_from(record, self.path, img_size=size, device=self.device, dtype=self.dtype)
         self.compiled = compile_model(self.model) if compile else None
 
     @property
