@@ -16,10 +16,11 @@ from .weights_file import WeightsRecord, read_record
 def load_state_dict(path: str | os.PathLike) -> tuple[WeightsRecord, dict[str, torch.Tensor]]:
     """The checked record and the tensors of one of our weights files."""
     record = read_record(path)
-    return record, _tensors(path)
+    return record, read_tensors(path)
 
 
-def _tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a file the library cannot read is a clear error."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -63,7 +64,7 @@ def model_from(record: WeightsRecord, path: str | os.PathLike,
                img_size: int | str | tuple[int, int] | None = None, device: str | torch.device | None = None,
                dtype: torch.dtype | None = None) -> VisionTransformer:
     """`load_model` for a caller that has already read and checked the file's record."""
-    state = _tensors(path)
+    state = read_tensors(path)
     cfg = record.config
     if img_size is not None:
         cfg, state = at_size(cfg, state, parse_size(img_size))

@@ -35,16 +35,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors, or of a .pth/.bin read with weights_only (no code runs)."""
     path = check_input(path, "a checkpoint file")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
+        from .loading import read_tensors
         from .safetensors_io import read_header
 
         read_header(path)  # clear errors for truncated or foreign files
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            raise VitConvertError(f"{path}: cannot read tensors ({e})") from None
+        return read_tensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, zip errors...

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .progress import byte_progress
+from .progress import progress_bar
 
 DTYPES = click.Choice(["float32", "bfloat16", "float16"])
 
@@ -57,7 +57,7 @@ def jax2torch(src: str, dst: str, gelu: str, dtype: str, force: bool, allow_nonf
     """
     from ..jax2torch import convert_jax
 
-    with byte_progress("converting", quiet) as progress:
+    with progress_bar("converting", quiet) as progress:
         record = convert_jax(src, dst, force=force, gelu=gelu, dtype=dtype,
                              allow_nonfinite=allow_nonfinite, progress=progress)
     if not quiet or as_json:
@@ -86,7 +86,7 @@ def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, dt
     """
     from ..timm2torch import convert_timm
 
-    with byte_progress("converting", quiet) as progress:
+    with progress_bar("converting", quiet) as progress:
         record = convert_timm(src, dst, model=model_name, num_heads=heads, force=force, dtype=dtype,
                               allow_nonfinite=allow_nonfinite, progress=progress)
     if not quiet or as_json:

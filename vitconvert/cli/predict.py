@@ -19,7 +19,7 @@ from ..cache import WEIGHTS_ENV, resolve_weights
 from ..config import parse_size
 from ..errors import VitConvertError
 from .errors import run
-from .progress import byte_progress
+from .progress import progress_bar
 
 # Below this many images a progress bar would only flicker. The bar goes to stderr, and only
 # when stdout is a terminal too: a pipe or a file gets the results alone.
@@ -93,7 +93,7 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
         check_supported(predictor.config)
     many_on_terminal = sys.stdout.isatty() and len(paths) >= PROGRESS_MIN_IMAGES
     deferred: list[dict[str, Any]] = []
-    with byte_progress("classifying", quiet=not many_on_terminal) as progress:
+    with progress_bar("classifying", quiet=not many_on_terminal) as progress:
         results = predictor.iter_predict(paths, top_k=top_k, batch_size=batch_size, workers=workers)
         for i, result in enumerate(results):
             entry = result.to_dict()

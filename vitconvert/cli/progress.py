@@ -1,4 +1,4 @@
-"""A byte-progress bar on stderr, shown only on a terminal and not with --quiet."""
+"""A progress bar on stderr (bytes converted, images classified), shown only on a terminal and not with --quiet."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import click
 
 
 @contextlib.contextmanager
-def byte_progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
+def progress_bar(label: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
     if quiet or not sys.stderr.isatty():
         yield None
         return
