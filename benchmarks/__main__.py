@@ -22,7 +22,7 @@ import re
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, OtherLoad, load, machine, markdown
+from benchmarks.common import ROOT, OtherLoad, load, machine
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTIONS = ["conversion", "inference", "cold_start", "folder", "compile"]
@@ -49,13 +49,9 @@ def conversion(quick: bool) -> str:
 
     repeats = 1 if quick else 3
     rows = c.run(list(c.ARCH), repeats)
-    lines = [["model", "npz", "vitconvert", "timm path", "time ratio", "vitconvert RSS", "timm RSS", "RSS ratio"]]
-    for r in rows:
-        lines.append([r["model"], f"{r['npz_mb']:.0f} MB", f"{r['vitconvert_s']:.2f} s", f"{r['timm_s']:.2f} s",
-                      f"**{r['vitconvert_s'] / r['timm_s']:.2f}x**", f"{r['vitconvert_mib']:.0f} MiB",
-                      f"{r['timm_mib']:.0f} MiB", f"**{r['vitconvert_mib'] / r['timm_mib']:.2f}x**"])
     return (f"Whole process, `vitconvert jax2torch` vs timm's `_load_weights` + `save_file`, random weights in "
-            f"the vit_jax layout; median wall time of {repeats} run(s), largest peak RSS.\n\n" + markdown(lines))
+            f"the vit_jax layout; median wall time of {repeats} run(s), largest peak RSS.\n\n"
+            + c.results_table(rows))
 
 
 def inference(quick: bool) -> str:
@@ -84,9 +80,7 @@ def cold_start(quick: bool) -> str:
     ratio = seconds["vitpredict"] / seconds["timm script"]
     return (f"ViT-B/16 (random weights), one image to printed top-5, whole process, median of {repeats} "
             "interleaved runs (float32, defaults).\n\n"
-            + markdown([["", "seconds", "vs timm"],
-                        ["vitpredict", f"{seconds['vitpredict']:.2f}", f"**{ratio:.2f}x**"],
-                        ["timm script", f"{seconds['timm script']:.2f}", "1.00x"]])
+            + c.results_table(seconds)
             + f"\n\nTarget <= 0.60x: {'met' if ratio <= 0.6 else 'NOT met'}.")
 
 

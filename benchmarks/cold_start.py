@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import interleaved_medians, machine, table
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import ROOT, interleaved_medians, machine, markdown
 
 # What a timm user writes for the same job (timm's documented inference recipe).
 TIMM_SCRIPT = """
@@ -49,8 +47,8 @@ for p, i in zip(*probs.topk(5)):
 def write_b16(path: Path) -> Path:
     """Full-size ViT-B/16 with random weights and timm's preprocessing for its default tag."""
     from vitconvert.config import ViTConfig
-    from vitconvert.model import expected_shapes
     from vitconvert.safetensors_io import TensorSpec, write_safetensors
+    from vitconvert.shapes import param_shapes
     from vitconvert.weights_file import Preprocess, Source, WeightsRecord
 
     config = ViTConfig()
@@ -61,7 +59,7 @@ def write_b16(path: Path) -> Path:
             return lambda: np.ones(shape, np.float32)
         return lambda: (rng.standard_normal(shape, dtype=np.float32) * 0.02)
 
-    specs = [TensorSpec(name, shape, make(name, shape)) for name, shape in expected_shapes(config).items()]
+    specs = [TensorSpec(name, shape, make(name, shape)) for name, shape in param_shapes(config).items()]
     record = WeightsRecord(config=config, preprocess=Preprocess(size=(224, 224), resize="crop", crop_pct=0.9,
                                                                 interpolation="bicubic"),
                            source=Source(format="timm", file="random"), labels="imagenet-1k")
@@ -89,6 +87,13 @@ def run(image: Path, repeats: int) -> dict[str, float]:
         }, repeats, warmup=1)
 
 
+def results_table(seconds: dict[str, float]) -> str:
+    ratio = seconds["vitpredict"] / seconds["timm script"]
+    return markdown([["", "seconds", "vs timm"],
+                     ["vitpredict", f"{seconds['vitpredict']:.2f}", f"**{ratio:.2f}x**"],
+                     ["timm script", f"{seconds['timm script']:.2f}", "1.00x"]])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
@@ -99,9 +104,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"ViT-B/16 (random weights), one image to printed top-5, whole process, "
           f"median of {args.repeats} interleaved runs")
-    print(table([["", "seconds", "vs timm"],
-                 ["vitpredict", f"{seconds['vitpredict']:.2f}", f"{ratio:.2f}x"],
-                 ["timm script", f"{seconds['timm script']:.2f}", "1.00x"]]))
+    print(results_table(seconds))
     print(f"target <= 0.60x: {'met' if ratio <= 0.6 else 'NOT met'}")
 
 

@@ -42,11 +42,6 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
-
-
 ROOT = Path(__file__).resolve().parents[1]
 # The sample photos (licences in benchmarks/images/README.md and tests/data/README.md).
 PHOTOS = [ROOT / "tests" / "data" / "cat.jpg", ROOT / "benchmarks" / "images" / "coffee.jpg",

@@ -16,10 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.common import ROOT, machine, markdown
 
-from benchmarks.common import machine, table
-
-ROOT = Path(__file__).resolve().parent.parent
 ARCH = {  # name: (width, depth, heads, mlp, patch, timm model)
     "B/16": (768, 12, 12, 3072, 16, "vit_base_patch16_224"),
     "L/16": (1024, 24, 16, 4096, 16, "vit_large_patch16_224"),
@@ -95,6 +93,15 @@ def run(names: list[str], repeats: int) -> list[dict]:
     return results
 
 
+def results_table(rows: list[dict]) -> str:
+    lines = [["model", "npz", "vitconvert", "timm path", "time ratio", "vitconvert RSS", "timm RSS", "RSS ratio"]]
+    for r in rows:
+        lines.append([r["model"], f"{r['npz_mb']:.0f} MB", f"{r['vitconvert_s']:.2f} s", f"{r['timm_s']:.2f} s",
+                      f"**{r['vitconvert_s'] / r['timm_s']:.2f}x**", f"{r['vitconvert_mib']:.0f} MiB",
+                      f"{r['timm_mib']:.0f} MiB", f"**{r['vitconvert_mib'] / r['timm_mib']:.2f}x**"])
+    return markdown(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(ARCH), choices=list(ARCH))
@@ -103,12 +110,7 @@ def main() -> None:
     rows = run(args.models, args.repeats)
     print(f"machine: {machine()}")
     print(f"whole process, median of {args.repeats} runs (wall) and the largest peak RSS")
-    lines = [["model", "npz", "vitconvert", "timm path", "time ratio", "vitconvert RSS", "timm RSS", "RSS ratio"]]
-    for r in rows:
-        lines.append([r["model"], f"{r['npz_mb']:.0f} MB", f"{r['vitconvert_s']:.2f} s", f"{r['timm_s']:.2f} s",
-                      f"{r['vitconvert_s'] / r['timm_s']:.2f}x", f"{r['vitconvert_mib']:.0f} MiB",
-                      f"{r['timm_mib']:.0f} MiB", f"{r['vitconvert_mib'] / r['timm_mib']:.2f}x"])
-    print(table(lines))
+    print(results_table(rows))
 
 
 if __name__ == "__main__":

@@ -40,3 +40,11 @@ def test_folder_images_vary(tmp_path):
 
 def test_markdown_table():
     assert markdown([["a", "bb"], ["ccc", "d"]]) == "| a   | bb |\n|-----|----|\n| ccc | d  |"
+
+
+def test_cold_start_weights_file_is_a_valid_b16(tmp_path):
+    from benchmarks.cold_start import write_b16
+    from vitconvert import read_record
+
+    record = read_record(write_b16(tmp_path / "b16.safetensors"))  # checks every tensor against the config
+    assert (record.config.embed_dim, record.config.depth, record.config.img_size) == (768, 12, (224, 224))
