@@ -219,7 +219,8 @@ def _load_cached(path: str, mtime: float) -> Manifest:
 
 
 def _config_type_problems(d: dict[str, Any]) -> list[str]:
-    """ViTConfig does not check types; JSON can carry "12" for 12. Unknown keys are left to from_dict."""
+    """Wrong JSON types, named by their manifest path (config.depth) before ViTConfig sees them; its own
+    checks then cover values. Unknown keys are left to from_dict."""
     problems = []
     defaults = ViTConfig()
     for f in dataclasses.fields(ViTConfig):
