@@ -16,7 +16,7 @@ from .errors import VitConvertError
 from .loading import build_with_weights, load_state_dict, at_size
 from .weights_file import WeightsRecord
 
-TIMM_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_tanh"}
+ACTIVATIONS = ("gelu", "gelu_tanh")  # our names are timm's act_layer names
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def timm_model_for(name: str, record: WeightsRecord, img_size: tuple[int, int], 
     if cfg.representation_size:
         raise VitConvertError("timm's VisionTransformer has no representation (pre_logits) layer, so it cannot "
                               "run this file; compare its features instead")
-    kwargs = dict(pretrained=False, num_classes=cfg.num_classes, img_size=img_size, act_layer=TIMM_ACT[act],
+    kwargs = dict(pretrained=False, num_classes=cfg.num_classes, img_size=img_size, act_layer=act,
                   embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
                   mlp_ratio=cfg.mlp_dim / cfg.embed_dim, qkv_bias=cfg.qkv_bias)
     if cfg.hybrid_layers is None:
@@ -128,7 +128,7 @@ def verify(path: str | os.PathLike, timm_model: str, *, source: str | os.PathLik
     cfg, state = at_size(record.config, state, img_size or record.config.img_size)
     ours = build_with_weights(cfg, state)
     act = cfg.act if timm_act == "match" else timm_act
-    if act not in TIMM_ACT:
+    if act not in ACTIVATIONS:
         raise VitConvertError(f"timm activation must be 'match', 'gelu' or 'gelu_tanh', got {timm_act!r}")
     theirs = timm_model_for(timm_model, record, cfg.img_size, act)
     origin = load_timm_weights(theirs, Path(source) if source else None, state)
