@@ -46,10 +46,10 @@ for p, i in zip(*probs.topk(5)):
 
 def write_b16(path: Path) -> Path:
     """Full-size ViT-B/16 with random weights and timm's preprocessing for its default tag."""
-    from vitconvert.config import ViTConfig
-    from vitconvert.safetensors_io import TensorSpec, write_safetensors
-    from vitconvert.shapes import param_shapes
-    from vitconvert.weights_file import Preprocess, Source, WeightsRecord
+    from vitconvert.core.config import ViTConfig
+    from vitconvert.formats.safetensors_file import TensorSpec, write_safetensors
+    from vitconvert.core.param_shapes import param_shapes
+    from vitconvert.formats.weights_file import Preprocess, Source, WeightsRecord
 
     config = ViTConfig()
     rng = np.random.default_rng(0)

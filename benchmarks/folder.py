@@ -66,9 +66,9 @@ def write_weights(path: Path, res: int = 224) -> Path:
     """ViT-B/16 with `realistic_random` weights as our weights file (AugReg preprocessing, ImageNet-1k labels)."""
     import timm
 
-    from vitconvert.safetensors_io import TensorSpec, write_safetensors
-    from vitconvert.timm2torch import infer_config
-    from vitconvert.weights_file import Preprocess, Source, WeightsRecord
+    from vitconvert.formats.safetensors_file import TensorSpec, write_safetensors
+    from vitconvert.convert.timm import infer_config
+    from vitconvert.formats.weights_file import Preprocess, Source, WeightsRecord
 
     model = realistic_random(timm.create_model("vit_base_patch16_224", pretrained=False, img_size=res))
     state = model.state_dict()
@@ -84,8 +84,8 @@ def write_weights(path: Path, res: int = 224) -> Path:
 def run(dtypes: list[str], rounds: int, batch: int = 8) -> dict:
     import torch
 
-    from vitconvert.batches import default_workers
-    from vitconvert.predict import Predictor
+    from vitconvert.inference.batches import default_workers
+    from vitconvert.inference.predictor import Predictor
 
     default = default_workers(NUM_IMAGES, batch, "cpu")
     workers = default or 2  # timed besides none: the default when it starts any, else two

@@ -15,7 +15,7 @@ torch.set_num_threads(2)
 
 def model_shapes(cfg) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of our model for `cfg`, in state-dict order (built on the meta device)."""
-    from vitconvert.model import VisionTransformer
+    from vitconvert.model.vit import VisionTransformer
 
     with torch.device("meta"):
         return {k: tuple(v.shape) for k, v in VisionTransformer(cfg).state_dict().items()}
@@ -23,7 +23,7 @@ def model_shapes(cfg) -> dict[str, tuple[int, ...]]:
 
 def disk_full_after(monkeypatch: pytest.MonkeyPatch, tensors: int) -> None:
     """Make the weights writer raise ENOSPC on its `tensors`-th tensor, as a full disk would."""
-    import vitconvert.safetensors_io as io
+    import vitconvert.formats.safetensors_file as io
 
     real, calls = io.to_storage, []
 

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from vitconvert import VitConvertError, convert_jax, convert_timm, load_model, read_record
 from vitconvert.cli import cli
 from vitconvert.cli.errors import run
-from vitconvert.weights_file import META_KEY
+from vitconvert.formats.weights_file import META_KEY
 
 # --- helpers ----------------------------------------------------------------------------------------
 
@@ -255,14 +255,14 @@ def test_unreadable_input_is_a_clear_error(request, out_dir, which: str) -> None
 @pytest.mark.parametrize("which", ["npz", "pth", "weights"])
 def test_unreadable_input_is_a_clear_error_even_as_root(request, out_dir, monkeypatch, which: str) -> None:
     """The same check with the refusal simulated, so it also runs where tests run as root."""
-    import vitconvert.files
+    import vitconvert.formats.paths
 
     path = request.getfixturevalue("weights" if which == "weights" else which)
 
     def denied(file, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(file))
 
-    monkeypatch.setattr(vitconvert.files, "open", denied, raising=False)  # found before the builtin
+    monkeypatch.setattr(vitconvert.formats.paths, "open", denied, raising=False)  # found before the builtin
     with pytest.raises(VitConvertError, match=rf"cannot read .*{path.name}: Permission denied"):
         load_model(path) if which == "weights" else convert(path, out_dir / "out.safetensors")
     assert_nothing_written(out_dir)
@@ -525,7 +525,7 @@ def test_a_timm2torch_write_failing_midway_keeps_the_old_file(pth, out_dir, monk
 
 def test_the_writer_handles_empty_tensors(out_dir) -> None:
     """Regression (found by test_fuzz): memoryview.cast refused zero-size arrays with a TypeError mid-write."""
-    from vitconvert.safetensors_io import TensorSpec, write_safetensors
+    from vitconvert.formats.safetensors_file import TensorSpec, write_safetensors
 
     write_safetensors(out_dir / "e.safetensors", [TensorSpec("e", (0, 3), lambda: np.zeros((0, 3), np.float32)),
                                                   TensorSpec("f", (2,), lambda: np.ones(2, np.float32))],

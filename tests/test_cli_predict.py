@@ -16,7 +16,7 @@ from helpers.vit_weights import TINY, our_vit, write_test_weights
 from PIL import Image
 
 from vitconvert.cli import predict as predict_cli
-from vitconvert.errors import VitConvertError
+from vitconvert.core.errors import VitConvertError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_json_schema(vitpredict, tiny_weights, cat_jpg, gray_png):
 
 
 def test_imagenet_labels_are_timm_lemmas(vitpredict, tiny_weights, cat_jpg):
-    from vitconvert.labels import builtin_labels
+    from vitconvert.inference.labels import builtin_labels
 
     names = builtin_labels("imagenet-1k")
     for p in vitpredict(cat_jpg, "--weights", tiny_weights, "--json").json()[0]["predictions"]:

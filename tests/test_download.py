@@ -16,12 +16,12 @@ from manifest_helpers import (
 )
 
 import vitconvert
-from vitconvert.cache import cache_dir, cached_weights
-from vitconvert.config import ViTConfig
+from vitconvert.core.cache import cache_dir, cached_weights
+from vitconvert.core.config import ViTConfig
 from vitconvert.cli import cli
 from vitconvert.cli.errors import run
-from vitconvert.errors import VitConvertError
-from vitconvert.fetch import cached_source, download, resolve_url
+from vitconvert.core.errors import VitConvertError
+from vitconvert.hub.download import cached_source, download, resolve_url
 
 DATA = tiny_npz_bytes()
 FAST = {"retries": 2, "backoff": 0.0, "timeout": 5.0, "progress": False}
@@ -241,7 +241,7 @@ def test_cli_list_json_parses_and_filter_filters(capsys, monkeypatch):
 
 
 def test_download_and_convert(env, monkeypatch):
-    from vitconvert.weights_file import read_record
+    from vitconvert.formats.weights_file import read_record
 
     m = manifest(env)
     with serve(monkeypatch):

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from vitconvert import VitConvertError, convert_jax, convert_timm, load_model, read_record
-from vitconvert.safetensors_io import read_header
+from vitconvert.formats.safetensors_file import read_header
 
 
 def fuzz_settings(default: int) -> settings:
@@ -99,7 +99,7 @@ def fresh_dirs() -> Iterator[tuple[Path, Path]]:
 
 @st.composite
 def configs(draw):
-    from vitconvert.config import ViTConfig
+    from vitconvert.core.config import ViTConfig
 
     heads = draw(st.integers(1, 4))
     hybrid = draw(st.sampled_from([None, (), (1,), (2, 1), (1, 1, 1)]))
@@ -121,7 +121,7 @@ def configs(draw):
 @given(configs())
 def test_torch_free_shapes_are_the_models_state_dict(cfg) -> None:
     from conftest import model_shapes
-    from vitconvert.shapes import param_shapes
+    from vitconvert.core.param_shapes import param_shapes
 
     assert list(param_shapes(cfg).items()) == list(model_shapes(cfg).items())
     count("shapes = state dict", "ok")
@@ -529,9 +529,9 @@ def image_bytes(draw) -> bytes:
 @fuzz_settings(60)
 @given(image_bytes())
 def test_image_bytes_give_a_model_input_or_a_clear_error(data: bytes) -> None:
-    from vitconvert.images import load_rgb
-    from vitconvert.transform import to_tensor
-    from vitconvert.weights_file import Preprocess
+    from vitconvert.inference.images import load_rgb
+    from vitconvert.inference.transform import to_tensor
+    from vitconvert.formats.weights_file import Preprocess
 
     pre = Preprocess(size=(32, 48), resize="crop", crop_pct=0.9, interpolation="bicubic")
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitconvert.errors import VitConvertError
-from vitconvert.images import MAX_PIXELS, find_images, load_rgb, open_image
+from vitconvert.core.errors import VitConvertError
+from vitconvert.inference.images import MAX_PIXELS, find_images, load_rgb, open_image
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

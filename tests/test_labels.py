@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vitconvert.errors import VitConvertError
-from vitconvert.labels import builtin_labels, read_label_file, resolve_labels
+from vitconvert.core.errors import VitConvertError
+from vitconvert.inference.labels import builtin_labels, read_label_file, resolve_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_label_count_must_match(tmp_path):
 
 def test_timm_is_located_not_imported():
     # find_spec on a top-level package reads no code of it; importing timm would cost seconds.
-    code = ("import sys; from vitconvert.labels import builtin_labels; "
+    code = ("import sys; from vitconvert.inference.labels import builtin_labels; "
             "n = builtin_labels('imagenet-1k'); print(len(n), 'timm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout

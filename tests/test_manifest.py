@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from manifest_helpers import tiny_entry, tiny_npz_bytes, write_manifest
 
-from vitconvert.config import WIDTHS
-from vitconvert.errors import VitConvertError
-from vitconvert.manifest import bundled_path, find, load_manifest
+from vitconvert.core.config import WIDTHS
+from vitconvert.core.errors import VitConvertError
+from vitconvert.hub.manifest import bundled_path, find, load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL = ROOT / "weights_manifest.json"

@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 
 from timm.models import get_pretrained_cfg
 
-from vitconvert.manifest import load_manifest
-from vitconvert.shapes import param_shapes
+from vitconvert.hub.manifest import load_manifest
+from vitconvert.core.param_shapes import param_shapes
 
 MANIFEST = load_manifest(Path(__file__).resolve().parents[1] / "weights_manifest.json")
 NO_TIMM = "timm has no pretrained tag for this file"

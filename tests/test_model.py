@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import model_shapes, timm_vit
-from vitconvert.config import ViTConfig, preset
-from vitconvert.loading import at_size, build_with_weights
-from vitconvert.model import VisionTransformer
-from vitconvert.shapes import param_shapes
+from vitconvert.core.config import ViTConfig, preset
+from vitconvert.model.loading import at_size, build_with_weights
+from vitconvert.model.vit import VisionTransformer
+from vitconvert.core.param_shapes import param_shapes
 
 ATOL = 1e-4  # float32, same activation on both sides; in practice the difference is 0 or ~1e-7
 
@@ -99,7 +99,7 @@ def test_intermediates_name_every_stage_and_end_in_the_logits() -> None:
     (dict(pool="gap", distilled=True), "distilled model needs pool='token'"),
 ])
 def test_impossible_configs_are_refused(bad: dict, message: str) -> None:
-    from vitconvert.errors import VitConvertError
+    from vitconvert.core.errors import VitConvertError
 
     with pytest.raises(VitConvertError, match=message):
         preset("Ti/16", **bad)

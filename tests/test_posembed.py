@@ -7,8 +7,8 @@ import torch
 from helpers.vit_weights import TINY, our_vit
 from timm.layers import resample_abs_pos_embed
 
-from vitconvert.loading import at_size
-from vitconvert.posembed import resample_pos_embed
+from vitconvert.model.loading import at_size
+from vitconvert.model.posembed import resample_pos_embed
 
 
 @pytest.mark.parametrize("old, new", [

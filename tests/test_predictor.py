@@ -8,7 +8,7 @@ from helpers.vit_weights import TINY, TINY_TIMM_KWARGS, our_vit, timm_classifier
 from PIL import Image
 
 from vitconvert import Predictor, VitConvertError
-from vitconvert.attention import rollout
+from vitconvert.inference.attention import rollout
 
 
 def test_predict_returns_ranked_labelled_probabilities(tiny_weights, cat_jpg):

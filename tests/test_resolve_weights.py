@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vitconvert.cache import resolve_weights
-from vitconvert.errors import VitConvertError
+from vitconvert.core.cache import resolve_weights
+from vitconvert.core.errors import VitConvertError
 
 
 def test_resolve_order(monkeypatch, tmp_path):

@@ -13,8 +13,8 @@ from helpers.vit_weights import TINY, our_vit, write_test_weights
 from PIL import Image
 
 from vitconvert import Predictor, VitConvertError
-from vitconvert.errors import VitConvertWarning
-from vitconvert.runtime import inference_dtype, keep_freed_memory, run_compiled
+from vitconvert.core.errors import VitConvertWarning
+from vitconvert.inference.runtime import inference_dtype, keep_freed_memory, run_compiled
 
 CPU = torch.device("cpu")
 
@@ -122,7 +122,7 @@ def test_a_bad_image_under_workers_is_the_serial_error(tiny_weights, photos, tmp
 
 
 def test_default_workers_leave_the_cores_to_the_model_on_a_cpu(monkeypatch):
-    from vitconvert.batches import default_workers
+    from vitconvert.inference.batches import default_workers
 
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(8)), raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from vitconvert.transform import plan, to_tensor
-from vitconvert.weights_file import Preprocess
+from vitconvert.inference.transform import crop_geometry, to_tensor
+from vitconvert.formats.weights_file import Preprocess
 
 
 def timm_transform(pre: Preprocess):
@@ -65,27 +65,27 @@ def test_any_image_size_matches_timm_exactly(height, width, seed, pre):
 def test_crop_geometry_follows_torchvision_rules():
     # 451x300 landscape, crop_pct 0.9 at 224: short side to floor(224 / 0.9) = 248,
     # long side int(248 * 451 / 300) = 372, then the middle 224: left round(74.0) = 74, top 12.
-    g = plan((300, 451), AUGREG_224)
+    g = crop_geometry((300, 451), AUGREG_224)
     assert (g.resized, g.top, g.left, g.size) == ((248, 372), 12, 74, (224, 224))
     # Portrait: the short side is the width.
-    assert plan((451, 300), AUGREG_224).resized == (372, 248)
+    assert crop_geometry((451, 300), AUGREG_224).resized == (372, 248)
     # A 1x1 image is stretched to the resize target like any other.
-    assert plan((1, 1), AUGREG_224).resized == (248, 248)
+    assert crop_geometry((1, 1), AUGREG_224).resized == (248, 248)
 
 
 def test_squash_ignores_aspect_and_fills_the_target():
     pre = Preprocess(size=(160, 288), resize="squash")
-    g = plan((300, 451), pre)
+    g = crop_geometry((300, 451), pre)
     assert (g.resized, g.top, g.left) == ((160, 288), 0, 0)
     assert to_tensor(Image.new("RGB", (451, 300)), pre).shape == (3, 160, 288)
 
 
 def test_box_in_original_coordinates():
     # Squash: the model saw the whole image.
-    full = plan((300, 451), Preprocess(size=(224, 224), resize="squash"))
+    full = crop_geometry((300, 451), Preprocess(size=(224, 224), resize="squash"))
     assert full.box_in((300, 451)) == pytest.approx((0, 0, 451, 300))
     # Crop 0.9: the middle of the short side, 224/248 of it.
-    left, top, right, bottom = plan((300, 451), AUGREG_224).box_in((300, 451))
+    left, top, right, bottom = crop_geometry((300, 451), AUGREG_224).box_in((300, 451))
     assert bottom - top == pytest.approx(300 * 224 / 248)
     assert (left + right) / 2 == pytest.approx(451 / 2, abs=1)
 

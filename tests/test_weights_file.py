@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import timm_vit
 from vitconvert import VitConvertError, convert_timm, load_model, read_record
-from vitconvert.weights_file import META_KEY
+from vitconvert.formats.weights_file import META_KEY
 
 
 @pytest.fixture

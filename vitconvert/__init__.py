@@ -13,21 +13,21 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "VitConvertError": "errors",
-    "ViTConfig": "config",
-    "preset": "config",
-    "Preprocess": "weights_file",
-    "WeightsRecord": "weights_file",
-    "read_record": "weights_file",
-    "VisionTransformer": "model",
-    "load_model": "loading",
-    "resample_pos_embed": "posembed",
-    "convert_jax": "jax2torch",
-    "convert_timm": "timm2torch",
-    "verify": "verify",
-    "download": "fetch",
-    "load_manifest": "manifest",
-    "Predictor": "predict",
+    "VitConvertError": "core.errors",
+    "ViTConfig": "core.config",
+    "preset": "core.config",
+    "Preprocess": "formats.weights_file",
+    "WeightsRecord": "formats.weights_file",
+    "read_record": "formats.weights_file",
+    "VisionTransformer": "model.vit",
+    "load_model": "model.loading",
+    "resample_pos_embed": "model.posembed",
+    "convert_jax": "convert.jax",
+    "convert_timm": "convert.timm",
+    "verify": "tools.verify",
+    "download": "hub.download",
+    "load_manifest": "hub.manifest",
+    "Predictor": "inference.predictor",
 }
 
 __all__ = sorted(_EXPORTS)

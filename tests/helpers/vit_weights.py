@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from vitconvert.config import ViTConfig
-from vitconvert.model import VisionTransformer
-from vitconvert.safetensors_io import TensorSpec, write_safetensors
-from vitconvert.weights_file import Preprocess, Source, WeightsRecord
+from vitconvert.core.config import ViTConfig
+from vitconvert.model.vit import VisionTransformer
+from vitconvert.formats.safetensors_file import TensorSpec, write_safetensors
+from vitconvert.formats.weights_file import Preprocess, Source, WeightsRecord
 
 # timm's pretrained cfg for vit_base_patch16_224.augreg_in21k_ft_in1k and its 384 sibling.
 AUGREG_224 = Preprocess(size=(224, 224), resize="crop", crop_pct=0.9, interpolation="bicubic",

@@ -55,7 +55,7 @@ def jax2torch(src: str, dst: str, gelu: str, dtype: str, force: bool, allow_nonf
       vitconvert jax2torch ViT-B_16.npz vit-b16.safetensors
       vitpredict cat.jpg --weights vit-b16.safetensors
     """
-    from ..jax2torch import convert_jax
+    from ..convert.jax import convert_jax
 
     with progress_bar("converting", quiet) as progress:
         record = convert_jax(src, dst, force=force, gelu=gelu, dtype=dtype,
@@ -84,7 +84,7 @@ def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, dt
     Token, 'gap' (fc_norm) and DeiT distilled models are recognised from the keys. Pickles are read
     with weights_only=True, so a file that would run code is refused.
     """
-    from ..timm2torch import convert_timm
+    from ..convert.timm import convert_timm
 
     with progress_bar("converting", quiet) as progress:
         record = convert_timm(src, dst, model=model_name, num_heads=heads, force=force, dtype=dtype,

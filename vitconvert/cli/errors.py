@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import click
 
-from ..errors import VitConvertError, VitConvertWarning
+from ..core.errors import VitConvertError, VitConvertWarning
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

@@ -17,7 +17,7 @@ def list_cmd(filter_: str | None, as_json: bool) -> None:
     """List the published checkpoints that 'vitconvert download NAME' knows."""
     import json
 
-    from ..manifest import load_manifest
+    from ..hub.manifest import load_manifest
 
     manifest = load_manifest()
     entries = list(manifest.checkpoints)
@@ -62,7 +62,7 @@ def download_cmd(name: str, out: Path | None, no_convert: bool, force: bool, qui
     NAME.safetensors in the cache, or --out. Prints the resulting path.
     $VITCONVERT_MIRROR replaces https://storage.googleapis.com/vit_models in URLs.
     """
-    from ..fetch import download
+    from ..hub.download import download
 
     path = download(name, out=out, convert=not no_convert, force=force, progress=not quiet)
     click.echo(str(path))

@@ -15,9 +15,9 @@ from typing import Any
 
 import click
 
-from ..cache import WEIGHTS_ENV, resolve_weights
-from ..config import parse_size
-from ..errors import VitConvertError
+from ..core.cache import WEIGHTS_ENV, resolve_weights
+from ..core.config import parse_size
+from ..core.errors import VitConvertError
 from .errors import run
 from .progress import progress_bar
 
@@ -70,7 +70,7 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
             dtype: str, compile_: bool, workers: int | None, labels: str | None,
             attention_out: Path | None) -> None:
     """Classify IMAGE... (files or directories of images) with a converted ViT."""
-    from ..images import find_images, open_image
+    from ..inference.images import find_images, open_image
 
     paths = find_images(images)
     for path in paths:  # headers only: not an image, empty, too large fail before the model loads
@@ -78,9 +78,9 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
     weights_path = resolve_weights(weights, model_name)
     map_paths = attention_paths(attention_out, paths) if attention_out else None
 
-    from ..batches import default_workers
-    from ..predict import Predictor  # torch from here on
-    from ..runtime import keep_freed_memory
+    from ..inference.batches import default_workers
+    from ..inference.predictor import Predictor  # torch from here on
+    from ..inference.runtime import keep_freed_memory
 
     keep_freed_memory()  # this process is ours: reuse freed activations instead of faulting them in again
     predictor = Predictor(weights_path, img_size=res, device=device, labels=labels, dtype=dtype,
@@ -88,7 +88,7 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
     if workers is None:
         workers = default_workers(len(paths), batch_size, predictor.device)
     if map_paths:  # refuse before the first prediction rather than after it
-        from ..attention import check_supported
+        from ..inference.attention import check_supported
 
         check_supported(predictor.config)
     many_on_terminal = sys.stdout.isatty() and len(paths) >= PROGRESS_MIN_IMAGES

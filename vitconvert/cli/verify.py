@@ -29,8 +29,8 @@ def verify(file: str, timm_model: str, source: str | None, res: str | None, imag
     side and the first block where the two part ways. Exit status 0 when the max difference is
     within --atol, 1 when it is not.
     """
-    from ..config import parse_size
-    from ..verify import verify as run_verify
+    from ..core.config import parse_size
+    from ..tools.verify import verify as run_verify
 
     report = run_verify(file, timm_model, source=source, img_size=parse_size(res) if res else None,
                         image=image, atol=atol, timm_act=timm_act)

@@ -1,0 +1,123 @@
+"""Google's JAX `.npz` checkpoints to our weights file, with numpy alone (no torch, no model).
+
+The layout is read from the keys, the architecture from the shapes; the arrays stream through the
+mapping table into the safetensors writer one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import jax_layouts
+from ..core.config import ViTConfig
+from ..formats.dtypes import check_dtype
+from ..core.errors import VitConvertError
+from ..formats.paths import check_output
+from ..hub.manifest import load_manifest
+from .mapping import plan_tensors
+from ..formats.npz import NpzReader
+from ..core.param_shapes import check_planned
+from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
+
+GELU = {"tanh": "gelu_tanh", "erf": "gelu"}
+
+
+def _dims(reader: NpzReader, key: str, rank: int, scanned: bool = False) -> tuple[int, ...]:
+    """The shape of `key`, which the config is read from, checked to have `rank` dimensions
+    (plus the leading layer axis of a scanned layout)."""
+    shape = reader.shapes[key]
+    if len(shape) != rank + scanned:
+        raise VitConvertError(f"{reader.path}: {key} has shape {shape}, expected {rank + scanned} dimensions")
+    return shape[scanned:]
+
+
+def infer_config(reader: NpzReader, layout: jax_layouts.Layout, act: str) -> ViTConfig:
+    """The architecture, from array shapes alone."""
+    s, p = reader.shapes, layout.prefix
+    kh, kw, in_chs, dim = _dims(reader, f"{p}embedding/kernel", 4)
+    if kh != kw:
+        raise VitConvertError(f"{reader.path}: non-square patches ({kh}x{kw}) are not supported")
+    depth = jax_layouts.count_blocks(layout, s, str(reader.path))
+    if depth == 0:
+        raise VitConvertError(f"{reader.path}: no encoder blocks found under {layout.prefix}Transformer/")
+    q = layout.block_key(f"{layout.mha}/query/kernel").format(i=0).split("[")[0]
+    mlp = layout.block_key(f"{layout.mlp}/Dense_0/kernel").format(i=0).split("[")[0]
+    for key in (q, mlp, f"{p}head/bias", layout.pos_embed):
+        if key not in s:
+            raise VitConvertError(f"{reader.path}: missing key {key} ({layout.name} layout)")
+    heads = _dims(reader, q, 3, layout.scanned)[1]
+    mlp_dim = _dims(reader, mlp, 2, layout.scanned)[1]
+    stage_units = jax_layouts.hybrid_units(layout, s, str(reader.path)) if layout.hybrid else None
+    pool = "token" if f"{p}cls" in s else "gap"
+    pre = _dims(reader, f"{p}pre_logits/bias", 1) if f"{p}pre_logits/bias" in s else None
+    hybrid_width = 64
+    if layout.hybrid:
+        _, _, in_chs, hybrid_width = _dims(reader, f"{p}conv_root/kernel", 4)
+    num_classes = _dims(reader, f"{p}head/bias", 1)[0]
+    n_pos = _dims(reader, layout.pos_embed, 3)[1]
+    try:
+        base = ViTConfig(
+            patch_size=kh, in_chans=in_chs, embed_dim=dim, depth=depth,
+            num_heads=heads, mlp_dim=mlp_dim, num_classes=num_classes, pool=pool,
+            representation_size=pre[-1] if pre else None, act=act,
+            no_embed_class=layout.name == "big_vision", hybrid_layers=stage_units, hybrid_width=hybrid_width,
+            img_size=(32 * kh, 32 * kh))  # a placeholder any backbone stride divides; set below
+    except VitConvertError as e:  # shapes that make no model: say which file they came from
+        raise VitConvertError(f"{reader.path}: {e}") from None
+    n_patches = n_pos - (0 if base.no_embed_class else base.num_prefix_tokens)
+    side = math.isqrt(max(n_patches, 0))
+    if side * side != n_patches or side == 0:
+        raise VitConvertError(
+            f"{reader.path}: {layout.pos_embed} has {n_pos} positions, which is not a square grid "
+            f"plus {base.num_prefix_tokens} class token(s)")
+    return base.replace(img_size=(side * base.total_stride,) * 2)
+
+
+def _is_zero(reader: NpzReader, *keys: str) -> bool:
+    return all(not np.any(reader.read(k)) for k in keys)
+
+
+def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False,
+                gelu: str = "tanh", dtype: str = "float32", preprocess: Preprocess | None = None,
+                labels: str | None = None, allow_nonfinite: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
+    """Convert a JAX `.npz` ViT checkpoint at `src` into our weights file at `dst`.
+
+    gelu: 'tanh' (what the JAX models were trained with; exact reproduction) or 'erf' (timm's).
+    dtype: stored tensor dtype. preprocess / labels: by default those of the published checkpoint
+    when the manifest knows the file (by name and architecture), else Google's evaluation pipeline
+    at the training size and the label set implied by the class count.
+    progress(done_bytes, total_bytes) is called after each tensor.
+    """
+    if gelu not in GELU:
+        raise VitConvertError(f"gelu must be 'tanh' or 'erf', got {gelu!r}")
+    check_dtype(dtype)
+    src, dst = Path(src), check_output(dst, force)  # before reading anything large
+    with NpzReader(src) as reader:
+        layout = jax_layouts.detect(reader.shapes, str(src))
+        cfg = infer_config(reader, layout, GELU[gelu])
+        specs = plan_tensors(jax_layouts.rules(layout), reader,
+                     jax_layouts.bindings(cfg.depth, cfg.hybrid_layers), where=str(src))
+        check_planned(specs, cfg, str(src))
+        notes = ["source arrays stored as bfloat16"] if any(
+            reader.stored_dtype(k) == "bfloat16" for k in reader.shapes) else []
+        if preprocess is None and labels is None and (known := load_manifest().match_file(src.name, cfg)):
+            preprocess, labels = known.preprocess, known.labels
+            notes.append(f"preprocessing and labels of the published checkpoint '{known.name}' "
+                         f"({known.preprocess_source})")
+        record = WeightsRecord(
+            config=cfg,
+            preprocess=preprocess or Preprocess.google(cfg.img_size),
+            source=Source(format=f"jax-npz/{layout.name}" + ("-scanned" if layout.scanned else ""),
+                          file=src.name),
+            labels=labels if labels is not None else label_set_for(cfg.num_classes),
+            head_is_zero=_is_zero(reader, f"{layout.prefix}head/kernel", f"{layout.prefix}head/bias"),
+            notes=tuple(notes),
+        )
+        return write_weights(dst, specs, record, source_path=src, dtype=dtype, force=force,
+                             allow_nonfinite=allow_nonfinite, progress=progress)

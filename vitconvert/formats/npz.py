@@ -1,0 +1,120 @@
+"""Reading `.npz` checkpoints lazily and safely with numpy alone.
+
+Shapes come from each member's .npy header, so a layout can be recognised and a config inferred
+before any weights are read; arrays are read one at a time, never with pickle.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tokenize
+import zipfile
+import zlib
+
+import numpy as np
+
+from .dtypes import bfloat16_bits_to_float32
+from ..core.errors import VitConvertError
+from .paths import check_input
+
+FLOAT_KINDS = {"f"}
+# What a truncated or corrupt zip or .npy raises from zipfile, zlib and numpy: bad CRCs and
+# structures, unsupported compression or encryption flags (NotImplementedError, RuntimeError),
+# undecodable names (UnicodeDecodeError is a ValueError), unparsable .npy headers (numpy tokenizes
+# and literal_evals them: SyntaxError, tokenize.TokenError, TypeError).
+CORRUPT = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, SyntaxError,
+           tokenize.TokenError, TypeError, NotImplementedError, RuntimeError, zlib.error, struct.error,
+           OverflowError)
+
+
+class NpzReader:
+    """Member name (without '.npy') -> shape; `read` returns float32."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = check_input(path, "an .npz file")
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+        except CORRUPT as e:
+            raise VitConvertError(f"{self.path}: not a readable .npz (zip) file ({e})") from None
+        try:
+            self._members()
+        except BaseException:
+            self._zip.close()
+            raise
+
+    def _members(self) -> None:
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self._dtypes: dict[str, np.dtype] = {}
+        for info in self._zip.infolist():
+            if info.is_dir():
+                continue
+            if not info.filename.endswith(".npy"):
+                raise VitConvertError(f"{self.path}: member {info.filename!r} is not a .npy array")
+            key = info.filename[: -len(".npy")]
+            if key in self.shapes:  # which of the two would be read depends on the zip reader
+                raise VitConvertError(f"{self.path}: array {key!r} is stored twice")
+            shape, dtype = self._header(info)
+            self.shapes[key], self._dtypes[key] = shape, dtype
+        if not self.shapes:
+            raise VitConvertError(f"{self.path}: the archive holds no arrays")
+
+    def _header(self, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype]:
+        try:
+            with self._zip.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(f)
+                header_size = f.tell()
+        except CORRUPT as e:
+            raise VitConvertError(f"{self.path}: member {info.filename!r} is corrupt ({e})") from None
+        if dtype.hasobject:
+            raise VitConvertError(
+                f"{self.path}: array {info.filename!r} holds Python objects; refusing to unpickle it")
+        if not (dtype.kind in FLOAT_KINDS or is_bfloat16(dtype)):
+            raise VitConvertError(
+                f"{self.path}: array {info.filename!r} has dtype {dtype}, expected floating point weights")
+        shape = tuple(int(n) for n in shape)
+        if 0 in shape:  # no weight of a ViT is empty, and an empty array costs no bytes to declare
+            raise VitConvertError(f"{self.path}: array {info.filename!r} is empty (shape {shape})")
+        # numpy allocates what the header declares before reading: a header that promises more
+        # than the member holds must not become a huge allocation (or a MemoryError).
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if header_size + nbytes > info.file_size:
+            raise VitConvertError(f"{self.path}: member {info.filename!r} is truncated or corrupt "
+                                  f"(its header declares {shape} {dtype}, {nbytes} bytes; it holds "
+                                  f"{info.file_size - header_size})")
+        return shape, dtype
+
+    def read(self, key: str) -> np.ndarray:
+        try:
+            with self._zip.open(key + ".npy") as f:
+                array = np.lib.format.read_array(f, allow_pickle=False)
+        except CORRUPT as e:
+            raise VitConvertError(f"{self.path}: cannot read array {key!r} ({e})") from None
+        except MemoryError:
+            raise VitConvertError(f"{self.path}: not enough memory to read array {key!r}") from None
+        if array.shape != self.shapes[key] or array.dtype != self._dtypes[key]:
+            # the member changed after its header was read, or its two headers differ
+            raise VitConvertError(f"{self.path}: array {key!r} does not match its header")
+        if is_bfloat16(array.dtype):
+            return bfloat16_bits_to_float32(array.view("<u2"))
+        return array.astype(np.float32, copy=False)
+
+    def stored_dtype(self, key: str) -> str:
+        return "bfloat16" if is_bfloat16(self._dtypes[key]) else str(self._dtypes[key])
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self) -> NpzReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def is_bfloat16(dtype: np.dtype) -> bool:
+    """Files saved from JAX bfloat16 arrays hold raw 2-byte void data ('|V2')."""
+    return dtype.kind == "V" and dtype.itemsize == 2 and dtype.names is None

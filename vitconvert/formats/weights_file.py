@@ -1,0 +1,249 @@
+"""Our weights file: safetensors whose metadata says everything needed to run it.
+
+`__metadata__["vitconvert"]` holds a versioned JSON record (see README, "The weights file"):
+the architecture, the preprocessing, the label set, the head's state and the source.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+from ..core.config import ViTConfig
+from .dtypes import STORAGE, check_dtype
+from ..core.errors import VitConvertError
+from .safetensors_file import TensorSpec, read_header, write_safetensors
+from .source_hash import PLACEHOLDER, FileHash
+
+META_KEY = "vitconvert"
+FORMAT_VERSION = 1
+LABEL_SETS = {1000: "imagenet-1k", 21843: "imagenet-21k"}
+
+Resize = Literal["squash", "crop"]
+Interpolation = Literal["bicubic", "bilinear"]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the model's input.
+
+    'squash': resize straight to `size`. 'crop': resize the short side to size / crop_pct
+    (timm's rule), then center-crop `size`. Pixels in [0, 1] are then normalized by mean and std.
+    """
+
+    size: tuple[int, int]
+    resize: Resize = "squash"
+    crop_pct: float = 1.0
+    interpolation: Interpolation = "bilinear"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        # Also read from a file's JSON: wrong types are named here, not met later as a TypeError.
+        size = self.size
+        if not (isinstance(size, tuple) and len(size) == 2 and all(_is_int(n) and n > 0 for n in size)):
+            raise VitConvertError(f"preprocess.size must be (height, width) > 0, got {size!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if not (isinstance(value, tuple) and len(value) == 3 and all(_is_real(v) for v in value)):
+                raise VitConvertError(f"preprocess.{name} must be 3 finite numbers, got {value!r}")
+        if not all(v > 0 for v in self.std):
+            raise VitConvertError(f"preprocess.std must be positive, got {self.std!r}")
+        if not _is_real(self.crop_pct):
+            raise VitConvertError(f"preprocess.crop_pct must be a number, got {self.crop_pct!r}")
+        if self.resize not in ("squash", "crop"):
+            raise VitConvertError(f"preprocess.resize must be 'squash' or 'crop', got {self.resize!r}")
+        if self.interpolation not in ("bicubic", "bilinear"):
+            raise VitConvertError(
+                f"preprocess.interpolation must be 'bicubic' or 'bilinear', got {self.interpolation!r}")
+        if not 0 < self.crop_pct <= 1:
+            raise VitConvertError(f"preprocess.crop_pct must be in (0, 1], got {self.crop_pct}")
+
+    def at_size(self, size: tuple[int, int]) -> Preprocess:
+        """The same pipeline for another input size (crop fraction kept)."""
+        return replace(self, size=tuple(size))
+
+    @classmethod
+    def google(cls, size: tuple[int, int]) -> Preprocess:
+        """Google's evaluation: bilinear squash to size, (x - 127.5) / 127.5."""
+        return cls(size=tuple(size))
+
+
+@dataclass(frozen=True)
+class Source:
+    format: str  # e.g. 'jax-npz/vit_jax', 'jax-npz/big_vision', 'timm'
+    file: str
+    sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("format", "file", "sha256"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) or name == "sha256" and value is None):
+                raise VitConvertError(f"source.{name} must be a string, got {value!r}")
+
+
+@dataclass(frozen=True)
+class WeightsRecord:
+    config: ViTConfig
+    preprocess: Preprocess
+    source: Source
+    labels: str | None = None  # 'imagenet-1k', 'imagenet-21k' or None (class indices)
+    head_is_zero: bool = False  # published for fine-tuning only: top-k would be meaningless
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": "vitconvert-weights",
+            "version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "preprocess": {**asdict(self.preprocess), "size": list(self.preprocess.size),
+                           "mean": list(self.preprocess.mean), "std": list(self.preprocess.std)},
+            "labels": self.labels,
+            "head_is_zero": self.head_is_zero,
+            "source": asdict(self.source),
+            "notes": list(self.notes),
+        }, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "weights file") -> WeightsRecord:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise VitConvertError(f"{where}: metadata is not valid JSON ({e})") from None
+        if not isinstance(d, dict) or d.get("format") != "vitconvert-weights":
+            raise VitConvertError(f"{where}: metadata is not a vitconvert weights record")
+        if d.get("version") != FORMAT_VERSION:
+            raise VitConvertError(
+                f"{where}: weights record version {d.get('version')!r} is not supported "
+                f"(this vitconvert reads version {FORMAT_VERSION}); upgrade vitconvert or reconvert")
+        try:
+            pre, source, notes = d["preprocess"], d["source"], d.get("notes", [])
+            for name, value in (("preprocess", pre), ("source", source)):
+                if not isinstance(value, dict):
+                    raise VitConvertError(f"{name} must be a JSON object, got {value!r}")
+            # bool("false") is True: only JSON's own true/false may say whether the head is zero.
+            if not isinstance(d["head_is_zero"], bool):
+                raise VitConvertError(f"head_is_zero must be true or false, got {d['head_is_zero']!r}")
+            if not (d["labels"] is None or isinstance(d["labels"], str)):
+                raise VitConvertError(f"labels must be a string or null, got {d['labels']!r}")
+            if not (isinstance(notes, list) and all(isinstance(n, str) for n in notes)):
+                raise VitConvertError(f"notes must be a list of strings, got {notes!r}")
+            return cls(
+                config=ViTConfig.from_dict(d["config"]),
+                preprocess=Preprocess(**{**pre, **{k: tuple(pre[k]) for k in ("size", "mean", "std")
+                                                   if isinstance(pre.get(k), list)}}),
+                source=Source(**source),
+                labels=d["labels"],
+                head_is_zero=d["head_is_zero"],
+                notes=tuple(notes),
+            )
+        except VitConvertError as e:
+            raise VitConvertError(f"{where}: {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise VitConvertError(f"{where}: malformed weights record ({type(e).__name__}: {e})") from None
+
+    def metadata(self) -> dict[str, str]:
+        return {META_KEY: self.to_json()}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    """A finite int or float (JSON numbers), not a bool."""
+    return _is_int(value) or isinstance(value, float) and math.isfinite(value)
+
+
+def label_set_for(num_classes: int) -> str | None:
+    return LABEL_SETS.get(num_classes)
+
+
+# What our writer stores; the model is built in one of these (torch cannot load ints into parameters).
+FLOAT_DTYPES = {name for name, _ in STORAGE.values()}
+
+
+def read_record(path: str | os.PathLike) -> WeightsRecord:
+    """The record alone: reads the header, not the tensors."""
+    header = read_header(path)  # checks that __metadata__, if any, maps strings to strings
+    meta = header.get("__metadata__") or {}
+    if META_KEY not in meta:
+        raise VitConvertError(
+            f"{path}: no vitconvert metadata; convert the checkpoint first "
+            "(vitconvert jax2torch / timm2torch)")
+    record = WeightsRecord.from_json(meta[META_KEY], where=str(path))
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    dtypes = {v["dtype"] for v in tensors.values()}
+    if not dtypes <= FLOAT_DTYPES or len(dtypes) > 1:
+        raise VitConvertError(f"{path}: tensors must all have one dtype of {', '.join(sorted(FLOAT_DTYPES))}; "
+                              f"found {', '.join(sorted(map(str, dtypes)))}")
+    _check_shapes(record.config, {k: tuple(v["shape"]) for k, v in tensors.items()}, str(path))
+    return record
+
+
+def _check_shapes(cfg: ViTConfig, shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    from ..convert.mapping import name_list
+    from ..core.param_shapes import param_shapes
+
+    expected = param_shapes(cfg)
+
+    missing = set(expected) - set(shapes)
+    extra = set(shapes) - set(expected)
+    wrong = [f"{k} {shapes[k]} (config says {expected[k]})"
+             for k in expected if k in shapes and shapes[k] != expected[k]]
+    if missing or extra or wrong:
+        parts = [f"missing tensors: {name_list(missing)}" if missing else "",
+                 f"unexpected tensors: {name_list(extra)}" if extra else "",
+                 f"wrong shapes: {'; '.join(wrong[:4])}" + (f" and {len(wrong) - 4} more" if len(wrong) > 4 else "")
+                 if wrong else ""]
+        raise VitConvertError(
+            f"{where}: metadata disagrees with the tensors: " + "; ".join(p for p in parts if p))
+
+
+def write_weights(dst: str | os.PathLike, specs: Sequence[TensorSpec], record: WeightsRecord, *,
+                  source_path: str | os.PathLike, dtype: str = "float32", force: bool = False,
+                  allow_nonfinite: bool = False,
+                  progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
+    """Write converted tensors and `record` to `dst` atomically; returns the final record.
+
+    The source's sha256 is computed alongside (the header carries a placeholder until the end);
+    NaN or Inf in any tensor stops the write unless `allow_nonfinite`.
+    """
+    check_dtype(dtype)
+    file_hash = FileHash(source_path)
+    record = replace(record, source=replace(record.source, sha256=PLACEHOLDER))
+    if not allow_nonfinite:
+        specs = [TensorSpec(s.name, s.shape, _finite(s, str(source_path))) for s in specs]
+    total = sum(int(np.prod(s.shape)) for s in specs) * STORAGE[dtype][1].itemsize
+    done = 0
+
+    def step(nbytes: int) -> None:
+        nonlocal done
+        done += nbytes
+        if progress:
+            progress(done, total)
+
+    def final() -> dict[str, str]:
+        nonlocal record
+        record = replace(record, source=replace(record.source, sha256=file_hash.hexdigest()))
+        return record.metadata()
+
+    write_safetensors(dst, specs, dtype, record.metadata(), force=force, progress=step,
+                      final_metadata=final)
+    return record
+
+
+def _finite(spec: TensorSpec, where: str) -> Callable[[], np.ndarray]:
+    def make() -> np.ndarray:
+        array = spec.make()
+        if not np.isfinite(array).all():
+            raise VitConvertError(
+                f"{where}: tensor {spec.name} holds NaN or Inf values; pass --allow-nonfinite to convert anyway")
+        return array
+    return make

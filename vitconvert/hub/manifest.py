@@ -1,0 +1,322 @@
+"""The published checkpoints we know by name: `weights_manifest.json` (schema in the README).
+
+The repository's top-level `weights_manifest.json` is what people read and edit; an identical copy
+ships inside the package (`vitconvert/data/weights_manifest.json`, a test keeps them equal) so an
+installed vitconvert finds it without the source tree. `$VITCONVERT_MANIFEST` points at another file
+(a private mirror's manifest with checksums filled in, say).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..core.config import ViTConfig
+from ..core.errors import VitConvertError
+from ..formats.weights_file import LABEL_SETS, Preprocess
+
+SCHEMA_VERSION = 1
+MANIFEST_ENV = "VITCONVERT_MANIFEST"
+FAMILIES = ("vit-2020", "augreg")
+PREPROCESS_SOURCES = ("timm", "google")
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+# key -> (required, allowed types); None is allowed only where listed.
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "url": (str,),
+    "format": (str,),
+    "family": (str,),
+    "arch": (str,),
+    "config": (dict,),
+    "train_resolution": (int,),
+    "num_classes": (int,),
+    "labels": (str, type(None)),
+    "preprocess": (dict,),
+    "preprocess_source": (str,),
+    "act": (str,),
+    "head_is_zero": (bool,),
+    "timm_model": (str, type(None)),
+    "top1": (float, int, type(None)),
+    "top1_source": (str, type(None)),
+    "upstream": (str, type(None)),
+    "size_bytes": (int, type(None)),
+    "sha256": (str, type(None)),
+    "notes": (list,),
+}
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One published checkpoint: where it is, what it is, and how to run it."""
+
+    name: str
+    url: str
+    format: str  # 'jax-npz/vit_jax'
+    family: str  # 'vit-2020' or 'augreg'
+    arch: str  # human label, e.g. 'B/16', 'R50+L/32'
+    config: ViTConfig
+    train_resolution: int
+    num_classes: int
+    labels: str | None  # 'imagenet-1k', 'imagenet-21k'
+    preprocess: Preprocess
+    preprocess_source: str  # 'timm' (its pretrained cfg for timm_model) or 'google'
+    act: str
+    head_is_zero: bool
+    timm_model: str | None  # 'vit_base_patch16_384.augreg_in21k_ft_in1k': same weights in timm
+    top1: float | None  # ImageNet-1k top-1 in percent
+    top1_source: str | None
+    upstream: str | None  # name of the entry this one was fine-tuned from
+    size_bytes: int | None
+    sha256: str | None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON form of this entry (load_manifest reads it back unchanged)."""
+        pre = self.preprocess
+        return {
+            "name": self.name, "url": self.url, "format": self.format, "family": self.family,
+            "arch": self.arch, "config": self.config.to_dict(),
+            "train_resolution": self.train_resolution, "num_classes": self.num_classes,
+            "labels": self.labels,
+            "preprocess": {"size": list(pre.size), "resize": pre.resize, "crop_pct": pre.crop_pct,
+                           "interpolation": pre.interpolation, "mean": list(pre.mean),
+                           "std": list(pre.std)},
+            "preprocess_source": self.preprocess_source, "act": self.act,
+            "head_is_zero": self.head_is_zero, "timm_model": self.timm_model, "top1": self.top1,
+            "top1_source": self.top1_source, "upstream": self.upstream,
+            "size_bytes": self.size_bytes, "sha256": self.sha256, "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    checkpoints: tuple[CheckpointEntry, ...]
+    source: str = "weights_manifest.json"
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.checkpoints]
+
+    def find(self, name: str) -> CheckpointEntry:
+        for entry in self.checkpoints:
+            if entry.name == name:
+                return entry
+        folded = [e for e in self.checkpoints if e.name.lower() == name.lower()]
+        if len(folded) == 1:
+            return folded[0]
+        close = difflib.get_close_matches(name, self.names, n=5, cutoff=0.5)
+        if not close:  # difflib weighs the whole string; also offer names that contain the text
+            close = [n for n in self.names if name.lower() in n.lower()][:5]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise VitConvertError(
+            f"no checkpoint named {name!r} in {self.source}{hint} (see 'vitconvert list')")
+
+    def match_file(self, filename: str, config: ViTConfig) -> CheckpointEntry | None:
+        """The entry for a published file, by name and architecture (the 2020 folders reuse names).
+
+        None unless every match agrees on preprocessing and labels.
+        """
+        hits = [e for e in self.checkpoints
+                if e.filename == filename and e.config.replace(act=config.act) == config]
+        if hits and all((e.preprocess, e.labels) == (hits[0].preprocess, hits[0].labels) for e in hits):
+            return hits[0]
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": self.schema_version,
+                "checkpoints": [e.to_dict() for e in self.checkpoints]}
+
+
+def bundled_path() -> Path:
+    """The copy shipped as package data."""
+    return Path(str(resources.files("vitconvert.hub") / "data" / "weights_manifest.json"))
+
+
+def default_path() -> Path:
+    env = os.environ.get(MANIFEST_ENV)
+    return Path(env) if env else bundled_path()
+
+
+def load_manifest(path: str | os.PathLike | None = None) -> Manifest:
+    """Read and validate a manifest: `path`, else $VITCONVERT_MANIFEST, else the bundled copy."""
+    path = Path(path) if path is not None else default_path()
+    return _load_cached(str(path.resolve()), _mtime(path))
+
+
+def _label(path: str) -> str:
+    """How messages name a manifest: the bundled one by its repository name."""
+    return "weights_manifest.json" if Path(path) == bundled_path().resolve() else path
+
+
+def find(name: str, manifest: Manifest | str | os.PathLike | None = None) -> CheckpointEntry:
+    """The entry called `name`; an unknown name raises VitConvertError listing close names."""
+    if not isinstance(manifest, Manifest):
+        manifest = load_manifest(manifest)
+    return manifest.find(name)
+
+
+def parse_manifest(data: Any, where: str = "manifest") -> Manifest:
+    if not isinstance(data, dict):
+        raise VitConvertError(f"{where}: expected a JSON object with 'schema_version' and 'checkpoints'")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise VitConvertError(
+            f"{where}: manifest schema_version {version!r} is not supported (this vitconvert reads "
+            f"version {SCHEMA_VERSION}); upgrade vitconvert")
+    extra = sorted(set(data) - {"schema_version", "checkpoints"})
+    if extra:
+        raise VitConvertError(f"{where}: unknown top-level keys: {', '.join(extra)}")
+    items = data.get("checkpoints")
+    if not isinstance(items, list):
+        raise VitConvertError(f"{where}: 'checkpoints' must be a list")
+    entries = tuple(_parse_entry(item, i, where) for i, item in enumerate(items))
+    seen: set[str] = set()
+    for e in entries:
+        if e.name.lower() in seen:
+            raise VitConvertError(f"{where}: checkpoint name {e.name!r} appears twice")
+        seen.add(e.name.lower())
+    names = {e.name for e in entries}
+    for e in entries:
+        if e.upstream is not None and e.upstream not in names:
+            raise VitConvertError(f"{where}: {e.name}: upstream {e.upstream!r} is not in the manifest")
+    return Manifest(checkpoints=entries, source=where, schema_version=version)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError as e:
+        raise VitConvertError(f"cannot read manifest {path}: {e.strerror}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: str, mtime: float) -> Manifest:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise VitConvertError(f"cannot read manifest {path}: {e.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise VitConvertError(f"manifest {path} is not valid JSON ({e})") from None
+    return parse_manifest(data, where=_label(path))
+
+
+def _config_type_problems(d: dict[str, Any]) -> list[str]:
+    """Wrong JSON types, named by their manifest path (config.depth) before ViTConfig sees them; its own
+    checks then cover values. Unknown keys are left to from_dict."""
+    problems = []
+    defaults = ViTConfig()
+    for f in dataclasses.fields(ViTConfig):
+        if f.name not in d:
+            continue
+        value, default = d[f.name], getattr(defaults, f.name)
+        if f.name in ("representation_size",):
+            ok = value is None or _is_int(value)
+        elif f.name in ("hybrid_layers", "img_size"):
+            ok = (value is None and f.name == "hybrid_layers") or (
+                isinstance(value, list) and all(_is_int(v) for v in value))
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = _is_int(value)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            problems.append(f"config.{f.name} has the wrong type ({type(value).__name__})")
+    return problems
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_entry(item: Any, index: int, where: str) -> CheckpointEntry:
+    if not isinstance(item, dict):
+        raise VitConvertError(f"{where}: checkpoint #{index} is not an object")
+    label = f"{where}: checkpoint {item.get('name', f'#{index}')!r}"
+    missing = [k for k in _FIELDS if k not in item]
+    unknown = sorted(set(item) - set(_FIELDS))
+    if missing or unknown:
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"unknown {', '.join(unknown)}"] if unknown else [])
+        raise VitConvertError(f"{label}: {'; '.join(parts)}")
+    for key, types in _FIELDS.items():
+        value = item[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise VitConvertError(f"{label}: {key} has the wrong type ({type(value).__name__})")
+
+    problems = []
+    name, url = item["name"], item["url"]
+    if not _NAME.fullmatch(name):
+        problems.append(f"name {name!r} may use letters, digits and . _ + - only")
+    if not url.startswith("https://"):
+        problems.append(f"url must be https, got {url!r}")
+    if item["family"] not in FAMILIES:
+        problems.append(f"family must be one of {', '.join(FAMILIES)}")
+    if item["preprocess_source"] not in PREPROCESS_SOURCES:
+        problems.append(f"preprocess_source must be one of {', '.join(PREPROCESS_SOURCES)}")
+    problems += _config_type_problems(item["config"])
+    if problems:
+        raise VitConvertError(f"{label}: {'; '.join(problems)}")
+    try:
+        cfg = ViTConfig.from_dict(item["config"])
+        pre = item["preprocess"]
+        preprocess = Preprocess(**{**pre, "size": tuple(pre["size"]), "mean": tuple(pre["mean"]),
+                                   "std": tuple(pre["std"])})
+    except VitConvertError as e:
+        raise VitConvertError(f"{label}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise VitConvertError(f"{label}: malformed preprocess ({type(e).__name__}: {e})") from None
+    if item["num_classes"] != cfg.num_classes:
+        problems.append(f"num_classes {item['num_classes']} but config.num_classes {cfg.num_classes}")
+    if item["act"] != cfg.act:
+        problems.append(f"act {item['act']!r} but config.act {cfg.act!r}")
+    if cfg.img_size != (item["train_resolution"],) * 2:
+        problems.append(f"train_resolution {item['train_resolution']} but config.img_size {cfg.img_size}")
+    if preprocess.size != cfg.img_size:
+        problems.append(f"preprocess.size {preprocess.size} but config.img_size {cfg.img_size}")
+    if item["labels"] is not None and LABEL_SETS.get(cfg.num_classes) != item["labels"]:
+        problems.append(f"labels {item['labels']!r} do not fit {cfg.num_classes} classes")
+    if item["preprocess_source"] == "timm" and not item["timm_model"]:
+        problems.append("preprocess_source 'timm' needs timm_model")
+    if item["timm_model"] is not None and "." not in item["timm_model"]:
+        problems.append("timm_model must name the pretrained tag (model.tag)")
+    top1 = item["top1"]
+    if top1 is not None and not (0 < top1 <= 100 and item["top1_source"]):
+        problems.append("top1 must be a percentage in (0, 100] with a top1_source")
+    if item["sha256"] is not None and not _SHA256.fullmatch(item["sha256"]):
+        problems.append("sha256 must be 64 lowercase hex digits or null")
+    if item["size_bytes"] is not None and item["size_bytes"] <= 0:
+        problems.append("size_bytes must be positive or null")
+    if not all(isinstance(n, str) for n in item["notes"]):
+        problems.append("notes must be strings")
+    if problems:
+        raise VitConvertError(f"{label}: {'; '.join(problems)}")
+    return CheckpointEntry(
+        name=name, url=url, format=item["format"], family=item["family"], arch=item["arch"],
+        config=cfg, train_resolution=item["train_resolution"], num_classes=item["num_classes"],
+        labels=item["labels"], preprocess=preprocess, preprocess_source=item["preprocess_source"],
+        act=item["act"], head_is_zero=item["head_is_zero"], timm_model=item["timm_model"],
+        top1=None if top1 is None else float(top1), top1_source=item["top1_source"],
+        upstream=item["upstream"], size_bytes=item["size_bytes"], sha256=item["sha256"],
+        notes=tuple(item["notes"]),
+    )

@@ -1,0 +1,191 @@
+"""`Predictor`: one of our weights files to top-k class predictions and attention maps for images.
+
+Everything comes from the file's record: architecture, the preprocessing the model was trained
+with, the label set. Another input size resamples the position embeddings (see posembed.py) and
+runs the same preprocessing at that size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from PIL import Image
+
+from .attention import check_supported, overlay, rollout
+from .batches import ImageInput, batches, prepare
+from ..core.cache import resolve_weights
+from ..core.config import ViTConfig, parse_size
+from ..core.errors import VitConvertError
+from .images import MAX_PIXELS, load_rgb
+from .labels import resolve_labels
+from ..model.loading import model_from
+from .runtime import compile_model, inference_dtype, run_compiled
+from .transform import crop_geometry
+from ..formats.weights_file import read_record
+
+
+@dataclass(frozen=True)
+class Prediction:
+    rank: int  # 1 = most probable
+    index: int  # class index in the model's head
+    label: str | None  # None when the model's classes have no names
+    probability: float  # softmax, a fraction in [0, 1]
+
+
+@dataclass(frozen=True)
+class ImagePredictions:
+    image: str
+    predictions: tuple[Prediction, ...]
+
+    def to_dict(self) -> dict:
+        return {"image": self.image, "predictions": [asdict(p) for p in self.predictions]}
+
+
+class Predictor:
+    """Classify images with one of our weights files.
+
+    >>> p = Predictor("vit-b16.safetensors")            # or model="NAME" for a cached download
+    >>> p.predict(["cat.jpg"], top_k=3)[0].predictions[0].label
+    'tabby, tabby cat'
+
+    `img_size` (R, 'R', 'HxW' or (H, W)) runs the model at another resolution. `labels` overrides the
+    class names: 'imagenet-1k', 'imagenet-21k', a file with one name a line, or a list.
+
+    Speed (the README's Speed section): `dtype` 'bfloat16' (CPUs with native bfloat16, GPUs) or 'float16'
+    (GPUs) runs the model in that precision, probabilities still computed in float32; `compile=True`
+    runs it through `torch.compile` (pays a compilation on the first batch of each size). `workers`
+    in `predict`/`iter_predict` decodes and resizes images in that many processes ahead of the model.
+    """
+
+    def __init__(self, weights: str | os.PathLike | None = None, *, model: str | None = None,
+                 img_size: int | str | tuple[int, int] | None = None, device: str | torch.device = "cpu",
+                 labels: str | os.PathLike | Sequence[str] | None = None,
+                 max_pixels: int = MAX_PIXELS, dtype: str | torch.dtype | None = "float32",
+                 compile: bool = False) -> None:
+        self.path = resolve_weights(weights, model)
+        # The header alone answers everything that can be refused, before the tensors are read.
+        record = read_record(self.path)
+        if record.head_is_zero:
+            raise VitConvertError(
+                f"{self.path}: the classification head of this model is all zeros: it was published for "
+                "fine-tuning only (like the 2020 ImageNet-21k ViT checkpoints), so every class gets the "
+                "same probability and a top-k would be meaningless. Use a fine-tuned checkpoint instead "
+                "(e.g. an imagenet21k+imagenet2012 or AugReg '..._ft_in1k' file)")
+        size = record.config.img_size if img_size is None else parse_size(img_size)
+        check_size(record.config, size)
+        self.labels = resolve_labels(labels, record.config.num_classes, record.labels)
+        self.device = check_device(device)
+        self.dtype = inference_dtype(dtype, self.device)
+        self.record = record
+        self.preprocess = record.preprocess.at_size(size)
+        self.max_pixels = max_pixels
+        self.model = model_from(record, self.path, img_size=size, device=self.device, dtype=self.dtype)
+        self.compiled = compile_model(self.model) if compile else None
+
+    @property
+    def config(self) -> ViTConfig:
+        return self.model.config
+
+    def label(self, index: int) -> str | None:
+        return self.labels[index] if self.labels is not None else None
+
+    def transform(self, image: ImageInput) -> torch.Tensor:
+        """The model's input for one image: (3, H, W) float32, preprocessed as the weights file says."""
+        return prepare(image, self.preprocess, self.max_pixels)
+
+    def probabilities(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """Softmax over the classes, (len(images), num_classes), float32 on the CPU."""
+        return self.batch_probabilities(torch.stack([self.transform(image) for image in _as_list(images)]))
+
+    @torch.inference_mode()
+    def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax over the classes for a prepared (B, 3, H, W) batch, float32 on the CPU."""
+        batch = batch.to(self.device, self.dtype, non_blocking=True)
+        logits = run_compiled(self.compiled, batch) if self.compiled is not None else self.model(batch)
+        return logits.float().softmax(dim=-1).cpu()
+
+    def iter_predict(self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32,
+                     workers: int = 0) -> Iterator[ImagePredictions]:
+        """Predictions one image at a time, computed `batch_size` images at once, in input order.
+
+        `workers` > 0 decodes and resizes the images in that many processes, prefetching up to two
+        batches each, while the model runs; the results are the same as with `workers=0`.
+        """
+        images = _as_list(images)
+        if top_k < 1 or batch_size < 1 or workers < 0:
+            raise VitConvertError(f"top_k and batch_size must be at least 1 and workers at least 0, "
+                                  f"got {top_k}, {batch_size} and {workers}")
+        pin = self.device.type == "cuda"
+        prepared = batches(images, self.preprocess, self.max_pixels, batch_size, workers, pin_memory=pin)
+        for start, batch in zip(range(0, len(images), batch_size), prepared):
+            chunk = images[start:start + batch_size]
+            values, indices = self.batch_probabilities(batch).topk(min(top_k, self.config.num_classes), dim=-1)
+            for offset, (image, probs, classes) in enumerate(zip(chunk, values.tolist(), indices.tolist())):
+                yield ImagePredictions(_name(image, start + offset), tuple(
+                    Prediction(rank, index, self.label(index), prob)
+                    for rank, (prob, index) in enumerate(zip(probs, classes), start=1)))
+
+    def predict(self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32,
+                workers: int = 0) -> list[ImagePredictions]:
+        return list(self.iter_predict(images, top_k, batch_size, workers))
+
+    @torch.inference_mode()
+    def attention_rollout(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """(len(images), grid_h, grid_w): the class token's rolled-out attention over the patches."""
+        check_supported(self.config)
+        batch = torch.stack([self.transform(image) for image in _as_list(images)]).to(self.device, self.dtype)
+        maps = self.model.attention_maps(batch)
+        return rollout(maps, self.config.num_prefix_tokens, self.config.grid_size).cpu()
+
+    def attention_map(self, image: ImageInput) -> Image.Image:
+        """The rollout as a heat map over the (upright, RGB) image, at the image's own size."""
+        check_supported(self.config)
+        rgb = load_rgb(image, self.max_pixels)
+        heat = self.attention_rollout([rgb])[0]
+        size = (rgb.height, rgb.width)
+        return overlay(rgb, heat.numpy(), crop_geometry(size, self.preprocess).box_in(size))
+
+
+def check_size(cfg: ViTConfig, size: tuple[int, int]) -> None:
+    """Refuse an input size the patch grid cannot tile, naming the nearest sizes that work."""
+    stride = cfg.total_stride
+    if all(side % stride == 0 for side in size):
+        return
+    below = tuple(max(stride, side // stride * stride) for side in size)
+    above = tuple(-(-side // stride) * stride for side in size)
+
+    def text(s: tuple[int, ...]) -> str:
+        return str(s[0]) if s[0] == s[1] else f"{s[0]}x{s[1]}"
+
+    raise VitConvertError(
+        f"image size {size[0]}x{size[1]} is not a multiple of this model's patch stride {stride} "
+        f"(every side must be); try {text(below)} or {text(above)}")
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise VitConvertError(f"unknown device {str(device)!r} ({e})") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise VitConvertError(f"device {dev}: CUDA is not available here ({count} GPU(s) found)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise VitConvertError(f"device {dev}: Apple MPS is not available here")
+    return dev
+
+
+def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    return list(images)
+
+
+def _name(image: ImageInput, position: int) -> str:
+    if isinstance(image, Image.Image):
+        return getattr(image, "filename", "") or f"<image {position}>"
+    return os.fspath(image)

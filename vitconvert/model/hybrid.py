@@ -1,0 +1,136 @@
+"""The ResNetV2 stem of the hybrid ViTs (R50+ViT-B/16, R26+S/32, R+Ti/16, R50+L/32).
+
+Post-activation bottlenecks with GroupNorm and TensorFlow 'SAME' padding, as in the JAX reference.
+The convolutions are weight-standardized in the JAX models; the converter folds that
+standardization into the stored kernels (the weights are frozen), so here they are plain
+convolutions. Module names follow timm's ResNetV2, so state dicts load into timm's hybrids.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.config import GN_GROUPS  # ViTConfig checks hybrid widths against the same group count
+
+GN_EPS = 1e-6  # flax GroupNorm default; timm uses 1e-5.
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF 'SAME': output ceil(size / stride), the odd pixel of padding goes after."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2dSame(nn.Conv2d):
+    def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int = 1) -> None:
+        super().__init__(in_chs, out_chs, kernel, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = self.kernel_size[0], self.stride[0]
+        top, bottom = same_padding(x.shape[-2], k, s)
+        left, right = same_padding(x.shape[-1], k, s)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return F.conv2d(x, self.weight, None, self.stride)
+
+
+class MaxPool2dSame(nn.Module):
+    def __init__(self, kernel: int = 3, stride: int = 2) -> None:
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = same_padding(x.shape[-2], self.kernel, self.stride)
+        left, right = same_padding(x.shape[-1], self.kernel, self.stride)
+        x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+        return F.max_pool2d(x, self.kernel, self.stride)
+
+
+class GroupNormAct(nn.GroupNorm):
+    def __init__(self, channels: int, act: bool = True) -> None:
+        super().__init__(GN_GROUPS, channels, eps=GN_EPS)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return F.relu(x) if self.act else x
+
+
+class Stem(nn.Sequential):
+    """7x7/2 conv, GroupNorm + ReLU, 3x3/2 max-pool: stride 4."""
+
+    def __init__(self, in_chans: int, width: int) -> None:
+        super().__init__()
+        self.conv = Conv2dSame(in_chans, width, 7, 2)
+        self.norm = GroupNormAct(width)
+        self.pool = MaxPool2dSame(3, 2)
+
+
+class Downsample(nn.Module):
+    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+        super().__init__()
+        self.conv = Conv2dSame(in_chs, out_chs, 1, stride)
+        self.norm = GroupNormAct(out_chs, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+        super().__init__()
+        mid = out_chs // 4
+        needs_projection = stride != 1 or in_chs != out_chs
+        self.downsample = Downsample(in_chs, out_chs, stride) if needs_projection else None
+        self.conv1, self.norm1 = Conv2dSame(in_chs, mid, 1), GroupNormAct(mid)
+        self.conv2, self.norm2 = Conv2dSame(mid, mid, 3, stride), GroupNormAct(mid)
+        self.conv3, self.norm3 = Conv2dSame(mid, out_chs, 1), GroupNormAct(out_chs, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.norm1(self.conv1(x))
+        x = self.norm2(self.conv2(x))
+        x = self.norm3(self.conv3(x))
+        return F.relu(x + shortcut)
+
+
+class Stage(nn.Module):
+    def __init__(self, in_chs: int, out_chs: int, depth: int, stride: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*(
+            Bottleneck(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1)
+            for i in range(depth)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+class ResNetV2(nn.Module):
+    """Stem plus bottleneck stages; stage s has 4 * width * 2**s output channels, all but the first stride 2."""
+
+    def __init__(self, layers: tuple[int, ...], in_chans: int, width: int) -> None:
+        super().__init__()
+        self.stem = Stem(in_chans, width)
+        chs, stages = width, []
+        for s, depth in enumerate(layers):
+            out_chs = backbone_channels(layers[: s + 1], width)
+            stages.append(Stage(chs, out_chs, depth, 1 if s == 0 else 2))
+            chs = out_chs
+        self.stages = nn.Sequential(*stages)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+
+def build_backbone(layers: tuple[int, ...], in_chans: int, width: int) -> nn.Module:
+    """timm names a stem-only backbone by its stem's modules directly (`backbone.conv`)."""
+    return ResNetV2(layers, in_chans, width) if layers else Stem(in_chans, width)
+
+
+def backbone_channels(layers: tuple[int, ...], width: int) -> int:
+    """Output channels of a ResNet with these stages (the stem's width if there are none)."""
+    return 4 * width * 2 ** (len(layers) - 1) if layers else width

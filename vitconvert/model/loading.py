@@ -1,0 +1,75 @@
+"""`load_model`: our weights file to an eval-mode model, at the trained size or any other."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..core.config import ViTConfig, parse_size
+from ..core.errors import VitConvertError
+from .vit import VisionTransformer
+from .posembed import resample_pos_embed
+from ..formats.weights_file import WeightsRecord, read_record
+
+
+def load_state_dict(path: str | os.PathLike) -> tuple[WeightsRecord, dict[str, torch.Tensor]]:
+    """The checked record and the tensors of one of our weights files."""
+    record = read_record(path)
+    return record, read_tensors(path)
+
+
+def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a file the library cannot read is a clear error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise VitConvertError(f"{path}: cannot read tensors ({e})") from None
+
+
+def at_size(cfg: ViTConfig, state: dict[str, torch.Tensor],
+            img_size: tuple[int, int]) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
+    """Config and weights for another input size: position embeddings resampled bicubically."""
+    if tuple(img_size) == cfg.img_size:
+        return cfg, state
+    new = cfg.replace(img_size=tuple(img_size))  # raises if not a multiple of the patch stride
+    prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
+    state = dict(state)
+    state["pos_embed"] = resample_pos_embed(state["pos_embed"], new.grid_size, cfg.grid_size, prefix)
+    return new, state
+
+
+def build_with_weights(cfg: ViTConfig, state: dict[str, torch.Tensor]) -> VisionTransformer:
+    """A model holding `state` without first paying for a random initialisation."""
+    with torch.device("meta"):
+        model = VisionTransformer(cfg)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike, img_size: int | str | tuple[int, int] | None = None,
+               device: str | torch.device | None = None,
+               dtype: torch.dtype | None = None) -> VisionTransformer:
+    """An eval-mode model from our weights file, ready for inputs of `img_size` (default: trained size).
+
+    The model's `.config` describes it, `.record` carries the file's metadata.
+    """
+    return model_from(read_record(path), path, img_size, device, dtype)
+
+
+def model_from(record: WeightsRecord, path: str | os.PathLike,
+               img_size: int | str | tuple[int, int] | None = None, device: str | torch.device | None = None,
+               dtype: torch.dtype | None = None) -> VisionTransformer:
+    """`load_model` for a caller that has already read and checked the file's record."""
+    state = read_tensors(path)
+    cfg = record.config
+    if img_size is not None:
+        cfg, state = at_size(cfg, state, parse_size(img_size))
+    model = build_with_weights(cfg, state)
+    model.record = record
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model

@@ -1,0 +1,1 @@
+"""Tools that check our files against other implementations: `verify` against timm."""
