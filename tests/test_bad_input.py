@@ -470,24 +470,25 @@ def raw_safetensors(path: Path, header: bytes, data: bytes = b"\0" * 16) -> Path
     return path
 
 
+# The safetensors library validates headers (we read them with safe_open); its reasons are kept.
 @pytest.mark.parametrize("header, pattern", [
-    (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,Infinity]}}', r"header is not JSON"),
-    (b"[" * 50_000 + b"]" * 50_000, r"header is not JSON"),
-    (b'{"__metadata__": 5}', r"__metadata__ must map strings to strings"),
-    (b'{"__metadata__": "vitconvert"}', r"__metadata__ must map strings to strings"),
-    (b'{"__metadata__": {"vitconvert": {"format": 1}}}', r"__metadata__ must map strings to strings"),
-    (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}}', r"tensor 'a' has a malformed header entry"),
-    (b'{"a":{"dtype":["F32"],"shape":[1],"data_offsets":[0,4]}}', r"tensor 'a' has a malformed header entry"),
-    (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}', r"tensor 'a' has a malformed header entry"),
-    (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4000]}}', r"truncated \(\d+ bytes, header promises"),
-    (b"\xff\xfe\x00garbage", r"header is not JSON"),
+    (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,Infinity]}}', r"invalid JSON in header"),
+    (b"[" * 50_000 + b"]" * 50_000, r"invalid JSON in header"),
+    (b'{"__metadata__": 5}', r"invalid type: integer `5`, expected a map"),
+    (b'{"__metadata__": "vitconvert"}', r"invalid type: string \"vitconvert\", expected a map"),
+    (b'{"__metadata__": {"vitconvert": {"format": 1}}}', r"invalid type: map, expected a string"),
+    (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}}', r"invalid value: integer `-4`"),
+    (b'{"a":{"dtype":["F32"],"shape":[1],"data_offsets":[0,4]}}', r"invalid type: sequence"),
+    (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}', r"invalid offset for tensor `a`"),
+    (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4000]}}', r"invalid shape, data type, or offset"),
+    (b"\xff\xfe\x00garbage", r"invalid UTF-8 in header"),
 ])
 def test_foreign_safetensors_headers_are_clear_errors(tmp_path, out_dir, header, pattern) -> None:
     """Regression: Infinity offsets (OverflowError), deep nesting (RecursionError) and a non-dict
     __metadata__ (TypeError) escaped as exceptions other than VitConvertError."""
     src = raw_safetensors(tmp_path / "h.safetensors", header)
     for load in (read_record, load_model, lambda p: convert_timm(p, out_dir / "out.safetensors")):
-        with pytest.raises(VitConvertError, match=pattern):
+        with pytest.raises(VitConvertError, match=r"h\.safetensors: not a safetensors file \(.*" + pattern):
             load(src)
     assert_nothing_written(out_dir)
 

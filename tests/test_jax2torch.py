@@ -242,17 +242,34 @@ def test_corrupt_member_is_a_clear_error(tmp_path) -> None:
     assert zipfile.is_zipfile(tmp_path / "t.npz")
 
 
-def test_a_published_file_gets_its_checkpoints_preprocessing_and_labels(tmp_path, monkeypatch) -> None:
+def test_a_published_file_gets_its_checkpoints_preprocessing_and_labels(tmp_path) -> None:
     from manifest_helpers import tiny_entry, tiny_npz_bytes, write_manifest
 
+    from vitconvert import load_manifest
+
     data = tiny_npz_bytes()
-    entry = tiny_entry(data)
-    monkeypatch.setenv("VITCONVERT_MANIFEST", str(write_manifest(tmp_path / "m.json", entry)))
+    manifest = load_manifest(write_manifest(tmp_path / "m.json", tiny_entry(data)))
     (tmp_path / "tiny.npz").write_bytes(data)  # the published file name
-    record = convert_jax(tmp_path / "tiny.npz", tmp_path / "t.safetensors")
+    assert convert_jax(tmp_path / "tiny.npz", tmp_path / "plain.safetensors").preprocess.resize == "squash"
+    record = convert_jax(tmp_path / "tiny.npz", tmp_path / "t.safetensors", catalog=manifest)
     assert (record.preprocess.resize, record.preprocess.crop_pct, record.preprocess.interpolation) == (
         "crop", 0.9, "bicubic")
     assert any("tiny-test-B16" in note for note in record.notes)
     (tmp_path / "renamed.npz").write_bytes(data)  # unknown name: Google's evaluation pipeline
-    other = convert_jax(tmp_path / "renamed.npz", tmp_path / "r.safetensors")
+    other = convert_jax(tmp_path / "renamed.npz", tmp_path / "r.safetensors", catalog=manifest)
     assert (other.preprocess.resize, other.preprocess.interpolation) == ("squash", "bilinear")
+
+
+def test_the_cli_recognises_published_files_through_the_manifest(tmp_path, monkeypatch, capsys) -> None:
+    """The converter itself knows no manifest (layers); `vitconvert jax2torch` passes it in."""
+    from manifest_helpers import tiny_entry, tiny_npz_bytes, write_manifest
+
+    from vitconvert.cli import cli
+    from vitconvert.cli.errors import run
+
+    data = tiny_npz_bytes()
+    monkeypatch.setenv("VITCONVERT_MANIFEST", str(write_manifest(tmp_path / "m.json", tiny_entry(data))))
+    (tmp_path / "tiny.npz").write_bytes(data)
+    run(cli, ["jax2torch", str(tmp_path / "tiny.npz"), str(tmp_path / "t.safetensors"), "--json"])
+    record = json.loads(capsys.readouterr().out)["record"]
+    assert (record["preprocess"]["resize"], record["preprocess"]["crop_pct"]) == ("crop", 0.9)

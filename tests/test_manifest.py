@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 from manifest_helpers import tiny_entry, tiny_npz_bytes, write_manifest
@@ -13,17 +12,9 @@ from vitconvert.core.config import WIDTHS
 from vitconvert.core.errors import VitConvertError
 from vitconvert.hub.manifest import bundled_path, find, load_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
-TOP_LEVEL = ROOT / "weights_manifest.json"
 BUCKET = "https://storage.googleapis.com/vit_models/"
-MANIFEST = load_manifest(TOP_LEVEL)
+MANIFEST = load_manifest(bundled_path())
 ENTRIES = MANIFEST.checkpoints
-
-
-def test_package_copy_is_identical_to_the_top_level_file():
-    """The top-level file is the one to edit; the package ships a copy. Copy it after editing:
-    cp weights_manifest.json vitconvert/data/weights_manifest.json"""
-    assert bundled_path().read_bytes() == TOP_LEVEL.read_bytes()
 
 
 def test_default_is_the_bundled_copy_and_the_env_var_overrides(tmp_path, monkeypatch):
@@ -115,7 +106,7 @@ DATA = tiny_npz_bytes()
     (lambda d: d["checkpoints"][0].update(sha256="ABC"), "sha256 must be 64 lowercase hex"),
     (lambda d: d["checkpoints"][0].update(top1=85.0), "with a top1_source"),
     (lambda d: d["checkpoints"][0].update(upstream="nope"), "upstream 'nope' is not in the manifest"),
-    (lambda d: d["checkpoints"][0]["config"].update(depth="1"), "config.depth has the wrong type"),
+    (lambda d: d["checkpoints"][0]["config"].update(depth="1"), r"invalid ViT config: depth must be a positive integer, got '1'"),
     (lambda d: d["checkpoints"][0]["config"].update(embed_dim=9), "invalid ViT config"),
     (lambda d: d["checkpoints"][0]["preprocess"].update(resize="stretch"), "preprocess.resize"),
     (lambda d: d["checkpoints"].append(dict(d["checkpoints"][0])), "appears twice"),

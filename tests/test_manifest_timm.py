@@ -5,7 +5,6 @@ on the file). Models are built on the meta device: no memory, no weights, no net
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -14,10 +13,10 @@ torch = pytest.importorskip("torch")
 
 from timm.models import get_pretrained_cfg
 
-from vitconvert.hub.manifest import load_manifest
+from vitconvert.hub.manifest import bundled_path, load_manifest
 from vitconvert.core.param_shapes import param_shapes
 
-MANIFEST = load_manifest(Path(__file__).resolve().parents[1] / "weights_manifest.json")
+MANIFEST = load_manifest(bundled_path())
 NO_TIMM = "timm has no pretrained tag for this file"
 
 

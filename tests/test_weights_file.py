@@ -71,16 +71,16 @@ def test_tampered_json_is_a_clear_error(converted) -> None:
 def test_record_that_disagrees_with_tensors_names_the_tensors(converted) -> None:
     rec = record_of(converted)
     rec["config"]["depth"] = 3
-    with pytest.raises(VitConvertError, match=r"missing tensors: blocks\.2\.attn\.proj\.bias"):
+    with pytest.raises(VitConvertError, match=r"metadata disagrees with the tensors: tensors the model needs but the file lacks: blocks\.2\.attn\.proj\.bias"):
         read_record(rewrite(converted, record=rec))
     rec["config"]["depth"], rec["config"]["mlp_dim"] = 2, 512
-    with pytest.raises(VitConvertError, match=r"wrong shapes: .*blocks\.0\.mlp\.fc1\.bias \(768,\) \(config says \(512,\)\)"):
+    with pytest.raises(VitConvertError, match=r"inconsistent shapes: .*blocks\.0\.mlp\.fc1\.bias \(768,\) \(expected \(512,\)\)"):
         read_record(rewrite(converted, record=rec))
 
 
 def test_unexpected_tensor_is_named(converted) -> None:
     tensors = load_file(str(converted)) | {"extra.weight": torch.zeros(3)}
-    with pytest.raises(VitConvertError, match=r"unexpected tensors: extra\.weight"):
+    with pytest.raises(VitConvertError, match=r"tensors the model lacks: extra\.weight"):
         read_record(rewrite(converted, tensors=tensors))
 
 

@@ -56,9 +56,10 @@ def jax2torch(src: str, dst: str, gelu: str, dtype: str, force: bool, allow_nonf
       vitpredict cat.jpg --weights vit-b16.safetensors
     """
     from ..convert.jax import convert_jax
+    from ..hub.manifest import load_manifest
 
     with progress_bar("converting", quiet) as progress:
-        record = convert_jax(src, dst, force=force, gelu=gelu, dtype=dtype,
+        record = convert_jax(src, dst, force=force, gelu=gelu, dtype=dtype, catalog=load_manifest(),
                              allow_nonfinite=allow_nonfinite, progress=progress)
     if not quiet or as_json:
         _report(record, dst, as_json)

@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -18,28 +19,18 @@ from ..core.config import ViTConfig
 from ..formats.dtypes import check_dtype
 from ..core.errors import VitConvertError
 from ..formats.paths import check_output
-from ..hub.manifest import load_manifest
-from .mapping import plan_tensors
+from .mapping import plan_tensors, source_dims
 from ..formats.npz import NpzReader
-from ..core.param_shapes import check_planned
+from ..core.param_shapes import check_shapes
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
 
 GELU = {"tanh": "gelu_tanh", "erf": "gelu"}
 
 
-def _dims(reader: NpzReader, key: str, rank: int, scanned: bool = False) -> tuple[int, ...]:
-    """The shape of `key`, which the config is read from, checked to have `rank` dimensions
-    (plus the leading layer axis of a scanned layout)."""
-    shape = reader.shapes[key]
-    if len(shape) != rank + scanned:
-        raise VitConvertError(f"{reader.path}: {key} has shape {shape}, expected {rank + scanned} dimensions")
-    return shape[scanned:]
-
-
 def infer_config(reader: NpzReader, layout: jax_layouts.Layout, act: str) -> ViTConfig:
     """The architecture, from array shapes alone."""
-    s, p = reader.shapes, layout.prefix
-    kh, kw, in_chs, dim = _dims(reader, f"{p}embedding/kernel", 4)
+    s, p, where = reader.shapes, layout.prefix, str(reader.path)
+    kh, kw, in_chs, dim = source_dims(s, f"{p}embedding/kernel", 4, where)
     if kh != kw:
         raise VitConvertError(f"{reader.path}: non-square patches ({kh}x{kw}) are not supported")
     depth = jax_layouts.count_blocks(layout, s, str(reader.path))
@@ -50,16 +41,16 @@ def infer_config(reader: NpzReader, layout: jax_layouts.Layout, act: str) -> ViT
     for key in (q, mlp, f"{p}head/bias", layout.pos_embed):
         if key not in s:
             raise VitConvertError(f"{reader.path}: missing key {key} ({layout.name} layout)")
-    heads = _dims(reader, q, 3, layout.scanned)[1]
-    mlp_dim = _dims(reader, mlp, 2, layout.scanned)[1]
+    heads = source_dims(s, q, 3, where, layout.scanned)[1]
+    mlp_dim = source_dims(s, mlp, 2, where, layout.scanned)[1]
     stage_units = jax_layouts.hybrid_units(layout, s, str(reader.path)) if layout.hybrid else None
     pool = "token" if f"{p}cls" in s else "gap"
-    pre = _dims(reader, f"{p}pre_logits/bias", 1) if f"{p}pre_logits/bias" in s else None
+    pre = source_dims(s, f"{p}pre_logits/bias", 1, where) if f"{p}pre_logits/bias" in s else None
     hybrid_width = 64
     if layout.hybrid:
-        _, _, in_chs, hybrid_width = _dims(reader, f"{p}conv_root/kernel", 4)
-    num_classes = _dims(reader, f"{p}head/bias", 1)[0]
-    n_pos = _dims(reader, layout.pos_embed, 3)[1]
+        _, _, in_chs, hybrid_width = source_dims(s, f"{p}conv_root/kernel", 4, where)
+    num_classes = source_dims(s, f"{p}head/bias", 1, where)[0]
+    n_pos = source_dims(s, layout.pos_embed, 3, where)[1]
     try:
         base = ViTConfig(
             patch_size=kh, in_chans=in_chs, embed_dim=dim, depth=depth,
@@ -82,16 +73,30 @@ def _is_zero(reader: NpzReader, *keys: str) -> bool:
     return all(not np.any(reader.read(k)) for k in keys)
 
 
+class Published(Protocol):
+    """What a catalogue of published checkpoints knows about one (the hub's manifest entries)."""
+
+    name: str
+    preprocess: Preprocess
+    labels: str | None
+    preprocess_source: str
+
+
+class Catalog(Protocol):
+    def match_file(self, filename: str, config: ViTConfig) -> Published | None: ...
+
+
 def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False,
                 gelu: str = "tanh", dtype: str = "float32", preprocess: Preprocess | None = None,
-                labels: str | None = None, allow_nonfinite: bool = False,
+                labels: str | None = None, catalog: Catalog | None = None, allow_nonfinite: bool = False,
                 progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
     """Convert a JAX `.npz` ViT checkpoint at `src` into our weights file at `dst`.
 
     gelu: 'tanh' (what the JAX models were trained with; exact reproduction) or 'erf' (timm's).
-    dtype: stored tensor dtype. preprocess / labels: by default those of the published checkpoint
-    when the manifest knows the file (by name and architecture), else Google's evaluation pipeline
-    at the training size and the label set implied by the class count.
+    dtype: stored tensor dtype. preprocess / labels: what to record; when neither is given and
+    `catalog` (e.g. `vitconvert.load_manifest()`, as `vitconvert jax2torch` passes) knows the file by
+    name and architecture, that published checkpoint's; else Google's evaluation pipeline at the
+    training size and the label set implied by the class count.
     progress(done_bytes, total_bytes) is called after each tensor.
     """
     if gelu not in GELU:
@@ -102,11 +107,11 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
         layout = jax_layouts.detect(reader.shapes, str(src))
         cfg = infer_config(reader, layout, GELU[gelu])
         specs = plan_tensors(jax_layouts.rules(layout), reader,
-                     jax_layouts.bindings(cfg.depth, cfg.hybrid_layers), where=str(src))
-        check_planned(specs, cfg, str(src))
+                             jax_layouts.bindings(cfg.depth, cfg.hybrid_layers), where=str(src))
+        check_shapes(cfg, {s.name: s.shape for s in specs}, str(src))
         notes = ["source arrays stored as bfloat16"] if any(
             reader.stored_dtype(k) == "bfloat16" for k in reader.shapes) else []
-        if preprocess is None and labels is None and (known := load_manifest().match_file(src.name, cfg)):
+        if preprocess is None and labels is None and catalog and (known := catalog.match_file(src.name, cfg)):
             preprocess, labels = known.preprocess, known.labels
             notes.append(f"preprocessing and labels of the published checkpoint '{known.name}' "
                          f"({known.preprocess_source})")

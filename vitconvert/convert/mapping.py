@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..core.errors import VitConvertError
+from ..core.errors import VitConvertError, name_list
 from ..formats.safetensors_file import TensorSpec
 
 Shape = tuple[int, ...]
@@ -125,8 +125,10 @@ def plan_tensors(rules: Iterable[Rule], reader: ArrayReader, bindings: Mapping[s
     return specs
 
 
-def name_list(names: Iterable[str], limit: int = 12) -> str:
-    """Sorted names, cut after `limit` with a count, so an error stays one readable line."""
-    names = sorted(names)
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+def source_dims(shapes: Mapping[str, Shape], key: str, rank: int, where: str, leading: int = 0) -> Shape:
+    """The shape of source array `key`, which a config is read from, checked to have `rank`
+    dimensions after `leading` ones (the layer axis of a scanned layout), which are dropped."""
+    shape = shapes[key]
+    if len(shape) != rank + leading:
+        raise VitConvertError(f"{where}: {key} has shape {shape}, expected {rank + leading} dimensions")
+    return shape[leading:]

@@ -19,8 +19,9 @@ import torch
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..formats.paths import check_input, check_output
-from .mapping import IDENTITY, Rule, plan_tensors
-from ..core.param_shapes import check_planned, param_shapes
+from ..formats.safetensors_file import read_header, read_tensors
+from .mapping import IDENTITY, Rule, plan_tensors, source_dims
+from ..core.param_shapes import check_shapes, param_shapes
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
 
 WRAPPERS = ("state_dict", "model", "model_ema", "module")
@@ -35,9 +36,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors, or of a .pth/.bin read with weights_only (no code runs)."""
     path = check_input(path, "a checkpoint file")
     if path.suffix == ".safetensors":
-        from ..model.loading import read_tensors
-        from ..formats.safetensors_file import read_header
-
         read_header(path)  # clear errors for truncated or foreign files
         return read_tensors(path)
     try:
@@ -78,20 +76,13 @@ def unwrap(obj: object, where: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _dims(shapes: Mapping[str, tuple[int, ...]], key: str, rank: int, where: str) -> tuple[int, ...]:
-    """The shape of `key`, which the config is read from, checked to have `rank` dimensions."""
-    if len(shapes[key]) != rank:
-        raise VitConvertError(f"{where}: {key} has shape {shapes[key]}, expected {rank} dimensions")
-    return shapes[key]
-
-
 def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str,
                  num_heads: int | None = None) -> ViTConfig:
     if "patch_embed.proj.weight" not in shapes:
         keys = ", ".join(sorted(shapes)[:6])
         raise VitConvertError(f"{where}: not a timm ViT state dict (no patch_embed.proj.weight); "
                               f"its keys begin: {keys}")
-    dim, in_chans, ph, pw = _dims(shapes, "patch_embed.proj.weight", 4, where)
+    dim, in_chans, ph, pw = source_dims(shapes, "patch_embed.proj.weight", 4, where)
     if ph != pw:
         raise VitConvertError(f"{where}: non-square patches ({ph}x{pw}) are not supported")
     depth = len({m[1] for k in shapes if (m := re.match(r"blocks\.(\d+)\.", k))})
@@ -100,15 +91,15 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str,
     distilled = "dist_token" in shapes
     pool = "token" if "cls_token" in shapes else "gap"
     prefix = (pool == "token") + distilled
-    n_pos = _dims(shapes, "pos_embed", 3, where)[1] if "pos_embed" in shapes else 0
+    n_pos = source_dims(shapes, "pos_embed", 3, where)[1] if "pos_embed" in shapes else 0
     no_embed_class = prefix > 0 and math.isqrt(n_pos) ** 2 == n_pos
     side = math.isqrt(n_pos - (0 if no_embed_class else prefix))
     if side * side != n_pos - (0 if no_embed_class else prefix) or side == 0:
         raise VitConvertError(f"{where}: pos_embed with {n_pos} positions is not a square grid "
                               f"plus {prefix} prefix token(s)")
-    pre = _dims(shapes, "pre_logits.fc.weight", 2, where) if "pre_logits.fc.weight" in shapes else None
-    mlp_dim = _dims(shapes, "blocks.0.mlp.fc1.weight", 2, where)[0]
-    num_classes = _dims(shapes, "head.weight", 2, where)[0]
+    pre = source_dims(shapes, "pre_logits.fc.weight", 2, where) if "pre_logits.fc.weight" in shapes else None
+    mlp_dim = source_dims(shapes, "blocks.0.mlp.fc1.weight", 2, where)[0]
+    num_classes = source_dims(shapes, "head.weight", 2, where)[0]
     try:
         return ViTConfig(
             img_size=(side * ph, side * ph), patch_size=ph, in_chans=in_chans, embed_dim=dim, depth=depth,
@@ -180,7 +171,7 @@ def convert_timm(src: str | os.PathLike, dst: str | os.PathLike, *, model: str |
                  "for the checkpoint's own",)
     expected = param_shapes(cfg)
     specs = plan_tensors([Rule(name, (name,), IDENTITY) for name in expected], reader, {}, where=str(src))
-    check_planned(specs, cfg, str(src))
+    check_shapes(cfg, {s.name: s.shape for s in specs}, str(src))
     reader.check_weights(expected, str(src))
     record = WeightsRecord(
         config=cfg, preprocess=preprocess,

@@ -7,10 +7,10 @@ the weights file stores it as JSON, and `build_model` reads it back.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .checks import is_int, is_real, is_size
 from .errors import VitConvertError
 
 Pool = Literal["token", "gap"]
@@ -85,27 +85,26 @@ class ViTConfig:
 
     def _type_problems(self) -> list[str]:
         problems = []
-        size = self.img_size
-        if not (isinstance(size, tuple) and len(size) == 2 and all(_is_int(n) and n > 0 for n in size)):
-            problems.append(f"img_size must be (height, width) > 0, got {size!r}")
+        if not is_size(self.img_size):
+            problems.append(f"img_size must be (height, width) > 0, got {self.img_size!r}")
         for name in _POSITIVE_INTS:
-            if not (_is_int(value := getattr(self, name)) and value > 0):
+            if not (is_int(value := getattr(self, name)) and value > 0):
                 problems.append(f"{name} must be a positive integer, got {value!r}")
         rep = self.representation_size
-        if rep is not None and not (_is_int(rep) and rep > 0):
+        if rep is not None and not (is_int(rep) and rep > 0):
             problems.append(f"representation_size must be a positive integer or null, got {rep!r}")
         for name in _BOOLS:
             if not isinstance(value := getattr(self, name), bool):
                 problems.append(f"{name} must be true or false, got {value!r}")
         eps = self.ln_eps
-        if not ((_is_int(eps) or isinstance(eps, float) and math.isfinite(eps)) and eps > 0):
+        if not (is_real(eps) and eps > 0):
             problems.append(f"ln_eps must be a positive number, got {eps!r}")
         if self.pool not in ("token", "gap"):
             problems.append(f"pool must be 'token' or 'gap', got {self.pool!r}")
         if self.act not in ("gelu", "gelu_tanh"):
             problems.append(f"act must be 'gelu' or 'gelu_tanh', got {self.act!r}")
         layers = self.hybrid_layers
-        if layers is not None and not (isinstance(layers, tuple) and all(_is_int(n) and n > 0 for n in layers)):
+        if layers is not None and not (isinstance(layers, tuple) and all(is_int(n) and n > 0 for n in layers)):
             problems.append(f"hybrid_layers must be null or a list of positive unit counts, got {layers!r}")
         return problems
 
@@ -160,10 +159,6 @@ class ViTConfig:
             return cls(**d)
         except TypeError as e:
             raise VitConvertError(f"invalid ViT config: {e}") from None
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def preset(name: str, **overrides: Any) -> ViTConfig:

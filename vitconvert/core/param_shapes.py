@@ -1,18 +1,16 @@
 """Parameter names and shapes of the model a `ViTConfig` describes, computed without torch.
 
-The converters check every planned tensor against these before writing (so a file is never
-written whose tensors disagree with its own config), and `read_record` checks a file against them;
-the JAX path must not import torch. Names and order are those of `VisionTransformer.state_dict()`
-(the tests compare the two over many configs).
+Converters check every planned tensor against these before writing, and `read_record` checks
+a file's header against them; the JAX path must not import torch, hence no model here. Names and
+order are those of `VisionTransformer.state_dict()` (the tests compare the two over many configs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 from .config import ViTConfig
-from .errors import VitConvertError
-from ..formats.safetensors_file import TensorSpec
+from .errors import VitConvertError, name_list
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -82,19 +80,17 @@ def _linear(shapes: Shapes, name: str, fan_in: int, fan_out: int) -> None:
     shapes[f"{name}.bias"] = (fan_out,)
 
 
-def check_planned(specs: Sequence[TensorSpec], cfg: ViTConfig, where: str) -> None:
-    """Every planned tensor has the name and shape `cfg` implies, and none is missing.
+def check_shapes(cfg: ViTConfig, shapes: Mapping[str, tuple[int, ...]], where: str) -> None:
+    """Every tensor has the name and shape `cfg` implies, and none is missing.
 
-    Converters call this before writing: a file whose tensors disagree with its own record would
-    only fail later, when it is loaded, far from the checkpoint that caused it.
+    Converters call this on their plan before writing, and `read_record` on a file's header: a
+    file whose tensors disagree with its own record would otherwise fail only when it is loaded,
+    far from the checkpoint that caused it.
     """
-    from ..convert.mapping import name_list
-
     expected = param_shapes(cfg)
-    planned = {s.name: s.shape for s in specs}
-    wrong = [f"{k} {shape} (expected {expected[k]})" for k, shape in planned.items()
-             if k in expected and shape != expected[k]]
-    extra, missing = set(planned) - set(expected), set(expected) - set(planned)
+    wrong = [f"{k} {tuple(shape)} (expected {expected[k]})" for k, shape in shapes.items()
+             if k in expected and tuple(shape) != expected[k]]
+    extra, missing = set(shapes) - set(expected), set(expected) - set(shapes)
     problems = []
     if wrong:
         more = f" and {len(wrong) - 6} more" if len(wrong) > 6 else ""
@@ -102,6 +98,6 @@ def check_planned(specs: Sequence[TensorSpec], cfg: ViTConfig, where: str) -> No
     if extra:
         problems.append(f"tensors the model lacks: {name_list(extra)}")
     if missing:
-        problems.append(f"tensors the model needs but the checkpoint lacks: {name_list(missing)}")
+        problems.append(f"tensors the model needs but the file lacks: {name_list(missing)}")
     if problems:
         raise VitConvertError(f"{where}: " + "; ".join(problems))

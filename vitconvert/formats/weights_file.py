@@ -7,7 +7,6 @@ the architecture, the preprocessing, the label set, the head's state and the sou
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -15,7 +14,9 @@ from typing import Literal
 
 import numpy as np
 
+from ..core.checks import is_real, is_size
 from ..core.config import ViTConfig
+from ..core.param_shapes import check_shapes
 from .dtypes import STORAGE, check_dtype
 from ..core.errors import VitConvertError
 from .safetensors_file import TensorSpec, read_header, write_safetensors
@@ -46,16 +47,15 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         # Also read from a file's JSON: wrong types are named here, not met later as a TypeError.
-        size = self.size
-        if not (isinstance(size, tuple) and len(size) == 2 and all(_is_int(n) and n > 0 for n in size)):
-            raise VitConvertError(f"preprocess.size must be (height, width) > 0, got {size!r}")
+        if not is_size(self.size):
+            raise VitConvertError(f"preprocess.size must be (height, width) > 0, got {self.size!r}")
         for name in ("mean", "std"):
             value = getattr(self, name)
-            if not (isinstance(value, tuple) and len(value) == 3 and all(_is_real(v) for v in value)):
+            if not (isinstance(value, tuple) and len(value) == 3 and all(is_real(v) for v in value)):
                 raise VitConvertError(f"preprocess.{name} must be 3 finite numbers, got {value!r}")
         if not all(v > 0 for v in self.std):
             raise VitConvertError(f"preprocess.std must be positive, got {self.std!r}")
-        if not _is_real(self.crop_pct):
+        if not is_real(self.crop_pct):
             raise VitConvertError(f"preprocess.crop_pct must be a number, got {self.crop_pct!r}")
         if self.resize not in ("squash", "crop"):
             raise VitConvertError(f"preprocess.resize must be 'squash' or 'crop', got {self.resize!r}")
@@ -152,15 +152,6 @@ class WeightsRecord:
         return {META_KEY: self.to_json()}
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    """A finite int or float (JSON numbers), not a bool."""
-    return _is_int(value) or isinstance(value, float) and math.isfinite(value)
-
-
 def label_set_for(num_classes: int) -> str | None:
     return LABEL_SETS.get(num_classes)
 
@@ -171,39 +162,19 @@ FLOAT_DTYPES = {name for name, _ in STORAGE.values()}
 
 def read_record(path: str | os.PathLike) -> WeightsRecord:
     """The record alone: reads the header, not the tensors."""
-    header = read_header(path)  # checks that __metadata__, if any, maps strings to strings
-    meta = header.get("__metadata__") or {}
-    if META_KEY not in meta:
+    header = read_header(path)
+    if META_KEY not in header.metadata:
         raise VitConvertError(
             f"{path}: no vitconvert metadata; convert the checkpoint first "
             "(vitconvert jax2torch / timm2torch)")
-    record = WeightsRecord.from_json(meta[META_KEY], where=str(path))
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    dtypes = {v["dtype"] for v in tensors.values()}
+    record = WeightsRecord.from_json(header.metadata[META_KEY], where=str(path))
+    dtypes = {dtype for dtype, _ in header.tensors.values()}
     if not dtypes <= FLOAT_DTYPES or len(dtypes) > 1:
         raise VitConvertError(f"{path}: tensors must all have one dtype of {', '.join(sorted(FLOAT_DTYPES))}; "
                               f"found {', '.join(sorted(map(str, dtypes)))}")
-    _check_shapes(record.config, {k: tuple(v["shape"]) for k, v in tensors.items()}, str(path))
+    check_shapes(record.config, {k: shape for k, (_, shape) in header.tensors.items()},
+                 f"{path}: metadata disagrees with the tensors")
     return record
-
-
-def _check_shapes(cfg: ViTConfig, shapes: dict[str, tuple[int, ...]], where: str) -> None:
-    from ..convert.mapping import name_list
-    from ..core.param_shapes import param_shapes
-
-    expected = param_shapes(cfg)
-
-    missing = set(expected) - set(shapes)
-    extra = set(shapes) - set(expected)
-    wrong = [f"{k} {shapes[k]} (config says {expected[k]})"
-             for k in expected if k in shapes and shapes[k] != expected[k]]
-    if missing or extra or wrong:
-        parts = [f"missing tensors: {name_list(missing)}" if missing else "",
-                 f"unexpected tensors: {name_list(extra)}" if extra else "",
-                 f"wrong shapes: {'; '.join(wrong[:4])}" + (f" and {len(wrong) - 4} more" if len(wrong) > 4 else "")
-                 if wrong else ""]
-        raise VitConvertError(
-            f"{where}: metadata disagrees with the tensors: " + "; ".join(p for p in parts if p))
 
 
 def write_weights(dst: str | os.PathLike, specs: Sequence[TensorSpec], record: WeightsRecord, *,

@@ -1,14 +1,12 @@
 """The published checkpoints we know by name: `weights_manifest.json` (schema in the README).
 
-The repository's top-level `weights_manifest.json` is what people read and edit; an identical copy
-ships inside the package (`vitconvert/data/weights_manifest.json`, a test keeps them equal) so an
-installed vitconvert finds it without the source tree. `$VITCONVERT_MANIFEST` points at another file
+The file ships inside the package (`vitconvert/hub/data/weights_manifest.json`), so an installed
+vitconvert finds it without the source tree; it is the one copy to read and edit. `$VITCONVERT_MANIFEST` points at another file
 (a private mirror's manifest with checksums filled in, say).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import functools
 import json
@@ -218,37 +216,6 @@ def _load_cached(path: str, mtime: float) -> Manifest:
     return parse_manifest(data, where=_label(path))
 
 
-def _config_type_problems(d: dict[str, Any]) -> list[str]:
-    """Wrong JSON types, named by their manifest path (config.depth) before ViTConfig sees them; its own
-    checks then cover values. Unknown keys are left to from_dict."""
-    problems = []
-    defaults = ViTConfig()
-    for f in dataclasses.fields(ViTConfig):
-        if f.name not in d:
-            continue
-        value, default = d[f.name], getattr(defaults, f.name)
-        if f.name in ("representation_size",):
-            ok = value is None or _is_int(value)
-        elif f.name in ("hybrid_layers", "img_size"):
-            ok = (value is None and f.name == "hybrid_layers") or (
-                isinstance(value, list) and all(_is_int(v) for v in value))
-        elif isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = _is_int(value)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, type(default))
-        if not ok:
-            problems.append(f"config.{f.name} has the wrong type ({type(value).__name__})")
-    return problems
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _parse_entry(item: Any, index: int, where: str) -> CheckpointEntry:
     if not isinstance(item, dict):
         raise VitConvertError(f"{where}: checkpoint #{index} is not an object")
@@ -274,7 +241,6 @@ def _parse_entry(item: Any, index: int, where: str) -> CheckpointEntry:
         problems.append(f"family must be one of {', '.join(FAMILIES)}")
     if item["preprocess_source"] not in PREPROCESS_SOURCES:
         problems.append(f"preprocess_source must be one of {', '.join(PREPROCESS_SOURCES)}")
-    problems += _config_type_problems(item["config"])
     if problems:
         raise VitConvertError(f"{label}: {'; '.join(problems)}")
     try:

@@ -10,6 +10,7 @@ from ..core.config import ViTConfig, parse_size
 from ..core.errors import VitConvertError
 from .vit import VisionTransformer
 from .posembed import resample_pos_embed
+from ..formats.safetensors_file import read_tensors
 from ..formats.weights_file import WeightsRecord, read_record
 
 
@@ -17,17 +18,6 @@ def load_state_dict(path: str | os.PathLike) -> tuple[WeightsRecord, dict[str, t
     """The checked record and the tensors of one of our weights files."""
     record = read_record(path)
     return record, read_tensors(path)
-
-
-def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file; a file the library cannot read is a clear error."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise VitConvertError(f"{path}: cannot read tensors ({e})") from None
 
 
 def at_size(cfg: ViTConfig, state: dict[str, torch.Tensor],
