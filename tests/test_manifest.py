@@ -26,7 +26,7 @@ def test_default_is_the_bundled_copy_and_the_env_var_overrides(tmp_path, monkeyp
 
 
 def test_entries_round_trip_unchanged():
-    raw = json.loads(TOP_LEVEL.read_text())
+    raw = json.loads(bundled_path().read_text())
     assert raw["schema_version"] == 1
     assert [e.to_dict() for e in ENTRIES] == raw["checkpoints"]
 
