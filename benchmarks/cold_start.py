@@ -17,7 +17,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 from benchmarks.common import ROOT, interleaved_medians, machine, markdown
 
@@ -46,24 +45,13 @@ for p, i in zip(*probs.topk(5)):
 
 def write_b16(path: Path) -> Path:
     """Full-size ViT-B/16 with random weights and timm's preprocessing for its default tag."""
-    from vitconvert.core.config import ViTConfig
-    from vitconvert.formats.safetensors_file import TensorSpec, write_safetensors
-    from vitconvert.core.param_shapes import param_shapes
-    from vitconvert.formats.weights_file import Preprocess, Source, WeightsRecord
+    import torch
 
-    config = ViTConfig()
-    rng = np.random.default_rng(0)
+    from vitconvert import Preprocess, ViTConfig, VisionTransformer, save_weights
 
-    def make(name: str, shape: tuple[int, ...]):
-        if name.endswith(".weight") and len(shape) == 1:  # norm scales
-            return lambda: np.ones(shape, np.float32)
-        return lambda: (rng.standard_normal(shape, dtype=np.float32) * 0.02)
-
-    specs = [TensorSpec(name, shape, make(name, shape)) for name, shape in param_shapes(config).items()]
-    record = WeightsRecord(config=config, preprocess=Preprocess(size=(224, 224), resize="crop", crop_pct=0.9,
-                                                                interpolation="bicubic"),
-                           source=Source(format="timm", file="random"), labels="imagenet-1k")
-    write_safetensors(path, specs, "float32", record.metadata(), force=True)
+    torch.manual_seed(0)
+    save_weights(VisionTransformer(ViTConfig()).eval(), path, labels="imagenet-1k", force=True,
+                 preprocess=Preprocess(size=(224, 224), resize="crop", crop_pct=0.9, interpolation="bicubic"))
     return path
 
 

@@ -66,18 +66,12 @@ def write_weights(path: Path, res: int = 224) -> Path:
     """ViT-B/16 with `realistic_random` weights as our weights file (AugReg preprocessing, ImageNet-1k labels)."""
     import timm
 
-    from vitconvert.formats.safetensors_file import TensorSpec, write_safetensors
-    from vitconvert.convert.timm import infer_config
-    from vitconvert.formats.weights_file import Preprocess, Source, WeightsRecord
+    from vitconvert import Preprocess, ViTConfig, save_weights
 
     model = realistic_random(timm.create_model("vit_base_patch16_224", pretrained=False, img_size=res))
-    state = model.state_dict()
-    config = infer_config({k: tuple(v.shape) for k, v in state.items()}, "vit_base_patch16_224", num_heads=12)
-    record = WeightsRecord(config=config, preprocess=Preprocess(size=(res, res), resize="crop", crop_pct=0.9,
-                                                                interpolation="bicubic"),
-                           source=Source(format="timm", file="random"), labels="imagenet-1k")
-    specs = [TensorSpec(name, tuple(t.shape), lambda t=t: t.numpy()) for name, t in state.items()]
-    write_safetensors(path, specs, "float32", record.metadata(), force=True)
+    save_weights(model.state_dict(), path, config=ViTConfig(img_size=(res, res)), labels="imagenet-1k",
+                 preprocess=Preprocess(size=(res, res), resize="crop", crop_pct=0.9, interpolation="bicubic"),
+                 force=True)
     return path
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.vit_weights import TINY, our_vit, write_test_weights
 from PIL import Image
 
@@ -178,8 +179,8 @@ def test_model_from_the_cache(vitpredict, tiny_weights, cat_jpg, tmp_path, monke
 
 
 def test_zero_head_refusal(vitpredict, tmp_path, cat_jpg):
-    model = our_vit(TINY)
-    path = write_test_weights(tmp_path / "z.safetensors", model.state_dict(), TINY, head_is_zero=True)
+    state = {**our_vit(TINY).state_dict(), "head.weight": torch.zeros(1000, 64), "head.bias": torch.zeros(1000)}
+    path = write_test_weights(tmp_path / "z.safetensors", state, TINY)
     result = vitpredict(cat_jpg, "--weights", path)
     assert result.code == 1 and result.out == ""
     assert "published for fine-tuning only" in result.err

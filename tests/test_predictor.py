@@ -48,7 +48,7 @@ def test_pil_images_and_top_k_beyond_the_class_count(tmp_path, cat_jpg):
 def test_zero_head_is_refused_with_the_reason(tmp_path):
     model = timm_classifier("vit_tiny_patch16_224", **TINY_TIMM_KWARGS)
     state = {**model.state_dict(), "head.weight": torch.zeros(1000, 64), "head.bias": torch.zeros(1000)}
-    path = write_test_weights(tmp_path / "zero.safetensors", state, TINY, head_is_zero=True)
+    path = write_test_weights(tmp_path / "zero.safetensors", state, TINY)
     with pytest.raises(VitConvertError, match="all zeros: it was published for fine-tuning only") as e:
         Predictor(path)
     assert "same probability" in str(e.value)

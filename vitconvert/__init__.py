@@ -21,6 +21,7 @@ _EXPORTS = {
     "read_record": "formats.weights_file",
     "VisionTransformer": "model.vit",
     "load_model": "model.loading",
+    "save_weights": "model.loading",
     "resample_pos_embed": "model.posembed",
     "convert_jax": "convert.jax",
     "convert_timm": "convert.timm",

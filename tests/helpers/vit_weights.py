@@ -1,5 +1,5 @@
 """Test weights files, made without any converter: a timm model (or ours) with random non-zero
-weights, written with our safetensors writer and a record describing it.
+weights, written with `save_weights` and a record describing it.
 
 The JAX converter is written elsewhere; these files depend only on timm's state-dict names,
 which are ours.
@@ -13,8 +13,8 @@ import torch
 
 from vitconvert.core.config import ViTConfig
 from vitconvert.model.vit import VisionTransformer
-from vitconvert.formats.safetensors_file import TensorSpec, write_safetensors
-from vitconvert.formats.weights_file import Preprocess, Source, WeightsRecord
+from vitconvert.formats.weights_file import Preprocess, Source
+from vitconvert.model.loading import save_weights
 
 # timm's pretrained cfg for vit_base_patch16_224.augreg_in21k_ft_in1k and its 384 sibling.
 AUGREG_224 = Preprocess(size=(224, 224), resize="crop", crop_pct=0.9, interpolation="bicubic",
@@ -27,14 +27,10 @@ TINY_TIMM_KWARGS = {"embed_dim": 64, "depth": 2, "num_heads": 4}
 
 
 def write_test_weights(path: Path, state: dict[str, torch.Tensor], config: ViTConfig,
-                       preprocess: Preprocess = AUGREG_224, labels: str | None = "imagenet-1k",
-                       head_is_zero: bool = False) -> Path:
+                       preprocess: Preprocess = AUGREG_224, labels: str | None = "imagenet-1k") -> Path:
     """`state` in our weights-file format, with a record as a converter would write it."""
-    record = WeightsRecord(config=config, preprocess=preprocess, source=Source(format="timm", file="test"),
-                           labels=labels, head_is_zero=head_is_zero)
-    specs = [TensorSpec(name, tuple(t.shape), lambda t=t: t.detach().float().numpy())
-             for name, t in state.items()]
-    write_safetensors(path, specs, "float32", record.metadata(), force=True)
+    save_weights(state, path, config=config, preprocess=preprocess, labels=labels,
+                 source=Source(format="timm", file="test"), force=True)
     return path
 
 

@@ -21,7 +21,6 @@ from ..core.errors import VitConvertError
 from ..formats.paths import check_output
 from .mapping import plan_tensors, source_dims
 from ..formats.npz import NpzReader
-from ..core.param_shapes import check_shapes
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
 
 GELU = {"tanh": "gelu_tanh", "erf": "gelu"}
@@ -108,7 +107,6 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
         cfg = infer_config(reader, layout, GELU[gelu])
         specs = plan_tensors(jax_layouts.rules(layout), reader,
                              jax_layouts.bindings(cfg.depth, cfg.hybrid_layers), where=str(src))
-        check_shapes(cfg, {s.name: s.shape for s in specs}, str(src))
         notes = ["source arrays stored as bfloat16"] if any(
             reader.stored_dtype(k) == "bfloat16" for k in reader.shapes) else []
         if preprocess is None and labels is None and catalog and (known := catalog.match_file(src.name, cfg)):

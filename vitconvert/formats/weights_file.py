@@ -178,19 +178,21 @@ def read_record(path: str | os.PathLike) -> WeightsRecord:
 
 
 def write_weights(dst: str | os.PathLike, specs: Sequence[TensorSpec], record: WeightsRecord, *,
-                  source_path: str | os.PathLike, dtype: str = "float32", force: bool = False,
+                  source_path: str | os.PathLike | None, dtype: str = "float32", force: bool = False,
                   allow_nonfinite: bool = False,
                   progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
     """Write converted tensors and `record` to `dst` atomically; returns the final record.
 
-    The source's sha256 is computed alongside (the header carries a placeholder until the end);
-    NaN or Inf in any tensor stops the write unless `allow_nonfinite`.
+    The sha256 of `source_path`, if given, is computed alongside (the header carries a placeholder
+    until the end); NaN or Inf in any tensor stops the write unless `allow_nonfinite`.
     """
     check_dtype(dtype)
-    file_hash = FileHash(source_path)
-    record = replace(record, source=replace(record.source, sha256=PLACEHOLDER))
+    check_shapes(record.config, {s.name: s.shape for s in specs}, str(source_path or dst))
+    file_hash = FileHash(source_path) if source_path is not None else None
+    if file_hash:
+        record = replace(record, source=replace(record.source, sha256=PLACEHOLDER))
     if not allow_nonfinite:
-        specs = [TensorSpec(s.name, s.shape, _finite(s, str(source_path))) for s in specs]
+        specs = [TensorSpec(s.name, s.shape, _finite(s, str(source_path or dst))) for s in specs]
     total = sum(int(np.prod(s.shape)) for s in specs) * STORAGE[dtype][1].itemsize
     done = 0
 
@@ -206,7 +208,7 @@ def write_weights(dst: str | os.PathLike, specs: Sequence[TensorSpec], record: W
         return record.metadata()
 
     write_safetensors(dst, specs, dtype, record.metadata(), force=force, progress=step,
-                      final_metadata=final)
+                      final_metadata=final if file_hash else None)
     return record
 
 

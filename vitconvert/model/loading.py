@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -10,8 +11,8 @@ from ..core.config import ViTConfig, parse_size
 from ..core.errors import VitConvertError
 from .vit import VisionTransformer
 from .posembed import resample_pos_embed
-from ..formats.safetensors_file import read_tensors
-from ..formats.weights_file import WeightsRecord, read_record
+from ..formats.safetensors_file import TensorSpec, read_tensors
+from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, read_record, write_weights
 
 
 def load_state_dict(path: str | os.PathLike) -> tuple[WeightsRecord, dict[str, torch.Tensor]]:
@@ -63,3 +64,30 @@ def model_from(record: WeightsRecord, path: str | os.PathLike,
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     return model
+
+
+def save_weights(model: VisionTransformer | Mapping[str, torch.Tensor], dst: str | os.PathLike, *,
+                 config: ViTConfig | None = None, preprocess: Preprocess | None = None,
+                 labels: str | None = None, source: Source | None = None, notes: Sequence[str] = (),
+                 dtype: str = "float32", force: bool = False) -> WeightsRecord:
+    """Our weights file from a model (or a state dict and its `config`), atomically; returns the record.
+
+    preprocess: default Google's evaluation pipeline at the model's size; labels: default the
+    ImageNet label set its class count implies; source: default 'torch', an in-memory model.
+    """
+    if isinstance(model, VisionTransformer):
+        config = config or model.config
+        state = model.state_dict()
+    elif config is None:
+        raise VitConvertError("save_weights: give the config of a state dict (config=ViTConfig(...))")
+    else:
+        state = dict(model)
+    head = [t for k, t in state.items() if k in ("head.weight", "head.bias")]
+    record = WeightsRecord(
+        config=config, preprocess=preprocess or Preprocess.google(config.img_size),
+        source=source or Source(format="torch", file="in-memory model"),
+        labels=labels if labels is not None else label_set_for(config.num_classes),
+        head_is_zero=bool(head) and not any(t.any() for t in head), notes=tuple(notes))
+    specs = [TensorSpec(name, tuple(t.shape), lambda t=t: t.detach().to("cpu", torch.float32).numpy())
+             for name, t in state.items()]
+    return write_weights(dst, specs, record, source_path=None, dtype=dtype, force=force)
