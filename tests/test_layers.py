@@ -1,0 +1,82 @@
+"""The package's layers, as import rules: each sub-package imports only the layers below it, torch
+stays out of everything that runs without it, and timm is imported only where we compare with it or
+read its registry. Read from the source (every import, also those inside functions), so a lazy
+import cannot slip a layer."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "vitconvert"
+
+# layer -> the layers it may import (itself included). cli sits on top and may import anything.
+MAY_IMPORT = {
+    "core": {"core"},
+    "formats": {"core", "formats"},
+    "convert": {"core", "formats", "convert"},
+    "model": {"core", "formats", "model"},
+    "inference": {"core", "formats", "model", "inference"},
+    "hub": {"core", "formats", "convert", "hub"},
+    "tools": {"core", "formats", "convert", "model", "inference", "tools"},
+}
+NO_TORCH = {"core", "formats", "convert", "hub"}
+TORCH_ALLOWED = {"convert/timm.py"}  # pickled state dicts need torch to read
+TIMM_ALLOWED = {"convert/timm.py", "tools/verify.py"}
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE)
+
+
+def imports(path: Path) -> set[str]:
+    """Absolute names of everything `path` imports (relative imports resolved)."""
+    here = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]  # its package, e.g. (vitconvert, hub)
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = list(here[: len(here) - node.level + 1]) if node.level else []
+            module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            names.add(module)
+            for alias in node.names:  # `from . import x` imports module x when there is one
+                target = PACKAGE.parent.joinpath(*module.split("."), alias.name)
+                if target.is_dir() or target.with_suffix(".py").is_file():
+                    names.add(f"{module}.{alias.name}")
+    return names
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(PACKAGE).as_posix()
+
+
+def test_every_module_belongs_to_a_layer() -> None:
+    layers = {p.relative_to(PACKAGE).parts[0] for p in modules()}
+    assert layers == set(MAY_IMPORT) | {"cli"}
+
+
+@pytest.mark.parametrize("path", [p for p in modules() if p.relative_to(PACKAGE).parts[0] != "cli"], ids=rel)
+def test_a_layer_imports_only_the_layers_below_it(path: Path) -> None:
+    layer = path.relative_to(PACKAGE).parts[0]
+    ours = {name.split(".")[1] for name in imports(path) if name.startswith("vitconvert.")}
+    assert ours <= MAY_IMPORT[layer], f"{rel(path)} imports {sorted(ours - MAY_IMPORT[layer])}"
+
+
+@pytest.mark.parametrize("path", modules(), ids=rel)
+def test_torch_and_timm_stay_where_they_are_needed(path: Path) -> None:
+    roots = {name.split(".")[0] for name in imports(path)}
+    if path.relative_to(PACKAGE).parts[0] in NO_TORCH and rel(path) not in TORCH_ALLOWED:
+        assert "torch" not in roots and "torchvision" not in roots
+    if rel(path) not in TIMM_ALLOWED:
+        assert "timm" not in roots
+
+
+def test_the_rules_can_fail() -> None:
+    """The resolver sees relative and lazy imports (else the rules above would pass vacuously)."""
+    names = imports(PACKAGE / "hub" / "download.py")
+    assert "vitconvert.convert.jax" in names and "vitconvert.core.errors" in names
+    assert "torch" in imports(PACKAGE / "model" / "vit.py")
+    assert "vitconvert.convert.jax_layouts" in imports(PACKAGE / "convert" / "jax.py")
