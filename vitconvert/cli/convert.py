@@ -57,9 +57,9 @@ def jax2torch(src: str, dst: str, gelu: str, dtype: str, force: bool, allow_nonf
     """
     from ..convert.jax import convert_jax
 
-    with progress_bar("converting", quiet) as progress:
+    with progress_bar("converting", quiet, in_bytes=True) as progress:
         record = convert_jax(src, dst, force=force, gelu=gelu, dtype=dtype,
-                             allow_nonfinite=allow_nonfinite, progress=progress)
+                             allow_nonfinite=allow_nonfinite, progress=progress.update)
     if not quiet or as_json:
         _report(record, dst, as_json)
 
@@ -86,8 +86,8 @@ def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, dt
     """
     from ..convert.timm import convert_timm
 
-    with progress_bar("converting", quiet) as progress:
+    with progress_bar("converting", quiet, in_bytes=True) as progress:
         record = convert_timm(src, dst, model=model_name, num_heads=heads, force=force, dtype=dtype,
-                              allow_nonfinite=allow_nonfinite, progress=progress)
+                              allow_nonfinite=allow_nonfinite, progress=progress.update)
     if not quiet or as_json:
         _report(record, dst, as_json)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .progress import progress_bar
+
 
 @click.command("list")
 @click.option("--filter", "filter_", metavar="TEXT",
@@ -14,7 +16,10 @@ import click
 @click.option("--json", "as_json", is_flag=True,
               help="Print the (filtered) manifest as JSON, in the manifest's own schema.")
 def list_cmd(filter_: str | None, as_json: bool) -> None:
-    """List the published checkpoints that 'vitconvert download NAME' knows."""
+    """List the published checkpoints that 'vitconvert download NAME' knows.
+
+    'vitconvert download' takes the NAME or the TIMM MODEL of a row.
+    """
     import json
 
     from ..hub.manifest import load_manifest
@@ -46,14 +51,14 @@ def _haystack(e) -> str:
 
 
 @click.command("download")
-@click.argument("name")
+@click.argument("name", metavar="NAME|TIMM_MODEL")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to put the result (default: the cache; see below).")
 @click.option("--no-convert", is_flag=True, help="Only download and verify the original .npz.")
 @click.option("--force", is_flag=True, help="Download and convert again; replace an existing --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output; print only the result's path.")
 def download_cmd(name: str, out: Path | None, no_convert: bool, force: bool, quiet: bool) -> None:
-    """Download the published checkpoint NAME (see 'vitconvert list') and convert it.
+    """Download a published checkpoint (NAME or TIMM_MODEL, see 'vitconvert list') and convert it.
 
     \b
     The download goes to the cache ($VITCONVERT_CACHE, else the platform's cache
@@ -64,5 +69,7 @@ def download_cmd(name: str, out: Path | None, no_convert: bool, force: bool, qui
     """
     from ..hub.download import download
 
-    path = download(name, out=out, convert=not no_convert, force=force, progress=not quiet)
+    with progress_bar("downloading", quiet, in_bytes=True) as progress:
+        path = download(name, out=out, convert=not no_convert, force=force, progress=progress.update,
+                        status=None if quiet else progress.echo)
     click.echo(str(path))

@@ -100,10 +100,10 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
             if map_paths:
                 predictor.attention_map(paths[i]).save(map_paths[i], format="PNG")
                 entry["attention_map"] = str(map_paths[i])
-            if progress:
-                progress(i + 1, len(paths))
+            if progress.update:
+                progress.update(i + 1, len(paths))
             # Under a bar the tables wait until it is done; otherwise each prints when ready.
-            if as_json or progress:
+            if as_json or progress.update:
                 deferred.append(entry)
             else:
                 click.echo(format_table(entry))
