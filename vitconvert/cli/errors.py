@@ -48,6 +48,11 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> None:
               "please report it)", EXIT_ERROR, debug)
 
 
+def error_line(message: object) -> str:
+    """`error: MESSAGE` on one line, always: messages may quote a library's multi-line text."""
+    return f"error: {' '.join(str(message).split())}"
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Our warnings as one line `warning: ...` on stderr; anyone else's as Python prints them."""
     if issubclass(category, VitConvertWarning):
@@ -61,6 +66,5 @@ def _fail(message: str, code: int, debug: bool) -> None:
         import traceback
 
         traceback.print_exc()
-    # One line, always: messages may quote a library's multi-line text.
-    click.echo(f"error: {' '.join(str(message).split())}", err=True)
+    click.echo(error_line(message), err=True)
     sys.exit(code)
