@@ -19,7 +19,7 @@ import click
 from ..core.cache import WEIGHTS_ENV, resolve_weights
 from ..core.config import parse_size
 from ..core.errors import VitConvertError
-from .errors import EXIT_ERROR, error_line, run
+from .errors import EXIT_ERROR, debug_option, error_line, run
 from .progress import progress_bar
 
 # Below this many images a progress bar would only flicker. The bar goes to stderr, and only
@@ -36,8 +36,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
         raise click.BadParameter(str(e)) from None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-               epilog="Add --debug to see a traceback when it fails.")
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
 @click.option("--weights", type=click.Path(path_type=Path), metavar="FILE",
               help=f"Our weights file (.safetensors); default ${WEIGHTS_ENV}.")
@@ -69,6 +68,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--recursive", "-r", is_flag=True, help="Also search the sub-folders of directories.")
 @click.option("--skip-errors", is_flag=True,
               help="Exit 0 even if some images cannot be read (they are still reported).")
+@debug_option
 def command(images: tuple[str, ...], weights: Path | None, model_name: str | None,
             res: tuple[int, int] | None, top_k: int, as_json: bool, batch_size: int, device: str,
             dtype: str, compile_: bool, workers: int | None, labels: str | None,
@@ -79,6 +79,13 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
     entry with "error" instead of "predictions") and the others are still classified; the exit
     status is then 1 (0 with --skip-errors). What a directory holds besides images is skipped, with
     a note on stderr saying how many files and sub-folders.
+
+    \b
+    Examples:
+      vitpredict cat.jpg --weights vit-b16.safetensors
+      vitpredict cat.jpg --model augreg-B16-in21k-ft-in1k-384 --top 10 --attention-map attn.png
+      vitpredict photos/ --recursive --weights vit-b16.safetensors --json > predictions.json
+      vitpredict photos/ --weights vit-b16.safetensors --dtype bfloat16 --skip-errors
     """
     from ..inference.images import find_images, open_image
 
