@@ -536,12 +536,12 @@ def test_the_writer_handles_empty_tensors(out_dir) -> None:
 
 
 def test_an_output_directory_we_cannot_write_in(pth, out_dir, monkeypatch) -> None:
-    import tempfile
+    import vitconvert.formats.safetensors_file as io
 
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(tempfile, "mkstemp", denied)  # root ignores mode bits, so simulate it
+    monkeypatch.setattr(io, "_create_beside", denied)  # root ignores mode bits, so simulate it
     with pytest.raises(VitConvertError, match=r"cannot write in .*out: Permission denied"):
         convert_timm(pth, out_dir / "out.safetensors")
 

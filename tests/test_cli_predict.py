@@ -266,3 +266,83 @@ def test_arguments_are_checked_before_torch_is_imported(args, code, tmp_path):
     assert proc.stderr.splitlines()[-1] == "imported:"
     if code == 1:
         assert proc.stderr.splitlines()[0] == "error: missing.jpg: no such file"
+
+
+# --- one bad image among many ------------------------------------------------------------------
+
+BAD = {  # how the file is broken -> what its error line says
+    "not an image": (lambda bad, good: bad.write_text("hello"), "not an image file vitpredict can read"),
+    # the header reads, so this one is found while decoding, after the model has loaded
+    "truncated": (lambda bad, good: bad.write_bytes(good.read_bytes()[:2000]), "cannot decode image"),
+    "missing": (lambda bad, good: None, "no such file"),
+}
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+@pytest.mark.parametrize("kind", BAD)
+def test_a_bad_image_costs_only_itself(vitpredict, tiny_weights, cat_jpg, gray_png, tmp_path, kind, batch_size):
+    make, message = BAD[kind]
+    bad = tmp_path / "bad.jpg"
+    make(bad, cat_jpg)
+    images = [cat_jpg, bad, gray_png]
+    alone = vitpredict(cat_jpg, gray_png, "--weights", tiny_weights, "--json").json()
+    result = vitpredict(*images, "--weights", tiny_weights, "--json", "--batch-size", batch_size)
+    assert result.code == 1
+    assert result.err.startswith(f"error: {bad}: ") and message in result.err and result.err.count("\n") == 1
+    entries = result.json()
+    assert [e["image"] for e in entries] == [str(p) for p in images]
+    assert entries[1] == {"image": str(bad), "error": result.err[len("error: "):-1]}
+    for got, want in zip([entries[0], entries[2]], alone):
+        assert [p["index"] for p in got["predictions"]] == [p["index"] for p in want["predictions"]]
+        # batches of other sizes round differently: observed <= 3.6e-7
+        assert [p["probability"] for p in got["predictions"]] == pytest.approx(
+            [p["probability"] for p in want["predictions"]], abs=1e-6)
+    tables = vitpredict(*images, "--weights", tiny_weights, "--batch-size", batch_size)
+    assert tables.code == 1 and tables.err == result.err
+    assert [ln for ln in tables.out.splitlines() if ln and not ln.startswith(" ")] == [str(cat_jpg), str(gray_png)]
+    skipped = vitpredict(*images, "--weights", tiny_weights, "--batch-size", batch_size, "--skip-errors")
+    assert (skipped.code, skipped.out, skipped.err) == (0, tables.out, tables.err)
+
+
+def test_every_bad_image_is_reported_and_nothing_loads_when_none_is_good(vitpredict, tiny_weights, tmp_path):
+    bad = [tmp_path / "a.jpg", tmp_path / "b.png"]
+    for path in bad:
+        path.write_text("hello")
+    result = vitpredict(*bad, "--weights", tiny_weights, "--json")
+    assert result.code == 1
+    assert [line.split(": ")[1] for line in result.err.splitlines()] == [str(p) for p in bad]
+    assert [set(e) for e in result.json()] == [{"image", "error"}] * 2
+    assert vitpredict(*bad, "--weights", tiny_weights, "--skip-errors").code == 0
+
+
+def test_bad_images_under_workers(vitpredict, tiny_weights, cat_jpg, gray_png, tmp_path):
+    """The worker processes' path: a bad image mid-batch, and a batch with nothing good in it."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(cat_jpg.read_bytes()[:2000])  # the header reads: decoding fails, in the workers
+    images = [cat_jpg, broken, gray_png, broken, broken, cat_jpg]
+    serial = vitpredict(*images, "--weights", tiny_weights, "--json", "--batch-size", "2", "--workers", "0")
+    workers = vitpredict(*images, "--weights", tiny_weights, "--json", "--batch-size", "2", "--workers", "2")
+    assert serial.code == workers.code == 1
+    assert serial.out == workers.out and serial.err == workers.err and serial.err.count("\n") == 3
+    assert ["error" in e for e in workers.json()] == [False, True, False, True, True, False]
+
+
+def test_directories_say_what_they_skipped_and_recursive_searches_sub_folders(vitpredict, tiny_weights,
+                                                                              cat_jpg, tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "2024").mkdir(parents=True)
+    Image.open(cat_jpg).save(folder / "a.png")
+    Image.open(cat_jpg).save(folder / "2024" / "b.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    flat = vitpredict(folder, "--weights", tiny_weights, "--json")
+    assert flat.code == 0
+    assert [e["image"] for e in flat.json()] == [str(folder / "a.png")]
+    assert flat.err == "note: skipped 1 sub-folder and 1 non-image file (--recursive searches sub-folders)\n"
+    deep = vitpredict(folder, "--weights", tiny_weights, "--json", "--recursive")
+    assert [e["image"] for e in deep.json()] == [str(folder / "2024" / "b.jpg"), str(folder / "a.png")]
+    assert deep.err == "note: skipped 1 non-image file\n"
+    (folder / "a.png").unlink()
+    nothing = vitpredict(folder, "--weights", tiny_weights)
+    assert nothing.code == 1 and nothing.err == (
+        f"error: {folder}: directory has no image files (.bmp, .dib, .gif, .jpe, .jpeg, .jpg, .png, .tif, .tiff, "
+        ".webp); 1 sub-folder not searched (--recursive / recursive=True)\n")

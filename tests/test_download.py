@@ -9,6 +9,7 @@ from manifest_helpers import (
     TINY_CONFIG,
     TINY_NAME,
     TINY_PATH,
+    TINY_URL,
     FileServer,
     tiny_entry,
     tiny_npz_bytes,
@@ -22,9 +23,10 @@ from vitconvert.cli import cli
 from vitconvert.cli.errors import run
 from vitconvert.core.errors import VitConvertError
 from vitconvert.hub.download import cached_source, download, resolve_url
+from vitconvert.hub.manifest import load_manifest
 
 DATA = tiny_npz_bytes()
-FAST = {"retries": 2, "backoff": 0.0, "timeout": 5.0, "progress": False}
+FAST = {"retries": 2, "backoff": 0.0, "timeout": 5.0}
 
 
 @pytest.fixture
@@ -164,7 +166,82 @@ def test_out_and_force(env, monkeypatch):
 
 def test_unknown_name_suggests_close_names(env):
     with pytest.raises(VitConvertError, match="did you mean augreg-B16-in21k-ft-in1k-384"):
-        download("augreg-B16-in21k-ft-in1k-348", convert=False, progress=False)
+        download("augreg-B16-in21k-ft-in1k-348", convert=False)
+
+
+def test_an_unresolvable_host_fails_at_once_with_the_way_to_proceed_offline(env, monkeypatch, capsys):
+    """No DNS answer means no network (or a wrong host): four retries would only add 16 s of waiting."""
+    m = manifest(env)
+    monkeypatch.setenv("VITCONVERT_MIRROR", "http://nonexistent.invalid")  # .invalid never resolves (RFC 2606)
+    sleeps = []
+    monkeypatch.setattr("vitconvert.hub.download.time.sleep", sleeps.append)
+    with pytest.raises(VitConvertError) as e:
+        download(TINY_NAME, manifest=m, retries=4, backoff=1.0)
+    assert sleeps == []  # no retry
+    message = str(e.value)
+    assert message.startswith(f"cannot download {TINY_NAME}: cannot resolve the host name 'nonexistent.invalid'")
+    assert message.endswith(f"To proceed offline, download {TINY_URL} by other means, then run "
+                            f"`vitconvert jax2torch tiny.npz {cached_weights(TINY_NAME)}`")
+    assert leftovers(cache_dir()) == []
+    # The way it gives works: the manifest's preprocessing is found by the file's published name.
+    from vitconvert.formats.weights_file import read_record
+
+    monkeypatch.setenv("VITCONVERT_MANIFEST", str(m))
+    (env / "tiny.npz").write_bytes(DATA)
+    code, _, err = cli_run(capsys, "jax2torch", str(env / "tiny.npz"), str(cached_weights(TINY_NAME)), "-q")
+    assert code == 0, err
+    preprocess = read_record(cached_weights(TINY_NAME)).preprocess
+    # tiny_entry's; without the manifest it would be Google's bilinear squash
+    assert (preprocess.resize, preprocess.interpolation, preprocess.crop_pct) == ("crop", "bicubic", 0.9)
+
+
+def test_download_by_the_timm_model_name(env, monkeypatch):
+    m = manifest(env, timm_model="vit_test_patch16_32.augreg_in21k")
+    with serve(monkeypatch):
+        path = download("vit_test_patch16_32.augreg_in21k", convert=False, manifest=m, **FAST)
+    assert path == cached_source(TINY_NAME)  # stored under the entry's own name
+    assert path.read_bytes() == DATA
+
+
+def test_progress_and_status_callbacks(env, monkeypatch):
+    m = manifest(env)
+    progress, status = [], []
+    with serve(monkeypatch, mode="drop_once"):
+        path = download(TINY_NAME, convert=False, manifest=m, progress=lambda *a: progress.append(a),
+                        status=status.append, **FAST)
+    half = len(DATA) // 2
+    assert progress[0] == (0, len(DATA)) and progress[-1] == (len(DATA), len(DATA))
+    assert (half, len(DATA)) in progress  # the resume starts where the dropped connection ended
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+    size = f"{len(DATA) / 2**20:.1f}"
+    assert status == [
+        f"{TINY_NAME}: downloading ({size} MiB)",
+        f"{TINY_NAME}: connection closed after {half} of {len(DATA)} bytes; retrying in 0s (1/2)",
+        f"{TINY_NAME}: downloading ({size} MiB), resuming at {half / 2**20:.1f} MiB",
+        f"{TINY_NAME}: saved {path}",
+    ]
+
+
+def test_names_and_timm_models_both_find_their_entry():
+    manifest = load_manifest()
+    # a row of `vitconvert list`: NAME augreg-B16-in21k-ft-in1k-224, TIMM MODEL as below
+    assert manifest.find("vit_base_patch16_224.augreg_in21k_ft_in1k").name == "augreg-B16-in21k-ft-in1k-224"
+    for entry in manifest.checkpoints:
+        assert manifest.find(entry.name) is entry
+        if entry.timm_model:
+            assert manifest.find(entry.timm_model) is entry
+
+
+def test_a_timm_model_shared_by_two_entries_asks_for_a_name(tmp_path):
+    shared = {"timm_model": "vit_test_patch16_32.augreg_in21k"}
+    m = write_manifest(tmp_path / "m.json", tiny_entry(DATA, **shared), tiny_entry(DATA, name="other", **shared))
+    with pytest.raises(VitConvertError, match=f"timm model of 2 checkpoints .*: {TINY_NAME}, other; give one"):
+        load_manifest(m).find("vit_test_patch16_32.augreg_in21k")
+
+
+def test_a_mistyped_timm_model_suggests_the_right_one():
+    with pytest.raises(VitConvertError, match=r"did you mean vit_base_patch16_224\.augreg_in21k_ft_in1k\b"):
+        load_manifest().find("vit_base_patch16_224.augreg_in21k_ft_in1")
 
 
 def test_library_api():
@@ -210,6 +287,20 @@ def test_cli_download_no_convert(env, monkeypatch, capsys):
     assert out.strip() == str(cached_source(TINY_NAME))
     assert err == ""
     assert cached_source(TINY_NAME).read_bytes() == DATA
+
+
+def test_cli_download_by_timm_name_with_a_bar_on_a_terminal(env, monkeypatch, capsys):
+    monkeypatch.setenv("VITCONVERT_MANIFEST", str(manifest(env, timm_model="vit_test_patch16_32.augreg_in21k")))
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    with serve(monkeypatch):
+        code, out, err = cli_run(capsys, "download", "vit_test_patch16_32.augreg_in21k", "--no-convert")
+    assert code == 0, err
+    assert out == f"{cached_source(TINY_NAME)}\n"
+    size = f"{len(DATA) / 2**20:.1f}"
+    lines = err.split("\n")
+    assert lines[0] == f"{TINY_NAME}: downloading ({size} MiB)"
+    assert lines[1].split("\r")[-1].split() == ["downloading", "[" + "#" * 24 + "]", "100%", f"{size}/{size}", "MiB"]
+    assert lines[2:] == [f"{TINY_NAME}: saved {cached_source(TINY_NAME)}", ""]
 
 
 def test_cli_unknown_name(capsys, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -178,17 +179,57 @@ def test_other_formats_are_not_tried(tmp_path):
 
 # --- finding images ---------------------------------------------------------------------------
 
+def image_tree(root):
+    """root: three images, a text file, a hidden image; sub/ with an image and sub/deeper/ with one;
+    a hidden .cache/ with an image."""
+    for name in ["b.png", "a.JPG", "c.webp", "notes.txt", ".hidden.png", "sub/d.png", "sub/deeper/e.gif",
+                 ".cache/f.png"]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    return root
+
+
 def test_directories_expand_to_their_images_sorted(tmp_path):
-    for name in ["b.png", "a.JPG", "c.webp", "notes.txt", ".hidden.png"]:
-        (tmp_path / name).write_bytes(b"x")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "d.png").write_bytes(b"x")
-    single = tmp_path / "sub" / "d.png"
-    assert find_images([single, tmp_path]) == [single, tmp_path / "a.JPG", tmp_path / "b.png", tmp_path / "c.webp"]
+    root = image_tree(tmp_path)
+    single = root / "sub" / "d.png"
+    found = find_images([single, root])
+    assert found.paths == [single, root / "a.JPG", root / "b.png", root / "c.webp"]
+    # sub/ and notes.txt; names starting with '.' are passed over without a word, as `ls` does
+    assert (found.skipped_folders, found.skipped_files) == (1, 1)
+    assert found.skipped() == "1 sub-folder and 1 non-image file"
 
 
-def test_missing_paths_and_empty_directories_are_errors(tmp_path):
+def test_recursive_search_goes_down_every_sub_folder(tmp_path):
+    root = image_tree(tmp_path)
+    (root / "sub" / "deeper" / "loop").symlink_to(root, target_is_directory=True)  # searched once, not forever
+    found = find_images([root], recursive=True)
+    assert found.paths == [root / n for n in ("a.JPG", "b.png", "c.webp", "sub/d.png", "sub/deeper/e.gif")]
+    assert (found.skipped_folders, found.skipped_files) == (0, 1)
+    assert found.skipped() == "1 non-image file"
+
+
+def test_files_are_passed_as_given_for_open_image_to_judge(tmp_path):
+    missing, text = tmp_path / "nope.jpg", tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert find_images([missing, text]).paths == [missing, text]
     with pytest.raises(VitConvertError, match=r"nope\.jpg: no such file"):
-        find_images([tmp_path / "nope.jpg"])
+        open_image(missing)
+
+
+def test_a_directory_without_images_is_an_error(tmp_path):
     with pytest.raises(VitConvertError, match="directory has no image files"):
         find_images([tmp_path])
+    (tmp_path / "2023" / "jan").mkdir(parents=True)
+    (tmp_path / "2023" / "jan" / "x.jpg").write_bytes(b"x")
+    (tmp_path / "2024").mkdir()
+    with pytest.raises(VitConvertError, match=r"directory has no image files .*; 2 sub-folders not searched "
+                                              r"\(--recursive / recursive=True\)"):
+        find_images([tmp_path])
+    assert find_images([tmp_path], recursive=True).paths == [tmp_path / "2023" / "jan" / "x.jpg"]
+
+
+def test_a_fifo_is_not_opened(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(VitConvertError, match=r"pipe\.jpg: not a regular file"):
+        open_image(fifo)  # reading it would block

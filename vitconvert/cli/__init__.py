@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import click
 
-from .errors import run
+from .errors import EXIT_USAGE, run
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             invoke_without_command=True)
 @click.version_option(package_name="vitconvert")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Convert published Vision Transformer weights to exact, self-describing PyTorch files.
 
     \b
@@ -22,8 +24,14 @@ def cli() -> None:
       vitconvert verify vit-b16.safetensors --timm-model vit_base_patch16_224.augreg_in21k_ft_in1k
       vitpredict cat.jpg --weights vit-b16.safetensors
 
-    Add --debug to any command to see a traceback when it fails.
+    Each command's --help has examples. Add --debug to any command to see a traceback when it fails.
     """
+    if ctx.invoked_subcommand is None:
+        # The help, as a help: on stdout (it pages and greps) and whole, not squeezed onto an
+        # error line. Exit 2 all the same: nothing was done, so a script that ran `vitconvert $CMD`
+        # with an empty $CMD must not pass for a success (click >= 8.2 exits 2 here too).
+        click.echo(ctx.get_help())
+        ctx.exit(EXIT_USAGE)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from .errors import debug_option
 from .progress import progress_bar
 
 DTYPES = click.Choice(["float32", "bfloat16", "float16"])
@@ -41,6 +42,7 @@ def _report(record, dst: str, as_json: bool) -> None:
 @click.option("--allow-nonfinite", is_flag=True, help="Convert even if weights hold NaN or Inf.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written record as JSON.")
+@debug_option
 def jax2torch(src: str, dst: str, gelu: str, dtype: str, force: bool, allow_nonfinite: bool,
               quiet: bool, as_json: bool) -> None:
     """Convert a Google JAX ViT checkpoint (.npz) to a vitconvert weights file.
@@ -51,16 +53,17 @@ def jax2torch(src: str, dst: str, gelu: str, dtype: str, force: bool, allow_nonf
     is read from the array shapes. Nothing is written unless the whole conversion succeeds.
 
     \b
-    Example:
+    Examples:
       vitconvert jax2torch ViT-B_16.npz vit-b16.safetensors
-      vitpredict cat.jpg --weights vit-b16.safetensors
+      vitconvert jax2torch ViT-B_16.npz vit-b16-erf.safetensors --gelu erf --dtype bfloat16
+      vitconvert jax2torch ViT-B_16.npz vit-b16.safetensors --force --quiet
     """
     from ..convert.jax import convert_jax
     from ..hub.manifest import load_manifest
 
-    with progress_bar("converting", quiet) as progress:
+    with progress_bar("converting", quiet, in_bytes=True) as progress:
         record = convert_jax(src, dst, force=force, gelu=gelu, dtype=dtype, catalog=load_manifest(),
-                             allow_nonfinite=allow_nonfinite, progress=progress)
+                             allow_nonfinite=allow_nonfinite, progress=progress.update)
     if not quiet or as_json:
         _report(record, dst, as_json)
 
@@ -77,6 +80,7 @@ def jax2torch(src: str, dst: str, gelu: str, dtype: str, force: bool, allow_nonf
 @click.option("--allow-nonfinite", is_flag=True, help="Convert even if weights hold NaN or Inf.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written record as JSON.")
+@debug_option
 def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, dtype: str, force: bool,
                allow_nonfinite: bool, quiet: bool, as_json: bool) -> None:
     """Convert a timm ViT state dict (.pth, .bin or .safetensors) to a vitconvert weights file.
@@ -84,11 +88,17 @@ def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, dt
     Training checkpoints wrapped in 'model' / 'state_dict' or with 'module.' prefixes are unwrapped.
     Token, 'gap' (fc_norm) and DeiT distilled models are recognised from the keys. Pickles are read
     with weights_only=True, so a file that would run code is refused.
+
+    \b
+    Examples:
+      vitconvert timm2torch model.safetensors vit-ti.safetensors --model vit_tiny_patch16_224.augreg_in21k
+      vitconvert timm2torch checkpoint.pth mine.safetensors --heads 8
+      vitconvert timm2torch pytorch_model.bin vit-b16.safetensors --dtype float16 --json
     """
     from ..convert.timm import convert_timm
 
-    with progress_bar("converting", quiet) as progress:
+    with progress_bar("converting", quiet, in_bytes=True) as progress:
         record = convert_timm(src, dst, model=model_name, num_heads=heads, force=force, dtype=dtype,
-                              allow_nonfinite=allow_nonfinite, progress=progress)
+                              allow_nonfinite=allow_nonfinite, progress=progress.update)
     if not quiet or as_json:
         _report(record, dst, as_json)

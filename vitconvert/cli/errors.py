@@ -24,9 +24,8 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("default", VitConvertWarning)
             warnings.showwarning = _show_warning
-            command.main(args, prog_name=os.path.basename(sys.argv[0]) or command.name, standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+            code = command.main(args, prog_name=os.path.basename(sys.argv[0]) or command.name,
+                                standalone_mode=False)
     except click.Abort:
         _fail("aborted", EXIT_ERROR, debug)
     except click.UsageError as e:
@@ -46,6 +45,22 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> None:
     except Exception as e:  # a bug of ours: still one line, with the way to see more
         _fail(f"unexpected {type(e).__name__}: {e} (run with --debug for the traceback; "
               "please report it)", EXIT_ERROR, debug)
+    # Outside standalone mode click returns ctx.exit(N)'s N (0 for --help) instead of exiting.
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def debug_option(command: click.Command) -> click.Command:
+    """--debug in the command's option list. `run` takes it off the command line before click parses
+    anything, so it works anywhere on the line (also before a subcommand's name) and for every
+    failure, usage errors included; the option itself is there to be listed in --help."""
+    return click.option("--debug", is_flag=True, expose_value=False,
+                        help="On failure, print the traceback too (or set VITCONVERT_DEBUG=1).")(command)
+
+
+def error_line(message: object) -> str:
+    """`error: MESSAGE` on one line, always: messages may quote a library's multi-line text."""
+    return f"error: {' '.join(str(message).split())}"
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -61,6 +76,5 @@ def _fail(message: str, code: int, debug: bool) -> None:
         import traceback
 
         traceback.print_exc()
-    # One line, always: messages may quote a library's multi-line text.
-    click.echo(f"error: {' '.join(str(message).split())}", err=True)
+    click.echo(error_line(message), err=True)
     sys.exit(code)

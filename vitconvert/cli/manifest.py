@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from .errors import debug_option
+from .progress import progress_bar
+
 
 @click.command("list")
 @click.option("--filter", "filter_", metavar="TEXT",
@@ -13,8 +16,18 @@ import click
                    "every word of TEXT (case-insensitive), e.g. --filter 'B16 384'.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the (filtered) manifest as JSON, in the manifest's own schema.")
+@debug_option
 def list_cmd(filter_: str | None, as_json: bool) -> None:
-    """List the published checkpoints that 'vitconvert download NAME' knows."""
+    """List the published checkpoints that 'vitconvert download NAME' knows.
+
+    'vitconvert download' takes the NAME or the TIMM MODEL of a row.
+
+    \b
+    Examples:
+      vitconvert list
+      vitconvert list --filter "B16 384"
+      vitconvert list --filter augreg_in21k_ft_in1k --json
+    """
     import json
 
     from ..hub.manifest import load_manifest
@@ -46,14 +59,15 @@ def _haystack(e) -> str:
 
 
 @click.command("download")
-@click.argument("name")
+@click.argument("name", metavar="NAME|TIMM_MODEL")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to put the result (default: the cache; see below).")
 @click.option("--no-convert", is_flag=True, help="Only download and verify the original .npz.")
 @click.option("--force", is_flag=True, help="Download and convert again; replace an existing --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output; print only the result's path.")
+@debug_option
 def download_cmd(name: str, out: Path | None, no_convert: bool, force: bool, quiet: bool) -> None:
-    """Download the published checkpoint NAME (see 'vitconvert list') and convert it.
+    """Download a published checkpoint (NAME or TIMM_MODEL, see 'vitconvert list') and convert it.
 
     \b
     The download goes to the cache ($VITCONVERT_CACHE, else the platform's cache
@@ -61,8 +75,17 @@ def download_cmd(name: str, out: Path | None, no_convert: bool, force: bool, qui
     manifest's size and sha256 where known. The converted weights file is
     NAME.safetensors in the cache, or --out. Prints the resulting path.
     $VITCONVERT_MIRROR replaces https://storage.googleapis.com/vit_models in URLs.
+
+    \b
+    Examples:
+      vitconvert download augreg-B16-in21k-ft-in1k-384
+      vitconvert download vit_base_patch16_224.augreg_in21k_ft_in1k
+      vitpredict cat.jpg --model augreg-B16-in21k-ft-in1k-224
+      vitconvert download augreg-S16-in21k-ft-in1k-224 --no-convert --out S16.npz
     """
     from ..hub.download import download
 
-    path = download(name, out=out, convert=not no_convert, force=force, progress=not quiet)
+    with progress_bar("downloading", quiet, in_bytes=True) as progress:
+        path = download(name, out=out, convert=not no_convert, force=force, progress=progress.update,
+                        status=None if quiet else progress.echo)
     click.echo(str(path))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import click
 from ..core.cache import WEIGHTS_ENV, resolve_weights
 from ..core.config import parse_size
 from ..core.errors import VitConvertError
-from .errors import run
+from .errors import EXIT_ERROR, debug_option, error_line, run
 from .progress import progress_bar
 
 # Below this many images a progress bar would only flicker. The bar goes to stderr, and only
@@ -35,8 +36,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
         raise click.BadParameter(str(e)) from None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-               epilog="Add --debug to see a traceback when it fails.")
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
 @click.option("--weights", type=click.Path(path_type=Path), metavar="FILE",
               help=f"Our weights file (.safetensors); default ${WEIGHTS_ENV}.")
@@ -65,53 +65,92 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--attention-map", "attention_out", type=click.Path(dir_okay=False, path_type=Path),
               metavar="OUT.png",
               help="Save the attention rollout over each image (several images: OUT-<image>.png).")
+@click.option("--recursive", "-r", is_flag=True, help="Also search the sub-folders of directories.")
+@click.option("--skip-errors", is_flag=True,
+              help="Exit 0 even if some images cannot be read (they are still reported).")
+@debug_option
 def command(images: tuple[str, ...], weights: Path | None, model_name: str | None,
             res: tuple[int, int] | None, top_k: int, as_json: bool, batch_size: int, device: str,
             dtype: str, compile_: bool, workers: int | None, labels: str | None,
-            attention_out: Path | None) -> None:
-    """Classify IMAGE... (files or directories of images) with a converted ViT."""
+            attention_out: Path | None, recursive: bool, skip_errors: bool) -> None:
+    """Classify IMAGE... (files or directories of images) with a converted ViT.
+
+    An image that cannot be read is reported (a line 'error: IMAGE: why' on stderr; in --json an
+    entry with "error" instead of "predictions") and the others are still classified; the exit
+    status is then 1 (0 with --skip-errors). What a directory holds besides images is skipped, with
+    a note on stderr saying how many files and sub-folders.
+
+    \b
+    Examples:
+      vitpredict cat.jpg --weights vit-b16.safetensors
+      vitpredict cat.jpg --model augreg-B16-in21k-ft-in1k-384 --top 10 --attention-map attn.png
+      vitpredict photos/ --recursive --weights vit-b16.safetensors --json > predictions.json
+      vitpredict photos/ --weights vit-b16.safetensors --dtype bfloat16 --skip-errors
+    """
     from ..inference.images import find_images, open_image
 
-    paths = find_images(images)
-    for path in paths:  # headers only: not an image, empty, too large fail before the model loads
-        open_image(path).close()
+    found = find_images(images, recursive=recursive)
+    if found.skipped():
+        hint = " (--recursive searches sub-folders)" if found.skipped_folders else ""
+        click.echo(f"note: skipped {found.skipped()}{hint}", err=True)
+    paths = found.paths
+    unreadable: dict[int, str] = {}
+    for i, path in enumerate(paths):  # headers only: unreadable, empty, too large are told before the model loads
+        try:
+            open_image(path).close()
+        except VitConvertError as e:
+            unreadable[i] = str(e)
+            click.echo(error_line(e), err=True)
     weights_path = resolve_weights(weights, model_name)
     map_paths = attention_paths(attention_out, paths) if attention_out else None
+    readable = [path for i, path in enumerate(paths) if i not in unreadable]
+    results: Iterator[Any] = iter(())
+    if readable:  # else there is nothing to load the model for
+        from ..inference.batches import default_workers
+        from ..inference.predictor import Predictor  # torch from here on
+        from ..inference.runtime import keep_freed_memory
 
-    from ..inference.batches import default_workers
-    from ..inference.predictor import Predictor  # torch from here on
-    from ..inference.runtime import keep_freed_memory
+        keep_freed_memory()  # this process is ours: reuse freed activations instead of faulting them in again
+        predictor = Predictor(weights_path, img_size=res, device=device, labels=labels, dtype=dtype,
+                              compile=compile_)
+        if workers is None:
+            workers = default_workers(len(readable), batch_size, predictor.device)
+        if map_paths:  # refuse before the first prediction rather than after it
+            from ..inference.attention import check_supported
 
-    keep_freed_memory()  # this process is ours: reuse freed activations instead of faulting them in again
-    predictor = Predictor(weights_path, img_size=res, device=device, labels=labels, dtype=dtype,
-                          compile=compile_)
-    if workers is None:
-        workers = default_workers(len(paths), batch_size, predictor.device)
-    if map_paths:  # refuse before the first prediction rather than after it
-        from ..inference.attention import check_supported
-
-        check_supported(predictor.config)
+            check_supported(predictor.config)
+        results = predictor.iter_predict(readable, top_k=top_k, batch_size=batch_size, workers=workers,
+                                         errors="report")
     many_on_terminal = sys.stdout.isatty() and len(paths) >= PROGRESS_MIN_IMAGES
     deferred: list[dict[str, Any]] = []
+    failures = len(unreadable)
     with progress_bar("classifying", quiet=not many_on_terminal) as progress:
-        results = predictor.iter_predict(paths, top_k=top_k, batch_size=batch_size, workers=workers)
-        for i, result in enumerate(results):
-            entry = result.to_dict()
-            if map_paths:
-                predictor.attention_map(paths[i]).save(map_paths[i], format="PNG")
-                entry["attention_map"] = str(map_paths[i])
-            if progress:
-                progress(i + 1, len(paths))
-            # Under a bar the tables wait until it is done; otherwise each prints when ready.
-            if as_json or progress:
-                deferred.append(entry)
+        for i, path in enumerate(paths):
+            if i in unreadable:
+                entry = {"image": str(path), "error": unreadable[i]}
             else:
+                entry = next(results).to_dict()
+                if "error" in entry:  # the header read but the image did not decode: told when reached
+                    failures += 1
+                    progress.echo(error_line(entry["error"]))
+                elif map_paths:
+                    predictor.attention_map(path).save(map_paths[i], format="PNG")
+                    entry["attention_map"] = str(map_paths[i])
+            if progress.update:
+                progress.update(i + 1, len(paths))
+            # Under a bar the tables wait until it is done; otherwise each prints when ready.
+            if as_json or progress.update:
+                deferred.append(entry)
+            elif "error" not in entry:
                 click.echo(format_table(entry))
     if as_json:
         click.echo(json.dumps(deferred, indent=2))
     else:
         for entry in deferred:
-            click.echo(format_table(entry))
+            if "error" not in entry:
+                click.echo(format_table(entry))
+    if failures and not skip_errors:
+        sys.exit(EXIT_ERROR)
 
 
 def attention_paths(out: Path, images: list[Path]) -> list[Path]:

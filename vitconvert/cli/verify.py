@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from .errors import debug_option
+
 
 @click.command("verify")
 @click.argument("file", type=click.Path(dir_okay=False))
@@ -21,6 +23,7 @@ import click
 @click.option("--timm-act", type=click.Choice(["match", "gelu", "gelu_tanh"]), default="match", show_default=True,
               help="timm's MLP activation: 'match' uses the one FILE records (checks the conversion alone).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@debug_option
 def verify(file: str, timm_model: str, source: str | None, res: str | None, image: str | None, atol: float,
            timm_act: str, as_json: bool) -> None:
     """Compare FILE's model with timm's on the same weights and input.
@@ -28,6 +31,13 @@ def verify(file: str, timm_model: str, source: str | None, res: str | None, imag
     Prints the max and mean absolute logit difference, top-1/top-5 agreement, the activation on each
     side and the first block where the two part ways. Exit status 0 when the max difference is
     within --atol, 1 when it is not.
+
+    \b
+    Examples:
+      vitconvert verify vit-b16.safetensors --timm-model vit_base_patch16_224.augreg_in21k_ft_in1k
+      vitconvert verify vit-b16.safetensors --timm-model vit_base_patch16_224 --source ViT-B_16.npz
+      vitconvert verify vit-b16.safetensors --timm-model vit_base_patch16_224 --image cat.jpg --res 384
+      vitconvert verify vit-b16.safetensors --timm-model vit_base_patch16_224 --timm-act gelu --json
     """
     from ..core.config import parse_size
     from ..tools.verify import verify as run_verify

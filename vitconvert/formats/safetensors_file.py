@@ -8,9 +8,10 @@ turn comes: at most one converted tensor is in memory at once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,21 +50,35 @@ def header_bytes(specs: Sequence[TensorSpec], dtype: str, metadata: dict[str, st
 def atomic_output(dst: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """A temporary path beside `dst`, renamed onto it only if the block finishes.
 
-    On any failure the temporary file is removed and an existing `dst` is untouched.
+    On any failure the temporary file is removed and an existing `dst` is untouched. The file gets
+    the permissions any new file gets (0o666 less the umask), not tempfile's private 0o600.
     """
     dst = check_output(dst, force)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
+        tmp = _create_beside(dst)
     except OSError as e:
         raise VitConvertError(f"cannot write in {dst.parent}: {e.strerror or e}") from None
-    os.close(fd)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, dst)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _create_beside(dst: Path) -> Path:
+    """A new, empty, uniquely named hidden file in dst's directory. Created with mode 0o666 so that
+    the kernel applies the umask, as it does for any other file a program writes (mkstemp would
+    force 0o600, and reading the umask to correct that afterwards is not thread-safe)."""
+    for _ in range(100):
+        tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.part")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(dst.parent))
 
 
 def write_safetensors(dst: str | os.PathLike, specs: Sequence[TensorSpec], dtype: str,

@@ -3,7 +3,12 @@
 Standard library HTTP only. A download goes to `<final>.part` and is renamed onto the final name
 only once complete and verified; an interrupted one resumes with an HTTP Range request (If-Range
 guards against the file having changed on the server). Server errors (5xx, 408, 429), timeouts and
-dropped connections are retried with exponential backoff; other HTTP errors are reported at once.
+dropped connections are retried with exponential backoff; other HTTP errors are reported at once, and
+so is a host name that does not resolve (offline: retrying would only add waiting), with the way to
+proceed without the network.
+
+Progress goes to the caller's callbacks (`progress(done, total)`, `status(line)`); the library prints
+nothing itself.
 
 $VITCONVERT_MIRROR replaces the bucket root https://storage.googleapis.com/vit_models of every
 manifest URL (same layout below it), e.g. an internal mirror or http://127.0.0.1:8000 in tests.
@@ -17,21 +22,22 @@ import http.client
 import json
 import os
 import re
-import sys
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..core.cache import cache_dir, cached_weights
 from ..core.errors import VitConvertError
+from ..formats.paths import check_output
 from .manifest import CheckpointEntry, Manifest, find
 
-if TYPE_CHECKING:
-    from typing_extensions import Self
+Progress = Callable[[int, int | None], None]  # (bytes done, total bytes or None if the server did not say)
+Status = Callable[[str], None]  # one line of news: starting, resuming, retrying, saved, converting
 
 MIRROR_ENV = "VITCONVERT_MIRROR"
 BUCKET = "https://storage.googleapis.com/vit_models"
@@ -54,50 +60,52 @@ def cached_source(name: str) -> Path:
 
 
 def download(name: str, out: str | os.PathLike | None = None, convert: bool = True,
-             force: bool = False, progress: bool = True, *,
+             force: bool = False, *, progress: Progress | None = None, status: Status | None = None,
              manifest: Manifest | str | os.PathLike | None = None, retries: int = 4,
              backoff: float = 1.0, timeout: float = 60.0) -> Path:
     """Fetch the manifest checkpoint `name` and (by default) convert it to our weights file.
 
-    convert=True: the source goes to the cache, the weights file to `out` or
-    `cache_dir()/<name>.safetensors`; returns the weights file. convert=False: the source goes to
-    `out` or `cache_dir()/<name>.npz`; returns it. Files already in the cache are reused unless
-    `force`; an existing `out` is replaced only with `force`. `progress` shows a progress bar when
-    stderr is a terminal. retries / backoff (seconds, doubled each time) / timeout (seconds per
-    network operation) tune the HTTP client.
+    `name` is an entry's name or its timm model (`vitconvert list` shows both). convert=True: the
+    source goes to the cache, the weights file to `out` or `cache_dir()/<name>.safetensors`; returns
+    the weights file. convert=False: the source goes to `out` or `cache_dir()/<name>.npz`; returns
+    it. Files already in the cache are reused unless `force`; an existing `out` is replaced only with
+    `force`. `progress(done, total)` is called as bytes arrive, `status(line)` with each step's news.
+    retries / backoff (seconds, doubled each time) / timeout (seconds per network operation) tune
+    the HTTP client.
     """
     entry = find(name, manifest)
-    out = Path(out) if out is not None else None
-    log = _Log(progress)
-    if convert:
-        dst = out if out is not None else cached_weights(entry.name)
-        if out is None and dst.is_file() and not force:
-            log.say(f"{entry.name}: already converted")
+    say = status or _silent
+    dst = Path(out) if out is not None else (cached_weights if convert else cached_source)(entry.name)
+    if out is None:
+        if dst.is_file() and not force:
+            say(f"{entry.name}: already {'converted' if convert else 'downloaded'}")
             return dst
-        _check_output(dst, force, explicit=out is not None)
-        src = cached_source(entry.name)
-        if not src.is_file() or force:
-            fetch(entry, src, force=force, log=log, retries=retries, backoff=backoff, timeout=timeout)
-        else:
-            log.say(f"{entry.name}: using the cached download {src}")
-        return convert_entry(entry, src, dst, force=force, log=log)
-    dst = out if out is not None else cached_source(entry.name)
-    if out is None and dst.is_file() and not force:
-        log.say(f"{entry.name}: already downloaded")
-        return dst
-    _check_output(dst, force, explicit=out is not None)
-    return fetch(entry, dst, force=force, log=log, retries=retries, backoff=backoff, timeout=timeout)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    # Before any byte is fetched. A file in the cache gets this far only with `force`.
+    check_output(dst, force or out is None)
+    src = cached_source(entry.name) if convert else dst
+    if convert and src.is_file() and not force:
+        say(f"{entry.name}: using the cached download {src}")
+    else:
+        try:
+            fetch(entry, src, force=force, progress=progress, status=status, retries=retries,
+                  backoff=backoff, timeout=timeout)
+        except _Unresolvable as e:
+            weights = dst if convert else cached_weights(entry.name)
+            raise VitConvertError(
+                f"cannot download {entry.name}: {e}. To proceed offline, download {entry.url} by other "
+                f"means, then run `vitconvert jax2torch {entry.filename} {weights}`") from None
+    return convert_entry(entry, src, dst, force=force, status=status) if convert else dst
 
 
 def convert_entry(entry: CheckpointEntry, src: Path, dst: Path, *, force: bool = False,
-                  log: _Log | None = None) -> Path:
+                  status: Status | None = None) -> Path:
     """Convert the downloaded `src` of `entry` to our weights file `dst` (atomically), with the
     manifest's preprocessing and label set, and check that it is the architecture the manifest says."""
     from ..convert.jax import convert_jax
     from ..formats.safetensors_file import atomic_output
 
-    log = log or _Log(False)
-    log.say(f"{entry.name}: converting to {dst}")
+    (status or _silent)(f"{entry.name}: converting to {dst}")
     # The final name appears only once the file is known to hold the manifest's architecture.
     with atomic_output(dst, force=force) as tmp:
         got = convert_jax(src, tmp, force=True, gelu="tanh", dtype="float32",
@@ -109,11 +117,12 @@ def convert_entry(entry: CheckpointEntry, src: Path, dst: Path, *, force: bool =
     return dst
 
 
-def fetch(entry: CheckpointEntry, dst: Path, *, force: bool = False, log: _Log | None = None,
-          retries: int = 4, backoff: float = 1.0, timeout: float = 60.0) -> Path:
+def fetch(entry: CheckpointEntry, dst: Path, *, force: bool = False, progress: Progress | None = None,
+          status: Status | None = None, retries: int = 4, backoff: float = 1.0,
+          timeout: float = 60.0) -> Path:
     """Download `entry` to `dst` through `dst.part`, verify size / sha256 where the manifest
     knows them, then rename onto `dst`. On a mismatch nothing is left behind."""
-    log = log or _Log(False)
+    say = status or _silent
     url = resolve_url(entry.url)
     dst.parent.mkdir(parents=True, exist_ok=True)
     part = dst.with_name(dst.name + ".part")
@@ -121,12 +130,12 @@ def fetch(entry: CheckpointEntry, dst: Path, *, force: bool = False, log: _Log |
     with _lock(dst.with_name(dst.name + ".lock"), entry.name):
         if force:
             _remove(part, meta)
-        _download(url, entry.url, part, meta, expected_size=entry.size_bytes, log=log,
-                  label=entry.name, retries=retries, backoff=backoff, timeout=timeout)
+        _download(url, entry.url, part, meta, expected_size=entry.size_bytes, progress=progress or _silent,
+                  say=say, label=entry.name, retries=retries, backoff=backoff, timeout=timeout)
         _verify(entry, part, meta, dst)
         os.replace(part, dst)
         _remove(meta)
-    log.say(f"{entry.name}: saved {dst}")
+    say(f"{entry.name}: saved {dst}")
     return dst
 
 
@@ -135,6 +144,10 @@ def fetch(entry: CheckpointEntry, dst: Path, *, force: bool = False, log: _Log |
 
 class _Retry(Exception):
     """A failure worth another attempt (the partial file is kept for resuming)."""
+
+
+class _Unresolvable(VitConvertError):
+    """The host name does not resolve: offline, or a wrong host. Not worth another attempt."""
 
 
 @dataclass
@@ -156,8 +169,9 @@ class _Resume:
         path.write_text(json.dumps({"url": self.url, "validator": self.validator}))
 
 
-def _download(url: str, ident: str, part: Path, meta: Path, *, expected_size: int | None, log: _Log,
-              label: str, retries: int, backoff: float, timeout: float) -> None:
+def _download(url: str, ident: str, part: Path, meta: Path, *, expected_size: int | None,
+              progress: Progress, say: Status, label: str, retries: int, backoff: float,
+              timeout: float) -> None:
     resume = _Resume.read(meta)
     if part.exists() and (resume is None or resume.url != ident):
         _remove(part)  # a leftover we cannot vouch for: start over
@@ -166,8 +180,8 @@ def _download(url: str, ident: str, part: Path, meta: Path, *, expected_size: in
     while True:
         before = part.stat().st_size if part.exists() else 0
         try:
-            _attempt(url, ident, part, meta, resume, expected_size=expected_size, log=log,
-                     label=label, timeout=timeout)
+            _attempt(url, ident, part, meta, resume, expected_size=expected_size, progress=progress,
+                     say=say, label=label, timeout=timeout)
             return
         except _Retry as e:
             resume = _Resume.read(meta)
@@ -178,12 +192,13 @@ def _download(url: str, ident: str, part: Path, meta: Path, *, expected_size: in
                     f"download of {label} from {url} failed after {failures} attempts in a row: {e}"
                     + (f" ({now} bytes kept in {part}; run again to resume)" if now else "")) from None
             delay = min(backoff * 2 ** (failures - 1), MAX_BACKOFF)
-            log.say(f"{label}: {e}; retrying in {delay:g}s ({failures}/{retries})")
+            say(f"{label}: {e}; retrying in {delay:g}s ({failures}/{retries})")
             time.sleep(delay)
 
 
 def _attempt(url: str, ident: str, part: Path, meta: Path, resume: _Resume | None, *,
-             expected_size: int | None, log: _Log, label: str, timeout: float) -> None:
+             expected_size: int | None, progress: Progress, say: Status, label: str,
+             timeout: float) -> None:
     from .. import __version__
 
     have = part.stat().st_size if part.exists() else 0
@@ -208,11 +223,15 @@ def _attempt(url: str, ident: str, part: Path, meta: Path, resume: _Resume | Non
         raise VitConvertError(f"download of {label} from {url} failed: HTTP {e.code} {e.reason}{hint}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # incl. timeouts
         reason = e.reason if isinstance(e, urllib.error.URLError) else e
+        if isinstance(reason, socket.gaierror):
+            host = urllib.parse.urlsplit(url).hostname
+            raise _Unresolvable(f"cannot resolve the host name {host!r} ({reason.strerror or reason}): "
+                                f"no network, or a wrong host in the URL or ${MIRROR_ENV}") from None
         raise _Retry(f"cannot connect: {reason}") from None
     except ValueError as e:  # urllib: "unknown url type" and the like
         raise VitConvertError(f"download of {label}: bad URL {url!r} ({e})") from None
 
-    with resp, _Bar(log, label) as bar:
+    with resp:
         status = resp.status
         if status == 206:
             m = _CONTENT_RANGE.fullmatch((resp.headers.get("Content-Range") or "").strip())
@@ -223,7 +242,7 @@ def _attempt(url: str, ident: str, part: Path, meta: Path, resume: _Resume | Non
             mode = "ab"
         elif status == 200:
             if have:
-                log.say(f"{label}: the server sent the whole file again; starting over")
+                say(f"{label}: the server sent the whole file again; starting over")
             have = 0
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
@@ -238,13 +257,15 @@ def _attempt(url: str, ident: str, part: Path, meta: Path, resume: _Resume | Non
                 f"download of {label} from {url}: the server offers {total} bytes but the manifest "
                 f"says {expected_size}; refusing it")
         done = have
-        bar.start(done, total)
+        size = f" ({total / 2**20:.1f} MiB)" if total else ""
+        say(f"{label}: downloading{size}" + (f", resuming at {done / 2**20:.1f} MiB" if done else ""))
+        progress(done, total)
         with open(part, mode) as f:
             try:
                 while chunk := resp.read(CHUNK):
                     f.write(chunk)
                     done += len(chunk)
-                    bar.update(done)
+                    progress(done, total)
             except (OSError, http.client.HTTPException) as e:  # timeouts, resets, IncompleteRead
                 raise _Retry(f"connection lost after {done} bytes ({type(e).__name__}: {e})") from None
         if total is not None and done < total:
@@ -278,16 +299,6 @@ def _verify(entry: CheckpointEntry, part: Path, meta: Path, dst: Path) -> None:
 # ---- files ------------------------------------------------------------------------------------
 
 
-def _check_output(dst: Path, force: bool, explicit: bool) -> None:
-    if dst.is_dir():
-        raise VitConvertError(f"output {dst} is a directory; give a file name")
-    if explicit:
-        if dst.exists() and not force:
-            raise VitConvertError(f"output {dst} exists; pass --force (force=True) to replace it")
-        if not dst.parent.is_dir():
-            raise VitConvertError(f"output directory {dst.parent} does not exist")
-
-
 def _remove(*paths: Path) -> None:
     for p in paths:
         with contextlib.suppress(FileNotFoundError):
@@ -317,64 +328,5 @@ def _lock(path: Path, label: str) -> Iterator[None]:
 # ---- progress ---------------------------------------------------------------------------------
 
 
-class _Log:
-    """Status lines on stderr when enabled; the bar only on a terminal."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.tty = enabled and sys.stderr.isatty()
-
-    def say(self, text: str) -> None:
-        if self.enabled:
-            print(text, file=sys.stderr, flush=True)
-
-
-class _Bar:
-    def __init__(self, log: _Log, label: str) -> None:
-        self.log, self.label = log, label
-        self.total: int | None = None
-        self.t0 = self.last = 0.0
-        self.start_bytes = 0
-        self.drawn = False
-        self.done = 0
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.drawn:
-            self.update(self.done, force=True)  # the last state, not the last throttled one
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-    def start(self, done: int, total: int | None) -> None:
-        self.total, self.start_bytes = total, done
-        self.t0 = time.monotonic()
-        if self.log.enabled and not self.log.tty:
-            size = f" ({_mib(total)} MiB)" if total else ""
-            self.log.say(f"{self.label}: downloading{size}" + (f", resuming at {_mib(done)} MiB" if done else ""))
-        self.update(done, force=True)
-
-    def update(self, done: int, force: bool = False) -> None:
-        self.done = done
-        if not self.log.tty:
-            return
-        now = time.monotonic()
-        if not force and now - self.last < 0.1 and done != self.total:
-            return
-        self.last = now
-        rate = (done - self.start_bytes) / max(now - self.t0, 1e-6) / 2**20
-        if self.total:
-            width = 30
-            filled = int(width * done / self.total)
-            text = (f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {_mib(done)}/"
-                    f"{_mib(self.total)} MiB {100 * done / self.total:5.1f}% {rate:6.1f} MiB/s")
-        else:
-            text = f"\r{self.label} {_mib(done)} MiB {rate:6.1f} MiB/s"
-        sys.stderr.write(text)
-        sys.stderr.flush()
-        self.drawn = True
-
-
-def _mib(n: int | None) -> str:
-    return f"{(n or 0) / 2**20:.1f}"
+def _silent(*args: object) -> None:
+    """A progress or status callback that reports nothing."""

@@ -112,15 +112,24 @@ class Manifest:
         return [e.name for e in self.checkpoints]
 
     def find(self, name: str) -> CheckpointEntry:
+        """The entry called `name` (case-insensitively, if that is unambiguous), else the entry whose
+        timm model (with tag) is `name`, as `vitconvert list` shows both."""
         for entry in self.checkpoints:
             if entry.name == name:
                 return entry
         folded = [e for e in self.checkpoints if e.name.lower() == name.lower()]
         if len(folded) == 1:
             return folded[0]
-        close = difflib.get_close_matches(name, self.names, n=5, cutoff=0.5)
+        by_timm = [e for e in self.checkpoints if e.timm_model is not None and e.timm_model.lower() == name.lower()]
+        if len(by_timm) == 1:
+            return by_timm[0]
+        if by_timm:
+            raise VitConvertError(f"{name!r} is the timm model of {len(by_timm)} checkpoints in {self.source}: "
+                                  f"{', '.join(e.name for e in by_timm)}; give one of these names")
+        known = self.names + [e.timm_model for e in self.checkpoints if e.timm_model is not None]
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
         if not close:  # difflib weighs the whole string; also offer names that contain the text
-            close = [n for n in self.names if name.lower() in n.lower()][:5]
+            close = [n for n in known if name.lower() in n.lower()][:5]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise VitConvertError(
             f"no checkpoint named {name!r} in {self.source}{hint} (see 'vitconvert list')")
@@ -163,7 +172,8 @@ def _label(path: str) -> str:
 
 
 def find(name: str, manifest: Manifest | str | os.PathLike | None = None) -> CheckpointEntry:
-    """The entry called `name`; an unknown name raises VitConvertError listing close names."""
+    """The entry called `name` or whose timm model is `name` (see `Manifest.find`); an unknown name
+    raises VitConvertError listing close names."""
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
     return manifest.find(name)

@@ -2,16 +2,17 @@
 
 A `torch.utils.data.DataLoader` over the images, in input order, with bounded prefetch (two batches
 per worker). Each input goes through the same `prepare` as the single-process path, so the batches
-are bit-identical to it. A bad image does not kill the worker: its `VitConvertError` message travels
-back as a value and is raised again, unchanged, when the batch holding it is reached, so the error
-names the file and comes after the predictions for the batches before it, as in the serial path.
+are bit-identical to it. An image that cannot be read or decoded does not cost the rest of its
+batch: each `Batch` holds the inputs of the images that prepared, and the `VitConvertError`
+messages of those that did not, by position. A bad image does not kill a worker either: its
+message travels back as a value.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -46,9 +47,26 @@ def default_workers(num_images: int, batch_size: int, device: str | torch.device
     return min(2, cores)
 
 
-@dataclass(frozen=True)
-class _Failed:
-    message: str
+class Batch(NamedTuple):
+    """`batch_size` consecutive images: the inputs of those that prepared, stacked in input order
+    (None if none did), and the error message of each that did not, by its position in the batch.
+    A NamedTuple so that the DataLoader's pin_memory pins the tensor inside it."""
+
+    inputs: torch.Tensor | None  # (number prepared, 3, H, W) float32
+    failed: dict[int, str]
+
+
+def _batch(items: Sequence[torch.Tensor | str]) -> Batch:
+    failed = {i: item for i, item in enumerate(items) if isinstance(item, str)}
+    good = [item for item in items if isinstance(item, torch.Tensor)]
+    return Batch(torch.stack(good) if good else None, failed)
+
+
+def _prepare_or_message(image: ImageInput, preprocess: Preprocess, max_pixels: int) -> torch.Tensor | str:
+    try:
+        return prepare(image, preprocess, max_pixels)
+    except VitConvertError as e:
+        return str(e)
 
 
 class _Images(torch.utils.data.Dataset):
@@ -58,30 +76,20 @@ class _Images(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> torch.Tensor | _Failed:
-        try:
-            return prepare(self.images[i], self.preprocess, self.max_pixels)
-        except VitConvertError as e:
-            return _Failed(str(e))
-
-
-def _collate(items: list[torch.Tensor | _Failed]) -> torch.Tensor | _Failed:
-    return next((item for item in items if isinstance(item, _Failed)), None) or torch.stack(items)
+    def __getitem__(self, i: int) -> torch.Tensor | str:
+        return _prepare_or_message(self.images[i], self.preprocess, self.max_pixels)
 
 
 def batches(images: Sequence[ImageInput], preprocess: Preprocess, max_pixels: int, batch_size: int,
-            workers: int = 0, pin_memory: bool = False) -> Iterator[torch.Tensor]:
-    """(B, 3, H, W) float32 batches of `images`, in order; `workers` > 0 prepares them in that many
-    processes while the caller runs the model on the previous ones."""
+            workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
+    """A `Batch` for each `batch_size` consecutive `images`, in order; `workers` > 0 prepares them in
+    that many processes while the caller runs the model on the previous ones."""
     if workers <= 0 or len(images) <= batch_size:
         for start in range(0, len(images), batch_size):
-            yield torch.stack([prepare(image, preprocess, max_pixels) for image in images[start:start + batch_size]])
+            yield _batch([_prepare_or_message(image, preprocess, max_pixels)
+                          for image in images[start:start + batch_size]])
         return
-    loader = torch.utils.data.DataLoader(
+    yield from torch.utils.data.DataLoader(
         _Images(images, preprocess, max_pixels), batch_size=batch_size, shuffle=False,
-        num_workers=min(workers, -(-len(images) // batch_size)), collate_fn=_collate,
+        num_workers=min(workers, -(-len(images) // batch_size)), collate_fn=_batch,
         pin_memory=pin_memory, prefetch_factor=2)
-    for batch in loader:
-        if isinstance(batch, _Failed):
-            raise VitConvertError(batch.message)
-        yield batch

@@ -6,8 +6,10 @@ Pillow and numpy only (no torch), so `vitpredict` can check every input before i
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,32 +26,82 @@ MAX_PIXELS = 89_478_485
 WHITE = (255, 255, 255, 255)
 
 
-def find_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given; each directory replaced by the image files directly inside it, sorted by name."""
-    found: list[Path] = []
+@dataclass(frozen=True)
+class FoundImages:
+    """What `find_images` found, and what it left out of the directories it searched."""
+
+    paths: list[Path]  # in input order; a directory's images sorted by path
+    skipped_folders: int = 0  # sub-folders not searched (recursive=False)
+    skipped_files: int = 0  # files whose suffix is not an image format's
+
+    def skipped(self) -> str:
+        """What was left out, in words ('2 sub-folders and 1 non-image file'); '' for nothing."""
+        return " and ".join(_count(n, noun) for n, noun in ((self.skipped_folders, "sub-folder"),
+                                                            (self.skipped_files, "non-image file")) if n)
+
+
+def find_images(inputs: Iterable[str | os.PathLike], recursive: bool = False) -> FoundImages:
+    """Files as given (whether they are readable images is `open_image`'s to say, one by one); each
+    directory replaced by the image files inside it, and inside its sub-folders if `recursive`.
+    Names starting with '.' are passed over, as `ls` and shell globs do. A directory without
+    images is an error: it is a mistake in the arguments, not a bad image."""
+    paths: list[Path] = []
+    skipped_folders = skipped_files = 0
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            inside = sorted(p for p in path.iterdir()
-                            if p.suffix.lower() in SUFFIXES and not p.name.startswith(".") and p.is_file())
-            if not inside:
-                raise VitConvertError(
-                    f"{path}: directory has no image files ({', '.join(sorted(SUFFIXES))})")
-            found.extend(inside)
-        elif path.is_file():
-            found.append(path)
-        elif path.exists():
-            raise VitConvertError(f"{path}: not a regular file")
-        else:
-            raise VitConvertError(f"{path}: no such file")
-    return found
+        if not path.is_dir():
+            paths.append(path)
+            continue
+        found, folders, files = _search(path, recursive)
+        if not found:
+            hint = f"; {_count(folders, 'sub-folder')} not searched (--recursive / recursive=True)" if folders else ""
+            raise VitConvertError(
+                f"{path}: directory has no image files ({', '.join(sorted(SUFFIXES))}){hint}")
+        paths += found
+        skipped_folders += folders
+        skipped_files += files
+    return FoundImages(paths, skipped_folders, skipped_files)
+
+
+def _search(top: Path, recursive: bool) -> tuple[list[Path], int, int]:
+    """(images under `top` sorted by path, sub-folders skipped, other files skipped)."""
+    images: list[Path] = []
+    skipped_folders = skipped_files = 0
+    pending, seen = [top], {top.resolve()}  # seen: a linked folder that leads back is searched once
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = list(folder.iterdir())
+        except OSError as e:
+            raise VitConvertError(f"{folder}: cannot read directory ({e.strerror or e})") from None
+        for p in entries:
+            if p.name.startswith("."):
+                continue
+            if p.is_dir():
+                if not recursive:
+                    skipped_folders += 1
+                elif p.resolve() not in seen:
+                    seen.add(p.resolve())
+                    pending.append(p)
+            elif p.suffix.lower() in SUFFIXES and p.is_file():
+                images.append(p)
+            else:
+                skipped_files += 1
+    return sorted(images), skipped_folders, skipped_files
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """The image with only its header read: format and pixel count checked, pixels not decoded yet."""
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a directory fails late and a FIFO would block the read
+            raise VitConvertError(f"{path}: not a regular file, not an image")
+        if info.st_size == 0:
             raise VitConvertError(f"{path}: empty file (0 bytes), not an image")
         with warnings.catch_warnings():
             # Our own limit below says it more clearly than Pillow's warning would.

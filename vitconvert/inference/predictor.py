@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 from PIL import Image
@@ -27,6 +28,9 @@ from .transform import crop_geometry
 from ..formats.weights_file import read_record
 
 
+OnError = Literal["raise", "report"]  # what iter_predict does with an image it cannot read
+
+
 @dataclass(frozen=True)
 class Prediction:
     rank: int  # 1 = most probable
@@ -39,8 +43,11 @@ class Prediction:
 class ImagePredictions:
     image: str
     predictions: tuple[Prediction, ...]
+    error: str | None = None  # why the image could not be classified (then no predictions)
 
     def to_dict(self) -> dict:
+        if self.error is not None:
+            return {"image": self.image, "error": self.error}
         return {"image": self.image, "predictions": [asdict(p) for p in self.predictions]}
 
 
@@ -108,29 +115,44 @@ class Predictor:
         return logits.float().softmax(dim=-1).cpu()
 
     def iter_predict(self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32,
-                     workers: int = 0) -> Iterator[ImagePredictions]:
+                     workers: int = 0, errors: OnError = "raise") -> Iterator[ImagePredictions]:
         """Predictions one image at a time, computed `batch_size` images at once, in input order.
 
         `workers` > 0 decodes and resizes the images in that many processes, prefetching up to two
         batches each, while the model runs; the results are the same as with `workers=0`.
+        An image that cannot be read or decoded raises its VitConvertError once the images before it
+        are yielded (errors='raise'), or is yielded as a result with `error` set and no predictions
+        (errors='report'); either way the other images of its batch are classified.
         """
         images = _as_list(images)
         if top_k < 1 or batch_size < 1 or workers < 0:
             raise VitConvertError(f"top_k and batch_size must be at least 1 and workers at least 0, "
                                   f"got {top_k}, {batch_size} and {workers}")
+        if errors not in ("raise", "report"):
+            raise VitConvertError(f"errors must be 'raise' or 'report', got {errors!r}")
         pin = self.device.type == "cuda"
         prepared = batches(images, self.preprocess, self.max_pixels, batch_size, workers, pin_memory=pin)
         for start, batch in zip(range(0, len(images), batch_size), prepared):
-            chunk = images[start:start + batch_size]
-            values, indices = self.batch_probabilities(batch).topk(min(top_k, self.config.num_classes), dim=-1)
-            for offset, (image, probs, classes) in enumerate(zip(chunk, values.tolist(), indices.tolist())):
-                yield ImagePredictions(_name(image, start + offset), tuple(
+            ranked: Iterator[tuple[list[float], list[int]]] = iter(())
+            if batch.inputs is not None:
+                values, indices = self.batch_probabilities(batch.inputs).topk(
+                    min(top_k, self.config.num_classes), dim=-1)
+                ranked = zip(values.tolist(), indices.tolist())
+            for offset, image in enumerate(images[start:start + batch_size]):
+                name = _name(image, start + offset)
+                if offset in batch.failed:
+                    if errors == "raise":
+                        raise VitConvertError(batch.failed[offset])
+                    yield ImagePredictions(name, (), error=batch.failed[offset])
+                    continue
+                probs, classes = next(ranked)
+                yield ImagePredictions(name, tuple(
                     Prediction(rank, index, self.label(index), prob)
                     for rank, (prob, index) in enumerate(zip(probs, classes), start=1)))
 
     def predict(self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32,
-                workers: int = 0) -> list[ImagePredictions]:
-        return list(self.iter_predict(images, top_k, batch_size, workers))
+                workers: int = 0, errors: OnError = "raise") -> list[ImagePredictions]:
+        return list(self.iter_predict(images, top_k, batch_size, workers, errors))
 
     @torch.inference_mode()
     def attention_rollout(self, images: Sequence[ImageInput]) -> torch.Tensor:
