@@ -32,6 +32,10 @@ from vitconvert.formats.weights_file import META_KEY
 
 # --- helpers ----------------------------------------------------------------------------------------
 
+# The "tiny" ViT is 32 wide, not a standard width: timm2torch is told its 2 heads.
+TINY_HEADS = 2
+
+
 @pytest.fixture(scope="module")
 def tiny_state() -> dict[str, torch.Tensor]:
     return pl.random_timm_vit("tiny", seed=1).state_dict()
@@ -61,7 +65,7 @@ def pth(tmp_path, tiny_state) -> Path:
 @pytest.fixture
 def weights(tmp_path, pth) -> Path:
     out = tmp_path / "in" / "w.safetensors"
-    convert_timm(pth, out)
+    convert_timm(pth, out, num_heads=TINY_HEADS)
     return out
 
 
@@ -77,7 +81,9 @@ def assert_nothing_written(out_dir: Path) -> None:
 
 
 def convert(src: Path, dst: Path, **kwargs):
-    return (convert_jax if src.suffix == ".npz" else convert_timm)(src, dst, **kwargs)
+    if src.suffix == ".npz":
+        return convert_jax(src, dst, **kwargs)
+    return convert_timm(src, dst, num_heads=TINY_HEADS, **kwargs)
 
 
 def cli_error(capsys, *args: str) -> tuple[int, str]:
@@ -118,7 +124,7 @@ def test_a_pickle_that_would_run_code_is_refused_in_every_form(tmp_path, out_dir
 
 def test_a_legacy_format_state_dict_still_converts(tmp_path, out_dir, tiny_state) -> None:
     torch.save(tiny_state, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
-    convert_timm(tmp_path / "old.pth", out_dir / "w.safetensors")
+    convert_timm(tmp_path / "old.pth", out_dir / "w.safetensors", num_heads=TINY_HEADS)
     assert load_model(out_dir / "w.safetensors").config.depth == 2
 
 
@@ -275,27 +281,27 @@ def test_nonfinite_timm_weights_are_refused_unless_allowed(tmp_path, out_dir, ti
     torch.save(state, tmp_path / "inf.pth")
     with pytest.raises(VitConvertError, match=r"inf\.pth: tensor blocks\.1\.mlp\.fc2\.weight holds NaN or Inf "
                                               r"values; pass --allow-nonfinite"):
-        convert_timm(tmp_path / "inf.pth", out_dir / "out.safetensors")
+        convert_timm(tmp_path / "inf.pth", out_dir / "out.safetensors", num_heads=TINY_HEADS)
     assert_nothing_written(out_dir)
-    convert_timm(tmp_path / "inf.pth", out_dir / "out.safetensors", allow_nonfinite=True)
+    convert_timm(tmp_path / "inf.pth", out_dir / "out.safetensors", num_heads=TINY_HEADS, allow_nonfinite=True)
     assert torch.isinf(load_file(str(out_dir / "out.safetensors"))["blocks.1.mlp.fc2.weight"][0, 3])
 
 
 @pytest.mark.parametrize("command", ["jax2torch", "timm2torch"])
 def test_cli_allow_nonfinite_flag(tmp_path, out_dir, capsys, tiny_npz_arrays, tiny_state, command) -> None:
     if command == "jax2torch":
-        src = tmp_path / "nan.npz"
+        src, heads = tmp_path / "nan.npz", []
         np.savez(src, **tiny_npz_arrays | {"head/bias": np.full(10, np.nan, np.float32)})
     else:
-        src = tmp_path / "nan.pth"
+        src, heads = tmp_path / "nan.pth", ["--heads", str(TINY_HEADS)]
         torch.save(tiny_state | {"head.bias": torch.full((10,), float("nan"))}, src)
     dst = str(out_dir / "out.safetensors")
-    code, err = cli_error(capsys, command, str(src), dst, "--quiet")
+    code, err = cli_error(capsys, command, str(src), dst, "--quiet", *heads)
     assert code == 1 and err.splitlines() == [(f"error: {src}: tensor head.bias holds NaN or Inf values; "
                                                "pass --allow-nonfinite to convert anyway")]
     assert_nothing_written(out_dir)
     run_ok = subprocess.run([sys.executable, "-m", "vitconvert", command, str(src), dst, "--allow-nonfinite",
-                             "--quiet"], capture_output=True, text=True, check=False)
+                             "--quiet", *heads], capture_output=True, text=True, check=False)
     assert run_ok.returncode == 0, run_ok.stderr
     assert torch.isnan(load_file(dst)["head.bias"]).all()
 
@@ -345,7 +351,7 @@ def test_a_zip_of_other_files_is_not_an_npz(tmp_path, out_dir) -> None:
 def test_inconsistent_timm_shapes_are_named(tmp_path, out_dir, tiny_state, key, shape, pattern) -> None:
     torch.save(tiny_state | {key: torch.zeros(shape)}, tmp_path / "s.pth")
     with pytest.raises(VitConvertError, match=rf"s\.pth: {pattern}"):
-        convert_timm(tmp_path / "s.pth", out_dir / "out.safetensors")
+        convert_timm(tmp_path / "s.pth", out_dir / "out.safetensors", num_heads=TINY_HEADS)
     assert_nothing_written(out_dir)
 
 
@@ -353,7 +359,7 @@ def test_inconsistent_timm_shapes_are_named(tmp_path, out_dir, tiny_state, key, 
 def test_non_float_timm_tensors_are_refused(tmp_path, out_dir, tiny_state, dtype) -> None:
     torch.save(tiny_state | {"norm.weight": tiny_state["norm.weight"].to(dtype)}, tmp_path / "i.pth")
     with pytest.raises(VitConvertError, match=rf"tensor norm\.weight is {dtype}; expected dense floating point"):
-        convert_timm(tmp_path / "i.pth", out_dir / "out.safetensors")
+        convert_timm(tmp_path / "i.pth", out_dir / "out.safetensors", num_heads=TINY_HEADS)
     assert_nothing_written(out_dir)
 
 
@@ -519,7 +525,7 @@ def test_a_timm2torch_write_failing_midway_keeps_the_old_file(pth, out_dir, monk
     (out_dir / "out.safetensors").write_bytes(b"old")
     disk_full_after(monkeypatch, tensors=7)
     with pytest.raises(OSError, match="No space left"):
-        convert_timm(pth, out_dir / "out.safetensors", force=True)
+        convert_timm(pth, out_dir / "out.safetensors", num_heads=TINY_HEADS, force=True)
     assert (out_dir / "out.safetensors").read_bytes() == b"old"
     assert [p.name for p in out_dir.iterdir()] == ["out.safetensors"]
 
@@ -543,7 +549,7 @@ def test_an_output_directory_we_cannot_write_in(pth, out_dir, monkeypatch) -> No
 
     monkeypatch.setattr(io, "_create_beside", denied)  # root ignores mode bits, so simulate it
     with pytest.raises(VitConvertError, match=r"cannot write in .*out: Permission denied"):
-        convert_timm(pth, out_dir / "out.safetensors")
+        convert_timm(pth, out_dir / "out.safetensors", num_heads=TINY_HEADS)
 
 
 # --- the command-line contract ------------------------------------------------------------------------------
@@ -578,7 +584,8 @@ def test_cli_disk_errors_are_one_line_not_a_bug_report(pth, out_dir, capsys, mon
     from conftest import disk_full_after
 
     disk_full_after(monkeypatch, tensors=1)
-    code, err = cli_error(capsys, "timm2torch", str(pth), str(out_dir / "o.safetensors"), "-q")
+    code, err = cli_error(capsys, "timm2torch", str(pth), str(out_dir / "o.safetensors"), "-q",
+                          "--heads", str(TINY_HEADS))
     assert (code, err) == (1, "error: No space left on device\n")
     assert_nothing_written(out_dir)
 

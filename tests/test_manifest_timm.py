@@ -65,3 +65,15 @@ def test_timm_tags_are_named_wherever_timm_loads_the_same_file():
             assert not tags, f"{e.name}: timm loads this file as {sorted(tags)}"
         elif get_pretrained_cfg(e.timm_model).url.endswith(".npz"):
             assert e.timm_model in tags
+
+
+@pytest.mark.parametrize("e", [e for e in MANIFEST.checkpoints if e.timm_model and not e.head_is_zero],
+                         ids=lambda e: e.name)
+def test_timm_models_read_back_as_the_entrys_architecture(e):
+    """What verify and timm2torch --model read from timm's model is the entry's config (the activation
+    aside: timm runs exact GELU, the JAX models tanh), so `vitconvert verify` on a converted download
+    against its timm tag compares like with like. (The 2020 ImageNet-21k tags have no head in timm.)"""
+    from vitconvert.convert.timm import create_timm_model, timm_config
+
+    cfg = timm_config(create_timm_model(e.timm_model, meta=True), e.timm_model)
+    assert cfg == e.config.replace(act="gelu")

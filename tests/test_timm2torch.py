@@ -10,6 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from conftest import timm_vit
 from vitconvert import VitConvertError, convert_timm, load_model, read_record
+from vitconvert.cli import cli
+from vitconvert.cli.errors import run
 
 ATOL = 1e-4  # float32, identical activation: the conversion is a rename, so expect 0
 
@@ -31,6 +33,13 @@ def save(state: dict, path, form: str) -> None:
         torch.save({f"module.{k}": v for k, v in state.items()}, path)
     else:
         torch.save(state, path)
+
+
+def cli_error(capsys, *args: str) -> tuple[int, str]:
+    """Run the command in-process under the CLI error contract: (exit status, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run(cli, list(args))
+    return exit_info.value.code, capsys.readouterr().err
 
 
 def batch(size=(224, 224)) -> torch.Tensor:
@@ -73,14 +82,112 @@ def test_our_file_loads_into_timm_and_gives_the_same_logits(tmp_path) -> None:
 
 
 def test_model_name_fills_heads_and_the_checkpoints_preprocessing(tmp_path) -> None:
-    torch.save(timm_vit("vit_base_patch16_384", depth=1).state_dict(), tmp_path / "b.pth")
-    record = convert_timm(tmp_path / "b.pth", tmp_path / "b.safetensors",
-                          model="vit_base_patch16_384.augreg_in21k_ft_in1k")
+    torch.save(timm_vit("vit_tiny_patch16_384").state_dict(), tmp_path / "t.pth")
+    record = convert_timm(tmp_path / "t.pth", tmp_path / "t.safetensors",
+                          model="vit_tiny_patch16_384.augreg_in21k_ft_in1k")
     p = record.preprocess
+    # timm's pretrained cfg for that tag, written out
     assert (p.size, p.resize, p.crop_pct, p.interpolation, p.mean, p.std) == (
         (384, 384), "crop", 1.0, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    assert record.config.num_heads == 12 and record.config.img_size == (384, 384)
-    assert record.labels == "imagenet-1k"
+    assert record.config.num_heads == 3 and record.config.img_size == (384, 384)
+    assert record.labels == "imagenet-1k" and record.notes == ()
+
+
+@pytest.fixture(scope="module")
+def tiny_pth(tmp_path_factory):
+    """timm's vit_tiny_patch16_224 at full size (192 wide, 12 blocks, 3 heads), random weights."""
+    path = tmp_path_factory.mktemp("tiny") / "t.pth"
+    torch.save(timm_vit("vit_tiny_patch16_224").state_dict(), path)
+    return path
+
+
+# --model NAME whose architecture is not the checkpoint's: refused, naming every difference.
+OTHER_MODELS = {
+    "wider": (["--model", "vit_small_patch16_224"],
+              "embed_dim 192 (checkpoint) vs 384 (timm); mlp_dim 768 (checkpoint) vs 1536 (timm)"),
+    "trained at 384": (["--model", "vit_tiny_patch16_384.augreg_in21k_ft_in1k"],
+                       "img_size [224, 224] (checkpoint) vs [384, 384] (timm)"),
+    "21k classes": (["--model", "vit_tiny_patch16_224.augreg_in21k"],
+                    "num_classes 1000 (checkpoint) vs 21843 (timm)"),
+    "distilled": (["--model", "deit_tiny_distilled_patch16_224"], "distilled False (checkpoint) vs True (timm)"),
+    "other patch": (["--model", "vit_small_patch32_224"],
+                    "patch_size 16 (checkpoint) vs 32 (timm); embed_dim 192 (checkpoint) vs 384 (timm); "
+                    "mlp_dim 768 (checkpoint) vs 1536 (timm)"),
+    "--heads against the name": (["--model", "vit_tiny_patch16_224", "--heads", "6"],
+                                 "num_heads 6 (checkpoint) vs 3 (timm)"),
+}
+
+
+@pytest.mark.parametrize("case", list(OTHER_MODELS))
+def test_a_model_name_of_another_architecture_is_refused(capsys, tiny_pth, tmp_path, case: str) -> None:
+    args, differences = OTHER_MODELS[case]
+    code, err = cli_error(capsys, "timm2torch", str(tiny_pth), str(tmp_path / "out.safetensors"), *args)
+    assert code == 1 and err.count("\n") == 1
+    name = args[1]
+    assert err == f"error: {tiny_pth}: timm's {name} has another architecture than this checkpoint: {differences}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_width_the_names_heads_do_not_divide_is_named_as_a_difference(capsys, tmp_path) -> None:
+    torch.save(timm_vit("vit_tiny_patch16_224", embed_dim=64, depth=1, num_heads=4).state_dict(), tmp_path / "w.pth")
+    code, err = cli_error(capsys, "timm2torch", str(tmp_path / "w.pth"), str(tmp_path / "w.safetensors"),
+                          "--model", "vit_tiny_patch16_224")  # 3 heads: 64 does not split into them
+    assert code == 1
+    assert err.endswith("has another architecture than this checkpoint: embed_dim 64 (checkpoint) vs 192 (timm); "
+                        "depth 1 (checkpoint) vs 12 (timm); mlp_dim 256 (checkpoint) vs 768 (timm)\n"), err
+
+
+def test_the_model_name_gives_the_activation_and_eps_the_shapes_cannot_show(tmp_path, monkeypatch) -> None:
+    """timm registers no ViT we can run whose activation or LayerNorm eps is not the default (exact
+    GELU, 1e-6), so here the name's model is built with others."""
+    from functools import partial
+
+    from timm.layers import LayerNorm
+
+    from vitconvert.convert import timm as convert
+
+    torch.save(timm_vit("vit_tiny_patch16_224").state_dict(), tmp_path / "t.pth")
+    plain = convert_timm(tmp_path / "t.pth", tmp_path / "plain.safetensors")
+    assert (plain.config.act, plain.config.ln_eps) == ("gelu", 1e-6)
+    monkeypatch.setattr(convert, "create_timm_model", partial(
+        convert.create_timm_model, act_layer="gelu_tanh", norm_layer=partial(LayerNorm, eps=1e-5)))
+    named = convert_timm(tmp_path / "t.pth", tmp_path / "named.safetensors", model="vit_tiny_patch16_224")
+    assert (named.config.act, named.config.ln_eps) == ("gelu_tanh", 1e-5)
+
+
+@pytest.mark.parametrize("width, heads", [(64, 4), (320, 5)])
+def test_a_width_without_a_standard_head_count_needs_heads(capsys, tmp_path, width: int, heads: int) -> None:
+    reference = timm_vit("vit_tiny_patch16_224", embed_dim=width, depth=1, num_heads=heads)
+    torch.save(reference.state_dict(), tmp_path / "w.pth")
+    out = tmp_path / "out"
+    out.mkdir()
+    code, err = cli_error(capsys, "timm2torch", str(tmp_path / "w.pth"), str(out / "w.safetensors"))
+    assert code == 1 and list(out.iterdir()) == []
+    assert err == (f"error: {tmp_path / 'w.pth'}: width {width} has no standard head count (standard widths: "
+                   "192, 384, 768, 1024, 1280); give it with --heads N (num_heads=N), or name the timm model "
+                   "with --model NAME\n")
+    record = convert_timm(tmp_path / "w.pth", out / "w.safetensors", num_heads=heads)
+    assert record.config.num_heads == heads
+    with torch.inference_mode():
+        diff = (load_model(out / "w.safetensors")(batch()) - reference(batch())).abs().max().item()
+    assert diff <= ATOL
+
+
+NOT_EXPRESSIBLE = {
+    "a non-ViT": ("resnet50", "timm's resnet50 is a ResNet, not a VisionTransformer"),
+    "layer scale": ("deit3_small_patch16_224", "timm's deit3_small_patch16_224 is a ViT variant vitconvert "
+                                               "cannot express: parameters our ViT lacks: blocks.0.ls1.gamma"),
+    "an unknown name": ("vit_nonexistent_patch3", "timm cannot build the model 'vit_nonexistent_patch3'"),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_EXPRESSIBLE))
+def test_a_model_name_we_cannot_express_is_a_one_line_error(capsys, tiny_pth, tmp_path, case: str) -> None:
+    name, message = NOT_EXPRESSIBLE[case]
+    code, err = cli_error(capsys, "timm2torch", str(tiny_pth), str(tmp_path / "out.safetensors"), "--model", name)
+    assert code == 1 and err.count("\n") == 1 and err.startswith(f"error: {message}"), err
+    assert "unexpected" not in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_keys_are_an_error_that_names_them(tmp_path) -> None:

@@ -73,8 +73,10 @@ def jax2torch(src: str, dst: str, gelu: str, dtype: str, force: bool, allow_nonf
 @click.argument("dst", type=click.Path(dir_okay=False))
 @click.option("--model", "model_name", metavar="TIMM_NAME",
               help="timm model name with tag (e.g. vit_base_patch16_224.augreg_in21k_ft_in1k): supplies the "
-                   "head count and the checkpoint's own preprocessing from timm's pretrained cfg.")
-@click.option("--heads", type=click.IntRange(min=1), help="Attention heads, if not a standard width.")
+                   "head count and the checkpoint's own preprocessing from timm's pretrained cfg. Refused "
+                   "unless its architecture is the checkpoint's.")
+@click.option("--heads", type=click.IntRange(min=1),
+              help="Attention heads; needed without --model when the width is not a standard one (Ti, S, B, L, H).")
 @click.option("--dtype", type=DTYPES, default="float32", show_default=True, help="Dtype of the stored tensors.")
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
 @click.option("--allow-nonfinite", is_flag=True, help="Convert even if weights hold NaN or Inf.")

@@ -28,9 +28,11 @@ def verify(file: str, timm_model: str, source: str | None, res: str | None, imag
            timm_act: str, as_json: bool) -> None:
     """Compare FILE's model with timm's on the same weights and input.
 
-    Prints the max and mean absolute logit difference, top-1/top-5 agreement, the activation on each
-    side and the first block where the two part ways. Exit status 0 when the max difference is
-    within --atol, 1 when it is not.
+    timm's model is NAME as timm defines it: where FILE's architecture differs (width, depth, heads,
+    classes, ...), the differences are listed and the check fails. Otherwise prints the max and mean
+    absolute logit difference, top-1/top-5 agreement, the activation on each side and the first
+    block where the two part ways. Exit status 0 when the max difference is within --atol, 1 when
+    it is not or the architectures differ.
 
     \b
     Examples:
@@ -46,6 +48,13 @@ def verify(file: str, timm_model: str, source: str | None, res: str | None, imag
                         image=image, atol=atol, timm_act=timm_act)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
+    elif report.architecture_differences:
+        click.echo(f"ours:   {file}")
+        click.echo(f"timm:   {report.timm_model}")
+        click.echo("arch:   differs, so nothing was run:")
+        for d in report.architecture_differences:
+            click.echo(f"        {d.describe('file')}")
+        click.echo("FAIL")
     else:
         click.echo(f"ours:   {file} (activation {report.ours_activation})")
         click.echo(f"timm:   {report.timm_model}, weights from {report.timm_weights} "

@@ -16,9 +16,15 @@ from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_
 
 
 def load_state_dict(path: str | os.PathLike) -> tuple[WeightsRecord, dict[str, torch.Tensor]]:
-    """The checked record and the tensors of one of our weights files."""
+    """The checked record and the tensors of one of our weights files, in float32."""
     record = read_record(path)
-    return record, read_tensors(path)
+    return record, float32_tensors(path)
+
+
+def float32_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The file's tensors in float32: a bfloat16 or float16 file stores them smaller, and computes in
+    float32 unless asked otherwise (the widening is exact)."""
+    return {k: v.float() for k, v in read_tensors(path).items()}
 
 
 def at_size(cfg: ViTConfig, state: dict[str, torch.Tensor],
@@ -46,6 +52,7 @@ def load_model(path: str | os.PathLike, img_size: int | str | tuple[int, int] | 
                dtype: torch.dtype | None = None) -> VisionTransformer:
     """An eval-mode model from our weights file, ready for inputs of `img_size` (default: trained size).
 
+    The model is float32 whatever dtype the file stores, unless `dtype` asks for another.
     The model's `.config` describes it, `.record` carries the file's metadata.
     """
     return model_from(read_record(path), path, img_size, device, dtype)
@@ -55,7 +62,7 @@ def model_from(record: WeightsRecord, path: str | os.PathLike,
                img_size: int | str | tuple[int, int] | None = None, device: str | torch.device | None = None,
                dtype: torch.dtype | None = None) -> VisionTransformer:
     """`load_model` for a caller that has already read and checked the file's record."""
-    state = read_tensors(path)
+    state = float32_tensors(path)
     cfg = record.config
     if img_size is not None:
         cfg, state = at_size(cfg, state, parse_size(img_size))

@@ -1,20 +1,27 @@
 """Our model against timm's on the same weights: logit differences, top-5 agreement, and the first
 stage where the two part ways (intermediates on our side, forward hooks on timm's; the module names
-are the same on both)."""
+are the same on both).
+
+timm's model is the one its name defines, never one shaped by our file: a file whose architecture
+is not the name's fails with the differences listed, so a wrong config cannot pass.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..convert.timm import Difference, architecture_differences, create_timm_model, timm_config
+from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..model.loading import build_with_weights, load_state_dict, at_size
-from ..formats.weights_file import WeightsRecord
 
 ACTIVATIONS = ("gelu", "gelu_tanh")  # our names are timm's act_layer names
 
@@ -28,20 +35,23 @@ class StageDiff:
 @dataclass(frozen=True)
 class VerifyReport:
     timm_model: str
-    timm_weights: str  # where timm's weights came from
-    input: str
+    timm_kwargs: dict[str, Any]  # given to timm.create_model with the name (Python API only)
     ours_activation: str
     timm_activation: str
-    max_abs_diff: float
-    mean_abs_diff: float
-    top1_agreement: float
-    top5_agreement: float
     atol: float
+    # Where the file's architecture is not timm's; then nothing is run and the numbers are None.
+    architecture_differences: list[Difference] = field(default_factory=list)
+    timm_weights: str | None = None  # where timm's weights came from
+    input: str | None = None
+    max_abs_diff: float | None = None
+    mean_abs_diff: float | None = None
+    top1_agreement: float | None = None
+    top5_agreement: float | None = None
     stages: list[StageDiff] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= self.atol
+        return not self.architecture_differences and self.max_abs_diff is not None and self.max_abs_diff <= self.atol
 
     @property
     def first_divergence(self) -> str | None:
@@ -49,30 +59,6 @@ class VerifyReport:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok, "first_divergence": self.first_divergence}
-
-
-def timm_model_for(name: str, record: WeightsRecord, img_size: tuple[int, int], act: str) -> torch.nn.Module:
-    """timm's model `name`, shaped by our config (so a reduced-depth or re-headed file still compares)."""
-    import timm
-
-    cfg = record.config
-    if cfg.representation_size:
-        raise VitConvertError("timm's VisionTransformer has no representation (pre_logits) layer, so it cannot "
-                              "run this file; compare its features instead")
-    kwargs = dict(pretrained=False, num_classes=cfg.num_classes, img_size=img_size, act_layer=act,
-                  embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
-                  mlp_ratio=cfg.mlp_dim / cfg.embed_dim, qkv_bias=cfg.qkv_bias)
-    if cfg.hybrid_layers is None:
-        kwargs.update(patch_size=cfg.patch_size)
-    if cfg.pool == "gap":
-        kwargs.update(class_token=False, global_pool="avg", fc_norm=cfg.fc_norm)
-    if cfg.no_embed_class:
-        kwargs.update(no_embed_class=True)
-    try:
-        model = timm.create_model(name, **kwargs)
-    except (RuntimeError, TypeError) as e:
-        raise VitConvertError(f"cannot build timm model {name!r} for this file: {e}") from None
-    return model.eval()
 
 
 def _jax_resnet_numerics(model: torch.nn.Module, kernels_standardized: bool) -> None:
@@ -99,39 +85,98 @@ def _jax_conv(conv: torch.nn.Conv2d, x: torch.Tensor, standardize: bool) -> torc
     return F.conv2d(x, w, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-def load_timm_weights(model: torch.nn.Module, source: Path | None, ours_state: dict[str, torch.Tensor]) -> str:
-    """timm's own loader for the original file when given; else our tensors through timm's filter."""
+def load_timm_weights(model: torch.nn.Module, name: str, native: ViTConfig, source: Path | None,
+                      ours_state: dict[str, torch.Tensor]) -> str:
+    """timm's own loader for the original file when given; else our tensors through timm's filter.
+
+    native: the architecture of timm's `name`, which the original must have: timm's loaders copy
+    whatever fits (the npz loader) or resample (the filter), so it is checked first."""
     from timm.models.vision_transformer import _load_weights, checkpoint_filter_fn
 
     if source is None:
-        model.load_state_dict(checkpoint_filter_fn(ours_state, model), strict=True)
+        _load_checked(model, checkpoint_filter_fn(ours_state, model), "our file", name)
         return "our file, through timm's checkpoint_filter_fn"
     if source.suffix == ".npz":
+        from ..convert import jax_layouts
+        from ..convert.jax import infer_config as npz_config
+        from ..formats.npz import NpzReader
+
+        with NpzReader(source) as reader:
+            _check_architecture(npz_config(reader, jax_layouts.detect(reader.shapes, str(source)), native.act),
+                                native, source, name)
         _load_weights(model, str(source))
         return f"{source.name}, through timm's npz loader"
-    from ..convert.timm import read_state_dict
+    from ..convert.timm import infer_config, read_state_dict
 
-    model.load_state_dict(checkpoint_filter_fn(read_state_dict(source), model), strict=True)
+    state = read_state_dict(source)
+    if native.hybrid_layers is None:  # the state-dict reading of timm2torch knows no hybrids: the load checks those
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        _check_architecture(infer_config(shapes, str(source), native.num_heads), native, source, name)
+    try:
+        state = checkpoint_filter_fn(state, model)
+    except (RuntimeError, ValueError, KeyError, IndexError) as e:
+        raise VitConvertError(f"{source}: timm's checkpoint filter cannot fit it to {name} ({e})") from None
+    _load_checked(model, state, str(source), name)
     return f"{source.name}, through timm's checkpoint_filter_fn"
+
+
+def _load_checked(model: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str, name: str) -> None:
+    """A strict load, whose failure names the tensors (torch's own message is a page of text)."""
+    from ..convert.mapping import name_list
+
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in state.items()}
+    wrong = [f"{k} {given[k]} (timm {expected[k]})" for k in given if k in expected and given[k] != expected[k]]
+    parts = [f"{what}: {text}" for what, text in (
+        ("tensors timm's model lacks", name_list(set(given) - set(expected))),
+        ("tensors it lacks", name_list(set(expected) - set(given))),
+        ("tensors of other shapes", "; ".join(wrong[:4]) + (f" and {len(wrong) - 4} more" if len(wrong) > 4 else "")),
+    ) if text]
+    if parts:
+        raise VitConvertError(f"{where} does not fit timm's {name}: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True)
+
+
+def _check_architecture(cfg: ViTConfig, native: ViTConfig, source: Path, name: str) -> None:
+    # A file's arrays do not record the activation or the LayerNorm eps.
+    differences = architecture_differences(cfg, native, ignore=("act", "ln_eps"))
+    if differences:
+        raise VitConvertError(f"{source}: its architecture is not timm's {name}: "
+                              f"{'; '.join(d.describe('source') for d in differences)}")
 
 
 def verify(path: str | os.PathLike, timm_model: str, *, source: str | os.PathLike | None = None,
            img_size: tuple[int, int] | None = None, image: str | os.PathLike | None = None,
-           atol: float = 1e-4, timm_act: str = "match", batch: int = 4, seed: int = 0) -> VerifyReport:
+           atol: float = 1e-4, timm_act: str = "match", batch: int = 4, seed: int = 0,
+           timm_kwargs: Mapping[str, Any] | None = None) -> VerifyReport:
     """Run our model from `path` and timm's `timm_model` on the same input and compare.
 
+    timm's model is `timm.create_model(timm_model, **timm_kwargs)`; where its architecture is not
+    the file's, the report lists the differences, runs nothing and fails.
     timm_act: 'match' runs timm with the activation our file records and, for hybrids, the JAX
     ResNet numerics (a pure conversion check); 'gelu' or 'gelu_tanh' forces an activation and leaves
     timm's own numerics (e.g. 'gelu' shows what stock timm gives).
+    img_size: compare at this size: both models' position embeddings are resampled to it.
     """
     record, state = load_state_dict(path)
-    cfg, state = at_size(record.config, state, img_size or record.config.img_size)
-    ours = build_with_weights(cfg, state)
-    act = cfg.act if timm_act == "match" else timm_act
+    act = record.config.act if timm_act == "match" else timm_act
     if act not in ACTIVATIONS:
         raise VitConvertError(f"timm activation must be 'match', 'gelu' or 'gelu_tanh', got {timm_act!r}")
-    theirs = timm_model_for(timm_model, record, cfg.img_size, act)
-    origin = load_timm_weights(theirs, Path(source) if source else None, state)
+    kwargs = dict(timm_kwargs or {})
+    native = timm_config(create_timm_model(timm_model, meta=True, **kwargs), timm_model)
+    described = dict(timm_model=timm_model, timm_kwargs=kwargs, ours_activation=record.config.act,
+                     timm_activation=act, atol=atol)
+    # The activation is not compared: --timm-act chooses the one timm runs.
+    differences = architecture_differences(record.config, native, ignore=("act",))
+    if differences:
+        return VerifyReport(**described, architecture_differences=differences)
+
+    cfg, state = at_size(record.config, state, img_size or record.config.img_size)
+    ours = build_with_weights(cfg, state)
+    # At another size timm's position embeddings are resampled to it too: the input size, not the architecture.
+    at = {} if cfg.img_size == native.img_size else {"img_size": cfg.img_size}
+    theirs = create_timm_model(timm_model, **{**kwargs, **at, "act_layer": act})
+    origin = load_timm_weights(theirs, timm_model, native, Path(source) if source else None, state)
     if cfg.hybrid_layers is not None and timm_act == "match":
         _jax_resnet_numerics(theirs, kernels_standardized=source is None)
 
@@ -140,10 +185,10 @@ def verify(path: str | os.PathLike, timm_model: str, *, source: str | os.PathLik
         from ..inference.transform import to_tensor
 
         x = to_tensor(load_rgb(image), record.preprocess.at_size(cfg.img_size)).unsqueeze(0)
-        described = f"{Path(image).name} through the file's preprocessing"
+        what = f"{Path(image).name} through the file's preprocessing"
     else:
         x = torch.randn(batch, cfg.in_chans, *cfg.img_size, generator=torch.Generator().manual_seed(seed))
-        described = f"fixed random batch {tuple(x.shape)}, seed {seed}"
+        what = f"fixed random batch {tuple(x.shape)}, seed {seed}"
 
     captured: dict[str, torch.Tensor] = {}
     hooks = [theirs.get_submodule(name).register_forward_hook(
@@ -160,6 +205,5 @@ def verify(path: str | os.PathLike, timm_model: str, *, source: str | os.PathLik
     top1 = (mine.logits.argmax(1) == ref.argmax(1)).float().mean().item()
     stages = [StageDiff(name, (mine.stages[name] - captured[name]).abs().max().item())
               for name in captured]
-    return VerifyReport(timm_model=timm_model, timm_weights=origin, input=described, ours_activation=cfg.act,
-                        timm_activation=act, max_abs_diff=diff.max().item(), mean_abs_diff=diff.mean().item(),
-                        top1_agreement=top1, top5_agreement=top5, atol=atol, stages=stages)
+    return VerifyReport(**described, timm_weights=origin, input=what, max_abs_diff=diff.max().item(),
+                        mean_abs_diff=diff.mean().item(), top1_agreement=top1, top5_agreement=top5, stages=stages)
