@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import click
 
@@ -31,18 +32,27 @@ def _report(record, dst: str, as_json: bool) -> None:
         click.echo(f"  note        {note}")
 
 
+def converter_options(command: Callable) -> Callable:
+    """The options every converter has, in the same words."""
+    for option in reversed((
+            click.option("--dtype", type=DTYPES, default="float32", show_default=True,
+                         help="Dtype of the stored tensors."),
+            click.option("--force", is_flag=True, help="Replace DST if it exists."),
+            click.option("--allow-nonfinite", is_flag=True, help="Convert even if weights hold NaN or Inf."),
+            click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary."),
+            click.option("--json", "as_json", is_flag=True, help="Print the written record as JSON."),
+            debug_option)):
+        command = option(command)
+    return command
+
+
 @click.command("jax2torch")
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.argument("dst", type=click.Path(dir_okay=False))
 @click.option("--gelu", type=click.Choice(["tanh", "erf"]), default="tanh", show_default=True,
               help="MLP activation to record: 'tanh' reproduces the JAX model (trained with tanh GELU); "
                    "'erf' is what timm runs.")
-@click.option("--dtype", type=DTYPES, default="float32", show_default=True, help="Dtype of the stored tensors.")
-@click.option("--force", is_flag=True, help="Replace DST if it exists.")
-@click.option("--allow-nonfinite", is_flag=True, help="Convert even if weights hold NaN or Inf.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
-@click.option("--json", "as_json", is_flag=True, help="Print the written record as JSON.")
-@debug_option
+@converter_options
 def jax2torch(src: str, dst: str, gelu: str, dtype: str, force: bool, allow_nonfinite: bool,
               quiet: bool, as_json: bool) -> None:
     """Convert a Google JAX ViT checkpoint (.npz) to a vitconvert weights file.
@@ -77,12 +87,7 @@ def jax2torch(src: str, dst: str, gelu: str, dtype: str, force: bool, allow_nonf
                    "unless its architecture is the checkpoint's.")
 @click.option("--heads", type=click.IntRange(min=1),
               help="Attention heads; needed without --model when the width is not a standard one (Ti, S, B, L, H).")
-@click.option("--dtype", type=DTYPES, default="float32", show_default=True, help="Dtype of the stored tensors.")
-@click.option("--force", is_flag=True, help="Replace DST if it exists.")
-@click.option("--allow-nonfinite", is_flag=True, help="Convert even if weights hold NaN or Inf.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
-@click.option("--json", "as_json", is_flag=True, help="Print the written record as JSON.")
-@debug_option
+@converter_options
 def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, dtype: str, force: bool,
                allow_nonfinite: bool, quiet: bool, as_json: bool) -> None:
     """Convert a timm ViT state dict (.pth, .bin or .safetensors) to a vitconvert weights file.
