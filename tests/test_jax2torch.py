@@ -111,8 +111,8 @@ def test_record_carries_source_hash_labels_and_googles_preprocessing(tmp_path) -
     assert record.source.sha256 == hashlib.sha256((tmp_path / "t.npz").read_bytes()).hexdigest()
     assert read_record(tmp_path / "t.safetensors").source == record.source
     assert record.labels == "imagenet-1k"
-    p = record.preprocess
-    assert (p.size, p.resize, p.interpolation, p.mean, p.std) == ((224, 224), "squash", "bilinear",
+    p = record.preprocess  # vit_jax's evaluation: tf.image.resize to the training size, (x - 127.5) / 127.5
+    assert (p.size, p.resize, p.interpolation, p.mean, p.std) == ((224, 224), "squash", "bilinear_tf",
                                                                   (0.5,) * 3, (0.5,) * 3)
 
 
@@ -255,4 +255,4 @@ def test_a_published_file_gets_its_checkpoints_preprocessing_and_labels(tmp_path
     assert any("tiny-test-B16" in note for note in record.notes)
     (tmp_path / "renamed.npz").write_bytes(data)  # unknown name: Google's evaluation pipeline
     other = convert_jax(tmp_path / "renamed.npz", tmp_path / "r.safetensors")
-    assert (other.preprocess.resize, other.preprocess.interpolation) == ("squash", "bilinear")
+    assert (other.preprocess.resize, other.preprocess.interpolation) == ("squash", "bilinear_tf")
