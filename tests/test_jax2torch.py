@@ -17,12 +17,14 @@ from safetensors.torch import load_file
 import published_layouts as pl
 from vitconvert import VitConvertError, convert_jax, load_model, read_record
 
-ATOL = 1e-4  # float32, same activation on both sides (observed: ~1e-6 or less)
+# float32, same activation on both sides. Measured: 0 for gap models, <= 2.9e-6 for class-token ViTs,
+# <= 3.7e-6 for hybrids (the ResNet's convolutions round differently in timm's StdConv2dSame).
+ATOL = 1e-5
 
 CASES = {
     # id: (arch for pl.random_timm_vit, layout, write_npz kwargs)
     "Ti/16 vit_jax": ("vit_tiny_patch16_224", "vit_jax", {}),
-    "B/16 vit_jax": ("vit_base_patch16_224", "vit_jax", {}),
+    "B/16 vit_jax (2 blocks)": (("vit_base_patch16_224", {"depth": 2}), "vit_jax", {}),
     "opt/target": ("tiny", "opt_target", {}),
     "linen numbering": ("tiny", "linen", {}),
     "gap": ("tiny_gap", "vit_jax", {}),

@@ -11,12 +11,14 @@ from safetensors.torch import load_file, save_file
 from conftest import timm_vit
 from vitconvert import VitConvertError, convert_timm, load_model, read_record
 
-ATOL = 1e-4  # float32, identical activation: the conversion is a rename, so expect 0
+# float32, identical activation, the conversion a rename: only our last block's shortcut (the class
+# token alone) rounds differently. Measured: <= 1.7e-6.
+ATOL = 5e-6
 
-MODELS = {
-    "token": ("vit_tiny_patch16_224", {}),
-    "gap fc_norm": ("vit_tiny_patch16_224", dict(class_token=False, global_pool="avg")),
-    "deit distilled": ("deit_tiny_distilled_patch16_224", {}),
+MODELS = {  # 2 blocks: the conversion renames per block, so more blocks repeat what 2 show
+    "token": ("vit_tiny_patch16_224", dict(depth=2)),
+    "gap fc_norm": ("vit_tiny_patch16_224", dict(depth=2, class_token=False, global_pool="avg")),
+    "deit distilled": ("deit_tiny_distilled_patch16_224", dict(depth=2)),
 }
 
 
