@@ -60,6 +60,20 @@ def test_our_model_gives_timms_logits(variant: str, size: tuple[int, int]) -> No
     assert diff <= ATOL, f"max abs logit difference {diff:.3e}"
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_pooled_features_are_timms_pre_logits(variant: str) -> None:
+    # What feature extraction reads: the pooled token (DeiT: class and distillation tokens averaged;
+    # gap: the mean, normed before or after as the model does), before any head.
+    name, kwargs, cfg = VARIANTS[variant]
+    reference = timm_vit(name, depth=DEPTH, **kwargs)
+    ours = build_with_weights(cfg.replace(depth=DEPTH), reference.state_dict())
+    x = torch.randn(2, 3, *cfg.img_size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        theirs = reference.forward_head(reference.forward_features(x), pre_logits=True)
+        diff = (ours.forward_features(x) - theirs).abs().max().item()
+    assert diff <= ATOL, f"max abs feature difference {diff:.3e}"  # measured: <= 1.9e-6
+
+
 @pytest.mark.parametrize("cfg, timm_name", [
     (preset("Ti/16"), "vit_tiny_patch16_224"), (preset("S/16"), "vit_small_patch16_224"),
     (preset("S/32"), "vit_small_patch32_224"), (preset("B/16"), "vit_base_patch16_224"),
