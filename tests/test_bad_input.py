@@ -436,6 +436,8 @@ def rewrite_record(path: Path, edit) -> Path:
     ("preprocess", "std", [0, 1, 1], r"preprocess\.std must be positive"),
     ("preprocess", "size", [32, "32"], r"preprocess\.size must be \(height, width\) > 0"),
     ("preprocess", "crop_pct", "0.9", r"preprocess\.crop_pct must be a number, got '0\.9'"),
+    ("preprocess", "interpolation", "lanczos",
+     r"preprocess\.interpolation must be one of 'bicubic', 'bilinear', 'bilinear_tf', got 'lanczos'"),
     ("source", "file", 5, r"source\.file must be a string, got 5"),
     (None, "head_is_zero", "false", r"head_is_zero must be true or false, got 'false'"),
     (None, "labels", 1000, r"labels must be a string or null, got 1000"),

@@ -316,7 +316,7 @@ VALID_CHANGES = {
     "source.sha256": st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
     "preprocess.crop_pct": st.floats(0.01, 1.0),
     "preprocess.mean": st.lists(st.floats(-2, 2) | st.integers(-2, 2), min_size=3, max_size=3),
-    "preprocess.interpolation": st.sampled_from(["bicubic", "bilinear"]),
+    "preprocess.interpolation": st.sampled_from(["bicubic", "bilinear", "bilinear_tf"]),
     "config.ln_eps": st.floats(1e-12, 1.0) | st.integers(1, 3),
     "config.act": st.sampled_from(["gelu", "gelu_tanh"]),
     "config.num_heads": st.sampled_from([1, 2, 4, 8, 16, 32]),

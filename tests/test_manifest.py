@@ -77,7 +77,9 @@ def test_entry_facts(e):
         if e.family == "augreg":
             assert e.filename.startswith(up.filename[: -len(".npz")] + "--imagenet2012-")
     if e.preprocess_source == "google":
-        assert (e.preprocess.resize, e.preprocess.interpolation) == ("squash", "bilinear")
+        assert (e.preprocess.resize, e.preprocess.interpolation) == ("squash", "bilinear_tf")  # vit_jax's tf.image.resize
+    else:  # timm's pretrained cfgs: Pillow's bicubic and a center crop
+        assert (e.preprocess.resize, e.preprocess.interpolation) == ("crop", "bicubic")
     assert e.preprocess.mean == e.preprocess.std == (0.5, 0.5, 0.5)
     assert e.size_bytes is None or e.size_bytes > 0
 

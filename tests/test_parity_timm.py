@@ -53,7 +53,7 @@ def assert_same(ours: torch.Tensor, top5: list[int], theirs: torch.Tensor) -> No
     # Measured here: max abs probability difference 1.8e-7 to 3.7e-7 over the five tests (float32;
     # our last block computes only the class token, so only rounding differs). The bound leaves
     # room for other machines' kernels.
-    assert (ours - theirs).abs().max().item() <= 1e-4
+    assert (ours - theirs).abs().max().item() <= 2e-6
     assert top5 == theirs.topk(5).indices.tolist()
     assert ours.sum().item() == pytest.approx(1.0, abs=1e-5)
 

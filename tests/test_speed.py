@@ -46,7 +46,7 @@ def test_forward_equals_the_full_computation(change):
     with torch.inference_mode():
         fast = model(x)
         full = model.forward_intermediates(x).logits  # every token through every block
-    assert (fast - full).abs().max().item() < 1e-5
+    assert (fast - full).abs().max().item() <= 1e-5  # measured: <= 2.3e-6
 
 
 def test_block_forward_first_is_forward_of_the_first_tokens():
@@ -54,7 +54,8 @@ def test_block_forward_first_is_forward_of_the_first_tokens():
     x = torch.randn(2, 17, 64, generator=torch.Generator().manual_seed(2))
     block = model.blocks[0]
     with torch.inference_mode():
-        assert torch.allclose(block.forward_first(x, 2), block(x)[:, :2], atol=1e-5, rtol=0)
+        # measured: 4.8e-7
+        assert (block.forward_first(x, 2) - block(x)[:, :2]).abs().max().item() <= 2e-6
 
 
 # --- dtypes --------------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def test_bfloat16_model_and_float32_probabilities(tiny_weights, cat_jpg, gray_pn
     probs = fast.probabilities([cat_jpg, gray_png])
     assert probs.dtype is torch.float32
     assert probs.sum(-1).tolist() == pytest.approx([1, 1], abs=1e-5)
-    assert (probs - exact).abs().max().item() < 0.02
+    assert (probs - exact).abs().max().item() < 0.02  # measured: 0.011 (bfloat16 keeps 8 bits)
     # attention maps follow the model's dtype, rollout in float32
     assert fast.attention_rollout([cat_jpg]).dtype is torch.float32
 
@@ -157,7 +158,7 @@ def test_compiled_predictor_matches_eager(tmp_path, cat_jpg):
     path = write_test_weights(tmp_path / "small.safetensors", our_vit(config).state_dict(), config, labels=None)
     eager = Predictor(path).probabilities([cat_jpg])
     compiled = Predictor(path, compile=True).probabilities([cat_jpg])
-    assert (compiled - eager).abs().max().item() < 1e-5
+    assert (compiled - eager).abs().max().item() <= 1e-6  # measured: 1.6e-7
 
 
 # --- vitpredict ----------------------------------------------------------------------------------

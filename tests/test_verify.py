@@ -19,7 +19,10 @@ from vitconvert.cli import cli
 from vitconvert.cli.errors import run
 
 CAT = "tests/data/cat.jpg"
-ATOL = 1e-4
+ATOL = 1e-4  # verify's default pass threshold
+# Largest logit difference the conversions below show against timm: observed 0 for ViTs, 3.8e-6 for a
+# hybrid loaded by timm from the npz (the JAX weight standardization, computed in another order).
+EXACT = 1e-5
 
 
 @pytest.fixture
@@ -36,7 +39,7 @@ B16_DEPTH_2 = {"depth": 2}  # timm's vit_base_patch16_224 with 2 blocks, as the 
 def test_matched_activation_agrees_exactly_with_timm_loading_the_npz(tiny_b16) -> None:
     report = verify(tiny_b16 / "b.safetensors", "vit_base_patch16_224", source=tiny_b16 / "b.npz",
                     timm_kwargs=B16_DEPTH_2)
-    assert report.ok and report.max_abs_diff <= ATOL and report.architecture_differences == []
+    assert report.ok and report.max_abs_diff <= EXACT and report.architecture_differences == []
     assert (report.ours_activation, report.timm_activation) == ("gelu_tanh", "gelu_tanh")
     assert report.top5_agreement == 1.0 and "timm's npz loader" in report.timm_weights
     assert [s.stage for s in report.stages] == ["blocks.0", "blocks.1", "norm"]
@@ -154,7 +157,7 @@ def test_the_written_out_timm_config_is_timms(tmp_path) -> None:
     """The reference for the cases below: a file of exactly that config passes."""
     report = verify(tiny_file(tmp_path / "same.safetensors", TIMM_TINY), "vit_tiny_patch16_224",
                     timm_kwargs=TIMM_KWARGS)
-    assert report.architecture_differences == [] and report.ok and report.max_abs_diff <= ATOL
+    assert report.architecture_differences == [] and report.ok and report.max_abs_diff <= EXACT
 
 
 @pytest.mark.parametrize("case", list(DIFFERENCES))
@@ -171,7 +174,7 @@ def test_the_activation_is_a_choice_not_a_difference(tmp_path, timm_act: str) ->
     path = tiny_file(tmp_path / "tanh.safetensors", TIMM_TINY.replace(act="gelu_tanh"))
     report = verify(path, "vit_tiny_patch16_224", timm_kwargs=TIMM_KWARGS, timm_act=timm_act)
     assert report.architecture_differences == [] and report.timm_activation == "gelu_tanh"
-    assert report.ok and report.max_abs_diff <= ATOL
+    assert report.ok and report.max_abs_diff <= EXACT
 
 
 def test_hybrids_compare_with_the_jax_resnet_numerics_and_show_timms_own(tmp_path) -> None:
@@ -180,9 +183,9 @@ def test_hybrids_compare_with_the_jax_resnet_numerics_and_show_timms_own(tmp_pat
     pl.write_npz(model, tmp_path / "h.npz", "vit_jax")
     convert_jax(tmp_path / "h.npz", tmp_path / "h.safetensors")
     ours_in_timm = verify(tmp_path / "h.safetensors", name, timm_kwargs=kwargs)
-    assert ours_in_timm.ok and ours_in_timm.max_abs_diff <= ATOL
+    assert ours_in_timm.ok and ours_in_timm.max_abs_diff <= EXACT
     from_npz = verify(tmp_path / "h.safetensors", name, source=tmp_path / "h.npz", timm_kwargs=kwargs)
-    assert from_npz.ok and from_npz.max_abs_diff <= ATOL
+    assert from_npz.ok and from_npz.max_abs_diff <= EXACT
     # timm's own standardization, sqrt(var + 1e-8) instead of std + 1e-5, is a real difference
     stock = verify(tmp_path / "h.safetensors", name, timm_act="gelu_tanh", atol=1e-5, timm_kwargs=kwargs)
     assert not stock.ok and stock.max_abs_diff > 1e-5

@@ -27,7 +27,11 @@ FORMAT_VERSION = 1
 LABEL_SETS = {1000: "imagenet-1k", 21843: "imagenet-21k"}
 
 Resize = Literal["squash", "crop"]
-Interpolation = Literal["bicubic", "bilinear"]
+# 'bicubic' and 'bilinear' are Pillow's filters (antialiased when shrinking), as in timm's and
+# Hugging Face's transforms; 'bilinear_tf' is TensorFlow's `tf.image.resize` (vit_jax's evaluation):
+# bilinear on float pixels, half-pixel centres, no antialiasing.
+Interpolation = Literal["bicubic", "bilinear", "bilinear_tf"]
+INTERPOLATIONS = ("bicubic", "bilinear", "bilinear_tf")
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,8 @@ class Preprocess:
     """How an image becomes the model's input.
 
     'squash': resize straight to `size`. 'crop': resize the short side to size / crop_pct
-    (timm's rule), then center-crop `size`. Pixels in [0, 1] are then normalized by mean and std.
+    (timm's rule), then center-crop `size`. `interpolation` names the resampler (see
+    INTERPOLATIONS). Pixels in [0, 1] are then normalized by mean and std.
     """
 
     size: tuple[int, int]
@@ -59,9 +64,9 @@ class Preprocess:
             raise VitConvertError(f"preprocess.crop_pct must be a number, got {self.crop_pct!r}")
         if self.resize not in ("squash", "crop"):
             raise VitConvertError(f"preprocess.resize must be 'squash' or 'crop', got {self.resize!r}")
-        if self.interpolation not in ("bicubic", "bilinear"):
-            raise VitConvertError(
-                f"preprocess.interpolation must be 'bicubic' or 'bilinear', got {self.interpolation!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise VitConvertError(f"preprocess.interpolation must be one of "
+                                  f"{', '.join(map(repr, INTERPOLATIONS))}, got {self.interpolation!r}")
         if not 0 < self.crop_pct <= 1:
             raise VitConvertError(f"preprocess.crop_pct must be in (0, 1], got {self.crop_pct}")
 
@@ -71,8 +76,8 @@ class Preprocess:
 
     @classmethod
     def google(cls, size: tuple[int, int]) -> Preprocess:
-        """Google's evaluation: bilinear squash to size, (x - 127.5) / 127.5."""
-        return cls(size=tuple(size))
+        """vit_jax's evaluation: `tf.image.resize` straight to size, then (x - 127.5) / 127.5."""
+        return cls(size=tuple(size), interpolation="bilinear_tf")
 
 
 @dataclass(frozen=True)
