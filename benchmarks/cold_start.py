@@ -17,7 +17,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-
 from benchmarks.common import ROOT, interleaved_medians, machine, markdown
 
 # What a timm user writes for the same job (timm's documented inference recipe).
@@ -47,7 +46,7 @@ def write_b16(path: Path) -> Path:
     """Full-size ViT-B/16 with random weights and timm's preprocessing for its default tag."""
     import torch
 
-    from vitconvert import Preprocess, ViTConfig, VisionTransformer, save_weights
+    from vitconvert import Preprocess, VisionTransformer, ViTConfig, save_weights
 
     torch.manual_seed(0)
     save_weights(VisionTransformer(ViTConfig()).eval(), path, labels="imagenet-1k", force=True,

@@ -20,8 +20,8 @@ def models(timm_name: str, res: int, realistic: bool = False):
     """(ours, timm's) holding the same weights: timm's initialisation, or `realistic_random` ones."""
     import timm
 
-    from vitconvert.model.loading import at_size, build_with_weights
     from vitconvert.convert.timm import infer_config
+    from vitconvert.model.loading import at_size, build_with_weights
 
     theirs = timm.create_model(timm_name, pretrained=False, img_size=res).eval()
     if realistic:
@@ -92,8 +92,8 @@ def agreement(res: int = 224, timm_name: str = "vit_base_patch16_224") -> dict:
     A top-1 can only change when the logit error reaches half the margin between the first two
     classes, so `forced` (largest error < smallest margin / 2) says the agreement is no accident.
     """
-    from vitconvert.inference.batches import prepare
     from vitconvert.formats.weights_file import Preprocess
+    from vitconvert.inference.batches import prepare
 
     pre = Preprocess(size=(res, res), resize="crop", crop_pct=0.9, interpolation="bicubic")
     x = torch.stack([prepare(p, pre, 10**9) for p in PHOTOS])

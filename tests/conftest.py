@@ -38,7 +38,6 @@ def disk_full_after(monkeypatch: pytest.MonkeyPatch, tensors: int) -> None:
 
 def timm_vit(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
     import timm
-
     from published_layouts import fill_random_
 
     return fill_random_(timm.create_model(name, pretrained=False, **kwargs), seed).eval()

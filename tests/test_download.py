@@ -17,10 +17,10 @@ from manifest_helpers import (
 )
 
 import vitconvert
-from vitconvert.core.cache import cache_dir, cached_weights
-from vitconvert.core.config import ViTConfig
 from vitconvert.cli import cli
 from vitconvert.cli.errors import run
+from vitconvert.core.cache import cache_dir, cached_weights
+from vitconvert.core.config import ViTConfig
 from vitconvert.core.errors import VitConvertError
 from vitconvert.hub.download import cached_source, download, resolve_url
 from vitconvert.hub.manifest import load_manifest

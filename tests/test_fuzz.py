@@ -124,6 +124,7 @@ def configs(draw):
 @given(configs())
 def test_torch_free_shapes_are_the_models_state_dict(cfg) -> None:
     from conftest import model_shapes
+
     from vitconvert.core.param_shapes import param_shapes
 
     assert list(param_shapes(cfg).items()) == list(model_shapes(cfg).items())
@@ -533,9 +534,9 @@ def image_bytes(draw) -> bytes:
 @fuzz_settings(60)
 @given(image_bytes())
 def test_image_bytes_give_a_model_input_or_a_clear_error(data: bytes) -> None:
+    from vitconvert.formats.weights_file import Preprocess
     from vitconvert.inference.images import load_rgb
     from vitconvert.inference.transform import to_tensor
-    from vitconvert.formats.weights_file import Preprocess
 
     pre = Preprocess(size=(32, 48), resize="crop", crop_pct=0.9, interpolation="bicubic")
     with tempfile.TemporaryDirectory() as tmp:

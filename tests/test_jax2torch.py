@@ -10,12 +10,12 @@ import sys
 import zipfile
 
 import numpy as np
+import published_layouts as pl
 import pytest
 import torch
+from helpers.numerics import logits_with_eps, shrink_embeddings_
 from safetensors.torch import load_file
 
-import published_layouts as pl
-from helpers.numerics import logits_with_eps, shrink_embeddings_
 from vitconvert import VitConvertError, convert_jax, load_model, read_record
 
 # float32, same activation on both sides. Measured: 0 for gap models, <= 2.9e-6 for class-token ViTs,

@@ -5,7 +5,6 @@ on the file). Models are built on the meta device: no memory, no weights, no net
 
 from __future__ import annotations
 
-
 import pytest
 
 timm = pytest.importorskip("timm")
@@ -13,8 +12,8 @@ torch = pytest.importorskip("torch")
 
 from timm.models import get_pretrained_cfg
 
-from vitconvert.hub.manifest import bundled_path, load_manifest
 from vitconvert.core.param_shapes import param_shapes
+from vitconvert.hub.manifest import bundled_path, load_manifest
 
 MANIFEST = load_manifest(bundled_path())
 NO_TIMM = "timm has no pretrained tag for this file"

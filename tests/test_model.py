@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import model_shapes, timm_vit
+
 from vitconvert.core.config import ViTConfig, preset
+from vitconvert.core.param_shapes import param_shapes
 from vitconvert.model.loading import at_size, build_with_weights
 from vitconvert.model.vit import VisionTransformer
-from vitconvert.core.param_shapes import param_shapes
 
 # float32, same activation on both sides. Measured: 0 for gap models, <= 2.4e-6 for class-token
 # models (our last block computes only the class token: a smaller matrix product rounds differently).

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import timm_vit
 from PIL import Image
 
-from conftest import timm_vit
 from vitconvert import Predictor, convert_timm, load_model, verify
 
 ATOL = 1e-4  # float32 both sides on the same (rounded) weights: a rename, so expect rounding only

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import timm_vit
 from helpers.numerics import logits_with_eps, shrink_embeddings_
+from safetensors.torch import load_file, save_file
+
 from vitconvert import VitConvertError, convert_timm, load_model, read_record
 from vitconvert.cli import cli
 from vitconvert.cli.errors import run

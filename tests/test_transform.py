@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from vitconvert.inference.transform import crop_geometry, to_tensor
 from vitconvert.formats.weights_file import Preprocess
+from vitconvert.inference.transform import crop_geometry, to_tensor
 
 
 def timm_transform(pre: Preprocess):

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import re
 
+import published_layouts as pl
 import pytest
 import torch
 from click.testing import CliRunner
 from helpers.vit_weights import AUGREG_224, our_vit, write_test_weights
 
-import published_layouts as pl
 from vitconvert import ViTConfig, VitConvertError, convert_jax, convert_timm, verify
 from vitconvert.cli import cli
 from vitconvert.cli.errors import run

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import timm_vit
 from safetensors.torch import load_file, save_file
 
-from conftest import timm_vit
 from vitconvert import VitConvertError, convert_timm, load_model, read_record
 from vitconvert.formats.weights_file import META_KEY
 

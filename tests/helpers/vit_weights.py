@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from vitconvert.core.config import ViTConfig
-from vitconvert.model.vit import VisionTransformer
 from vitconvert.formats.weights_file import Preprocess, Source
 from vitconvert.model.loading import save_weights
+from vitconvert.model.vit import VisionTransformer
 
 # timm's pretrained cfg for vit_base_patch16_224.augreg_in21k_ft_in1k and its 384 sibling.
 AUGREG_224 = Preprocess(size=(224, 224), resize="crop", crop_pct=0.9, interpolation="bicubic",

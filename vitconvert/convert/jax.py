@@ -14,14 +14,14 @@ from typing import Protocol
 
 import numpy as np
 
-from . import jax_layouts
 from ..core.config import ViTConfig
-from ..formats.dtypes import check_dtype
 from ..core.errors import VitConvertError
-from ..formats.paths import check_output
-from .mapping import plan_tensors, source_dims
+from ..formats.dtypes import check_dtype
 from ..formats.npz import NpzReader
+from ..formats.paths import check_output
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
+from . import jax_layouts
+from .mapping import plan_tensors, source_dims
 
 GELU = {"tanh": "gelu_tanh", "erf": "gelu"}
 

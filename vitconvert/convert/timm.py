@@ -21,11 +21,11 @@ import torch
 
 from ..core.config import GN_GROUPS, ViTConfig
 from ..core.errors import VitConvertError
+from ..core.param_shapes import param_shapes
 from ..formats.paths import check_input, check_output
 from ..formats.safetensors_file import read_header, read_tensors
-from .mapping import IDENTITY, Rule, plan_tensors, source_dims
-from ..core.param_shapes import param_shapes
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
+from .mapping import IDENTITY, Rule, plan_tensors, source_dims
 
 WRAPPERS = ("state_dict", "model", "model_ema", "module")
 # Heads of the usual widths (Ti, S, B, L, H); for any other width the head count must be given.

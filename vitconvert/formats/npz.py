@@ -14,8 +14,8 @@ import zlib
 
 import numpy as np
 
-from .dtypes import bfloat16_bits_to_float32
 from ..core.errors import VitConvertError
+from .dtypes import bfloat16_bits_to_float32
 from .paths import check_input
 
 FLOAT_KINDS = {"f"}

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .dtypes import STORAGE, to_storage
 from ..core.errors import VitConvertError
+from .dtypes import STORAGE, to_storage
 from .paths import check_input, check_output
 
 ALIGN = 8

@@ -16,9 +16,9 @@ import numpy as np
 
 from ..core.checks import is_real, is_size
 from ..core.config import ViTConfig
+from ..core.errors import VitConvertError
 from ..core.param_shapes import check_shapes
 from .dtypes import STORAGE, check_dtype
-from ..core.errors import VitConvertError
 from .safetensors_file import TensorSpec, read_header, write_safetensors
 from .source_hash import PLACEHOLDER, FileHash
 

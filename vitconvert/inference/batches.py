@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 
 from ..core.errors import VitConvertError
+from ..formats.weights_file import Preprocess
 from .images import load_rgb
 from .transform import to_tensor
-from ..formats.weights_file import Preprocess
 
 ImageInput = str | os.PathLike | Image.Image
 

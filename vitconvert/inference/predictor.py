@@ -15,18 +15,17 @@ from typing import Literal
 import torch
 from PIL import Image
 
-from .attention import check_supported, overlay, rollout
-from .batches import ImageInput, batches, prepare
 from ..core.cache import resolve_weights
 from ..core.config import ViTConfig, parse_size
 from ..core.errors import VitConvertError
+from ..formats.weights_file import read_record
+from ..model.loading import model_from
+from .attention import check_supported, overlay, rollout
+from .batches import ImageInput, batches, prepare
 from .images import MAX_PIXELS, load_rgb
 from .labels import resolve_labels
-from ..model.loading import model_from
 from .runtime import compile_model, inference_dtype, run_compiled
 from .transform import crop_geometry
-from ..formats.weights_file import read_record
-
 
 OnError = Literal["raise", "report"]  # what iter_predict does with an image it cannot read
 

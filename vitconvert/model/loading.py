@@ -9,10 +9,10 @@ import torch
 
 from ..core.config import ViTConfig, parse_size
 from ..core.errors import VitConvertError
-from .vit import VisionTransformer
-from .posembed import resample_pos_embed
 from ..formats.safetensors_file import TensorSpec, read_tensors
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, read_record, write_weights
+from .posembed import resample_pos_embed
+from .vit import VisionTransformer
 
 
 def load_state_dict(path: str | os.PathLike) -> tuple[WeightsRecord, dict[str, torch.Tensor]]:

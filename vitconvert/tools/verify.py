@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..convert.timm import Difference, architecture_differences, create_timm_model, timm_config
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
-from ..model.loading import build_with_weights, load_state_dict, at_size
+from ..model.loading import at_size, build_with_weights, load_state_dict
 
 ACTIVATIONS = ("gelu", "gelu_tanh")  # our names are timm's act_layer names
 
