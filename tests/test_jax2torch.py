@@ -152,7 +152,7 @@ def test_pre_logits_layer_is_kept_and_matches_timms_features_through_it_by_hand(
         expected = by_hand @ torch.from_numpy(kernel) + torch.from_numpy(bias)
         ours = load_model(tmp_path / "p.safetensors")
         assert (ours(x) - expected).abs().max().item() <= ATOL
-        assert (ours.pre_logits(ours.forward_features(x)) - by_hand).abs().max().item() <= ATOL
+        assert (ours.pre_logits(ours.forward_pooled(x)) - by_hand).abs().max().item() <= ATOL
 
 
 def test_zero_head_is_recorded(tmp_path) -> None:

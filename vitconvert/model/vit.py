@@ -134,7 +134,7 @@ class VisionTransformer(nn.Module):
         if cfg.distilled:
             self.head_dist = nn.Linear(D, cfg.num_classes)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
+    def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens plus prefix tokens, with position embeddings added."""
         x = self.patch_embed(x)
         prefix = [t.expand(x.shape[0], -1, -1) for t in self.prefix_tokens()]
@@ -154,9 +154,21 @@ class VisionTransformer(nn.Module):
         return x[:, 0]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features, before the representation layer and head (distilled: the two tokens averaged)."""
-        pooled = self.pool(self.norm(self.tokens_for_pool(self.embed(x))))
-        return (pooled[0] + pooled[1]) / 2 if isinstance(pooled, tuple) else pooled
+        """Every token after the blocks and the final norm, (B, N, D): timm's `forward_features`."""
+        return self.norm(self.blocks(self.embed_tokens(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """`forward_features`' tokens pooled, then (unless `pre_logits`) through the head: timm's
+        `forward_head`. The pooled features come before the representation layer (a distilled model
+        averages its two tokens), as timm's do."""
+        pooled = self.pool(x)
+        if pre_logits:
+            return (pooled[0] + pooled[1]) / 2 if isinstance(pooled, tuple) else pooled
+        return self.head_logits(pooled)
+
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward_head(forward_features(x), pre_logits=True)`, with the cheaper last block."""
+        return self.forward_head(self.norm(self.tokens_for_pool(self.embed_tokens(x))), pre_logits=True)
 
     def head_logits(self, pooled: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         if isinstance(pooled, tuple):  # DeiT distilled: the two heads averaged, as at inference in DeiT
@@ -166,7 +178,7 @@ class VisionTransformer(nn.Module):
         return self.head(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head_logits(self.pool(self.norm(self.tokens_for_pool(self.embed(x)))))
+        return self.head_logits(self.pool(self.norm(self.tokens_for_pool(self.embed_tokens(x)))))
 
     def tokens_for_pool(self, x: torch.Tensor) -> torch.Tensor:
         """The blocks' output, where pooling reads it. A class-token model reads only the prefix
@@ -181,7 +193,7 @@ class VisionTransformer(nn.Module):
         return last.forward_first(x, self.config.num_prefix_tokens)
 
     def forward_intermediates(self, x: torch.Tensor) -> Intermediates:
-        stages = {"embed": self.embed(x)}
+        stages = {"embed": self.embed_tokens(x)}
         x = stages["embed"]
         for i, block in enumerate(self.blocks):
             x = stages[f"blocks.{i}"] = block(x)
@@ -198,7 +210,7 @@ class VisionTransformer(nn.Module):
 
         A separate pass, so `forward` keeps its fused attention kernel.
         """
-        x = self.embed(x)
+        x = self.embed_tokens(x)
         maps = []
         for block in self.blocks:
             maps.append(block.attn.attention_probs(block.norm1(x)))
