@@ -440,7 +440,7 @@ def rewrite_record(path: Path, edit) -> Path:
      r"preprocess\.interpolation must be one of 'bicubic', 'bilinear', 'bilinear_tf', got 'lanczos'"),
     ("source", "file", 5, r"source\.file must be a string, got 5"),
     (None, "head_is_zero", "false", r"head_is_zero must be true or false, got 'false'"),
-    (None, "labels", 1000, r"labels must be a string or null, got 1000"),
+    (None, "labels", 1000, r"labels must be a label set's name, a list of class names or null, got 1000"),
     (None, "notes", "abc", r"notes must be a list of strings, got 'abc'"),
     (None, "config", [], r"config must be a JSON object, got list"),
     (None, "preprocess", "squash", r"preprocess must be a JSON object, got 'squash'"),

@@ -310,7 +310,7 @@ def weights_file() -> tuple[dict, bytes]:
 
 # Record fields and values a weights file may well hold: the file must still load.
 VALID_CHANGES = {
-    "labels": st.none() | st.text(max_size=12),
+    "labels": st.none() | st.lists(st.text(max_size=12), min_size=10, max_size=10),  # the file's 10 classes
     "notes": st.lists(st.text(max_size=12), max_size=3),
     "head_is_zero": st.booleans(),
     "source.file": st.text(max_size=12),

@@ -45,6 +45,11 @@ def test_defaults_follow_the_class_count():
     assert resolve_labels(None, 10) is None  # indices
     # The record's own label set is used, but never for a head of another size.
     assert resolve_labels(None, 10, record_labels="imagenet-1k") is None
+    # Class names stored in the record are the names; names given by the caller come first.
+    assert resolve_labels(None, 2, record_labels=("cat", "dog")) == ["cat", "dog"]
+    assert resolve_labels(["a", "b"], 2, record_labels=("cat", "dog")) == ["a", "b"]
+    # A model without classes (a headless backbone) has no names.
+    assert resolve_labels(None, 0) is None
 
 
 def test_label_file_one_name_a_line(tmp_path):

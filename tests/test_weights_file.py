@@ -45,7 +45,7 @@ def record_of(path) -> dict:
 
 def test_record_documents_config_preprocessing_labels_and_source(converted) -> None:
     rec = record_of(converted)
-    assert rec["format"] == "vitconvert-weights" and rec["version"] == 1
+    assert rec["format"] == "vitconvert-weights" and rec["version"] == 2
     assert rec["config"]["embed_dim"] == 192 and rec["config"]["act"] == "gelu"
     assert set(rec["preprocess"]) == {"size", "resize", "crop_pct", "interpolation", "mean", "std"}
     assert rec["labels"] == "imagenet-1k" and rec["head_is_zero"] is False
@@ -65,7 +65,90 @@ def test_unknown_version_is_a_clear_error(converted) -> None:
 
 def test_tampered_json_is_a_clear_error(converted) -> None:
     with pytest.raises(VitConvertError, match="metadata is not valid JSON"):
-        read_record(rewrite(converted, record='{"format": "vitconvert-weights", "version": 1,'))
+        read_record(rewrite(converted, record='{"format": "vitconvert-weights", "version": 2,'))
+
+
+# A record exactly as vitconvert wrote it before class names could be stored (version 1; the
+# output of save_weights(..., labels=None) at commit 3522d04, for TINY with 1 block and 10 classes).
+V1_RECORD = (
+    '{"config": {"act": "gelu", "depth": 1, "distilled": false, "embed_dim": 64, "fc_norm": false, '
+    '"hybrid_layers": null, "hybrid_width": 64, "img_size": [224, 224], "in_chans": 3, "ln_eps": 1e-06, '
+    '"mlp_dim": 256, "no_embed_class": false, "num_classes": 10, "num_heads": 4, "patch_size": 16, '
+    '"pool": "token", "qkv_bias": true, "representation_size": null}, "format": "vitconvert-weights", '
+    '"head_is_zero": false, "labels": null, "notes": [], "preprocess": {"crop_pct": 0.9, '
+    '"interpolation": "bicubic", "mean": [0.5, 0.5, 0.5], "resize": "crop", "size": [224, 224], '
+    '"std": [0.5, 0.5, 0.5]}, "source": {"file": "test", "format": "timm", "sha256": null}, "version": 1}')
+
+
+@pytest.mark.parametrize("num_classes, labels, read_as", [
+    (10, None, None),
+    (1000, "imagenet-1k", "imagenet-1k"),
+    # Version 1 took any string; a name that is not the head's label set was shown as class indices.
+    (10, "imagenet-1k", None),
+    (10, "my-classes", None),
+])
+def test_version_1_files_keep_loading(tmp_path, num_classes, labels, read_as) -> None:
+    from helpers.vit_weights import TINY, our_vit
+
+    config = TINY.replace(depth=1, num_classes=num_classes)
+    record = json.loads(V1_RECORD)
+    record["config"]["num_classes"], record["labels"] = num_classes, labels
+    path = tmp_path / "v1.safetensors"
+    model = our_vit(config)
+    save_file(model.state_dict(), str(path), metadata={META_KEY: json.dumps(record)})
+    assert read_record(path).config == config and read_record(path).labels == read_as
+    loaded = load_model(path).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+
+
+def test_version_1_labels_must_still_be_a_string(tmp_path) -> None:
+    record = json.loads(V1_RECORD) | {"labels": [str(i) for i in range(10)]}
+    from helpers.vit_weights import TINY, our_vit
+
+    path = tmp_path / "v1.safetensors"
+    save_file(our_vit(TINY.replace(depth=1, num_classes=10)).state_dict(), str(path),
+              metadata={META_KEY: json.dumps(record)})
+    with pytest.raises(VitConvertError, match="labels must be a string or null, got"):
+        read_record(path)
+
+
+# --- class names stored in the file ----------------------------------------------------------------------
+
+def test_class_names_round_trip_through_the_file(tmp_path) -> None:
+    from helpers.vit_weights import TINY, our_vit
+
+    from vitconvert import save_weights
+
+    names = ["cat", "dog, puppy", "café ☕"]
+    record = save_weights(our_vit(TINY.replace(num_classes=3)), tmp_path / "m.safetensors", labels=names)
+    assert record.labels == tuple(names)
+    assert record_of(tmp_path / "m.safetensors")["labels"] == names
+    assert read_record(tmp_path / "m.safetensors").labels == tuple(names)
+
+
+@pytest.mark.parametrize("num_classes, labels, message", [
+    (3, ["cat", "dog"], r"labels: 2 class names but the model has 3 classes"),
+    (3, "imagenet-1k", r"labels 'imagenet-1k' has 1000 classes but the model has 3"),
+    (1000, "imagenet1k", r"labels 'imagenet1k' is not a label set \(imagenet-1k, imagenet-21k\); "
+                         r"give the class names themselves as a list"),
+    (3, ["cat", 2, "bird"], r"labels must be a label set's name, a list of class names or null, "
+                            r"got \['cat', 2, 'bird'\]"),
+])
+def test_labels_that_do_not_fit_the_head_are_refused_on_write_and_read(tmp_path, num_classes, labels,
+                                                                        message) -> None:
+    from helpers.vit_weights import TINY, our_vit
+
+    from vitconvert import save_weights
+
+    model = our_vit(TINY.replace(num_classes=num_classes))
+    with pytest.raises(VitConvertError, match=message):
+        save_weights(model, tmp_path / "bad.safetensors", labels=labels)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+    good = tmp_path / "good.safetensors"
+    save_weights(model, good, labels=None)
+    edited = rewrite(good, record=record_of(good) | {"labels": labels})
+    with pytest.raises(VitConvertError, match=rf"edited\.safetensors: {message}"):
+        read_record(edited)
 
 
 def test_record_that_disagrees_with_tensors_names_the_tensors(converted) -> None:

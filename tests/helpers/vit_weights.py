@@ -27,8 +27,9 @@ TINY_TIMM_KWARGS = {"embed_dim": 64, "depth": 2, "num_heads": 4}
 
 
 def write_test_weights(path: Path, state: dict[str, torch.Tensor], config: ViTConfig,
-                       preprocess: Preprocess = AUGREG_224, labels: str | None = "imagenet-1k") -> Path:
-    """`state` in our weights-file format, with a record as a converter would write it."""
+                       preprocess: Preprocess = AUGREG_224, labels: str | list[str] | None = None) -> Path:
+    """`state` in our weights-file format, with a record as a converter would write it (labels: by
+    default the ImageNet label set of the class count, if there is one)."""
     save_weights(state, path, config=config, preprocess=preprocess, labels=labels,
                  source=Source(format="timm", file="test"), force=True)
     return path

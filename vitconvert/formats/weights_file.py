@@ -1,7 +1,8 @@
 """Our weights file: safetensors whose metadata says everything needed to run it.
 
 `__metadata__["vitconvert"]` holds a versioned JSON record (see README, "The weights file"):
-the architecture, the preprocessing, the label set, the head's state and the source.
+the architecture, the preprocessing, the class names (a label set's name or the names themselves),
+the head's state and the source.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ from .safetensors_file import TensorSpec, read_header, write_safetensors
 from .source_hash import PLACEHOLDER, FileHash
 
 META_KEY = "vitconvert"
-FORMAT_VERSION = 1
+# Version 2: `labels` may also be the list of class names. Version 1 files are still read.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 LABEL_SETS = {1000: "imagenet-1k", 21843: "imagenet-21k"}
+# A label set's name, the class names in class order, or None (class indices).
+Labels = str | tuple[str, ...] | None
 
 Resize = Literal["squash", "crop"]
 # 'bicubic' and 'bilinear' are Pillow's filters (antialiased when shrinking), as in timm's and
@@ -98,9 +103,13 @@ class WeightsRecord:
     config: ViTConfig
     preprocess: Preprocess
     source: Source
-    labels: str | None = None  # 'imagenet-1k', 'imagenet-21k' or None (class indices)
+    labels: Labels = None  # 'imagenet-1k', 'imagenet-21k', the class names, or None (class indices)
     head_is_zero: bool = False  # published for fine-tuning only: top-k would be meaningless
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        # Checked here, so a file cannot be written, nor read, with names that do not fit its head.
+        object.__setattr__(self, "labels", check_labels(self.labels, self.config.num_classes))
 
     def to_json(self) -> str:
         return json.dumps({
@@ -109,7 +118,7 @@ class WeightsRecord:
             "config": self.config.to_dict(),
             "preprocess": {**asdict(self.preprocess), "size": list(self.preprocess.size),
                            "mean": list(self.preprocess.mean), "std": list(self.preprocess.std)},
-            "labels": self.labels,
+            "labels": list(self.labels) if isinstance(self.labels, tuple) else self.labels,
             "head_is_zero": self.head_is_zero,
             "source": asdict(self.source),
             "notes": list(self.notes),
@@ -123,28 +132,30 @@ class WeightsRecord:
             raise VitConvertError(f"{where}: metadata is not valid JSON ({e})") from None
         if not isinstance(d, dict) or d.get("format") != "vitconvert-weights":
             raise VitConvertError(f"{where}: metadata is not a vitconvert weights record")
-        if d.get("version") != FORMAT_VERSION:
+        version = d.get("version")
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
             raise VitConvertError(
-                f"{where}: weights record version {d.get('version')!r} is not supported "
-                f"(this vitconvert reads version {FORMAT_VERSION}); upgrade vitconvert or reconvert")
+                f"{where}: weights record version {version!r} is not supported (this vitconvert reads "
+                f"versions {', '.join(map(str, READABLE_VERSIONS))}); upgrade vitconvert or reconvert")
         try:
-            pre, source, notes = d["preprocess"], d["source"], d.get("notes", [])
+            pre, source, notes, labels = d["preprocess"], d["source"], d.get("notes", []), d["labels"]
             for name, value in (("preprocess", pre), ("source", source)):
                 if not isinstance(value, dict):
                     raise VitConvertError(f"{name} must be a JSON object, got {value!r}")
             # bool("false") is True: only JSON's own true/false may say whether the head is zero.
             if not isinstance(d["head_is_zero"], bool):
                 raise VitConvertError(f"head_is_zero must be true or false, got {d['head_is_zero']!r}")
-            if not (d["labels"] is None or isinstance(d["labels"], str)):
-                raise VitConvertError(f"labels must be a string or null, got {d['labels']!r}")
             if not (isinstance(notes, list) and all(isinstance(n, str) for n in notes)):
                 raise VitConvertError(f"notes must be a list of strings, got {notes!r}")
+            config = ViTConfig.from_dict(d["config"])
+            if version == 1:
+                labels = _labels_v1(labels, config.num_classes)
             return cls(
-                config=ViTConfig.from_dict(d["config"]),
+                config=config,
                 preprocess=Preprocess(**{**pre, **{k: tuple(pre[k]) for k in ("size", "mean", "std")
                                                    if isinstance(pre.get(k), list)}}),
                 source=Source(**source),
-                labels=d["labels"],
+                labels=labels,
                 head_is_zero=d["head_is_zero"],
                 notes=tuple(notes),
             )
@@ -159,6 +170,38 @@ class WeightsRecord:
 
 def label_set_for(num_classes: int) -> str | None:
     return LABEL_SETS.get(num_classes)
+
+
+def check_labels(labels: object, num_classes: int) -> Labels:
+    """`labels` as a record holds them (a list of names becomes a tuple), or a VitConvertError saying
+    why they cannot name `num_classes` classes."""
+    if labels is None:
+        return None
+    if num_classes == 0:
+        raise VitConvertError("labels: this model has no classes (num_classes 0), so it has no class names")
+    if isinstance(labels, str):
+        if label_set_for(num_classes) == labels:
+            return labels
+        sizes = {name: n for n, name in LABEL_SETS.items()}
+        if labels in sizes:
+            raise VitConvertError(f"labels {labels!r} has {sizes[labels]} classes but the model has {num_classes}")
+        raise VitConvertError(f"labels {labels!r} is not a label set ({', '.join(sizes)}); "
+                              "give the class names themselves as a list")
+    if isinstance(labels, (list, tuple)) and all(isinstance(name, str) for name in labels):
+        if len(labels) != num_classes:
+            raise VitConvertError(f"labels: {len(labels)} class names but the model has {num_classes} classes")
+        return tuple(labels)
+    shown = repr(labels)
+    raise VitConvertError(f"labels must be a label set's name, a list of class names or null, "
+                          f"got {shown if len(shown) <= 60 else shown[:57] + '...'}")
+
+
+def _labels_v1(labels: object, num_classes: int) -> str | None:
+    """A version 1 record's labels: a string or null, any string. A name that is not the label set of
+    the head's size was shown as class indices, and still is."""
+    if not (labels is None or isinstance(labels, str)):
+        raise VitConvertError(f"labels must be a string or null, got {labels!r}")
+    return labels if label_set_for(num_classes) == labels else None
 
 
 # What our writer stores; the model is built in one of these (torch cannot load ints into parameters).

@@ -58,12 +58,14 @@ def read_label_file(path: str | os.PathLike) -> list[str]:
 
 
 def resolve_labels(labels: str | os.PathLike | Sequence[str] | None, num_classes: int,
-                   record_labels: str | None = None) -> list[str] | None:
+                   record_labels: str | Sequence[str] | None = None) -> list[str] | None:
     """The names for a model's classes, or None to show class indices.
 
     `labels`: 'imagenet-1k', 'imagenet-21k', a file, a list of names, or None for the weights
-    file's own label set (else the ImageNet set of that size, else indices).
+    file's own labels (its class names or label set; else the ImageNet set of that size, else indices).
     """
+    if labels is None and record_labels is not None and not isinstance(record_labels, str):
+        return list(record_labels)  # the record checked that they name every class
     if labels is None:
         name = record_labels or label_set_for(num_classes)
         if name not in BUILTIN or BUILTIN[name][1] != num_classes:

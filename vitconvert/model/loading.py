@@ -75,12 +75,13 @@ def model_from(record: WeightsRecord, path: str | os.PathLike,
 
 def save_weights(model: VisionTransformer | Mapping[str, torch.Tensor], dst: str | os.PathLike, *,
                  config: ViTConfig | None = None, preprocess: Preprocess | None = None,
-                 labels: str | None = None, source: Source | None = None, notes: Sequence[str] = (),
+                 labels: str | Sequence[str] | None = None, source: Source | None = None, notes: Sequence[str] = (),
                  dtype: str = "float32", force: bool = False) -> WeightsRecord:
     """Our weights file from a model (or a state dict and its `config`), atomically; returns the record.
 
-    preprocess: default Google's evaluation pipeline at the model's size; labels: default the
-    ImageNet label set its class count implies; source: default 'torch', an in-memory model.
+    preprocess: default Google's evaluation pipeline at the model's size; labels: 'imagenet-1k',
+    'imagenet-21k' or the class names in class order, default the ImageNet label set its class count
+    implies; source: default 'torch', an in-memory model.
     """
     if isinstance(model, VisionTransformer):
         config = config or model.config
