@@ -26,15 +26,39 @@ def _report(record, dst: str, as_json: bool) -> None:
     click.echo(f"  model       {arch}; pool {c.pool}; {c.num_classes} classes; act {c.act}")
     click.echo(f"  input       {c.img_size[0]}x{c.img_size[1]}, {record.preprocess.resize} "
                f"({record.preprocess.interpolation}), mean {list(record.preprocess.mean)}")
+    click.echo(f"  labels      {_describe_labels(record.labels)}")
     if record.head_is_zero:
         click.echo("  note        the head is all zeros (published for fine-tuning): vitpredict will refuse top-k")
     for note in record.notes:
         click.echo(f"  note        {note}")
 
 
+def _describe_labels(labels: str | tuple[str, ...] | None) -> str:
+    if labels is None:
+        return "none (vitpredict shows class indices)"
+    if isinstance(labels, str):
+        return labels
+    shown = ", ".join(labels[:3]) + (", ..." if len(labels) > 3 else "")
+    return f"{len(labels)} class names ({shown})"
+
+
+def _labels(value: str | None) -> str | list[str] | None:
+    """--labels: a label set's name as it is, a file as the names it holds (one a line)."""
+    from ..formats.weights_file import LABEL_SETS
+    from ..inference.labels import read_label_file
+
+    if value is None or value in LABEL_SETS.values():
+        return value
+    return read_label_file(value)
+
+
 def converter_options(command: Callable) -> Callable:
     """The options every converter has, in the same words."""
     for option in reversed((
+            click.option("--labels", metavar="imagenet-1k|imagenet-21k|FILE",
+                         help="Class names to record, which vitpredict then prints: a label set, or a FILE "
+                              "with one name a line, one line per class. Default: the ImageNet set of "
+                              "the class count (jax2torch: a published file's own)."),
             click.option("--dtype", type=DTYPES, default="float32", show_default=True,
                          help="Dtype of the stored tensors."),
             click.option("--force", is_flag=True, help="Replace DST if it exists."),
@@ -53,8 +77,8 @@ def converter_options(command: Callable) -> Callable:
               help="MLP activation to record: 'tanh' reproduces the JAX model (trained with tanh GELU); "
                    "'erf' is what timm runs.")
 @converter_options
-def jax2torch(src: str, dst: str, gelu: str, dtype: str, force: bool, allow_nonfinite: bool,
-              quiet: bool, as_json: bool) -> None:
+def jax2torch(src: str, dst: str, gelu: str, labels: str | None, dtype: str, force: bool,
+              allow_nonfinite: bool, quiet: bool, as_json: bool) -> None:
     """Convert a Google JAX ViT checkpoint (.npz) to a vitconvert weights file.
 
     The layout is detected from the keys: the vit_jax files of the 2020 and AugReg sets (also under
@@ -67,12 +91,14 @@ def jax2torch(src: str, dst: str, gelu: str, dtype: str, force: bool, allow_nonf
       vitconvert jax2torch ViT-B_16.npz vit-b16.safetensors
       vitconvert jax2torch ViT-B_16.npz vit-b16-erf.safetensors --gelu erf --dtype bfloat16
       vitconvert jax2torch ViT-B_16.npz vit-b16.safetensors --force --quiet
+      vitconvert jax2torch flowers.npz flowers.safetensors --labels flower_names.txt
     """
     from ..convert.jax import convert_jax
     from ..hub.manifest import load_manifest
 
+    names = _labels(labels)
     with progress_bar("converting", quiet, in_bytes=True) as progress:
-        record = convert_jax(src, dst, force=force, gelu=gelu, dtype=dtype, catalog=load_manifest(),
+        record = convert_jax(src, dst, force=force, gelu=gelu, dtype=dtype, labels=names, catalog=load_manifest(),
                              allow_nonfinite=allow_nonfinite, progress=progress.update)
     if not quiet or as_json:
         _report(record, dst, as_json)
@@ -88,8 +114,8 @@ def jax2torch(src: str, dst: str, gelu: str, dtype: str, force: bool, allow_nonf
 @click.option("--heads", type=click.IntRange(min=1),
               help="Attention heads; needed without --model when the width is not a standard one (Ti, S, B, L, H).")
 @converter_options
-def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, dtype: str, force: bool,
-               allow_nonfinite: bool, quiet: bool, as_json: bool) -> None:
+def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, labels: str | None,
+               dtype: str, force: bool, allow_nonfinite: bool, quiet: bool, as_json: bool) -> None:
     """Convert a timm ViT state dict (.pth, .bin or .safetensors) to a vitconvert weights file.
 
     Training checkpoints wrapped in 'model' / 'state_dict' or with 'module.' prefixes are unwrapped.
@@ -101,11 +127,13 @@ def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, dt
       vitconvert timm2torch model.safetensors vit-ti.safetensors --model vit_tiny_patch16_224.augreg_in21k
       vitconvert timm2torch checkpoint.pth mine.safetensors --heads 8
       vitconvert timm2torch pytorch_model.bin vit-b16.safetensors --dtype float16 --json
+      vitconvert timm2torch finetuned.pth birds.safetensors --heads 6 --labels bird_names.txt
     """
     from ..convert.timm import convert_timm
 
+    names = _labels(labels)
     with progress_bar("converting", quiet, in_bytes=True) as progress:
         record = convert_timm(src, dst, model=model_name, num_heads=heads, force=force, dtype=dtype,
-                              allow_nonfinite=allow_nonfinite, progress=progress.update)
+                              labels=names, allow_nonfinite=allow_nonfinite, progress=progress.update)
     if not quiet or as_json:
         _report(record, dst, as_json)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -87,15 +87,17 @@ class Catalog(Protocol):
 
 def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False,
                 gelu: str = "tanh", dtype: str = "float32", preprocess: Preprocess | None = None,
-                labels: str | None = None, catalog: Catalog | None = None, allow_nonfinite: bool = False,
+                labels: str | Sequence[str] | None = None, catalog: Catalog | None = None,
+                allow_nonfinite: bool = False,
                 progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
     """Convert a JAX `.npz` ViT checkpoint at `src` into our weights file at `dst`.
 
     gelu: 'tanh' (what the JAX models were trained with; exact reproduction) or 'erf' (timm's).
-    dtype: stored tensor dtype. preprocess / labels: what to record; when neither is given and
-    `catalog` (e.g. `vitconvert.load_manifest()`, as `vitconvert jax2torch` passes) knows the file by
-    name and architecture, that published checkpoint's; else Google's evaluation pipeline at the
-    training size and the label set implied by the class count.
+    dtype: stored tensor dtype. preprocess / labels ('imagenet-1k', 'imagenet-21k' or the class
+    names in class order): what to record; each that is not given is, when `catalog` (e.g.
+    `vitconvert.load_manifest()`, as `vitconvert jax2torch` passes) knows the file by name and
+    architecture, that published checkpoint's; else Google's evaluation pipeline at the training
+    size and the label set implied by the class count.
     progress(done_bytes, total_bytes) is called after each tensor.
     """
     if gelu not in GELU:
@@ -109,9 +111,11 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
                              jax_layouts.bindings(cfg.depth, cfg.hybrid_layers), where=str(src))
         notes = ["source arrays stored as bfloat16"] if any(
             reader.stored_dtype(k) == "bfloat16" for k in reader.shapes) else []
-        if preprocess is None and labels is None and catalog and (known := catalog.match_file(src.name, cfg)):
-            preprocess, labels = known.preprocess, known.labels
-            notes.append(f"preprocessing and labels of the published checkpoint '{known.name}' "
+        wanted = [what for what, given in (("preprocessing", preprocess), ("labels", labels)) if given is None]
+        if wanted and catalog and (known := catalog.match_file(src.name, cfg)):
+            preprocess = preprocess or known.preprocess
+            labels = known.labels if labels is None else labels
+            notes.append(f"{' and '.join(wanted)} of the published checkpoint '{known.name}' "
                          f"({known.preprocess_source})")
         record = WeightsRecord(
             config=cfg,

@@ -11,7 +11,7 @@ import contextlib
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,7 +300,7 @@ class _TensorReader:
 
 def convert_timm(src: str | os.PathLike, dst: str | os.PathLike, *, model: str | None = None,
                  num_heads: int | None = None, force: bool = False, dtype: str = "float32",
-                 allow_nonfinite: bool = False,
+                 labels: str | Sequence[str] | None = None, allow_nonfinite: bool = False,
                  progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
     """Convert a timm ViT state dict at `src` into our weights file at `dst`.
 
@@ -308,6 +308,8 @@ def convert_timm(src: str | os.PathLike, dst: str | os.PathLike, *, model: str |
     number of heads, the activation, the LayerNorm eps and the checkpoint's own preprocessing, and
     must have the checkpoint's architecture. Without it, heads follow the standard widths (other
     widths need `num_heads`) and preprocessing is timm's ViT default (bicubic, crop 0.9, mean = std = 0.5).
+    labels: 'imagenet-1k', 'imagenet-21k' or the class names in class order; default the ImageNet
+    label set the class count implies.
     """
     src, dst = Path(src), check_output(dst, force)  # before reading anything large
     named = timm_pretrained(model) if model else None
@@ -335,7 +337,7 @@ def convert_timm(src: str | os.PathLike, dst: str | os.PathLike, *, model: str |
     record = WeightsRecord(
         config=cfg, preprocess=preprocess,
         source=Source(format="timm" + (f"/{model}" if model else ""), file=src.name),
-        labels=label_set_for(cfg.num_classes),
+        labels=labels if labels is not None else label_set_for(cfg.num_classes),
         head_is_zero=not bool(tensors["head.weight"].any() or tensors["head.bias"].any()),
         notes=notes)
     return write_weights(dst, specs, record, source_path=src, dtype=dtype, force=force,
