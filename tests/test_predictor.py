@@ -47,15 +47,6 @@ def test_pil_images_and_top_k_beyond_the_class_count(tmp_path, cat_jpg):
     assert sorted(p.index for p in result.predictions) == [0, 1, 2]
 
 
-def test_zero_head_is_refused_with_the_reason(tmp_path):
-    model = timm_classifier("vit_tiny_patch16_224", **TINY_TIMM_KWARGS)
-    state = {**model.state_dict(), "head.weight": torch.zeros(1000, 64), "head.bias": torch.zeros(1000)}
-    path = write_test_weights(tmp_path / "zero.safetensors", state, TINY)
-    with pytest.raises(VitConvertError, match="all zeros: it was published for fine-tuning only") as e:
-        Predictor(path)
-    assert "same probability" in str(e.value)
-
-
 @pytest.mark.parametrize("size, suggestion", [("225", "try 224 or 240"), ("224x300", "try 224x288 or 224x304")])
 def test_sizes_off_the_patch_grid_name_sizes_that_work(tiny_weights, size, suggestion):
     with pytest.raises(VitConvertError, match="not a multiple of this model's patch stride 16") as e:

@@ -29,6 +29,7 @@ _EXPORTS = {
     "download": "hub.download",
     "load_manifest": "hub.manifest",
     "Predictor": "inference.predictor",
+    "save_embeddings": "formats.embeddings",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,5 @@
-"""`vitpredict`: top-k classes (and attention maps) for images, from one of our weights files.
+"""`vitpredict`: top-k classes (and attention maps), or embeddings, for images, from one of our
+weights files.
 
 Thin: click parses and prints, `vitconvert.Predictor` does the work. Arguments, image files and
 the weights path are checked with light imports only (click, Pillow); torch is imported after
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from ..core.cache import WEIGHTS_ENV, resolve_weights
 from ..core.config import parse_size
@@ -52,8 +54,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
               show_default=True,
-              help="Precision of the model (probabilities are always float32). bfloat16: CPUs with "
-                   "native bfloat16 and GPUs; float16: GPUs.")
+              help="Precision of the model (probabilities and embeddings are always float32). bfloat16: "
+                   "CPUs with native bfloat16 and GPUs; float16: GPUs.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the model: 10-20 s of compiling per batch size; for many images on "
                    "a GPU (no gain measured on CPU, see the README's Speed section).")
@@ -65,6 +67,12 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--attention-map", "attention_out", type=click.Path(dir_okay=False, path_type=Path),
               metavar="OUT.png",
               help="Save the attention rollout over each image (several images: OUT-<image>.png).")
+@click.option("--embed", "embed_out", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT.npz",
+              help="Instead of classifying, write one float32 vector per image to OUT.npz (arrays 'paths' "
+                   "and 'embeddings'): the pooled features the head reads. Any model, with or without a head.")
+@click.option("--tokens", is_flag=True,
+              help="With --embed: every token after the final norm, (images, tokens, width).")
+@click.option("--normalize", is_flag=True, help="With --embed: each vector scaled to unit length.")
 @click.option("--recursive", "-r", is_flag=True, help="Also search the sub-folders of directories.")
 @click.option("--skip-errors", is_flag=True,
               help="Exit 0 even if some images cannot be read (they are still reported).")
@@ -72,13 +80,14 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 def command(images: tuple[str, ...], weights: Path | None, model_name: str | None,
             res: tuple[int, int] | None, top_k: int, as_json: bool, batch_size: int, device: str,
             dtype: str, compile_: bool, workers: int | None, labels: str | None,
-            attention_out: Path | None, recursive: bool, skip_errors: bool) -> None:
-    """Classify IMAGE... (files or directories of images) with a converted ViT.
+            attention_out: Path | None, embed_out: Path | None, tokens: bool, normalize: bool,
+            recursive: bool, skip_errors: bool) -> None:
+    """Classify IMAGE... (files or directories of images) with a converted ViT, or embed them (--embed).
 
     An image that cannot be read is reported (a line 'error: IMAGE: why' on stderr; in --json an
-    entry with "error" instead of "predictions") and the others are still classified; the exit
-    status is then 1 (0 with --skip-errors). What a directory holds besides images is skipped, with
-    a note on stderr saying how many files and sub-folders.
+    entry with "error" instead of "predictions") and the others are still classified (or embedded:
+    OUT.npz lists only those); the exit status is then 1 (0 with --skip-errors). What a directory
+    holds besides images is skipped, with a note on stderr saying how many files and sub-folders.
 
     \b
     Examples:
@@ -86,8 +95,11 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
       vitpredict cat.jpg --model augreg-B16-in21k-ft-in1k-384 --top 10 --attention-map attn.png
       vitpredict photos/ --recursive --weights vit-b16.safetensors --json > predictions.json
       vitpredict photos/ --weights vit-b16.safetensors --dtype bfloat16 --skip-errors
+      vitpredict photos/ --model orig-B16-in21k --embed features.npz --normalize
     """
     from ..inference.images import find_images, open_image
+
+    check_embed_options(click.get_current_context(), embed_out, tokens, normalize, labels, attention_out)
 
     found = find_images(images, recursive=recursive)
     if found.skipped():
@@ -102,6 +114,16 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
             unreadable[i] = str(e)
             click.echo(error_line(e), err=True)
     weights_path = resolve_weights(weights, model_name)
+    if embed_out is None:  # a model without classes is refused before its tensors are read
+        from ..formats.weights_file import read_record
+        from ..inference.labels import check_top_k
+
+        record = read_record(weights_path)
+        check_top_k(record.config.num_classes, record.head_is_zero, str(weights_path))
+    else:
+        from ..formats.paths import check_output
+
+        check_output(embed_out, force=True)
     map_paths = attention_paths(attention_out, paths) if attention_out else None
     readable = [path for i, path in enumerate(paths) if i not in unreadable]
     results: Iterator[Any] = iter(())
@@ -119,31 +141,46 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
             from ..inference.attention import check_supported
 
             check_supported(predictor.config)
-        results = predictor.iter_predict(readable, top_k=top_k, batch_size=batch_size, workers=workers,
-                                         errors="report")
+        if embed_out:
+            results = predictor.iter_embed(readable, tokens=tokens, normalize=normalize, batch_size=batch_size,
+                                           workers=workers, errors="report")
+        else:
+            results = predictor.iter_predict(readable, top_k=top_k, batch_size=batch_size, workers=workers,
+                                             errors="report")
     many_on_terminal = sys.stdout.isatty() and len(paths) >= PROGRESS_MIN_IMAGES
     deferred: list[dict[str, Any]] = []
+    embedded: list[Any] = []  # --embed: the ImageEmbedding of each image embedded, in order
     failures = len(unreadable)
-    with progress_bar("classifying", quiet=not many_on_terminal) as progress:
+    with progress_bar("embedding" if embed_out else "classifying", quiet=not many_on_terminal) as progress:
         for i, path in enumerate(paths):
-            if i in unreadable:
+            result = None if i in unreadable else next(results)
+            if result is None:
                 entry = {"image": str(path), "error": unreadable[i]}
+            elif result.error is not None:  # the header read but the image did not decode: told when reached
+                failures += 1
+                progress.echo(error_line(result.error))
+                entry = {"image": str(path), "error": result.error}
+            elif embed_out:
+                embedded.append(result)
+                entry = None
             else:
-                entry = next(results).to_dict()
-                if "error" in entry:  # the header read but the image did not decode: told when reached
-                    failures += 1
-                    progress.echo(error_line(entry["error"]))
-                elif map_paths:
+                entry = result.to_dict()
+                if map_paths:
                     predictor.attention_map(path).save(map_paths[i], format="PNG")
                     entry["attention_map"] = str(map_paths[i])
             if progress.update:
                 progress.update(i + 1, len(paths))
-            # Under a bar the tables wait until it is done; otherwise each prints when ready.
-            if as_json or progress.update:
+            if entry is None:
+                continue
+            # Under a bar the tables wait until it is done; otherwise each prints when ready. With
+            # --embed the entries are the failures, for the summary.
+            if as_json or progress.update or embed_out:
                 deferred.append(entry)
             elif "error" not in entry:
                 click.echo(format_table(entry))
-    if as_json:
+    if embed_out:
+        write_embeddings(embed_out, embedded, deferred, tokens, normalize, as_json)
+    elif as_json:
         click.echo(json.dumps(deferred, indent=2))
     else:
         for entry in deferred:
@@ -151,6 +188,41 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
                 click.echo(format_table(entry))
     if failures and not skip_errors:
         sys.exit(EXIT_ERROR)
+
+
+def check_embed_options(ctx: click.Context, embed_out: Path | None, tokens: bool, normalize: bool,
+                        labels: str | None, attention_out: Path | None) -> None:
+    """--tokens and --normalize need --embed; what only classifying uses does not go with it."""
+    if embed_out is None:
+        if tokens or normalize:
+            raise click.UsageError("--tokens and --normalize shape the output of --embed OUT.npz; give it too")
+        return
+    given = [name for name, value in (("--labels", labels), ("--attention-map", attention_out)) if value]
+    if ctx.get_parameter_source("top_k") is ParameterSource.COMMANDLINE:
+        given.append("--top")
+    if given:
+        raise click.UsageError(f"--embed writes features, not classes: {' and '.join(given)} cannot go with it")
+
+
+def write_embeddings(out: Path, embedded: list[Any], failed: list[dict[str, Any]], tokens: bool,
+                     normalize: bool, as_json: bool) -> None:
+    """OUT.npz from the images embedded, then one summary line (or JSON with the failures too)."""
+    import numpy as np
+
+    from ..formats.embeddings import save_embeddings
+
+    if not embedded:
+        raise VitConvertError(f"no image could be embedded, so {out} was not written")
+    embeddings = np.stack([r.embedding for r in embedded])
+    save_embeddings(out, [r.image for r in embedded], embeddings)
+    what = ("tokens" if tokens else "pooled features") + (", unit length" if normalize else "")
+    if as_json:
+        click.echo(json.dumps({"output": str(out), "images": len(embedded), "shape": list(embeddings.shape),
+                               "dtype": "float32", "tokens": tokens, "normalized": normalize,
+                               "errors": failed}, indent=2))
+        return
+    failures = f"; {len(failed)} image{'s' if len(failed) != 1 else ''} failed" if failed else ""
+    click.echo(f"wrote {out}: {len(embedded)} embeddings, shape {tuple(embeddings.shape)} float32 ({what}){failures}")
 
 
 def attention_paths(out: Path, images: list[Path]) -> list[Path]:

@@ -1,4 +1,5 @@
-"""Class names: ImageNet-1k / ImageNet-21k from the files timm ships, or one name a line from a file.
+"""Class names: ImageNet-1k / ImageNet-21k from the files timm ships, one name a line from a file,
+or the names the weights file stores; and whether a model has classes worth ranking at all.
 
 timm is only located, never imported: `find_spec` on a top-level package finds its directory
 without running its `__init__`, which would pull in torchvision and huggingface_hub (seconds).
@@ -84,3 +85,21 @@ def resolve_labels(labels: str | os.PathLike | Sequence[str] | None, num_classes
     if len(names) != num_classes:
         raise VitConvertError(f"{where} has {len(names)} names but the model has {num_classes} classes")
     return names
+
+
+EMBED_HINT = "for its features use `vitpredict IMAGE... --embed OUT.npz` (Predictor.embed)"
+
+
+def check_top_k(num_classes: int, head_is_zero: bool, where: str) -> None:
+    """Refuse a top-k that would mean nothing, saying what the model is good for instead; from the
+    record alone, so before any tensor is read."""
+    if num_classes == 0:
+        raise VitConvertError(
+            f"{where}: this model has no classification head (num_classes 0: a backbone such as DINO's), "
+            f"so there are no classes to rank; {EMBED_HINT}")
+    if head_is_zero:
+        raise VitConvertError(
+            f"{where}: the classification head of this model is all zeros: it was published for "
+            "fine-tuning only (like the 2020 ImageNet-21k ViT checkpoints), so every class gets the "
+            "same probability and a top-k would be meaningless. Use a fine-tuned checkpoint instead "
+            f"(e.g. an imagenet21k+imagenet2012 or AugReg '..._ft_in1k' file), or {EMBED_HINT}")

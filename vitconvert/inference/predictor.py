@@ -1,18 +1,21 @@
-"""`Predictor`: one of our weights files to top-k class predictions and attention maps for images.
+"""`Predictor`: one of our weights files to top-k class predictions, embeddings and attention maps
+for images.
 
 Everything comes from the file's record: architecture, the preprocessing the model was trained
-with, the label set. Another input size resamples the position embeddings (see posembed.py) and
+with, the class names. Another input size resamples the position embeddings (see posembed.py) and
 runs the same preprocessing at that size.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ..core.cache import resolve_weights
@@ -23,7 +26,7 @@ from ..model.loading import model_from
 from .attention import check_supported, overlay, rollout
 from .batches import ImageInput, batches, prepare
 from .images import MAX_PIXELS, load_rgb
-from .labels import resolve_labels
+from .labels import check_top_k, resolve_labels
 from .runtime import compile_model, inference_dtype, run_compiled
 from .transform import crop_geometry
 
@@ -50,15 +53,26 @@ class ImagePredictions:
         return {"image": self.image, "predictions": [asdict(p) for p in self.predictions]}
 
 
+@dataclass(frozen=True)
+class ImageEmbedding:
+    image: str
+    embedding: np.ndarray | None  # float32, (D,) pooled or (T, D) tokens; None when the image failed
+    error: str | None = None  # why the image could not be embedded
+
+
 class Predictor:
-    """Classify images with one of our weights files.
+    """Classify or embed images with one of our weights files.
 
     >>> p = Predictor("vit-b16.safetensors")            # or model="NAME" for a cached download
     >>> p.predict(["cat.jpg"], top_k=3)[0].predictions[0].label
     'tabby, tabby cat'
+    >>> p.embed(["cat.jpg", "dog.jpg"]).shape           # pooled features, any model, with or without a head
+    (2, 768)
 
     `img_size` (R, 'R', 'HxW' or (H, W)) runs the model at another resolution. `labels` overrides the
-    class names: 'imagenet-1k', 'imagenet-21k', a file with one name a line, or a list.
+    class names: 'imagenet-1k', 'imagenet-21k', a file with one name a line, or a list (default: the
+    file's own). A model without classes (num_classes 0) or with an all-zero head embeds but does not
+    classify: `predict` refuses it, saying so.
 
     Speed (the README's Speed section): `dtype` 'bfloat16' (CPUs with native bfloat16, GPUs) or 'float16'
     (GPUs) runs the model in that precision, probabilities still computed in float32; `compile=True`
@@ -74,12 +88,6 @@ class Predictor:
         self.path = resolve_weights(weights, model)
         # The header alone answers everything that can be refused, before the tensors are read.
         record = read_record(self.path)
-        if record.head_is_zero:
-            raise VitConvertError(
-                f"{self.path}: the classification head of this model is all zeros: it was published for "
-                "fine-tuning only (like the 2020 ImageNet-21k ViT checkpoints), so every class gets the "
-                "same probability and a top-k would be meaningless. Use a fine-tuned checkpoint instead "
-                "(e.g. an imagenet21k+imagenet2012 or AugReg '..._ft_in1k' file)")
         size = record.config.img_size if img_size is None else parse_size(img_size)
         check_size(record.config, size)
         self.labels = resolve_labels(labels, record.config.num_classes, record.labels)
@@ -89,7 +97,8 @@ class Predictor:
         self.preprocess = record.preprocess.at_size(size)
         self.max_pixels = max_pixels
         self.model = model_from(record, self.path, img_size=size, device=self.device, dtype=self.dtype)
-        self.compiled = compile_model(self.model) if compile else None
+        self.compile = compile
+        self._compiled: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}  # by model method, on first use
 
     @property
     def config(self) -> ViTConfig:
@@ -106,12 +115,38 @@ class Predictor:
         """Softmax over the classes, (len(images), num_classes), float32 on the CPU."""
         return self.batch_probabilities(torch.stack([self.transform(image) for image in _as_list(images)]))
 
+    def check_top_k(self) -> None:
+        """Raise a VitConvertError if this model has no meaningful classes to rank (none, or an
+        all-zero head); the message points to `embed`."""
+        check_top_k(self.record.config.num_classes, self.record.head_is_zero, str(self.path))
+
     @torch.inference_mode()
     def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax over the classes for a prepared (B, 3, H, W) batch, float32 on the CPU."""
+        self.check_top_k()
         batch = batch.to(self.device, self.dtype, non_blocking=True)
-        logits = run_compiled(self.compiled, batch) if self.compiled is not None else self.model(batch)
-        return logits.float().softmax(dim=-1).cpu()
+        return self._run("forward", batch).float().softmax(dim=-1).cpu()
+
+    @torch.inference_mode()
+    def batch_embeddings(self, batch: torch.Tensor, tokens: bool = False, normalize: bool = False) -> torch.Tensor:
+        """Features of a prepared (B, 3, H, W) batch, float32 on the CPU.
+
+        (B, D): the pooled features the head reads, before any representation layer (timm's
+        `forward_head(x, pre_logits=True)`; a distilled model averages its two tokens). `tokens`:
+        (B, T, D), every token after the final norm (timm's `forward_features`). `normalize`: each
+        vector (each token's, with `tokens`) scaled to unit length.
+        """
+        batch = batch.to(self.device, self.dtype, non_blocking=True)
+        features = self._run("forward_features" if tokens else "forward_pooled", batch).float()
+        return (F.normalize(features, dim=-1) if normalize else features).cpu()
+
+    def _run(self, method: str, batch: torch.Tensor) -> torch.Tensor:
+        """The model's `method` on `batch`, through torch.compile when asked (each method compiles once)."""
+        if not self.compile:
+            return getattr(self.model, method)(batch)
+        if method not in self._compiled:
+            self._compiled[method] = compile_model(getattr(self.model, method))
+        return run_compiled(self._compiled[method], batch)
 
     def iter_predict(self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32,
                      workers: int = 0, errors: OnError = "raise") -> Iterator[ImagePredictions]:
@@ -123,35 +158,70 @@ class Predictor:
         are yielded (errors='raise'), or is yielded as a result with `error` set and no predictions
         (errors='report'); either way the other images of its batch are classified.
         """
+        if top_k < 1:
+            raise VitConvertError(f"top_k must be at least 1, got {top_k}")
+        self.check_top_k()
+        k = min(top_k, self.config.num_classes)
+
+        def ranked(inputs: torch.Tensor) -> Iterable[tuple[list[float], list[int]]]:
+            values, indices = self.batch_probabilities(inputs).topk(k, dim=-1)
+            return zip(values.tolist(), indices.tolist())
+
+        for name, row, error in self._per_image(images, batch_size, workers, errors, ranked):
+            if error is not None:
+                yield ImagePredictions(name, (), error=error)
+                continue
+            probs, classes = row
+            yield ImagePredictions(name, tuple(
+                Prediction(rank, index, self.label(index), prob)
+                for rank, (prob, index) in enumerate(zip(probs, classes), start=1)))
+
+    def predict(self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32,
+                workers: int = 0, errors: OnError = "raise") -> list[ImagePredictions]:
+        return list(self.iter_predict(images, top_k, batch_size, workers, errors))
+
+    def iter_embed(self, images: Sequence[ImageInput], tokens: bool = False, normalize: bool = False,
+                   batch_size: int = 32, workers: int = 0, errors: OnError = "raise") -> Iterator[ImageEmbedding]:
+        """`embed`, one image at a time, with `iter_predict`'s batching, workers and errors."""
+        def embedded(inputs: torch.Tensor) -> Iterable[np.ndarray]:
+            return self.batch_embeddings(inputs, tokens, normalize).numpy()
+
+        for name, embedding, error in self._per_image(images, batch_size, workers, errors, embedded):
+            yield ImageEmbedding(name, embedding, error)
+
+    def embed(self, images: Sequence[ImageInput], tokens: bool = False, normalize: bool = False,
+              batch_size: int = 32, workers: int = 0) -> np.ndarray:
+        """One float32 vector per image, (len(images), D): the pooled features the head reads (see
+        `batch_embeddings`), for any model, with or without a head. `tokens`: every token instead,
+        (len(images), T, D). `normalize`: unit length. Computed with the file's preprocessing at this
+        predictor's size; an image that cannot be read raises its VitConvertError."""
+        rows = [r.embedding for r in self.iter_embed(images, tokens, normalize, batch_size, workers)]
+        if not rows:
+            raise VitConvertError("embed: no images given")
+        return np.stack(rows)
+
+    def _per_image(self, images: Sequence[ImageInput], batch_size: int, workers: int, errors: OnError,
+                   compute: Callable[[torch.Tensor], Iterable[Any]]) -> Iterator[tuple[str, Any, str | None]]:
+        """(name, output, None) for each image in input order, `compute` running on `batch_size` of
+        them at once, or (name, None, message) for one that cannot be prepared (errors='report')."""
         images = _as_list(images)
-        if top_k < 1 or batch_size < 1 or workers < 0:
-            raise VitConvertError(f"top_k and batch_size must be at least 1 and workers at least 0, "
-                                  f"got {top_k}, {batch_size} and {workers}")
+        if batch_size < 1 or workers < 0:
+            raise VitConvertError(f"batch_size must be at least 1 and workers at least 0, "
+                                  f"got {batch_size} and {workers}")
         if errors not in ("raise", "report"):
             raise VitConvertError(f"errors must be 'raise' or 'report', got {errors!r}")
         pin = self.device.type == "cuda"
         prepared = batches(images, self.preprocess, self.max_pixels, batch_size, workers, pin_memory=pin)
         for start, batch in zip(range(0, len(images), batch_size), prepared):
-            ranked: Iterator[tuple[list[float], list[int]]] = iter(())
-            if batch.inputs is not None:
-                values, indices = self.batch_probabilities(batch.inputs).topk(
-                    min(top_k, self.config.num_classes), dim=-1)
-                ranked = zip(values.tolist(), indices.tolist())
+            outputs = iter(compute(batch.inputs)) if batch.inputs is not None else iter(())
             for offset, image in enumerate(images[start:start + batch_size]):
                 name = _name(image, start + offset)
                 if offset in batch.failed:
                     if errors == "raise":
                         raise VitConvertError(batch.failed[offset])
-                    yield ImagePredictions(name, (), error=batch.failed[offset])
-                    continue
-                probs, classes = next(ranked)
-                yield ImagePredictions(name, tuple(
-                    Prediction(rank, index, self.label(index), prob)
-                    for rank, (prob, index) in enumerate(zip(probs, classes), start=1)))
-
-    def predict(self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32,
-                workers: int = 0, errors: OnError = "raise") -> list[ImagePredictions]:
-        return list(self.iter_predict(images, top_k, batch_size, workers, errors))
+                    yield name, None, batch.failed[offset]
+                else:
+                    yield name, next(outputs), None
 
     @torch.inference_mode()
     def attention_rollout(self, images: Sequence[ImageInput]) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -62,8 +63,9 @@ def _name(dtype: torch.dtype) -> str:
     return next(name for name, d in DTYPES.items() if d is dtype)
 
 
-def compile_model(model: torch.nn.Module):
-    """`torch.compile` of an eval-mode model for fixed shapes (each batch size compiles once).
+def compile_model(model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor]):
+    """`torch.compile` of an eval-mode model (or one of its methods) for fixed shapes (each batch size
+    compiles once).
 
     Compilation happens on the first call of each shape; `run_compiled` turns a failure there into a
     clear error instead of a compiler traceback.
