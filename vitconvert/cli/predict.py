@@ -48,7 +48,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
               help="Run at another input size; position embeddings are resampled (bicubic).")
 @click.option("--top", "top_k", type=click.IntRange(min=1), default=5, show_default=True,
               help="How many classes to show per image.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of tables.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list instead of tables (with --embed: the summary as JSON).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Images per forward pass.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
