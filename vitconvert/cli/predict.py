@@ -68,11 +68,23 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--recursive", "-r", is_flag=True, help="Also search the sub-folders of directories.")
 @click.option("--skip-errors", is_flag=True,
               help="Exit 0 even if some images cannot be read (they are still reported).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run on Ray Data (pip install 'vitconvert[ray]'): alone, a local Ray on this machine; with "
+                   "ADDRESS (e.g. ray://head:10001 or auto), that cluster. Needs --output.")
+@click.option("--output", type=click.Path(path_type=Path), metavar="OUT.parquet",
+              help="With --ray: the results as Parquet (a directory of part files, read as one table by "
+                   "pandas.read_parquet or pyarrow).")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --ray: model copies working in parallel (each on --device).")
+@click.option("--embed", "embed_out", is_flag=False, flag_value="", default=None, metavar="[OUT.npz]",
+              help="With --ray: add each image's embedding (pooled features) to the output table.")
+@click.option("--force", is_flag=True, help="With --ray: replace an existing --output.")
 @debug_option
 def command(images: tuple[str, ...], weights: Path | None, model_name: str | None,
             res: tuple[int, int] | None, top_k: int, as_json: bool, batch_size: int, device: str,
             dtype: str, compile_: bool, workers: int | None, labels: str | None,
-            attention_out: Path | None, recursive: bool, skip_errors: bool) -> None:
+            attention_out: Path | None, recursive: bool, skip_errors: bool, ray_address: str | None,
+            output: Path | None, replicas: int, embed_out: str | None, force: bool) -> None:
     """Classify IMAGE... (files or directories of images) with a converted ViT.
 
     An image that cannot be read is reported (a line 'error: IMAGE: why' on stderr; in --json an
@@ -86,14 +98,22 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
       vitpredict cat.jpg --model augreg-B16-in21k-ft-in1k-384 --top 10 --attention-map attn.png
       vitpredict photos/ --recursive --weights vit-b16.safetensors --json > predictions.json
       vitpredict photos/ --weights vit-b16.safetensors --dtype bfloat16 --skip-errors
+      vitpredict photos/ -r --weights vit-b16.safetensors --ray --output predictions.parquet --embed
+      vitpredict photos/ --weights vit-b16.safetensors --ray auto --replicas 8 --device cuda --output p.parquet
     """
     from ..inference.images import find_images, open_image
 
+    if (ray_address is None) != (output is None):
+        raise click.UsageError("--ray and --output go together")
     found = find_images(images, recursive=recursive)
     if found.skipped():
         hint = " (--recursive searches sub-folders)" if found.skipped_folders else ""
         click.echo(f"note: skipped {found.skipped()}{hint}", err=True)
     paths = found.paths
+    if ray_address is not None:
+        return on_ray(paths, resolve_weights(weights, model_name), ray_address, output, top_k=top_k,
+                      embed=embed_out is not None, img_size=res, batch_size=batch_size, replicas=replicas,
+                      device=device, dtype=dtype, force=force, as_json=as_json, skip_errors=skip_errors)
     unreadable: dict[int, str] = {}
     for i, path in enumerate(paths):  # headers only: unreadable, empty, too large are told before the model loads
         try:
@@ -150,6 +170,40 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
             if "error" not in entry:
                 click.echo(format_table(entry))
     if failures and not skip_errors:
+        sys.exit(EXIT_ERROR)
+
+
+def on_ray(paths: list[Path], weights: Path, address: str, output: Path, *, top_k: int, embed: bool,
+           img_size: tuple[int, int] | None, batch_size: int, replicas: int, device: str, dtype: str,
+           force: bool, as_json: bool, skip_errors: bool) -> None:
+    """The same predictions on Ray Data, into a Parquet table; unreadable images are rows with an error."""
+    try:
+        import ray
+    except ImportError:
+        raise VitConvertError("--ray needs Ray Data: pip install 'vitconvert[ray]'") from None
+    from ..ray import predict_dataset, write_predictions
+
+    if output.exists() and not force:  # before starting a cluster
+        raise VitConvertError(f"output {output} exists; pass --force to replace it")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise VitConvertError(f"--ray runs replicas on cpu or cuda, not {device!r}")
+    started = not ray.is_initialized()  # a Ray this process already runs is used as it is
+    if started:
+        ray.init(address=None if address == "local" else address, include_dashboard=False,
+                 log_to_driver=False, logging_level="WARNING")
+    try:
+        dataset = predict_dataset([str(p) for p in paths], weights, top_k=top_k, embed=embed, img_size=img_size,
+                                  batch_size=batch_size, replicas=replicas, dtype=dtype,
+                                  num_gpus=1 if device.startswith("cuda") else 0)
+        summary = write_predictions(dataset, output, force=force)
+    finally:
+        if started:
+            ray.shutdown()
+    if as_json:
+        click.echo(json.dumps({"output": str(output), **summary}))
+    else:
+        click.echo(f"wrote {output}: {summary['images']} images, {summary['errors']} unreadable")
+    if summary["errors"] and not skip_errors:
         sys.exit(EXIT_ERROR)
 
 
