@@ -9,6 +9,8 @@ Sections (the first four also run alone: `python -m benchmarks.<module>`):
   cold_start  `vitpredict` vs a timm user's script, one image, whole process
   folder      `vitpredict` over 200 images vs the model alone at the same batch size
   compile     ours eager vs torch.compile (--compile), float32 and bfloat16; only when named
+  ray         Ray Data on a local Ray vs serial vitpredict over the 200 images, 1 and 2 replicas;
+              only when named (needs vitconvert[ray])
 
 --quick takes fewer repeats (a few minutes on 2 cores). Each section printed is also written into
 benchmarks/RESULTS.md, replacing that section's previous figures and keeping the others.
@@ -25,8 +27,8 @@ from pathlib import Path
 from benchmarks.common import ROOT, OtherLoad, load, machine
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-SECTIONS = ["conversion", "inference", "cold_start", "folder", "compile"]
-DEFAULT = SECTIONS[:4]  # compile is asked for by name: it spends minutes compiling
+SECTIONS = ["conversion", "inference", "cold_start", "folder", "compile", "ray"]
+DEFAULT = SECTIONS[:4]  # compile (minutes of compiling) and ray (an optional extra) are asked for by name
 HEADER = """# Benchmark results
 
 Written by `python -m benchmarks` (see `benchmarks/__main__.py`); each section says when, on what
@@ -102,10 +104,16 @@ def compile_(quick: bool) -> str:
             "interleaved runs after the first.\n\n" + i.compiled_table(i.compiled(repeats)))
 
 
+def ray(quick: bool) -> str:
+    from benchmarks import ray_local as r
+
+    return r.text(r.run([1, 2], rounds=1 if quick else 3))
+
+
 RUNNERS = {"conversion": conversion, "inference": inference, "cold_start": cold_start, "folder": folder,
-           "compile": compile_}
+           "compile": compile_, "ray": ray}
 TITLES = {"conversion": "Conversion", "inference": "Inference (CPU)", "cold_start": "Cold start",
-          "folder": "A folder of 200 images", "compile": "torch.compile (CPU)"}
+          "folder": "A folder of 200 images", "compile": "torch.compile (CPU)", "ray": "Ray Data, local"}
 
 
 def update(results: Path, bodies: dict[str, str]) -> None:

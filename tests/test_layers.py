@@ -21,6 +21,7 @@ MAY_IMPORT = {
     "inference": {"core", "formats", "model", "inference"},
     "hub": {"core", "formats", "convert", "hub"},
     "tools": {"core", "formats", "convert", "model", "inference", "tools"},
+    "ray": {"core", "formats", "model", "inference", "ray"},  # cluster-scale inference, on top of inference
 }
 NO_TORCH = {"core", "formats", "convert", "hub"}
 TORCH_ALLOWED = {"convert/timm.py"}  # pickled state dicts need torch to read

@@ -68,21 +68,32 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--attention-map", "attention_out", type=click.Path(dir_okay=False, path_type=Path),
               metavar="OUT.png",
               help="Save the attention rollout over each image (several images: OUT-<image>.png).")
-@click.option("--embed", "embed_out", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT.npz",
+@click.option("--embed", "embed_out", is_flag=False, flag_value="", default=None, metavar="OUT.npz",
               help="Instead of classifying, write one float32 vector per image to OUT.npz (arrays 'paths' "
-                   "and 'embeddings'): the pooled features the head reads. Any model, with or without a head.")
+                   "and 'embeddings'): the pooled features the head reads. Any model, with or without a head. "
+                   "With --ray, give no file: the embeddings join the --output table.")
 @click.option("--tokens", is_flag=True,
               help="With --embed: every token after the final norm, (images, tokens, width).")
 @click.option("--normalize", is_flag=True, help="With --embed: each vector scaled to unit length.")
 @click.option("--recursive", "-r", is_flag=True, help="Also search the sub-folders of directories.")
 @click.option("--skip-errors", is_flag=True,
               help="Exit 0 even if some images cannot be read (they are still reported).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run on Ray Data (pip install 'vitconvert[ray]'): alone, a local Ray on this machine; with "
+                   "ADDRESS (e.g. ray://head:10001 or auto), that cluster. Needs --output.")
+@click.option("--output", type=click.Path(path_type=Path), metavar="OUT.parquet",
+              help="With --ray: the results as Parquet (a directory of part files, read as one table by "
+                   "pandas.read_parquet or pyarrow).")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --ray: model copies working in parallel (each on --device).")
+@click.option("--force", is_flag=True, help="With --ray: replace an existing --output.")
 @debug_option
 def command(images: tuple[str, ...], weights: Path | None, model_name: str | None,
             res: tuple[int, int] | None, top_k: int, as_json: bool, batch_size: int, device: str,
             dtype: str, compile_: bool, workers: int | None, labels: str | None,
-            attention_out: Path | None, embed_out: Path | None, tokens: bool, normalize: bool,
-            recursive: bool, skip_errors: bool) -> None:
+            attention_out: Path | None, embed_out: str | None, tokens: bool, normalize: bool,
+            recursive: bool, skip_errors: bool, ray_address: str | None, output: Path | None, replicas: int,
+            force: bool) -> None:
     """Classify IMAGE... (files or directories of images) with a converted ViT, or embed them (--embed).
 
     An image that cannot be read is reported (a line 'error: IMAGE: why' on stderr; in --json an
@@ -97,16 +108,27 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
       vitpredict photos/ --recursive --weights vit-b16.safetensors --json > predictions.json
       vitpredict photos/ --weights vit-b16.safetensors --dtype bfloat16 --skip-errors
       vitpredict photos/ --model orig-B16-in21k --embed features.npz --normalize
+      vitpredict photos/ -r --weights vit-b16.safetensors --ray --output predictions.parquet --embed
+      vitpredict photos/ --weights vit-b16.safetensors --ray auto --replicas 8 --device cuda --output p.parquet
     """
     from ..inference.images import find_images, open_image
 
-    check_embed_options(click.get_current_context(), embed_out, tokens, normalize, labels, attention_out)
-
+    if (ray_address is None) != (output is None):
+        raise click.UsageError("--ray and --output go together")
+    if ray_address is None:
+        embed_out = check_embed_options(click.get_current_context(), embed_out, tokens, normalize, labels,
+                                        attention_out)
+    elif embed_out:
+        raise click.UsageError("with --ray, --embed takes no file: the embeddings go into the --output table")
     found = find_images(images, recursive=recursive)
     if found.skipped():
         hint = " (--recursive searches sub-folders)" if found.skipped_folders else ""
         click.echo(f"note: skipped {found.skipped()}{hint}", err=True)
     paths = found.paths
+    if ray_address is not None:
+        return on_ray(paths, resolve_weights(weights, model_name), ray_address, output, top_k=top_k,
+                      embed=embed_out is not None, img_size=res, batch_size=batch_size, replicas=replicas,
+                      device=device, dtype=dtype, force=force, as_json=as_json, skip_errors=skip_errors)
     unreadable: dict[int, str] = {}
     for i, path in enumerate(paths):  # headers only: unreadable, empty, too large are told before the model loads
         try:
@@ -191,18 +213,21 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
         sys.exit(EXIT_ERROR)
 
 
-def check_embed_options(ctx: click.Context, embed_out: Path | None, tokens: bool, normalize: bool,
-                        labels: str | None, attention_out: Path | None) -> None:
-    """--tokens and --normalize need --embed; what only classifying uses does not go with it."""
+def check_embed_options(ctx: click.Context, embed_out: str | None, tokens: bool, normalize: bool,
+                        labels: str | None, attention_out: Path | None) -> Path | None:
+    """--embed's file; --tokens and --normalize need --embed; what only classifying uses does not go with it."""
     if embed_out is None:
         if tokens or normalize:
             raise click.UsageError("--tokens and --normalize shape the output of --embed OUT.npz; give it too")
-        return
+        return None
+    if not embed_out:
+        raise click.UsageError("--embed needs a file to write, e.g. --embed features.npz (put it after the images)")
     given = [name for name, value in (("--labels", labels), ("--attention-map", attention_out)) if value]
     if ctx.get_parameter_source("top_k") is ParameterSource.COMMANDLINE:
         given.append("--top")
     if given:
         raise click.UsageError(f"--embed writes features, not classes: {' and '.join(given)} cannot go with it")
+    return Path(embed_out)
 
 
 def write_embeddings(out: Path, embedded: list[Any], failed: list[dict[str, Any]], tokens: bool,
@@ -224,6 +249,40 @@ def write_embeddings(out: Path, embedded: list[Any], failed: list[dict[str, Any]
         return
     failures = f"; {len(failed)} image{'s' if len(failed) != 1 else ''} failed" if failed else ""
     click.echo(f"wrote {out}: {len(embedded)} embeddings, shape {tuple(embeddings.shape)} float32 ({what}){failures}")
+
+
+def on_ray(paths: list[Path], weights: Path, address: str, output: Path, *, top_k: int, embed: bool,
+           img_size: tuple[int, int] | None, batch_size: int, replicas: int, device: str, dtype: str,
+           force: bool, as_json: bool, skip_errors: bool) -> None:
+    """The same predictions on Ray Data, into a Parquet table; unreadable images are rows with an error."""
+    try:
+        import ray
+    except ImportError:
+        raise VitConvertError("--ray needs Ray Data: pip install 'vitconvert[ray]'") from None
+    from ..ray import predict_dataset, write_predictions
+
+    if output.exists() and not force:  # before starting a cluster
+        raise VitConvertError(f"output {output} exists; pass --force to replace it")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise VitConvertError(f"--ray runs replicas on cpu or cuda, not {device!r}")
+    started = not ray.is_initialized()  # a Ray this process already runs is used as it is
+    if started:
+        ray.init(address=None if address == "local" else address, include_dashboard=False,
+                 log_to_driver=False, logging_level="WARNING")
+    try:
+        dataset = predict_dataset([str(p) for p in paths], weights, top_k=top_k, embed=embed, img_size=img_size,
+                                  batch_size=batch_size, replicas=replicas, dtype=dtype,
+                                  num_gpus=1 if device.startswith("cuda") else 0)
+        summary = write_predictions(dataset, output, force=force)
+    finally:
+        if started:
+            ray.shutdown()
+    if as_json:
+        click.echo(json.dumps({"output": str(output), **summary}))
+    else:
+        click.echo(f"wrote {output}: {summary['images']} images, {summary['errors']} unreadable")
+    if summary["errors"] and not skip_errors:
+        sys.exit(EXIT_ERROR)
 
 
 def attention_paths(out: Path, images: list[Path]) -> list[Path]:

@@ -5,12 +5,14 @@ Pillow and numpy only (no torch), so `vitpredict` can check every input before i
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -103,40 +105,59 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
             raise VitConvertError(f"{path}: not a regular file, not an image")
         if info.st_size == 0:
             raise VitConvertError(f"{path}: empty file (0 bytes), not an image")
+        return _open(path, str(path), max_pixels)
+    except FileNotFoundError:
+        raise VitConvertError(f"{path}: no such file") from None
+    except OSError as e:
+        raise VitConvertError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _open(source: Path | BinaryIO, name: str, max_pixels: int) -> Image.Image:
+    try:
         with warnings.catch_warnings():
             # Our own limit below says it more clearly than Pillow's warning would.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path, formats=FORMATS)
-    except FileNotFoundError:
-        raise VitConvertError(f"{path}: no such file") from None
+            image = Image.open(source, formats=FORMATS)
     except UnidentifiedImageError:
         raise VitConvertError(
-            f"{path}: not an image file vitpredict can read (JPEG, PNG, WebP, GIF, BMP or TIFF)") from None
+            f"{name}: not an image file vitpredict can read (JPEG, PNG, WebP, GIF, BMP or TIFF)") from None
     except Image.DecompressionBombError as e:
-        raise VitConvertError(f"{path}: image too large, refused as a possible decompression bomb ({e})") from None
-    except OSError as e:
-        raise VitConvertError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise VitConvertError(f"{name}: image too large, refused as a possible decompression bomb ({e})") from None
     width, height = image.size
     if width * height > max_pixels:
         image.close()
         raise VitConvertError(
-            f"{path}: image too large ({width}x{height} = {width * height:,} pixels, limit {max_pixels:,}); "
+            f"{name}: image too large ({width}x{height} = {width * height:,} pixels, limit {max_pixels:,}); "
             "refused as a possible decompression bomb")
     return image
 
 
-def load_rgb(source: str | os.PathLike | Image.Image, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """The first frame, decoded, turned upright by its EXIF orientation, as 8-bit RGB."""
+def load_rgb(source: str | os.PathLike | Image.Image | bytes, max_pixels: int = MAX_PIXELS,
+             name: str | None = None) -> Image.Image:
+    """The first frame, decoded, turned upright by its EXIF orientation, as 8-bit RGB.
+
+    `source` may also be a file's bytes (as a cluster reader delivers them); `name` then names it in errors.
+    """
     if isinstance(source, Image.Image):
         return to_rgb(source)
-    image = open_image(source, max_pixels)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name = name or "<bytes>"
+        if not len(source):
+            raise VitConvertError(f"{name}: empty file (0 bytes), not an image")
+        try:
+            image = _open(io.BytesIO(source), name, max_pixels)
+        except OSError as e:
+            raise VitConvertError(f"{name}: cannot read ({e})") from None
+    else:
+        name = str(source)
+        image = open_image(source, max_pixels)
     try:
         image.load()
         return to_rgb(image)
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # Pillow reports broken data all these ways
-        raise VitConvertError(f"{source}: cannot decode image ({e})") from None
+        raise VitConvertError(f"{name}: cannot decode image ({e})") from None
     except VitConvertError as e:
-        raise VitConvertError(f"{source}: {e}") from None
+        raise VitConvertError(f"{name}: {e}") from None
     finally:
         image.close()
 
