@@ -130,3 +130,16 @@ def test_an_existing_output_is_refused_before_any_work(weights, folder, tmp_path
     with pytest.raises(SystemExit) as usage:
         run(command, [str(folder), "--weights", str(weights), "--ray"])
     assert usage.value.code == 2
+
+
+def test_a_model_without_classes_to_rank_gives_embeddings_only(local_ray, weights, tmp_path) -> None:
+    from vitconvert import VitConvertError, load_model
+    from vitconvert.ray import predict_dataset
+
+    state = load_model(weights).state_dict()
+    state["head.weight"], state["head.bias"] = torch.zeros_like(state["head.weight"]), torch.zeros_like(state["head.bias"])
+    zero = write_test_weights(tmp_path / "zero.safetensors", state, TINY)
+    with pytest.raises(VitConvertError, match="all zeros.*--embed"):
+        predict_dataset([str(DATA / "cat.jpg")], zero)
+    (row,) = predict_dataset([str(DATA / "cat.jpg")], zero, embed=True).take_all()
+    assert list(row["index"]) == [] and row["error"] == "" and len(row["embedding"]) == TINY.embed_dim

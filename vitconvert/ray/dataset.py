@@ -22,6 +22,7 @@ from ..core.config import parse_size
 from ..core.errors import VitConvertError
 from ..formats.weights_file import Preprocess, read_record
 from ..inference.images import MAX_PIXELS, load_rgb
+from ..inference.labels import check_top_k
 
 if TYPE_CHECKING:
     import ray.data
@@ -41,7 +42,8 @@ def predict_dataset(images: ray.data.Dataset | Sequence[str | os.PathLike], weig
     (decoded HxWxC uint8, as `ray.data.read_images(..., include_paths=True)` gives).
     Returns rows with `path`, `index`, `label`, `probability` (lists of `top_k`, best first), `error`
     ('' when the image was classified, else why it could not be: then the lists are empty) and, with
-    `embed`, `embedding` (the pooled features, float32).
+    `embed`, `embedding` (the pooled features, float32). A model without classes to rank (a backbone,
+    a zero head) needs `embed`; its top-k lists stay empty.
     replicas: model copies in the actor pool; num_gpus: GPUs per replica (then the model runs on cuda).
     """
     import ray.data
@@ -51,6 +53,13 @@ def predict_dataset(images: ray.data.Dataset | Sequence[str | os.PathLike], weig
     if top_k < 1 or batch_size < 1 or replicas < 1:
         raise VitConvertError(f"top_k, batch_size and replicas must be at least 1, got {top_k}, {batch_size}, "
                               f"{replicas}")
+    try:
+        check_top_k(record.config.num_classes, record.head_is_zero, str(path))
+        classify = True
+    except VitConvertError:
+        if not embed:
+            raise
+        classify = False
     size = record.config.img_size if img_size is None else parse_size(img_size)
     if not isinstance(images, ray.data.Dataset):
         paths = [os.fspath(p) for p in images]
@@ -61,7 +70,8 @@ def predict_dataset(images: ray.data.Dataset | Sequence[str | os.PathLike], weig
     pixels = images.map_batches(_prepare, fn_kwargs={"preprocess": preprocess, "max_pixels": max_pixels},
                                 batch_format="numpy", batch_size=batch_size)
     return pixels.map_batches(
-        _Replica, fn_constructor_kwargs={"path": str(path), "img_size": size, "top_k": top_k, "embed": embed,
+        _Replica, fn_constructor_kwargs={"path": str(path), "img_size": size, "top_k": top_k if classify else 0,
+                                         "embed": embed,
                                          "device": "cuda" if num_gpus else "cpu", "dtype": dtype},
         batch_format="numpy", batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=replicas),
         num_gpus=num_gpus or None)
@@ -108,16 +118,18 @@ class _Replica:
         import torch
 
         ok = np.array([not e for e in batch["error"]], dtype=bool)
-        n, k = len(ok), min(self.top_k, self.predictor.config.num_classes)
+        n, k = len(ok), min(self.top_k, self.predictor.config.num_classes)  # top_k 0: embeddings only
         index: list[list[int]] = [[] for _ in range(n)]
         probability: list[list[float]] = [[] for _ in range(n)]
         embedding: list[np.ndarray | list] = [[] for _ in range(n)]
         if ok.any():
             inputs = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
-            values, indices = self.predictor.batch_probabilities(inputs).topk(k, dim=-1)
-            features = self._features(inputs) if self.embed else None
+            if k:
+                values, indices = self.predictor.batch_probabilities(inputs).topk(k, dim=-1)
+            features = self.predictor.batch_embeddings(inputs).numpy() if self.embed else None
             for j, i in enumerate(np.flatnonzero(ok)):
-                index[i], probability[i] = indices[j].tolist(), values[j].tolist()
+                if k:
+                    index[i], probability[i] = indices[j].tolist(), values[j].tolist()
                 if features is not None:
                     embedding[i] = features[j]
         # Explicit Arrow types: every block has the same schema, whether or not some of its rows failed.
@@ -131,13 +143,6 @@ class _Replica:
         if self.embed:
             columns["embedding"] = pa.array(embedding, pa.list_(pa.float32()))
         return pa.table(columns)
-
-    def _features(self, inputs):
-        import torch
-
-        p = self.predictor
-        with torch.inference_mode():
-            return p.model.forward_pooled(inputs.to(p.device, p.dtype)).float().cpu().numpy()
 
 
 def write_predictions(dataset: ray.data.Dataset, out: str | os.PathLike, force: bool = False) -> dict[str, int]:
