@@ -9,7 +9,7 @@ import typing
 import numpy as np
 import pytest
 import torch
-from helpers.dino import dino_interpolate_pos_encoding
+from helpers.dino import dino_interpolate_pos_encoding, dinov2_interpolate_pos_encoding
 from helpers.vit_weights import TINY, our_vit
 from timm.layers import resample_abs_pos_embed
 
@@ -78,6 +78,17 @@ def test_dino_method_is_dinos_interpolate_pos_encoding(patch, size):
     bicubic = at_size(cfg.replace(pos_resize="bicubic"), {"pos_embed": pos}, size)[1]["pos_embed"]
     # timm's samples elsewhere (and antialiases down): measured 0.52 to 2.4 apart on N(0, 1) entries.
     assert (bicubic - theirs).abs().max().item() > 0.1
+
+
+@pytest.mark.parametrize("size", [(224, 224), (448, 448), (224, 448)])
+@pytest.mark.parametrize("offset, antialias, method", [(0.1, False, "dino"), (0.0, True, "bicubic")],
+                         ids=["dinov2 without registers", "dinov2 with registers"])
+def test_dinov2_resizes_as_dino_without_registers_and_as_timm_with_them(size, offset, antialias, method):
+    cfg = dino_config(14, img_size=(518, 518)).replace(pos_resize=method)  # DINOv2 stores a 37x37 grid
+    pos = torch.randn(1, 1 + 37 * 37, 48, generator=torch.Generator().manual_seed(2))
+    ours = at_size(cfg, {"pos_embed": pos}, size)[1]["pos_embed"]
+    # Measured: bit-identical in every case.
+    assert torch.equal(ours, dinov2_interpolate_pos_encoding(pos, 14, (1, 3, *size), offset, antialias))
 
 
 def keys_bicubic_weights(new: int, old: int, scale: float) -> np.ndarray:
