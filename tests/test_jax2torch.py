@@ -329,3 +329,21 @@ def test_the_cli_recognises_published_files_through_the_manifest(tmp_path, monke
     run(cli, ["jax2torch", str(tmp_path / "tiny.npz"), str(tmp_path / "t.safetensors"), "--json"])
     record = json.loads(capsys.readouterr().out)["record"]
     assert (record["preprocess"]["resize"], record["preprocess"]["crop_pct"]) == ("crop", 0.9)
+
+
+def test_pos_resize_is_recorded_and_used_at_other_sizes(tmp_path) -> None:
+    from helpers.dino import dino_interpolate_pos_encoding
+
+    pl.write_npz(pl.random_timm_vit("tiny"), tmp_path / "t.npz", "vit_jax")
+    convert_jax(tmp_path / "t.npz", tmp_path / "t.safetensors", pos_resize="dino")
+    native = load_model(tmp_path / "t.safetensors")
+    assert native.config.pos_resize == "dino"
+    expected = dino_interpolate_pos_encoding(native.pos_embed.detach(), 8, (1, 3, 48, 64))
+    assert torch.equal(load_model(tmp_path / "t.safetensors", img_size="48x64").pos_embed.detach(), expected)
+    convert_jax(tmp_path / "t.npz", tmp_path / "default.safetensors")
+    assert read_record(tmp_path / "default.safetensors").config.pos_resize == "bicubic"
+
+
+def test_an_unknown_pos_resize_is_refused_before_writing(tmp_path) -> None:
+    expect_error(tmp_path, arrays_of(tmp_path), "pos_resize must be 'bicubic' or 'dino', got 'nearest'",
+                 pos_resize="nearest")

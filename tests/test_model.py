@@ -124,6 +124,7 @@ def test_intermediates_name_every_stage_and_end_in_the_logits() -> None:
     (dict(img_size=(225, 224)), "not a multiple of the patch stride 16"),
     (dict(pool="cls"), "pool must be"),
     (dict(act="relu"), "act must be"),
+    (dict(pos_resize="bilinear"), "pos_resize must be 'bicubic' or 'dino', got 'bilinear'"),
     (dict(pool="gap", distilled=True), "distilled model needs pool='token'"),
 ])
 def test_impossible_configs_are_refused(bad: dict, message: str) -> None:

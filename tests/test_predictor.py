@@ -54,6 +54,16 @@ def test_sizes_off_the_patch_grid_name_sizes_that_work(tiny_weights, size, sugge
     assert suggestion in str(e.value)
 
 
+def test_another_size_resamples_by_the_method_the_file_records(tmp_path):
+    from helpers.dino import dino_interpolate_pos_encoding
+
+    model = our_vit(TINY)
+    path = write_test_weights(tmp_path / "dino.safetensors", model.state_dict(), TINY.replace(pos_resize="dino"))
+    predictor = Predictor(path, img_size="160x288")
+    expected = dino_interpolate_pos_encoding(model.pos_embed.detach(), 16, (1, 3, 160, 288))
+    assert torch.equal(predictor.model.pos_embed.detach(), expected)
+
+
 def test_unavailable_device_is_a_clear_error(tiny_weights):
     with pytest.raises(VitConvertError, match="unknown device 'toaster'"):
         Predictor(tiny_weights, device="toaster")

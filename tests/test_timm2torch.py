@@ -272,3 +272,32 @@ def test_cli_timm2torch_prints_the_record_as_json(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["record"]["config"]["depth"] == 1 and out["record"]["version"] == 2
+
+
+@pytest.mark.parametrize("args, method", [([], "bicubic"), (["--pos-resize", "bicubic"], "bicubic"),
+                                          (["--pos-resize", "dino"], "dino")])
+def test_pos_resize_is_recorded_and_used_at_other_sizes(tmp_path, args: list, method: str) -> None:
+    from click.testing import CliRunner
+    from helpers.dino import dino_interpolate_pos_encoding
+    from timm.layers import resample_abs_pos_embed
+
+    state = timm_vit("vit_tiny_patch16_224", depth=1).state_dict()
+    torch.save(state, tmp_path / "t.pth")
+    result = CliRunner().invoke(cli, ["timm2torch", str(tmp_path / "t.pth"), str(tmp_path / "t.safetensors"), *args])
+    assert result.exit_code == 0, result.output
+    assert f"  pos resize  {method} (position embeddings at other input sizes)\n" in result.output
+    assert read_record(tmp_path / "t.safetensors").config.pos_resize == method
+    pos, grid = state["pos_embed"], (18, 30)
+    expected = {"dino": lambda: dino_interpolate_pos_encoding(pos, 16, (1, 3, 288, 480)),
+                "bicubic": lambda: resample_abs_pos_embed(pos, new_size=grid, old_size=(14, 14))}[method]()
+    assert torch.equal(load_model(tmp_path / "t.safetensors", img_size="288x480").pos_embed.detach(), expected)
+
+
+def test_an_unknown_pos_resize_is_refused_before_writing(tmp_path, capsys) -> None:
+    torch.save(timm_vit("vit_tiny_patch16_224", depth=1).state_dict(), tmp_path / "t.pth")
+    with pytest.raises(VitConvertError, match="pos_resize must be 'bicubic' or 'dino', got 'flexivit'"):
+        convert_timm(tmp_path / "t.pth", tmp_path / "t.safetensors", pos_resize="flexivit")
+    code, err = cli_error(capsys, "timm2torch", str(tmp_path / "t.pth"), str(tmp_path / "t.safetensors"),
+                          "--pos-resize", "flexivit")
+    assert code == 2 and err.startswith("error: ") and "'flexivit' is not one of 'bicubic', 'dino'" in err
+    assert not (tmp_path / "t.safetensors").exists()

@@ -177,6 +177,14 @@ def test_the_activation_is_a_choice_not_a_difference(tmp_path, timm_act: str) ->
     assert report.ok and report.max_abs_diff <= EXACT
 
 
+@pytest.mark.parametrize("img_size", [None, (128, 96)])
+def test_the_resize_method_is_not_an_architecture_difference(tmp_path, img_size) -> None:
+    """A 'dino' file runs timm's model with the position embeddings it resampled itself: exact at any size."""
+    path = tiny_file(tmp_path / "dino.safetensors", TIMM_TINY.replace(pos_resize="dino"))
+    report = verify(path, "vit_tiny_patch16_224", timm_kwargs=TIMM_KWARGS, img_size=img_size)
+    assert report.architecture_differences == [] and report.ok and report.max_abs_diff <= EXACT
+
+
 def test_hybrids_compare_with_the_jax_resnet_numerics_and_show_timms_own(tmp_path) -> None:
     name, kwargs = pl.PRESETS["timm_r26_s32"]
     model = pl.random_timm_vit("timm_r26_s32", seed=1)

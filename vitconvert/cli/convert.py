@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import get_args, get_type_hints
 
 import click
 
+from ..core.config import ViTConfig
 from .errors import debug_option
 from .progress import progress_bar
 
 DTYPES = click.Choice(["float32", "bfloat16", "float16"])
+POS_RESIZE = click.Choice(get_args(get_type_hints(ViTConfig)["pos_resize"]))
 
 
 def _report(record, dst: str, as_json: bool) -> None:
@@ -27,6 +30,7 @@ def _report(record, dst: str, as_json: bool) -> None:
     click.echo(f"  input       {c.img_size[0]}x{c.img_size[1]}, {record.preprocess.resize} "
                f"({record.preprocess.interpolation}), mean {list(record.preprocess.mean)}")
     click.echo(f"  labels      {_describe_labels(record.labels)}")
+    click.echo(f"  pos resize  {c.pos_resize} (position embeddings at other input sizes)")
     if record.head_is_zero:
         click.echo("  note        the head is all zeros (published for fine-tuning): vitpredict will refuse top-k")
     for note in record.notes:
@@ -63,6 +67,10 @@ def converter_options(command: Callable) -> Callable:
                          help="Dtype of the stored tensors."),
             click.option("--force", is_flag=True, help="Replace DST if it exists."),
             click.option("--allow-nonfinite", is_flag=True, help="Convert even if weights hold NaN or Inf."),
+            click.option("--pos-resize", type=POS_RESIZE,
+                         help="How the model resizes its position embeddings for other input sizes, recorded "
+                              "in the file: 'bicubic' (timm's resample_abs_pos_embed; the default) or 'dino' "
+                              "(facebookresearch/dino's interpolate_pos_encoding: the +0.1 scale factor)."),
             click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary."),
             click.option("--json", "as_json", is_flag=True, help="Print the written record as JSON."),
             debug_option)):
@@ -78,7 +86,7 @@ def converter_options(command: Callable) -> Callable:
                    "'erf' is what timm runs.")
 @converter_options
 def jax2torch(src: str, dst: str, gelu: str, labels: str | None, dtype: str, force: bool,
-              allow_nonfinite: bool, quiet: bool, as_json: bool) -> None:
+              allow_nonfinite: bool, pos_resize: str | None, quiet: bool, as_json: bool) -> None:
     """Convert a Google JAX ViT checkpoint (.npz) to a vitconvert weights file.
 
     The layout is detected from the keys: the vit_jax files of the 2020 and AugReg sets (also under
@@ -99,7 +107,7 @@ def jax2torch(src: str, dst: str, gelu: str, labels: str | None, dtype: str, for
     names = _labels(labels)
     with progress_bar("converting", quiet, in_bytes=True) as progress:
         record = convert_jax(src, dst, force=force, gelu=gelu, dtype=dtype, labels=names, catalog=load_manifest(),
-                             allow_nonfinite=allow_nonfinite, progress=progress.update)
+                             allow_nonfinite=allow_nonfinite, pos_resize=pos_resize, progress=progress.update)
     if not quiet or as_json:
         _report(record, dst, as_json)
 
@@ -115,7 +123,8 @@ def jax2torch(src: str, dst: str, gelu: str, labels: str | None, dtype: str, for
               help="Attention heads; needed without --model when the width is not a standard one (Ti, S, B, L, H).")
 @converter_options
 def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, labels: str | None,
-               dtype: str, force: bool, allow_nonfinite: bool, quiet: bool, as_json: bool) -> None:
+               dtype: str, force: bool, allow_nonfinite: bool, pos_resize: str | None, quiet: bool,
+               as_json: bool) -> None:
     """Convert a timm ViT state dict (.pth, .bin or .safetensors) to a vitconvert weights file.
 
     Training checkpoints wrapped in 'model' / 'state_dict' or with 'module.' prefixes are unwrapped.
@@ -128,12 +137,14 @@ def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, la
       vitconvert timm2torch checkpoint.pth mine.safetensors --heads 8
       vitconvert timm2torch pytorch_model.bin vit-b16.safetensors --dtype float16 --json
       vitconvert timm2torch finetuned.pth birds.safetensors --heads 6 --labels bird_names.txt
+      vitconvert timm2torch dino_deitsmall16_pretrain.pth dino-s16.safetensors --pos-resize dino
     """
     from ..convert.timm import convert_timm
 
     names = _labels(labels)
     with progress_bar("converting", quiet, in_bytes=True) as progress:
         record = convert_timm(src, dst, model=model_name, num_heads=heads, force=force, dtype=dtype,
-                              labels=names, allow_nonfinite=allow_nonfinite, progress=progress.update)
+                              labels=names, allow_nonfinite=allow_nonfinite, pos_resize=pos_resize,
+                              progress=progress.update)
     if not quiet or as_json:
         _report(record, dst, as_json)

@@ -88,7 +88,7 @@ class Catalog(Protocol):
 def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False,
                 gelu: str = "tanh", dtype: str = "float32", preprocess: Preprocess | None = None,
                 labels: str | Sequence[str] | None = None, catalog: Catalog | None = None,
-                allow_nonfinite: bool = False,
+                allow_nonfinite: bool = False, pos_resize: str | None = None,
                 progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
     """Convert a JAX `.npz` ViT checkpoint at `src` into our weights file at `dst`.
 
@@ -98,6 +98,8 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
     `vitconvert.load_manifest()`, as `vitconvert jax2torch` passes) knows the file by name and
     architecture, that published checkpoint's; else Google's evaluation pipeline at the training
     size and the label set implied by the class count.
+    pos_resize: how the model resizes its position embeddings for other input sizes, recorded in the
+    file: 'bicubic' (timm's; also when None) or 'dino' (facebookresearch/dino's).
     progress(done_bytes, total_bytes) is called after each tensor.
     """
     if gelu not in GELU:
@@ -118,7 +120,7 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
             notes.append(f"{' and '.join(wanted)} of the published checkpoint '{known.name}' "
                          f"({known.preprocess_source})")
         record = WeightsRecord(
-            config=cfg,
+            config=cfg.replace(pos_resize="bicubic" if pos_resize is None else pos_resize),
             preprocess=preprocess or Preprocess.google(cfg.img_size),
             source=Source(format=f"jax-npz/{layout.name}" + ("-scanned" if layout.scanned else ""),
                           file=src.name),

@@ -301,6 +301,7 @@ class _TensorReader:
 def convert_timm(src: str | os.PathLike, dst: str | os.PathLike, *, model: str | None = None,
                  num_heads: int | None = None, force: bool = False, dtype: str = "float32",
                  labels: str | Sequence[str] | None = None, allow_nonfinite: bool = False,
+                 pos_resize: str | None = None,
                  progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
     """Convert a timm ViT state dict at `src` into our weights file at `dst`.
 
@@ -310,6 +311,8 @@ def convert_timm(src: str | os.PathLike, dst: str | os.PathLike, *, model: str |
     widths need `num_heads`) and preprocessing is timm's ViT default (bicubic, crop 0.9, mean = std = 0.5).
     labels: 'imagenet-1k', 'imagenet-21k' or the class names in class order; default the ImageNet
     label set the class count implies.
+    pos_resize: how the model resizes its position embeddings for other input sizes, recorded in the
+    file: 'bicubic' (timm's own; None: the default) or 'dino' (facebookresearch/dino's).
     """
     src, dst = Path(src), check_output(dst, force)  # before reading anything large
     named = timm_pretrained(model) if model else None
@@ -335,7 +338,7 @@ def convert_timm(src: str | os.PathLike, dst: str | os.PathLike, *, model: str |
     specs = plan_tensors([Rule(name, (name,), IDENTITY) for name in expected], reader, {}, where=str(src))
     reader.check_weights(expected, str(src))
     record = WeightsRecord(
-        config=cfg, preprocess=preprocess,
+        config=cfg.replace(pos_resize="bicubic" if pos_resize is None else pos_resize), preprocess=preprocess,
         source=Source(format="timm" + (f"/{model}" if model else ""), file=src.name),
         labels=labels if labels is not None else label_set_for(cfg.num_classes),
         head_is_zero=not bool(tensors["head.weight"].any() or tensors["head.bias"].any()),

@@ -53,6 +53,7 @@ class ViTConfig:
     act: Activation = "gelu"
     # big_vision stores position embeddings for the patches only (timm's no_embed_class=True).
     no_embed_class: bool = False
+    pos_resize: Literal["bicubic", "dino"] = "bicubic"
     # ResNetV2 stages before the patch embedding; None = plain ViT, () = stem only (R+Ti/16).
     hybrid_layers: tuple[int, ...] | None = None
     # Stem width of that ResNet (64 in every published hybrid); stage s outputs 4 * width * 2**s channels.
@@ -103,6 +104,9 @@ class ViTConfig:
             problems.append(f"pool must be 'token' or 'gap', got {self.pool!r}")
         if self.act not in ("gelu", "gelu_tanh"):
             problems.append(f"act must be 'gelu' or 'gelu_tanh', got {self.act!r}")
+        # How position embeddings reach another input size (model/posembed.py's table): not the architecture.
+        if self.pos_resize not in ("bicubic", "dino"):
+            problems.append(f"pos_resize must be 'bicubic' or 'dino', got {self.pos_resize!r}")
         layers = self.hybrid_layers
         if layers is not None and not (isinstance(layers, tuple) and all(is_int(n) and n > 0 for n in layers)):
             problems.append(f"hybrid_layers must be null or a list of positive unit counts, got {layers!r}")

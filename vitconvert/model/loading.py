@@ -29,13 +29,14 @@ def float32_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def at_size(cfg: ViTConfig, state: dict[str, torch.Tensor],
             img_size: tuple[int, int]) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
-    """Config and weights for another input size: position embeddings resampled bicubically."""
+    """Config and weights for another input size: position embeddings resampled by the config's method."""
     if tuple(img_size) == cfg.img_size:
         return cfg, state
     new = cfg.replace(img_size=tuple(img_size))  # raises if not a multiple of the patch stride
     prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
     state = dict(state)
-    state["pos_embed"] = resample_pos_embed(state["pos_embed"], new.grid_size, cfg.grid_size, prefix)
+    state["pos_embed"] = resample_pos_embed(state["pos_embed"], new.grid_size, cfg.grid_size, prefix,
+                                            method=cfg.pos_resize)
     return new, state
 
 

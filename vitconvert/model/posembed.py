@@ -1,24 +1,65 @@
-"""Position embeddings on another grid.
+"""Position embeddings on another grid, by one of the named methods a weights file records.
 
-One method, named: bicubic on the grid with antialias, align_corners off, the target given by
-`size=`, computed in float32, prefix tokens untouched. This is timm's `resample_abs_pos_embed`
-(its state-dict path), so a model at 384 gives what timm's model at 384 gives on the same weights.
+Every method resamples the patch grid in float32, bicubic, align_corners off, prefix tokens untouched;
+they differ in where they sample:
+
+- 'bicubic': timm's `resample_abs_pos_embed` (its state-dict path): antialias, target given by `size=`,
+  so a model at 384 gives what timm's model at 384 gives on the same weights.
+- 'dino': facebookresearch/dino's `interpolate_pos_encoding`, so features at another size are DINO's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
+from ..core.errors import VitConvertError
+
+# (1, D, oh, ow) float32 grid, new (h, w), old (h, w) -> (1, D, nh, nw).
+GridResize = Callable[[torch.Tensor, tuple[int, int], tuple[int, int]], torch.Tensor]
+
+
+def _timm_bicubic(grid: torch.Tensor, new: tuple[int, int], old: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(grid, size=new, mode="bicubic", antialias=True, align_corners=False)
+
+
+def _dino(grid: torch.Tensor, new: tuple[int, int], old: tuple[int, int]) -> torch.Tensor:
+    """DINO's resize, as facebookresearch/dino's vision_transformer.py runs it (checked against its source):
+
+    - `scale_factor=((g + 0.1) / s, ...)`, g the new grid side, s the stored one: the +0.1 was added so
+      that floor(s * g / s) cannot round down to g - 1 (dino issue #8). The output is still g, but the
+      sampling grid is not `size=`'s:
+    - the torch DINO ran on (1.7.1, its README) uses a given scale factor as such (since 1.6:
+      recompute_scale_factor=None means False), so output pixel i samples (i + 0.5) * s / (g + 0.1) - 0.5,
+      not (i + 0.5) * s / g - 0.5. Recomputing the scale (True, torch <= 1.5) would sample as `size=` does;
+    - bicubic without antialias (torch 1.7 had none for bicubic) and align_corners off (its default);
+    - DINO unpacks the image as `B, nc, w, h = x.shape`, so its 'w' is the height, and passes the scale
+      factors as (w0, h0) to a (1, D, rows, cols) grid: rows scale by the height, columns by the width.
+      The two swaps cancel; rows follow the new height here.
+    Its stored grid is always square; a rectangular one scales each axis by its own (g + 0.1) / s.
+    """
+    scale = ((new[0] + 0.1) / old[0], (new[1] + 0.1) / old[1])
+    return F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False,
+                         recompute_scale_factor=False)
+
+
+# The names ViTConfig.pos_resize accepts (a test holds the two lists equal).
+RESIZERS: dict[str, GridResize] = {"bicubic": _timm_bicubic, "dino": _dino}
+
 
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int],
-                       num_prefix_tokens: int) -> torch.Tensor:
-    """(1, prefix + oh*ow, D) -> (1, prefix + nh*nw, D)."""
+                       num_prefix_tokens: int, method: str = "bicubic") -> torch.Tensor:
+    """(1, prefix + oh*ow, D) -> (1, prefix + nh*nw, D), by `method` (a key of RESIZERS)."""
+    if method not in RESIZERS:
+        raise VitConvertError(f"position-embedding resize must be one of {', '.join(map(repr, RESIZERS))}, "
+                              f"got {method!r}")
     if tuple(new_grid) == tuple(old_grid):
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     dim = pos_embed.shape[-1]
     grid = grid.float().reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", antialias=True, align_corners=False)
+    grid = RESIZERS[method](grid, tuple(new_grid), tuple(old_grid))
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
     return torch.cat([prefix, grid], dim=1)
