@@ -4,7 +4,9 @@
 
 Serial is `Predictor.predict` (what `vitpredict` runs) in this process; Ray is `vitconvert.ray.predict_dataset`
 consumed to the end, on a local Ray started once beforehand (its start-up is timed and reported apart, as
-a cluster is started once for many jobs). Same weights, same batch size, float32, ViT-B/16 at 224.
+a cluster is started once for many jobs). One CPU stays free for Ray's reading and decoding tasks; the
+replicas share the others (each runs as many torch threads as CPUs it has, at least one). Same weights,
+same batch size, float32, ViT-B/16 at 224.
 """
 
 from __future__ import annotations
@@ -36,9 +38,12 @@ def run(replicas: list[int], rounds: int, batch: int = 8) -> dict:
         try:
             predictor = Predictor(weights)
             runs = {"serial vitpredict": lambda: predictor.predict(paths, batch_size=batch)}
-            for r in replicas:
-                runs[f"Ray, {r} replica{'s' if r > 1 else ''}"] = (
-                    lambda r=r: predict_dataset(paths, weights, batch_size=batch, replicas=r).take_all())
+            cpus = ray.cluster_resources()["CPU"]
+            for r in replicas:  # one CPU stays free for reading and decoding; the rest is shared out
+                each = (cpus - 1) / r
+                runs[f"Ray, {r} replica{'s' if r > 1 else ''} x {each:g} CPU"] = (
+                    lambda r=r, each=each: predict_dataset(paths, weights, batch_size=batch, replicas=r,
+                                                           cpus_per_replica=each).take_all())
             times: dict[str, list[float]] = {name: [] for name in runs}
             for _ in range(rounds):  # interleaved, so drift hits all alike
                 for name, fn in runs.items():

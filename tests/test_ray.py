@@ -143,3 +143,16 @@ def test_a_model_without_classes_to_rank_gives_embeddings_only(local_ray, weight
         predict_dataset([str(DATA / "cat.jpg")], zero)
     (row,) = predict_dataset([str(DATA / "cat.jpg")], zero, embed=True).take_all()
     assert list(row["index"]) == [] and row["error"] == "" and len(row["embedding"]) == TINY.embed_dim
+
+
+def test_replicas_leave_a_cpu_for_reading_or_are_refused(local_ray, weights) -> None:
+    """Two 1-CPU replicas on a 2-CPU Ray would starve the read tasks forever (seen: a hang)."""
+    from vitconvert import VitConvertError
+    from vitconvert.ray import predict_dataset
+
+    paths = [str(DATA / "cat.jpg"), str(DATA / "camera_gray.png")] * 3
+    with pytest.raises(VitConvertError, match=r"2 replica\(s\) of 1 CPU each leave no CPU for reading .*\(2 CPUs\)"):
+        predict_dataset(paths, weights, replicas=2)
+    shared = rows_by_path(predict_dataset(paths, weights, replicas=2, cpus_per_replica=0.5, batch_size=2))
+    alone = rows_by_path(predict_dataset(paths, weights, batch_size=2))
+    assert [list(r["index"]) for r in shared] == [list(r["index"]) for r in alone]

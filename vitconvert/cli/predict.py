@@ -86,6 +86,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
                    "pandas.read_parquet or pyarrow).")
 @click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --ray: model copies working in parallel (each on --device).")
+@click.option("--cpus-per-replica", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="With --ray: CPUs (and torch threads) each replica takes; one CPU must stay free for reading.")
 @click.option("--force", is_flag=True, help="With --ray: replace an existing --output.")
 @debug_option
 def command(images: tuple[str, ...], weights: Path | None, model_name: str | None,
@@ -93,7 +95,7 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
             dtype: str, compile_: bool, workers: int | None, labels: str | None,
             attention_out: Path | None, embed_out: str | None, tokens: bool, normalize: bool,
             recursive: bool, skip_errors: bool, ray_address: str | None, output: Path | None, replicas: int,
-            force: bool) -> None:
+            cpus_per_replica: float, force: bool) -> None:
     """Classify IMAGE... (files or directories of images) with a converted ViT, or embed them (--embed).
 
     An image that cannot be read is reported (a line 'error: IMAGE: why' on stderr; in --json an
@@ -110,6 +112,7 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
       vitpredict photos/ --model orig-B16-in21k --embed features.npz --normalize
       vitpredict photos/ -r --weights vit-b16.safetensors --ray --output predictions.parquet --embed
       vitpredict photos/ --weights vit-b16.safetensors --ray auto --replicas 8 --device cuda --output p.parquet
+      vitpredict photos/ --weights vit-b16.safetensors --ray --replicas 2 --cpus-per-replica 0.5 --output p.parquet
     """
     from ..inference.images import find_images, open_image
 
@@ -128,6 +131,7 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
     if ray_address is not None:
         return on_ray(paths, resolve_weights(weights, model_name), ray_address, output, top_k=top_k,
                       embed=embed_out is not None, img_size=res, batch_size=batch_size, replicas=replicas,
+                      cpus_per_replica=cpus_per_replica,
                       device=device, dtype=dtype, force=force, as_json=as_json, skip_errors=skip_errors)
     unreadable: dict[int, str] = {}
     for i, path in enumerate(paths):  # headers only: unreadable, empty, too large are told before the model loads
@@ -252,7 +256,8 @@ def write_embeddings(out: Path, embedded: list[Any], failed: list[dict[str, Any]
 
 
 def on_ray(paths: list[Path], weights: Path, address: str, output: Path, *, top_k: int, embed: bool,
-           img_size: tuple[int, int] | None, batch_size: int, replicas: int, device: str, dtype: str,
+           img_size: tuple[int, int] | None, batch_size: int, replicas: int, cpus_per_replica: float, device: str,
+           dtype: str,
            force: bool, as_json: bool, skip_errors: bool) -> None:
     """The same predictions on Ray Data, into a Parquet table; unreadable images are rows with an error."""
     try:
@@ -271,7 +276,8 @@ def on_ray(paths: list[Path], weights: Path, address: str, output: Path, *, top_
                  log_to_driver=False, logging_level="WARNING")
     try:
         dataset = predict_dataset([str(p) for p in paths], weights, top_k=top_k, embed=embed, img_size=img_size,
-                                  batch_size=batch_size, replicas=replicas, dtype=dtype,
+                                  batch_size=batch_size, replicas=replicas, cpus_per_replica=cpus_per_replica,
+                                  dtype=dtype,
                                   num_gpus=1 if device.startswith("cuda") else 0)
         summary = write_predictions(dataset, output, force=force)
     finally:

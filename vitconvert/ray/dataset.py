@@ -33,7 +33,7 @@ RESULT_COLUMNS = ("path", "index", "label", "probability", "error")
 def predict_dataset(images: ray.data.Dataset | Sequence[str | os.PathLike], weights: str | os.PathLike | None = None,
                     *, model: str | None = None, top_k: int = 5, embed: bool = False,
                     img_size: int | str | tuple[int, int] | None = None, batch_size: int = 32,
-                    replicas: int = 1, num_gpus: float = 0, dtype: str = "float32",
+                    replicas: int = 1, cpus_per_replica: float = 1, num_gpus: float = 0, dtype: str = "float32",
                     max_pixels: int = MAX_PIXELS) -> ray.data.Dataset:
     """Predictions for every image, as a Ray Dataset (lazy: nothing runs until it is consumed or written).
 
@@ -44,7 +44,9 @@ def predict_dataset(images: ray.data.Dataset | Sequence[str | os.PathLike], weig
     ('' when the image was classified, else why it could not be: then the lists are empty) and, with
     `embed`, `embedding` (the pooled features, float32). A model without classes to rank (a backbone,
     a zero head) needs `embed`; its top-k lists stay empty.
-    replicas: model copies in the actor pool; num_gpus: GPUs per replica (then the model runs on cuda).
+    replicas: model copies in the actor pool; cpus_per_replica: the CPUs Ray reserves for each (and the
+    torch threads it runs, at least one); num_gpus: GPUs per replica (then the model runs on cuda). The
+    replicas must leave a CPU for the tasks that read and decode, or those would never be scheduled.
     """
     import ray.data
 
@@ -61,6 +63,11 @@ def predict_dataset(images: ray.data.Dataset | Sequence[str | os.PathLike], weig
             raise
         classify = False
     size = record.config.img_size if img_size is None else parse_size(img_size)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if replicas * cpus_per_replica + 1 > cpus:
+        raise VitConvertError(
+            f"{replicas} replica(s) of {cpus_per_replica:g} CPU each leave no CPU for reading and decoding on this "
+            f"Ray ({cpus:g} CPUs): use fewer replicas or fewer CPUs each (--cpus-per-replica)")
     if not isinstance(images, ray.data.Dataset):
         paths = [os.fspath(p) for p in images]
         if not paths:
@@ -71,10 +78,10 @@ def predict_dataset(images: ray.data.Dataset | Sequence[str | os.PathLike], weig
                                 batch_format="numpy", batch_size=batch_size)
     return pixels.map_batches(
         _Replica, fn_constructor_kwargs={"path": str(path), "img_size": size, "top_k": top_k if classify else 0,
-                                         "embed": embed,
+                                         "embed": embed, "threads": max(1, round(cpus_per_replica)),
                                          "device": "cuda" if num_gpus else "cpu", "dtype": dtype},
         batch_format="numpy", batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=replicas),
-        num_gpus=num_gpus or None)
+        num_cpus=cpus_per_replica, num_gpus=num_gpus or None)
 
 
 def _prepare(batch: dict[str, np.ndarray], preprocess: Preprocess, max_pixels: int) -> dict[str, np.ndarray]:
@@ -106,10 +113,13 @@ def _as_image(source: Any, name: str, max_pixels: int):
 class _Replica:
     """One model per actor, loaded once; runs the batches Ray hands it."""
 
-    def __init__(self, path: str, img_size: tuple[int, int], top_k: int, embed: bool, device: str,
+    def __init__(self, path: str, img_size: tuple[int, int], top_k: int, embed: bool, threads: int, device: str,
                  dtype: str) -> None:
+        import torch
+
         from ..inference.predictor import Predictor
 
+        torch.set_num_threads(threads)  # as many as Ray reserved: replicas must not fight over cores
         self.predictor = Predictor(path, img_size=img_size, device=device, dtype=dtype)
         self.top_k, self.embed = top_k, embed
 
