@@ -13,7 +13,7 @@ import copy
 
 import torch
 
-from benchmarks.common import PHOTOS, interleaved_medians, machine, markdown, realistic_random, table
+from benchmarks.common import PHOTOS, interleaved_medians, machine, markdown, realistic_random
 
 
 def models(timm_name: str, res: int, realistic: bool = False):
@@ -200,7 +200,7 @@ def main() -> None:
     ips = run(args.model, args.batch, args.res, args.repeats)
     print(f"machine: {machine()}")
     print(f"{args.model} at {args.res}, batch {args.batch}, float32, median of {args.repeats} interleaved runs")
-    print(table([["", "images/s", "vs timm"],
+    print(markdown([["", "images/s", "vs timm"],
                  ["vitconvert", f"{ips['vitconvert']:.2f}", f"{ips['vitconvert'] / ips['timm']:.2f}x"],
                  ["timm", f"{ips['timm']:.2f}", "1.00x"]]))
 
