@@ -23,7 +23,7 @@ from ..core.errors import VitConvertError
 from .images import MAX_PIXELS, load_rgb
 from .labels import resolve_labels
 from ..model.loading import model_from
-from .runtime import compile_model, inference_dtype, run_compiled
+from .runtime import inference_dtype, input_dtype, run_compiled
 from .transform import crop_geometry
 from ..formats.weights_file import read_record
 
@@ -61,9 +61,10 @@ class Predictor:
     `img_size` (R, 'R', 'HxW' or (H, W)) runs the model at another resolution. `labels` overrides the
     class names: 'imagenet-1k', 'imagenet-21k', a file with one name a line, or a list.
 
-    Speed (the README's Speed section): `dtype` 'bfloat16' (CPUs with native bfloat16, GPUs) or 'float16'
-    (GPUs) runs the model in that precision, probabilities still computed in float32; `compile=True`
-    runs it through `torch.compile` (pays a compilation on the first batch of each size). `workers`
+    Speed (the README's Speed section): `dtype` 'bfloat16' (CPUs where it is faster, GPUs) or 'float16'
+    (GPUs) runs the model in that precision, 'int8' its linear layers in int8 (CPU), probabilities
+    still computed in float32; `compile=True` runs the compiled float32 path of `load_model(...,
+    compile=True)` (pays a compilation on the first batch of each size). `workers`
     in `predict`/`iter_predict` decodes and resizes images in that many processes ahead of the model.
     """
 
@@ -89,8 +90,8 @@ class Predictor:
         self.record = record
         self.preprocess = record.preprocess.at_size(size)
         self.max_pixels = max_pixels
-        self.model = model_from(record, self.path, img_size=size, device=self.device, dtype=self.dtype)
-        self.compiled = compile_model(self.model) if compile else None
+        self.model = model_from(record, self.path, img_size=size, device=self.device, dtype=self.dtype,
+                                compile=compile)
 
     @property
     def config(self) -> ViTConfig:
@@ -110,8 +111,8 @@ class Predictor:
     @torch.inference_mode()
     def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax over the classes for a prepared (B, 3, H, W) batch, float32 on the CPU."""
-        batch = batch.to(self.device, self.dtype, non_blocking=True)
-        logits = run_compiled(self.compiled, batch) if self.compiled is not None else self.model(batch)
+        batch = batch.to(self.device, input_dtype(self.dtype), non_blocking=True)
+        logits = run_compiled(self.model, batch)
         return logits.float().softmax(dim=-1).cpu()
 
     def iter_predict(self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32,
@@ -158,7 +159,8 @@ class Predictor:
     def attention_rollout(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """(len(images), grid_h, grid_w): the class token's rolled-out attention over the patches."""
         check_supported(self.config)
-        batch = torch.stack([self.transform(image) for image in _as_list(images)]).to(self.device, self.dtype)
+        batch = torch.stack([self.transform(image) for image in _as_list(images)])
+        batch = batch.to(self.device, input_dtype(self.dtype))
         maps = self.model.attention_maps(batch)
         return rollout(maps, self.config.num_prefix_tokens, self.config.grid_size).cpu()
 
