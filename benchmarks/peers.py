@@ -41,6 +41,15 @@ def cpu_text() -> str:
     return f"{model}; {shown}"
 
 
+def matmul_ms(repeats: int = 5) -> dict[str, float]:
+    """A plain 4096x4096 matrix product in float32 and bfloat16, median milliseconds: the figure issue 17
+    compares across CPUs (an Intel Xeon with AVX512-BF16 and no AMX: 55 ms float32, 94 ms bfloat16)."""
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    seconds = interleaved_medians({"float32": lambda: a @ b,
+                                   "bfloat16": lambda a=a.bfloat16(), b=b.bfloat16(): a @ b}, repeats, warmup=1)
+    return {k: v * 1000 for k, v in seconds.items()}
+
+
 def export_timm(model: torch.nn.Module, res: int, path: Path) -> None:
     """timm's model as ONNX, dynamic batch: the file an ONNX Runtime or OpenVINO user would start from."""
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
@@ -108,7 +117,15 @@ def run(batches: list[int], repeats: int, warmup: int = 2, res: int = 224,
                 seconds = interleaved_medians(fns, repeats, warmup)
             rows.append({"batch": batch, "ips": {k: batch / v for k, v in seconds.items()}, "diff": diffs})
     return {"rows": rows, "missing": missing, "threads": threads, "repeats": repeats, "cpu": cpu_text(),
+            "matmul_ms": matmul_ms(), "bf16_support": _bf16_support(),
             "model": f"{timm_name} at {res}"}
+
+
+def _bf16_support() -> str:
+    from vitconvert.inference.runtime import cpu_support
+
+    return {"amx": "AMX tiles", "avx512": "AVX512-BF16 without AMX (timed at run time)",
+            "emulated": "emulated"}[cpu_support(torch.bfloat16)]
 
 
 def table(result: dict) -> str:
@@ -143,7 +160,9 @@ def text(result: dict) -> str:
             "interleaved runs per batch size. ONNX Runtime and OpenVINO run the ONNX file timm's model exports "
             "(torch.onnx dynamo exporter), ONNX Runtime with its CPU execution provider and all graph "
             "optimisations, OpenVINO with the f32 precision hint at a static batch; our int8 and bfloat16 "
-            "change the arithmetic and are listed apart.\n\nCPU: " + result["cpu"] + "\n\n" + table(result)
+            "change the arithmetic and are listed apart.\n\nCPU: " + result["cpu"] + f"; bfloat16 here: "
+            f"{result['bf16_support']}. A 4096x4096 matrix product: {result['matmul_ms']['float32']:.0f} ms "
+            f"float32, {result['matmul_ms']['bfloat16']:.0f} ms bfloat16.\n\n" + table(result)
             + "\n\n" + verdict(result))
 
 

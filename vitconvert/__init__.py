@@ -29,6 +29,7 @@ _EXPORTS = {
     "download": "hub.download",
     "load_manifest": "hub.manifest",
     "Predictor": "inference.predictor",
+    "export_onnx": "export.onnx",
 }
 
 __all__ = sorted(_EXPORTS)
