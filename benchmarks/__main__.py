@@ -10,7 +10,7 @@ Sections (the first four also run alone: `python -m benchmarks.<module>`):
   folder      `vitpredict` over 200 images vs the model alone at the same batch size
   peers       ViT-B/16 on the CPU vs timm, ONNX Runtime and OpenVINO, float32; then ours int8 and bfloat16
               (ONNX Runtime and OpenVINO from the `bench` extra); only when named
-  compile     the float32 paths compile=True could take (inductor, with freezing, TorchScript) vs
+  compile     the float32 paths compile=True could take (inductor, with freezing, TorchScript, oneDNN) vs
               eager; only when named
 
 --quick takes fewer repeats (a few minutes on 2 cores). Each section printed is also written into

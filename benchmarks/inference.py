@@ -149,8 +149,9 @@ def _jit_frozen(model, x):
 
 def compiled(repeats: int, batch: int = 8, res: int = 224, timm_name: str = "vit_base_patch16_224") -> list[dict]:
     """The float32 paths `load_model(..., compile=True)` could take, against ours eager: inductor as
-    `torch.compile(dynamic=False)` gives it, inductor with weight freezing (what compile=True runs),
-    TorchScript's freeze + optimize_for_inference; and compile=True in bfloat16. images/s, interleaved,
+    `torch.compile(dynamic=False)` gives it, inductor with weight freezing, TorchScript's freeze +
+    optimize_for_inference, oneDNN's prepacked linears with GELU fused (what compile=True runs on
+    the CPU in float32); and compile=True in bfloat16 (inductor with freezing). images/s, interleaved,
     and each path's first call, which includes compiling from an empty inductor cache (a process
     finding a warm cache, e.g. a second vitpredict run with the same shapes, compiles faster)."""
     import os
@@ -161,9 +162,11 @@ def compiled(repeats: int, batch: int = 8, res: int = 224, timm_name: str = "vit
 
     ours, _ = models(timm_name, res, realistic=True)
     paths = {"inductor": (torch.float32, lambda m, x: torch.compile(m, dynamic=False)),
-             "inductor + freezing (compile=True)": (torch.float32, lambda m, x: compile_model(m)),
+             "inductor + freezing": (torch.float32,
+                                     lambda m, x: torch.compile(m, dynamic=False, options={"freezing": True})),
              "TorchScript freeze + optimize_for_inference": (torch.float32, _jit_frozen),
-             "compile=True, bfloat16": (torch.bfloat16, lambda m, x: compile_model(m))}
+             "oneDNN packed linears, GELU fused (compile=True)": (torch.float32, lambda m, x: compile_model(m)),
+             "compile=True, bfloat16 (inductor + freezing)": (torch.bfloat16, lambda m, x: compile_model(m))}
     eager = {dtype: copy.deepcopy(ours).to(dtype) for dtype in (torch.float32, torch.bfloat16)}
     x = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(0))
     inputs = {dtype: x.to(dtype) for dtype in eager}
