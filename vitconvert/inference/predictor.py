@@ -63,8 +63,8 @@ class Predictor:
 
     Speed (the README's Speed section): `dtype` 'bfloat16' (CPUs where it is faster, GPUs) or 'float16'
     (GPUs) runs the model in that precision, 'int8' its linear layers in int8 (CPU), probabilities
-    still computed in float32; `compile=True` runs the compiled float32 path of `load_model(...,
-    compile=True)` (pays a compilation on the first batch of each size). `workers`
+    still computed in float32; `compile=True` runs the fastest float32 path of `load_model(...,
+    compile=True)` (on a GPU it compiles on the first batch of each size). `workers`
     in `predict`/`iter_predict` decodes and resizes images in that many processes ahead of the model.
     """
 

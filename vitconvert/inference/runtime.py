@@ -128,8 +128,9 @@ def _name(dtype: torch.dtype) -> str:
 
 
 def run_compiled(fn, batch: torch.Tensor) -> torch.Tensor:
-    """`fn(batch)` for a model from `load_model(..., compile=True)`: a compiler failure (on the first
-    call of a shape) becomes a clear error instead of a compiler traceback."""
+    """`fn(batch)`; for a model that `torch.compile` prepared (`load_model(..., compile=True)` off the
+    CPU or in half precision) a compiler failure, on the first call of a shape, becomes a clear
+    error instead of a compiler traceback."""
     try:
         return fn(batch)
     except Exception as e:  # compile errors come in many types; only the compiler's are rewritten

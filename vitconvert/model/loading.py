@@ -55,8 +55,9 @@ def load_model(path: str | os.PathLike, img_size: int | str | tuple[int, int] | 
 
     The model is float32 whatever dtype the file stores, unless `dtype` asks for another;
     `torch.qint8` keeps float32 activations and runs the linear layers in int8 (CPU only).
-    `compile=True` prepares the fastest float32 path (`fast.compile_model`: each input shape
-    compiles on its first call). The model's `.config` describes it, `.record` carries the file's metadata.
+    `compile=True` prepares the fastest float32 path (`fast.compile_model`: oneDNN's prepacked linears
+    on the CPU, inductor elsewhere), for inference only. The model's `.config` describes it, `.record`
+    carries the file's metadata.
     """
     return model_from(read_record(path), path, img_size, device, dtype, compile)
 
