@@ -86,7 +86,7 @@ def cpu_support(dtype: torch.dtype) -> str:
 @functools.cache
 def matmul_slowdown(dtype: torch.dtype) -> float:
     """Time of a ViT-sized matrix product (512x768 by 768x3072) in `dtype` over its time in float32,
-    on this CPU with torch's threads: best of 3 after a warm-up, about 0.1 s in all, once a process."""
+    on this CPU with torch's threads: best of 3 after a warm-up (0.1-0.7 s in all), once a process."""
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(512, 768, generator=gen), torch.randn(768, 3072, generator=gen)
 
