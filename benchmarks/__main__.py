@@ -1,6 +1,6 @@
 """Every benchmark, side by side with timm on the same weights in the same run; results to RESULTS.md.
 
-    python -m benchmarks [--only conversion inference cold_start folder] [--quick] [--no-write]
+    python -m benchmarks [--only conversion inference cold_start folder peers compile] [--quick] [--no-write]
 
 Sections (the first four also run alone: `python -m benchmarks.<module>`):
   conversion  jax2torch vs timm's npz loader + save, whole process: wall and peak RSS (B/16, L/16)
@@ -8,7 +8,10 @@ Sections (the first four also run alone: `python -m benchmarks.<module>`):
               top-1 agreement of bfloat16 with float32 on the sample photos
   cold_start  `vitpredict` vs a timm user's script, one image, whole process
   folder      `vitpredict` over 200 images vs the model alone at the same batch size
-  compile     ours eager vs torch.compile (--compile), float32 and bfloat16; only when named
+  peers       ViT-B/16 on the CPU vs timm, ONNX Runtime and OpenVINO, float32; then ours int8 and bfloat16
+              (ONNX Runtime and OpenVINO from the `bench` extra); only when named
+  compile     the float32 paths compile=True could take (inductor, with freezing, TorchScript, oneDNN) vs
+              eager; only when named
   ray         Ray Data on a local Ray vs serial vitpredict over the 200 images, 1 and 2 replicas;
               only when named (needs vitconvert[ray])
 
@@ -27,8 +30,8 @@ from pathlib import Path
 from benchmarks.common import ROOT, OtherLoad, load, machine
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-SECTIONS = ["conversion", "inference", "cold_start", "folder", "compile", "ray"]
-DEFAULT = SECTIONS[:4]  # compile (minutes of compiling) and ray (an optional extra) are asked for by name
+SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray"]
+DEFAULT = SECTIONS[:4]  # peers and compile (minutes of compiling) and ray (an optional extra) are asked for by name
 HEADER = """# Benchmark results
 
 Written by `python -m benchmarks` (see `benchmarks/__main__.py`); each section says when, on what
@@ -100,8 +103,15 @@ def compile_(quick: bool) -> str:
     from benchmarks import inference as i
 
     repeats = 3 if quick else 10
-    return (f"ViT-B/16 at 224, ours eager vs `torch.compile(dynamic=False)` (`--compile`), median of {repeats} "
-            "interleaved runs after the first.\n\n" + i.compiled_table(i.compiled(repeats)))
+    return (f"ViT-B/16 at 224, the float32 paths `load_model(..., compile=True)` could take, against ours eager; "
+            f"median of {repeats} interleaved runs after the first. compile=True runs the fastest float32 path "
+            "measured here.\n\n" + i.compiled_table(i.compiled(repeats)))
+
+
+def peers(quick: bool) -> str:
+    from benchmarks import peers as p
+
+    return p.text(p.run([1, 8], repeats=3 if quick else 10))
 
 
 def ray(quick: bool) -> str:
@@ -111,9 +121,10 @@ def ray(quick: bool) -> str:
 
 
 RUNNERS = {"conversion": conversion, "inference": inference, "cold_start": cold_start, "folder": folder,
-           "compile": compile_, "ray": ray}
+           "peers": peers, "compile": compile_, "ray": ray}
 TITLES = {"conversion": "Conversion", "inference": "Inference (CPU)", "cold_start": "Cold start",
-          "folder": "A folder of 200 images", "compile": "torch.compile (CPU)", "ray": "Ray Data, local"}
+          "folder": "A folder of 200 images", "peers": "Against ONNX Runtime and OpenVINO (CPU)",
+          "compile": "compile=True: the float32 paths tried (CPU)", "ray": "Ray Data, local"}
 
 
 def update(results: Path, bodies: dict[str, str]) -> None:
@@ -128,7 +139,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", choices=SECTIONS, default=DEFAULT, metavar="SECTION",
-                    help=f"run these sections only ({', '.join(SECTIONS)}; default all but compile)")
+                    help=f"run these sections only ({', '.join(SECTIONS)}; default all but peers and compile)")
     ap.add_argument("--quick", action="store_true", help="fewer repeats: a few minutes on 2 cores")
     ap.add_argument("--results", type=Path, default=RESULTS, help="the markdown file to update")
     ap.add_argument("--no-write", action="store_true", help="print only; leave the results file alone")

@@ -1,6 +1,6 @@
 """`vitpredict` over a folder of 200 photos against the model alone, at the same batch size.
 
-    python -m benchmarks.folder [--dtypes bfloat16 float32] [--rounds 1] [--batch 8]
+    python -m benchmarks.folder [--dtypes bfloat16 float32 float32-compile] [--rounds 1] [--batch 8]
 
 The folder is made from the sample photos (benchmarks/images, tests/data): random crops, sizes from
 about 150 to 1000 pixels, flips and quarter turns, mostly JPEG with some PNG, written to a temporary
@@ -90,10 +90,11 @@ def run(dtypes: list[str], rounds: int, batch: int = 8) -> dict:
         folder.mkdir()
         paths = make_folder(folder)
         weights = write_weights(Path(tmp) / "b16.safetensors")
-        for dtype in dtypes:
-            predictor = Predictor(weights, dtype=dtype)
+        for variant in dtypes:
+            dtype, compiled = variant.removesuffix("-compile"), variant.endswith("-compile")
+            predictor = Predictor(weights, dtype=dtype, compile=compiled)
             x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-            predictor.batch_probabilities(x)  # warm-up
+            predictor.batch_probabilities(x)  # warm-up (and compiling, for -compile)
 
             def model_alone(predictor=predictor, x=x) -> None:
                 for _ in range(-(-NUM_IMAGES // batch)):
@@ -102,10 +103,11 @@ def run(dtypes: list[str], rounds: int, batch: int = 8) -> dict:
             def in_process(n: int, predictor=predictor) -> list:
                 return predictor.predict(paths, top_k=1, batch_size=batch, workers=n)
 
-            def process(dtype=dtype) -> list:
+            def process(dtype=dtype, compiled=compiled) -> list:
                 out = subprocess.run([sys.executable, "-m", "vitconvert.cli.predict", str(folder), "--weights",
                                       str(weights), "--batch-size", str(batch), "--dtype", dtype, "--top", "1",
-                                      "--json"], check=True, capture_output=True, text=True, env=env).stdout
+                                      "--json", *(["--compile"] if compiled else [])],
+                                     check=True, capture_output=True, text=True, env=env).stdout
                 return json.loads(out)
 
             times: dict[str, list[float]] = {"model": [], "serial": [], "workers": [], "process": []}
@@ -116,10 +118,10 @@ def run(dtypes: list[str], rounds: int, batch: int = 8) -> dict:
                     result = fn()
                     times[name].append(time.perf_counter() - start)
                     if name == "serial":
-                        top1[dtype] = [r.predictions[0].index for r in result]
+                        top1[variant] = [r.predictions[0].index for r in result]
                     elif name == "process":
-                        assert [e["predictions"][0]["index"] for e in result] == top1[dtype], "process != in-process"
-            rows.append({"dtype": dtype, **{k: NUM_IMAGES / statistics.median(v) for k, v in times.items()}})
+                        assert [e["predictions"][0]["index"] for e in result] == top1[variant], "process != in-process"
+            rows.append({"dtype": variant, **{k: NUM_IMAGES / statistics.median(v) for k, v in times.items()}})
             del predictor
     same = None
     if "float32" in top1 and "bfloat16" in top1:
@@ -151,7 +153,9 @@ def text(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"])
+    ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"],
+                    choices=["bfloat16", "float32", "float32-compile"],
+                    help="float32-compile: float32 with compile=True (vitpredict --compile)")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args()

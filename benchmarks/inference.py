@@ -13,7 +13,7 @@ import copy
 
 import torch
 
-from benchmarks.common import PHOTOS, interleaved_medians, machine, markdown, realistic_random, table
+from benchmarks.common import PHOTOS, interleaved_medians, machine, markdown, realistic_random
 
 
 def models(timm_name: str, res: int, realistic: bool = False):
@@ -138,55 +138,79 @@ def agreement_text(a: dict) -> str:
             "weights give unusually close races (a trained model's top-1 on a clear photo usually leads by much more).")
 
 
+def _jit_frozen(model, x):
+    """TorchScript's inference path: trace, freeze, optimize_for_inference (deprecated in torch 2.x)."""
+    import warnings
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, x, check_trace=False)))
+
+
 def compiled(repeats: int, batch: int = 8, res: int = 224, timm_name: str = "vit_base_patch16_224") -> list[dict]:
-    """Ours eager vs `torch.compile`d (as `Predictor(compile=True)`), float32 and bfloat16: images/s
-    and the first call's seconds, which include compiling from an empty inductor cache (a process
+    """The float32 paths `load_model(..., compile=True)` could take, against ours eager: inductor as
+    `torch.compile(dynamic=False)` gives it, inductor with weight freezing, TorchScript's freeze +
+    optimize_for_inference, oneDNN's prepacked linears with GELU fused (what compile=True runs on
+    the CPU in float32); and compile=True in bfloat16 (inductor with freezing). images/s, interleaved,
+    and each path's first call, which includes compiling from an empty inductor cache (a process
     finding a warm cache, e.g. a second vitpredict run with the same shapes, compiles faster)."""
     import os
     import tempfile
     import time
 
-    from vitconvert.inference.runtime import compile_model
+    from vitconvert.model.fast import compile_model
 
-    rows = []
     ours, _ = models(timm_name, res, realistic=True)
-    for dtype in (torch.float32, torch.bfloat16):
-        eager = copy.deepcopy(ours).to(dtype)
-        x = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(0)).to(dtype)
-        saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    paths = {"inductor": (torch.float32, lambda m, x: torch.compile(m, dynamic=False)),
+             "inductor + freezing": (torch.float32,
+                                     lambda m, x: torch.compile(m, dynamic=False, options={"freezing": True})),
+             "TorchScript freeze + optimize_for_inference": (torch.float32, _jit_frozen),
+             "oneDNN packed linears, GELU fused (compile=True)": (torch.float32, lambda m, x: compile_model(m)),
+             "compile=True, bfloat16 (inductor + freezing)": (torch.bfloat16, lambda m, x: compile_model(m))}
+    eager = {dtype: copy.deepcopy(ours).to(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    x = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(0))
+    inputs = {dtype: x.to(dtype) for dtype in eager}
+    fns, first = {"eager float32": (eager[torch.float32], torch.float32),
+                  "eager bfloat16": (eager[torch.bfloat16], torch.bfloat16)}, {}
+    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    for name, (dtype, prepare) in paths.items():
         with tempfile.TemporaryDirectory() as cache:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
             torch._dynamo.reset()
-            fast = compile_model(eager)
             start = time.perf_counter()
+            fast = prepare(copy.deepcopy(eager[dtype]), inputs[dtype])
             with torch.inference_mode():
-                fast(x)
-            first = time.perf_counter() - start
-        if saved is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR")
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
+                fast(inputs[dtype])
+            first[name] = time.perf_counter() - start
+            fns[name] = (fast, dtype)
+    if saved is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
 
-        def step(model, x=x):
-            def call():
-                with torch.inference_mode():
-                    model(x)
-            return call
+    def step(model, dtype):
+        def call():
+            with torch.inference_mode():
+                model(inputs[dtype])
+        return call
 
-        seconds = interleaved_medians({"eager": step(eager), "compiled": step(fast)}, repeats, warmup=1)
-        rows.append({"dtype": str(dtype).removeprefix("torch."), "first": first,
-                     **{k: batch / v for k, v in seconds.items()}})
-    return rows
+    seconds = interleaved_medians({k: step(*v) for k, v in fns.items()}, repeats, warmup=1)
+    with torch.inference_mode():
+        reference = eager[torch.float32](x)
+        diffs = {k: (m(inputs[d]).float() - reference).abs().max().item() for k, (m, d) in fns.items()}
+    return [{"path": k, "dtype": str(d).removeprefix("torch."), "ips": batch / seconds[k], "first": first.get(k),
+             "diff": diffs[k]} for k, (_, d) in fns.items()]
 
 
 def compiled_table(rows: list[dict], batch: int = 8) -> str:
-    lines = [["dtype", f"eager, images/s (batch {batch})", "compiled", "compiled/eager", "first call (compiling)",
-              "images to pay back the compile"]]
+    base = {r["dtype"]: r["ips"] for r in rows if r["path"].startswith("eager")}
+    lines = [["path", "dtype", f"images/s (batch {batch})", "vs eager, same dtype", "first call (compiling)",
+              "images to pay back the compile", "max abs logit diff vs eager float32"]]
     for r in rows:
-        gain = 1 / r["eager"] - 1 / r["compiled"]  # seconds saved per image
-        payback = f"{(r['first'] - batch / r['compiled']) / gain:.0f}" if gain > 0 else "never"
-        lines.append([r["dtype"], f"{r['eager']:.2f}", f"{r['compiled']:.2f}", f"{r['compiled'] / r['eager']:.2f}x",
-                      f"{r['first']:.1f} s", payback])
+        gain = 1 / base[r["dtype"]] - 1 / r["ips"]  # seconds saved per image
+        payback = "-" if r["first"] is None else f"{(r['first'] - batch / r['ips']) / gain:.0f}" if gain > 0 else "never"
+        lines.append([r["path"], r["dtype"], f"{r['ips']:.2f}", f"{r['ips'] / base[r['dtype']]:.2f}x",
+                      "-" if r["first"] is None else f"{r['first']:.1f} s", payback, f"{r['diff']:.1e}"])
     return markdown(lines)
 
 
@@ -200,7 +224,7 @@ def main() -> None:
     ips = run(args.model, args.batch, args.res, args.repeats)
     print(f"machine: {machine()}")
     print(f"{args.model} at {args.res}, batch {args.batch}, float32, median of {args.repeats} interleaved runs")
-    print(table([["", "images/s", "vs timm"],
+    print(markdown([["", "images/s", "vs timm"],
                  ["vitconvert", f"{ips['vitconvert']:.2f}", f"{ips['vitconvert'] / ips['timm']:.2f}x"],
                  ["timm", f"{ips['timm']:.2f}", "1.00x"]]))
 

@@ -48,3 +48,17 @@ def test_cold_start_weights_file_is_a_valid_b16(tmp_path):
 
     record = read_record(write_b16(tmp_path / "b16.safetensors"))  # checks every tensor against the config
     assert (record.config.embed_dim, record.config.depth, record.config.img_size) == (768, 12, (224, 224))
+
+
+def test_peers_table_compares_with_the_fastest_peer_and_names_a_missing_one():
+    from benchmarks.peers import table, verdict
+
+    ips = {"timm eager": 4.0, "ours eager": 4.5, "ours compile=True": 6.0, "ONNX Runtime": 5.0,
+           "ours int8": 9.0, "ours bfloat16": 8.0}
+    result = {"rows": [{"batch": 8, "ips": ips, "diff": dict.fromkeys(ips, 1e-5)}],
+              "missing": {"OpenVINO": "not installed"}}
+    text = table(result)
+    assert "| OpenVINO " in text and "not installed" in text
+    assert "1.20x" in text.split("ours compile=True")[1].splitlines()[0]  # 6.0 / ONNX Runtime's 5.0
+    assert verdict(result) == ("Target: ours compile=True >= 1.0x the fastest peer at batch 8 float32: "
+                               "1.20x ONNX Runtime, met.")

@@ -19,6 +19,7 @@ MAY_IMPORT = {
     "convert": {"core", "formats", "convert"},
     "model": {"core", "formats", "model"},
     "inference": {"core", "formats", "model", "inference"},
+    "export": {"core", "formats", "model", "export"},
     "hub": {"core", "formats", "convert", "hub"},
     "tools": {"core", "formats", "convert", "model", "inference", "tools"},
     "ray": {"core", "formats", "model", "inference", "ray"},  # cluster-scale inference, on top of inference

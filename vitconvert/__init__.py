@@ -30,6 +30,7 @@ _EXPORTS = {
     "load_manifest": "hub.manifest",
     "Predictor": "inference.predictor",
     "save_embeddings": "formats.embeddings",
+    "export_onnx": "export.onnx",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -23,6 +23,7 @@ def cli(ctx: click.Context) -> None:
       vitconvert jax2torch ViT-B_16.npz vit-b16.safetensors
       vitconvert verify vit-b16.safetensors --timm-model vit_base_patch16_224.augreg_in21k_ft_in1k
       vitpredict cat.jpg --weights vit-b16.safetensors
+      vitconvert export vit-b16.safetensors --to onnx vit-b16.onnx
 
     Each command's --help has examples. Add --debug to any command to see a traceback when it fails.
     """
@@ -40,10 +41,11 @@ def main() -> None:
 
 def _register() -> None:
     from .convert import jax2torch, timm2torch
+    from .export import export
     from .manifest import download_cmd, list_cmd
     from .verify import verify
 
-    for command in (jax2torch, timm2torch, verify, list_cmd, download_cmd):
+    for command in (jax2torch, timm2torch, verify, export, list_cmd, download_cmd):
         cli.add_command(command)
 
 

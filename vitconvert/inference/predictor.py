@@ -27,7 +27,7 @@ from .attention import check_supported, overlay, rollout
 from .batches import ImageInput, batches, prepare
 from .images import MAX_PIXELS, load_rgb
 from .labels import check_top_k, resolve_labels
-from .runtime import compile_model, inference_dtype, run_compiled
+from .runtime import inference_dtype, input_dtype, run_compiled
 from .transform import crop_geometry
 
 OnError = Literal["raise", "report"]  # what iter_predict does with an image it cannot read
@@ -74,9 +74,10 @@ class Predictor:
     file's own). A model without classes (num_classes 0) or with an all-zero head embeds but does not
     classify: `predict` refuses it, saying so.
 
-    Speed (the README's Speed section): `dtype` 'bfloat16' (CPUs with native bfloat16, GPUs) or 'float16'
-    (GPUs) runs the model in that precision, probabilities still computed in float32; `compile=True`
-    runs it through `torch.compile` (pays a compilation on the first batch of each size). `workers`
+    Speed (the README's Speed section): `dtype` 'bfloat16' (CPUs where it is faster, GPUs) or 'float16'
+    (GPUs) runs the model in that precision, 'int8' its linear layers in int8 (CPU), probabilities
+    still computed in float32; `compile=True` runs the fastest float32 path of `load_model(...,
+    compile=True)` (on a GPU it compiles on the first batch of each size). `workers`
     in `predict`/`iter_predict` decodes and resizes images in that many processes ahead of the model.
     """
 
@@ -96,9 +97,8 @@ class Predictor:
         self.record = record
         self.preprocess = record.preprocess.at_size(size)
         self.max_pixels = max_pixels
-        self.model = model_from(record, self.path, img_size=size, device=self.device, dtype=self.dtype)
-        self.compile = compile
-        self._compiled: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}  # by model method, on first use
+        self.model = model_from(record, self.path, img_size=size, device=self.device, dtype=self.dtype,
+                                compile=compile)
 
     @property
     def config(self) -> ViTConfig:
@@ -124,7 +124,6 @@ class Predictor:
     def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax over the classes for a prepared (B, 3, H, W) batch, float32 on the CPU."""
         self.check_top_k()
-        batch = batch.to(self.device, self.dtype, non_blocking=True)
         return self._run("forward", batch).float().softmax(dim=-1).cpu()
 
     @torch.inference_mode()
@@ -136,17 +135,13 @@ class Predictor:
         (B, T, D), every token after the final norm (timm's `forward_features`). `normalize`: each
         vector (each token's, with `tokens`) scaled to unit length.
         """
-        batch = batch.to(self.device, self.dtype, non_blocking=True)
         features = self._run("forward_features" if tokens else "forward_pooled", batch).float()
         return (F.normalize(features, dim=-1) if normalize else features).cpu()
 
     def _run(self, method: str, batch: torch.Tensor) -> torch.Tensor:
-        """The model's `method` on `batch`, through torch.compile when asked (each method compiles once)."""
-        if not self.compile:
-            return getattr(self.model, method)(batch)
-        if method not in self._compiled:
-            self._compiled[method] = compile_model(getattr(self.model, method))
-        return run_compiled(self._compiled[method], batch)
+        """The (prepared, with compile=True) model's `method` on `batch`, on the model's device and dtype."""
+        batch = batch.to(self.device, input_dtype(self.dtype), non_blocking=True)
+        return run_compiled(getattr(self.model, method), batch)
 
     def iter_predict(self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32,
                      workers: int = 0, errors: OnError = "raise") -> Iterator[ImagePredictions]:
@@ -227,7 +222,8 @@ class Predictor:
     def attention_rollout(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """(len(images), grid_h, grid_w): the class token's rolled-out attention over the patches."""
         check_supported(self.config)
-        batch = torch.stack([self.transform(image) for image in _as_list(images)]).to(self.device, self.dtype)
+        batch = torch.stack([self.transform(image) for image in _as_list(images)])
+        batch = batch.to(self.device, input_dtype(self.dtype))
         maps = self.model.attention_maps(batch)
         return rollout(maps, self.config.num_prefix_tokens, self.config.grid_size).cpu()
 

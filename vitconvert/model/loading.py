@@ -11,6 +11,7 @@ from ..core.config import ViTConfig, parse_size
 from ..core.errors import VitConvertError
 from ..formats.safetensors_file import TensorSpec, read_tensors
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, read_record, write_weights
+from .fast import compile_model, quantize_int8
 from .posembed import resample_pos_embed
 from .vit import VisionTransformer
 
@@ -50,18 +51,21 @@ def build_with_weights(cfg: ViTConfig, state: dict[str, torch.Tensor]) -> Vision
 
 def load_model(path: str | os.PathLike, img_size: int | str | tuple[int, int] | None = None,
                device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None) -> VisionTransformer:
+               dtype: torch.dtype | None = None, compile: bool = False) -> VisionTransformer:
     """An eval-mode model from our weights file, ready for inputs of `img_size` (default: trained size).
 
-    The model is float32 whatever dtype the file stores, unless `dtype` asks for another.
-    The model's `.config` describes it, `.record` carries the file's metadata.
+    The model is float32 whatever dtype the file stores, unless `dtype` asks for another;
+    `torch.qint8` keeps float32 activations and runs the linear layers in int8 (CPU only).
+    `compile=True` prepares the fastest float32 path (`fast.compile_model`: oneDNN's prepacked linears
+    on the CPU, inductor elsewhere), for inference only. The model's `.config` describes it, `.record`
+    carries the file's metadata.
     """
-    return model_from(read_record(path), path, img_size, device, dtype)
+    return model_from(read_record(path), path, img_size, device, dtype, compile)
 
 
 def model_from(record: WeightsRecord, path: str | os.PathLike,
                img_size: int | str | tuple[int, int] | None = None, device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None) -> VisionTransformer:
+               dtype: torch.dtype | None = None, compile: bool = False) -> VisionTransformer:
     """`load_model` for a caller that has already read and checked the file's record."""
     state = float32_tensors(path)
     cfg = record.config
@@ -69,9 +73,12 @@ def model_from(record: WeightsRecord, path: str | os.PathLike,
         cfg, state = at_size(cfg, state, parse_size(img_size))
     model = build_with_weights(cfg, state)
     model.record = record
-    if device is not None or dtype is not None:
-        model = model.to(device=device, dtype=dtype)
-    return model
+    int8 = dtype is torch.qint8
+    if device is not None or (dtype is not None and not int8):
+        model = model.to(device=device, dtype=None if int8 else dtype)
+    if int8:
+        model = quantize_int8(model)
+    return compile_model(model) if compile else model
 
 
 def save_weights(model: VisionTransformer | Mapping[str, torch.Tensor], dst: str | os.PathLike, *,

@@ -1,0 +1,1 @@
+"""Our weights files to the formats deployment runtimes read (ONNX); above `model`, beside `inference`."""

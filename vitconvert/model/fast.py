@@ -1,0 +1,99 @@
+"""The model prepared for speed: the fastest float32 path, and dynamic int8 linears for the CPU.
+
+`compile_model` is what `load_model(..., compile=True)`, `Predictor(compile=True)` and
+`vitpredict --compile` run. On the CPU in float32 that is oneDNN's linear layers with their weights
+reordered once into oneDNN's blocked layout and the MLP's GELU fused into the first one: of the
+paths PyTorch offers it measured fastest here, 1.2-1.3x the eager model, where inductor (with or
+without weight freezing) and TorchScript's freeze + optimize_for_inference gave 0.98-1.01x (README,
+"Speed"; `python -m benchmarks --only compile`). Elsewhere (a GPU, another dtype) it is inductor
+with weight freezing, static shapes.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from ..core.errors import VitConvertError
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """`model` (eval mode) prepared for the fastest inference path on its device and dtype.
+
+    CPU float32 (with oneDNN, as in every x86 and ARM build of torch): the linear layers replaced in
+    place by `PackedLinear`, the MLP's GELU fused into its first layer; no compiler, so nothing to
+    wait for. Otherwise `torch.compile` with weight freezing for fixed shapes: each input shape
+    compiles on its first call, and freezing takes effect under `torch.inference_mode()` / `no_grad()`.
+    Either way the result computes what the model does (within float rounding) and keeps its
+    attributes (`.config`, `.record`); it is for inference, not for training or saving.
+    """
+    param = next(model.parameters())
+    if param.device.type == "cpu" and param.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        return pack_linears(model)
+    return torch.compile(model, dynamic=False, options={"freezing": True})
+
+
+class PackedLinear(nn.Module):
+    """A float32 linear layer (optionally followed by GELU) run by oneDNN on a weight reordered once.
+
+    `F.linear` goes through MKL's sgemm, which re-reads the weight in its plain layout every call;
+    oneDNN's kernels on a weight already in their blocked layout measured 20-25% faster on ViT-B/16's
+    products on the AMD EPYC here, and fusing the GELU saves a pass over the MLP's widest activation.
+    """
+
+    def __init__(self, linear: nn.Linear, gelu: str | None = None) -> None:
+        super().__init__()
+        self.out_features = linear.out_features
+        weight = linear.weight.detach()
+        self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(weight, None))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+        # oneDNN's attribute and algorithm: GELU as erf ('none') or its tanh approximation
+        self.attr, self.algorithm = ("gelu", gelu) if gelu else ("none", "")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.packed_weight, self.bias,
+                                               self.attr, [], self.algorithm)
+        return y.reshape(*lead, self.out_features)
+
+
+def pack_linears(model: nn.Module) -> nn.Module:
+    """`model` with its linear layers as `PackedLinear`, in place; each MLP's GELU fused into fc1."""
+    for name in _linear_names(model):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        act = getattr(parent, "act", None) if child == "fc1" else None
+        if isinstance(act, nn.GELU):  # Mlp: fc2(act(fc1(x))) becomes fc2(fc1_with_gelu(x))
+            setattr(parent, child, PackedLinear(getattr(parent, child), "tanh" if act.approximate == "tanh" else "none"))
+            parent.act = nn.Identity()
+        else:
+            setattr(parent, child, PackedLinear(getattr(parent, child)))
+    return model
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """`model` with its linear layers computing in int8 (dynamic quantisation, CPU only), in place.
+
+    Weights are quantised per output channel once; activations per tensor at each call; everything
+    else (patch embedding, LayerNorm, attention softmax, additions) stays float32.
+    """
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise VitConvertError("int8 is dynamic quantisation for the CPU; load the model on the CPU")
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        raise VitConvertError("int8 quantises a float32 model; load it without another dtype")
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    spec = {name: per_channel_dynamic_qconfig for name in _linear_names(model)}
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao on every call
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True).eval()
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    """The linear layers a fast path may replace: all but the last block's qkv, whose weight the
+    class-token shortcut slices (`Attention.forward_first`), so it stays an `nn.Linear`."""
+    blocks = getattr(model, "blocks", ())
+    keep = f"blocks.{len(blocks) - 1}.attn.qkv" if len(blocks) else None
+    return [name for name, module in model.named_modules() if type(module) is nn.Linear and name != keep]
