@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 from conftest import timm_vit
+from helpers.timm_family import reduced, vit_family
 from safetensors.torch import load_file
-from timm.models import model_entrypoint
 from timm.models.vision_transformer import VisionTransformer
 
 from vitconvert import VitConvertError, convert_timm, load_model
@@ -52,34 +51,7 @@ EXCLUDED = {
 # At their real depth and width (the input stays small): layer scale; registers, no head; a CLIP pre-norm.
 FULL_SIZE = ["deit3_small_patch16_224", "vit_small_patch14_reg4_dinov2", "vit_xsmall_patch16_clip_224"]
 
-
-def vit_family() -> list[str]:
-    """Architectures with pretrained weights from the timm modules that build VisionTransformer (a module
-    cannot build the class without naming it); each case checks that its model is one."""
-    def builds_vit(module) -> bool:
-        return any(isinstance(v, type) and issubclass(v, VisionTransformer) for v in vars(module).values())
-
-    names = sorted({tag.split(".")[0] for tag in timm.list_pretrained()})
-    return [n for n in names if builds_vit(sys.modules[model_entrypoint(n).__module__])]
-
-
 FAMILY = vit_family()
-
-
-def reduced(name: str) -> dict:
-    """timm.create_model kwargs for a small model of this architecture: 2 blocks, 2 heads, 4x4 patches, and
-    64 wide unless its GLU MLP (hidden width 16/3 of it, split in halves) needs 96."""
-    for width in (64, 96):
-        kwargs = dict(depth=2, embed_dim=width, num_heads=2)
-        try:
-            with torch.device("meta"):
-                model = timm.create_model(name, pretrained=False, **kwargs)
-        except AssertionError:  # GluMlp: "hidden_features % 2 == 0"
-            continue
-        stride = model.patch_embed.feat_ratio()
-        stride = stride if isinstance(stride, int) else stride[0]
-        return dict(kwargs, img_size=4 * stride)
-    raise AssertionError(f"no reduced width builds {name}")
 
 
 def batch(size: int) -> torch.Tensor:
@@ -259,3 +231,27 @@ def test_timms_own_definitions_read_back_at_full_size_on_the_meta_device() -> No
     }.items():
         cfg = timm_config(create_timm_model(name, meta=True), name)
         assert {k: getattr(cfg, k) for k in expected} == expected, name
+
+
+def test_attention_maps_are_timms_softmax_weights_with_registers_and_qk_norms(tmp_path) -> None:
+    # timm's unfused attention passes its softmax weights through attn_drop: catch them there.
+    kwargs = {**reduced("vit_small_patch14_reg4_dinov2"), "qk_norm": True}
+    reference = timm_vit("vit_small_patch14_reg4_dinov2", **kwargs)
+    caught = []
+    for block in reference.blocks:
+        block.attn.fused_attn = False
+        block.attn.attn_drop.register_forward_hook(lambda mod, inp, out: caught.append(out))
+    torch.save(reference.state_dict(), tmp_path / "ckpt.pth")
+    convert_timm(tmp_path / "ckpt.pth", tmp_path / "out.safetensors", model="vit_small_patch14_reg4_dinov2",
+                 timm_kwargs=kwargs)
+    ours = load_model(tmp_path / "out.safetensors")
+    assert (ours.config.qk_norm, ours.config.reg_tokens, ours.config.num_prefix_tokens) == (True, 4, 5)
+    x = batch(kwargs["img_size"])
+    with torch.inference_mode():
+        reference(x)
+        maps = ours.attention_maps(x)
+    assert len(maps) == len(caught) == 2 and maps[0].shape == (2, 2, 5 + 16, 5 + 16)
+    # The first block's input is the same on both sides: the same operations in the same order. The second's
+    # differs by rounding, as timm's unfused attention (here, to be hooked) is not our fused one.
+    assert (maps[0] - caught[0]).abs().max().item() == 0
+    assert (maps[1] - caught[1]).abs().max().item() <= 5e-7  # measured: 1.5e-7 (probabilities, float32)

@@ -155,4 +155,4 @@ class Attention(nn.Module):
         B, N, D = x.shape
         q, k, _ = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
-        return (q @ k.transpose(-2, -1) * (D // self.num_heads) ** -0.5).softmax(-1)
+        return (q * (D // self.num_heads) ** -0.5 @ k.transpose(-2, -1)).softmax(-1)  # timm's order of operations
