@@ -123,9 +123,14 @@ def configs(draw):
                    norm=draw(st.sampled_from(["layernorm", "rmsnorm"])),
                    layer_scale=draw(st.booleans()), qk_norm=draw(st.booleans()), scale_attn_norm=draw(st.booleans()),
                    scale_mlp_norm=draw(st.booleans()), proj_bias=draw(st.booleans()),
-                   mlp=draw(st.sampled_from(["mlp", "glu", "swiglu_packed", "swiglu"])))
+                   mlp=draw(st.sampled_from(["mlp", "glu", "swiglu_packed", "swiglu"])),
+                   block=draw(st.sampled_from(["pre_norm", "res_post", "parallel"])))
         if cfg["mlp"] in ("glu", "swiglu_packed"):
             cfg["mlp_dim"] += cfg["mlp_dim"] % 2
+        if cfg["block"] == "res_post":
+            cfg["layer_scale"] = False
+        if cfg["block"] == "parallel":
+            cfg.update(mlp="mlp", scale_attn_norm=False, scale_mlp_norm=False)
         if not draw(st.integers(0, 3)):
             cfg["num_classes"], cfg["representation_size"] = 0, None
     stride = patch * (1 if hybrid is None else 4 * 2 ** max(len(hybrid) - 1, 0))

@@ -192,8 +192,9 @@ def test_a_width_without_a_standard_head_count_needs_heads(capsys, tmp_path, wid
 
 NOT_EXPRESSIBLE = {
     "a non-ViT": ("resnet50", "timm's resnet50 is a ResNet, not a VisionTransformer"),
-    "post-norm blocks": ("vit_base_patch16_rpn_224", "timm's vit_base_patch16_rpn_224 is a ViT variant vitconvert "
-                                                     "cannot express: blocks of type ResPostBlock"),
+    "differential attention": ("vit_dwee_patch16_reg1_gap_256", "timm's vit_dwee_patch16_reg1_gap_256 is a ViT "
+                                                                "variant vitconvert cannot express: attention "
+                                                                "DiffAttention"),
     "an unknown name": ("vit_nonexistent_patch3", "timm cannot build the model 'vit_nonexistent_patch3'"),
 }
 

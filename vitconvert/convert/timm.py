@@ -148,7 +148,12 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str, num_heads: i
     depth = len({m[1] for k in shapes if (m := re.match(r"blocks\.(\d+)\.", k))})
     b = "blocks.0."
     unseen, missing, assumed = list(NEVER_SEEN), [], []
-    if has(b + "mlp.fc1_g.weight"):
+    # Parallel blocks show their fused projection; residual post-norm blocks look as pre-norm ones do.
+    block = "parallel" if has(b + "in_proj.weight") else "pre_norm"
+    attn, first_norm = (b, b + "in_norm") if block == "parallel" else (b + "attn.", b + "norm1")
+    if block == "parallel":
+        mlp, mlp_dim = "mlp", dims(b + "in_proj.weight", 2)[0] - 3 * dim
+    elif has(b + "mlp.fc1_g.weight"):
         mlp, mlp_dim = "swiglu", dims(b + "mlp.fc1_g.weight", 2)[0]
         missing.append("the activation of its SwiGLU MLP (AIMv2: silu)")
     elif has(b + "mlp.fc1.weight"):
@@ -159,6 +164,9 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str, num_heads: i
             missing.append("which half of fc1 gates its GLU MLP (timm's GluMlp or SwiGLUPacked) and the activation")
     else:
         raise VitConvertError(f"{where}: missing blocks.0.mlp.fc1.weight (no transformer blocks?)")
+    if block == "pre_norm":
+        unseen.append("block")
+        assumed.append("pre-norm blocks")
 
     hybrid_layers, hybrid_width, backbone_stride = None, ViTConfig.hybrid_width, 1
     stem = next((k for k in ("patch_embed.backbone.stem.conv.weight", "patch_embed.backbone.conv.weight") if has(k)),
@@ -211,8 +219,8 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str, num_heads: i
         unseen += ["img_size", "no_embed_class"]
         missing.append("the input size (there is no pos_embed)")
 
-    if has(b + "attn.q_norm.weight"):  # per-head norms show the head width
-        head_dim = dims(b + "attn.q_norm.weight", 1)[0]
+    if has(attn + "q_norm.weight"):  # per-head norms show the head width
+        head_dim = dims(attn + "q_norm.weight", 1)[0]
         num_heads = num_heads or (dim // head_dim if head_dim and dim % head_dim == 0 else None)
     if num_heads is None:
         if named:
@@ -227,7 +235,7 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str, num_heads: i
                                   f"{', '.join(map(str, HEADS_BY_WIDTH))}); give it with --heads N "
                                   "(num_heads=N), or name the timm model with --model NAME")
         unseen.append("num_heads")
-    norm = "rmsnorm" if has(b + "norm1.weight") and not has(b + "norm1.bias") else "layernorm"
+    norm = "rmsnorm" if has(first_norm + ".weight") and not has(first_norm + ".bias") else "layernorm"
     if norm == "rmsnorm":
         missing.append("the eps of its RMSNorm and its activation (AIMv2: 1e-5, silu)")
     if has("norm_pre.weight"):
@@ -240,15 +248,17 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str, num_heads: i
             img_size=(grid[0] * stride[0], grid[1] * stride[1]), patch_size=(ph, pw), in_chans=in_chans,
             embed_dim=dim, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
             num_classes=dims("head.weight", 2)[0] if has("head.weight") else 0, pool=pool, fc_norm=fc_norm,
-            representation_size=pre[0] if pre else None, distilled=distilled, qkv_bias=has(b + "attn.qkv.bias"),
+            representation_size=pre[0] if pre else None, distilled=distilled,
+            qkv_bias=has(b + ("in_proj.bias" if block == "parallel" else "attn.qkv.bias")),
             no_embed_class=no_embed_class, hybrid_layers=hybrid_layers, hybrid_width=hybrid_width,
             hybrid_gn_eps=ViTConfig.hybrid_gn_eps if stem is None else TIMM_GN_EPS, class_token=class_token,
             reg_tokens=reg_tokens, final_norm=final_norm,
             pre_norm=has("norm_pre.weight"), patch_bias=has("patch_embed.proj.bias"),
             patch_norm=has("patch_embed.norm.weight"), pos_embed="learn" if has("pos_embed") else "none",
-            norm=norm, layer_scale=has(b + "ls1.gamma"), qk_norm=has(b + "attn.q_norm.weight"),
+            norm=norm, layer_scale=has(b + "ls1.gamma") or has(b + "ls.gamma"), qk_norm=has(attn + "q_norm.weight"),
             scale_attn_norm=has(b + "attn.norm.weight"), scale_mlp_norm=has(b + "mlp.norm.weight"),
-            proj_bias=has(b + "attn.proj.bias"), mlp=mlp)
+            proj_bias=has(b + ("attn_out_proj.bias" if block == "parallel" else "attn.proj.bias")), mlp=mlp,
+            block=block)
     except VitConvertError as e:  # shapes that make no model: say which file they came from
         raise VitConvertError(f"{where}: {e}") from None
     return Inferred(cfg, tuple(unseen), tuple(missing), tuple(assumed))
@@ -278,8 +288,7 @@ def timm_config(model: torch.nn.Module, name: str) -> ViTConfig:
     problems = _unsupported(model)
     if problems:
         raise VitConvertError(f"timm's {name} is a ViT variant vitconvert cannot express: {'; '.join(problems)}")
-    block, embed = model.blocks[0], model.patch_embed
-    mlp = block.mlp
+    embed = model.patch_embed
     backbone = getattr(embed, "backbone", None)
     hybrid_layers, hybrid_width, gn_eps = None, ViTConfig.hybrid_width, ViTConfig.hybrid_gn_eps
     if backbone is not None:
@@ -293,21 +302,16 @@ def timm_config(model: torch.nn.Module, name: str) -> ViTConfig:
     try:
         cfg = ViTConfig(
             img_size=tuple(embed.img_size), patch_size=tuple(embed.patch_size), in_chans=model.in_chans,
-            embed_dim=model.embed_dim, depth=len(model.blocks), num_heads=block.attn.num_heads,
-            mlp_dim=(mlp.fc1_g if hasattr(mlp, "fc1_g") else mlp.fc1).out_features, num_classes=model.num_classes,
+            embed_dim=model.embed_dim, depth=len(model.blocks), num_classes=model.num_classes,
             pool=pools[model.global_pool], fc_norm=not _absent(model.fc_norm),
-            distilled=isinstance(model, VisionTransformerDistilled), qkv_bias=block.attn.qkv.bias is not None,
-            ln_eps=block.norm1.eps, act=_activation(mlp.act), no_embed_class=model.no_embed_class,
+            distilled=isinstance(model, VisionTransformerDistilled), no_embed_class=model.no_embed_class,
             hybrid_layers=hybrid_layers, hybrid_width=hybrid_width, hybrid_gn_eps=gn_eps,
             class_token=model.has_class_token, reg_tokens=model.num_reg_tokens,
             pool_include_prefix=model.pool_include_prefix,
             final_norm=not (_absent(model.norm) and _absent(model.fc_norm)),
             pre_norm=not _absent(model.norm_pre), patch_bias=embed.proj.bias is not None,
             patch_norm=not _absent(getattr(embed, "norm", None)),
-            pos_embed="none" if model.pos_embed is None else "learn", norm=_norm_kind(block.norm1),
-            layer_scale=not _absent(block.ls1), qk_norm=not _absent(block.attn.q_norm),
-            scale_attn_norm=not _absent(block.attn.norm), scale_mlp_norm=not _absent(mlp.norm),
-            proj_bias=block.attn.proj.bias is not None, mlp=_mlp_kind(mlp))
+            pos_embed="none" if model.pos_embed is None else "learn", **_block_fields(model.blocks[0]))
     except VitConvertError as e:
         raise VitConvertError(f"timm's {name}: {e}") from None
     # The parameters show what the checks above do not look for.
@@ -321,6 +325,24 @@ def timm_config(model: torch.nn.Module, name: str) -> ViTConfig:
             ("parameters of other shapes", "; ".join(wrong[:4]))) if text]
         raise VitConvertError(f"timm's {name} is a ViT variant vitconvert cannot express: {'; '.join(parts)}")
     return cfg
+
+
+def _block_fields(block: torch.nn.Module) -> dict[str, Any]:
+    """The config fields a timm block (all of a model's are alike: `_unsupported` checks) says."""
+    from timm.models.vision_transformer import ParallelScalingBlock, ResPostBlock
+
+    if type(block) is ParallelScalingBlock:
+        return dict(block="parallel", num_heads=block.num_heads, mlp_dim=block.in_split[0],
+                    qkv_bias=block.in_proj.bias is not None, ln_eps=block.in_norm.eps, act=_activation(block.mlp_act),
+                    norm=_norm_kind(block.in_norm), layer_scale=not _absent(block.ls),
+                    qk_norm=not _absent(block.q_norm), proj_bias=block.attn_out_proj.bias is not None)
+    attn, mlp = block.attn, block.mlp
+    return dict(block="res_post" if type(block) is ResPostBlock else "pre_norm", num_heads=attn.num_heads,
+                mlp_dim=(mlp.fc1_g if hasattr(mlp, "fc1_g") else mlp.fc1).out_features,
+                qkv_bias=attn.qkv.bias is not None, ln_eps=block.norm1.eps, act=_activation(mlp.act),
+                norm=_norm_kind(block.norm1), layer_scale=not _absent(getattr(block, "ls1", None)),
+                qk_norm=not _absent(attn.q_norm), scale_attn_norm=not _absent(attn.norm),
+                scale_mlp_norm=not _absent(mlp.norm), proj_bias=attn.proj.bias is not None, mlp=_mlp_kind(mlp))
 
 
 def _absent(module: torch.nn.Module | None) -> bool:
@@ -357,14 +379,19 @@ def _mlp_kind(mlp: torch.nn.Module) -> str | None:
 def _unsupported(model: torch.nn.Module) -> list[str]:
     """What in timm's ViT `model` our ViT does not do and no parameter shape would show."""
     from timm.layers import AttentionPoolLatent, HybridEmbed, PatchEmbed
-    from timm.models.vision_transformer import Attention, Block
+    from timm.models.vision_transformer import Attention, Block, ParallelScalingBlock, ResPostBlock
 
     problems = []
     if model.global_pool not in ("token", "avg", "avgmax", "max", "map", ""):
         problems.append(f"pooling {model.global_pool!r}")
     kinds = set()
     for b in model.blocks:
-        if type(b) is not Block:
+        if type(b) is ParallelScalingBlock:
+            if b.out_proj is not None:
+                kinds.add("parallel blocks with one output projection for both branches")
+            elif _activation(b.mlp_act) is None:
+                kinds.add(f"activation {type(b.mlp_act).__name__}")
+        elif type(b) not in (Block, ResPostBlock):
             kinds.add(f"blocks of type {type(b).__name__}")
         elif type(b.attn) is not Attention or getattr(b.attn, "gate", None) is not None \
                 or b.attn.head_dim * b.attn.num_heads != model.embed_dim:
@@ -381,12 +408,12 @@ def _unsupported(model: torch.nn.Module) -> list[str]:
         elif (pool.latent_len, pool.pool, pool.pos_embed is None, _absent(pool.q_norm), pool.mlp is not None) \
                 != (1, "token", True, True, True) or pool.q.in_features != model.embed_dim:
             problems.append("attention pooling with other options than timm's VisionTransformer sets")
-        elif _activation(pool.mlp.act) != _activation(model.blocks[0].mlp.act):
+        elif _activation(pool.mlp.act) != _block_fields(model.blocks[0])["act"]:
             problems.append("attention pooling with another activation than the blocks'")
     if not kinds:
         norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm) or "RmsNorm" in type(m).__name__]
         norm_kinds = {_norm_kind(m) or type(m).__name__ for m in norms}
-        heads = {b.attn.num_heads for b in model.blocks}
+        heads = {getattr(b, "attn", b).num_heads for b in model.blocks}
         eps = {m.eps for m in norms}
         if len(norm_kinds) > 1 or not norm_kinds <= {"layernorm", "rmsnorm"}:
             problems.append(f"norm layers {', '.join(sorted(norm_kinds))}")

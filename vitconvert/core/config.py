@@ -24,6 +24,10 @@ NORMS = ("layernorm", "rmsnorm")
 # with the gate first); SwiGLU (fc1_g and fc1_x apart). The activation is always `act`.
 MlpKind = Literal["mlp", "glu", "swiglu_packed", "swiglu"]
 MLPS = ("mlp", "glu", "swiglu_packed", "swiglu")
+# timm's Block (pre-norm), ResPostBlock (the norms after the branches) and ParallelScalingBlock (attention
+# and MLP side by side, from one fused input projection).
+BlockKind = Literal["pre_norm", "res_post", "parallel"]
+BLOCK_KINDS = ("pre_norm", "res_post", "parallel")
 PosEmbed = Literal["learn", "none"]
 POS_EMBEDS = ("learn", "none")
 
@@ -42,8 +46,8 @@ _POSITIVE_INTS = ("in_chans", "embed_dim", "depth", "num_heads", "mlp_dim", "hyb
 _COUNTS = ("num_classes", "reg_tokens")  # zero allowed
 _BOOLS = ("fc_norm", "distilled", "qkv_bias", "no_embed_class", "pool_include_prefix", "final_norm", "pre_norm",
           "patch_bias", "patch_norm", "layer_scale", "qk_norm", "scale_attn_norm", "scale_mlp_norm", "proj_bias")
-_CHOICES = {"pool": POOLS, "act": ACTIVATIONS, "norm": NORMS, "mlp": MLPS, "pos_embed": POS_EMBEDS,
-            "pos_resize": ("bicubic", "dino")}
+_CHOICES = {"pool": POOLS, "act": ACTIVATIONS, "norm": NORMS, "mlp": MLPS, "block": BLOCK_KINDS,
+            "pos_embed": POS_EMBEDS, "pos_resize": ("bicubic", "dino")}
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class ViTConfig:
     # Biases of the attention output projection and of the MLP layers (timm ties them).
     proj_bias: bool = True
     mlp: MlpKind = "mlp"
+    block: BlockKind = "pre_norm"
 
     def __post_init__(self) -> None:
         # Types first: a config also comes from a file's JSON, and a wrong type must be a clear
@@ -137,6 +142,10 @@ class ViTConfig:
             problems.append("representation_size feeds the head, so it needs num_classes > 0")
         if self.mlp in ("glu", "swiglu_packed") and self.mlp_dim % 2:
             problems.append(f"a packed GLU MLP splits mlp_dim in two halves, but mlp_dim is {self.mlp_dim}")
+        if self.block == "res_post" and self.layer_scale:
+            problems.append("residual post-norm blocks have no layer scale")
+        if self.block == "parallel" and (self.mlp != "mlp" or self.scale_attn_norm or self.scale_mlp_norm):
+            problems.append("parallel blocks have a plain MLP and no scale norms")
         if self.hybrid_layers is not None and self.hybrid_width % GN_GROUPS:
             problems.append(f"hybrid_width {self.hybrid_width} is not a multiple of the {GN_GROUPS} "
                             "GroupNorm groups of the ResNet")
@@ -276,7 +285,7 @@ class ViTConfig:
 SINCE_FAMILY = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in (
     "pos_resize", "hybrid_gn_eps", "class_token", "reg_tokens", "pool_include_prefix", "final_norm", "pre_norm",
     "patch_bias", "patch_norm", "pos_embed", "norm", "layer_scale", "qk_norm", "scale_attn_norm", "scale_mlp_norm",
-    "proj_bias", "mlp")}
+    "proj_bias", "mlp", "block")}
 
 
 def preset(name: str, **overrides: Any) -> ViTConfig:

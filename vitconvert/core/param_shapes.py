@@ -58,18 +58,27 @@ def param_shapes(cfg: ViTConfig) -> Shapes:
 
 
 def _block(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
+    d = cfg.embed_dim
+    if cfg.block == "parallel":
+        _parallel_block(shapes, cfg, b, norm)
+    elif cfg.block == "res_post":  # timm registers each branch before its norm
+        _attention(shapes, cfg, b, norm)
+        norm(shapes, f"{b}.norm1", d)
+        _mlp(shapes, cfg, b, norm)
+        norm(shapes, f"{b}.norm2", d)
+    else:
+        norm(shapes, f"{b}.norm1", d)
+        _attention(shapes, cfg, b, norm)
+        if cfg.layer_scale:
+            shapes[f"{b}.ls1.gamma"] = (d,)
+        norm(shapes, f"{b}.norm2", d)
+        _mlp(shapes, cfg, b, norm)
+        if cfg.layer_scale:
+            shapes[f"{b}.ls2.gamma"] = (d,)
+
+
+def _mlp(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
     d, hidden = cfg.embed_dim, cfg.mlp_dim
-    norm(shapes, f"{b}.norm1", d)
-    _linear(shapes, f"{b}.attn.qkv", d, 3 * d, cfg.qkv_bias)
-    if cfg.qk_norm:
-        norm(shapes, f"{b}.attn.q_norm", d // cfg.num_heads)
-        norm(shapes, f"{b}.attn.k_norm", d // cfg.num_heads)
-    if cfg.scale_attn_norm:
-        norm(shapes, f"{b}.attn.norm", d)
-    _linear(shapes, f"{b}.attn.proj", d, d, cfg.proj_bias)
-    if cfg.layer_scale:
-        shapes[f"{b}.ls1.gamma"] = (d,)
-    norm(shapes, f"{b}.norm2", d)
     if cfg.mlp == "swiglu":
         _linear(shapes, f"{b}.mlp.fc1_g", d, hidden, cfg.proj_bias)
         _linear(shapes, f"{b}.mlp.fc1_x", d, hidden, cfg.proj_bias)
@@ -80,8 +89,32 @@ def _block(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
     if cfg.scale_mlp_norm:
         norm(shapes, f"{b}.mlp.norm", hidden)
     _linear(shapes, f"{b}.mlp.fc2", hidden, d, cfg.proj_bias)
+
+
+def _attention(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
+    d = cfg.embed_dim
+    _linear(shapes, f"{b}.attn.qkv", d, 3 * d, cfg.qkv_bias)
+    if cfg.qk_norm:
+        norm(shapes, f"{b}.attn.q_norm", d // cfg.num_heads)
+        norm(shapes, f"{b}.attn.k_norm", d // cfg.num_heads)
+    if cfg.scale_attn_norm:
+        norm(shapes, f"{b}.attn.norm", d)
+    _linear(shapes, f"{b}.attn.proj", d, d, cfg.proj_bias)
+
+
+def _parallel_block(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
+    d, hidden = cfg.embed_dim, cfg.mlp_dim
+    if not cfg.qkv_bias:  # the MLP's input bias, apart from a bias-free fused projection
+        shapes[f"{b}.mlp_bias"] = (hidden,)
+    norm(shapes, f"{b}.in_norm", d)
+    _linear(shapes, f"{b}.in_proj", d, hidden + 3 * d, cfg.qkv_bias)
+    if cfg.qk_norm:
+        norm(shapes, f"{b}.q_norm", d // cfg.num_heads)
+        norm(shapes, f"{b}.k_norm", d // cfg.num_heads)
+    _linear(shapes, f"{b}.attn_out_proj", d, d, cfg.proj_bias)
+    _linear(shapes, f"{b}.mlp_out_proj", hidden, d, cfg.proj_bias)
     if cfg.layer_scale:
-        shapes[f"{b}.ls2.gamma"] = (d,)
+        shapes[f"{b}.ls.gamma"] = (d,)
 
 
 def attention_pool_shapes(shapes: Shapes, name: str, dim: int, mlp_dim: int, norm: NormShapes) -> None:

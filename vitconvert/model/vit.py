@@ -1,4 +1,4 @@
-"""Our Vision Transformer: patch embedding, prefix tokens, position embeddings, pre-norm blocks, pooling, head.
+"""Our Vision Transformer: patch embedding, prefix tokens, position embeddings, blocks, pooling, head.
 
 Built only from a `ViTConfig`. Parameter names are timm's VisionTransformer names, so the
 state dict of this model loads into timm's model of the same shape and the other way round.
@@ -13,7 +13,8 @@ from torch import nn
 
 from ..core.config import ViTConfig
 from .hybrid import backbone_channels, build_backbone
-from .layers import Attention, LayerScale, block_mlp, norm_factory
+from .blocks import build_block
+from .layers import norm_factory
 from .pooling import AttentionPoolLatent
 
 
@@ -33,29 +34,6 @@ class PatchEmbed(nn.Module):
         if hasattr(self, "backbone"):
             x = self.backbone(x)
         return self.norm(self.proj(x).flatten(2).transpose(1, 2))
-
-
-class Block(nn.Module):
-    """Pre-norm residual block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x)))."""
-
-    def __init__(self, cfg: ViTConfig) -> None:
-        super().__init__()
-        norm = norm_factory(cfg)
-        self.norm1 = norm(cfg.embed_dim)
-        self.attn = Attention(cfg)
-        self.ls1 = LayerScale(cfg.embed_dim) if cfg.layer_scale else nn.Identity()
-        self.norm2 = norm(cfg.embed_dim)
-        self.mlp = block_mlp(cfg)
-        self.ls2 = LayerScale(cfg.embed_dim) if cfg.layer_scale else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x)))
-        return x + self.ls2(self.mlp(self.norm2(x)))
-
-    def forward_first(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        """`forward(x)[:, :n]`, computing only what those tokens need (every token's keys and values)."""
-        first = x[:, :n] + self.ls1(self.attn.forward_first(self.norm1(x), n))
-        return first + self.ls2(self.mlp(self.norm2(first)))
 
 
 class PreLogits(nn.Module):
@@ -91,7 +69,7 @@ class VisionTransformer(nn.Module):
             self.dist_token = nn.Parameter(torch.zeros(1, 1, D))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_pos_tokens, D)) if cfg.pos_embed == "learn" else None
         self.norm_pre = norm(D) if cfg.pre_norm else nn.Identity()
-        self.blocks = nn.Sequential(*(Block(cfg) for _ in range(cfg.depth)))
+        self.blocks = nn.Sequential(*(build_block(cfg) for _ in range(cfg.depth)))
         self.norm = norm(D) if cfg.final_norm and not cfg.fc_norm else nn.Identity()
         if cfg.pool == "map":
             self.attn_pool = AttentionPoolLatent(D, cfg.num_heads, cfg.mlp_dim, norm, cfg.act)
@@ -199,6 +177,6 @@ class VisionTransformer(nn.Module):
         x = self.embed_tokens(x)
         maps = []
         for block in self.blocks:
-            maps.append(block.attn.attention_probs(block.norm1(x)))
+            maps.append(block.attention_probs(x))
             x = block(x)
         return maps
