@@ -28,7 +28,7 @@ def models(timm_name: str, res: int, realistic: bool = False):
         realistic_random(theirs)
     state = theirs.state_dict()
     cfg = infer_config({k: tuple(v.shape) for k, v in state.items()}, timm_name,
-                       num_heads=theirs.blocks[0].attn.num_heads)
+                       num_heads=theirs.blocks[0].attn.num_heads).config
     ours = build_with_weights(*at_size(cfg, state, (res, res)))
     return ours, theirs
 

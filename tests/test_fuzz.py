@@ -112,9 +112,27 @@ def configs(draw):
            "in_chans": draw(st.integers(1, 4)), "qkv_bias": draw(st.booleans()),
            "representation_size": draw(st.one_of(st.none(), st.integers(1, 9))),
            "hybrid_layers": hybrid, "hybrid_width": 32 * draw(st.integers(1, 2))}
-    pool = draw(st.sampled_from(["token", "gap", "gap fc_norm", "distilled"]))
-    cfg.update(pool="token" if pool in ("token", "distilled") else "gap", fc_norm=pool == "gap fc_norm",
+    pool = draw(st.sampled_from(["token", "gap", "gap fc_norm", "distilled", "avgmax", "max", "map", "none"]))
+    cfg.update(pool={"distilled": "token", "gap fc_norm": "gap"}.get(pool, pool), fc_norm=pool == "gap fc_norm",
                distilled=pool == "distilled", no_embed_class=draw(st.booleans()))
+    if pool != "distilled":  # timm's family beside the first ViTs
+        cfg.update(class_token=draw(st.booleans()) or pool == "token", reg_tokens=draw(st.integers(0, 2)),
+                   final_norm=draw(st.booleans()) or pool == "gap fc_norm", pre_norm=draw(st.booleans()),
+                   patch_bias=draw(st.booleans()), patch_norm=draw(st.booleans()),
+                   pos_embed=draw(st.sampled_from(["learn", "none"])),
+                   norm=draw(st.sampled_from(["layernorm", "rmsnorm"])),
+                   layer_scale=draw(st.booleans()), qk_norm=draw(st.booleans()), scale_attn_norm=draw(st.booleans()),
+                   scale_mlp_norm=draw(st.booleans()), proj_bias=draw(st.booleans()),
+                   mlp=draw(st.sampled_from(["mlp", "glu", "swiglu_packed", "swiglu"])),
+                   block=draw(st.sampled_from(["pre_norm", "res_post", "parallel"])))
+        if cfg["mlp"] in ("glu", "swiglu_packed"):
+            cfg["mlp_dim"] += cfg["mlp_dim"] % 2
+        if cfg["block"] == "res_post":
+            cfg["layer_scale"] = False
+        if cfg["block"] == "parallel":
+            cfg.update(mlp="mlp", scale_attn_norm=False, scale_mlp_norm=False)
+        if not draw(st.integers(0, 3)):
+            cfg["num_classes"], cfg["representation_size"] = 0, None
     stride = patch * (1 if hybrid is None else 4 * 2 ** max(len(hybrid) - 1, 0))
     cfg["img_size"] = (stride * draw(st.integers(1, 3)), stride * draw(st.integers(1, 3)))
     return ViTConfig(**cfg)

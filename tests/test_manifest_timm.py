@@ -69,10 +69,13 @@ def test_timm_tags_are_named_wherever_timm_loads_the_same_file():
 @pytest.mark.parametrize("e", [e for e in MANIFEST.checkpoints if e.timm_model and not e.head_is_zero],
                          ids=lambda e: e.name)
 def test_timm_models_read_back_as_the_entrys_architecture(e):
-    """What verify and timm2torch --model read from timm's model is the entry's config (the activation
-    aside: timm runs exact GELU, the JAX models tanh), so `vitconvert verify` on a converted download
-    against its timm tag compares like with like. (The 2020 ImageNet-21k tags have no head in timm.)"""
+    """What verify and timm2torch --model read from timm's model is the entry's config (the numerics that
+    `verify --timm-act match` sets aside: timm runs exact GELU, the JAX models tanh; timm's hybrid ResNet
+    GroupNorm eps is 1e-5, flax's 1e-6), so `vitconvert verify` on a converted download against its timm
+    tag compares like with like. (The 2020 ImageNet-21k tags have no head in timm.)"""
     from vitconvert.convert.timm import create_timm_model, timm_config
 
     cfg = timm_config(create_timm_model(e.timm_model, meta=True), e.timm_model)
-    assert cfg == e.config.replace(act="gelu")
+    hybrid = e.config.hybrid_layers is not None
+    assert (cfg.hybrid_gn_eps, e.config.hybrid_gn_eps) == ((1e-5, 1e-6) if hybrid else (1e-6, 1e-6))
+    assert cfg == e.config.replace(act="gelu", hybrid_gn_eps=cfg.hybrid_gn_eps)

@@ -121,7 +121,10 @@ def test_intermediates_name_every_stage_and_end_in_the_logits() -> None:
 
 @pytest.mark.parametrize("bad, message", [
     (dict(embed_dim=100, num_heads=3), "not divisible by num_heads"),
-    (dict(img_size=(225, 224)), "not a multiple of the patch stride 16"),
+    # A plain patch embedding leaves out the pixels past the last whole patch, as timm's does; a hybrid's
+    # ResNet would pad them instead.
+    (dict(img_size=(225, 224), hybrid_layers=(), patch_size=4), "not a multiple of the patch stride 16"),
+    (dict(img_size=(8, 224)), "smaller than one patch"),
     (dict(pool="cls"), "pool must be"),
     (dict(act="relu"), "act must be"),
     (dict(pos_resize="bilinear"), "pos_resize must be 'bicubic' or 'dino', got 'bilinear'"),

@@ -192,8 +192,9 @@ def test_a_width_without_a_standard_head_count_needs_heads(capsys, tmp_path, wid
 
 NOT_EXPRESSIBLE = {
     "a non-ViT": ("resnet50", "timm's resnet50 is a ResNet, not a VisionTransformer"),
-    "layer scale": ("deit3_small_patch16_224", "timm's deit3_small_patch16_224 is a ViT variant vitconvert "
-                                               "cannot express: parameters our ViT lacks: blocks.0.ls1.gamma"),
+    "differential attention": ("vit_dwee_patch16_reg1_gap_256", "timm's vit_dwee_patch16_reg1_gap_256 is a ViT "
+                                                                "variant vitconvert cannot express: attention "
+                                                                "DiffAttention"),
     "an unknown name": ("vit_nonexistent_patch3", "timm cannot build the model 'vit_nonexistent_patch3'"),
 }
 
@@ -209,19 +210,20 @@ def test_a_model_name_we_cannot_express_is_a_one_line_error(capsys, tiny_pth, tm
 
 def test_unknown_keys_are_an_error_that_names_them(tmp_path) -> None:
     state = timm_vit("vit_tiny_patch16_224", depth=1).state_dict()
-    state["blocks.0.ls1.gamma"] = torch.ones(192)
-    state["norm_pre.weight"] = torch.ones(192)
+    state["blocks.0.gamma_1"] = torch.ones(192)  # DeiT III's own name for timm's ls1.gamma
+    state["mask_token"] = torch.ones(1, 192)
     torch.save(state, tmp_path / "x.pth")
-    with pytest.raises(VitConvertError, match=r"keys that nothing maps: blocks\.0\.ls1\.gamma, norm_pre\.weight"):
+    with pytest.raises(VitConvertError, match=r"keys that nothing maps: blocks\.0\.gamma_1, mask_token"):
         convert_timm(tmp_path / "x.pth", tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_missing_keys_are_an_error_that_names_them(tmp_path) -> None:
-    state = timm_vit("vit_tiny_patch16_224", depth=1).state_dict()
-    del state["blocks.0.attn.proj.bias"]
+    # The first block's keys say which layers every block has (a bias of none of them is a model).
+    state = timm_vit("vit_tiny_patch16_224", depth=2).state_dict()
+    del state["blocks.1.attn.proj.bias"]
     torch.save(state, tmp_path / "x.pth")
-    with pytest.raises(VitConvertError, match=r"missing keys: blocks\.0\.attn\.proj\.bias"):
+    with pytest.raises(VitConvertError, match=r"missing keys: blocks\.1\.attn\.proj\.bias"):
         convert_timm(tmp_path / "x.pth", tmp_path / "x.safetensors")
 
 

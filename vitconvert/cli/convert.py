@@ -26,7 +26,8 @@ def _report(record, dst: str, as_json: bool) -> None:
         arch += f", ResNet stages {list(c.hybrid_layers)}"
     click.echo(f"wrote {dst}")
     click.echo(f"  source      {record.source.file} ({record.source.format}, sha256 {record.source.sha256[:12]}...)")
-    click.echo(f"  model       {arch}; pool {c.pool}; {c.num_classes} classes; act {c.act}")
+    head = f"{c.num_classes} classes" if c.num_classes else "no head (returns features)"
+    click.echo(f"  model       {arch}; pool {c.pool}; {head}; act {c.act}")
     click.echo(f"  input       {c.img_size[0]}x{c.img_size[1]}, {record.preprocess.resize} "
                f"({record.preprocess.interpolation}), mean {list(record.preprocess.mean)}")
     click.echo(f"  labels      {_describe_labels(record.labels)}")
@@ -116,9 +117,10 @@ def jax2torch(src: str, dst: str, gelu: str, labels: str | None, dtype: str, for
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.argument("dst", type=click.Path(dir_okay=False))
 @click.option("--model", "model_name", metavar="TIMM_NAME",
-              help="timm model name with tag (e.g. vit_base_patch16_224.augreg_in21k_ft_in1k): supplies the "
-                   "head count and the checkpoint's own preprocessing from timm's pretrained cfg. Refused "
-                   "unless its architecture is the checkpoint's.")
+              help="timm model name, with or without tag (e.g. vit_base_patch16_224.augreg_in21k_ft_in1k): "
+                   "supplies what the tensors do not show (heads, activation, norm eps, pooling) from timm's "
+                   "definition and the checkpoint's own preprocessing from its pretrained cfg. Refused unless "
+                   "its architecture is the checkpoint's.")
 @click.option("--heads", type=click.IntRange(min=1),
               help="Attention heads; needed without --model when the width is not a standard one (Ti, S, B, L, H).")
 @converter_options
@@ -127,13 +129,19 @@ def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, la
                as_json: bool) -> None:
     """Convert a timm ViT state dict (.pth, .bin or .safetensors) to a vitconvert weights file.
 
-    Training checkpoints wrapped in 'model' / 'state_dict' or with 'module.' prefixes are unwrapped.
-    Token, 'gap' (fc_norm) and DeiT distilled models are recognised from the keys. Pickles are read
+    Any of timm's VisionTransformer family: classifiers and backbones without a head (CLIP, SigLIP,
+    DINO, DINOv2, ...). Training checkpoints wrapped in 'model' / 'state_dict' / 'model_ema', DINO's
+    'teacher' / 'student' with 'backbone.' prefixes, or with 'module.' prefixes are unwrapped. What
+    the keys and shapes show (class and register tokens, layer scale, norms, MLP kind, attention
+    pooling, ...) is read from them; what they do not (activation, norm eps, ...) comes from --model,
+    or timm's defaults where those are safe, else the error says what is missing. Pickles are read
     with weights_only=True, so a file that would run code is refused.
 
     \b
     Examples:
       vitconvert timm2torch model.safetensors vit-ti.safetensors --model vit_tiny_patch16_224.augreg_in21k
+      vitconvert timm2torch open_clip.bin clip-b16.safetensors --model vit_base_patch16_clip_224.openai
+      vitconvert timm2torch dino_checkpoint.pth dino-s16.safetensors
       vitconvert timm2torch checkpoint.pth mine.safetensors --heads 8
       vitconvert timm2torch pytorch_model.bin vit-b16.safetensors --dtype float16 --json
       vitconvert timm2torch finetuned.pth birds.safetensors --heads 6 --labels bird_names.txt

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from ..core.config import ACTIVATIONS
 from .errors import debug_option
 
 
@@ -20,7 +21,7 @@ from .errors import debug_option
 @click.option("--image", type=click.Path(dir_okay=False), help="Use this image (through FILE's preprocessing) "
               "instead of a fixed random batch.")
 @click.option("--atol", type=float, default=1e-4, show_default=True, help="Largest logit difference that passes.")
-@click.option("--timm-act", type=click.Choice(["match", "gelu", "gelu_tanh"]), default="match", show_default=True,
+@click.option("--timm-act", type=click.Choice(["match", *ACTIVATIONS]), default="match", show_default=True,
               help="timm's MLP activation: 'match' uses the one FILE records (checks the conversion alone).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @debug_option

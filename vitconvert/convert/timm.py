@@ -1,48 +1,75 @@
 """timm VisionTransformer state dicts (.pth, .bin, .safetensors) to our weights file.
 
 Our tensor names are timm's, so the mapping table is the identity over the names our config
-implies; what needs work is unwrapping training checkpoints, inferring the config and reading
-pickles safely.
+implies (but for hybrid ResNet kernels, stored standardized); what needs work is unwrapping
+training checkpoints, inferring the config and reading pickles safely.
+
+The config comes from the keys and shapes where they tell it. What they do not tell (the head count
+of an unusual width, the activation, the norm eps, the pooling, ...) comes from timm's own definition
+of the model when it is named (`model=`, built on the meta device and read back by `timm_config`, the
+one reader of timm models: `verify` uses it too), or else from timm's defaults where those are
+safe, and is otherwise an error naming the missing fact.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..core.config import GN_GROUPS, ViTConfig
-from ..core.errors import VitConvertError
+from ..core.errors import VitConvertError, name_list
 from ..core.param_shapes import param_shapes
 from ..formats.paths import check_input, check_output
 from ..formats.safetensors_file import read_header, read_tensors
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
-from .mapping import IDENTITY, Rule, plan_tensors, source_dims
+from .mapping import IDENTITY, Op, Rule, plan_tensors, source_dims
 
-WRAPPERS = ("state_dict", "model", "model_ema", "module")
+# Training checkpoints keep the weights under one of these (DINO: the teacher is the one to use).
+WRAPPERS = ("state_dict", "model", "model_ema", "module", "teacher", "student")
 # Heads of the usual widths (Ti, S, B, L, H); for any other width the head count must be given.
 HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 # timm's ViT default when the checkpoint's own pretrained cfg is not named.
 TIMM_DEFAULT_PREPROCESS = dict(resize="crop", crop_pct=0.9, interpolation="bicubic",
                                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+# timm's hybrid ResNetV2: StdConv2dSame standardizes (w - mean) / sqrt(var + 1e-8); GroupNorm eps 1e-5.
+TIMM_WS_EPS = 1e-8
+TIMM_GN_EPS = 1e-5
+# Config fields that no tensor shows: a named model supplies them, else timm's defaults (the config's).
+NEVER_SEEN = ("act", "ln_eps", "pos_resize", "pool_include_prefix", "hybrid_gn_eps")
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class Checkpoint:
+    """The tensors of a checkpoint, out of its wrappers."""
+
+    tensors: dict[str, torch.Tensor]
+    # Unwrapped from DINO's {'teacher'/'student': {'backbone.*', 'head.*'}}: a DINO backbone.
+    dino: bool = False
+    notes: tuple[str, ...] = ()
+
+
+def read_state_dict(path: str | os.PathLike) -> Checkpoint:
     """Tensors of a .safetensors, or of a .pth/.bin read with weights_only (no code runs)."""
     path = check_input(path, "a checkpoint file")
     if path.suffix == ".safetensors":
         read_header(path)  # clear errors for truncated or foreign files
-        return read_tensors(path)
+        return unwrap(read_tensors(path), str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+        # DINO's training checkpoints carry their command line as an argparse.Namespace: plain data.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, zip errors...
         text = str(e)
         if "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text:
@@ -58,8 +85,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return unwrap(obj, str(path))
 
 
-def unwrap(obj: object, where: str) -> dict[str, torch.Tensor]:
-    """The tensor dict inside training-checkpoint wrappers, without 'module.' prefixes."""
+def unwrap(obj: object, where: str) -> Checkpoint:
+    """The tensor dict inside training-checkpoint wrappers, without 'module.' prefixes; DINO's
+    'backbone.' prefix taken off and its projection head ('head.*', a training head that is no
+    classifier) dropped."""
     while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         inner = next((obj[k] for k in WRAPPERS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
@@ -76,51 +105,163 @@ def unwrap(obj: object, where: str) -> dict[str, torch.Tensor]:
             tensors[k.removeprefix("module.")] = v
     if not tensors:
         raise VitConvertError(f"{where}: the checkpoint holds no tensors")
-    return tensors
+    if "patch_embed.proj.weight" in tensors or "backbone.patch_embed.proj.weight" not in tensors:
+        return Checkpoint(tensors)
+    head = sorted(k for k in tensors if k.startswith("head."))
+    backbone = {k.removeprefix("backbone."): v for k, v in tensors.items() if k not in head}
+    note = f"DINO checkpoint: backbone.* converted; its projection head ({len(head)} tensors, head.*) " \
+           "is a training head, not a classifier, and was left out" if head else "DINO checkpoint: backbone.* converted"
+    return Checkpoint(backbone, dino=True, notes=(note,))
 
 
-def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str,
-                 num_heads: int | None = None) -> ViTConfig:
+@dataclass(frozen=True)
+class Inferred:
+    """A checkpoint's architecture as far as its keys and shapes tell it."""
+
+    # What the tensors do not show is at timm's VisionTransformer defaults here.
+    config: ViTConfig
+    # Config fields the tensors do not show: a named model's values stand for them.
+    unseen: tuple[str, ...]
+    # Facts without a safe default, in words: without a named model, each is an error.
+    missing: tuple[str, ...] = ()
+    # Defaults taken for what the tensors do not show, in words (for the record's notes).
+    assumed: tuple[str, ...] = field(default_factory=tuple)
+
+
+def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str, num_heads: int | None = None,
+                 named: bool = False) -> Inferred:
+    """The architecture the keys and shapes of a timm VisionTransformer state dict tell.
+
+    named: a named model will supply what they do not tell (so an unknown head count is no error)."""
     if "patch_embed.proj.weight" not in shapes:
         keys = ", ".join(sorted(shapes)[:6])
         raise VitConvertError(f"{where}: not a timm ViT state dict (no patch_embed.proj.weight); "
                               f"its keys begin: {keys}")
-    dim, in_chans, ph, pw = source_dims(shapes, "patch_embed.proj.weight", 4, where)
-    if ph != pw:
-        raise VitConvertError(f"{where}: non-square patches ({ph}x{pw}) are not supported")
+
+    def has(key: str) -> bool:
+        return key in shapes
+
+    def dims(key: str, rank: int) -> tuple[int, ...]:
+        return source_dims(shapes, key, rank, where)
+
+    dim, in_chans, ph, pw = dims("patch_embed.proj.weight", 4)
     depth = len({m[1] for k in shapes if (m := re.match(r"blocks\.(\d+)\.", k))})
-    if "blocks.0.mlp.fc1.weight" not in shapes or "head.weight" not in shapes:
-        raise VitConvertError(f"{where}: missing blocks.0.mlp.fc1.weight or head.weight")
-    distilled = "dist_token" in shapes
-    pool = "token" if "cls_token" in shapes else "gap"
-    prefix = (pool == "token") + distilled
-    n_pos = source_dims(shapes, "pos_embed", 3, where)[1] if "pos_embed" in shapes else 0
-    no_embed_class = prefix > 0 and math.isqrt(n_pos) ** 2 == n_pos
-    side = math.isqrt(n_pos - (0 if no_embed_class else prefix))
-    if side * side != n_pos - (0 if no_embed_class else prefix) or side == 0:
-        raise VitConvertError(f"{where}: pos_embed with {n_pos} positions is not a square grid "
-                              f"plus {prefix} prefix token(s)")
+    b = "blocks.0."
+    unseen, missing, assumed = list(NEVER_SEEN), [], []
+    # Parallel blocks show their fused projection; residual post-norm blocks look as pre-norm ones do.
+    block = "parallel" if has(b + "in_proj.weight") else "pre_norm"
+    attn, first_norm = (b, b + "in_norm") if block == "parallel" else (b + "attn.", b + "norm1")
+    if block == "parallel":
+        mlp, mlp_dim = "mlp", dims(b + "in_proj.weight", 2)[0] - 3 * dim
+    elif has(b + "mlp.fc1_g.weight"):
+        mlp, mlp_dim = "swiglu", dims(b + "mlp.fc1_g.weight", 2)[0]
+        missing.append("the activation of its SwiGLU MLP (AIMv2: silu)")
+    elif has(b + "mlp.fc1.weight"):
+        mlp, mlp_dim = "mlp", dims(b + "mlp.fc1.weight", 2)[0]
+        if has(b + "mlp.fc2.weight") and 2 * dims(b + "mlp.fc2.weight", 2)[1] == mlp_dim:
+            mlp = "swiglu_packed"  # fc1 packs a value and a gate half
+            unseen.append("mlp")
+            missing.append("which half of fc1 gates its GLU MLP (timm's GluMlp or SwiGLUPacked) and the activation")
+    else:
+        raise VitConvertError(f"{where}: missing blocks.0.mlp.fc1.weight (no transformer blocks?)")
+    if block == "pre_norm":
+        unseen.append("block")
+        assumed.append("pre-norm blocks")
+
+    hybrid_layers, hybrid_width, backbone_stride = None, ViTConfig.hybrid_width, 1
+    stem = next((k for k in ("patch_embed.backbone.stem.conv.weight", "patch_embed.backbone.conv.weight") if has(k)),
+                None)
+    if stem is not None:
+        hybrid_width, in_chans = dims(stem, 4)[:2]
+        units: dict[int, set[int]] = {}
+        for k in shapes:
+            if m := re.match(r"patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.", k):
+                units.setdefault(int(m[1]), set()).add(int(m[2]))
+        hybrid_layers = tuple(len(units.get(i, ())) for i in range(max(units, default=-1) + 1))
+        backbone_stride = 4 * 2 ** max(len(hybrid_layers) - 1, 0)
+
+    class_token, distilled = has("cls_token"), has("dist_token")
+    reg_tokens = dims("reg_token", 3)[1] if has("reg_token") else 0
+    final_norm, fc_norm = has("norm.weight") or has("fc_norm.weight"), has("fc_norm.weight")
+    if has("attn_pool.latent"):
+        pool = "map"
+        missing.append("the activation of its attention-pooling model (SigLIP: gelu or gelu_tanh)")
+    elif class_token and fc_norm:
+        pool = "gap"
+        unseen.append("pool")
+        missing.append("whether it pools the class token or the mean of the patches (a class token and fc_norm)")
+    elif class_token:
+        pool = "token"
+    else:
+        pool = "gap"
+        unseen.append("pool")
+        assumed.append("pooling 'gap' (the mean of the patch tokens)")
+
+    prefix = class_token + reg_tokens + distilled
+    stride = (backbone_stride * ph, backbone_stride * pw)
+    no_embed_class, grid = False, (14, 14)  # a placeholder when no position embedding shows the grid
+    if has("pos_embed"):
+        n_pos = dims("pos_embed", 3)[1]
+        # Positions for the patches only (no_embed_class) or for the prefix tokens too: the grid is square.
+        readings = {False: n_pos - prefix} if prefix == 0 else {True: n_pos, False: n_pos - prefix}
+        squares = [nec for nec, n in readings.items() if n > 0 and math.isqrt(n) ** 2 == n]
+        if len(squares) == 1:
+            side, no_embed_class = math.isqrt(readings[squares[0]]), squares[0]
+            grid = (side, side)
+        else:
+            unseen += ["img_size", "no_embed_class"]
+            missing.append(f"the input size: pos_embed holds {n_pos} positions, "
+                           + ("a square grid both with and without" if squares else "no square grid with or without")
+                           + f" its {prefix} prefix token(s)")
+        if prefix == 0:
+            unseen.append("no_embed_class")  # nothing to leave out: both readings are one model
+    else:
+        unseen += ["img_size", "no_embed_class"]
+        missing.append("the input size (there is no pos_embed)")
+
+    if has(attn + "q_norm.weight"):  # per-head norms show the head width
+        head_dim = dims(attn + "q_norm.weight", 1)[0]
+        num_heads = num_heads or (dim // head_dim if head_dim and dim % head_dim == 0 else None)
     if num_heads is None:
-        if dim not in HEADS_BY_WIDTH:
+        if named:
+            num_heads = 1  # divides any width; the name's count stands for it
+        elif dim in HEADS_BY_WIDTH:
+            num_heads = HEADS_BY_WIDTH[dim]
+            assumed.append(f"{num_heads} heads (the standard for width {dim})")
+        else:
             # The shapes do not say how the width splits into heads, and a guess makes a model that runs
             # and is wrong.
             raise VitConvertError(f"{where}: width {dim} has no standard head count (standard widths: "
                                   f"{', '.join(map(str, HEADS_BY_WIDTH))}); give it with --heads N "
                                   "(num_heads=N), or name the timm model with --model NAME")
-        num_heads = HEADS_BY_WIDTH[dim]
-    pre = source_dims(shapes, "pre_logits.fc.weight", 2, where) if "pre_logits.fc.weight" in shapes else None
-    mlp_dim = source_dims(shapes, "blocks.0.mlp.fc1.weight", 2, where)[0]
-    num_classes = source_dims(shapes, "head.weight", 2, where)[0]
+        unseen.append("num_heads")
+    norm = "rmsnorm" if has(first_norm + ".weight") and not has(first_norm + ".bias") else "layernorm"
+    if norm == "rmsnorm":
+        missing.append("the eps of its RMSNorm and its activation (AIMv2: 1e-5, silu)")
+    if has("norm_pre.weight"):
+        missing.append("the activation and norm eps of a CLIP-style model with norm_pre (quick_gelu in "
+                       "OpenAI's; LayerNorm eps 1e-5)")
+    assumed += ["activation gelu", "norm eps 1e-6"]
+    pre = dims("pre_logits.fc.weight", 2) if has("pre_logits.fc.weight") else None
     try:
-        return ViTConfig(
-            img_size=(side * ph, side * ph), patch_size=ph, in_chans=in_chans, embed_dim=dim, depth=depth,
-            num_heads=num_heads,
-            mlp_dim=mlp_dim, num_classes=num_classes, pool=pool,
-            fc_norm="fc_norm.weight" in shapes, representation_size=pre[0] if pre else None,
-            distilled=distilled, qkv_bias="blocks.0.attn.qkv.bias" in shapes, ln_eps=1e-6, act="gelu",
-            no_embed_class=no_embed_class)
+        cfg = ViTConfig(
+            img_size=(grid[0] * stride[0], grid[1] * stride[1]), patch_size=(ph, pw), in_chans=in_chans,
+            embed_dim=dim, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
+            num_classes=dims("head.weight", 2)[0] if has("head.weight") else 0, pool=pool, fc_norm=fc_norm,
+            representation_size=pre[0] if pre else None, distilled=distilled,
+            qkv_bias=has(b + ("in_proj.bias" if block == "parallel" else "attn.qkv.bias")),
+            no_embed_class=no_embed_class, hybrid_layers=hybrid_layers, hybrid_width=hybrid_width,
+            hybrid_gn_eps=ViTConfig.hybrid_gn_eps if stem is None else TIMM_GN_EPS, class_token=class_token,
+            reg_tokens=reg_tokens, final_norm=final_norm,
+            pre_norm=has("norm_pre.weight"), patch_bias=has("patch_embed.proj.bias"),
+            patch_norm=has("patch_embed.norm.weight"), pos_embed="learn" if has("pos_embed") else "none",
+            norm=norm, layer_scale=has(b + "ls1.gamma") or has(b + "ls.gamma"), qk_norm=has(attn + "q_norm.weight"),
+            scale_attn_norm=has(b + "attn.norm.weight"), scale_mlp_norm=has(b + "mlp.norm.weight"),
+            proj_bias=has(b + ("attn_out_proj.bias" if block == "parallel" else "attn.proj.bias")), mlp=mlp,
+            block=block)
     except VitConvertError as e:  # shapes that make no model: say which file they came from
         raise VitConvertError(f"{where}: {e}") from None
+    return Inferred(cfg, tuple(unseen), tuple(missing), tuple(assumed))
 
 
 def create_timm_model(name: str, *, meta: bool = False, **kwargs: Any) -> torch.nn.Module:
@@ -147,33 +288,36 @@ def timm_config(model: torch.nn.Module, name: str) -> ViTConfig:
     problems = _unsupported(model)
     if problems:
         raise VitConvertError(f"timm's {name} is a ViT variant vitconvert cannot express: {'; '.join(problems)}")
-    block, embed = model.blocks[0], model.patch_embed
+    embed = model.patch_embed
     backbone = getattr(embed, "backbone", None)
-    if backbone is None:
-        hybrid_layers, hybrid_width = None, ViTConfig.hybrid_width
-    elif hasattr(backbone, "stages"):
-        hybrid_layers = tuple(len(stage.blocks) for stage in backbone.stages)
-        hybrid_width = backbone.stem.conv.out_channels
-    else:  # a ResNet stem alone (R+Ti/16)
-        hybrid_layers, hybrid_width = (), backbone.conv.out_channels
+    hybrid_layers, hybrid_width, gn_eps = None, ViTConfig.hybrid_width, ViTConfig.hybrid_gn_eps
+    if backbone is not None:
+        gn_eps = next(m.eps for m in backbone.modules() if isinstance(m, torch.nn.GroupNorm))
+        if hasattr(backbone, "stages"):
+            hybrid_layers = tuple(len(stage.blocks) for stage in backbone.stages)
+            hybrid_width = backbone.stem.conv.out_channels
+        else:  # a ResNet stem alone (R+Ti/16)
+            hybrid_layers, hybrid_width = (), backbone.conv.out_channels
+    pools = {"token": "token", "avg": "gap", "avgmax": "avgmax", "max": "max", "map": "map", "": "none"}
     try:
         cfg = ViTConfig(
-            img_size=tuple(embed.img_size), patch_size=embed.patch_size[0], in_chans=model.in_chans,
-            embed_dim=model.embed_dim, depth=len(model.blocks), num_heads=block.attn.num_heads,
-            mlp_dim=block.mlp.fc1.out_features, num_classes=model.num_classes,
-            pool="token" if model.global_pool == "token" else "gap",
-            fc_norm=not isinstance(model.fc_norm, torch.nn.Identity),
-            distilled=isinstance(model, VisionTransformerDistilled), qkv_bias=block.attn.qkv.bias is not None,
-            ln_eps=block.norm1.eps, act=_activation(block.mlp.act), no_embed_class=model.no_embed_class,
-            hybrid_layers=hybrid_layers, hybrid_width=hybrid_width)
+            img_size=tuple(embed.img_size), patch_size=tuple(embed.patch_size), in_chans=model.in_chans,
+            embed_dim=model.embed_dim, depth=len(model.blocks), num_classes=model.num_classes,
+            pool=pools[model.global_pool], fc_norm=not _absent(model.fc_norm),
+            distilled=isinstance(model, VisionTransformerDistilled), no_embed_class=model.no_embed_class,
+            hybrid_layers=hybrid_layers, hybrid_width=hybrid_width, hybrid_gn_eps=gn_eps,
+            class_token=model.has_class_token, reg_tokens=model.num_reg_tokens,
+            pool_include_prefix=model.pool_include_prefix,
+            final_norm=not (_absent(model.norm) and _absent(model.fc_norm)),
+            pre_norm=not _absent(model.norm_pre), patch_bias=embed.proj.bias is not None,
+            patch_norm=not _absent(getattr(embed, "norm", None)),
+            pos_embed="none" if model.pos_embed is None else "learn", **_block_fields(model.blocks[0]))
     except VitConvertError as e:
         raise VitConvertError(f"timm's {name}: {e}") from None
-    # The parameters show what the checks above do not look for: layer scale, registers, q/k norms, ...
+    # The parameters show what the checks above do not look for.
     theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     ours = param_shapes(cfg)
     if theirs != ours:
-        from .mapping import name_list
-
         wrong = [f"{k} {theirs[k]} (ours {ours[k]})" for k in theirs if k in ours and theirs[k] != ours[k]]
         parts = [f"{what}: {text}" for what, text in (
             ("parameters our ViT lacks", name_list(set(theirs) - set(ours))),
@@ -183,62 +327,131 @@ def timm_config(model: torch.nn.Module, name: str) -> ViTConfig:
     return cfg
 
 
+def _block_fields(block: torch.nn.Module) -> dict[str, Any]:
+    """The config fields a timm block (all of a model's are alike: `_unsupported` checks) says."""
+    from timm.models.vision_transformer import ParallelScalingBlock, ResPostBlock
+
+    if type(block) is ParallelScalingBlock:
+        return dict(block="parallel", num_heads=block.num_heads, mlp_dim=block.in_split[0],
+                    qkv_bias=block.in_proj.bias is not None, ln_eps=block.in_norm.eps, act=_activation(block.mlp_act),
+                    norm=_norm_kind(block.in_norm), layer_scale=not _absent(block.ls),
+                    qk_norm=not _absent(block.q_norm), proj_bias=block.attn_out_proj.bias is not None)
+    attn, mlp = block.attn, block.mlp
+    return dict(block="res_post" if type(block) is ResPostBlock else "pre_norm", num_heads=attn.num_heads,
+                mlp_dim=(mlp.fc1_g if hasattr(mlp, "fc1_g") else mlp.fc1).out_features,
+                qkv_bias=attn.qkv.bias is not None, ln_eps=block.norm1.eps, act=_activation(mlp.act),
+                norm=_norm_kind(block.norm1), layer_scale=not _absent(getattr(block, "ls1", None)),
+                qk_norm=not _absent(attn.q_norm), scale_attn_norm=not _absent(attn.norm),
+                scale_mlp_norm=not _absent(mlp.norm), proj_bias=attn.proj.bias is not None, mlp=_mlp_kind(mlp))
+
+
+def _absent(module: torch.nn.Module | None) -> bool:
+    return module is None or isinstance(module, torch.nn.Identity)
+
+
 def _activation(act: torch.nn.Module) -> str | None:
-    """Our name for timm's MLP activation module (timm builds torch's GELU or its own classes)."""
-    from timm.layers.activations import GELU, GELUTanh
+    """Our name for timm's MLP activation module (timm builds torch's modules or its own classes)."""
+    from timm.layers.activations import GELU, GELUTanh, QuickGELU
 
     if type(act) is torch.nn.GELU:
         return {"none": "gelu", "tanh": "gelu_tanh"}[act.approximate]
-    return {GELU: "gelu", GELUTanh: "gelu_tanh"}.get(type(act))
+    return {GELU: "gelu", GELUTanh: "gelu_tanh", QuickGELU: "quick_gelu", torch.nn.SiLU: "silu"}.get(type(act))
+
+
+def _norm_kind(norm: torch.nn.Module) -> str | None:
+    from timm.layers import RmsNorm
+
+    if type(norm) is RmsNorm and norm.elementwise_affine:
+        return "rmsnorm"
+    if isinstance(norm, torch.nn.LayerNorm) and norm.elementwise_affine and norm.bias is not None:
+        return "layernorm"
+    return None
+
+
+def _mlp_kind(mlp: torch.nn.Module) -> str | None:
+    from timm.layers import GluMlp, Mlp, SwiGLU
+
+    if type(mlp) is GluMlp:
+        return "glu" if mlp.gate_last else "swiglu_packed"
+    return {Mlp: "mlp", SwiGLU: "swiglu"}.get(type(mlp))
 
 
 def _unsupported(model: torch.nn.Module) -> list[str]:
     """What in timm's ViT `model` our ViT does not do and no parameter shape would show."""
-    from timm.layers import GroupNormAct, HybridEmbed, Mlp, PatchEmbed, StdConv2dSame
-    from timm.models.vision_transformer import Attention, Block
+    from timm.layers import AttentionPoolLatent, HybridEmbed, PatchEmbed
+    from timm.models.vision_transformer import Attention, Block, ParallelScalingBlock, ResPostBlock
 
     problems = []
-    if (model.global_pool, model.has_class_token) not in (("token", True), ("avg", False)):
-        problems.append(f"pooling {model.global_pool or 'none'!r} "
-                        f"{'with' if model.has_class_token else 'without'} a class token")
-    if model.num_classes == 0:
-        problems.append("no classifier head (num_classes=0)")
+    if model.global_pool not in ("token", "avg", "avgmax", "max", "map", ""):
+        problems.append(f"pooling {model.global_pool!r}")
     kinds = set()
     for b in model.blocks:
-        if type(b) is not Block:
+        if type(b) is ParallelScalingBlock:
+            if b.out_proj is not None:
+                kinds.add("parallel blocks with one output projection for both branches")
+            elif _activation(b.mlp_act) is None:
+                kinds.add(f"activation {type(b.mlp_act).__name__}")
+        elif type(b) not in (Block, ResPostBlock):
             kinds.add(f"blocks of type {type(b).__name__}")
-        elif type(b.attn) is not Attention:
-            kinds.add(f"attention {type(b.attn).__name__}")
-        elif type(b.mlp) is not Mlp or not isinstance(b.mlp.fc1, torch.nn.Linear):
+        elif type(b.attn) is not Attention or getattr(b.attn, "gate", None) is not None \
+                or b.attn.head_dim * b.attn.num_heads != model.embed_dim:
+            kinds.add(f"attention {type(b.attn).__name__}" + (" with a gate" if getattr(b.attn, "gate", None) else ""))
+        elif _mlp_kind(b.mlp) is None or (isinstance(getattr(b.mlp, "fc1", None), torch.nn.Conv2d)):
             kinds.add(f"MLP {type(b.mlp).__name__}")
         elif _activation(b.mlp.act) is None:
             kinds.add(f"activation {type(b.mlp.act).__name__}")
-        elif not isinstance(b.norm1, torch.nn.LayerNorm) or not isinstance(b.norm2, torch.nn.LayerNorm):
-            kinds.add(f"normalization {type(b.norm1).__name__}")
     problems += sorted(kinds)
+    pool = model.attn_pool
+    if pool is not None:
+        if type(pool) is not AttentionPoolLatent:
+            problems.append(f"attention pooling {type(pool).__name__}")
+        elif (pool.latent_len, pool.pool, pool.pos_embed is None, _absent(pool.q_norm), pool.mlp is not None) \
+                != (1, "token", True, True, True) or pool.q.in_features != model.embed_dim:
+            problems.append("attention pooling with other options than timm's VisionTransformer sets")
+        elif _activation(pool.mlp.act) != _block_fields(model.blocks[0])["act"]:
+            problems.append("attention pooling with another activation than the blocks'")
     if not kinds:
-        heads = {b.attn.num_heads for b in model.blocks}
-        eps = {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm) or "RmsNorm" in type(m).__name__]
+        norm_kinds = {_norm_kind(m) or type(m).__name__ for m in norms}
+        heads = {getattr(b, "attn", b).num_heads for b in model.blocks}
+        eps = {m.eps for m in norms}
+        if len(norm_kinds) > 1 or not norm_kinds <= {"layernorm", "rmsnorm"}:
+            problems.append(f"norm layers {', '.join(sorted(norm_kinds))}")
         if len(heads) > 1:
             problems.append(f"blocks with different head counts ({', '.join(map(str, sorted(heads)))})")
         if len(eps) > 1:
-            problems.append(f"LayerNorms with different eps ({', '.join(map(str, sorted(eps)))})")
+            problems.append(f"norm layers with different eps ({', '.join(map(str, sorted(eps)))})")
     embed = model.patch_embed
     if type(embed) not in (PatchEmbed, HybridEmbed):
         problems.append(f"patch embedding {type(embed).__name__}")
-    elif embed.patch_size[0] != embed.patch_size[1]:
-        problems.append(f"non-square patches {embed.patch_size[0]}x{embed.patch_size[1]}")
+    elif getattr(embed, "dynamic_img_pad", False):
+        problems.append("patch embedding with dynamic padding")
     if isinstance(embed, HybridEmbed):
-        # Ours is the JAX ResNetV2: TF 'SAME' padding, GroupNorm of 32 groups (its layout is in the shapes).
-        modules = list(embed.backbone.modules())
-        convs = {type(m).__name__ for m in modules if isinstance(m, torch.nn.Conv2d)}
-        norms = {f"{type(m).__name__}({m.num_groups})" if isinstance(m, torch.nn.GroupNorm) else type(m).__name__
-                 for m in modules if isinstance(m, (torch.nn.GroupNorm, torch.nn.BatchNorm2d))}
-        if convs != {StdConv2dSame.__name__} or norms != {f"{GroupNormAct.__name__}({GN_GROUPS})"}:
-            problems.append(f"a {type(embed.backbone).__name__} backbone with convolutions "
-                            f"{', '.join(sorted(convs))} and norms {', '.join(sorted(norms))}, not the JAX "
-                            f"ResNetV2 ({StdConv2dSame.__name__}, {GroupNormAct.__name__}({GN_GROUPS}))")
+        problems += _unsupported_backbone(embed)
     return problems
+
+
+def _unsupported_backbone(embed: torch.nn.Module) -> list[str]:
+    """Ours is the ResNetV2 of the JAX hybrids, as timm builds it too: TF 'SAME' padding, weight-standardized
+    convolutions, GroupNorm of 32 groups (its layout is in the shapes)."""
+    from timm.layers import GroupNormAct, StdConv2dSame
+
+    if _absent(embed.proj):
+        return [f"a {type(embed.backbone).__name__} backbone that is the patch embedding (no projection)"]
+    modules = list(embed.backbone.modules())
+    convs = {type(m).__name__ for m in modules if isinstance(m, torch.nn.Conv2d)}
+    norms = {f"{type(m).__name__}({m.num_groups})" if isinstance(m, torch.nn.GroupNorm) else type(m).__name__
+             for m in modules if isinstance(m, (torch.nn.GroupNorm, torch.nn.BatchNorm2d, torch.nn.LayerNorm))}
+    if convs != {StdConv2dSame.__name__} or norms != {f"{GroupNormAct.__name__}({GN_GROUPS})"}:
+        return [f"a {type(embed.backbone).__name__} backbone with convolutions {', '.join(sorted(convs))} and "
+                f"norms {', '.join(sorted(norms))}, not the ResNetV2 of the hybrids ({StdConv2dSame.__name__}, "
+                f"{GroupNormAct.__name__}({GN_GROUPS}))"]
+    ws_eps = {m.eps for m in modules if isinstance(m, StdConv2dSame)}
+    gn_eps = {m.eps for m in modules if isinstance(m, torch.nn.GroupNorm)}
+    if ws_eps != {TIMM_WS_EPS} or len(gn_eps) > 1:
+        return [f"a ResNetV2 with weight standardization eps {sorted(ws_eps)} and GroupNorm eps {sorted(gn_eps)} "
+                f"(ours: {TIMM_WS_EPS}, one GroupNorm eps)"]
+    return []
 
 
 @dataclass(frozen=True)
@@ -263,14 +476,31 @@ def _show(value: Any) -> str:
 def architecture_differences(ours: ViTConfig, timm: ViTConfig, ignore: Iterable[str] = ()) -> list[Difference]:
     """The config fields, but those in `ignore`, on which `ours` and `timm` disagree, in field order."""
     skip = set(ignore)
-    mine, theirs = ours.to_dict(), timm.to_dict()
-    return [Difference(k, getattr(ours, k), getattr(timm, k)) for k in mine if k not in skip and mine[k] != theirs[k]]
+    mine, theirs = _comparable(ours), _comparable(timm)
+    return [Difference(k, mine[k], theirs[k]) for k in mine if k not in skip and mine[k] != theirs[k]]
 
 
-def timm_pretrained(model_name: str) -> tuple[ViTConfig, Preprocess]:
-    """Architecture and preprocessing of timm's model with tag, from its registry (imports timm)."""
-    model = create_timm_model(model_name, meta=True)
+def _comparable(cfg: ViTConfig) -> dict[str, Any]:
+    """The fields as values: the class token present or not, whatever the pooling."""
+    d = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    d["class_token"] = cfg.has_class_token
+    return d
+
+
+def is_dino_tag(model_name: str) -> bool:
+    """A timm name whose tag is a DINO (v1) checkpoint's, e.g. 'vit_small_patch16_224.dino'."""
+    tag = model_name.partition(".")[2].lower()
+    return "dino" in tag and "dinov2" not in tag
+
+
+def timm_pretrained(model_name: str, timm_kwargs: Mapping[str, Any] | None = None) -> tuple[ViTConfig, Preprocess]:
+    """Architecture and preprocessing of timm's model with tag, from its registry (imports timm).
+
+    timm_kwargs: given to timm.create_model with the name (Python API only, e.g. a reduced depth)."""
+    model = create_timm_model(model_name, meta=True, **dict(timm_kwargs or {}))
     cfg = timm_config(model, model_name)
+    if is_dino_tag(model_name):  # DINO's features at other sizes come from its own resampling
+        cfg = cfg.replace(pos_resize="dino")
     pretrained = model.pretrained_cfg
     _, h, w = pretrained["input_size"]
     crop_pct = float(pretrained.get("crop_pct") or 1.0)
@@ -278,6 +508,25 @@ def timm_pretrained(model_name: str) -> tuple[ViTConfig, Preprocess]:
                             interpolation=pretrained.get("interpolation", "bicubic"),
                             mean=tuple(pretrained["mean"]), std=tuple(pretrained["std"]))
     return cfg, preprocess
+
+
+def _timm_standardized_conv(w: np.ndarray) -> np.ndarray:
+    """The kernel timm's StdConv2dSame convolves with: (w - mean) / sqrt(var + 1e-8) over (Cin, H, W), by
+    the same float32 batch_norm call, so that it is timm's kernel to the bit (float64 would differ by
+    rounding, which 16 ResNet units amplify to ~2e-5 in the logits)."""
+    t = torch.from_numpy(w)
+    return F.batch_norm(t.reshape(1, t.shape[0], -1), None, None, training=True, momentum=0.0,
+                        eps=TIMM_WS_EPS).reshape_as(t).numpy()
+
+
+TIMM_STD_CONV = Op("timm weight-standardized conv kernel", _timm_standardized_conv, lambda s: s)
+
+
+def _rule(name: str) -> Rule:
+    """Identity, but for the hybrid ResNet's kernels: our model runs them as plain convolutions."""
+    if name.startswith("patch_embed.backbone.") and re.search(r"conv\d?\.weight$", name):
+        return Rule(name, (name,), TIMM_STD_CONV)
+    return Rule(name, (name,), IDENTITY)
 
 
 class _TensorReader:
@@ -301,47 +550,60 @@ class _TensorReader:
 def convert_timm(src: str | os.PathLike, dst: str | os.PathLike, *, model: str | None = None,
                  num_heads: int | None = None, force: bool = False, dtype: str = "float32",
                  labels: str | Sequence[str] | None = None, allow_nonfinite: bool = False,
-                 pos_resize: str | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
+                 pos_resize: str | None = None, progress: Callable[[int, int], None] | None = None,
+                 timm_kwargs: Mapping[str, Any] | None = None) -> WeightsRecord:
     """Convert a timm ViT state dict at `src` into our weights file at `dst`.
 
-    model: a timm name with tag (e.g. 'vit_base_patch16_224.augreg_in21k_ft_in1k'); it supplies the
-    number of heads, the activation, the LayerNorm eps and the checkpoint's own preprocessing, and
-    must have the checkpoint's architecture. Without it, heads follow the standard widths (other
-    widths need `num_heads`) and preprocessing is timm's ViT default (bicubic, crop 0.9, mean = std = 0.5).
+    model: a timm name, with or without tag (e.g. 'vit_base_patch16_224.augreg_in21k_ft_in1k'); it
+    supplies what the tensors do not show (heads, activation, norm eps, pooling, ...) and the
+    checkpoint's own preprocessing, and must have the checkpoint's architecture (timm_kwargs: given to
+    timm.create_model with it). Without it, what the tensors do not show is timm's VisionTransformer
+    default (heads by the standard widths, else `num_heads`) where that is safe, else an error naming
+    the missing fact; preprocessing is timm's ViT default (bicubic, crop 0.9, mean = std = 0.5).
     labels: 'imagenet-1k', 'imagenet-21k' or the class names in class order; default the ImageNet
     label set the class count implies.
     pos_resize: how the model resizes its position embeddings for other input sizes, recorded in the
-    file: 'bicubic' (timm's own; None: the default) or 'dino' (facebookresearch/dino's).
+    file: 'bicubic' (timm's own), 'dino' (facebookresearch/dino's); None: 'dino' for a DINO checkpoint,
+    else 'bicubic'.
     """
     src, dst = Path(src), check_output(dst, force)  # before reading anything large
-    named = timm_pretrained(model) if model else None
-    tensors = read_state_dict(src)
-    reader = _TensorReader(tensors)
+    named = timm_pretrained(model, timm_kwargs) if model else None
+    checkpoint = read_state_dict(src)
+    reader = _TensorReader(checkpoint.tensors)
+    inferred = infer_config(reader.shapes, str(src), num_heads, named=named is not None)
+    notes = list(checkpoint.notes)
     if named is None:
-        cfg = infer_config(reader.shapes, str(src), num_heads)
+        if inferred.missing:
+            raise VitConvertError(
+                f"{src}: the tensors do not show {'; nor '.join(inferred.missing)}: name the timm model with "
+                "--model NAME (model=NAME), e.g. the name it was published under")
+        cfg = inferred.config
         preprocess = Preprocess(size=cfg.img_size, **TIMM_DEFAULT_PREPROCESS)
-        notes = ("preprocessing assumed to be timm's ViT default; convert with --model NAME.TAG "
-                 "for the checkpoint's own",)
+        notes.append(f"timm's defaults assumed for what the tensors do not show ({', '.join(inferred.assumed)}) "
+                     "and timm's ViT preprocessing; convert with --model NAME.TAG for the checkpoint's own")
     else:
         cfg, preprocess = named
-        notes = ()
-        # The shapes do not show the heads (unless given), the activation or the LayerNorm eps: the name
-        # says them. One head divides any width, so a width of another model is named as such.
-        inferred = infer_config(reader.shapes, str(src), num_heads or 1)
-        unseen = ("act", "ln_eps") + (() if num_heads else ("num_heads",))
-        differences = architecture_differences(inferred, cfg, ignore=unseen)
+        # A named model stands for what the tensors do not show; everything they show must be its.
+        # The shapes show the grid; pixels past its last whole patch are seen by nobody.
+        same_grid = ("img_size",) if inferred.config.grid_size == cfg.grid_size else ()
+        differences = architecture_differences(inferred.config, cfg, ignore=inferred.unseen + same_grid)
         if differences:
             raise VitConvertError(f"{src}: timm's {model} has another architecture than this checkpoint: "
                                   f"{'; '.join(d.describe('checkpoint') for d in differences)}")
+    if checkpoint.dino:  # DINO resamples its position embeddings its own way (README: --pos-resize)
+        cfg = cfg.replace(pos_resize="dino")
     expected = param_shapes(cfg)
-    specs = plan_tensors([Rule(name, (name,), IDENTITY) for name in expected], reader, {}, where=str(src))
+    specs = plan_tensors([_rule(name) for name in expected], reader, {}, where=str(src))
     reader.check_weights(expected, str(src))
+    if cfg.hybrid_layers is not None:
+        notes.append("hybrid ResNet kernels stored standardized as timm's StdConv2dSame computes them, "
+                     f"(w - mean) / sqrt(var + {TIMM_WS_EPS})")
+    head = [checkpoint.tensors[k] for k in ("head.weight", "head.bias") if k in expected]
     record = WeightsRecord(
-        config=cfg.replace(pos_resize="bicubic" if pos_resize is None else pos_resize), preprocess=preprocess,
+        config=cfg if pos_resize is None else cfg.replace(pos_resize=pos_resize), preprocess=preprocess,
         source=Source(format="timm" + (f"/{model}" if model else ""), file=src.name),
         labels=labels if labels is not None else label_set_for(cfg.num_classes),
-        head_is_zero=not bool(tensors["head.weight"].any() or tensors["head.bias"].any()),
-        notes=notes)
+        head_is_zero=bool(head) and not any(t.any() for t in head),
+        notes=tuple(notes))
     return write_weights(dst, specs, record, source_path=src, dtype=dtype, force=force,
                          allow_nonfinite=allow_nonfinite, progress=progress)

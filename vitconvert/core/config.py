@@ -13,8 +13,23 @@ from typing import Any, Literal
 from .checks import is_int, is_real, is_size
 from .errors import VitConvertError
 
-Pool = Literal["token", "gap"]
-Activation = Literal["gelu", "gelu_tanh"]
+# 'gap' is timm's 'avg' (the name predates the others and stays, so older files keep their meaning).
+Pool = Literal["token", "gap", "avgmax", "max", "map", "none"]
+POOLS = ("token", "gap", "avgmax", "max", "map", "none")
+Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "silu"]
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "silu")
+Norm = Literal["layernorm", "rmsnorm"]
+NORMS = ("layernorm", "rmsnorm")
+# timm's MLP classes: Mlp; GluMlp (fc1 packs value and gate, the gate second); SwiGLUPacked (GluMlp
+# with the gate first); SwiGLU (fc1_g and fc1_x apart). The activation is always `act`.
+MlpKind = Literal["mlp", "glu", "swiglu_packed", "swiglu"]
+MLPS = ("mlp", "glu", "swiglu_packed", "swiglu")
+# timm's Block (pre-norm), ResPostBlock (the norms after the branches) and ParallelScalingBlock (attention
+# and MLP side by side, from one fused input projection).
+BlockKind = Literal["pre_norm", "res_post", "parallel"]
+BLOCK_KINDS = ("pre_norm", "res_post", "parallel")
+PosEmbed = Literal["learn", "none"]
+POS_EMBEDS = ("learn", "none")
 
 # name -> (embed_dim, depth, num_heads, mlp_dim), as in the ViT and DeiT papers.
 WIDTHS: dict[str, tuple[int, int, int, int]] = {
@@ -27,28 +42,46 @@ WIDTHS: dict[str, tuple[int, int, int, int]] = {
 PATCHES = (8, 14, 16, 32)
 # The hybrid ResNet normalizes with GroupNorm(32 groups): every width in it must divide into them.
 GN_GROUPS = 32
-_POSITIVE_INTS = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim", "num_classes",
-                  "hybrid_width")
-_BOOLS = ("fc_norm", "distilled", "qkv_bias", "no_embed_class")
+_POSITIVE_INTS = ("in_chans", "embed_dim", "depth", "num_heads", "mlp_dim", "hybrid_width")
+_COUNTS = ("num_classes", "reg_tokens")  # zero allowed
+_BOOLS = ("fc_norm", "distilled", "qkv_bias", "no_embed_class", "pool_include_prefix", "final_norm", "pre_norm",
+          "patch_bias", "patch_norm", "layer_scale", "qk_norm", "scale_attn_norm", "scale_mlp_norm", "proj_bias")
+_CHOICES = {"pool": POOLS, "act": ACTIVATIONS, "norm": NORMS, "mlp": MLPS, "block": BLOCK_KINDS,
+            "pos_embed": POS_EMBEDS, "pos_resize": ("bicubic", "dino")}
 
 
 @dataclass(frozen=True)
 class ViTConfig:
+    """Every field has the default that files written before it existed mean (README, "The weights file").
+
+    Names follow timm's VisionTransformer arguments where it has one; the module and parameter names of
+    the model it describes are timm's (core/param_shapes.py lists them).
+    """
+
     img_size: tuple[int, int] = (224, 224)
-    patch_size: int = 16
+    # An int for square patches, (height, width) otherwise.
+    patch_size: int | tuple[int, int] = 16
     in_chans: int = 3
     embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
+    # The MLP's hidden width as timm counts it (int(embed_dim * mlp_ratio)): fc1's outputs; a packed
+    # GLU's fc2 reads half of them.
     mlp_dim: int = 3072
+    # 0: no head (a backbone): the model returns the pooled features.
     num_classes: int = 1000
+    # token: the class token; gap: the mean of the patch tokens (timm's 'avg'); avgmax: half max, half mean;
+    # max; map: attention pooling (attn_pool); none: every token. Prefix tokens (class, registers) stay out
+    # of the reductions unless pool_include_prefix.
     pool: Pool = "token"
-    # 'gap' only: True = timm's fc_norm (mean, then LayerNorm); False = JAX (LayerNorm every token, then mean).
+    # The final norm after the pooling (timm's fc_norm) instead of on every token before it. With 'gap':
+    # True = timm (mean, then LayerNorm); False = JAX (LayerNorm every token, then mean).
     fc_norm: bool = False
     # Linear + tanh before the head (the 2020 ImageNet-21k checkpoints).
     representation_size: int | None = None
     distilled: bool = False
     qkv_bias: bool = True
+    # eps of every norm layer in the transformer (LayerNorm or RMSNorm).
     ln_eps: float = 1e-6
     act: Activation = "gelu"
     # big_vision stores position embeddings for the patches only (timm's no_embed_class=True).
@@ -58,6 +91,32 @@ class ViTConfig:
     hybrid_layers: tuple[int, ...] | None = None
     # Stem width of that ResNet (64 in every published hybrid); stage s outputs 4 * width * 2**s channels.
     hybrid_width: int = 64
+    # GroupNorm eps of that ResNet: 1e-6 in the JAX models (flax), 1e-5 in timm's.
+    hybrid_gn_eps: float = 1e-6
+    # None: as the pooling implies (a class token exactly when pool='token'), as before this field.
+    class_token: bool | None = None
+    reg_tokens: int = 0
+    pool_include_prefix: bool = False
+    # False: no final norm at all (neither `norm` nor `fc_norm`).
+    final_norm: bool = True
+    # A norm on the embedded tokens before the blocks (CLIP's ln_pre: timm's norm_pre).
+    pre_norm: bool = False
+    patch_bias: bool = True
+    # A norm on the patch tokens inside the patch embedding (AIMv2).
+    patch_norm: bool = False
+    pos_embed: PosEmbed = "learn"
+    norm: Norm = "layernorm"
+    # Per-channel scales on both residual branches (timm's init_values: ls1.gamma, ls2.gamma).
+    layer_scale: bool = False
+    # Norms on each head's queries and keys; a norm on the attention output before its projection; a norm
+    # on the MLP's hidden activations.
+    qk_norm: bool = False
+    scale_attn_norm: bool = False
+    scale_mlp_norm: bool = False
+    # Biases of the attention output projection and of the MLP layers (timm ties them).
+    proj_bias: bool = True
+    mlp: MlpKind = "mlp"
+    block: BlockKind = "pre_norm"
 
     def __post_init__(self) -> None:
         # Types first: a config also comes from a file's JSON, and a wrong type must be a clear
@@ -65,22 +124,37 @@ class ViTConfig:
         problems = self._type_problems()
         if problems:
             raise VitConvertError("invalid ViT config: " + "; ".join(problems))
+        # One spelling per model, so that equal models compare equal: square patches are an int, and
+        # class_token is None where the pooling implies it.
+        if isinstance(self.patch_size, tuple) and self.patch_size[0] == self.patch_size[1]:
+            object.__setattr__(self, "patch_size", self.patch_size[0])
+        if self.class_token == (self.pool == "token"):
+            object.__setattr__(self, "class_token", None)
         if self.embed_dim % self.num_heads:
             problems.append(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.pool == "gap" and self.distilled:
-            problems.append("a distilled model needs pool='token'")
-        if self.fc_norm and self.pool != "gap":
-            problems.append("fc_norm is only used with pool='gap'")
+        if self.pool == "token" and not self.has_class_token:
+            problems.append("pool='token' needs the class token")
+        if self.distilled and (self.pool != "token" or self.reg_tokens or self.fc_norm or not self.num_classes):
+            problems.append("a distilled model needs pool='token', a head, no register tokens and no fc_norm (DeiT)")
+        if self.fc_norm and not self.final_norm:
+            problems.append("fc_norm places the final norm, so it needs final_norm")
+        if self.representation_size and not self.num_classes:
+            problems.append("representation_size feeds the head, so it needs num_classes > 0")
+        if self.mlp in ("glu", "swiglu_packed") and self.mlp_dim % 2:
+            problems.append(f"a packed GLU MLP splits mlp_dim in two halves, but mlp_dim is {self.mlp_dim}")
+        if self.block == "res_post" and self.layer_scale:
+            problems.append("residual post-norm blocks have no layer scale")
+        if self.block == "parallel" and (self.mlp != "mlp" or self.scale_attn_norm or self.scale_mlp_norm):
+            problems.append("parallel blocks have a plain MLP and no scale norms")
         if self.hybrid_layers is not None and self.hybrid_width % GN_GROUPS:
             problems.append(f"hybrid_width {self.hybrid_width} is not a multiple of the {GN_GROUPS} "
                             "GroupNorm groups of the ResNet")
-        stride = self.total_stride
-        for side in self.img_size:
-            if side % stride:
-                problems.append(
-                    f"image size {self.img_size[0]}x{self.img_size[1]} is not a multiple of the "
-                    f"patch stride {stride}")
-                break
+        # A patch embedding leaves out the pixels past the last whole patch (timm's SigLIP-so400m/14 at
+        # 384 sees 378 of them); the hybrids' ResNet pads instead, so its input must tile.
+        if self.hybrid_layers is not None and (untiled := self.untiled(self.img_size)):
+            problems.append(untiled)
+        elif self.img_size[0] < self.stride[0] or self.img_size[1] < self.stride[1]:
+            problems.append(f"image size {self.img_size[0]}x{self.img_size[1]} is smaller than one patch")
         if problems:
             raise VitConvertError("invalid ViT config: " + "; ".join(problems))
 
@@ -88,29 +162,38 @@ class ViTConfig:
         problems = []
         if not is_size(self.img_size):
             problems.append(f"img_size must be (height, width) > 0, got {self.img_size!r}")
+        patch = self.patch_size
+        if not (is_int(patch) and patch > 0 or is_size(patch)):
+            problems.append(f"patch_size must be a positive integer or (height, width), got {patch!r}")
         for name in _POSITIVE_INTS:
             if not (is_int(value := getattr(self, name)) and value > 0):
                 problems.append(f"{name} must be a positive integer, got {value!r}")
+        for name in _COUNTS:
+            if not (is_int(value := getattr(self, name)) and value >= 0):
+                problems.append(f"{name} must be an integer >= 0, got {value!r}")
         rep = self.representation_size
         if rep is not None and not (is_int(rep) and rep > 0):
             problems.append(f"representation_size must be a positive integer or null, got {rep!r}")
         for name in _BOOLS:
             if not isinstance(value := getattr(self, name), bool):
                 problems.append(f"{name} must be true or false, got {value!r}")
-        eps = self.ln_eps
-        if not (is_real(eps) and eps > 0):
-            problems.append(f"ln_eps must be a positive number, got {eps!r}")
-        if self.pool not in ("token", "gap"):
-            problems.append(f"pool must be 'token' or 'gap', got {self.pool!r}")
-        if self.act not in ("gelu", "gelu_tanh"):
-            problems.append(f"act must be 'gelu' or 'gelu_tanh', got {self.act!r}")
-        # How position embeddings reach another input size (model/posembed.py's table): not the architecture.
-        if self.pos_resize not in ("bicubic", "dino"):
-            problems.append(f"pos_resize must be 'bicubic' or 'dino', got {self.pos_resize!r}")
+        if self.class_token is not None and not isinstance(self.class_token, bool):
+            problems.append(f"class_token must be true, false or null, got {self.class_token!r}")
+        for name in ("ln_eps", "hybrid_gn_eps"):
+            if not (is_real(eps := getattr(self, name)) and eps > 0):
+                problems.append(f"{name} must be a positive number, got {eps!r}")
+        for name, choices in _CHOICES.items():
+            if (value := getattr(self, name)) not in choices:
+                problems.append(f"{name} must be {' or '.join(map(repr, choices))}, got {value!r}")
         layers = self.hybrid_layers
         if layers is not None and not (isinstance(layers, tuple) and all(is_int(n) and n > 0 for n in layers)):
             problems.append(f"hybrid_layers must be null or a list of positive unit counts, got {layers!r}")
         return problems
+
+    @property
+    def patch_hw(self) -> tuple[int, int]:
+        p = self.patch_size
+        return (p, p) if isinstance(p, int) else p
 
     @property
     def backbone_stride(self) -> int:
@@ -120,19 +203,49 @@ class ViTConfig:
         return 4 * 2 ** max(len(self.hybrid_layers) - 1, 0)
 
     @property
+    def stride(self) -> tuple[int, int]:
+        """Pixels per token, (height, width)."""
+        return self.backbone_stride * self.patch_hw[0], self.backbone_stride * self.patch_hw[1]
+
+    @property
     def total_stride(self) -> int:
-        return self.backbone_stride * self.patch_size
+        """Pixels per token of a square patch (see `stride` for any patch)."""
+        sh, sw = self.stride
+        if sh != sw:
+            raise VitConvertError(f"this model's patches are not square ({sh}x{sw} pixels): use its stride")
+        return sh
+
+    def untiled(self, size: tuple[int, int]) -> str | None:
+        """Why inputs of `size` do not tile into whole patches, or None if they do."""
+        (h, w), (sh, sw) = size, self.stride
+        if h % sh == 0 and w % sw == 0:
+            return None
+        return f"image size {h}x{w} is not a multiple of the patch stride {sh if sh == sw else f'{sh}x{sw}'}"
+
+    def at_input_size(self, size: tuple[int, int]) -> ViTConfig:
+        """This model for inputs of `size`, which must tile into whole patches (a file's own size need
+        not, as timm's need not)."""
+        if problem := self.untiled(size):
+            raise VitConvertError(problem)
+        return self.replace(img_size=tuple(size))
 
     @property
     def grid_size(self) -> tuple[int, int]:
-        return self.img_size[0] // self.total_stride, self.img_size[1] // self.total_stride
+        return self.img_size[0] // self.stride[0], self.img_size[1] // self.stride[1]
+
+    @property
+    def has_class_token(self) -> bool:
+        return self.pool == "token" if self.class_token is None else self.class_token
 
     @property
     def num_prefix_tokens(self) -> int:
-        return (self.pool == "token") + self.distilled
+        """Class, register and distillation tokens before the patches."""
+        return self.has_class_token + self.reg_tokens + self.distilled
 
     @property
     def num_pos_tokens(self) -> int:
+        if self.pos_embed == "none":
+            return 0
         gh, gw = self.grid_size
         return gh * gw + (0 if self.no_embed_class else self.num_prefix_tokens)
 
@@ -140,10 +253,13 @@ class ViTConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["img_size"] = list(self.img_size)
-        if self.hybrid_layers is not None:
-            d["hybrid_layers"] = list(self.hybrid_layers)
+        """The fields as JSON values; those added with timm's family (`SINCE_FAMILY`) only where they are
+        not their default, so a model that was expressible before is written as it was."""
+        d = {k: v for k, v in dataclasses.asdict(self).items()
+             if k not in SINCE_FAMILY or v != SINCE_FAMILY[k]}
+        for name in ("img_size", "patch_size", "hybrid_layers"):
+            if isinstance(d[name], tuple):
+                d[name] = list(d[name])
         return d
 
     @classmethod
@@ -156,13 +272,20 @@ class ViTConfig:
             raise VitConvertError(f"unknown ViT config fields: {', '.join(unknown)}")
         d = dict(d)
         # JSON has lists where the config has tuples; anything else is left for validation to name.
-        for name in ("img_size", "hybrid_layers"):
+        for name in ("img_size", "patch_size", "hybrid_layers"):
             if isinstance(d.get(name), list):
                 d[name] = tuple(d[name])
         try:
             return cls(**d)
         except TypeError as e:
             raise VitConvertError(f"invalid ViT config: {e}") from None
+
+
+# The fields added with timm's VisionTransformer family, and their defaults (the meaning of files without them).
+SINCE_FAMILY = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in (
+    "pos_resize", "hybrid_gn_eps", "class_token", "reg_tokens", "pool_include_prefix", "final_norm", "pre_norm",
+    "patch_bias", "patch_norm", "pos_embed", "norm", "layer_scale", "qk_norm", "scale_attn_norm", "scale_mlp_norm",
+    "proj_bias", "mlp", "block")}
 
 
 def preset(name: str, **overrides: Any) -> ViTConfig:

@@ -7,52 +7,132 @@ order are those of `VisionTransformer.state_dict()` (the tests compare the two o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .config import ViTConfig
 from .errors import VitConvertError, name_list
 
 Shapes = dict[str, tuple[int, ...]]
+# Adds a norm layer's parameters (LayerNorm: weight and bias; RMSNorm: weight) under a name.
+NormShapes = Callable[[Shapes, str, int], None]
 
 
 def param_shapes(cfg: ViTConfig) -> Shapes:
     d = cfg.embed_dim
     shapes: Shapes = {}
+    norm = _norm_layer(cfg)
     # Parameters held directly by the model come first in a state dict, then its sub-modules'.
-    if cfg.pool == "token":
+    if cfg.has_class_token:
         shapes["cls_token"] = (1, 1, d)
+    if cfg.reg_tokens:
+        shapes["reg_token"] = (1, cfg.reg_tokens, d)
     if cfg.distilled:
         shapes["dist_token"] = (1, 1, d)
-    shapes["pos_embed"] = (1, cfg.num_pos_tokens, d)
+    if cfg.pos_embed == "learn":
+        shapes["pos_embed"] = (1, cfg.num_pos_tokens, d)
     in_chs = cfg.in_chans
     if cfg.hybrid_layers is not None:
         in_chs = _backbone(shapes, cfg.hybrid_layers, cfg.in_chans, cfg.hybrid_width)
-    shapes["patch_embed.proj.weight"] = (d, in_chs, cfg.patch_size, cfg.patch_size)
-    shapes["patch_embed.proj.bias"] = (d,)
+    shapes["patch_embed.proj.weight"] = (d, in_chs, *cfg.patch_hw)
+    if cfg.patch_bias:
+        shapes["patch_embed.proj.bias"] = (d,)
+    if cfg.patch_norm:
+        norm(shapes, "patch_embed.norm", d)
+    if cfg.pre_norm:
+        norm(shapes, "norm_pre", d)
     for i in range(cfg.depth):
-        b = f"blocks.{i}"
-        _norm(shapes, f"{b}.norm1", d)
-        shapes[f"{b}.attn.qkv.weight"] = (3 * d, d)
-        if cfg.qkv_bias:
-            shapes[f"{b}.attn.qkv.bias"] = (3 * d,)
-        _linear(shapes, f"{b}.attn.proj", d, d)
-        _norm(shapes, f"{b}.norm2", d)
-        _linear(shapes, f"{b}.mlp.fc1", d, cfg.mlp_dim)
-        _linear(shapes, f"{b}.mlp.fc2", cfg.mlp_dim, d)
-    _norm(shapes, "fc_norm" if cfg.fc_norm else "norm", d)
+        _block(shapes, cfg, f"blocks.{i}", norm)
+    if cfg.final_norm and not cfg.fc_norm:
+        norm(shapes, "norm", d)
+    if cfg.pool == "map":
+        attention_pool_shapes(shapes, "attn_pool", d, cfg.mlp_dim, norm)
+    if cfg.final_norm and cfg.fc_norm:
+        norm(shapes, "fc_norm", d)
     if cfg.representation_size:
         _linear(shapes, "pre_logits.fc", d, cfg.representation_size)
-    _linear(shapes, "head", cfg.representation_size or d, cfg.num_classes)
+    if cfg.num_classes:
+        _linear(shapes, "head", cfg.representation_size or d, cfg.num_classes)
     if cfg.distilled:
         _linear(shapes, "head_dist", d, cfg.num_classes)
     return shapes
+
+
+def _block(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
+    d = cfg.embed_dim
+    if cfg.block == "parallel":
+        _parallel_block(shapes, cfg, b, norm)
+    elif cfg.block == "res_post":  # timm registers each branch before its norm
+        _attention(shapes, cfg, b, norm)
+        norm(shapes, f"{b}.norm1", d)
+        _mlp(shapes, cfg, b, norm)
+        norm(shapes, f"{b}.norm2", d)
+    else:
+        norm(shapes, f"{b}.norm1", d)
+        _attention(shapes, cfg, b, norm)
+        if cfg.layer_scale:
+            shapes[f"{b}.ls1.gamma"] = (d,)
+        norm(shapes, f"{b}.norm2", d)
+        _mlp(shapes, cfg, b, norm)
+        if cfg.layer_scale:
+            shapes[f"{b}.ls2.gamma"] = (d,)
+
+
+def _mlp(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
+    d, hidden = cfg.embed_dim, cfg.mlp_dim
+    if cfg.mlp == "swiglu":
+        _linear(shapes, f"{b}.mlp.fc1_g", d, hidden, cfg.proj_bias)
+        _linear(shapes, f"{b}.mlp.fc1_x", d, hidden, cfg.proj_bias)
+    else:
+        _linear(shapes, f"{b}.mlp.fc1", d, hidden, cfg.proj_bias)
+    if cfg.mlp in ("glu", "swiglu_packed"):  # half of fc1's outputs gate the other half
+        hidden //= 2
+    if cfg.scale_mlp_norm:
+        norm(shapes, f"{b}.mlp.norm", hidden)
+    _linear(shapes, f"{b}.mlp.fc2", hidden, d, cfg.proj_bias)
+
+
+def _attention(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
+    d = cfg.embed_dim
+    _linear(shapes, f"{b}.attn.qkv", d, 3 * d, cfg.qkv_bias)
+    if cfg.qk_norm:
+        norm(shapes, f"{b}.attn.q_norm", d // cfg.num_heads)
+        norm(shapes, f"{b}.attn.k_norm", d // cfg.num_heads)
+    if cfg.scale_attn_norm:
+        norm(shapes, f"{b}.attn.norm", d)
+    _linear(shapes, f"{b}.attn.proj", d, d, cfg.proj_bias)
+
+
+def _parallel_block(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
+    d, hidden = cfg.embed_dim, cfg.mlp_dim
+    if not cfg.qkv_bias:  # the MLP's input bias, apart from a bias-free fused projection
+        shapes[f"{b}.mlp_bias"] = (hidden,)
+    norm(shapes, f"{b}.in_norm", d)
+    _linear(shapes, f"{b}.in_proj", d, hidden + 3 * d, cfg.qkv_bias)
+    if cfg.qk_norm:
+        norm(shapes, f"{b}.q_norm", d // cfg.num_heads)
+        norm(shapes, f"{b}.k_norm", d // cfg.num_heads)
+    _linear(shapes, f"{b}.attn_out_proj", d, d, cfg.proj_bias)
+    _linear(shapes, f"{b}.mlp_out_proj", hidden, d, cfg.proj_bias)
+    if cfg.layer_scale:
+        shapes[f"{b}.ls.gamma"] = (d,)
+
+
+def attention_pool_shapes(shapes: Shapes, name: str, dim: int, mlp_dim: int, norm: NormShapes) -> None:
+    """timm's AttentionPoolLatent (model/pooling.py): one latent query attending over the tokens."""
+    shapes[f"{name}.latent"] = (1, 1, dim)
+    _linear(shapes, f"{name}.q", dim, dim)
+    _linear(shapes, f"{name}.kv", dim, 2 * dim)
+    _linear(shapes, f"{name}.proj", dim, dim)
+    norm(shapes, f"{name}.norm", dim)
+    _linear(shapes, f"{name}.mlp.fc1", dim, mlp_dim)
+    _linear(shapes, f"{name}.mlp.fc2", mlp_dim, dim)
 
 
 def _backbone(shapes: Shapes, layers: tuple[int, ...], in_chans: int, width: int) -> int:
     """The hybrid ResNetV2 (see hybrid.py); returns its output channels."""
     stem = "patch_embed.backbone.stem" if layers else "patch_embed.backbone"
     shapes[f"{stem}.conv.weight"] = (width, in_chans, 7, 7)
-    _norm(shapes, f"{stem}.norm", width)
+    _layer_norm(shapes, f"{stem}.norm", width)
     chs = width
     for s, depth in enumerate(layers):
         out = 4 * width * 2 ** s
@@ -62,22 +142,32 @@ def _backbone(shapes: Shapes, layers: tuple[int, ...], in_chans: int, width: int
             unit_in = chs if u == 0 else out
             if u == 0 and (s > 0 or unit_in != out):  # stride 2 or a change of width: a projection
                 shapes[f"{unit}.downsample.conv.weight"] = (out, unit_in, 1, 1)
-                _norm(shapes, f"{unit}.downsample.norm", out)
+                _layer_norm(shapes, f"{unit}.downsample.norm", out)
             for r, (cin, cout, k) in enumerate(((unit_in, mid, 1), (mid, mid, 3), (mid, out, 1)), start=1):
                 shapes[f"{unit}.conv{r}.weight"] = (cout, cin, k, k)
-                _norm(shapes, f"{unit}.norm{r}", cout)
+                _layer_norm(shapes, f"{unit}.norm{r}", cout)
         chs = out
     return chs
 
 
-def _norm(shapes: Shapes, name: str, dim: int) -> None:
+def _norm_layer(cfg: ViTConfig) -> NormShapes:
+    return _rms_norm if cfg.norm == "rmsnorm" else _layer_norm
+
+
+def _layer_norm(shapes: Shapes, name: str, dim: int) -> None:
+    """LayerNorm, and GroupNorm: a scale and a bias per channel."""
     shapes[f"{name}.weight"] = (dim,)
     shapes[f"{name}.bias"] = (dim,)
 
 
-def _linear(shapes: Shapes, name: str, fan_in: int, fan_out: int) -> None:
+def _rms_norm(shapes: Shapes, name: str, dim: int) -> None:
+    shapes[f"{name}.weight"] = (dim,)
+
+
+def _linear(shapes: Shapes, name: str, fan_in: int, fan_out: int, bias: bool = True) -> None:
     shapes[f"{name}.weight"] = (fan_out, fan_in)
-    shapes[f"{name}.bias"] = (fan_out,)
+    if bias:
+        shapes[f"{name}.bias"] = (fan_out,)
 
 
 def check_shapes(cfg: ViTConfig, shapes: Mapping[str, tuple[int, ...]], where: str) -> None:

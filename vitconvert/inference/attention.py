@@ -25,8 +25,8 @@ _RAMP = np.array([
 def check_supported(cfg: ViTConfig) -> None:
     if cfg.pool != "token":
         raise VitConvertError(
-            "attention maps need a class token, but this model pools by averaging all tokens "
-            "(pool='gap'); no single token's attention says which patches decided the class")
+            f"attention maps need a class token that the model reads, but this model pools its tokens "
+            f"(pool={cfg.pool!r}); no single token's attention says which patches decided the class")
 
 
 def rollout(maps: list[torch.Tensor], num_prefix_tokens: int, grid: tuple[int, int]) -> torch.Tensor:

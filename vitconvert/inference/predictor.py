@@ -237,18 +237,19 @@ class Predictor:
 
 
 def check_size(cfg: ViTConfig, size: tuple[int, int]) -> None:
-    """Refuse an input size the patch grid cannot tile, naming the nearest sizes that work."""
-    stride = cfg.total_stride
-    if all(side % stride == 0 for side in size):
+    """Refuse an input size the patch grid cannot tile, naming the nearest sizes that work (the file's
+    own size is the model's, tiled or not: timm's SigLIP-so400m/14 at 384 sees 378 pixels of it)."""
+    strides = cfg.stride
+    if tuple(size) == cfg.img_size or all(side % stride == 0 for side, stride in zip(size, strides)):
         return
-    below = tuple(max(stride, side // stride * stride) for side in size)
-    above = tuple(-(-side // stride) * stride for side in size)
+    below = tuple(max(stride, side // stride * stride) for side, stride in zip(size, strides))
+    above = tuple(-(-side // stride) * stride for side, stride in zip(size, strides))
 
     def text(s: tuple[int, ...]) -> str:
         return str(s[0]) if s[0] == s[1] else f"{s[0]}x{s[1]}"
 
     raise VitConvertError(
-        f"image size {size[0]}x{size[1]} is not a multiple of this model's patch stride {stride} "
+        f"image size {size[0]}x{size[1]} is not a multiple of this model's patch stride {text(strides)} "
         f"(every side must be); try {text(below)} or {text(above)}")
 
 

@@ -1,9 +1,10 @@
 """The ResNetV2 stem of the hybrid ViTs (R50+ViT-B/16, R26+S/32, R+Ti/16, R50+L/32).
 
 Post-activation bottlenecks with GroupNorm and TensorFlow 'SAME' padding, as in the JAX reference.
-The convolutions are weight-standardized in the JAX models; the converter folds that
-standardization into the stored kernels (the weights are frozen), so here they are plain
-convolutions. Module names follow timm's ResNetV2, so state dicts load into timm's hybrids.
+The convolutions are weight-standardized in the JAX models and in timm's (each with its own
+formula); the converters fold that standardization into the stored kernels (the weights are frozen),
+so here they are plain convolutions. The GroupNorm eps is the config's (flax 1e-6, timm 1e-5).
+Module names follow timm's ResNetV2, so state dicts load into timm's hybrids.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.config import GN_GROUPS  # ViTConfig checks hybrid widths against the same group count
-
-GN_EPS = 1e-6  # flax GroupNorm default; timm uses 1e-5.
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -51,8 +50,8 @@ class MaxPool2dSame(nn.Module):
 
 
 class GroupNormAct(nn.GroupNorm):
-    def __init__(self, channels: int, act: bool = True) -> None:
-        super().__init__(GN_GROUPS, channels, eps=GN_EPS)
+    def __init__(self, channels: int, eps: float, act: bool = True) -> None:
+        super().__init__(GN_GROUPS, channels, eps=eps)
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,32 +62,32 @@ class GroupNormAct(nn.GroupNorm):
 class Stem(nn.Sequential):
     """7x7/2 conv, GroupNorm + ReLU, 3x3/2 max-pool: stride 4."""
 
-    def __init__(self, in_chans: int, width: int) -> None:
+    def __init__(self, in_chans: int, width: int, eps: float) -> None:
         super().__init__()
         self.conv = Conv2dSame(in_chans, width, 7, 2)
-        self.norm = GroupNormAct(width)
+        self.norm = GroupNormAct(width, eps)
         self.pool = MaxPool2dSame(3, 2)
 
 
 class Downsample(nn.Module):
-    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+    def __init__(self, in_chs: int, out_chs: int, stride: int, eps: float) -> None:
         super().__init__()
         self.conv = Conv2dSame(in_chs, out_chs, 1, stride)
-        self.norm = GroupNormAct(out_chs, act=False)
+        self.norm = GroupNormAct(out_chs, eps, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+    def __init__(self, in_chs: int, out_chs: int, stride: int, eps: float) -> None:
         super().__init__()
         mid = out_chs // 4
         needs_projection = stride != 1 or in_chs != out_chs
-        self.downsample = Downsample(in_chs, out_chs, stride) if needs_projection else None
-        self.conv1, self.norm1 = Conv2dSame(in_chs, mid, 1), GroupNormAct(mid)
-        self.conv2, self.norm2 = Conv2dSame(mid, mid, 3, stride), GroupNormAct(mid)
-        self.conv3, self.norm3 = Conv2dSame(mid, out_chs, 1), GroupNormAct(out_chs, act=False)
+        self.downsample = Downsample(in_chs, out_chs, stride, eps) if needs_projection else None
+        self.conv1, self.norm1 = Conv2dSame(in_chs, mid, 1), GroupNormAct(mid, eps)
+        self.conv2, self.norm2 = Conv2dSame(mid, mid, 3, stride), GroupNormAct(mid, eps)
+        self.conv3, self.norm3 = Conv2dSame(mid, out_chs, 1), GroupNormAct(out_chs, eps, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -99,10 +98,10 @@ class Bottleneck(nn.Module):
 
 
 class Stage(nn.Module):
-    def __init__(self, in_chs: int, out_chs: int, depth: int, stride: int) -> None:
+    def __init__(self, in_chs: int, out_chs: int, depth: int, stride: int, eps: float) -> None:
         super().__init__()
         self.blocks = nn.Sequential(*(
-            Bottleneck(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1)
+            Bottleneck(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1, eps)
             for i in range(depth)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,13 +111,13 @@ class Stage(nn.Module):
 class ResNetV2(nn.Module):
     """Stem plus bottleneck stages; stage s has 4 * width * 2**s output channels, all but the first stride 2."""
 
-    def __init__(self, layers: tuple[int, ...], in_chans: int, width: int) -> None:
+    def __init__(self, layers: tuple[int, ...], in_chans: int, width: int, eps: float) -> None:
         super().__init__()
-        self.stem = Stem(in_chans, width)
+        self.stem = Stem(in_chans, width, eps)
         chs, stages = width, []
         for s, depth in enumerate(layers):
             out_chs = backbone_channels(layers[: s + 1], width)
-            stages.append(Stage(chs, out_chs, depth, 1 if s == 0 else 2))
+            stages.append(Stage(chs, out_chs, depth, 1 if s == 0 else 2, eps))
             chs = out_chs
         self.stages = nn.Sequential(*stages)
 
@@ -126,9 +125,9 @@ class ResNetV2(nn.Module):
         return self.stages(self.stem(x))
 
 
-def build_backbone(layers: tuple[int, ...], in_chans: int, width: int) -> nn.Module:
+def build_backbone(layers: tuple[int, ...], in_chans: int, width: int, gn_eps: float) -> nn.Module:
     """timm names a stem-only backbone by its stem's modules directly (`backbone.conv`)."""
-    return ResNetV2(layers, in_chans, width) if layers else Stem(in_chans, width)
+    return ResNetV2(layers, in_chans, width, gn_eps) if layers else Stem(in_chans, width, gn_eps)
 
 
 def backbone_channels(layers: tuple[int, ...], width: int) -> int:

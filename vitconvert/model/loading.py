@@ -33,7 +33,9 @@ def at_size(cfg: ViTConfig, state: dict[str, torch.Tensor],
     """Config and weights for another input size: position embeddings resampled by the config's method."""
     if tuple(img_size) == cfg.img_size:
         return cfg, state
-    new = cfg.replace(img_size=tuple(img_size))  # raises if not a multiple of the patch stride
+    new = cfg.at_input_size(img_size)  # raises for a size that does not tile into patches
+    if cfg.pos_embed == "none":  # nothing position-dependent is stored
+        return new, state
     prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
     state = dict(state)
     state["pos_embed"] = resample_pos_embed(state["pos_embed"], new.grid_size, cfg.grid_size, prefix,

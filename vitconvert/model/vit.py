@@ -1,4 +1,4 @@
-"""Our Vision Transformer: patch embedding, prefix tokens, position embeddings, pre-norm blocks, head.
+"""Our Vision Transformer: patch embedding, prefix tokens, position embeddings, blocks, pooling, head.
 
 Built only from a `ViTConfig`. Parameter names are timm's VisionTransformer names, so the
 state dict of this model loads into timm's model of the same shape and the other way round.
@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core.config import ViTConfig
+from .blocks import build_block
 from .hybrid import backbone_channels, build_backbone
+from .layers import norm_factory
+from .pooling import AttentionPoolLatent
 
 
 class PatchEmbed(nn.Module):
@@ -23,76 +25,15 @@ class PatchEmbed(nn.Module):
         super().__init__()
         in_chs = cfg.in_chans
         if cfg.hybrid_layers is not None:
-            self.backbone = build_backbone(cfg.hybrid_layers, cfg.in_chans, cfg.hybrid_width)
+            self.backbone = build_backbone(cfg.hybrid_layers, cfg.in_chans, cfg.hybrid_width, cfg.hybrid_gn_eps)
             in_chs = backbone_channels(cfg.hybrid_layers, cfg.hybrid_width)
-        self.proj = nn.Conv2d(in_chs, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
+        self.proj = nn.Conv2d(in_chs, cfg.embed_dim, cfg.patch_hw, cfg.patch_hw, bias=cfg.patch_bias)
+        self.norm = norm_factory(cfg)(cfg.embed_dim) if cfg.patch_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "backbone"):
             x = self.backbone(x)
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, D = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, N, D))
-
-    def forward_first(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        """The output for the first `n` tokens only, (B, n, D): queries for those, keys and values for all.
-
-        The qkv weight's rows are [q; k; v], so its slices are contiguous views, no copies.
-        """
-        B, N, D = x.shape
-        H = self.num_heads
-        w, b = self.qkv.weight, self.qkv.bias
-        q = F.linear(x[:, :n], w[:D], None if b is None else b[:D]).reshape(B, n, H, D // H).transpose(1, 2)
-        kv = F.linear(x, w[D:], None if b is None else b[D:]).reshape(B, N, 2, H, D // H).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, kv[0], kv[1])
-        return self.proj(x.transpose(1, 2).reshape(B, n, D))
-
-    def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """Softmax attention weights (B, heads, N, N); for attention maps, not the fast path."""
-        B, N, D = x.shape
-        q, k, _ = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        return (q @ k.transpose(-2, -1) * (D // self.num_heads) ** -0.5).softmax(-1)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, approximate: str) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate=approximate)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: ViTConfig) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)
-        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.qkv_bias)
-        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)
-        self.mlp = Mlp(cfg.embed_dim, cfg.mlp_dim, "tanh" if cfg.act == "gelu_tanh" else "none")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-    def forward_first(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        """`forward(x)[:, :n]`, computing only what those tokens need (every token's keys and values)."""
-        first = x[:, :n] + self.attn.forward_first(self.norm1(x), n)
-        return first + self.mlp(self.norm2(first))
+        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
 
 
 class PreLogits(nn.Module):
@@ -118,40 +59,61 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.config = cfg
         D = cfg.embed_dim
+        norm = norm_factory(cfg)
         self.patch_embed = PatchEmbed(cfg)
-        if cfg.pool == "token":
+        if cfg.has_class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        if cfg.reg_tokens:
+            self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, D))
         if cfg.distilled:
             self.dist_token = nn.Parameter(torch.zeros(1, 1, D))
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_pos_tokens, D))
-        self.blocks = nn.Sequential(*(Block(cfg) for _ in range(cfg.depth)))
-        self.norm = nn.Identity() if cfg.fc_norm else nn.LayerNorm(D, eps=cfg.ln_eps)
-        if cfg.fc_norm:
-            self.fc_norm = nn.LayerNorm(D, eps=cfg.ln_eps)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_pos_tokens, D)) if cfg.pos_embed == "learn" else None
+        self.norm_pre = norm(D) if cfg.pre_norm else nn.Identity()
+        self.blocks = nn.Sequential(*(build_block(cfg) for _ in range(cfg.depth)))
+        self.norm = norm(D) if cfg.final_norm and not cfg.fc_norm else nn.Identity()
+        if cfg.pool == "map":
+            self.attn_pool = AttentionPoolLatent(D, cfg.num_heads, cfg.mlp_dim, norm, cfg.act)
+        self.fc_norm = norm(D) if cfg.final_norm and cfg.fc_norm else nn.Identity()
         if cfg.representation_size:
             self.pre_logits = PreLogits(D, cfg.representation_size)
-        self.head = nn.Linear(cfg.representation_size or D, cfg.num_classes)
+        # A backbone (no classes) ends in its pooled features, as timm's does.
+        self.head = nn.Linear(cfg.representation_size or D, cfg.num_classes) if cfg.num_classes else nn.Identity()
         if cfg.distilled:
             self.head_dist = nn.Linear(D, cfg.num_classes)
 
     def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch tokens plus prefix tokens, with position embeddings added."""
+        """Prefix tokens and patch tokens, with position embeddings added (and the pre-norm, if any)."""
         x = self.patch_embed(x)
         prefix = [t.expand(x.shape[0], -1, -1) for t in self.prefix_tokens()]
-        if self.config.no_embed_class:  # big_vision: the class token carries no position
-            return torch.cat([*prefix, x + self.pos_embed], dim=1)
-        return torch.cat([*prefix, x], dim=1) + self.pos_embed
+        if self.pos_embed is None:
+            x = torch.cat([*prefix, x], dim=1)
+        elif self.config.no_embed_class:  # big_vision, DeiT III: the prefix tokens carry no position
+            x = torch.cat([*prefix, x + self.pos_embed], dim=1)
+        else:
+            x = torch.cat([*prefix, x], dim=1) + self.pos_embed
+        return self.norm_pre(x)
 
     def prefix_tokens(self) -> list[torch.Tensor]:
-        return [getattr(self, name) for name in ("cls_token", "dist_token") if hasattr(self, name)]
+        return [getattr(self, name) for name in ("cls_token", "reg_token", "dist_token") if hasattr(self, name)]
 
     def pool(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if self.config.pool == "gap":
-            x = x.mean(dim=1)
-            return self.fc_norm(x) if self.config.fc_norm else x
-        if self.config.distilled:
+        """The final-normed tokens to the head's input: timm's `pool`, then its `fc_norm`."""
+        cfg = self.config
+        if cfg.distilled:
             return x[:, 0], x[:, 1]
-        return x[:, 0]
+        if cfg.pool == "token":
+            return self.fc_norm(x[:, 0])
+        if not cfg.pool_include_prefix:
+            x = x[:, cfg.num_prefix_tokens:]
+        if cfg.pool == "gap":
+            x = x.mean(dim=1)
+        elif cfg.pool == "avgmax":
+            x = 0.5 * (x.amax(dim=1) + x.mean(dim=1))
+        elif cfg.pool == "max":
+            x = x.amax(dim=1)
+        elif cfg.pool == "map":
+            x = self.attn_pool(x)
+        return self.fc_norm(x)  # pool 'none': every token
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Every token after the blocks and the final norm, (B, N, D): timm's `forward_features`."""
@@ -178,19 +140,21 @@ class VisionTransformer(nn.Module):
         return self.head(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits; for a model without a head, the pooled features."""
         return self.head_logits(self.pool(self.norm(self.tokens_for_pool(self.embed_tokens(x)))))
 
     def tokens_for_pool(self, x: torch.Tensor) -> torch.Tensor:
-        """The blocks' output, where pooling reads it. A class-token model reads only the prefix
-        tokens, and after the last block's attention no token sees another, so the last block runs
-        its queries, projection and MLP for those tokens alone: the same arithmetic for the tokens
-        that are read (up to float rounding of a smaller matrix product), about 1/depth less work."""
+        """The blocks' output, where pooling reads it. Token pooling reads only the class token (and
+        DeiT's distillation token), and after the last block's attention no token sees another, so the
+        last block runs its queries, projection and MLP for those tokens alone: the same arithmetic for
+        the tokens that are read (up to float rounding of a smaller matrix product), about 1/depth less
+        work."""
         if self.config.pool != "token" or not len(self.blocks):
             return self.blocks(x)
         *rest, last = self.blocks
         for block in rest:
             x = block(x)
-        return last.forward_first(x, self.config.num_prefix_tokens)
+        return last.forward_first(x, 1 + self.config.distilled)
 
     def forward_intermediates(self, x: torch.Tensor) -> Intermediates:
         stages = {"embed": self.embed_tokens(x)}
@@ -213,6 +177,6 @@ class VisionTransformer(nn.Module):
         x = self.embed_tokens(x)
         maps = []
         for block in self.blocks:
-            maps.append(block.attn.attention_probs(block.norm1(x)))
+            maps.append(block.attention_probs(x))
             x = block(x)
         return maps

@@ -19,11 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from ..convert.timm import Difference, architecture_differences, create_timm_model, timm_config
-from ..core.config import ViTConfig
+from ..core.config import ACTIVATIONS, ViTConfig
 from ..core.errors import VitConvertError
 from ..model.loading import at_size, build_with_weights, load_state_dict
 
-ACTIVATIONS = ("gelu", "gelu_tanh")  # our names are timm's act_layer names
+# Numerics that --timm-act match gives timm's model from our file, so no difference of architectures: the
+# activation (our names are timm's act_layer names) and a hybrid ResNet's GroupNorm eps. How a file resamples
+# position embeddings at another size is no part of the architecture timm builds either.
+MATCHED = ("act", "hybrid_gn_eps")
+NOT_ARCHITECTURE = ("pos_resize",)
 
 
 @dataclass(frozen=True)
@@ -61,24 +65,25 @@ class VerifyReport:
         return {**asdict(self), "ok": self.ok, "first_divergence": self.first_divergence}
 
 
-def _jax_resnet_numerics(model: torch.nn.Module, kernels_standardized: bool) -> None:
-    """timm's hybrid with the JAX ResNet numerics: GroupNorm eps 1e-6, and convolutions that either
-    standardize as JAX does, (w - mean) / (std + 1e-5), or, for kernels we already standardized at
-    conversion, do not standardize again."""
+def _file_resnet_numerics(model: torch.nn.Module, gn_eps: float, standardize: str) -> None:
+    """timm's hybrid with the ResNet numerics of our file: its GroupNorm eps (1e-6 for the JAX models,
+    timm's own 1e-5 for timm's), and convolutions that standardize as the original does ('timm': leave
+    timm's StdConv2dSame; 'jax': (w - mean) / (std + 1e-5)) or, for the kernels our file stores
+    standardized ('none'), do not standardize again."""
     from timm.layers import StdConv2dSame
 
     for m in model.modules():
         if isinstance(m, torch.nn.GroupNorm):
-            m.eps = 1e-6
-        elif isinstance(m, StdConv2dSame):
-            m.forward = partial(_jax_conv, m, standardize=not kernels_standardized)
+            m.eps = gn_eps
+        elif isinstance(m, StdConv2dSame) and standardize != "timm":
+            m.forward = partial(_plain_or_jax_conv, m, jax_standardize=standardize == "jax")
 
 
-def _jax_conv(conv: torch.nn.Conv2d, x: torch.Tensor, standardize: bool) -> torch.Tensor:
+def _plain_or_jax_conv(conv: torch.nn.Conv2d, x: torch.Tensor, jax_standardize: bool) -> torch.Tensor:
     from timm.layers.padding import pad_same
 
     w = conv.weight
-    if standardize:
+    if jax_standardize:
         w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True, unbiased=False) + 1e-5)
     if conv.same_pad:
         x = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)
@@ -108,10 +113,9 @@ def load_timm_weights(model: torch.nn.Module, name: str, native: ViTConfig, sour
         return f"{source.name}, through timm's npz loader"
     from ..convert.timm import infer_config, read_state_dict
 
-    state = read_state_dict(source)
-    if native.hybrid_layers is None:  # the state-dict reading of timm2torch knows no hybrids: the load checks those
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        _check_architecture(infer_config(shapes, str(source), native.num_heads), native, source, name)
+    state = read_state_dict(source).tensors
+    inferred = infer_config({k: tuple(v.shape) for k, v in state.items()}, str(source), named=True)
+    _check_architecture(inferred.config, native, source, name, ignore=inferred.unseen)
     try:
         state = checkpoint_filter_fn(state, model)
     except (RuntimeError, ValueError, KeyError, IndexError) as e:
@@ -137,9 +141,10 @@ def _load_checked(model: torch.nn.Module, state: Mapping[str, torch.Tensor], whe
     model.load_state_dict(state, strict=True)
 
 
-def _check_architecture(cfg: ViTConfig, native: ViTConfig, source: Path, name: str) -> None:
-    # A file's arrays do not record the activation or the LayerNorm eps.
-    differences = architecture_differences(cfg, native, ignore=("act", "ln_eps"))
+def _check_architecture(cfg: ViTConfig, native: ViTConfig, source: Path, name: str,
+                        ignore: tuple[str, ...] = ("ln_eps",)) -> None:
+    # A file's arrays do not record the norm eps (nor, in a state dict, more: `ignore`).
+    differences = architecture_differences(cfg, native, ignore=ignore + MATCHED + NOT_ARCHITECTURE)
     if differences:
         raise VitConvertError(f"{source}: its architecture is not timm's {name}: "
                               f"{'; '.join(d.describe('source') for d in differences)}")
@@ -153,22 +158,22 @@ def verify(path: str | os.PathLike, timm_model: str, *, source: str | os.PathLik
 
     timm's model is `timm.create_model(timm_model, **timm_kwargs)`; where its architecture is not
     the file's, the report lists the differences, runs nothing and fails.
-    timm_act: 'match' runs timm with the activation our file records and, for hybrids, the JAX
-    ResNet numerics (a pure conversion check); 'gelu' or 'gelu_tanh' forces an activation and leaves
-    timm's own numerics (e.g. 'gelu' shows what stock timm gives).
+    timm_act: 'match' runs timm with the activation our file records and, for hybrids, the file's
+    ResNet numerics (a pure conversion check); an activation name ('gelu', 'gelu_tanh', ...) forces it
+    and leaves timm's own numerics (e.g. 'gelu' shows what stock timm gives a JAX model).
     img_size: compare at this size: both models' position embeddings are resampled to it.
     """
     record, state = load_state_dict(path)
     act = record.config.act if timm_act == "match" else timm_act
     if act not in ACTIVATIONS:
-        raise VitConvertError(f"timm activation must be 'match', 'gelu' or 'gelu_tanh', got {timm_act!r}")
+        raise VitConvertError(f"timm activation must be 'match' or one of {', '.join(map(repr, ACTIVATIONS))}, "
+                              f"got {timm_act!r}")
     kwargs = dict(timm_kwargs or {})
     native = timm_config(create_timm_model(timm_model, meta=True, **kwargs), timm_model)
     described = dict(timm_model=timm_model, timm_kwargs=kwargs, ours_activation=record.config.act,
                      timm_activation=act, atol=atol)
-    # The activation is not compared: --timm-act chooses the one timm runs. Nor is the resize method: at
-    # another size timm runs our resampled position embeddings (its own resize, when given the source).
-    differences = architecture_differences(record.config, native, ignore=("act", "pos_resize"))
+    # The activation is not compared: --timm-act chooses the one timm runs.
+    differences = architecture_differences(record.config, native, ignore=MATCHED + NOT_ARCHITECTURE)
     if differences:
         return VerifyReport(**described, architecture_differences=differences)
 
@@ -179,7 +184,8 @@ def verify(path: str | os.PathLike, timm_model: str, *, source: str | os.PathLik
     theirs = create_timm_model(timm_model, **{**kwargs, **at, "act_layer": act})
     origin = load_timm_weights(theirs, timm_model, native, Path(source) if source else None, state)
     if cfg.hybrid_layers is not None and timm_act == "match":
-        _jax_resnet_numerics(theirs, kernels_standardized=source is None)
+        original = "none" if source is None else "jax" if Path(source).suffix == ".npz" else "timm"
+        _file_resnet_numerics(theirs, cfg.hybrid_gn_eps, standardize=original)
 
     if image is not None:
         from ..inference.images import load_rgb

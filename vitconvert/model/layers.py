@@ -1,0 +1,158 @@
+"""The layers a transformer block is made of, in each variant timm's VisionTransformer builds.
+
+Module and parameter names are timm's (`qkv`, `q_norm`, `proj`, `fc1`, `fc1_g`, `ls1.gamma`, ...), so
+state dicts move between the two unchanged. A layer a config leaves out is an `nn.Identity`, as in
+timm: it holds no parameters and costs one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.config import ViTConfig
+
+NormFactory = Callable[[int], nn.Module]
+
+
+class RmsNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight: timm's RmsNorm (no bias, no centring)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+def norm_factory(cfg: ViTConfig) -> NormFactory:
+    """The config's norm layer (LayerNorm or RMSNorm, its eps) for a given width."""
+    if cfg.norm == "rmsnorm":
+        return lambda dim: RmsNorm(dim, cfg.ln_eps)
+    return lambda dim: nn.LayerNorm(dim, eps=cfg.ln_eps)
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): OpenAI CLIP's activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def activation(name: str) -> nn.Module:
+    if name == "quick_gelu":
+        return QuickGELU()
+    if name == "silu":
+        return nn.SiLU()
+    return nn.GELU(approximate="tanh" if name == "gelu_tanh" else "none")
+
+
+class Mlp(nn.Module):
+    """fc1, activation, (norm), fc2."""
+
+    def __init__(self, dim: int, hidden: int, act: str, norm: NormFactory | None = None, bias: bool = True) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.act = activation(act)
+        self.norm = norm(hidden) if norm else nn.Identity()
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.norm(self.act(self.fc1(x))))
+
+
+class GluMlp(nn.Module):
+    """timm's GluMlp: fc1 gives value and gate halves, value * act(gate) (SwiGLUPacked: the gate first)."""
+
+    def __init__(self, dim: int, hidden: int, act: str, norm: NormFactory | None, bias: bool,
+                 gate_last: bool) -> None:
+        super().__init__()
+        self.gate_last = gate_last
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.act = activation(act)
+        self.norm = norm(hidden // 2) if norm else nn.Identity()
+        self.fc2 = nn.Linear(hidden // 2, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.fc1(x).chunk(2, dim=-1)
+        x = x1 * self.act(x2) if self.gate_last else self.act(x1) * x2
+        return self.fc2(self.norm(x))
+
+
+class SwiGLU(nn.Module):
+    """timm's SwiGLU: act(fc1_g(x)) * fc1_x(x), (norm), fc2."""
+
+    def __init__(self, dim: int, hidden: int, act: str, norm: NormFactory | None, bias: bool) -> None:
+        super().__init__()
+        self.fc1_g = nn.Linear(dim, hidden, bias=bias)
+        self.fc1_x = nn.Linear(dim, hidden, bias=bias)
+        self.act = activation(act)
+        self.norm = norm(hidden) if norm else nn.Identity()
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.norm(self.act(self.fc1_g(x)) * self.fc1_x(x)))
+
+
+def block_mlp(cfg: ViTConfig) -> nn.Module:
+    norm = norm_factory(cfg) if cfg.scale_mlp_norm else None
+    args = (cfg.embed_dim, cfg.mlp_dim, cfg.act, norm, cfg.proj_bias)
+    if cfg.mlp == "swiglu":
+        return SwiGLU(*args)
+    if cfg.mlp in ("glu", "swiglu_packed"):
+        return GluMlp(*args, gate_last=cfg.mlp == "glu")
+    return Mlp(*args)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention, fused qkv; optional per-head q/k norms and a norm before `proj`."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        dim, norm = cfg.embed_dim, norm_factory(cfg)
+        self.num_heads = cfg.num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=cfg.qkv_bias)
+        self.q_norm = norm(dim // cfg.num_heads) if cfg.qk_norm else nn.Identity()
+        self.k_norm = norm(dim // cfg.num_heads) if cfg.qk_norm else nn.Identity()
+        self.norm = norm(dim) if cfg.scale_attn_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim, bias=cfg.proj_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
+        return self.proj(self.norm(x.transpose(1, 2).reshape(B, N, D)))
+
+    def forward_first(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The output for the first `n` tokens only, (B, n, D): queries for those, keys and values for all.
+
+        The qkv weight's rows are [q; k; v], so its slices are contiguous views, no copies.
+        """
+        B, N, D = x.shape
+        H = self.num_heads
+        w, b = self.qkv.weight, self.qkv.bias
+        q = F.linear(x[:, :n], w[:D], None if b is None else b[:D]).reshape(B, n, H, D // H).transpose(1, 2)
+        kv = F.linear(x, w[D:], None if b is None else b[D:]).reshape(B, N, 2, H, D // H).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(kv[0]), kv[1])
+        return self.proj(self.norm(x.transpose(1, 2).reshape(B, n, D)))
+
+    def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax attention weights (B, heads, N, N); for attention maps, not the fast path."""
+        B, N, D = x.shape
+        q, k, _ = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        return (q * (D // self.num_heads) ** -0.5 @ k.transpose(-2, -1)).softmax(-1)  # timm's order of operations
