@@ -57,7 +57,7 @@ def weights(tmp_path_factory):
 
     def make(name: str):
         cfg = config(name)
-        names = [f"class {i}" for i in range(cfg.num_classes)]  # names stored in the file travel too
+        names = [f"class {i}" for i in range(cfg.num_classes)] or None  # names stored in the file travel too
         return write_test_weights(folder / f"{name}.safetensors", our_vit(cfg).state_dict(), cfg, labels=names)
     return make
 
