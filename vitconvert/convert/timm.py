@@ -105,6 +105,8 @@ def unwrap(obj: object, where: str) -> Checkpoint:
             tensors[k.removeprefix("module.")] = v
     if not tensors:
         raise VitConvertError(f"{where}: the checkpoint holds no tensors")
+    if "mask_token" in tensors and "patch_embed.proj.weight" in tensors:
+        return _dinov2_release(tensors)
     if "patch_embed.proj.weight" in tensors or "backbone.patch_embed.proj.weight" not in tensors:
         return Checkpoint(tensors)
     head = sorted(k for k in tensors if k.startswith("head."))
@@ -126,6 +128,25 @@ class Inferred:
     missing: tuple[str, ...] = ()
     # Defaults taken for what the tensors do not show, in words (for the record's notes).
     assumed: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _dinov2_release(tensors: dict[str, torch.Tensor]) -> Checkpoint:
+    """facebookresearch/dinov2's own backbone files in timm's layout, as timm's `_convert_dinov2` reads them:
+    the training-only mask_token left out, register tokens kept apart from the position embedding (whose
+    first row, the class token's position, is folded into the class token), the giant's fused SwiGLU
+    layers w12/w3 named fc1/fc2."""
+    out, notes = {}, ["DINOv2 release: its mask_token (used in training only) was left out"]
+    for k, v in tensors.items():
+        if k != "mask_token":
+            out[re.sub(r"^(blocks\.\d+\.mlp\.)w(12|3)\.", lambda m: m[1] + ("fc1." if m[2] == "12" else "fc2."), k)] = v
+    if "register_tokens" in out and "pos_embed" in out and "cls_token" in out:
+        pos = out["pos_embed"]
+        out["reg_token"] = out.pop("register_tokens")
+        out["cls_token"] = out["cls_token"] + pos[:, :1]
+        out["pos_embed"] = pos[:, 1:]
+        notes.append("DINOv2 release: register_tokens are reg_token, and the class token's position row is "
+                     "added to the class token, as timm reads these files")
+    return Checkpoint(out, notes=tuple(notes))
 
 
 def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str, num_heads: int | None = None,
