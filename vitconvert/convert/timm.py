@@ -128,6 +128,17 @@ class Inferred:
     missing: tuple[str, ...] = ()
     # Defaults taken for what the tensors do not show, in words (for the record's notes).
     assumed: tuple[str, ...] = field(default_factory=tuple)
+    positions: tuple[int, ...] | None = None  # the shape of pos_embed
+
+    def differences_from(self, named: ViTConfig, ignore: Iterable[str] = ()) -> list[Difference]:
+        """Where a named model's architecture is not what the tensors show (but for `ignore`)."""
+        skip = set(self.unseen) | set(ignore)
+        if (named.pool == "map") != (self.config.pool == "map"):
+            skip.discard("pool")  # attention pooling shows in the keys (attn_pool.*)
+        if param_shapes(named).get("pos_embed") == self.positions:
+            # The grid was read as a square: where the name's positions are these, its grid is theirs.
+            skip |= {"img_size", "no_embed_class"}
+        return architecture_differences(self.config, named, ignore=skip)
 
 
 def _dinov2_release(tensors: dict[str, torch.Tensor]) -> Checkpoint:
@@ -211,8 +222,10 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str, num_heads: i
         pool = "gap"
         unseen.append("pool")
         missing.append("whether it pools the class token or the mean of the patches (a class token and fc_norm)")
-    elif class_token:
+    elif class_token:  # or the mean beside it, as timm allows: the keys look the same
         pool = "token"
+        unseen.append("pool")
+        assumed.append("pooling 'token' (the class token)")
     else:
         pool = "gap"
         unseen.append("pool")
@@ -282,7 +295,7 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str, num_heads: i
             block=block)
     except VitConvertError as e:  # shapes that make no model: say which file they came from
         raise VitConvertError(f"{where}: {e}") from None
-    return Inferred(cfg, tuple(unseen), tuple(missing), tuple(assumed))
+    return Inferred(cfg, tuple(unseen), tuple(missing), tuple(assumed), shapes.get("pos_embed"))
 
 
 def create_timm_model(name: str, *, meta: bool = False, **kwargs: Any) -> torch.nn.Module:
@@ -599,9 +612,7 @@ def convert_timm(src: str | os.PathLike, dst: str | os.PathLike, *, model: str |
     else:
         cfg, preprocess = named
         # A named model stands for what the tensors do not show; everything they show must be its.
-        # The shapes show the grid; pixels past its last whole patch are seen by nobody.
-        same_grid = ("img_size",) if inferred.config.grid_size == cfg.grid_size else ()
-        differences = architecture_differences(inferred.config, cfg, ignore=inferred.unseen + same_grid)
+        differences = inferred.differences_from(cfg)
         if differences:
             raise VitConvertError(f"{src}: timm's {model} has another architecture than this checkpoint: "
                                   f"{'; '.join(d.describe('checkpoint') for d in differences)}")
