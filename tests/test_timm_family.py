@@ -365,3 +365,26 @@ def test_timm_hybrid_kernels_are_stored_standardized_as_timm_computes_them(tmp_p
     formula = (w - mean) / np.sqrt(var + 1e-8)
     assert np.abs(stored - formula).max() <= 1e-6  # measured: 1.0e-7 (float32 of values up to 1.6)
     assert np.abs(formula - (w - mean) / np.sqrt(var + 1e-5)).max() > 0.5  # the epsilon shows: measured 1.55
+
+
+def test_rmsnorm_epsilon_is_the_models_on_small_tokens(tmp_path) -> None:
+    # AIMv2's patch embedding ends in an RMSNorm (eps 1e-5); a projection 1000x smaller than usual gives it
+    # tokens of mean square ~1e-6 (measured 9.9e-7), where the epsilon decides the output.
+    from helpers.numerics import logits_with_eps
+    from timm.layers import RmsNorm
+
+    kwargs = reduced("aimv2_large_patch14_224")
+    reference = timm_vit("aimv2_large_patch14_224", **kwargs)
+    with torch.no_grad():
+        reference.patch_embed.proj.weight.mul_(1e-3)
+        reference.patch_embed.proj.bias.mul_(1e-3)
+    torch.save(reference.state_dict(), tmp_path / "ckpt.pth")
+    record = convert_timm(tmp_path / "ckpt.pth", tmp_path / "out.safetensors", model="aimv2_large_patch14_224",
+                          timm_kwargs=kwargs)
+    assert (record.config.norm, record.config.ln_eps) == ("rmsnorm", 1e-5)
+    x = batch(kwargs["img_size"])
+    expected = logits_with_eps(reference, RmsNorm, 1e-5, x)
+    with torch.inference_mode():
+        assert (load_model(tmp_path / "out.safetensors")(x) - expected).abs().max().item() <= ATOL  # measured: 0
+    # 1e-6 is another model here (measured: 0.017 apart)
+    assert (logits_with_eps(reference, RmsNorm, 1e-6, x) - expected).abs().max().item() > 100 * ATOL
