@@ -291,7 +291,8 @@ def test_attention_maps_are_timms_softmax_weights_with_registers_and_qk_norms(tm
 # --- options of timm's VisionTransformer that no published model uses, built into a small ViT -------------------
 
 OPTIONS = {  # timm.create_model kwargs on a reduced vit_tiny_patch16_224
-    "pool avgmax": dict(class_token=False, global_pool="avgmax"),
+    # The norm before the pooling: after it (fc_norm), a norm would hide the scale of the half max, half mean.
+    "pool avgmax": dict(class_token=False, global_pool="avgmax", fc_norm=False),
     "pool max, registers and class token included": dict(reg_tokens=2, global_pool="max", pool_include_prefix=True),
     "pool none (the head on every token)": dict(global_pool=""),
     "token pooling, then fc_norm": dict(fc_norm=True),
@@ -335,13 +336,16 @@ def test_timm_hybrids_groupnorm_epsilon_is_timms_1e_5_on_a_low_contrast_image(tm
     kwargs = reduced("vit_tiny_r_s16_p8_224")
     reference = timm_vit("vit_tiny_r_s16_p8_224", **kwargs)
     torch.save(reference.state_dict(), tmp_path / "ckpt.pth")
-    record = convert_timm(tmp_path / "ckpt.pth", tmp_path / "out.safetensors", model="vit_tiny_r_s16_p8_224",
-                          timm_kwargs=kwargs)
-    assert record.config.hybrid_gn_eps == 1e-5
+    # From the name's definition, and from the keys alone (a timm hybrid state dict is timm's ResNet).
+    named = convert_timm(tmp_path / "ckpt.pth", tmp_path / "named.safetensors", model="vit_tiny_r_s16_p8_224",
+                         timm_kwargs=kwargs)
+    keys = convert_timm(tmp_path / "ckpt.pth", tmp_path / "keys.safetensors", num_heads=2)
+    assert named.config.hybrid_gn_eps == keys.config.hybrid_gn_eps == 1e-5
     x = batch(kwargs["img_size"]) * 1e-4
     expected = logits_with_eps(reference, torch.nn.GroupNorm, 1e-5, x)
     with torch.inference_mode():
-        assert (load_model(tmp_path / "out.safetensors")(x) - expected).abs().max().item() <= ATOL  # measured: 8e-7
+        for path in ("named.safetensors", "keys.safetensors"):
+            assert (load_model(tmp_path / path)(x) - expected).abs().max().item() <= ATOL  # measured: 8e-7
     # flax's 1e-6 is another model here (measured: 0.68 apart)
     assert (logits_with_eps(reference, torch.nn.GroupNorm, 1e-6, x) - expected).abs().max().item() > 100 * ATOL
 
