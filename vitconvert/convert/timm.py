@@ -20,7 +20,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,15 +105,18 @@ def unwrap(obj: object, where: str) -> Checkpoint:
             tensors[k.removeprefix("module.")] = v
     if not tensors:
         raise VitConvertError(f"{where}: the checkpoint holds no tensors")
+    dino, notes = "patch_embed.proj.weight" not in tensors and "backbone.patch_embed.proj.weight" in tensors, []
+    if dino:
+        head = [k for k in tensors if k.startswith("head.")]
+        tensors = {k.removeprefix("backbone."): v for k, v in tensors.items() if not k.startswith("head.")}
+        notes.append("DINO checkpoint: backbone.* converted" + (
+            f"; its projection head ({len(head)} tensors, head.*) is a training head, not a classifier, and was "
+            "left out" if head else ""))
     if "mask_token" in tensors and "patch_embed.proj.weight" in tensors:
-        return _dinov2_release(tensors)
-    if "patch_embed.proj.weight" in tensors or "backbone.patch_embed.proj.weight" not in tensors:
-        return Checkpoint(tensors)
-    head = sorted(k for k in tensors if k.startswith("head."))
-    backbone = {k.removeprefix("backbone."): v for k, v in tensors.items() if k not in head}
-    note = f"DINO checkpoint: backbone.* converted; its projection head ({len(head)} tensors, head.*) " \
-           "is a training head, not a classifier, and was left out" if head else "DINO checkpoint: backbone.* converted"
-    return Checkpoint(backbone, dino=True, notes=(note,))
+        tensors, more = _dinov2_release(tensors)
+        # DINOv2 resamples position embeddings by size=, as timm does, not by DINO's scale factor.
+        dino, notes = False, notes + more
+    return Checkpoint(tensors, dino=dino, notes=tuple(notes))
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ class Inferred:
     # Facts without a safe default, in words: without a named model, each is an error.
     missing: tuple[str, ...] = ()
     # Defaults taken for what the tensors do not show, in words (for the record's notes).
-    assumed: tuple[str, ...] = field(default_factory=tuple)
+    assumed: tuple[str, ...] = ()
     positions: tuple[int, ...] | None = None  # the shape of pos_embed
 
     def differences_from(self, named: ViTConfig, ignore: Iterable[str] = ()) -> list[Difference]:
@@ -141,7 +144,7 @@ class Inferred:
         return architecture_differences(self.config, named, ignore=skip)
 
 
-def _dinov2_release(tensors: dict[str, torch.Tensor]) -> Checkpoint:
+def _dinov2_release(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """facebookresearch/dinov2's own backbone files in timm's layout, as timm's `_convert_dinov2` reads them:
     the training-only mask_token left out, register tokens kept apart from the position embedding (whose
     first row, the class token's position, is folded into the class token), the giant's fused SwiGLU
@@ -157,7 +160,7 @@ def _dinov2_release(tensors: dict[str, torch.Tensor]) -> Checkpoint:
         out["pos_embed"] = pos[:, 1:]
         notes.append("DINOv2 release: register_tokens are reg_token, and the class token's position row is "
                      "added to the class token, as timm reads these files")
-    return Checkpoint(out, notes=tuple(notes))
+    return out, notes
 
 
 def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str, num_heads: int | None = None,
