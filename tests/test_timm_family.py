@@ -165,6 +165,38 @@ def test_a_dinov2_backbone_gives_timms_features(tmp_path) -> None:
         assert (ours.forward_features(x) - backbone.forward_features(x)).abs().max().item() <= ATOL
 
 
+@pytest.mark.parametrize("name", ["vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2",
+                                  "vit_giant_patch14_dinov2"])
+def test_a_dinov2_release_file_gives_what_timm_reads_from_it(tmp_path, name: str) -> None:
+    """facebookresearch/dinov2's own files, made here from a timm model: a mask_token; for the register
+    models, register_tokens apart from a position embedding with a row for the class token; for the giant,
+    the fused SwiGLU layers named w12 and w3. timm's own reading of such a file is the reference."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    kwargs = reduced(name)
+    state = timm_vit(name, **kwargs).state_dict()
+    dim = kwargs["embed_dim"]
+    release = {re.sub(r"mlp\.fc1\.", "mlp.w12.", re.sub(r"mlp\.fc2\.", "mlp.w3.", k)) if "giant" in name else k: v
+               for k, v in state.items()}
+    release["mask_token"] = torch.zeros(1, dim)
+    if "reg_token" in state:
+        row = torch.randn(1, 1, dim, generator=torch.Generator().manual_seed(5)) * 0.05
+        release["register_tokens"] = release.pop("reg_token")
+        release["pos_embed"] = torch.cat([row, state["pos_embed"]], dim=1)
+        release["cls_token"] = state["cls_token"] - row
+    torch.save(release, tmp_path / "dinov2_release.pth")
+    reference = create_timm_model(name, **kwargs)
+    reference.load_state_dict(checkpoint_filter_fn(dict(release), reference))
+    # The giant's packed SwiGLU does not show which half gates: it needs its name, as any packed GLU does.
+    record = convert_timm(tmp_path / "dinov2_release.pth", tmp_path / "ours.safetensors", num_heads=2,
+                          **(dict(model=name, timm_kwargs=kwargs) if "giant" in name else {}))
+    assert record.notes[0] == "DINOv2 release: its mask_token (used in training only) was left out"
+    x = batch(kwargs["img_size"])
+    with torch.inference_mode():
+        # measured: 3e-7 (plain), 6e-7 (registers, giant)
+        assert (load_model(tmp_path / "ours.safetensors")(x) - reference(x)).abs().max().item() <= ATOL
+
+
 # --- what the tensors do not show -----------------------------------------------------------------------------
 
 MISSING = {  # name, kwargs: the missing fact the error names
@@ -253,3 +285,109 @@ def test_attention_maps_are_timms_softmax_weights_with_registers_and_qk_norms(tm
     # differs by rounding, as timm's unfused attention (here, to be hooked) is not our fused one.
     assert (maps[0] - caught[0]).abs().max().item() == 0
     assert (maps[1] - caught[1]).abs().max().item() <= 5e-7  # measured: 1.5e-7 (probabilities, float32)
+
+
+# --- options of timm's VisionTransformer that no published model uses, built into a small ViT -------------------
+
+OPTIONS = {  # timm.create_model kwargs on a reduced vit_tiny_patch16_224
+    # The norm before the pooling: after it (fc_norm), a norm would hide the scale of the half max, half mean.
+    "pool avgmax": dict(class_token=False, global_pool="avgmax", fc_norm=False),
+    "pool max, registers and class token included": dict(reg_tokens=2, global_pool="max", pool_include_prefix=True),
+    "pool none (the head on every token)": dict(global_pool=""),
+    "token pooling, then fc_norm": dict(fc_norm=True),
+    "mean beside a class token, no final norm": dict(global_pool="avg", final_norm=False),
+    "no position embedding": dict(pos_embed="none"),
+    "non-square patches and input": dict(patch_size=(16, 8), img_size=(64, 48)),
+    "q/k norms, scale norms, RMSNorm": dict(qk_norm=True, scale_attn_norm=True, scale_mlp_norm=True,
+                                            norm_layer="rmsnorm"),
+    "GluMlp (the gate second)": dict(mlp_layer="glu", act_layer="gelu_tanh"),
+}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_the_options_no_published_model_uses(tmp_path, option: str) -> None:
+    from timm.layers import GluMlp
+
+    kwargs = {**reduced("vit_tiny_patch16_224"), **OPTIONS[option]}
+    if kwargs.get("mlp_layer") == "glu":
+        kwargs["mlp_layer"] = GluMlp
+    reference = timm_vit("vit_tiny_patch16_224", **kwargs)
+    torch.save(reference.state_dict(), tmp_path / "ckpt.pth")
+    convert_timm(tmp_path / "ckpt.pth", tmp_path / "out.safetensors", model="vit_tiny_patch16_224",
+                 timm_kwargs=kwargs)
+    ours = load_model(tmp_path / "out.safetensors")
+    size = kwargs["img_size"] if isinstance(kwargs["img_size"], tuple) else (kwargs["img_size"],) * 2
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ours_out, theirs = ours(x), reference(x)
+        assert ours_out.shape == theirs.shape
+        assert (ours_out - theirs).abs().max().item() <= ATOL  # measured: <= 9.5e-7; forward_features 0
+        assert (ours.forward_features(x) - reference.forward_features(x)).abs().max().item() <= ATOL
+
+
+# --- timm's hybrids: their own ResNet numerics, on inputs where they show ---------------------------------------
+
+def test_timm_hybrids_groupnorm_epsilon_is_timms_1e_5_on_a_low_contrast_image(tmp_path) -> None:
+    # The stem's GroupNorm sees the standardized 7x7x3 convolution of the image: variance about
+    # 147 * var(x). At x * 1e-4 that is ~1.5e-6, near the epsilon.
+    from helpers.numerics import logits_with_eps
+
+    kwargs = reduced("vit_tiny_r_s16_p8_224")
+    reference = timm_vit("vit_tiny_r_s16_p8_224", **kwargs)
+    torch.save(reference.state_dict(), tmp_path / "ckpt.pth")
+    # From the name's definition, and from the keys alone (a timm hybrid state dict is timm's ResNet).
+    named = convert_timm(tmp_path / "ckpt.pth", tmp_path / "named.safetensors", model="vit_tiny_r_s16_p8_224",
+                         timm_kwargs=kwargs)
+    keys = convert_timm(tmp_path / "ckpt.pth", tmp_path / "keys.safetensors", num_heads=2)
+    assert named.config.hybrid_gn_eps == keys.config.hybrid_gn_eps == 1e-5
+    x = batch(kwargs["img_size"]) * 1e-4
+    expected = logits_with_eps(reference, torch.nn.GroupNorm, 1e-5, x)
+    with torch.inference_mode():
+        for path in ("named.safetensors", "keys.safetensors"):
+            assert (load_model(tmp_path / path)(x) - expected).abs().max().item() <= ATOL  # measured: 8e-7
+    # flax's 1e-6 is another model here (measured: 0.68 apart)
+    assert (logits_with_eps(reference, torch.nn.GroupNorm, 1e-6, x) - expected).abs().max().item() > 100 * ATOL
+
+
+def test_timm_hybrid_kernels_are_stored_standardized_as_timm_computes_them(tmp_path) -> None:
+    # timm's StdConv2dSame: (w - mean) / sqrt(var + 1e-8), biased var over (Cin, H, W). Output channels
+    # scaled from 1e-8 to 1e-3 put the kernels' variance on both sides of the epsilon.
+    import numpy as np
+
+    kwargs = reduced("vit_tiny_r_s16_p8_224")
+    reference = timm_vit("vit_tiny_r_s16_p8_224", **kwargs)
+    conv = reference.patch_embed.backbone.conv.weight
+    with torch.no_grad():
+        conv.mul_(torch.logspace(-8, -3, conv.shape[0]).view(-1, 1, 1, 1))
+    torch.save(reference.state_dict(), tmp_path / "ckpt.pth")
+    convert_timm(tmp_path / "ckpt.pth", tmp_path / "out.safetensors", model="vit_tiny_r_s16_p8_224",
+                 timm_kwargs=kwargs)
+    stored = load_file(str(tmp_path / "out.safetensors"))["patch_embed.backbone.conv.weight"].numpy()
+    w = conv.detach().double().numpy()
+    mean, var = w.mean(axis=(1, 2, 3), keepdims=True), w.var(axis=(1, 2, 3), keepdims=True)
+    formula = (w - mean) / np.sqrt(var + 1e-8)
+    assert np.abs(stored - formula).max() <= 1e-6  # measured: 1.0e-7 (float32 of values up to 1.6)
+    assert np.abs(formula - (w - mean) / np.sqrt(var + 1e-5)).max() > 0.5  # the epsilon shows: measured 1.55
+
+
+def test_rmsnorm_epsilon_is_the_models_on_small_tokens(tmp_path) -> None:
+    # AIMv2's patch embedding ends in an RMSNorm (eps 1e-5); a projection 1000x smaller than usual gives it
+    # tokens of mean square ~1e-6 (measured 9.9e-7), where the epsilon decides the output.
+    from helpers.numerics import logits_with_eps
+    from timm.layers import RmsNorm
+
+    kwargs = reduced("aimv2_large_patch14_224")
+    reference = timm_vit("aimv2_large_patch14_224", **kwargs)
+    with torch.no_grad():
+        reference.patch_embed.proj.weight.mul_(1e-3)
+        reference.patch_embed.proj.bias.mul_(1e-3)
+    torch.save(reference.state_dict(), tmp_path / "ckpt.pth")
+    record = convert_timm(tmp_path / "ckpt.pth", tmp_path / "out.safetensors", model="aimv2_large_patch14_224",
+                          timm_kwargs=kwargs)
+    assert (record.config.norm, record.config.ln_eps) == ("rmsnorm", 1e-5)
+    x = batch(kwargs["img_size"])
+    expected = logits_with_eps(reference, RmsNorm, 1e-5, x)
+    with torch.inference_mode():
+        assert (load_model(tmp_path / "out.safetensors")(x) - expected).abs().max().item() <= ATOL  # measured: 0
+    # 1e-6 is another model here (measured: 0.017 apart)
+    assert (logits_with_eps(reference, RmsNorm, 1e-6, x) - expected).abs().max().item() > 100 * ATOL

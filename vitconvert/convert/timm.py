@@ -20,7 +20,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +105,18 @@ def unwrap(obj: object, where: str) -> Checkpoint:
             tensors[k.removeprefix("module.")] = v
     if not tensors:
         raise VitConvertError(f"{where}: the checkpoint holds no tensors")
-    if "patch_embed.proj.weight" in tensors or "backbone.patch_embed.proj.weight" not in tensors:
-        return Checkpoint(tensors)
-    head = sorted(k for k in tensors if k.startswith("head."))
-    backbone = {k.removeprefix("backbone."): v for k, v in tensors.items() if k not in head}
-    note = f"DINO checkpoint: backbone.* converted; its projection head ({len(head)} tensors, head.*) " \
-           "is a training head, not a classifier, and was left out" if head else "DINO checkpoint: backbone.* converted"
-    return Checkpoint(backbone, dino=True, notes=(note,))
+    dino, notes = "patch_embed.proj.weight" not in tensors and "backbone.patch_embed.proj.weight" in tensors, []
+    if dino:
+        head = [k for k in tensors if k.startswith("head.")]
+        tensors = {k.removeprefix("backbone."): v for k, v in tensors.items() if not k.startswith("head.")}
+        notes.append("DINO checkpoint: backbone.* converted" + (
+            f"; its projection head ({len(head)} tensors, head.*) is a training head, not a classifier, and was "
+            "left out" if head else ""))
+    if "mask_token" in tensors and "patch_embed.proj.weight" in tensors:
+        tensors, more = _dinov2_release(tensors)
+        # DINOv2 resamples position embeddings by size=, as timm does, not by DINO's scale factor.
+        dino, notes = False, notes + more
+    return Checkpoint(tensors, dino=dino, notes=tuple(notes))
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,37 @@ class Inferred:
     # Facts without a safe default, in words: without a named model, each is an error.
     missing: tuple[str, ...] = ()
     # Defaults taken for what the tensors do not show, in words (for the record's notes).
-    assumed: tuple[str, ...] = field(default_factory=tuple)
+    assumed: tuple[str, ...] = ()
+    positions: tuple[int, ...] | None = None  # the shape of pos_embed
+
+    def differences_from(self, named: ViTConfig, ignore: Iterable[str] = ()) -> list[Difference]:
+        """Where a named model's architecture is not what the tensors show (but for `ignore`)."""
+        skip = set(self.unseen) | set(ignore)
+        if (named.pool == "map") != (self.config.pool == "map"):
+            skip.discard("pool")  # attention pooling shows in the keys (attn_pool.*)
+        if param_shapes(named).get("pos_embed") == self.positions:
+            # The grid was read as a square: where the name's positions are these, its grid is theirs.
+            skip |= {"img_size", "no_embed_class"}
+        return architecture_differences(self.config, named, ignore=skip)
+
+
+def _dinov2_release(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """facebookresearch/dinov2's own backbone files in timm's layout, as timm's `_convert_dinov2` reads them:
+    the training-only mask_token left out, register tokens kept apart from the position embedding (whose
+    first row, the class token's position, is folded into the class token), the giant's fused SwiGLU
+    layers w12/w3 named fc1/fc2."""
+    out, notes = {}, ["DINOv2 release: its mask_token (used in training only) was left out"]
+    for k, v in tensors.items():
+        if k != "mask_token":
+            out[re.sub(r"^(blocks\.\d+\.mlp\.)w(12|3)\.", lambda m: m[1] + ("fc1." if m[2] == "12" else "fc2."), k)] = v
+    if "register_tokens" in out and "pos_embed" in out and "cls_token" in out:
+        pos = out["pos_embed"]
+        out["reg_token"] = out.pop("register_tokens")
+        out["cls_token"] = out["cls_token"] + pos[:, :1]
+        out["pos_embed"] = pos[:, 1:]
+        notes.append("DINOv2 release: register_tokens are reg_token, and the class token's position row is "
+                     "added to the class token, as timm reads these files")
+    return out, notes
 
 
 def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str, num_heads: int | None = None,
@@ -190,8 +225,10 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str, num_heads: i
         pool = "gap"
         unseen.append("pool")
         missing.append("whether it pools the class token or the mean of the patches (a class token and fc_norm)")
-    elif class_token:
+    elif class_token:  # or the mean beside it, as timm allows: the keys look the same
         pool = "token"
+        unseen.append("pool")
+        assumed.append("pooling 'token' (the class token)")
     else:
         pool = "gap"
         unseen.append("pool")
@@ -261,7 +298,7 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], where: str, num_heads: i
             block=block)
     except VitConvertError as e:  # shapes that make no model: say which file they came from
         raise VitConvertError(f"{where}: {e}") from None
-    return Inferred(cfg, tuple(unseen), tuple(missing), tuple(assumed))
+    return Inferred(cfg, tuple(unseen), tuple(missing), tuple(assumed), shapes.get("pos_embed"))
 
 
 def create_timm_model(name: str, *, meta: bool = False, **kwargs: Any) -> torch.nn.Module:
@@ -584,9 +621,7 @@ def convert_timm(src: str | os.PathLike, dst: str | os.PathLike, *, model: str |
     else:
         cfg, preprocess = named
         # A named model stands for what the tensors do not show; everything they show must be its.
-        # The shapes show the grid; pixels past its last whole patch are seen by nobody.
-        same_grid = ("img_size",) if inferred.config.grid_size == cfg.grid_size else ()
-        differences = architecture_differences(inferred.config, cfg, ignore=inferred.unseen + same_grid)
+        differences = inferred.differences_from(cfg)
         if differences:
             raise VitConvertError(f"{src}: timm's {model} has another architecture than this checkpoint: "
                                   f"{'; '.join(d.describe('checkpoint') for d in differences)}")

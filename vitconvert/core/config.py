@@ -71,8 +71,8 @@ class ViTConfig:
     # 0: no head (a backbone): the model returns the pooled features.
     num_classes: int = 1000
     # token: the class token; gap: the mean of the patch tokens (timm's 'avg'); avgmax: half max, half mean;
-    # max; map: attention pooling (attn_pool); none: every token. Prefix tokens (class, registers) stay out
-    # of the reductions unless pool_include_prefix.
+    # max; map: attention pooling (attn_pool); none: every token, prefix tokens too. Prefix tokens (class,
+    # registers) stay out of the reductions and the attention pooling unless pool_include_prefix.
     pool: Pool = "token"
     # The final norm after the pooling (timm's fc_norm) instead of on every token before it. With 'gap':
     # True = timm (mean, then LayerNorm); False = JAX (LayerNorm every token, then mean).

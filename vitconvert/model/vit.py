@@ -103,6 +103,8 @@ class VisionTransformer(nn.Module):
             return x[:, 0], x[:, 1]
         if cfg.pool == "token":
             return self.fc_norm(x[:, 0])
+        if cfg.pool == "none":  # every token, the prefix tokens too
+            return self.fc_norm(x)
         if not cfg.pool_include_prefix:
             x = x[:, cfg.num_prefix_tokens:]
         if cfg.pool == "gap":
@@ -113,7 +115,7 @@ class VisionTransformer(nn.Module):
             x = x.amax(dim=1)
         elif cfg.pool == "map":
             x = self.attn_pool(x)
-        return self.fc_norm(x)  # pool 'none': every token
+        return self.fc_norm(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Every token after the blocks and the final norm, (B, N, D): timm's `forward_features`."""

@@ -115,7 +115,7 @@ def load_timm_weights(model: torch.nn.Module, name: str, native: ViTConfig, sour
 
     state = read_state_dict(source).tensors
     inferred = infer_config({k: tuple(v.shape) for k, v in state.items()}, str(source), named=True)
-    _check_architecture(inferred.config, native, source, name, ignore=inferred.unseen)
+    _refuse_differences(inferred.differences_from(native, ignore=MATCHED + NOT_ARCHITECTURE), source, name)
     try:
         state = checkpoint_filter_fn(state, model)
     except (RuntimeError, ValueError, KeyError, IndexError) as e:
@@ -141,10 +141,13 @@ def _load_checked(model: torch.nn.Module, state: Mapping[str, torch.Tensor], whe
     model.load_state_dict(state, strict=True)
 
 
-def _check_architecture(cfg: ViTConfig, native: ViTConfig, source: Path, name: str,
-                        ignore: tuple[str, ...] = ("ln_eps",)) -> None:
-    # A file's arrays do not record the norm eps (nor, in a state dict, more: `ignore`).
-    differences = architecture_differences(cfg, native, ignore=ignore + MATCHED + NOT_ARCHITECTURE)
+def _check_architecture(cfg: ViTConfig, native: ViTConfig, source: Path, name: str) -> None:
+    # An npz's arrays do not record the norm eps.
+    _refuse_differences(architecture_differences(cfg, native, ignore=("ln_eps",) + MATCHED + NOT_ARCHITECTURE),
+                        source, name)
+
+
+def _refuse_differences(differences: list[Difference], source: Path, name: str) -> None:
     if differences:
         raise VitConvertError(f"{source}: its architecture is not timm's {name}: "
                               f"{'; '.join(d.describe('source') for d in differences)}")
