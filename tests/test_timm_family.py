@@ -27,9 +27,10 @@ from timm.models.vision_transformer import VisionTransformer
 from vitconvert import VitConvertError, convert_timm, load_model
 from vitconvert.convert.timm import create_timm_model, timm_config
 
-# float32, the same weights on both sides. Measured over the 164 architectures: at most 1.5e-6 (the giant DINOv2
-# and TIPSv2). Every difference is rounding in the class-token models' last block, which ours computes for the
-# class token alone: forward_features (every token, every block in full) is 0 for all.
+# float32, the same weights on both sides. Measured over the 166 architectures: at most 1.5e-6 (the giant DINOv2
+# and TIPSv2). forward_features (every token through every block) is 0 for all; the rest is rounding, in the
+# class-token models' last block, which ours computes for the class token alone, and in the post-norm model's
+# mean over tokens, which timm's blocks leave in another memory layout (4.8e-7).
 ATOL = 1e-5
 
 # Architectures of the family our ViT does not express, and why (README, "timm2torch" lists the same).
@@ -88,8 +89,7 @@ def test_every_architecture_of_the_family_converts_to_timms_outputs(tmp_path, na
 
 @pytest.mark.parametrize("name", FULL_SIZE)
 def test_some_at_their_full_depth_and_width(tmp_path, name: str) -> None:
-    stride = reduced(name)["img_size"] // 4
-    diffs = convert_and_compare(tmp_path, name, dict(img_size=4 * stride))
+    diffs = convert_and_compare(tmp_path, name, dict(img_size=reduced(name)["img_size"]))
     assert max(diffs.values()) <= ATOL, diffs  # measured: <= 1.2e-6
 
 

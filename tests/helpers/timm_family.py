@@ -21,8 +21,9 @@ def vit_family() -> list[str]:
 
 
 def reduced(name: str) -> dict:
-    """timm.create_model kwargs for a small model of this architecture: 2 blocks, 2 heads, 4x4 patches, and
-    64 wide unless its GLU MLP (hidden width 16/3 of it, split in halves) needs 96."""
+    """timm.create_model kwargs for a small model of this architecture: 2 blocks, 2 heads, 4x4 patches (2x2
+    for a stride of 32: the hybrids' ResNets cost the time), and 64 wide unless its GLU MLP (hidden width
+    16/3 of it, split in halves) needs 96."""
     for width in (64, 96):
         kwargs = dict(depth=2, embed_dim=width, num_heads=2)
         try:
@@ -32,5 +33,5 @@ def reduced(name: str) -> dict:
             continue
         stride = model.patch_embed.feat_ratio()
         stride = stride if isinstance(stride, int) else stride[0]
-        return dict(kwargs, img_size=4 * stride)
+        return dict(kwargs, img_size=(4 if stride < 32 else 2) * stride)
     raise AssertionError(f"no reduced width builds {name}")
