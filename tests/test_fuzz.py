@@ -119,12 +119,14 @@ def configs(draw):
         cfg.update(class_token=draw(st.booleans()) or pool == "token", reg_tokens=draw(st.integers(0, 2)),
                    final_norm=draw(st.booleans()) or pool == "gap fc_norm", pre_norm=draw(st.booleans()),
                    patch_bias=draw(st.booleans()), patch_norm=draw(st.booleans()),
-                   pos_embed=draw(st.sampled_from(["learn", "none"])),
+                   pos_embed=draw(st.sampled_from(["learn", "none", "sincos2d"])),
                    norm=draw(st.sampled_from(["layernorm", "rmsnorm"])),
                    layer_scale=draw(st.booleans()), qk_norm=draw(st.booleans()), scale_attn_norm=draw(st.booleans()),
                    scale_mlp_norm=draw(st.booleans()), proj_bias=draw(st.booleans()),
                    mlp=draw(st.sampled_from(["mlp", "glu", "swiglu_packed", "swiglu"])),
                    block=draw(st.sampled_from(["pre_norm", "res_post", "parallel"])))
+        if cfg["pos_embed"] == "sincos2d":  # sin and cos of each axis: four channel groups of >= 2
+            cfg["embed_dim"] = 8 * heads
         if cfg["mlp"] in ("glu", "swiglu_packed"):
             cfg["mlp_dim"] += cfg["mlp_dim"] % 2
         if cfg["block"] == "res_post":

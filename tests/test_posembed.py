@@ -135,3 +135,46 @@ def test_methods_are_the_names_the_config_accepts():
 def test_unknown_method_is_refused_by_name():
     with pytest.raises(VitConvertError, match="resize must be one of 'bicubic', 'dino', got 'nearest'"):
         resample_pos_embed(torch.zeros(1, 197, 8), (10, 10), (14, 14), 1, method="nearest")
+
+
+# --- 'sincos2d': computed for the grid, never stored or resampled --------------------------------------------
+
+def big_vision_posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """big_vision/models/vit.py `posemb_sincos_2d`, ported line for line from jnp to numpy (float64)."""
+    y, x = np.mgrid[:h, :w]
+    assert width % 4 == 0, "Width must be mult of 4 for sincos posemb"
+    omega = np.arange(width // 4) / (width // 4 - 1)
+    omega = 1.0 / (temperature**omega)
+    y = np.einsum("m,d->md", y.flatten(), omega)
+    x = np.einsum("m,d->md", x.flatten(), omega)
+    pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+    return pe[None, :, :]
+
+
+SINCOS = TINY.replace(img_size=(64, 96), patch_size=16, pos_embed="sincos2d", pool="gap", num_classes=5)
+
+
+@pytest.mark.parametrize("size", [(64, 96), (128, 64)])  # the stored size, then another (rows, cols swap)
+def test_sincos2d_is_big_visions_table_for_the_grid_it_runs_at(size):
+    model = our_vit(SINCOS.replace(img_size=size))
+    img = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        added = model.embed_tokens(img) - model.patch_embed(img)
+    gh, gw = size[0] // 16, size[1] // 16
+    expected = torch.from_numpy(big_vision_posemb_sincos_2d(gh, gw, 64)).float().expand(2, -1, -1)
+    # Measured 1.8e-7 at both sizes (the table alone is within 1.1e-7 of float64's; the rest is the rounding
+    # of patch + table - patch). A swapped axis or a wrong frequency moves it by ~1.
+    assert (added - expected).abs().max().item() < 5e-7
+
+
+def test_sincos2d_stores_nothing_and_at_size_changes_no_weight():
+    state = our_vit(SINCOS).state_dict()
+    assert not any("pos" in k for k in state)
+    cfg, new = at_size(SINCOS, state, (128, 128))
+    assert cfg.grid_size == (8, 8) and new is state
+
+
+@pytest.mark.parametrize("dim", [60 + 2, 4])
+def test_sincos2d_needs_four_channel_groups(dim):
+    with pytest.raises(VitConvertError, match="sincos2d position embedding needs embed_dim a multiple of 4"):
+        SINCOS.replace(embed_dim=dim, num_heads=1)

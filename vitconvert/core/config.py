@@ -28,8 +28,10 @@ MLPS = ("mlp", "glu", "swiglu_packed", "swiglu")
 # and MLP side by side, from one fused input projection).
 BlockKind = Literal["pre_norm", "res_post", "parallel"]
 BLOCK_KINDS = ("pre_norm", "res_post", "parallel")
-PosEmbed = Literal["learn", "none"]
-POS_EMBEDS = ("learn", "none")
+# learn: a stored table (timm's); none; sincos2d: a fixed 2-D sin-cos table computed for the patch grid
+# (big_vision's posemb_sincos_2d, lucidrains' SimpleViT), added to the patch tokens only and never stored.
+PosEmbed = Literal["learn", "none", "sincos2d"]
+POS_EMBEDS = ("learn", "none", "sincos2d")
 
 # name -> (embed_dim, depth, num_heads, mlp_dim), as in the ViT and DeiT papers.
 WIDTHS: dict[str, tuple[int, int, int, int]] = {
@@ -146,6 +148,9 @@ class ViTConfig:
             problems.append("residual post-norm blocks have no layer scale")
         if self.block == "parallel" and (self.mlp != "mlp" or self.scale_attn_norm or self.scale_mlp_norm):
             problems.append("parallel blocks have a plain MLP and no scale norms")
+        if self.pos_embed == "sincos2d" and (self.embed_dim % 4 or self.embed_dim < 8):
+            problems.append(f"a sincos2d position embedding needs embed_dim a multiple of 4 and >= 8 "
+                            f"(sin and cos of each axis), got {self.embed_dim}")
         if self.hybrid_layers is not None and self.hybrid_width % GN_GROUPS:
             problems.append(f"hybrid_width {self.hybrid_width} is not a multiple of the {GN_GROUPS} "
                             "GroupNorm groups of the ResNet")
@@ -244,7 +249,8 @@ class ViTConfig:
 
     @property
     def num_pos_tokens(self) -> int:
-        if self.pos_embed == "none":
+        """Rows of the stored position table (none for a computed or absent one)."""
+        if self.pos_embed != "learn":
             return 0
         gh, gw = self.grid_size
         return gh * gw + (0 if self.no_embed_class else self.num_prefix_tokens)

@@ -34,7 +34,7 @@ def at_size(cfg: ViTConfig, state: dict[str, torch.Tensor],
     if tuple(img_size) == cfg.img_size:
         return cfg, state
     new = cfg.at_input_size(img_size)  # raises for a size that does not tile into patches
-    if cfg.pos_embed == "none":  # nothing position-dependent is stored
+    if cfg.pos_embed != "learn":  # nothing position-dependent is stored (sincos2d is computed per grid)
         return new, state
     prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
     state = dict(state)

@@ -45,6 +45,20 @@ def _dino(grid: torch.Tensor, new: tuple[int, int], old: tuple[int, int]) -> tor
                          recompute_scale_factor=False)
 
 
+def sincos_2d(grid: tuple[int, int], dim: int, device: torch.device | None = None,
+              temperature: float = 10_000.0) -> torch.Tensor:
+    """The fixed 2-D sin-cos table of a (rows, cols) patch grid, (1, rows*cols, dim), float32: big_vision's
+    `posemb_sincos_2d` (MoCo v3's), which lucidrains' SimpleViT computes the same way. Each quarter of the
+    channels is sin or cos of one axis at dim/4 frequencies from 1 to 1/temperature: [sin x, cos x,
+    sin y, cos y], x the column, y the row, tokens in row-major order."""
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32, device=device) / (quarter - 1))
+    y, x = torch.meshgrid(torch.arange(grid[0], dtype=torch.float32, device=device),
+                          torch.arange(grid[1], dtype=torch.float32, device=device), indexing="ij")
+    y, x = y.flatten()[:, None] * omega, x.flatten()[:, None] * omega
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]
+
+
 # The names ViTConfig.pos_resize accepts (a test holds the two lists equal).
 RESIZERS: dict[str, GridResize] = {"bicubic": _timm_bicubic, "dino": _dino}
 

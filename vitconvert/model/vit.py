@@ -16,6 +16,7 @@ from .blocks import build_block
 from .hybrid import backbone_channels, build_backbone
 from .layers import norm_factory
 from .pooling import AttentionPoolLatent
+from .posembed import sincos_2d
 
 
 class PatchEmbed(nn.Module):
@@ -85,7 +86,9 @@ class VisionTransformer(nn.Module):
         """Prefix tokens and patch tokens, with position embeddings added (and the pre-norm, if any)."""
         x = self.patch_embed(x)
         prefix = [t.expand(x.shape[0], -1, -1) for t in self.prefix_tokens()]
-        if self.pos_embed is None:
+        if self.config.pos_embed == "sincos2d":  # computed for this grid (so never resampled), patches only
+            x = torch.cat([*prefix, x + sincos_2d(self.config.grid_size, x.shape[-1], x.device).to(x.dtype)], dim=1)
+        elif self.pos_embed is None:
             x = torch.cat([*prefix, x], dim=1)
         elif self.config.no_embed_class:  # big_vision, DeiT III: the prefix tokens carry no position
             x = torch.cat([*prefix, x + self.pos_embed], dim=1)
