@@ -165,6 +165,29 @@ def test_a_flipped_byte_in_a_member_is_a_clear_error(tmp_path, out_dir, tiny_npz
     assert_nothing_written(out_dir)
 
 
+def test_a_flipped_data_byte_fails_the_conversion_whichever_array_it_is_in(tmp_path, out_dir) -> None:
+    """Each array's CRC-32 is checked on a second thread while the next one is converted: the last array
+    read (the head's bias, over 4 KiB with 1100 classes) must still stop the write. (zipfile itself checks
+    members under 4 KiB, the size of its first read, when their headers are read.)"""
+    arrays = dict(pl.npz_arrays(pl.random_timm_vit("tiny", seed=1, num_classes=1100), "vit_jax"))
+    clean = tmp_path / "clean.npz"
+    np.savez(clean, **arrays)
+    checked_alongside = 0
+    for key in arrays:
+        src = tmp_path / "t.npz"
+        _, start, size = member_offsets(clean, key + ".npy")
+        raw = bytearray(clean.read_bytes())
+        raw[start + size - 1] ^= 0x01  # the last byte of the array: a bit of one weight
+        src.write_bytes(bytes(raw))
+        with pytest.raises(VitConvertError, match=r"t\.npz: .*Bad CRC-32") as caught:
+            convert_jax(src, out_dir / "out.safetensors")
+        assert_nothing_written(out_dir)
+        if size > 4096:
+            assert f"cannot read array '{key}' (Bad CRC-32" in str(caught.value)
+            checked_alongside += 1
+    assert checked_alongside >= 10
+
+
 def test_an_npy_header_that_promises_more_than_the_member_holds_allocates_nothing(tmp_path, out_dir) -> None:
     """A 100-byte member declaring a terabyte must be refused from its header, not met by numpy's allocation."""
     header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.float32)) | {"shape": (2 ** 38,)}

@@ -129,4 +129,4 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
             notes=tuple(notes),
         )
         return write_weights(dst, specs, record, source_path=src, dtype=dtype, force=force,
-                             allow_nonfinite=allow_nonfinite, progress=progress)
+                             allow_nonfinite=allow_nonfinite, progress=progress, before_commit=reader.verify)

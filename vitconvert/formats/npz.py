@@ -2,9 +2,11 @@
 
 Shapes come from each member's .npy header, so a layout can be recognised and a config inferred
 before any weights are read; arrays are read one at a time, never with pickle. Stored (uncompressed)
-members, as `np.savez` writes them, are read straight into their array with one read call and their
-CRC-32 checked over it: zipfile and numpy would take the bytes in 256 KiB pieces, copy them twice
-and run Python for each piece.
+members, as `np.savez` writes them, are read straight into their array with one read call: zipfile
+and numpy would take the bytes in 256 KiB pieces, copy them twice and run Python for each piece.
+Their CRC-32 is checked over those same bytes on a second thread (zlib releases the GIL), while the
+caller transforms and writes the array: on 2 cores it was 0.085 s of a B/16's 0.7 s critical path.
+`verify()` waits for the last check; a caller commits nothing before it returns.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import struct
 import tokenize
 import zipfile
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -41,6 +44,8 @@ class NpzReader:
         except CORRUPT as e:
             raise VitConvertError(f"{self.path}: not a readable .npz (zip) file ({e})") from None
         self._raw = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
+        self._crc_thread = ThreadPoolExecutor(1, thread_name_prefix="npz-crc")
+        self._crc_pending: Future | None = None
         try:
             self._members()
         except BaseException:
@@ -128,16 +133,36 @@ class NpzReader:
         done = 0
         while done < data.size and (n := self._raw.readinto(data[done:])):
             done += n
-        info = self._zip.getinfo(key + ".npy")
-        if done < data.size or zlib.crc32(data, zlib.crc32(header)) != info.CRC:
-            raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}" if done == data.size
-                                     else "the member ends before its array")
+        if done < data.size:
+            raise zipfile.BadZipFile("the member ends before its array")
+        array.flags.writeable = False  # its CRC-32 is checked over it while the caller uses it
+        self._check_crc_later(key + ".npy", header, data)
         return array.T if fortran else array
+
+    def _check_crc_later(self, member: str, header: bytes, data: np.ndarray) -> None:
+        """Queue the member's CRC-32 check, and wait for the one before it: a corrupt member fails
+        the read after it (or `verify`), and at most two arrays are held for checking."""
+        previous = self._crc_pending
+        self._crc_pending = self._crc_thread.submit(self._check_crc, member, header, data)
+        if previous is not None:
+            previous.result()
+
+    def _check_crc(self, member: str, header: bytes, data: np.ndarray) -> None:
+        if zlib.crc32(data, zlib.crc32(header)) != self._zip.getinfo(member).CRC:
+            raise VitConvertError(f"{self.path}: cannot read array {member[:-len('.npy')]!r} "
+                                  f"(Bad CRC-32 for file {member!r})")
+
+    def verify(self) -> None:
+        """Wait for the CRC-32 checks of the arrays read so far; raises for a corrupt one."""
+        pending, self._crc_pending = self._crc_pending, None
+        if pending is not None:
+            pending.result()
 
     def stored_dtype(self, key: str) -> str:
         return "bfloat16" if is_bfloat16(self._dtypes[key]) else str(self._dtypes[key])
 
     def close(self) -> None:
+        self._crc_thread.shutdown(wait=True, cancel_futures=True)
         self._zip.close()
         self._raw.close()
 

@@ -84,9 +84,12 @@ def _create_beside(dst: Path) -> Path:
 def write_safetensors(dst: str | os.PathLike, specs: Sequence[TensorSpec], dtype: str,
                       metadata: dict[str, str], force: bool = False,
                       progress: Callable[[int], None] | None = None,
-                      final_metadata: Callable[[], dict[str, str]] | None = None) -> None:
+                      final_metadata: Callable[[], dict[str, str]] | None = None,
+                      before_commit: Callable[[], None] | None = None) -> None:
     """Stream `specs` into `dst` atomically; `progress` is told the bytes written after each tensor.
 
+    `before_commit`, if given, is called after the last tensor is written; if it raises, nothing is
+    written (e.g. the source's checksums, checked alongside the conversion).
     `final_metadata`, if given, is called after the data is written and replaces `metadata` in the
     header; it must serialise to the same length (e.g. a hash filled into a placeholder).
     """
@@ -106,6 +109,8 @@ def write_safetensors(dst: str | os.PathLike, specs: Sequence[TensorSpec], dtype
             if progress:
                 progress(data.nbytes)
             del array, data
+        if before_commit:
+            before_commit()
         if final_metadata:
             final = header_bytes(specs, dtype, final_metadata())
             if len(final) != len(header):

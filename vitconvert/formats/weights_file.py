@@ -227,12 +227,13 @@ def read_record(path: str | os.PathLike) -> WeightsRecord:
 
 def write_weights(dst: str | os.PathLike, specs: Sequence[TensorSpec], record: WeightsRecord, *,
                   source_path: str | os.PathLike | None, dtype: str = "float32", force: bool = False,
-                  allow_nonfinite: bool = False,
-                  progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
+                  allow_nonfinite: bool = False, progress: Callable[[int, int], None] | None = None,
+                  before_commit: Callable[[], None] | None = None) -> WeightsRecord:
     """Write converted tensors and `record` to `dst` atomically; returns the final record.
 
     The sha256 of `source_path`, if given, is computed alongside (the header carries a placeholder
-    until the end); NaN or Inf in any tensor stops the write unless `allow_nonfinite`.
+    until the end); NaN or Inf in any tensor stops the write unless `allow_nonfinite`; `before_commit`
+    (see `write_safetensors`) may still refuse the file after its tensors are written.
     """
     check_dtype(dtype)
     check_shapes(record.config, {s.name: s.shape for s in specs}, str(source_path or dst))
@@ -256,7 +257,7 @@ def write_weights(dst: str | os.PathLike, specs: Sequence[TensorSpec], record: W
         return record.metadata()
 
     write_safetensors(dst, specs, dtype, record.metadata(), force=force, progress=step,
-                      final_metadata=final if file_hash else None)
+                      final_metadata=final if file_hash else None, before_commit=before_commit)
     return record
 
 
