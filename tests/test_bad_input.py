@@ -555,6 +555,34 @@ def test_a_timm2torch_write_failing_midway_keeps_the_old_file(pth, out_dir, monk
     assert [p.name for p in out_dir.iterdir()] == ["out.safetensors"]
 
 
+def test_the_early_writeback_writes_the_same_bytes_and_its_errors_keep_the_old_file(pth, out_dir,
+                                                                                   monkeypatch) -> None:
+    """The writer syncs on a second thread as it goes (every 64 MiB; here every byte, so on each tensor):
+    the file is the same, and an I/O error from one of those syncs fails the write like any other."""
+    import vitconvert.formats.safetensors_file as io
+
+    convert_timm(pth, out_dir / "plain.safetensors", num_heads=TINY_HEADS)
+    synced = []
+    monkeypatch.setattr(io, "WRITEBACK_EVERY", 1)
+    monkeypatch.setattr(io.os, "fdatasync", lambda fd: synced.append(fd))
+    convert_timm(pth, out_dir / "synced.safetensors", num_heads=TINY_HEADS)
+    assert len(synced) > 5
+    assert (out_dir / "synced.safetensors").read_bytes() == (out_dir / "plain.safetensors").read_bytes()
+
+    calls = []
+
+    def failing(fd):  # the third sync only: its error must not be lost when the next sync replaces it
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(io.os, "fdatasync", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        convert_timm(pth, out_dir / "synced.safetensors", num_heads=TINY_HEADS, force=True)
+    assert (out_dir / "synced.safetensors").read_bytes() == (out_dir / "plain.safetensors").read_bytes()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["plain.safetensors", "synced.safetensors"]
+
+
 def test_the_writer_handles_empty_tensors(out_dir) -> None:
     """Regression (found by test_fuzz): memoryview.cast refused zero-size arrays with a TypeError mid-write."""
     from vitconvert.formats.safetensors_file import TensorSpec, write_safetensors
