@@ -3,7 +3,7 @@
     python -m benchmarks [--only conversion inference cold_start folder peers compile] [--quick] [--no-write]
 
 Sections (the first four also run alone: `python -m benchmarks.<module>`):
-  conversion  jax2torch vs timm's npz loader + save, whole process: wall and peak RSS (B/16, L/16)
+  conversion  jax2torch vs timm's npz loader + save and vs cp of the npz, whole process: wall and peak RSS
   inference   images/s, ours vs timm, float32 and bfloat16, 224 and 384, batch 1 and 8; and the
               top-1 agreement of bfloat16 with float32 on the sample photos
   cold_start  `vitpredict` vs a timm user's script, one image, whole process
@@ -54,8 +54,9 @@ def conversion(quick: bool) -> str:
 
     repeats = 1 if quick else 3
     rows = c.run(list(c.ARCH), repeats)
-    return (f"Whole process, `vitconvert jax2torch` vs timm's `_load_weights` + `save_file`, random weights in "
-            f"the vit_jax layout; median wall time of {repeats} run(s), largest peak RSS.\n\n"
+    return (f"Whole process, `vitconvert jax2torch` vs timm's `_load_weights` + `save_file` and vs `cp` of the "
+            f"npz (the floor), random weights in the vit_jax layout, the three interleaved; median wall time of "
+            f"{repeats} run(s), largest peak RSS.\n\n"
             + c.results_table(rows))
 
 
