@@ -133,6 +133,31 @@ def test_a_failed_check_writes_nothing_and_keeps_an_existing_file(weights, tmp_p
     assert out.read_bytes() == b"previous" and leftovers(tmp_path) == ["m.onnx"]
 
 
+def test_weights_over_protobufs_limit_go_to_an_external_data_file_beside_the_model(weights, tmp_path, monkeypatch):
+    """ViT-H/14 in float32 (2.5 GiB) cannot be one protobuf; the limit is lowered here so a tiny model takes
+    that path: onnxruntime loads the pair from its final names, and a failed check leaves neither."""
+    import vitconvert.export.onnx as export
+
+    monkeypatch.setattr(export, "PROTOBUF_LIMIT", 0)
+    out = tmp_path / "out"
+    out.mkdir()
+    done = export_onnx(weights("token"), out / "m.onnx")
+    assert done.data_path == out / "m.onnx.data" and leftovers(out) == ["m.onnx", "m.onnx.data"]
+    # the weights moved out (tensors under 1 KiB stay inline, as ONNX does): observed 109 KB and 599 KB
+    assert (out / "m.onnx").stat().st_size * 4 < (out / "m.onnx.data").stat().st_size
+    model = load_model(weights("token"))
+    x = batch(3, (64, 64))
+    with torch.no_grad():
+        ours = model(x)
+    assert (run_onnx(out / "m.onnx", x) - ours).abs().max().item() <= ATOL
+    assert read_onnx_record(out / "m.onnx").labels == model.record.labels
+    for name in ("m.onnx", "m.onnx.data"):
+        (out / name).unlink()
+    with pytest.raises(VitConvertError, match="nothing was written"):
+        export_onnx(weights("token"), out / "m.onnx", atol=1e-12)
+    assert leftovers(out) == []
+
+
 def test_an_existing_output_is_refused_without_force(weights, tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"previous")
     with pytest.raises(VitConvertError, match="exists; pass --force"):

@@ -63,10 +63,13 @@ def export(src: str, dst: str, fmt: str, res: tuple[int, int] | None, batch: int
     done = export_onnx(src, dst, img_size=res, batch=batch, opset=opset, features=features, force=force)
     if as_json:
         click.echo(json.dumps({**asdict(done), "path": str(done.path),
+                               "data_path": done.data_path and str(done.data_path),
                                "record": json.loads(done.record.to_json())}, indent=2))
         return
     shape = lambda dims: "(" + ", ".join(map(str, dims)) + ")"  # noqa: E731
     click.echo(f"wrote {done.path} (ONNX opset {done.opset})")
+    if done.data_path:
+        click.echo(f"  weights {done.data_path} (over protobuf's 2 GiB: keep it beside the model)")
     click.echo(f"  input   {shape(done.input_shape)} float32, preprocessed as the record says")
     click.echo(f"  output  {done.output} {shape(done.output_shape)}")
     click.echo(f"  check   onnxruntime vs ours on a random batch of {done.check_batch}: max abs diff "

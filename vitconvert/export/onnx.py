@@ -5,7 +5,8 @@ The model is exported at one input size (position embeddings resampled for anoth
 the exported size, goes into the ONNX `metadata_props` under the same key as in our safetensors
 files, so the preprocessing and label set travel with the model. After writing, the model is run in
 onnxruntime on a random batch against ours; a difference over `atol` is an error, and nothing is
-left on disk unless every step succeeded.
+left on disk unless every step succeeded. Weights over protobuf's 2 GiB (ViT-H/14 in float32) go to
+ONNX's external-data file beside the model, `OUT.onnx.data`, which must stay next to it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class OnnxExport:
     """What `export_onnx` wrote, and how closely onnxruntime reproduced our model."""
 
     path: Path
+    data_path: Path | None  # the external-data file holding the weights, for models over 2 GiB
     input_shape: tuple[int | str, ...]  # (batch, channels, height, width); 'batch' when dynamic
     output: str  # 'logits' or 'features'
     output_shape: tuple[int | str, ...]
@@ -84,10 +86,7 @@ def export_onnx(src: str | os.PathLike, dst: str | os.PathLike, *,
     output = "features" if features or headless else "logits"
     module = _Features(model).eval() if output == "features" else model
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    if nbytes > PROTOBUF_LIMIT:
-        raise VitConvertError(
-            f"{src}: {nbytes / 2**30:.1f} GiB of weights do not fit in one ONNX file (protobuf's 2 GiB "
-            "limit); ONNX external-data files are not written by this exporter yet")
+    data_dst = check_output(dst.with_name(dst.name + ".data"), force) if nbytes > PROTOBUF_LIMIT else None
     stored = dataclasses.replace(record, config=model.config, preprocess=record.preprocess.at_size(size))
 
     proto = _export(module, size, record.config.in_chans, batch, opset, output, str(src))
@@ -105,20 +104,37 @@ def export_onnx(src: str | os.PathLike, dst: str | os.PathLike, *,
     x = torch.randn(check_batch, record.config.in_chans, *size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         ours = module(x).numpy()
-    with atomic_output(dst, force) as tmp:
-        onnx.save_model(proto, str(tmp))
+    # The data file is committed before the model that names it, and neither unless the check passes.
+    with atomic_output(dst, force) as tmp, \
+            (atomic_output(data_dst, force) if data_dst else contextlib.nullcontext()) as tmp_data:
+        if tmp_data:  # checked under its temporary name, then pointed at the name it will have
+            onnx.save_model(proto, str(tmp), save_as_external_data=True, location=tmp_data.name)
+        else:
+            onnx.save_model(proto, str(tmp))
         onnx.checker.check_model(str(tmp))
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         theirs = session.run(None, {INPUT: x.numpy()})[0]
+        del session
         diff = float(abs(theirs - ours).max())
         if not diff <= atol:  # also NaN
             raise VitConvertError(
                 f"{src}: onnxruntime's output differs from ours by {diff:.3g} (max abs, atol {atol:g}) "
                 f"on a random batch of {check_batch}; nothing was written")
+        if tmp_data:
+            _relocate_external_data(proto, data_dst.name)
+            onnx.save_model(proto, str(tmp))
     dims = tuple(d.dim_param or d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim)
-    return OnnxExport(path=dst, input_shape=(batch or "batch", record.config.in_chans, *size), output=output,
+    return OnnxExport(path=dst, data_path=data_dst, input_shape=(batch or "batch", record.config.in_chans, *size), output=output,
                       output_shape=dims, opset=used_opset, max_abs_diff=diff, check_batch=check_batch,
                       atol=atol, record=stored)
+
+
+def _relocate_external_data(proto, location: str) -> None:
+    """Point every external-data tensor (saving moved their bytes out of `proto`) at `location`."""
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
 
 
 def read_onnx_record(path: str | os.PathLike) -> WeightsRecord:
