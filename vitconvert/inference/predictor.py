@@ -118,7 +118,8 @@ class Predictor:
     def check_top_k(self) -> None:
         """Raise a VitConvertError if this model has no meaningful classes to rank (none, or an
         all-zero head); the message points to `embed`."""
-        check_top_k(self.record.config.num_classes, self.record.head_is_zero, str(self.path))
+        check_top_k(self.record.config.num_classes, self.record.head_is_zero, str(self.path),
+                    self.record.head_is_embedding)
 
     @torch.inference_mode()
     def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
@@ -131,11 +132,13 @@ class Predictor:
         """Features of a prepared (B, 3, H, W) batch, float32 on the CPU.
 
         (B, D): the pooled features the head reads, before any representation layer (timm's
-        `forward_head(x, pre_logits=True)`; a distilled model averages its two tokens). `tokens`:
-        (B, T, D), every token after the final norm (timm's `forward_features`). `normalize`: each
-        vector (each token's, with `tokens`) scaled to unit length.
+        `forward_head(x, pre_logits=True)`; a distilled model averages its two tokens); where the head is
+        an embedding projection (`record.head_is_embedding`: LiT's image tower), its output, the image
+        embedding. `tokens`: (B, T, D), every token after the final norm (timm's `forward_features`).
+        `normalize`: each vector (each token's, with `tokens`) scaled to unit length.
         """
-        features = self._run("forward_features" if tokens else "forward_pooled", batch).float()
+        pooled = "forward" if self.record.head_is_embedding else "forward_pooled"
+        features = self._run("forward_features" if tokens else pooled, batch).float()
         return (F.normalize(features, dim=-1) if normalize else features).cpu()
 
     def _run(self, method: str, batch: torch.Tensor) -> torch.Tensor:
