@@ -72,8 +72,10 @@ def converter_options(command: Callable) -> Callable:
             click.option("--allow-nonfinite", is_flag=True, help="Convert even if weights hold NaN or Inf."),
             click.option("--pos-resize", type=POS_RESIZE,
                          help="How the model resizes its position embeddings for other input sizes, recorded "
-                              "in the file: 'bicubic' (timm's resample_abs_pos_embed; the default) or 'dino' "
-                              "(facebookresearch/dino's interpolate_pos_encoding: the +0.1 scale factor)."),
+                              "in the file: 'bicubic' (timm's resample_abs_pos_embed; the default), 'dino' "
+                              "(facebookresearch/dino's interpolate_pos_encoding: the +0.1 scale factor) or "
+                              "'flexivit' (FlexiViT's antialiased bilinear resize of its stored grid; jax2torch "
+                              "records it for the FlexiViT files the manifest knows)."),
             click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary."),
             click.option("--json", "as_json", is_flag=True, help="Print the written record as JSON."),
             debug_option)):
@@ -106,6 +108,7 @@ def jax2torch(src: str, dst: str, gelu: str, labels: str | None, dtype: str, for
       vitconvert jax2torch ViT-B_16.npz vit-b16.safetensors --force --quiet
       vitconvert jax2torch flowers.npz flowers.safetensors --labels flower_names.txt
       vitconvert jax2torch webli_en_b16_224_63724782.npz siglip-b16.safetensors
+      vitconvert jax2torch my_flexivit.npz flexivit.safetensors --pos-resize flexivit
     """
     from ..convert.jax import convert_jax
     from ..hub.manifest import load_manifest
