@@ -77,7 +77,8 @@ def test_converted_classifier_is_big_visions_forward(tmp_path, case) -> None:
     c = record.config
     assert (c.pool, c.fc_norm, c.representation_size, c.num_classes) == (
         {"tok": "token"}.get(m.pool, m.pool), False, m.rep_size, m.num_classes)
-    assert c.pos_embed == m.posemb and c.no_embed_class and c.act == "gelu_tanh"
+    # Positions for the patches alone: timm's no_embed_class, which only a class token makes a difference to.
+    assert c.pos_embed == m.posemb and c.no_embed_class == (m.pool == "tok") and c.act == "gelu_tanh"
     x = images((m.grid[0] * m.patch, m.grid[1] * m.patch))
     # Measured 3.1e-7 to 6.7e-7 (float32 against float64).
     assert max_diff(ours(path, x), bv.forward(params, x, m)["out"]) <= ATOL
@@ -232,3 +233,22 @@ def test_a_vit_jax_file_without_its_position_table_is_an_error_not_sincos2d(tmp_
     bv.write_npz(tmp_path / "v.npz", arrays)
     with pytest.raises(VitConvertError, match="missing key Transformer/posembed_input/pos_embedding"):
         convert_jax(tmp_path / "v.npz", tmp_path / "v.safetensors")
+
+
+def test_verify_loads_either_tower_with_timms_own_loader(tmp_path) -> None:
+    """`vitconvert verify --source` runs timm's _load_weights on the original: it finds params/img/ itself,
+    and is told img/ (LiT), which it would not look for."""
+    from vitconvert import verify
+
+    _, _, siglip = siglip_file(tmp_path, scanned=True)
+    convert_jax(siglip, tmp_path / "siglip.safetensors")
+    report = verify(tmp_path / "siglip.safetensors", "vit_base_patch16_siglip_224", source=siglip,
+                    timm_kwargs=dict(TINY, img_size=32, patch_size=8, num_classes=0))
+    assert report.ok and report.max_abs_diff <= ATOL and report.timm_weights.endswith("npz loader"), report
+    source = pl.random_timm_vit("tiny", seed=9, num_classes=24)
+    bv.write_npz(tmp_path / "lit.npz", bv.two_tower(pl.npz_arrays(source, "vit_jax"), outer=""))
+    convert_jax(tmp_path / "lit.npz", tmp_path / "lit.safetensors")
+    report = verify(tmp_path / "lit.safetensors", "vit_base_patch16_224", source=tmp_path / "lit.npz",
+                    timm_kwargs=dict(TINY, img_size=32, patch_size=8, num_classes=24))
+    # Measured 1.8e-7 (SigLIP) and 0 (LiT: the same float32 arithmetic on both sides).
+    assert report.ok and report.max_abs_diff <= ATOL, report

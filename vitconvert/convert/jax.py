@@ -65,7 +65,10 @@ def infer_config(reader: NpzReader, layout: jax_layouts.Layout, act: str) -> ViT
             patch_size=kh, in_chans=in_chs, embed_dim=dim, depth=depth,
             num_heads=heads, mlp_dim=mlp_dim, num_classes=num_classes, pool=pool, class_token=has_cls,
             representation_size=pre[-1] if pre else None, act=act, pos_embed=layout.posemb,
-            no_embed_class=layout.name == "big_vision", hybrid_layers=stage_units, hybrid_width=hybrid_width,
+            # big_vision adds positions to the patches alone; said only where a class token could differ,
+            # so a model without one is spelled as timm spells it (SigLIP's: no_embed_class False).
+            no_embed_class=layout.name == "big_vision" and has_cls, hybrid_layers=stage_units,
+            hybrid_width=hybrid_width,
             img_size=(32 * kh, 32 * kh))  # a placeholder any backbone stride divides; set below
     except VitConvertError as e:  # shapes that make no model: say which file they came from
         raise VitConvertError(f"{reader.path}: {e}") from None
