@@ -157,14 +157,17 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
         specs = plan_tensors(jax_layouts.rules(layout), reader, jax_layouts.bindings(cfg.depth, cfg.hybrid_layers),
                              where=str(src), ignore=layout.other_tower(reader.shapes))
         notes = layout_notes(reader, layout, cfg)
-        wanted = [what for what, given in (("preprocessing", preprocess), ("labels", labels),
-                                           ("position-embedding resizing", pos_resize)) if given is None]
-        if wanted and catalog and (known := catalog.match_file(src.name, cfg)):
+        wanted = [what for what, given in (("preprocessing", preprocess), ("labels", labels)) if given is None]
+        if (wanted or pos_resize is None) and catalog and (known := catalog.match_file(src.name, cfg)):
             preprocess = preprocess or known.preprocess
             labels = known.labels if labels is None else labels
-            pos_resize = pos_resize or known.config.pos_resize
-            what = " and ".join([", ".join(wanted[:-1]), wanted[-1]] if len(wanted) > 1 else wanted)
-            notes.append(f"{what} of the published checkpoint '{known.name}' ({known.preprocess_source})")
+            if wanted:
+                notes.append(f"{' and '.join(wanted)} of the published checkpoint '{known.name}' "
+                             f"({known.preprocess_source})")
+            if pos_resize is None and known.config.pos_resize != "bicubic":
+                pos_resize = known.config.pos_resize
+                notes.append(f"position embeddings resized '{pos_resize}' at other sizes, as the published "
+                             f"checkpoint '{known.name}' is run")
         embedding = layout.two_tower and cfg.num_classes > 0
         head = (f"{layout.prefix}head/kernel", f"{layout.prefix}head/bias")
         record = WeightsRecord(
