@@ -9,6 +9,7 @@ import typing
 import numpy as np
 import pytest
 import torch
+from big_vision_layouts import posemb_sincos_2d  # big_vision/models/vit.py's, ported to numpy
 from helpers.dino import dino_interpolate_pos_encoding, dinov2_interpolate_pos_encoding
 from helpers.vit_weights import TINY, our_vit
 from timm.layers import resample_abs_pos_embed
@@ -128,28 +129,16 @@ def test_dino_samples_at_the_given_scale_not_the_grid_ratio(old, new):
 
 def test_methods_are_the_names_the_config_accepts():
     accepted = typing.get_args(typing.get_type_hints(ViTConfig)["pos_resize"])
-    assert set(RESIZERS) == set(accepted) == {"bicubic", "dino"}
+    assert set(RESIZERS) == set(accepted) == {"bicubic", "dino", "flexivit"}
     assert ViTConfig().pos_resize == "bicubic"  # timm's, for every file that does not say
 
 
 def test_unknown_method_is_refused_by_name():
-    with pytest.raises(VitConvertError, match="resize must be one of 'bicubic', 'dino', got 'nearest'"):
+    with pytest.raises(VitConvertError, match="resize must be one of 'bicubic', 'dino', 'flexivit', got 'nearest'"):
         resample_pos_embed(torch.zeros(1, 197, 8), (10, 10), (14, 14), 1, method="nearest")
 
 
 # --- 'sincos2d': computed for the grid, never stored or resampled --------------------------------------------
-
-def big_vision_posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
-    """big_vision/models/vit.py `posemb_sincos_2d`, ported line for line from jnp to numpy (float64)."""
-    y, x = np.mgrid[:h, :w]
-    assert width % 4 == 0, "Width must be mult of 4 for sincos posemb"
-    omega = np.arange(width // 4) / (width // 4 - 1)
-    omega = 1.0 / (temperature**omega)
-    y = np.einsum("m,d->md", y.flatten(), omega)
-    x = np.einsum("m,d->md", x.flatten(), omega)
-    pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
-    return pe[None, :, :]
-
 
 SINCOS = TINY.replace(img_size=(64, 96), patch_size=16, pos_embed="sincos2d", pool="gap", num_classes=5)
 
@@ -161,7 +150,7 @@ def test_sincos2d_is_big_visions_table_for_the_grid_it_runs_at(size):
     with torch.no_grad():
         added = model.embed_tokens(img) - model.patch_embed(img)
     gh, gw = size[0] // 16, size[1] // 16
-    expected = torch.from_numpy(big_vision_posemb_sincos_2d(gh, gw, 64)).float().expand(2, -1, -1)
+    expected = torch.from_numpy(posemb_sincos_2d(gh, gw, 64)).float().expand(2, -1, -1)
     # Measured 1.8e-7 at both sizes (the table alone is within 1.1e-7 of float64's; the rest is the rounding
     # of patch + table - patch). A swapped axis or a wrong frequency moves it by ~1.
     assert (added - expected).abs().max().item() < 5e-7

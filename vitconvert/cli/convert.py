@@ -27,6 +27,8 @@ def _report(record, dst: str, as_json: bool) -> None:
     click.echo(f"wrote {dst}")
     click.echo(f"  source      {record.source.file} ({record.source.format}, sha256 {record.source.sha256[:12]}...)")
     head = f"{c.num_classes} classes" if c.num_classes else "no head (returns features)"
+    if record.head_is_embedding:
+        head = f"head projects into a {c.num_classes}-wide embedding (returns it)"
     click.echo(f"  model       {arch}; pool {c.pool}; {head}; act {c.act}")
     click.echo(f"  input       {c.img_size[0]}x{c.img_size[1]}, {record.preprocess.resize} "
                f"({record.preprocess.interpolation}), mean {list(record.preprocess.mean)}")
@@ -70,8 +72,10 @@ def converter_options(command: Callable) -> Callable:
             click.option("--allow-nonfinite", is_flag=True, help="Convert even if weights hold NaN or Inf."),
             click.option("--pos-resize", type=POS_RESIZE,
                          help="How the model resizes its position embeddings for other input sizes, recorded "
-                              "in the file: 'bicubic' (timm's resample_abs_pos_embed; the default) or 'dino' "
-                              "(facebookresearch/dino's interpolate_pos_encoding: the +0.1 scale factor)."),
+                              "in the file: 'bicubic' (timm's resample_abs_pos_embed; the default), 'dino' "
+                              "(facebookresearch/dino's interpolate_pos_encoding: the +0.1 scale factor) or "
+                              "'flexivit' (FlexiViT's antialiased bilinear resize of its stored grid; jax2torch "
+                              "records it for the FlexiViT files the manifest knows)."),
             click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary."),
             click.option("--json", "as_json", is_flag=True, help="Print the written record as JSON."),
             debug_option)):
@@ -91,9 +95,11 @@ def jax2torch(src: str, dst: str, gelu: str, labels: str | None, dtype: str, for
     """Convert a Google JAX ViT checkpoint (.npz) to a vitconvert weights file.
 
     The layout is detected from the keys: the vit_jax files of the 2020 and AugReg sets (also under
-    opt/target/), big_vision files (params/, scanned or not), hybrids (R50+ViT-B/16, R26+S/32,
-    R+Ti/16), 'gap' models, the pre_logits representation layer and bfloat16 arrays. The architecture
-    is read from the array shapes. Nothing is written unless the whole conversion succeeds.
+    opt/target/), big_vision files (params/, scanned or not; computed sincos2d position embeddings;
+    attention pooling, MAPHead), hybrids (R50+ViT-B/16, R26+S/32, R+Ti/16), 'gap' models, the
+    pre_logits representation layer and bfloat16 arrays; of a two-tower image-text file (SigLIP,
+    SigLIP 2, LiT), the image tower, whose output is the image embedding. The architecture is read
+    from the array shapes. Nothing is written unless the whole conversion succeeds.
 
     \b
     Examples:
@@ -101,6 +107,8 @@ def jax2torch(src: str, dst: str, gelu: str, labels: str | None, dtype: str, for
       vitconvert jax2torch ViT-B_16.npz vit-b16-erf.safetensors --gelu erf --dtype bfloat16
       vitconvert jax2torch ViT-B_16.npz vit-b16.safetensors --force --quiet
       vitconvert jax2torch flowers.npz flowers.safetensors --labels flower_names.txt
+      vitconvert jax2torch webli_en_b16_224_63724782.npz siglip-b16.safetensors
+      vitconvert jax2torch my_flexivit.npz flexivit.safetensors --pos-resize flexivit
     """
     from ..convert.jax import convert_jax
     from ..hub.manifest import load_manifest

@@ -45,7 +45,10 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--model", "model_name", metavar="NAME",
               help="A converted model from the cache (see `vitconvert download NAME`).")
 @click.option("--res", callback=_size, metavar="R|HxW",
-              help="Run at another input size; position embeddings are resampled (bicubic).")
+              help="Run at another input size; position embeddings are resampled as the file records.")
+@click.option("--patch-size", callback=_size, metavar="P|HxW",
+              help="Run at another patch size (FlexiViT's way: the patch kernel PI-resized, the position "
+                   "embeddings resampled to the new grid); any model. The input size stays unless --res.")
 @click.option("--top", "top_k", type=click.IntRange(min=1), default=5, show_default=True,
               help="How many classes to show per image.")
 @click.option("--json", "as_json", is_flag=True,
@@ -92,7 +95,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--force", is_flag=True, help="With --ray: replace an existing --output.")
 @debug_option
 def command(images: tuple[str, ...], weights: Path | None, model_name: str | None,
-            res: tuple[int, int] | None, top_k: int, as_json: bool, batch_size: int, device: str,
+            res: tuple[int, int] | None, patch_size: tuple[int, int] | None, top_k: int, as_json: bool, batch_size: int, device: str,
             dtype: str, compile_: bool, workers: int | None, labels: str | None,
             attention_out: Path | None, embed_out: str | None, tokens: bool, normalize: bool,
             recursive: bool, skip_errors: bool, ray_address: str | None, output: Path | None, replicas: int,
@@ -111,6 +114,7 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
       vitpredict photos/ --recursive --weights vit-b16.safetensors --json > predictions.json
       vitpredict photos/ --weights vit-b16.safetensors --dtype bfloat16 --skip-errors
       vitpredict photos/ --model orig-B16-in21k --embed features.npz --normalize
+      vitpredict cat.jpg --weights flexivit-b.safetensors --patch-size 16 --res 240
       vitpredict photos/ -r --weights vit-b16.safetensors --ray --output predictions.parquet --embed
       vitpredict photos/ --weights vit-b16.safetensors --ray auto --replicas 8 --device cuda --output p.parquet
       vitpredict photos/ --weights vit-b16.safetensors --ray --replicas 2 --cpus-per-replica 0.5 --output p.parquet
@@ -119,6 +123,8 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
 
     if (ray_address is None) != (output is None):
         raise click.UsageError("--ray and --output go together")
+    if ray_address is not None and patch_size is not None:
+        raise click.UsageError("--patch-size runs without --ray only")
     if ray_address is None:
         embed_out = check_embed_options(click.get_current_context(), embed_out, tokens, normalize, labels,
                                         attention_out)
@@ -147,7 +153,7 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
         from ..inference.labels import check_top_k
 
         record = read_record(weights_path)
-        check_top_k(record.config.num_classes, record.head_is_zero, str(weights_path))
+        check_top_k(record.config.num_classes, record.head_is_zero, str(weights_path), record.head_is_embedding)
     else:
         from ..formats.paths import check_output
 
@@ -162,7 +168,7 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
 
         keep_freed_memory()  # this process is ours: reuse freed activations instead of faulting them in again
         predictor = Predictor(weights_path, img_size=res, device=device, labels=labels, dtype=dtype,
-                              compile=compile_)
+                              compile=compile_, patch_size=patch_size)
         if workers is None:
             workers = default_workers(len(readable), batch_size, predictor.device)
         if map_paths:  # refuse before the first prediction rather than after it

@@ -26,6 +26,11 @@ from .mapping import plan_tensors, source_dims
 GELU = {"tanh": "gelu_tanh", "erf": "gelu"}
 
 
+# A 'sincos2d' file stores no position table, so nothing in it shows the size it was trained at: big_vision's
+# ImageNet models (the only published ones) train at 224.
+SINCOS_SIZE = 224
+
+
 def infer_config(reader: NpzReader, layout: jax_layouts.Layout, act: str) -> ViTConfig:
     """The architecture, from array shapes alone."""
     s, p, where = reader.shapes, layout.prefix, str(reader.path)
@@ -37,28 +42,39 @@ def infer_config(reader: NpzReader, layout: jax_layouts.Layout, act: str) -> ViT
         raise VitConvertError(f"{reader.path}: no encoder blocks found under {layout.prefix}Transformer/")
     q = layout.block_key(f"{layout.mha}/query/kernel").format(i=0).split("[")[0]
     mlp = layout.block_key(f"{layout.mlp}/Dense_0/kernel").format(i=0).split("[")[0]
-    for key in (q, mlp, f"{p}head/bias", layout.pos_embed):
+    for key in (q, mlp, *([layout.pos_embed] if layout.posemb == "learn" else [])):
         if key not in s:
             raise VitConvertError(f"{reader.path}: missing key {key} ({layout.name} layout)")
     heads = source_dims(s, q, 3, where, layout.scanned)[1]
     mlp_dim = source_dims(s, mlp, 2, where, layout.scanned)[1]
+    if layout.map_head:  # our attention pooling has the blocks' heads, as big_vision's MAPHead has
+        probe_q = f"{p}MAPHead_0/MultiHeadDotProductAttention_0/query/kernel"
+        if probe_q in s and source_dims(s, probe_q, 3, where)[1] != heads:
+            raise VitConvertError(f"{reader.path}: the attention pooling has {s[probe_q][1]} heads, the blocks "
+                                  f"{heads}; both must have the same")
     stage_units = jax_layouts.hybrid_units(layout, s, str(reader.path)) if layout.hybrid else None
-    pool = "token" if f"{p}cls" in s else "gap"
+    has_cls = f"{p}cls" in s
+    pool = "map" if layout.map_head else "token" if has_cls else "gap"
     pre = source_dims(s, f"{p}pre_logits/bias", 1, where) if f"{p}pre_logits/bias" in s else None
     hybrid_width = 64
     if layout.hybrid:
         _, _, in_chs, hybrid_width = source_dims(s, f"{p}conv_root/kernel", 4, where)
-    num_classes = source_dims(s, f"{p}head/bias", 1, where)[0]
-    n_pos = source_dims(s, layout.pos_embed, 3, where)[1]
+    num_classes = source_dims(s, f"{p}head/bias", 1, where)[0] if f"{p}head/bias" in s else 0
     try:
         base = ViTConfig(
             patch_size=kh, in_chans=in_chs, embed_dim=dim, depth=depth,
-            num_heads=heads, mlp_dim=mlp_dim, num_classes=num_classes, pool=pool,
-            representation_size=pre[-1] if pre else None, act=act,
-            no_embed_class=layout.name == "big_vision", hybrid_layers=stage_units, hybrid_width=hybrid_width,
+            num_heads=heads, mlp_dim=mlp_dim, num_classes=num_classes, pool=pool, class_token=has_cls,
+            representation_size=pre[-1] if pre else None, act=act, pos_embed=layout.posemb,
+            # big_vision adds positions to the patches alone; said only where a class token could differ,
+            # so a model without one is spelled as timm spells it (SigLIP's: no_embed_class False).
+            no_embed_class=layout.name == "big_vision" and has_cls, hybrid_layers=stage_units,
+            hybrid_width=hybrid_width,
             img_size=(32 * kh, 32 * kh))  # a placeholder any backbone stride divides; set below
     except VitConvertError as e:  # shapes that make no model: say which file they came from
         raise VitConvertError(f"{reader.path}: {e}") from None
+    if layout.posemb != "learn":
+        return base.replace(img_size=(SINCOS_SIZE // base.total_stride * base.total_stride,) * 2)
+    n_pos = source_dims(s, layout.pos_embed, 3, where)[1]
     n_patches = n_pos - (0 if base.no_embed_class else base.num_prefix_tokens)
     side = math.isqrt(max(n_patches, 0))
     if side * side != n_patches or side == 0:
@@ -66,6 +82,29 @@ def infer_config(reader: NpzReader, layout: jax_layouts.Layout, act: str) -> ViT
             f"{reader.path}: {layout.pos_embed} has {n_pos} positions, which is not a square grid "
             f"plus {base.num_prefix_tokens} class token(s)")
     return base.replace(img_size=(side * base.total_stride,) * 2)
+
+
+def layout_notes(reader: NpzReader, layout: jax_layouts.Layout, cfg: ViTConfig) -> list[str]:
+    """What the record should say about how the file became this model."""
+    notes = []
+    if any(reader.stored_dtype(k) == "bfloat16" for k in reader.shapes):
+        notes.append("source arrays stored as bfloat16")
+    if layout.posemb == "sincos2d":
+        notes.append(f"no position table stored: big_vision's sincos2d, computed for the grid of each input "
+                     f"size; the training size is not in the file, {cfg.img_size[0]}x{cfg.img_size[1]} assumed")
+    if layout.two_tower:
+        left = layout.other_tower(reader.shapes)
+        notes.append(f"the image tower ({layout.prefix}) of a two-tower image-text model; the text tower and "
+                     f"the loss's scalars ({len(left)} arrays: {layout.outer}txt/..., {layout.outer}t, "
+                     f"{layout.outer}b) are left out")
+        if cfg.num_classes:
+            notes.append(f"the tower's head is its projection into the {cfg.num_classes}-wide image-text "
+                         "embedding, not a classifier: the model's output is the image embedding (zimg) "
+                         "before its L2 normalisation")
+        else:
+            notes.append("the model's output is the image embedding (zimg): the pooled features, before "
+                         "their L2 normalisation")
+    return notes
 
 
 def _is_zero(reader: NpzReader, *keys: str) -> bool:
@@ -76,6 +115,7 @@ class Published(Protocol):
     """What a catalogue of published checkpoints knows about one (the hub's manifest entries)."""
 
     name: str
+    config: ViTConfig
     preprocess: Preprocess
     labels: str | None
     preprocess_source: str
@@ -99,7 +139,12 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
     architecture, that published checkpoint's; else Google's evaluation pipeline at the training
     size and the label set implied by the class count.
     pos_resize: how the model resizes its position embeddings for other input sizes, recorded in the
-    file: 'bicubic' (timm's; also when None) or 'dino' (facebookresearch/dino's).
+    file: 'bicubic' (timm's), 'dino' (facebookresearch/dino's) or 'flexivit' (FlexiViT's, which resizes
+    its stored grid at every input size); None: the published checkpoint's, when `catalog` knows the
+    file (a FlexiViT file's is 'flexivit'), else 'bicubic'.
+    A two-tower image-text file (SigLIP, LiT) becomes its image tower, whose output is the image
+    embedding before its L2 normalisation; a head there is the tower's projection into the embedding
+    (recorded as `head_is_embedding`), not a classifier.
     progress(done_bytes, total_bytes) is called after each tensor.
     """
     if gelu not in GELU:
@@ -109,23 +154,30 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
     with NpzReader(src) as reader:
         layout = jax_layouts.detect(reader.shapes, str(src))
         cfg = infer_config(reader, layout, GELU[gelu])
-        specs = plan_tensors(jax_layouts.rules(layout), reader,
-                             jax_layouts.bindings(cfg.depth, cfg.hybrid_layers), where=str(src))
-        notes = ["source arrays stored as bfloat16"] if any(
-            reader.stored_dtype(k) == "bfloat16" for k in reader.shapes) else []
+        specs = plan_tensors(jax_layouts.rules(layout), reader, jax_layouts.bindings(cfg.depth, cfg.hybrid_layers),
+                             where=str(src), ignore=layout.other_tower(reader.shapes))
+        notes = layout_notes(reader, layout, cfg)
         wanted = [what for what, given in (("preprocessing", preprocess), ("labels", labels)) if given is None]
-        if wanted and catalog and (known := catalog.match_file(src.name, cfg)):
+        if (wanted or pos_resize is None) and catalog and (known := catalog.match_file(src.name, cfg)):
             preprocess = preprocess or known.preprocess
             labels = known.labels if labels is None else labels
-            notes.append(f"{' and '.join(wanted)} of the published checkpoint '{known.name}' "
-                         f"({known.preprocess_source})")
+            if wanted:
+                notes.append(f"{' and '.join(wanted)} of the published checkpoint '{known.name}' "
+                             f"({known.preprocess_source})")
+            if pos_resize is None and known.config.pos_resize != "bicubic":
+                pos_resize = known.config.pos_resize
+                notes.append(f"position embeddings resized '{pos_resize}' at other sizes, as the published "
+                             f"checkpoint '{known.name}' is run")
+        embedding = layout.two_tower and cfg.num_classes > 0
+        head = (f"{layout.prefix}head/kernel", f"{layout.prefix}head/bias")
         record = WeightsRecord(
             config=cfg.replace(pos_resize="bicubic" if pos_resize is None else pos_resize),
             preprocess=preprocess or Preprocess.google(cfg.img_size),
             source=Source(format=f"jax-npz/{layout.name}" + ("-scanned" if layout.scanned else ""),
                           file=src.name),
-            labels=labels if labels is not None else label_set_for(cfg.num_classes),
-            head_is_zero=_is_zero(reader, f"{layout.prefix}head/kernel", f"{layout.prefix}head/bias"),
+            labels=labels if labels is not None or embedding else label_set_for(cfg.num_classes),
+            head_is_zero=cfg.num_classes > 0 and _is_zero(reader, *head),
+            head_is_embedding=embedding,
             notes=tuple(notes),
         )
         return write_weights(dst, specs, record, source_path=src, dtype=dtype, force=force,

@@ -1,16 +1,18 @@
 """The published JAX layouts as data: how each key becomes one of our tensors.
 
-Layouts differ in a prefix ('', 'opt/target/', 'params/', 'params/img/'), in the Flax sub-module
+Layouts differ in a prefix ('', 'opt/target/', 'params/', and the image tower of a two-tower model:
+'params/img/' in big_vision's SigLIP files, 'img/' in vit_jax's LiT files), in the Flax sub-module
 numbering inside a block (the published files use MultiHeadDotProductAttention_1, LayerNorm_2,
 MlpBlock_3; newer Flax code numbers them 0, 1, 0), in where the position embedding lives
-(big_vision: top level, without a class-token row), and in whether blocks are stacked on a leading
-axis ('scanned'). `detect` reads which from the keys; `rules` builds the table.
+(big_vision: top level, without a class-token row; none at all for big_vision's computed 'sincos2d'),
+in the pooling (big_vision's attention pooling `MAPHead_0`), and in whether blocks are stacked on a
+leading axis ('scanned'). `detect` reads which from the keys; `rules` builds the table.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +20,8 @@ import numpy as np
 from ..core.errors import VitConvertError
 from .mapping import IDENTITY, Op, Rule, Shape
 
-PREFIXES = ("", "opt/target/", "params/", "params/img/")
+PREFIXES = ("", "opt/target/", "params/", "params/img/", "img/")
+TOWER = "img/"  # a prefix ending so is the image tower of a two-tower (image-text) model
 WS_EPS = 1e-5  # weight standardization in the JAX ResNet: (w - mean) / (std + 1e-5)
 
 
@@ -34,7 +37,7 @@ def transpose(w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def _qkv_kernel(*kernels: np.ndarray) -> np.ndarray:  # 3 x (D, H, Dh) -> (3*H*Dh, D)
+def _qkv_kernel(*kernels: np.ndarray) -> np.ndarray:  # n x (D, H, Dh) -> (n*H*Dh, D)
     d = kernels[0].shape[0]
     flat = [k.reshape(d, -1) for k in kernels]
     out = np.empty((sum(f.shape[1] for f in flat), d), np.float32)
@@ -65,7 +68,7 @@ def _qkv_shape(*shapes: Shape) -> Shape:
     if len(set(shapes)) != 1:
         raise ValueError("query, key and value shapes differ")
     d, h, dh = shapes[0]
-    return (3 * h * dh, d)
+    return (len(shapes) * h * dh, d)
 
 
 def _flat_shape(s: Shape) -> Shape:
@@ -81,8 +84,9 @@ CONV = Op("conv kernel HWIO -> OIHW", lambda w: w.transpose(3, 2, 0, 1),
           lambda s: tuple(_check_rank(s, 4)[i] for i in (3, 2, 0, 1)))
 STD_CONV = Op("weight-standardized conv kernel", _standardized_conv,
               lambda s: tuple(_check_rank(s, 4)[i] for i in (3, 2, 0, 1)))
-QKV_KERNEL = Op("query/key/value kernels -> fused qkv", _qkv_kernel, _qkv_shape)
-QKV_BIAS = Op("query/key/value biases -> fused qkv",
+# Also the attention pooling's query alone and its keys and values fused (timm's attn_pool.q, .kv).
+QKV_KERNEL = Op("query/key/value kernels -> fused rows", _qkv_kernel, _qkv_shape)
+QKV_BIAS = Op("query/key/value biases -> fused rows",
               lambda *bs: np.concatenate([b.reshape(-1) for b in bs]),
               lambda *ss: (sum(int(np.prod(_check_rank(s, 2))) for s in ss),))
 OUT_KERNEL = Op("attention out kernel (H, Dh, D) -> (D, H*Dh)",
@@ -99,6 +103,25 @@ class Layout:
     scanned: bool
     linen_numbering: bool  # MultiHeadDotProductAttention_0 / MlpBlock_0 / LayerNorm_0,1
     hybrid: bool
+    posemb: str = "learn"  # or 'sincos2d': big_vision's computed table, no key
+    map_head: bool = False  # big_vision's attention pooling, MAPHead_0
+
+    @property
+    def two_tower(self) -> bool:
+        return self.prefix.endswith(TOWER)
+
+    @property
+    def outer(self) -> str:
+        """The prefix of the whole two-tower model, whose text tower and scalars sit beside the image tower."""
+        return self.prefix[:-len(TOWER)]
+
+    def other_tower(self, keys: Iterable[str]) -> list[str]:
+        """The keys of a two-tower file that are not the image tower's: the text tower `txt/...` and
+        the loss's temperature `t` and bias `b`. Anything else stays a key nothing maps."""
+        if not self.two_tower:
+            return []
+        o = self.outer
+        return [k for k in keys if k.startswith(f"{o}txt/") or k in (f"{o}t", f"{o}b")]
 
     @property
     def block(self) -> str:
@@ -133,14 +156,17 @@ def detect(shapes: Mapping[str, Shape], where: str) -> Layout:
         raise VitConvertError(
             f"{where}: not a JAX ViT checkpoint (no 'embedding/kernel' under any known prefix "
             f"{', '.join(repr(p) for p in PREFIXES)}); its keys begin: {sample}")
-    if any(k.startswith(f"{prefix}MAPHead_0/") for k in shapes):
-        raise VitConvertError(f"{where}: attention-pooling (MAPHead) models are not supported yet")
     scanned = f"{prefix}Transformer/encoderblock/LayerNorm_0/scale" in shapes
     first_block = f"{prefix}Transformer/encoderblock" + ("" if scanned else "_0")
     linen = f"{first_block}/MultiHeadDotProductAttention_0/query/kernel" in shapes
-    big_vision = prefix.startswith("params/") or f"{prefix}pos_embedding" in shapes
+    vit_jax_pos = f"{prefix}Transformer/posembed_input/pos_embedding" in shapes
+    # Only big_vision computes a position table ('sincos2d', no key), and it numbers blocks the Linen way:
+    # a vit_jax file without its table stays vit_jax, and its missing key an error.
+    sincos = linen and not vit_jax_pos and f"{prefix}pos_embedding" not in shapes
+    big_vision = prefix.startswith("params/") or f"{prefix}pos_embedding" in shapes or sincos
     return Layout("big_vision" if big_vision else "vit_jax", prefix, scanned, linen,
-                  hybrid=f"{prefix}conv_root/kernel" in shapes)
+                  hybrid=f"{prefix}conv_root/kernel" in shapes, posemb="sincos2d" if sincos else "learn",
+                  map_head=any(k.startswith(f"{prefix}MAPHead_0/") for k in shapes))
 
 
 def count_blocks(layout: Layout, shapes: Mapping[str, Shape], where: str = "checkpoint") -> int:
@@ -179,7 +205,7 @@ def rules(layout: Layout) -> list[Rule]:
         Rule("patch_embed.proj.weight", (f"{p}embedding/kernel",), CONV),
         Rule("patch_embed.proj.bias", (f"{p}embedding/bias",), IDENTITY),
         Rule("cls_token", (f"{p}cls",), IDENTITY, optional=True),
-        Rule("pos_embed", (layout.pos_embed,), IDENTITY),
+        *([Rule("pos_embed", (layout.pos_embed,), IDENTITY)] if layout.posemb == "learn" else []),
         Rule("blocks.{i}.norm1.weight", (blk("LayerNorm_0/scale"),), IDENTITY, over="block"),
         Rule("blocks.{i}.norm1.bias", (blk("LayerNorm_0/bias"),), IDENTITY, over="block"),
         Rule("blocks.{i}.attn.qkv.weight", tuple(blk(f"{mha}/{n}/kernel") for n in ("query", "key", "value")),
@@ -196,14 +222,37 @@ def rules(layout: Layout) -> list[Rule]:
         Rule("blocks.{i}.mlp.fc2.bias", (blk(f"{mlp}/Dense_1/bias"),), IDENTITY, over="block"),
         Rule("norm.weight", (f"{p}Transformer/encoder_norm/scale",), IDENTITY),
         Rule("norm.bias", (f"{p}Transformer/encoder_norm/bias",), IDENTITY),
+        *(map_head_rules(p) if layout.map_head else []),
         Rule("pre_logits.fc.weight", (f"{p}pre_logits/kernel",), DENSE, optional=True),
         Rule("pre_logits.fc.bias", (f"{p}pre_logits/bias",), IDENTITY, optional=True),
-        Rule("head.weight", (f"{p}head/kernel",), DENSE),
-        Rule("head.bias", (f"{p}head/bias",), IDENTITY),
+        # No head: an image tower (SigLIP's) or a backbone, whose output is the pooled features.
+        Rule("head.weight", (f"{p}head/kernel",), DENSE, optional=True),
+        Rule("head.bias", (f"{p}head/bias",), IDENTITY, optional=True),
     ]
     if layout.hybrid:
         table += hybrid_rules(p)
     return table
+
+
+def map_head_rules(p: str) -> list[Rule]:
+    """big_vision's MAPHead (a learned probe attending over the tokens, LayerNorm, residual MLP) as timm's
+    AttentionPoolLatent: probe -> latent, query -> q, key and value fused -> kv, out -> proj."""
+    head, mha = f"{p}MAPHead_0", f"{p}MAPHead_0/MultiHeadDotProductAttention_0"
+    return [
+        Rule("attn_pool.latent", (f"{head}/probe",), IDENTITY),
+        Rule("attn_pool.q.weight", (f"{mha}/query/kernel",), QKV_KERNEL),
+        Rule("attn_pool.q.bias", (f"{mha}/query/bias",), QKV_BIAS),
+        Rule("attn_pool.kv.weight", (f"{mha}/key/kernel", f"{mha}/value/kernel"), QKV_KERNEL),
+        Rule("attn_pool.kv.bias", (f"{mha}/key/bias", f"{mha}/value/bias"), QKV_BIAS),
+        Rule("attn_pool.proj.weight", (f"{mha}/out/kernel",), OUT_KERNEL),
+        Rule("attn_pool.proj.bias", (f"{mha}/out/bias",), IDENTITY),
+        Rule("attn_pool.norm.weight", (f"{head}/LayerNorm_0/scale",), IDENTITY),
+        Rule("attn_pool.norm.bias", (f"{head}/LayerNorm_0/bias",), IDENTITY),
+        Rule("attn_pool.mlp.fc1.weight", (f"{head}/MlpBlock_0/Dense_0/kernel",), DENSE),
+        Rule("attn_pool.mlp.fc1.bias", (f"{head}/MlpBlock_0/Dense_0/bias",), IDENTITY),
+        Rule("attn_pool.mlp.fc2.weight", (f"{head}/MlpBlock_0/Dense_1/kernel",), DENSE),
+        Rule("attn_pool.mlp.fc2.bias", (f"{head}/MlpBlock_0/Dense_1/bias",), IDENTITY),
+    ]
 
 
 def hybrid_rules(p: str) -> list[Rule]:

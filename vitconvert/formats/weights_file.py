@@ -106,10 +106,18 @@ class WeightsRecord:
     labels: Labels = None  # 'imagenet-1k', 'imagenet-21k', the class names, or None (class indices)
     head_is_zero: bool = False  # published for fine-tuning only: top-k would be meaningless
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # The head projects into an embedding (a two-tower image tower's, LiT's img/head): its outputs are the
+    # image embedding, not class scores. Written only when true, so other records read as before.
+    head_is_embedding: bool = False
 
     def __post_init__(self) -> None:
         # Checked here, so a file cannot be written, nor read, with names that do not fit its head.
         object.__setattr__(self, "labels", check_labels(self.labels, self.config.num_classes))
+        if not isinstance(self.head_is_embedding, bool):
+            raise VitConvertError(f"head_is_embedding must be true or false, got {self.head_is_embedding!r}")
+        if self.head_is_embedding and (not self.config.num_classes or self.labels is not None):
+            raise VitConvertError("head_is_embedding: an embedding head needs a head (num_classes > 0) and has "
+                                  "no class names")
 
     def to_json(self) -> str:
         return json.dumps({
@@ -122,6 +130,7 @@ class WeightsRecord:
             "head_is_zero": self.head_is_zero,
             "source": asdict(self.source),
             "notes": list(self.notes),
+            **({"head_is_embedding": True} if self.head_is_embedding else {}),
         }, sort_keys=True)
 
     @classmethod
@@ -158,6 +167,7 @@ class WeightsRecord:
                 labels=labels,
                 head_is_zero=d["head_is_zero"],
                 notes=tuple(notes),
+                head_is_embedding=d.get("head_is_embedding", False),
             )
         except VitConvertError as e:
             raise VitConvertError(f"{where}: {e}") from None

@@ -135,12 +135,13 @@ class Manifest:
             f"no checkpoint named {name!r} in {self.source}{hint} (see 'vitconvert list')")
 
     def match_file(self, filename: str, config: ViTConfig) -> CheckpointEntry | None:
-        """The entry for a published file, by name and architecture (the 2020 folders reuse names).
+        """The entry for a published file, by name and architecture (the 2020 folders reuse names); the
+        activation and the position-embedding resizing are how it is run, which a file does not show.
 
         None unless every match agrees on preprocessing and labels.
         """
         hits = [e for e in self.checkpoints
-                if e.filename == filename and e.config.replace(act=config.act) == config]
+                if e.filename == filename and e.config.replace(act=config.act, pos_resize=config.pos_resize) == config]
         if hits and all((e.preprocess, e.labels) == (hits[0].preprocess, hits[0].labels) for e in hits):
             return hits[0]
         return None

@@ -90,9 +90,14 @@ def resolve_labels(labels: str | os.PathLike | Sequence[str] | None, num_classes
 EMBED_HINT = "for its features use `vitpredict IMAGE... --embed OUT.npz` (Predictor.embed)"
 
 
-def check_top_k(num_classes: int, head_is_zero: bool, where: str) -> None:
+def check_top_k(num_classes: int, head_is_zero: bool, where: str, head_is_embedding: bool = False) -> None:
     """Refuse a top-k that would mean nothing, saying what the model is good for instead; from the
     record alone, so before any tensor is read."""
+    if head_is_embedding:
+        raise VitConvertError(
+            f"{where}: this model's head projects into an image-text embedding ({num_classes} wide: the image "
+            f"tower of a two-tower model such as LiT), it is not a classifier, so there are no classes to rank; "
+            f"for the image embedding use `vitpredict IMAGE... --embed OUT.npz` (Predictor.embed)")
     if num_classes == 0:
         raise VitConvertError(
             f"{where}: this model has no classification head (num_classes 0: a backbone such as DINO's), "

@@ -69,7 +69,8 @@ class Predictor:
     >>> p.embed(["cat.jpg", "dog.jpg"]).shape           # pooled features, any model, with or without a head
     (2, 768)
 
-    `img_size` (R, 'R', 'HxW' or (H, W)) runs the model at another resolution. `labels` overrides the
+    `img_size` (R, 'R', 'HxW' or (H, W)) runs the model at another resolution, `patch_size` (P or
+    'HxW') at another patch size (FlexiViT's PI-resize of the kernel; see `load_model`). `labels` overrides the
     class names: 'imagenet-1k', 'imagenet-21k', a file with one name a line, or a list (default: the
     file's own). A model without classes (num_classes 0) or with an all-zero head embeds but does not
     classify: `predict` refuses it, saying so.
@@ -85,12 +86,13 @@ class Predictor:
                  img_size: int | str | tuple[int, int] | None = None, device: str | torch.device = "cpu",
                  labels: str | os.PathLike | Sequence[str] | None = None,
                  max_pixels: int = MAX_PIXELS, dtype: str | torch.dtype | None = "float32",
-                 compile: bool = False) -> None:
+                 compile: bool = False, patch_size: int | str | tuple[int, int] | None = None) -> None:
         self.path = resolve_weights(weights, model)
         # The header alone answers everything that can be refused, before the tensors are read.
         record = read_record(self.path)
         size = record.config.img_size if img_size is None else parse_size(img_size)
-        check_size(record.config, size)
+        patch = record.config.patch_hw if patch_size is None else parse_size(patch_size)
+        check_size(record.config.replace(patch_size=patch), size)
         self.labels = resolve_labels(labels, record.config.num_classes, record.labels)
         self.device = check_device(device)
         self.dtype = inference_dtype(dtype, self.device)
@@ -98,7 +100,7 @@ class Predictor:
         self.preprocess = record.preprocess.at_size(size)
         self.max_pixels = max_pixels
         self.model = model_from(record, self.path, img_size=size, device=self.device, dtype=self.dtype,
-                                compile=compile)
+                                compile=compile, patch_size=patch)
 
     @property
     def config(self) -> ViTConfig:
@@ -118,7 +120,8 @@ class Predictor:
     def check_top_k(self) -> None:
         """Raise a VitConvertError if this model has no meaningful classes to rank (none, or an
         all-zero head); the message points to `embed`."""
-        check_top_k(self.record.config.num_classes, self.record.head_is_zero, str(self.path))
+        check_top_k(self.record.config.num_classes, self.record.head_is_zero, str(self.path),
+                    self.record.head_is_embedding)
 
     @torch.inference_mode()
     def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
@@ -131,11 +134,13 @@ class Predictor:
         """Features of a prepared (B, 3, H, W) batch, float32 on the CPU.
 
         (B, D): the pooled features the head reads, before any representation layer (timm's
-        `forward_head(x, pre_logits=True)`; a distilled model averages its two tokens). `tokens`:
-        (B, T, D), every token after the final norm (timm's `forward_features`). `normalize`: each
-        vector (each token's, with `tokens`) scaled to unit length.
+        `forward_head(x, pre_logits=True)`; a distilled model averages its two tokens); where the head is
+        an embedding projection (`record.head_is_embedding`: LiT's image tower), its output, the image
+        embedding. `tokens`: (B, T, D), every token after the final norm (timm's `forward_features`).
+        `normalize`: each vector (each token's, with `tokens`) scaled to unit length.
         """
-        features = self._run("forward_features" if tokens else "forward_pooled", batch).float()
+        pooled = "forward" if self.record.head_is_embedding else "forward_pooled"
+        features = self._run("forward_features" if tokens else pooled, batch).float()
         return (F.normalize(features, dim=-1) if normalize else features).cpu()
 
     def _run(self, method: str, batch: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from ..core.errors import VitConvertError
 from ..formats.safetensors_file import TensorSpec, read_tensors
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, read_record, write_weights
 from .fast import compile_model, quantize_int8
+from .patch_resize import resample_patch_kernel
 from .posembed import resample_pos_embed
 from .vit import VisionTransformer
 
@@ -28,19 +29,25 @@ def float32_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in read_tensors(path).items()}
 
 
-def at_size(cfg: ViTConfig, state: dict[str, torch.Tensor],
-            img_size: tuple[int, int]) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
-    """Config and weights for another input size: position embeddings resampled by the config's method."""
-    if tuple(img_size) == cfg.img_size:
+def at_size(cfg: ViTConfig, state: dict[str, torch.Tensor], img_size: tuple[int, int],
+            patch_size: int | tuple[int, int] | None = None) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
+    """Config and weights for another input size, another patch size or both: the patch kernel PI-resized
+    (patch_resize.py, FlexiViT's), the position embeddings resampled by the config's method from the
+    stored grid to the new one (the grid changes with either)."""
+    patch = cfg.patch_hw if patch_size is None else parse_size(patch_size)
+    if tuple(img_size) == cfg.img_size and patch == cfg.patch_hw:
         return cfg, state
-    new = cfg.at_input_size(img_size)  # raises for a size that does not tile into patches
-    if cfg.pos_embed != "learn":  # nothing position-dependent is stored (sincos2d is computed per grid)
-        return new, state
-    prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
-    state = dict(state)
-    state["pos_embed"] = resample_pos_embed(state["pos_embed"], new.grid_size, cfg.grid_size, prefix,
-                                            method=cfg.pos_resize)
-    return new, state
+    # Raises for a size the new patches do not tile (a file's own size need not, as timm's need not).
+    new = cfg.replace(patch_size=patch, img_size=tuple(img_size)).at_input_size(img_size)
+    changed = {}
+    if patch != cfg.patch_hw:
+        changed["patch_embed.proj.weight"] = resample_patch_kernel(state["patch_embed.proj.weight"], patch)
+    # Nothing else depends on the position (sincos2d is computed per grid).
+    if cfg.pos_embed == "learn" and new.grid_size != cfg.grid_size:
+        prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
+        changed["pos_embed"] = resample_pos_embed(state["pos_embed"], new.grid_size, cfg.grid_size, prefix,
+                                                  method=cfg.pos_resize)
+    return new, {**state, **changed} if changed else state
 
 
 def build_with_weights(cfg: ViTConfig, state: dict[str, torch.Tensor]) -> VisionTransformer:
@@ -53,8 +60,12 @@ def build_with_weights(cfg: ViTConfig, state: dict[str, torch.Tensor]) -> Vision
 
 def load_model(path: str | os.PathLike, img_size: int | str | tuple[int, int] | None = None,
                device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None, compile: bool = False) -> VisionTransformer:
+               dtype: torch.dtype | None = None, compile: bool = False,
+               patch_size: int | str | tuple[int, int] | None = None) -> VisionTransformer:
     """An eval-mode model from our weights file, ready for inputs of `img_size` (default: trained size).
+
+    `patch_size` (P, 'P', 'HxW' or (H, W)) runs it at another patch size, as FlexiViT runs its own: the
+    patch kernel PI-resized, the position embeddings resampled to the new grid by the file's method.
 
     The model is float32 whatever dtype the file stores, unless `dtype` asks for another;
     `torch.qint8` keeps float32 activations and runs the linear layers in int8 (CPU only).
@@ -62,17 +73,18 @@ def load_model(path: str | os.PathLike, img_size: int | str | tuple[int, int] | 
     on the CPU, inductor elsewhere), for inference only. The model's `.config` describes it, `.record`
     carries the file's metadata.
     """
-    return model_from(read_record(path), path, img_size, device, dtype, compile)
+    return model_from(read_record(path), path, img_size, device, dtype, compile, patch_size)
 
 
 def model_from(record: WeightsRecord, path: str | os.PathLike,
                img_size: int | str | tuple[int, int] | None = None, device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None, compile: bool = False) -> VisionTransformer:
+               dtype: torch.dtype | None = None, compile: bool = False,
+               patch_size: int | str | tuple[int, int] | None = None) -> VisionTransformer:
     """`load_model` for a caller that has already read and checked the file's record."""
     state = float32_tensors(path)
     cfg = record.config
-    if img_size is not None:
-        cfg, state = at_size(cfg, state, parse_size(img_size))
+    if img_size is not None or patch_size is not None:
+        cfg, state = at_size(cfg, state, cfg.img_size if img_size is None else parse_size(img_size), patch_size)
     model = build_with_weights(cfg, state)
     model.record = record
     int8 = dtype is torch.qint8

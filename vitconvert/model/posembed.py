@@ -1,11 +1,12 @@
 """Position embeddings on another grid, by one of the named methods a weights file records.
 
-Every method resamples the patch grid in float32, bicubic, align_corners off, prefix tokens untouched;
-they differ in where they sample:
+Every method resamples the patch grid in float32, align_corners off, prefix tokens untouched:
 
 - 'bicubic': timm's `resample_abs_pos_embed` (its state-dict path): antialias, target given by `size=`,
   so a model at 384 gives what timm's model at 384 gives on the same weights.
 - 'dino': facebookresearch/dino's `interpolate_pos_encoding`, so features at another size are DINO's.
+- 'flexivit': big_vision's FlexiViT, which stores a small grid (7x7) and resizes it at every forward
+  with `jax.image.resize(..., 'linear')`: bilinear, antialiased when shrinking.
 """
 
 from __future__ import annotations
@@ -45,6 +46,15 @@ def _dino(grid: torch.Tensor, new: tuple[int, int], old: tuple[int, int]) -> tor
                          recompute_scale_factor=False)
 
 
+def _flexivit(grid: torch.Tensor, new: tuple[int, int], old: tuple[int, int]) -> torch.Tensor:
+    """FlexiViT's `jax.image.resize(posemb, (1, h, w, c), 'linear')` (models/proj/flexi/vit.py), whose
+    antialias defaults to True: jax's scale_and_translate weighs input pixel j for output i by the
+    triangle 1 - |j - ((i + 0.5) * s - 0.5)| / max(s, 1), s = old / new, normalised over the pixels inside
+    the grid. torch's antialiased bilinear computes those weights: the triangle widened by s when
+    shrinking, the plain one (half-pixel bilinear, edges clamped) when enlarging."""
+    return F.interpolate(grid, size=new, mode="bilinear", antialias=True, align_corners=False)
+
+
 def sincos_2d(grid: tuple[int, int], dim: int, device: torch.device | None = None,
               temperature: float = 10_000.0) -> torch.Tensor:
     """The fixed 2-D sin-cos table of a (rows, cols) patch grid, (1, rows*cols, dim), float32: big_vision's
@@ -60,7 +70,7 @@ def sincos_2d(grid: tuple[int, int], dim: int, device: torch.device | None = Non
 
 
 # The names ViTConfig.pos_resize accepts (a test holds the two lists equal).
-RESIZERS: dict[str, GridResize] = {"bicubic": _timm_bicubic, "dino": _dino}
+RESIZERS: dict[str, GridResize] = {"bicubic": _timm_bicubic, "dino": _dino, "flexivit": _flexivit}
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int],

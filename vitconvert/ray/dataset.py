@@ -56,7 +56,7 @@ def predict_dataset(images: ray.data.Dataset | Sequence[str | os.PathLike], weig
         raise VitConvertError(f"top_k, batch_size and replicas must be at least 1, got {top_k}, {batch_size}, "
                               f"{replicas}")
     try:
-        check_top_k(record.config.num_classes, record.head_is_zero, str(path))
+        check_top_k(record.config.num_classes, record.head_is_zero, str(path), record.head_is_embedding)
         classify = True
     except VitConvertError:
         if not embed:

@@ -107,9 +107,10 @@ def load_timm_weights(model: torch.nn.Module, name: str, native: ViTConfig, sour
         from ..formats.npz import NpzReader
 
         with NpzReader(source) as reader:
-            _check_architecture(npz_config(reader, jax_layouts.detect(reader.shapes, str(source)), native.act),
-                                native, source, name)
-        _load_weights(model, str(source))
+            layout = jax_layouts.detect(reader.shapes, str(source))
+            _check_architecture(npz_config(reader, layout, native.act), native, source, name)
+        # timm finds '', opt/target/, params/ and params/img/ itself, but a LiT tower's img/ only when told.
+        _load_weights(model, str(source), prefix=layout.prefix)
         return f"{source.name}, through timm's npz loader"
     from ..convert.timm import infer_config, read_state_dict
 
