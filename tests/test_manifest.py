@@ -10,11 +10,27 @@ from manifest_helpers import tiny_entry, tiny_npz_bytes, write_manifest
 
 from vitconvert.core.config import WIDTHS
 from vitconvert.core.errors import VitConvertError
-from vitconvert.hub.manifest import bundled_path, find, load_manifest
+from vitconvert.hub.manifest import FAMILIES, bundled_path, find, load_manifest
 
-BUCKET = "https://storage.googleapis.com/vit_models/"
+GCS = "https://storage.googleapis.com/"
+BUCKET = GCS + "vit_models/"
 MANIFEST = load_manifest(bundled_path())
 ENTRIES = MANIFEST.checkpoints
+# Classifiers in vit_jax's layout, named by their ViT paper architecture (B/16, R50+L/32, ...).
+VIT_JAX_CLASSIFIERS = ("vit-2020", "augreg", "sam")
+# Where each family's files are: Google's buckets, and the folders the authors name.
+FOLDERS = {
+    "vit-2020": ("vit_models/imagenet21k/", "vit_models/imagenet21k+imagenet2012/"),
+    "augreg": ("vit_models/augreg/",),
+    "sam": ("vit_models/sam/",),
+    "lit": ("vit_models/lit/",),
+    "big_vision": ("big_vision/",),
+    "flexivit": ("big_vision/flexivit/",),
+    "siglip": ("big_vision/siglip/",),
+    "siglip2": ("big_vision/siglip2/",),
+}
+# A source pinned to a commit: owner/repository@<at least 12 hex digits>.
+PINNED = re.compile(r"[\w.-]+/[\w.-]+@[0-9a-f]{12,40}\b")
 
 
 def test_default_is_the_bundled_copy_and_the_env_var_overrides(tmp_path, monkeypatch):
@@ -41,13 +57,30 @@ def test_coverage():
         assert f"augreg-{arch}-in21k" in names
         assert f"augreg-{arch}-in21k-ft-in1k-384" in names
         assert f"augreg-{arch}-in21k-ft-in1k-224" in names or f"augreg-{arch}-in21k-ft-in1k-224-timm" in names
-    assert len(ENTRIES) == 51
+    for arch in ("B8", "R26B32", "R50L32"):  # the 2020 files added after the paper
+        assert f"orig-{arch}-in21k" in names
+    assert "orig-B8-in21k-ft-in1k-384" in names
+    assert len(ENTRIES) == 55
 
 
-@pytest.mark.parametrize("e", ENTRIES, ids=lambda e: e.name)
-def test_entry_facts(e):
-    assert e.url.startswith(BUCKET) and e.url.endswith(".npz")
-    assert e.format == "jax-npz/vit_jax" and e.act == "gelu_tanh" and e.config.pool == "token"
+def test_every_family_is_known_and_every_file_is_in_its_google_bucket():
+    assert set(FOLDERS) == set(FAMILIES)
+    for e in ENTRIES:
+        assert e.url.startswith(tuple(GCS + folder for folder in FOLDERS[e.family])), e.name
+        assert e.url.endswith(".npz")
+        # The layout follows the bucket: vit_jax's files in gs://vit_models, big_vision's in gs://big_vision.
+        assert e.format == ("jax-npz/vit_jax" if e.url.startswith(BUCKET) else "jax-npz/big_vision"), e.name
+
+
+def test_unknown_facts_are_null_and_the_entry_says_why():
+    for e in ENTRIES:
+        if e.head_is_zero is None:
+            assert any("head_is_zero is null" in n for n in e.notes), e.name
+
+
+@pytest.mark.parametrize("e", [e for e in ENTRIES if e.family in VIT_JAX_CLASSIFIERS], ids=lambda e: e.name)
+def test_vit_jax_classifier_facts(e):
+    assert e.act == "gelu_tanh" and e.config.pool == "token"
     dim, depth, heads, mlp = WIDTHS[{"Ti": "Ti", "S": "S", "B": "B", "L": "L", "H": "H"}[
         e.arch.split("+")[-1].split("/")[0]]]
     assert (e.config.embed_dim, e.config.depth, e.config.num_heads, e.config.mlp_dim) == (dim, depth, heads, mlp)
@@ -62,15 +95,19 @@ def test_entry_facts(e):
         assert e.config.representation_size is None
     if e.family == "vit-2020":
         assert e.url.startswith(BUCKET + ("imagenet21k/" if e.num_classes == 21843 else "imagenet21k+imagenet2012/"))
-        if e.num_classes == 21843:  # the 2020 ImageNet-21k files: pre_logits of width D, zero head
-            assert e.head_is_zero and e.config.representation_size == e.config.embed_dim
-    else:
+        if e.num_classes == 21843:  # the 2020 ImageNet-21k files: pre_logits of width D, zero head (or unknown)
+            assert e.head_is_zero in (True, None) and e.config.representation_size == e.config.embed_dim
+    elif e.family == "augreg":  # pre-trained on ImageNet-21k or -1k, then (optionally) fine-tuned on ImageNet-1k
         assert re.fullmatch(
-            r"(Ti|S|B|L|R_Ti|R26_S|R50_L)_(16|32)-i21k-300ep-lr_0\.001-aug_\w+-wd_[\d.]+-do_[\d.]+-sd_[\d.]+"
+            r"(Ti|S|B|L|R_Ti|R26_S|R50_L)_(8|16|32)-i(21|1)k-300ep-lr_0\.001-aug_\w+-wd_[\d.]+-do_[\d.]+-sd_[\d.]+"
             r"(--imagenet2012-steps_20k-lr_0\.0[13]-res_(224|384))?\.npz", e.filename), e.filename
         assert not e.head_is_zero and e.config.representation_size is None
+        assert ("-i1k-" in e.filename) == ("-in1k-ft-" in e.name)
         if e.num_classes == 1000:
             assert e.filename.endswith(f"-res_{e.train_resolution}.npz")
+    else:  # SAM: trained from scratch on ImageNet-1k; vit_jax's model names (ViT-B_16.npz)
+        assert e.filename == "ViT-" + e.arch.replace("/", "_") + ".npz" and e.upstream is None
+        assert e.num_classes == 1000 and e.train_resolution == 224
     if e.upstream is not None:  # a fine-tune names the checkpoint it was fine-tuned from
         up = find(e.upstream, MANIFEST)
         assert up.num_classes == 21843 and up.arch == e.arch
@@ -90,8 +127,8 @@ def test_find():
     assert find("AUGREG-b16-IN21K", MANIFEST).name == "augreg-B16-in21k"
     with pytest.raises(VitConvertError, match=r"did you mean orig-B16-in21k-ft-in1k-384"):
         find("orig-B16-in21k-ft-in1k-386", MANIFEST)
-    with pytest.raises(VitConvertError, match=r"did you mean .*augreg-R50L32-in21k"):
-        find("R50L32", MANIFEST)  # too short for difflib: falls back to containment
+    with pytest.raises(VitConvertError, match=r"did you mean (\S+-R50L32-in21k\S*(, )?)+\?"):
+        find("R50L32", MANIFEST)  # a part of a name: the names that hold it
     with pytest.raises(VitConvertError, match=r"no checkpoint named 'zzz'.*vitconvert list"):
         find("zzz", MANIFEST)
 
