@@ -60,7 +60,11 @@ def test_coverage():
     for arch in ("B8", "R26B32", "R50L32"):  # the 2020 files added after the paper
         assert f"orig-{arch}-in21k" in names
     assert "orig-B8-in21k-ft-in1k-384" in names
-    assert len(ENTRIES) == 55
+    assert {"augreg-B8-in21k", "augreg-B8-in21k-ft-in1k-224", "augreg-B8-in21k-timm",
+            "augreg-B8-in21k-ft-in1k-224-timm"} <= names
+    for arch in ("S16", "B32", "B16"):  # timm's augreg_in1k tags
+        assert {f"augreg-{arch}-in1k-ft-in1k-224", f"augreg-{arch}-in1k-ft-in1k-384"} <= names
+    assert len(ENTRIES) == 65
 
 
 def test_every_family_is_known_and_every_file_is_in_its_google_bucket():
