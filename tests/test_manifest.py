@@ -64,7 +64,9 @@ def test_coverage():
             "augreg-B8-in21k-ft-in1k-224-timm"} <= names
     for arch in ("S16", "B32", "B16"):  # timm's augreg_in1k tags
         assert {f"augreg-{arch}-in1k-ft-in1k-224", f"augreg-{arch}-in1k-ft-in1k-384"} <= names
-    assert len(ENTRIES) == 65
+    for arch in ("S16", "B16", "B32", "L16", "L32"):
+        assert f"sam-{arch}-in1k" in names
+    assert len(ENTRIES) == 70
 
 
 def test_every_family_is_known_and_every_file_is_in_its_google_bucket():
