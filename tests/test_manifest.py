@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -29,6 +30,9 @@ FOLDERS = {
     "siglip": ("big_vision/siglip/",),
     "siglip2": ("big_vision/siglip2/",),
 }
+# big_vision's models/vit.py decode_variant: width, depth, heads, MLP (transcribed at big_vision@0127fb6b337e).
+BV_VARIANTS = {"S": (384, 12, 6, 1536), "B": (768, 12, 12, 3072), "L": (1024, 24, 16, 4096),
+               "So400m": (1152, 27, 16, 4304), "g-opt": (1536, 40, 16, 6144)}
 # A source pinned to a commit: owner/repository@<at least 12 hex digits>.
 PINNED = re.compile(r"[\w.-]+/[\w.-]+@[0-9a-f]{12,40}\b")
 
@@ -66,7 +70,8 @@ def test_coverage():
         assert {f"augreg-{arch}-in1k-ft-in1k-224", f"augreg-{arch}-in1k-ft-in1k-384"} <= names
     for arch in ("S16", "B16", "B32", "L16", "L32"):
         assert f"sam-{arch}-in1k" in names
-    assert len(ENTRIES) == 70
+    assert {f"bigvision-S16-i1k-{n}ep" for n in (90, 150, 300)} <= names
+    assert len(ENTRIES) == 73
 
 
 def test_every_family_is_known_and_every_file_is_in_its_google_bucket():
@@ -125,6 +130,34 @@ def test_vit_jax_classifier_facts(e):
         assert (e.preprocess.resize, e.preprocess.interpolation) == ("crop", "bicubic")
     assert e.preprocess.mean == e.preprocess.std == (0.5, 0.5, 0.5)
     assert e.size_bytes is None or e.size_bytes > 0
+
+
+def widths(e) -> tuple[int, int, int, int]:
+    c = e.config
+    return c.embed_dim, c.depth, c.num_heads, c.mlp_dim
+
+
+def crop_side(e) -> int:
+    """The side the image is resized to before the center crop (timm's rule, as vitpredict applies it)."""
+    return math.floor(e.preprocess.size[0] / e.preprocess.crop_pct)
+
+
+def test_big_vision_i1k_baselines():
+    found = [e for e in ENTRIES if e.family == "big_vision"]
+    assert len(found) == 3
+    for e in found:
+        epochs = re.fullmatch(r"vit_s16_i1k_(\d+)ep\.npz", e.filename).group(1)
+        assert e.name == f"bigvision-S16-i1k-{epochs}ep" and e.arch == "S/16"
+        # configs/vit_s16_i1k.py: variant S/16, pool_type gap, posemb sincos2d, rep_size True (= width).
+        assert widths(e) == BV_VARIANTS["S"] and e.config.patch_size == 16 and e.train_resolution == 224
+        c = e.config
+        assert (c.pool, c.fc_norm, c.pos_embed, c.representation_size) == ("gap", False, "sincos2d", 384)
+        assert not c.has_class_token and e.num_classes == 1000 and e.labels == "imagenet-1k"
+        # pp_eval: resize_small(256)|central_crop(224)|value_range(-1, 1)
+        assert (e.preprocess.resize, crop_side(e)) == ("crop", 256) and e.preprocess_source == "big_vision"
+        assert e.preprocess.mean == e.preprocess.std == (0.5, 0.5, 0.5)
+        assert e.timm_model is None and not e.head_is_zero and e.upstream is None
+    assert [e.top1 for e in found] == [76.5, None, None]  # the README's 90-epoch figure only
 
 
 def test_find():
