@@ -71,7 +71,8 @@ def test_coverage():
     for arch in ("S16", "B16", "B32", "L16", "L32"):
         assert f"sam-{arch}-in1k" in names
     assert {f"bigvision-S16-i1k-{n}ep" for n in (90, 150, 300)} <= names
-    assert len(ENTRIES) == 73
+    assert {f"lit-{m}-img" for m in ("B16B", "B16B_2", "L16L", "L16S", "L16Ti")} <= names
+    assert len(ENTRIES) == 78
 
 
 def test_every_family_is_known_and_every_file_is_in_its_google_bucket():
@@ -158,6 +159,21 @@ def test_big_vision_i1k_baselines():
         assert e.preprocess.mean == e.preprocess.std == (0.5, 0.5, 0.5)
         assert e.timm_model is None and not e.head_is_zero and e.upstream is None
     assert [e.top1 for e in found] == [76.5, None, None]  # the README's 90-epoch figure only
+
+
+def test_lit_image_towers():
+    found = [e for e in ENTRIES if e.family == "lit"]
+    assert len(found) == 5
+    for e in found:
+        model = re.fullmatch(r"LiT-(\w+)\.npz", e.filename).group(1)  # e.g. B16B_2: ViT-B/16 image, BERT-Base text
+        assert e.name == f"lit-{model}-img" and e.arch == f"{model[0]}/16"
+        assert widths(e) == WIDTHS[model[0]] and e.config.patch_size == 16 and e.train_resolution == 224
+        assert e.config.pool == "token" and e.config.representation_size is None
+        # LiT-B16B keeps a 768-wide linear head on the image side; the later models have none (changelog 2022-08-18).
+        assert e.num_classes == (768 if model == "B16B" else 0)
+        assert e.labels is None and e.timm_model is None and e.top1 is None and not e.head_is_zero
+        # vit_jax's PreprocessImages: tf.image.resize to 224x224, values to [-1, 1]
+        assert (e.preprocess_source, e.preprocess.resize, e.preprocess.interpolation) == ("google", "squash", "bilinear_tf")
 
 
 def test_find():
