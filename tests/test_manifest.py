@@ -72,7 +72,12 @@ def test_coverage():
         assert f"sam-{arch}-in1k" in names
     assert {f"bigvision-S16-i1k-{n}ep" for n in (90, 150, 300)} <= names
     assert {f"lit-{m}-img" for m in ("B16B", "B16B_2", "L16L", "L16S", "L16Ti")} <= names
-    assert len(ENTRIES) == 78
+    for res in (224, 256, 384, 512):
+        assert f"siglip-B16-{res}-img" in names and f"siglip2-B16-{res}-img" in names
+    assert {"siglip-So400m14-384-img", "siglip-So400m16-i18n-256-img", "siglip2-gopt16-384-img"} <= names
+    assert len([n for n in names if n.startswith("siglip-")]) == 10
+    assert len([n for n in names if n.startswith("siglip2-")]) == 15
+    assert len(ENTRIES) == 103
 
 
 def test_every_family_is_known_and_every_file_is_in_its_google_bucket():
@@ -174,6 +179,34 @@ def test_lit_image_towers():
         assert e.labels is None and e.timm_model is None and e.top1 is None and not e.head_is_zero
         # vit_jax's PreprocessImages: tf.image.resize to 224x224, values to [-1, 1]
         assert (e.preprocess_source, e.preprocess.resize, e.preprocess.interpolation) == ("google", "squash", "bilinear_tf")
+
+
+SIGLIP_VARIANTS = {"b": "B", "l": "L", "so400m": "So400m", "g-opt": "g-opt"}
+
+
+@pytest.mark.parametrize("e", [e for e in ENTRIES if e.family in ("siglip", "siglip2")], ids=lambda e: e.name)
+def test_siglip_image_towers(e):
+    # The file names say the tower: webli_en_b16_224_63724782, webli_en_so400m_384_58765454 (the /14 So400m),
+    # webli_i18n_so400m_16_256_78061115; siglip2_b16_224, siglip2_g-opt16_256.
+    if e.family == "siglip":
+        lang, variant, patch, res = re.fullmatch(
+            r"webli_(en|i18n)_(b|l|so400m)_?(\d+)?_(\d+)_\d+\.npz", e.filename).groups()
+        patch = patch or "14"
+    else:
+        lang, (variant, patch, res) = "en", re.fullmatch(r"siglip2_(b|l|so400m|g-opt)(\d+)_(\d+)\.npz", e.filename).groups()
+    variant, patch, res = SIGLIP_VARIANTS[variant], int(patch), int(res)
+    i18n = "-i18n" if lang == "i18n" else ""
+    assert e.name == f"{e.family}-{variant.replace('-', '')}{patch}{i18n}-{res}-img" and e.arch == f"{variant}/{patch}"
+    assert widths(e) == BV_VARIANTS[variant] and e.config.patch_size == patch and e.train_resolution == res
+    # The image tower of a two-tower model: MAP pooling, no class token, no head (out_dim None on the image side).
+    assert e.config.pool == "map" and not e.config.has_class_token and e.num_classes == 0
+    assert e.labels is None and e.top1 is None and not e.head_is_zero
+    # The demos' resize(RES)|value_range(-1, 1): tf.image.resize (bilinear) of both sides.
+    assert (e.preprocess_source, e.preprocess.resize, e.preprocess.interpolation) == ("big_vision", "squash", "bilinear_tf")
+    assert e.preprocess.mean == e.preprocess.std == (0.5, 0.5, 0.5)
+    if e.timm_model is not None:
+        tag = {"siglip": "webli_i18n" if i18n else "webli", "siglip2": "v2_webli"}[e.family]
+        assert e.timm_model.endswith(f"_patch{patch}_siglip_{res}.{tag}")
 
 
 def test_find():
