@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 from manifest_helpers import tiny_entry, tiny_npz_bytes, write_manifest
@@ -35,6 +36,9 @@ BV_VARIANTS = {"S": (384, 12, 6, 1536), "B": (768, 12, 12, 3072), "L": (1024, 24
                "So400m": (1152, 27, 16, 4304), "g-opt": (1536, 40, 16, 6144)}
 # A source pinned to a commit: owner/repository@<at least 12 hex digits>.
 PINNED = re.compile(r"[\w.-]+/[\w.-]+@[0-9a-f]{12,40}\b")
+# The families added with big_vision's checkpoints: each entry cites its sources at a commit.
+CITED_FAMILIES = ("sam", "big_vision", "flexivit", "lit", "siglip", "siglip2")
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_default_is_the_bundled_copy_and_the_env_var_overrides(tmp_path, monkeypatch):
@@ -87,6 +91,24 @@ def test_every_family_is_known_and_every_file_is_in_its_google_bucket():
         assert e.url.endswith(".npz")
         # The layout follows the bucket: vit_jax's files in gs://vit_models, big_vision's in gs://big_vision.
         assert e.format == ("jax-npz/vit_jax" if e.url.startswith(BUCKET) else "jax-npz/big_vision"), e.name
+
+
+def test_the_new_families_cite_their_sources_at_a_commit():
+    for e in ENTRIES:
+        if e.family in CITED_FAMILIES:
+            assert e.notes[0].startswith("facts from ") and PINNED.search(e.notes[0]), e.name
+            assert e.top1 is None or PINNED.search(e.top1_source), e.name
+
+
+def test_the_readme_says_where_each_familys_facts_come_from():
+    text = README.read_text(encoding="utf-8")
+    section = text.split("#### Where the facts come from", 1)[1].split("And for every family", 1)[0]
+    bullets = {m.group(1): m.group(2) for m in re.finditer(r"^- `([\w-]+)`: (.*?)(?=^\S|^- |\Z)", section,
+                                                            re.MULTILINE | re.DOTALL)}
+    assert set(bullets) == set(FAMILIES)
+    for family, bullet in bullets.items():
+        if family in CITED_FAMILIES:
+            assert PINNED.search(bullet), family
 
 
 def test_unknown_facts_are_null_and_the_entry_says_why():
@@ -146,6 +168,31 @@ def widths(e) -> tuple[int, int, int, int]:
 def crop_side(e) -> int:
     """The side the image is resized to before the center crop (timm's rule, as vitpredict applies it)."""
     return math.floor(e.preprocess.size[0] / e.preprocess.crop_pct)
+
+
+def vit_jax_mib(width: int, depth: int, mlp: int, patch: int, res: int, classes: int, rep: int | None) -> float:
+    """float32 bytes of a vit_jax ViT classifier with a class token, in MiB, counted from its modules."""
+    n = (res // patch) ** 2
+    block = 2 * 2 * width + 4 * (width * width + width) + 2 * width * mlp + mlp + width  # 2 LN, q k v out, MLP
+    params = (patch * patch * 3 * width + width) + width + (n + 1) * width + depth * block + 2 * width
+    params += (width * rep + rep if rep else 0) + (rep or width) * classes + classes
+    return 4 * params / 2**20
+
+
+# What `gsutil ls -lh` printed in vit_jax.ipynb (vision_transformer@c6de1e5378c9), in MiB.
+LISTED_MIB = {"orig-B16-in21k": 393.69, "orig-B16-in21k-ft-in1k-224": 330.29, "orig-B8-in21k": 393.72,
+              "orig-B8-in21k-ft-in1k-384": 334.78, "sam-B16-in1k": 330.3, "sam-B32-in1k": 336.61}
+
+
+def test_the_listed_sizes_decide_what_the_authors_do_not_say():
+    for name, listed in LISTED_MIB.items():
+        c = find(name, MANIFEST).config
+        mib = vit_jax_mib(c.embed_dim, c.depth, c.mlp_dim, c.patch_size, c.img_size[0], c.num_classes,
+                          c.representation_size)
+        assert abs(mib - listed) < 0.15, name  # observed 0.06 to 0.07 MiB more on disk: the npz headers
+    # The alternatives are MiB away: the B/8 fine-tune at 224 px, the B/8 ImageNet-21k file without pre_logits.
+    assert abs(vit_jax_mib(768, 12, 3072, 8, 224, 1000, None) - LISTED_MIB["orig-B8-in21k-ft-in1k-384"]) > 4
+    assert abs(vit_jax_mib(768, 12, 3072, 8, 224, 21843, None) - LISTED_MIB["orig-B8-in21k"]) > 2
 
 
 def test_big_vision_i1k_baselines():
