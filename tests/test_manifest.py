@@ -81,7 +81,9 @@ def test_coverage():
     assert {"siglip-So400m14-384-img", "siglip-So400m16-i18n-256-img", "siglip2-gopt16-384-img"} <= names
     assert len([n for n in names if n.startswith("siglip-")]) == 10
     assert len([n for n in names if n.startswith("siglip2-")]) == 15
-    assert len(ENTRIES) == 103
+    for variant in "SBL":
+        assert {f"flexivit-{variant}-i1k-{n}ep" for n in (1200, 600, 300, 90)} <= names
+    assert len(ENTRIES) == 115
 
 
 def test_every_family_is_known_and_every_file_is_in_its_google_bucket():
@@ -226,6 +228,28 @@ def test_lit_image_towers():
         assert e.labels is None and e.timm_model is None and e.top1 is None and not e.head_is_zero
         # vit_jax's PreprocessImages: tf.image.resize to 224x224, values to [-1, 1]
         assert (e.preprocess_source, e.preprocess.resize, e.preprocess.interpolation) == ("google", "squash", "bilinear_tf")
+
+
+FLEXIVIT_TIMM = {"S": "flexivit_small", "B": "flexivit_base", "L": "flexivit_large"}
+
+
+@pytest.mark.parametrize("e", [e for e in ENTRIES if e.family == "flexivit"], ids=lambda e: e.name)
+def test_flexivit(e):
+    size, epochs = re.fullmatch(r"flexivit_([sbl])_i1k(?:_(\d+)ep)?\.npz", e.filename).groups()
+    epochs = epochs or "1200"  # the README: the file without a suffix is the 1200ep version
+    variant = size.upper()
+    assert e.name == f"flexivit-{variant}-i1k-{epochs}ep" and e.arch == f"FlexiViT-{variant}"
+    assert widths(e) == BV_VARIANTS[variant]
+    # i1k_deit3_distill.py: the student's pool_type 'tok', patch_size (16, 16), res 240; flexi/vit.py: the
+    # position embedding covers the patches only and is resized at every forward.
+    c = e.config
+    assert (c.patch_size, e.train_resolution, c.pool, c.no_embed_class, c.pos_resize) == (16, 240, "token", True, "flexivit")
+    assert e.num_classes == 1000 and e.labels == "imagenet-1k" and c.representation_size is None
+    if e.timm_model is None:  # pp_eval_student: resize(272)|central_crop(240)|value_range(-1, 1)
+        assert epochs == "90" and e.preprocess_source == "big_vision"
+        assert (e.preprocess.resize, crop_side(e), e.preprocess.interpolation) == ("squash", 272, "bilinear_tf")
+    else:
+        assert e.timm_model == f"{FLEXIVIT_TIMM[variant]}.{epochs}ep_in1k"
 
 
 SIGLIP_VARIANTS = {"b": "B", "l": "L", "so400m": "So400m", "g-opt": "g-opt"}

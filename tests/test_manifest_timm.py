@@ -22,7 +22,7 @@ NO_TIMM = "timm has no pretrained tag for this file"
 def timm_npz_urls() -> dict[str, set[str]]:
     """url -> timm tags whose pretrained cfg downloads that .npz."""
     urls: dict[str, set[str]] = {}
-    for tag in timm.list_pretrained("vit_*"):
+    for tag in timm.list_pretrained():  # flexivit_* too
         cfg = get_pretrained_cfg(tag)
         if cfg is not None and cfg.url and cfg.url.endswith(".npz"):
             urls.setdefault(cfg.url, set()).add(tag)

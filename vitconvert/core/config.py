@@ -49,7 +49,7 @@ _COUNTS = ("num_classes", "reg_tokens")  # zero allowed
 _BOOLS = ("fc_norm", "distilled", "qkv_bias", "no_embed_class", "pool_include_prefix", "final_norm", "pre_norm",
           "patch_bias", "patch_norm", "layer_scale", "qk_norm", "scale_attn_norm", "scale_mlp_norm", "proj_bias")
 _CHOICES = {"pool": POOLS, "act": ACTIVATIONS, "norm": NORMS, "mlp": MLPS, "block": BLOCK_KINDS,
-            "pos_embed": POS_EMBEDS, "pos_resize": ("bicubic", "dino")}
+            "pos_embed": POS_EMBEDS, "pos_resize": ("bicubic", "dino", "flexivit")}
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class ViTConfig:
     act: Activation = "gelu"
     # big_vision stores position embeddings for the patches only (timm's no_embed_class=True).
     no_embed_class: bool = False
-    pos_resize: Literal["bicubic", "dino"] = "bicubic"
+    pos_resize: Literal["bicubic", "dino", "flexivit"] = "bicubic"
     # ResNetV2 stages before the patch embedding; None = plain ViT, () = stem only (R+Ti/16).
     hybrid_layers: tuple[int, ...] | None = None
     # Stem width of that ResNet (64 in every published hybrid); stage s outputs 4 * width * 2**s channels.
