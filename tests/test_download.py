@@ -320,7 +320,7 @@ def test_cli_list_json_parses_and_filter_filters(capsys, monkeypatch):
     code, out, _ = cli_run(capsys, "list", "--json", "--filter", "R50L32 384")
     names = [e["name"] for e in json.loads(out)["checkpoints"]]
     assert names and all("R50L32" in n and "384" in n for n in names)
-    code, out, _ = cli_run(capsys, "list", "--filter", "vit_base_patch16_384.augreg")
+    code, out, _ = cli_run(capsys, "list", "--filter", "vit_base_patch16_384.augreg_in21k")
     lines = out.strip().splitlines()
     assert lines[0].split()[:3] == ["NAME", "ARCH", "RES"]
     assert [ln.split()[0] for ln in lines[1:]] == ["augreg-B16-in21k-ft-in1k-384-timm"]

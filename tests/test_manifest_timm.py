@@ -22,7 +22,7 @@ NO_TIMM = "timm has no pretrained tag for this file"
 def timm_npz_urls() -> dict[str, set[str]]:
     """url -> timm tags whose pretrained cfg downloads that .npz."""
     urls: dict[str, set[str]] = {}
-    for tag in timm.list_pretrained("vit_*"):
+    for tag in timm.list_pretrained():  # flexivit_* too
         cfg = get_pretrained_cfg(tag)
         if cfg is not None and cfg.url and cfg.url.endswith(".npz"):
             urls.setdefault(cfg.url, set()).add(tag)
@@ -70,12 +70,20 @@ def test_timm_tags_are_named_wherever_timm_loads_the_same_file():
                          ids=lambda e: e.name)
 def test_timm_models_read_back_as_the_entrys_architecture(e):
     """What verify and timm2torch --model read from timm's model is the entry's config (the numerics that
-    `verify --timm-act match` sets aside: timm runs exact GELU, the JAX models tanh; timm's hybrid ResNet
-    GroupNorm eps is 1e-5, flax's 1e-6), so `vitconvert verify` on a converted download against its timm
-    tag compares like with like. (The 2020 ImageNet-21k tags have no head in timm.)"""
+    `verify --timm-act match` sets aside: timm runs exact GELU for vit_jax's models and for some of its
+    big_vision ports, the JAX models tanh; timm's hybrid ResNet GroupNorm eps is 1e-5, flax's 1e-6), so
+    `vitconvert verify` on a converted download against its timm tag compares like with like. (The 2020
+    ImageNet-21k tags have no head in timm.)"""
     from vitconvert.convert.timm import create_timm_model, timm_config
 
     cfg = timm_config(create_timm_model(e.timm_model, meta=True), e.timm_model)
     hybrid = e.config.hybrid_layers is not None
     assert (cfg.hybrid_gn_eps, e.config.hybrid_gn_eps) == ((1e-5, 1e-6) if hybrid else (1e-6, 1e-6))
-    assert cfg == e.config.replace(act="gelu", hybrid_gn_eps=cfg.hybrid_gn_eps)
+    assert e.config.act == "gelu_tanh"
+    assert cfg.act == "gelu" if e.format == "jax-npz/vit_jax" else cfg.act in ("gelu", "gelu_tanh")
+    # pos_resize is how positions reach other input sizes, not the architecture (verify does not compare it);
+    # no_embed_class places the prefix tokens' positions, so it means nothing without prefix tokens (SigLIP).
+    aside = {"act": cfg.act, "hybrid_gn_eps": cfg.hybrid_gn_eps, "pos_resize": cfg.pos_resize}
+    if e.config.num_prefix_tokens == 0:
+        aside["no_embed_class"] = cfg.no_embed_class
+    assert cfg == e.config.replace(**aside)

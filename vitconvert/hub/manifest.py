@@ -23,8 +23,10 @@ from ..formats.weights_file import LABEL_SETS, Preprocess
 
 SCHEMA_VERSION = 1
 MANIFEST_ENV = "VITCONVERT_MANIFEST"
-FAMILIES = ("vit-2020", "augreg")
-PREPROCESS_SOURCES = ("timm", "google")
+FAMILIES = ("vit-2020", "augreg", "sam", "big_vision", "flexivit", "lit", "siglip", "siglip2")
+# big_vision: the evaluation preprocessing of the authors' big_vision config, as near as Preprocess gets
+# (the entry's notes say where it differs).
+PREPROCESS_SOURCES = ("timm", "google", "big_vision")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -43,7 +45,7 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "preprocess": (dict,),
     "preprocess_source": (str,),
     "act": (str,),
-    "head_is_zero": (bool,),
+    "head_is_zero": (bool, type(None)),
     "timm_model": (str, type(None)),
     "top1": (float, int, type(None)),
     "top1_source": (str, type(None)),
@@ -60,17 +62,18 @@ class CheckpointEntry:
 
     name: str
     url: str
-    format: str  # 'jax-npz/vit_jax'
-    family: str  # 'vit-2020' or 'augreg'
+    format: str  # 'jax-npz/vit_jax' or 'jax-npz/big_vision'
+    family: str  # one of FAMILIES
     arch: str  # human label, e.g. 'B/16', 'R50+L/32'
     config: ViTConfig
     train_resolution: int
     num_classes: int
     labels: str | None  # 'imagenet-1k', 'imagenet-21k'
     preprocess: Preprocess
-    preprocess_source: str  # 'timm' (its pretrained cfg for timm_model) or 'google'
+    preprocess_source: str  # 'timm' (its pretrained cfg for timm_model), 'google' or 'big_vision'
     act: str
-    head_is_zero: bool
+    # None: the authors do not say whether the published head is zeroed (a conversion reads it from the file).
+    head_is_zero: bool | None
     timm_model: str | None  # 'vit_base_patch16_384.augreg_in21k_ft_in1k': same weights in timm
     top1: float | None  # ImageNet-1k top-1 in percent
     top1_source: str | None
