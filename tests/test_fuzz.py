@@ -124,15 +124,18 @@ def configs(draw):
                    layer_scale=draw(st.booleans()), qk_norm=draw(st.booleans()), scale_attn_norm=draw(st.booleans()),
                    scale_mlp_norm=draw(st.booleans()), proj_bias=draw(st.booleans()),
                    mlp=draw(st.sampled_from(["mlp", "glu", "swiglu_packed", "swiglu"])),
-                   block=draw(st.sampled_from(["pre_norm", "res_post", "parallel"])))
+                   block=draw(st.sampled_from(["pre_norm", "res_post", "parallel", "post_norm"])),
+                   # the PyTorch sources' fields (torch2torch)
+                   attn_head_dim=draw(st.one_of(st.none(), st.integers(1, 9))), patch_pre_norm=draw(st.booleans()),
+                   hybrid_variant=draw(st.sampled_from(["bit", "jeonsworld"])) if hybrid and len(hybrid) > 1 else "bit")
         if cfg["pos_embed"] == "sincos2d":  # sin and cos of each axis: four channel groups of >= 2
             cfg["embed_dim"] = 8 * heads
         if cfg["mlp"] in ("glu", "swiglu_packed"):
             cfg["mlp_dim"] += cfg["mlp_dim"] % 2
-        if cfg["block"] == "res_post":
+        if cfg["block"] in ("res_post", "post_norm"):
             cfg["layer_scale"] = False
         if cfg["block"] == "parallel":
-            cfg.update(mlp="mlp", scale_attn_norm=False, scale_mlp_norm=False)
+            cfg.update(mlp="mlp", scale_attn_norm=False, scale_mlp_norm=False, attn_head_dim=None)
         if not draw(st.integers(0, 3)):
             cfg["num_classes"], cfg["representation_size"] = 0, None
     stride = patch * (1 if hybrid is None else 4 * 2 ** max(len(hybrid) - 1, 0))

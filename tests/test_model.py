@@ -126,7 +126,7 @@ def test_intermediates_name_every_stage_and_end_in_the_logits() -> None:
     (dict(img_size=(225, 224), hybrid_layers=(), patch_size=4), "not a multiple of the patch stride 16"),
     (dict(img_size=(8, 224)), "smaller than one patch"),
     (dict(pool="cls"), "pool must be"),
-    (dict(act="relu"), "act must be"),
+    (dict(act="tanh"), "act must be"),
     (dict(pos_resize="bilinear"), "pos_resize must be 'bicubic' or 'dino', got 'bilinear'"),
     (dict(pool="gap", distilled=True), "distilled model needs pool='token'"),
 ])
