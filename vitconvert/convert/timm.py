@@ -392,7 +392,8 @@ def _activation(act: torch.nn.Module) -> str | None:
 
     if type(act) is torch.nn.GELU:
         return {"none": "gelu", "tanh": "gelu_tanh"}[act.approximate]
-    return {GELU: "gelu", GELUTanh: "gelu_tanh", QuickGELU: "quick_gelu", torch.nn.SiLU: "silu"}.get(type(act))
+    return {GELU: "gelu", GELUTanh: "gelu_tanh", QuickGELU: "quick_gelu", torch.nn.SiLU: "silu",
+            torch.nn.ReLU: "relu"}.get(type(act))
 
 
 def _norm_kind(norm: torch.nn.Module) -> str | None:

@@ -123,12 +123,12 @@ def blocks(depth: int) -> dict[str, list[dict[str, object]]]:
 
 # The layouts, as the releases that wrote them (read from lucidrains/vit-pytorch's history; README).
 LUCIDRAINS_RELEASES = {
-    "residual": "0.7.0 to 0.9.x (Residual(PreNorm(...)) blocks, the projection alone)",
-    "prenorm": "0.10 to 0.x (PreNorm(...) blocks, the projection alone)",
+    "residual": "0.7.0 to 0.10.0 (Residual(PreNorm(...)) blocks, the projection alone)",
+    "prenorm": "0.10.1 to 0.40.x (PreNorm(...) blocks, the projection alone)",
     "prenorm-patchnorm": "1.0.0 to 1.3.x (PreNorm(...) blocks, LayerNorms around the patch projection)",
     "inline": "1.4.0 to 1.16.0 (the norms inside the layers, transformer.norm)",
     "inline-2d": "1.16.1 and later (cls_token and pos_embedding without a batch axis)",
-    "simple-0.35": "0.35 (SimpleViT: the projection alone, the head's LayerNorm)",
+    "simple-0.35": "0.35.2 to 0.40.x (SimpleViT: the projection alone, the head's LayerNorm)",
     "simple-1.0": "1.0.0 to 1.3.x (SimpleViT: LayerNorms around the patch projection, the head's LayerNorm)",
     "simple-1.4.1": "1.4.1 and later (SimpleViT: transformer.norm, a Linear head)",
 }
