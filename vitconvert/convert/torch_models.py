@@ -97,6 +97,13 @@ def _grid(n_patches: int, patch: tuple[int, int], size: tuple[int, int] | None, 
     return side * patch[0], side * patch[1]
 
 
+def _dims(shapes: Mapping[str, Shape], key: str, rank: int, where: str) -> Shape:
+    """The shape of `key`, which a config is read from: a missing key or another rank is an error naming it."""
+    if key not in shapes:
+        raise VitConvertError(f"{where}: missing key {key}")
+    return source_dims(shapes, key, rank, where)
+
+
 def _tokens(shape: Shape) -> int:
     """How many tokens a class-token parameter holds: (1, 1, D), (1, D) or (D,) is one; vit-pytorch 1.16's
     (1, 0, D) or (0, D) with mean pooling none."""
@@ -108,7 +115,7 @@ def _lucidrains(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any]
     simple = layout.simple
 
     def dims(key: str, rank: int) -> Shape:
-        return source_dims(shapes, key, rank, where)
+        return _dims(shapes, key, rank, where)
 
     release = layouts.LUCIDRAINS_RELEASES[layout.release]
     notes = [f"vit-pytorch {'SimpleViT' if simple else 'ViT'} in the layout of its releases {release}"]
@@ -160,8 +167,8 @@ def _lucidrains(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any]
                                   "weights: give it with --model-args '{\"image_size\": N}' (its image_size)")
         img_size = size
     else:
-        positions = shapes["pos_embedding"]
-        img_size = _grid((positions[-2] if positions else 0) - n_cls, (ph, pw), size, where, "pos_embedding")
+        positions = shapes.get("pos_embedding") or _dims(shapes, "pos_embedding", 2, where)
+        img_size = _grid((positions[-2] if len(positions) > 1 else 0) - n_cls, (ph, pw), size, where, "pos_embedding")
     if layout.head is None:
         notes.append("no mlp_head (num_classes=0): the model returns every token after transformer.norm, as "
                      "vit-pytorch's does")
@@ -197,7 +204,7 @@ def _jeonsworld(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any]
         if key not in shapes:
             raise VitConvertError(f"{where}: not a jeonsworld ViT-pytorch state dict (no {key}); its keys begin: "
                                   + ", ".join(sorted(shapes)[:6]))
-        return source_dims(shapes, key, rank, where)
+        return _dims(shapes, key, rank, where)
 
     dim, in_chans, ph, pw = dims(f"{layouts.EMBEDDINGS}.patch_embeddings.weight", 4)
     depth = layouts.count_blocks(shapes, "transformer.encoder.layer.")
@@ -283,8 +290,8 @@ def _encoder(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any], g
     try:
         cfg = ViTConfig(
             img_size=img_size, patch_size=(ph, pw), in_chans=in_chans, embed_dim=dim, depth=depth, num_heads=heads,
-            mlp_dim=source_dims(shapes, f"{layer}.linear1.weight", 2, where)[0],
-            num_classes=source_dims(shapes, head, 2, where)[0] if head in shapes else 0,
+            mlp_dim=_dims(shapes, f"{layer}.linear1.weight", 2, where)[0],
+            num_classes=_dims(shapes, head, 2, where)[0] if head in shapes else 0,
             pool="token" if pool == "cls" else "gap", pool_include_prefix=pool == "mean" and bool(n_cls),
             class_token=bool(n_cls), no_embed_class=no_embed_class, qkv_bias=f"{layer}.self_attn.in_proj_bias" in shapes,
             proj_bias=f"{layer}.self_attn.out_proj.bias" in shapes, patch_bias=f"{names.patch_embed}.bias" in shapes,
