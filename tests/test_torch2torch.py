@@ -292,21 +292,24 @@ def test_jeonsworld_kernels_are_stored_standardized_as_its_stdconv_computes_them
 class EncoderViT(nn.Module):
     """A ViT as tutorials build it around torch.nn.TransformerEncoder, its parts under names of its own."""
 
-    def __init__(self, norm_first: bool, activation: str, heads: int = 4) -> None:
+    def __init__(self, norm_first: bool, activation: str, heads: int = 4, bias: bool = True,
+                 cls_position: bool = True) -> None:
         super().__init__()
+        self.cls_position = cls_position
         self.to_patches = nn.Conv2d(3, DIM, PATCH, PATCH)
         self.cls = nn.Parameter(torch.zeros(1, 1, DIM))
-        self.pos = nn.Parameter(torch.zeros(1, (IMG // PATCH) ** 2 + 1, DIM))
+        self.pos = nn.Parameter(torch.zeros(1, (IMG // PATCH) ** 2 + cls_position, DIM))
         layer = nn.TransformerEncoderLayer(DIM, heads, MLP, dropout=0.0, activation=activation, batch_first=True,
-                                           norm_first=norm_first)
+                                           norm_first=norm_first, bias=bias)
         self.transformer = nn.Module()
-        self.transformer.encoder = nn.TransformerEncoder(layer, DEPTH, norm=nn.LayerNorm(DIM) if norm_first else None,
-                                                         enable_nested_tensor=False)
+        norm = nn.LayerNorm(DIM, bias=bias) if norm_first else None
+        self.transformer.encoder = nn.TransformerEncoder(layer, DEPTH, norm=norm, enable_nested_tensor=False)
         self.fc = nn.Linear(DIM, CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.to_patches(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        cls = self.cls.expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos if self.cls_position else torch.cat([cls, x + self.pos], dim=1)
         return self.fc(self.transformer.encoder(x)[:, 0])
 
 
@@ -329,6 +332,20 @@ def test_a_transformer_encoder_vit_gives_torchs_logits(tmp_path, norm_first: boo
         assert max_diff(theirs, reference, batch()) <= ATOL
     else:
         assert any(n.startswith("timm cannot load this file: post-norm blocks") for n in record.notes)
+
+
+def test_a_transformer_encoder_without_biases_and_positions_for_the_patches_alone(tmp_path) -> None:
+    # nn.TransformerEncoderLayer(bias=False): no bias anywhere, its LayerNorms' stored as zeros; a position
+    # table without the class token's row (timm's no_embed_class).
+    reference = fill_random_(EncoderViT(True, "gelu", bias=False, cls_position=False), seed=0).eval()
+    args = {"nhead": 4, "norm_first": True, "activation": "gelu"}
+    ours, record = convert(reference, tmp_path, "torch-encoder", model_args=args, names=NAMES)
+    assert max_diff(ours, reference, batch()) <= ATOL  # observed 2.4e-7
+    cfg = record.config
+    assert (cfg.qkv_bias, cfg.proj_bias, cfg.no_embed_class) == (False, False, True)
+    theirs = into_timm(tmp_path / "ours.safetensors", num_heads=4, qkv_bias=False, proj_bias=False,
+                       no_embed_class=True, norm_layer=partial(nn.LayerNorm, eps=1e-5))
+    assert max_diff(theirs, reference, batch()) <= ATOL  # observed 0
 
 
 @torch.no_grad()
@@ -366,6 +383,11 @@ def _extra_key(state: dict) -> dict:
     return {**state, "extra.weight": torch.ones(3)}
 
 
+def _layernorm_head(state: dict) -> dict:  # vit-pytorch 1.4.0's SimpleViT: linear_head = nn.LayerNorm(dim)
+    return {**{k: v for k, v in state.items() if not k.startswith("linear_head")},
+            "linear_head.weight": torch.ones(DIM), "linear_head.bias": torch.zeros(DIM)}
+
+
 def _old_patch(state: dict) -> dict:
     return {("patch_to_embedding.weight" if k == "to_patch_embedding.2.weight" else k): v for k, v in state.items()}
 
@@ -379,6 +401,9 @@ REFUSED = {  # id: (model, source, state-dict edit, model args, names, message)
                                None, r"before 0\.7\.0 \(patch_to_embedding\)"),
     "SimpleViT without its image size": (lambda: lucidrains_vit(True, heads=2, dim_head=24), "lucidrains", None,
                                          {"heads": 2}, None, r"give it with --model-args '\{\"image_size\": N\}'"),
+    "SimpleViT 1.4.0's LayerNorm head": (lambda: lucidrains_vit(True, heads=2, dim_head=24), "lucidrains",
+                                         _layernorm_head, {"heads": 2, "image_size": IMG}, None,
+                                         r"linear_head is a LayerNorm, not a classifier"),
     "a model arg of another source": (lambda: lucidrains_vit(heads=2, dim_head=24), "lucidrains", None, {"nhead": 2},
                                       None, r"model args 'nhead' mean nothing for lucidrains"),
     "--map outside torch-encoder": (lambda: jeonsworld_vit(patch=PATCH), "jeonsworld", None, {"num_heads": 2},
