@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from vitconvert import VitConvertError, convert_jax, convert_timm, load_model, read_record
+from vitconvert import VitConvertError, convert_jax, convert_timm, convert_torch, load_model, read_record
 from vitconvert.formats.safetensors_file import read_header
 
 
@@ -64,10 +64,11 @@ def count(prop: str, outcome: str) -> None:
 
 def forward_ok(model) -> None:
     """A loaded model runs (small models only: the fuzzed ones are tiny)."""
-    cfg, dtype = model.config, model.pos_embed.dtype  # a bfloat16 file gives a bfloat16 model
+    cfg, dtype = model.config, next(model.parameters()).dtype  # a bfloat16 file gives a bfloat16 model
     if max(cfg.img_size) <= 64:
         with torch.inference_mode():
-            assert model(torch.zeros(1, cfg.in_chans, *cfg.img_size, dtype=dtype)).shape == (1, cfg.num_classes)
+            out = model(torch.zeros(1, cfg.in_chans, *cfg.img_size, dtype=dtype))
+        assert out.shape[0] == 1 and (out.shape == (1, cfg.num_classes) or not cfg.num_classes)
 
 
 def outcome(prop: str, action: Callable[[], object], out_dir: Path | None = None, dst: Path | None = None) -> str:
@@ -124,15 +125,18 @@ def configs(draw):
                    layer_scale=draw(st.booleans()), qk_norm=draw(st.booleans()), scale_attn_norm=draw(st.booleans()),
                    scale_mlp_norm=draw(st.booleans()), proj_bias=draw(st.booleans()),
                    mlp=draw(st.sampled_from(["mlp", "glu", "swiglu_packed", "swiglu"])),
-                   block=draw(st.sampled_from(["pre_norm", "res_post", "parallel"])))
+                   block=draw(st.sampled_from(["pre_norm", "res_post", "parallel", "post_norm"])),
+                   # the PyTorch sources' fields (torch2torch)
+                   attn_head_dim=draw(st.one_of(st.none(), st.integers(1, 9))), patch_pre_norm=draw(st.booleans()),
+                   hybrid_variant=draw(st.sampled_from(["bit", "jeonsworld"])) if hybrid and len(hybrid) > 1 else "bit")
         if cfg["pos_embed"] == "sincos2d":  # sin and cos of each axis: four channel groups of >= 2
             cfg["embed_dim"] = 8 * heads
         if cfg["mlp"] in ("glu", "swiglu_packed"):
             cfg["mlp_dim"] += cfg["mlp_dim"] % 2
-        if cfg["block"] == "res_post":
+        if cfg["block"] in ("res_post", "post_norm"):
             cfg["layer_scale"] = False
         if cfg["block"] == "parallel":
-            cfg.update(mlp="mlp", scale_attn_norm=False, scale_mlp_norm=False)
+            cfg.update(mlp="mlp", scale_attn_norm=False, scale_mlp_norm=False, attn_head_dim=None)
         if not draw(st.integers(0, 3)):
             cfg["num_classes"], cfg["representation_size"] = 0, None
     stride = patch * (1 if hybrid is None else 4 * 2 ** max(len(hybrid) - 1, 0))
@@ -460,7 +464,19 @@ def timm_base(name: str) -> dict[str, torch.Tensor]:
 @st.composite
 def mutated_state_dict(draw):
     base = draw(st.sampled_from(sorted(TIMM_BASES)))
-    state, ops = dict(timm_base(base)), []
+    state, ops = mutate_state(draw, timm_base(base), ["dist_token", "cls_token", "pre_logits.fc.weight", "fc_norm.weight",
+                                                      "blocks.2.norm1.weight", "head_dist.weight", "norm_pre.weight", "x"],
+                              ["blocks.0", "blocks.1", "weight", "bias", "norm", "attn", "head"],
+                              ["blocks.2", "blocks.9", "Weight", "", "fc_norm", "attention", "head_dist"])
+    form = draw(st.sampled_from(["plain", "model", "state_dict", "module.", "extras", "safetensors"]))
+    return Mutated(f"{base} as {form}", ops, (form, state))
+
+
+def mutate_state(draw, base: dict[str, torch.Tensor], added: list[str], parts: list[str],
+                 others: list[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Up to 4 edits of a state dict: keys dropped, renamed (a part of the name swapped for another), added,
+    reshaped, retyped, or given a NaN or Inf."""
+    state, ops = dict(base), []
     g = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 16)))
     for _ in range(draw(st.integers(0, 4))):
         keys = sorted(state)
@@ -471,14 +487,12 @@ def mutated_state_dict(draw):
         elif op == "rename" and keys:
             new = draw(st.one_of(
                 st.builds(lambda k, old, new: k.replace(old, new, 1), st.sampled_from(keys),
-                          st.sampled_from(["blocks.0", "blocks.1", "weight", "bias", "norm", "attn", "head"]),
-                          st.sampled_from(["blocks.2", "blocks.9", "Weight", "", "fc_norm", "attention", "head_dist"])),
+                          st.sampled_from(parts), st.sampled_from(others)),
                 st.text(st.sampled_from("abz09._"), min_size=1, max_size=20)))
             state[new] = state.pop(key)
             key = f"{key} as {new}"
         elif op == "add":
-            key = draw(st.sampled_from(["dist_token", "cls_token", "pre_logits.fc.weight", "fc_norm.weight",
-                                        "blocks.2.norm1.weight", "head_dist.weight", "norm_pre.weight", "x"]))
+            key = draw(st.sampled_from(added))
             state[key] = torch.randn(draw(new_shape((1, 1, 32))), generator=g)
         elif op == "reshape" and keys:
             state[key] = torch.randn(draw(new_shape(tuple(state[key].shape))), generator=g) * 0.1
@@ -489,8 +503,7 @@ def mutated_state_dict(draw):
             state[key].view(-1)[draw(st.integers(0, state[key].numel() - 1))] = draw(
                 st.sampled_from([float("nan"), float("inf")]))
         ops.append(f"{op} {key}" + (f" -> {tuple(state[key].shape)} {state[key].dtype}" if key in state else ""))
-    form = draw(st.sampled_from(["plain", "model", "state_dict", "module.", "extras", "safetensors"]))
-    return Mutated(f"{base} as {form}", ops, (form, state))
+    return state, ops
 
 
 @fuzz_settings(40)
@@ -511,6 +524,62 @@ def test_fuzz_timm_state_dicts(case: Mutated, allow_nonfinite: bool, dtype: str)
             torch.save(obj, src)
         outcome("timm state dicts -> convert_timm",
                 lambda: convert_timm(src, dst, num_heads=TINY_HEADS, allow_nonfinite=allow_nonfinite, dtype=dtype),
+                out_dir, dst)
+
+
+# --- torch2torch: vit-pytorch, jeonsworld's ViT-pytorch, nn.TransformerEncoder state dicts ----------------------
+
+class _EncoderViT(torch.nn.Module):
+    """A ViT on nn.TransformerEncoder under torch2torch's default part names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed = torch.nn.Conv2d(3, 32, 8, 8)
+        self.cls_token = torch.nn.Parameter(torch.zeros(1, 1, 32))
+        self.pos_embed = torch.nn.Parameter(torch.zeros(1, 17, 32))
+        layer = torch.nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0, batch_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = torch.nn.Linear(32, 10)
+
+
+@functools.cache
+def torch_source_base(source: str) -> dict[str, torch.Tensor]:
+    from helpers.jeonsworld import VisionTransformer as Jeonsworld
+    from vit_pytorch import ViT
+
+    model = {"lucidrains": lambda: ViT(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=2,
+                                       dim_head=24, mlp_dim=64),
+             "jeonsworld": lambda: Jeonsworld(hidden=32, depth=2, heads=2, mlp_dim=64, img_size=32, num_classes=10,
+                                              patch=8),
+             "torch-encoder": _EncoderViT}[source]()
+    return pl.fill_random_(model, seed=7).state_dict()
+
+
+TORCH_SOURCE_ARGS = {"lucidrains": {"heads": 2}, "jeonsworld": {"num_heads": 2}, "torch-encoder": {"nhead": 2}}
+
+
+@st.composite
+def mutated_torch_source(draw):
+    source = draw(st.sampled_from(sorted(TORCH_SOURCE_ARGS)))
+    state, ops = mutate_state(
+        draw, torch_source_base(source),
+        ["cls_token", "pos_embedding", "mlp_head.0.weight", "transformer.norm.weight", "transformer.layers.2.0.norm.weight",
+         "to_patch_embedding.1.weight", "transformer.encoder.layer.2.ffn.fc1.weight", "encoder.norm.weight", "x"],
+        ["layers.0", "layers.1", "weight", "bias", "norm", "to_out.0", "net.4", "cls_token", "head", "in_proj_"],
+        ["layers.2", "layers.9", "Weight", "", "fn.norm", "to_out", "net.3", "cls", "mlp_head.1", "q_proj_"])
+    args = draw(st.sampled_from([TORCH_SOURCE_ARGS[source], {}, {"image_size": 32, **TORCH_SOURCE_ARGS[source]},
+                                 {"pool": "mean"}, {"heads": 3}, {"nhead": 5}]))
+    return Mutated(f"{source} with {args}", ops, (source, args, state))
+
+
+@fuzz_settings(40)
+@given(mutated_torch_source())
+def test_fuzz_torch_source_state_dicts(case: Mutated) -> None:
+    source, args, state = case.value
+    with fresh_dirs() as (src_dir, out_dir):
+        src, dst = src_dir / "f.pth", out_dir / "w.safetensors"
+        torch.save(state, src)
+        outcome("torch state dicts -> convert_torch", lambda: convert_torch(src, dst, source=source, model_args=args),
                 out_dir, dst)
 
 

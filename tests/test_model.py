@@ -126,9 +126,13 @@ def test_intermediates_name_every_stage_and_end_in_the_logits() -> None:
     (dict(img_size=(225, 224), hybrid_layers=(), patch_size=4), "not a multiple of the patch stride 16"),
     (dict(img_size=(8, 224)), "smaller than one patch"),
     (dict(pool="cls"), "pool must be"),
-    (dict(act="relu"), "act must be"),
+    (dict(act="tanh"), "act must be"),
     (dict(pos_resize="bilinear"), "pos_resize must be 'bicubic' or 'dino' or 'flexivit', got 'bilinear'"),
     (dict(pool="gap", distilled=True), "distilled model needs pool='token'"),
+    (dict(block="parallel", attn_head_dim=32), "parallel blocks split embed_dim into the heads"),
+    (dict(block="post_norm", layer_scale=True), "post-norm blocks have no layer scale"),
+    (dict(hybrid_variant="jeonsworld"), "hybrid_variant 'jeonsworld' is a ResNet of at least 2 stages"),
+    (dict(attn_head_dim=0), "attn_head_dim must be a positive integer or null"),
 ])
 def test_impossible_configs_are_refused(bad: dict, message: str) -> None:
     from vitconvert.core.errors import VitConvertError
@@ -140,3 +144,15 @@ def test_impossible_configs_are_refused(bad: dict, message: str) -> None:
 def test_config_survives_json_round_trip() -> None:
     cfg = preset("S/32", pool="gap", hybrid_layers=(2, 2, 2, 2), patch_size=1, representation_size=384)
     assert ViTConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_the_pytorch_sources_fields_are_written_only_where_set() -> None:
+    # A model expressible before them is written as before (an older vitconvert reads it).
+    assert not {"attn_head_dim", "patch_pre_norm", "hybrid_variant"} & set(preset("Ti/16").to_dict())
+    cfg = preset("S/16", hybrid_layers=(1, 1, 1), patch_size=1, hybrid_variant="jeonsworld", attn_head_dim=48,
+                 patch_pre_norm=True, block="post_norm", act="relu")
+    assert ViTConfig.from_dict(cfg.to_dict()) == cfg
+    assert {k: cfg.to_dict()[k] for k in ("attn_head_dim", "patch_pre_norm", "hybrid_variant")} == \
+        {"attn_head_dim": 48, "patch_pre_norm": True, "hybrid_variant": "jeonsworld"}
+    # one spelling per model: the head width that embed_dim / num_heads already is, is no field
+    assert preset("S/16", attn_head_dim=64) == preset("S/16")

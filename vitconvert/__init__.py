@@ -25,6 +25,7 @@ _EXPORTS = {
     "resample_pos_embed": "model.posembed",
     "convert_jax": "convert.jax",
     "convert_timm": "convert.timm",
+    "convert_torch": "convert.torch_models",
     "verify": "tools.verify",
     "download": "hub.download",
     "load_manifest": "hub.manifest",

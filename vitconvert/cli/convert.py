@@ -1,4 +1,4 @@
-"""`vitconvert jax2torch` and `vitconvert timm2torch`."""
+"""`vitconvert jax2torch`, `vitconvert timm2torch` and `vitconvert torch2torch`."""
 
 from __future__ import annotations
 
@@ -162,5 +162,83 @@ def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, la
         record = convert_timm(src, dst, model=model_name, num_heads=heads, force=force, dtype=dtype,
                               labels=names, allow_nonfinite=allow_nonfinite, pos_resize=pos_resize,
                               progress=progress.update)
+    if not quiet or as_json:
+        _report(record, dst, as_json)
+
+
+def _json_object(value: str | None, option: str) -> dict | None:
+    """A JSON object given inline, or the path of a file holding one."""
+    if value is None:
+        return None
+    text = value
+    if not value.lstrip().startswith("{"):
+        from pathlib import Path
+
+        if not Path(value).is_file():
+            raise click.BadParameter(f"expected a JSON object or a file holding one, got {value!r}", param_hint=option)
+        text = Path(value).read_text()
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not valid JSON ({e})", param_hint=option) from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter(f"expected a JSON object, got {type(parsed).__name__}", param_hint=option)
+    return parsed
+
+
+def _names(value: str | None) -> dict | None:
+    """--map: PART=NAME pairs separated by commas, or a JSON object (inline or in a file)."""
+    if value is None or "=" not in value:
+        return _json_object(value, "--map")
+    pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+    if bad := [part for part, eq, name in pairs if not eq or not part.strip() or not name.strip()]:
+        raise click.BadParameter(f"expected PART=NAME pairs separated by commas, got {', '.join(map(repr, bad))}",
+                                 param_hint="--map")
+    return {part.strip(): name.strip() for part, _, name in pairs}
+
+
+@click.command("torch2torch")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False))
+@click.option("--source", type=click.Choice(["lucidrains", "jeonsworld", "torch-encoder"]), required=True,
+              help="Whose model: lucidrains' vit-pytorch (ViT, SimpleViT), jeonsworld's ViT-pytorch (its R50 hybrid "
+                   "too), or a ViT built on torch.nn.TransformerEncoder.")
+@click.option("--model-args", metavar="JSON",
+              help="What the weights do not show, by the source's constructor names (a JSON object, or a file "
+                   "holding one): lucidrains heads, dim_head, pool (cls|mean), image_size, patch_size, channels; "
+                   "jeonsworld num_heads; torch-encoder nhead (required), norm_first, activation (relu|gelu), "
+                   "layer_norm_eps, pool (cls|mean), image_size.")
+@click.option("--map", "names", metavar="PART=NAME,...",
+              help="torch-encoder: the state-dict names of the parts around the encoder, PART one of patch_embed "
+                   "(a Conv2d), cls_token, pos_embed, head, norm (a final LayerNorm outside the encoder); or a JSON "
+                   "object (a file holding one). Unnamed parts go by those names.")
+@converter_options
+def torch2torch(src: str, dst: str, source: str, model_args: str | None, names: str | None, labels: str | None,
+                dtype: str, force: bool, allow_nonfinite: bool, pos_resize: str | None, quiet: bool,
+                as_json: bool) -> None:
+    """Convert the state dict of a PyTorch ViT (.pth, .pt, .bin, .safetensors) to a vitconvert weights file.
+
+    The architecture is read from the keys and shapes (for lucidrains, which release's names they are);
+    what they cannot show comes from --model-args. Keys that nothing maps are an error that names
+    them. Pickles are read with weights_only=True. A model timm's VisionTransformer cannot build
+    (post-norm blocks, an attention width other than the model's, a norm before the patch projection,
+    SimpleViT's sin-cos positions, jeonsworld's ResNet) is converted all the same, and the summary
+    says that timm cannot load the file.
+
+    \b
+    Examples:
+      vitconvert torch2torch vit.pt vit.safetensors --source lucidrains --model-args '{"heads": 8}'
+      vitconvert torch2torch simple.pt simple.safetensors --source lucidrains --model-args '{"image_size": 256}'
+      vitconvert torch2torch cifar10_checkpoint.bin vit-b16-cifar10.safetensors --source jeonsworld
+      vitconvert torch2torch model.pth model.safetensors --source torch-encoder --model-args '{"nhead": 4}'
+      vitconvert torch2torch model.pth model.safetensors --source torch-encoder --model-args '{"nhead": 4, "norm_first": true, "activation": "gelu"}' --map patch_embed=to_patches,cls_token=cls,pos_embed=pos,head=fc
+    """
+    from ..convert.torch_models import convert_torch
+
+    args, parts, label_names = _json_object(model_args, "--model-args"), _names(names), _labels(labels)
+    with progress_bar("converting", quiet, in_bytes=True) as progress:
+        record = convert_torch(src, dst, source=source, model_args=args, names=parts, force=force, dtype=dtype,
+                               labels=label_names, allow_nonfinite=allow_nonfinite, pos_resize=pos_resize,
+                               progress=progress.update)
     if not quiet or as_json:
         _report(record, dst, as_json)

@@ -181,7 +181,11 @@ def count_blocks(layout: Layout, shapes: Mapping[str, Shape], where: str = "chec
 
 def hybrid_units(layout: Layout, shapes: Mapping[str, Shape], where: str = "checkpoint") -> tuple[int, ...]:
     """Units per ResNet stage, from keys 'block{s}/unit{u}/...' (1-based)."""
-    pattern = re.compile(re.escape(layout.prefix) + r"block(\d+)/unit(\d+)/")
+    return stage_units(shapes, re.compile(re.escape(layout.prefix) + r"block(\d+)/unit(\d+)/"), where)
+
+
+def stage_units(shapes: Mapping[str, Shape], pattern: re.Pattern[str], where: str) -> tuple[int, ...]:
+    """Units per ResNet stage, from the keys `pattern` matches with the 1-based stage and unit as its groups."""
     units: dict[int, set[int]] = {}
     for k in shapes:
         if m := pattern.match(k):

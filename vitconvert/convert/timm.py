@@ -392,7 +392,8 @@ def _activation(act: torch.nn.Module) -> str | None:
 
     if type(act) is torch.nn.GELU:
         return {"none": "gelu", "tanh": "gelu_tanh"}[act.approximate]
-    return {GELU: "gelu", GELUTanh: "gelu_tanh", QuickGELU: "quick_gelu", torch.nn.SiLU: "silu"}.get(type(act))
+    return {GELU: "gelu", GELUTanh: "gelu_tanh", QuickGELU: "quick_gelu", torch.nn.SiLU: "silu",
+            torch.nn.ReLU: "relu"}.get(type(act))
 
 
 def _norm_kind(norm: torch.nn.Module) -> str | None:
@@ -566,7 +567,7 @@ def _rule(name: str) -> Rule:
     return Rule(name, (name,), IDENTITY)
 
 
-class _TensorReader:
+class TensorReader:
     def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
         self.tensors = tensors
         self.shapes = {k: tuple(v.shape) for k, v in tensors.items()}
@@ -606,7 +607,7 @@ def convert_timm(src: str | os.PathLike, dst: str | os.PathLike, *, model: str |
     src, dst = Path(src), check_output(dst, force)  # before reading anything large
     named = timm_pretrained(model, timm_kwargs) if model else None
     checkpoint = read_state_dict(src)
-    reader = _TensorReader(checkpoint.tensors)
+    reader = TensorReader(checkpoint.tensors)
     inferred = infer_config(reader.shapes, str(src), num_heads, named=named is not None)
     notes = list(checkpoint.notes)
     if named is None:

@@ -16,8 +16,8 @@ from .errors import VitConvertError
 # 'gap' is timm's 'avg' (the name predates the others and stays, so older files keep their meaning).
 Pool = Literal["token", "gap", "avgmax", "max", "map", "none"]
 POOLS = ("token", "gap", "avgmax", "max", "map", "none")
-Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "silu"]
-ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "silu")
+Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "silu", "relu"]
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "silu", "relu")
 Norm = Literal["layernorm", "rmsnorm"]
 NORMS = ("layernorm", "rmsnorm")
 # timm's MLP classes: Mlp; GluMlp (fc1 packs value and gate, the gate second); SwiGLUPacked (GluMlp
@@ -25,13 +25,17 @@ NORMS = ("layernorm", "rmsnorm")
 MlpKind = Literal["mlp", "glu", "swiglu_packed", "swiglu"]
 MLPS = ("mlp", "glu", "swiglu_packed", "swiglu")
 # timm's Block (pre-norm), ResPostBlock (the norms after the branches) and ParallelScalingBlock (attention
-# and MLP side by side, from one fused input projection).
-BlockKind = Literal["pre_norm", "res_post", "parallel"]
-BLOCK_KINDS = ("pre_norm", "res_post", "parallel")
+# and MLP side by side, from one fused input projection); post_norm is torch's TransformerEncoderLayer with
+# norm_first=False (the norm after each residual sum: norm(x + attn(x)), which timm's blocks do not build).
+BlockKind = Literal["pre_norm", "res_post", "parallel", "post_norm"]
+BLOCK_KINDS = ("pre_norm", "res_post", "parallel", "post_norm")
 # learn: a stored table (timm's); none; sincos2d: a fixed 2-D sin-cos table computed for the patch grid
 # (big_vision's posemb_sincos_2d, lucidrains' SimpleViT), added to the patch tokens only and never stored.
 PosEmbed = Literal["learn", "none", "sincos2d"]
 POS_EMBEDS = ("learn", "none", "sincos2d")
+# The hybrid ResNetV2 as vit_jax and timm build it (Big Transfer's), or jeonsworld/ViT-pytorch's port of it.
+HybridVariant = Literal["bit", "jeonsworld"]
+HYBRID_VARIANTS = ("bit", "jeonsworld")
 
 # name -> (embed_dim, depth, num_heads, mlp_dim), as in the ViT and DeiT papers.
 WIDTHS: dict[str, tuple[int, int, int, int]] = {
@@ -47,9 +51,10 @@ GN_GROUPS = 32
 _POSITIVE_INTS = ("in_chans", "embed_dim", "depth", "num_heads", "mlp_dim", "hybrid_width")
 _COUNTS = ("num_classes", "reg_tokens")  # zero allowed
 _BOOLS = ("fc_norm", "distilled", "qkv_bias", "no_embed_class", "pool_include_prefix", "final_norm", "pre_norm",
-          "patch_bias", "patch_norm", "layer_scale", "qk_norm", "scale_attn_norm", "scale_mlp_norm", "proj_bias")
+          "patch_bias", "patch_norm", "layer_scale", "qk_norm", "scale_attn_norm", "scale_mlp_norm", "proj_bias",
+          "patch_pre_norm")
 _CHOICES = {"pool": POOLS, "act": ACTIVATIONS, "norm": NORMS, "mlp": MLPS, "block": BLOCK_KINDS,
-            "pos_embed": POS_EMBEDS, "pos_resize": ("bicubic", "dino", "flexivit")}
+            "pos_embed": POS_EMBEDS, "pos_resize": ("bicubic", "dino", "flexivit"), "hybrid_variant": HYBRID_VARIANTS}
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,17 @@ class ViTConfig:
     proj_bias: bool = True
     mlp: MlpKind = "mlp"
     block: BlockKind = "pre_norm"
+    # The width of each attention head where it is not embed_dim / num_heads (lucidrains' dim_head): qkv
+    # projects to 3 * num_heads * attn_head_dim, proj back to embed_dim. None: embed_dim // num_heads. timm's
+    # Attention takes it; its VisionTransformer does not pass it on.
+    attn_head_dim: int | None = None
+    # A norm over each raw patch (its channels x pixels, before the projection: lucidrains' dual PatchNorm),
+    # its parameters stored in the projection kernel's (channel, row, column) order.
+    patch_pre_norm: bool = False
+    # 'bit': TF 'SAME' padding, GroupNorm of 32 groups throughout (vit_jax, timm). 'jeonsworld': that
+    # repository's port: PyTorch's symmetric padding, a max-pool without padding, and on each projection
+    # shortcut a GroupNorm of one group per channel with eps 1e-5.
+    hybrid_variant: HybridVariant = "bit"
 
     def __post_init__(self) -> None:
         # Types first: a config also comes from a file's JSON, and a wrong type must be a clear
@@ -132,8 +148,16 @@ class ViTConfig:
             object.__setattr__(self, "patch_size", self.patch_size[0])
         if self.class_token == (self.pool == "token"):
             object.__setattr__(self, "class_token", None)
-        if self.embed_dim % self.num_heads:
+        if self.attn_head_dim is not None and self.attn_head_dim * self.num_heads == self.embed_dim:
+            object.__setattr__(self, "attn_head_dim", None)
+        # Attention pooling splits the width into the heads whatever attn_head_dim says.
+        if (self.attn_head_dim is None or self.pool == "map") and self.embed_dim % self.num_heads:
             problems.append(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.attn_head_dim is not None and self.block == "parallel":
+            problems.append("parallel blocks split embed_dim into the heads: they take no attn_head_dim")
+        if self.hybrid_variant != "bit" and (self.hybrid_layers is None or len(self.hybrid_layers) < 2):
+            problems.append(f"hybrid_variant {self.hybrid_variant!r} is a ResNet of at least 2 stages (its unpadded "
+                            "max-pool leaves an odd grid that the second stage's stride evens out)")
         if self.pool == "token" and not self.has_class_token:
             problems.append("pool='token' needs the class token")
         if self.distilled and (self.pool != "token" or self.reg_tokens or self.fc_norm or not self.num_classes):
@@ -144,8 +168,8 @@ class ViTConfig:
             problems.append("representation_size feeds the head, so it needs num_classes > 0")
         if self.mlp in ("glu", "swiglu_packed") and self.mlp_dim % 2:
             problems.append(f"a packed GLU MLP splits mlp_dim in two halves, but mlp_dim is {self.mlp_dim}")
-        if self.block == "res_post" and self.layer_scale:
-            problems.append("residual post-norm blocks have no layer scale")
+        if self.block in ("res_post", "post_norm") and self.layer_scale:
+            problems.append("post-norm blocks have no layer scale")
         if self.block == "parallel" and (self.mlp != "mlp" or self.scale_attn_norm or self.scale_mlp_norm):
             problems.append("parallel blocks have a plain MLP and no scale norms")
         if self.pos_embed == "sincos2d" and (self.embed_dim % 4 or self.embed_dim < 8):
@@ -176,9 +200,9 @@ class ViTConfig:
         for name in _COUNTS:
             if not (is_int(value := getattr(self, name)) and value >= 0):
                 problems.append(f"{name} must be an integer >= 0, got {value!r}")
-        rep = self.representation_size
-        if rep is not None and not (is_int(rep) and rep > 0):
-            problems.append(f"representation_size must be a positive integer or null, got {rep!r}")
+        for name in ("representation_size", "attn_head_dim"):
+            if (value := getattr(self, name)) is not None and not (is_int(value) and value > 0):
+                problems.append(f"{name} must be a positive integer or null, got {value!r}")
         for name in _BOOLS:
             if not isinstance(value := getattr(self, name), bool):
                 problems.append(f"{name} must be true or false, got {value!r}")
@@ -235,6 +259,16 @@ class ViTConfig:
         return self.replace(img_size=tuple(size))
 
     @property
+    def head_dim(self) -> int:
+        """The width of each attention head."""
+        return self.attn_head_dim or self.embed_dim // self.num_heads
+
+    @property
+    def attn_dim(self) -> int:
+        """The attention's inner width: qkv's rows per q, k and v; proj's inputs."""
+        return self.head_dim * self.num_heads
+
+    @property
     def grid_size(self) -> tuple[int, int]:
         return self.img_size[0] // self.stride[0], self.img_size[1] // self.stride[1]
 
@@ -259,10 +293,11 @@ class ViTConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as JSON values; those added with timm's family (`SINCE_FAMILY`) only where they are
-        not their default, so a model that was expressible before is written as it was."""
-        d = {k: v for k, v in dataclasses.asdict(self).items()
-             if k not in SINCE_FAMILY or v != SINCE_FAMILY[k]}
+        """The fields as JSON values; those added with timm's family (`SINCE_FAMILY`) and after it
+        (`SINCE_TORCH_SOURCES`) only where they are not their default, so a model that was expressible
+        before is written as it was."""
+        later = {**SINCE_FAMILY, **SINCE_TORCH_SOURCES}
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in later or v != later[k]}
         for name in ("img_size", "patch_size", "hybrid_layers"):
             if isinstance(d[name], tuple):
                 d[name] = list(d[name])
@@ -292,6 +327,27 @@ SINCE_FAMILY = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.na
     "pos_resize", "hybrid_gn_eps", "class_token", "reg_tokens", "pool_include_prefix", "final_norm", "pre_norm",
     "patch_bias", "patch_norm", "pos_embed", "norm", "layer_scale", "qk_norm", "scale_attn_norm", "scale_mlp_norm",
     "proj_bias", "mlp", "block")}
+# The fields added for the PyTorch sources (lucidrains' vit-pytorch, jeonsworld's ViT-pytorch, nn.TransformerEncoder).
+SINCE_TORCH_SOURCES = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in (
+    "attn_head_dim", "patch_pre_norm", "hybrid_variant")}
+
+
+def timm_incompatibilities(cfg: ViTConfig) -> list[str]:
+    """What in `cfg` timm's VisionTransformer does not build, in words: a file of such a model does not
+    load into timm (or, for the jeonsworld ResNet, loads and computes something else)."""
+    reasons = []
+    if cfg.block == "post_norm":
+        reasons.append("post-norm blocks (the norm after each residual sum)")
+    if cfg.attn_head_dim is not None:
+        reasons.append(f"an attention width ({cfg.num_heads} heads x {cfg.attn_head_dim}) other than embed_dim "
+                       f"{cfg.embed_dim}")
+    if cfg.patch_pre_norm:
+        reasons.append("a norm over the raw patches before the patch projection")
+    if cfg.pos_embed == "sincos2d":
+        reasons.append("a computed 2-D sin-cos position embedding")
+    if cfg.hybrid_variant == "jeonsworld":
+        reasons.append("jeonsworld's ResNet (timm loads its tensors but pads and normalizes otherwise: other outputs)")
+    return reasons
 
 
 def preset(name: str, **overrides: Any) -> ViTConfig:

@@ -38,6 +38,8 @@ def param_shapes(cfg: ViTConfig) -> Shapes:
         shapes["patch_embed.proj.bias"] = (d,)
     if cfg.patch_norm:
         norm(shapes, "patch_embed.norm", d)
+    if cfg.patch_pre_norm:
+        norm(shapes, "patch_embed.pre_norm", in_chs * cfg.patch_hw[0] * cfg.patch_hw[1])
     if cfg.pre_norm:
         norm(shapes, "norm_pre", d)
     for i in range(cfg.depth):
@@ -61,7 +63,7 @@ def _block(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
     d = cfg.embed_dim
     if cfg.block == "parallel":
         _parallel_block(shapes, cfg, b, norm)
-    elif cfg.block == "res_post":  # timm registers each branch before its norm
+    elif cfg.block in ("res_post", "post_norm"):  # each branch registered before its norm
         _attention(shapes, cfg, b, norm)
         norm(shapes, f"{b}.norm1", d)
         _mlp(shapes, cfg, b, norm)
@@ -92,14 +94,14 @@ def _mlp(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
 
 
 def _attention(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
-    d = cfg.embed_dim
-    _linear(shapes, f"{b}.attn.qkv", d, 3 * d, cfg.qkv_bias)
+    d, inner = cfg.embed_dim, cfg.attn_dim
+    _linear(shapes, f"{b}.attn.qkv", d, 3 * inner, cfg.qkv_bias)
     if cfg.qk_norm:
-        norm(shapes, f"{b}.attn.q_norm", d // cfg.num_heads)
-        norm(shapes, f"{b}.attn.k_norm", d // cfg.num_heads)
+        norm(shapes, f"{b}.attn.q_norm", cfg.head_dim)
+        norm(shapes, f"{b}.attn.k_norm", cfg.head_dim)
     if cfg.scale_attn_norm:
-        norm(shapes, f"{b}.attn.norm", d)
-    _linear(shapes, f"{b}.attn.proj", d, d, cfg.proj_bias)
+        norm(shapes, f"{b}.attn.norm", inner)
+    _linear(shapes, f"{b}.attn.proj", inner, d, cfg.proj_bias)
 
 
 def _parallel_block(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:

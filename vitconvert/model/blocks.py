@@ -1,5 +1,6 @@
 """The transformer blocks of timm's VisionTransformer: pre-norm (`Block`, nearly every ViT), residual
-post-norm (`ResPostBlock`) and parallel (`ParallelScalingBlock`, ViT-22B style), under timm's names.
+post-norm (`ResPostBlock`) and parallel (`ParallelScalingBlock`, ViT-22B style), under timm's names; and
+torch's post-norm `TransformerEncoderLayer` (`PostNormBlock`), under the same names.
 
 Each has `forward`, `forward_first(x, n)` (the first n tokens of `forward(x)`, computing no more than
 those need: the shortcut of the last block under token pooling) and `attention_probs(x)` (the softmax
@@ -65,6 +66,19 @@ class ResPostBlock(nn.Module):
         return self.attn.attention_probs(x)
 
 
+class PostNormBlock(ResPostBlock):
+    """torch's TransformerEncoderLayer with norm_first=False (the original Transformer's order): the norm after
+    each residual sum, norm1(x + attn(x)), then norm2(x + mlp(x)). ResPostBlock's layers, in another order."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.attn(x))
+        return self.norm2(x + self.mlp(x))
+
+    def forward_first(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        first = self.norm1(x[:, :n] + self.attn.forward_first(x, n))
+        return self.norm2(first + self.mlp(first))
+
+
 class ParallelScalingBlock(nn.Module):
     """Attention and MLP side by side from one norm and one fused input projection (rows: MLP hidden, then
     q, k, v), their outputs projected apart and summed: x + ls(attn_out_proj(attn) + mlp_out_proj(act(h)))."""
@@ -109,7 +123,7 @@ class ParallelScalingBlock(nn.Module):
         return (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(-1)
 
 
-BLOCKS = {"pre_norm": Block, "res_post": ResPostBlock, "parallel": ParallelScalingBlock}
+BLOCKS = {"pre_norm": Block, "res_post": ResPostBlock, "parallel": ParallelScalingBlock, "post_norm": PostNormBlock}
 
 
 def build_block(cfg: ViTConfig) -> nn.Module:

@@ -5,6 +5,11 @@ The convolutions are weight-standardized in the JAX models and in timm's (each w
 formula); the converters fold that standardization into the stored kernels (the weights are frozen),
 so here they are plain convolutions. The GroupNorm eps is the config's (flax 1e-6, timm 1e-5).
 Module names follow timm's ResNetV2, so state dicts load into timm's hybrids.
+
+jeonsworld/ViT-pytorch's port of the R50 (config `hybrid_variant='jeonsworld'`) has the same layers and
+shapes but other numerics: PyTorch's symmetric padding (kernel // 2) instead of TF 'SAME', a 3x3/2
+max-pool without padding, and on each projection shortcut `nn.GroupNorm(cout, cout)`: one group per
+channel, torch's default eps.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.config import GN_GROUPS  # ViTConfig checks hybrid widths against the same group count
+
+# jeonsworld's projection-shortcut GroupNorm: nn.GroupNorm(cout, cout), eps left at torch's default.
+JEONSWORLD_PROJ_GN_EPS = 1e-5
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -49,9 +57,16 @@ class MaxPool2dSame(nn.Module):
         return F.max_pool2d(x, self.kernel, self.stride)
 
 
+def conv(in_chs: int, out_chs: int, kernel: int, stride: int, same: bool) -> nn.Conv2d:
+    """TF 'SAME' padding, or PyTorch's symmetric kernel // 2 (jeonsworld's)."""
+    if same:
+        return Conv2dSame(in_chs, out_chs, kernel, stride)
+    return nn.Conv2d(in_chs, out_chs, kernel, stride, padding=kernel // 2, bias=False)
+
+
 class GroupNormAct(nn.GroupNorm):
-    def __init__(self, channels: int, eps: float, act: bool = True) -> None:
-        super().__init__(GN_GROUPS, channels, eps=eps)
+    def __init__(self, channels: int, eps: float, act: bool = True, groups: int = GN_GROUPS) -> None:
+        super().__init__(groups, channels, eps=eps)
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,34 +75,35 @@ class GroupNormAct(nn.GroupNorm):
 
 
 class Stem(nn.Sequential):
-    """7x7/2 conv, GroupNorm + ReLU, 3x3/2 max-pool: stride 4."""
+    """7x7/2 conv, GroupNorm + ReLU, 3x3/2 max-pool: stride 4 (jeonsworld's unpadded pool: 4k - 1 of 16k)."""
 
-    def __init__(self, in_chans: int, width: int, eps: float) -> None:
+    def __init__(self, in_chans: int, width: int, eps: float, same: bool = True) -> None:
         super().__init__()
-        self.conv = Conv2dSame(in_chans, width, 7, 2)
+        self.conv = conv(in_chans, width, 7, 2, same)
         self.norm = GroupNormAct(width, eps)
-        self.pool = MaxPool2dSame(3, 2)
+        self.pool = MaxPool2dSame(3, 2) if same else nn.MaxPool2d(3, 2)
 
 
 class Downsample(nn.Module):
-    def __init__(self, in_chs: int, out_chs: int, stride: int, eps: float) -> None:
+    def __init__(self, in_chs: int, out_chs: int, stride: int, eps: float, same: bool = True) -> None:
         super().__init__()
-        self.conv = Conv2dSame(in_chs, out_chs, 1, stride)
-        self.norm = GroupNormAct(out_chs, eps, act=False)
+        self.conv = conv(in_chs, out_chs, 1, stride, same)
+        self.norm = GroupNormAct(out_chs, eps, act=False) if same else \
+            GroupNormAct(out_chs, JEONSWORLD_PROJ_GN_EPS, act=False, groups=out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, in_chs: int, out_chs: int, stride: int, eps: float) -> None:
+    def __init__(self, in_chs: int, out_chs: int, stride: int, eps: float, same: bool = True) -> None:
         super().__init__()
         mid = out_chs // 4
         needs_projection = stride != 1 or in_chs != out_chs
-        self.downsample = Downsample(in_chs, out_chs, stride, eps) if needs_projection else None
-        self.conv1, self.norm1 = Conv2dSame(in_chs, mid, 1), GroupNormAct(mid, eps)
-        self.conv2, self.norm2 = Conv2dSame(mid, mid, 3, stride), GroupNormAct(mid, eps)
-        self.conv3, self.norm3 = Conv2dSame(mid, out_chs, 1), GroupNormAct(out_chs, eps, act=False)
+        self.downsample = Downsample(in_chs, out_chs, stride, eps, same) if needs_projection else None
+        self.conv1, self.norm1 = conv(in_chs, mid, 1, 1, same), GroupNormAct(mid, eps)
+        self.conv2, self.norm2 = conv(mid, mid, 3, stride, same), GroupNormAct(mid, eps)
+        self.conv3, self.norm3 = conv(mid, out_chs, 1, 1, same), GroupNormAct(out_chs, eps, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -98,10 +114,10 @@ class Bottleneck(nn.Module):
 
 
 class Stage(nn.Module):
-    def __init__(self, in_chs: int, out_chs: int, depth: int, stride: int, eps: float) -> None:
+    def __init__(self, in_chs: int, out_chs: int, depth: int, stride: int, eps: float, same: bool = True) -> None:
         super().__init__()
         self.blocks = nn.Sequential(*(
-            Bottleneck(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1, eps)
+            Bottleneck(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1, eps, same)
             for i in range(depth)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,13 +127,13 @@ class Stage(nn.Module):
 class ResNetV2(nn.Module):
     """Stem plus bottleneck stages; stage s has 4 * width * 2**s output channels, all but the first stride 2."""
 
-    def __init__(self, layers: tuple[int, ...], in_chans: int, width: int, eps: float) -> None:
+    def __init__(self, layers: tuple[int, ...], in_chans: int, width: int, eps: float, same: bool = True) -> None:
         super().__init__()
-        self.stem = Stem(in_chans, width, eps)
+        self.stem = Stem(in_chans, width, eps, same)
         chs, stages = width, []
         for s, depth in enumerate(layers):
             out_chs = backbone_channels(layers[: s + 1], width)
-            stages.append(Stage(chs, out_chs, depth, 1 if s == 0 else 2, eps))
+            stages.append(Stage(chs, out_chs, depth, 1 if s == 0 else 2, eps, same))
             chs = out_chs
         self.stages = nn.Sequential(*stages)
 
@@ -125,9 +141,12 @@ class ResNetV2(nn.Module):
         return self.stages(self.stem(x))
 
 
-def build_backbone(layers: tuple[int, ...], in_chans: int, width: int, gn_eps: float) -> nn.Module:
-    """timm names a stem-only backbone by its stem's modules directly (`backbone.conv`)."""
-    return ResNetV2(layers, in_chans, width, gn_eps) if layers else Stem(in_chans, width, gn_eps)
+def build_backbone(layers: tuple[int, ...], in_chans: int, width: int, gn_eps: float,
+                   variant: str = "bit") -> nn.Module:
+    """timm names a stem-only backbone by its stem's modules directly (`backbone.conv`). variant: the
+    config's `hybrid_variant`."""
+    same = variant == "bit"
+    return ResNetV2(layers, in_chans, width, gn_eps, same) if layers else Stem(in_chans, width, gn_eps, same)
 
 
 def backbone_channels(layers: tuple[int, ...], width: int) -> int:

@@ -49,6 +49,8 @@ def activation(name: str) -> nn.Module:
         return QuickGELU()
     if name == "silu":
         return nn.SiLU()
+    if name == "relu":
+        return nn.ReLU()
     return nn.GELU(approximate="tanh" if name == "gelu_tanh" else "none")
 
 
@@ -119,40 +121,41 @@ class LayerScale(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention, fused qkv; optional per-head q/k norms and a norm before `proj`."""
+    """Multi-head self-attention, fused qkv; optional per-head q/k norms and a norm before `proj`. Its inner
+    width (heads x head width) is the model's unless the config sets another head width."""
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
-        dim, norm = cfg.embed_dim, norm_factory(cfg)
-        self.num_heads = cfg.num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=cfg.qkv_bias)
-        self.q_norm = norm(dim // cfg.num_heads) if cfg.qk_norm else nn.Identity()
-        self.k_norm = norm(dim // cfg.num_heads) if cfg.qk_norm else nn.Identity()
-        self.norm = norm(dim) if cfg.scale_attn_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim, bias=cfg.proj_bias)
+        dim, inner, norm = cfg.embed_dim, cfg.attn_dim, norm_factory(cfg)
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=cfg.qkv_bias)
+        self.q_norm = norm(cfg.head_dim) if cfg.qk_norm else nn.Identity()
+        self.k_norm = norm(cfg.head_dim) if cfg.qk_norm else nn.Identity()
+        self.norm = norm(inner) if cfg.scale_attn_norm else nn.Identity()
+        self.proj = nn.Linear(inner, dim, bias=cfg.proj_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, D = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
-        return self.proj(self.norm(x.transpose(1, 2).reshape(B, N, D)))
+        return self.proj(self.norm(x.transpose(1, 2).reshape(B, N, -1)))
 
     def forward_first(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """The output for the first `n` tokens only, (B, n, D): queries for those, keys and values for all.
 
         The qkv weight's rows are [q; k; v], so its slices are contiguous views, no copies.
         """
-        B, N, D = x.shape
-        H = self.num_heads
-        w, b = self.qkv.weight, self.qkv.bias
-        q = F.linear(x[:, :n], w[:D], None if b is None else b[:D]).reshape(B, n, H, D // H).transpose(1, 2)
-        kv = F.linear(x, w[D:], None if b is None else b[D:]).reshape(B, N, 2, H, D // H).permute(2, 0, 3, 1, 4)
+        B, N, _ = x.shape
+        H, Dh = self.num_heads, self.head_dim
+        w, b, inner = self.qkv.weight, self.qkv.bias, H * Dh
+        q = F.linear(x[:, :n], w[:inner], None if b is None else b[:inner]).reshape(B, n, H, Dh).transpose(1, 2)
+        kv = F.linear(x, w[inner:], None if b is None else b[inner:]).reshape(B, N, 2, H, Dh).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(kv[0]), kv[1])
-        return self.proj(self.norm(x.transpose(1, 2).reshape(B, n, D)))
+        return self.proj(self.norm(x.transpose(1, 2).reshape(B, n, inner)))
 
     def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax attention weights (B, heads, N, N); for attention maps, not the fast path."""
-        B, N, D = x.shape
-        q, k, _ = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        B, N, _ = x.shape
+        q, k, _ = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
-        return (q * (D // self.num_heads) ** -0.5 @ k.transpose(-2, -1)).softmax(-1)  # timm's order of operations
+        return (q * self.head_dim ** -0.5 @ k.transpose(-2, -1)).softmax(-1)  # timm's order of operations

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..core.config import ViTConfig
@@ -26,15 +27,22 @@ class PatchEmbed(nn.Module):
         super().__init__()
         in_chs = cfg.in_chans
         if cfg.hybrid_layers is not None:
-            self.backbone = build_backbone(cfg.hybrid_layers, cfg.in_chans, cfg.hybrid_width, cfg.hybrid_gn_eps)
+            self.backbone = build_backbone(cfg.hybrid_layers, cfg.in_chans, cfg.hybrid_width, cfg.hybrid_gn_eps,
+                                           cfg.hybrid_variant)
             in_chs = backbone_channels(cfg.hybrid_layers, cfg.hybrid_width)
         self.proj = nn.Conv2d(in_chs, cfg.embed_dim, cfg.patch_hw, cfg.patch_hw, bias=cfg.patch_bias)
         self.norm = norm_factory(cfg)(cfg.embed_dim) if cfg.patch_norm else nn.Identity()
+        # A norm over each raw patch vector, in the kernel's (channel, row, column) order, which F.unfold's is too.
+        self.pre_norm = norm_factory(cfg)(in_chs * cfg.patch_hw[0] * cfg.patch_hw[1]) if cfg.patch_pre_norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "backbone"):
             x = self.backbone(x)
-        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
+        if self.pre_norm is None:
+            return self.norm(self.proj(x).flatten(2).transpose(1, 2))
+        # The projection is a matrix product over each patch vector; the norm comes between the two.
+        patches = F.unfold(x, self.proj.kernel_size, stride=self.proj.stride).transpose(1, 2)
+        return self.norm(F.linear(self.pre_norm(patches), self.proj.weight.flatten(1), self.proj.bias))
 
 
 class PreLogits(nn.Module):
