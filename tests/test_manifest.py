@@ -208,6 +208,7 @@ def test_big_vision_i1k_baselines():
         c = e.config
         assert (c.pool, c.fc_norm, c.pos_embed, c.representation_size) == ("gap", False, "sincos2d", 384)
         assert not c.has_class_token and e.num_classes == 1000 and e.labels == "imagenet-1k"
+        assert not c.no_embed_class  # no prefix token to leave out: spelled as jax2torch writes it, and timm
         # pp_eval: resize_small(256)|central_crop(224)|value_range(-1, 1)
         assert (e.preprocess.resize, crop_side(e)) == ("crop", 256) and e.preprocess_source == "big_vision"
         assert e.preprocess.mean == e.preprocess.std == (0.5, 0.5, 0.5)
@@ -271,6 +272,7 @@ def test_siglip_image_towers(e):
     assert widths(e) == BV_VARIANTS[variant] and e.config.patch_size == patch and e.train_resolution == res
     # The image tower of a two-tower model: MAP pooling, no class token, no head (out_dim None on the image side).
     assert e.config.pool == "map" and not e.config.has_class_token and e.num_classes == 0
+    assert not e.config.no_embed_class  # no prefix token to leave out: spelled as jax2torch writes it, and timm
     assert e.labels is None and e.top1 is None and not e.head_is_zero
     # The demos' resize(RES)|value_range(-1, 1): tf.image.resize (bilinear) of both sides.
     assert (e.preprocess_source, e.preprocess.resize, e.preprocess.interpolation) == ("big_vision", "squash", "bilinear_tf")
