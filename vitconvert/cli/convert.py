@@ -70,8 +70,10 @@ def converter_options(command: Callable) -> Callable:
             click.option("--allow-nonfinite", is_flag=True, help="Convert even if weights hold NaN or Inf."),
             click.option("--pos-resize", type=POS_RESIZE,
                          help="How the model resizes its position embeddings for other input sizes, recorded "
-                              "in the file: 'bicubic' (timm's resample_abs_pos_embed; the default) or 'dino' "
-                              "(facebookresearch/dino's interpolate_pos_encoding: the +0.1 scale factor)."),
+                              "in the file: 'bicubic' (timm's resample_abs_pos_embed; the default but for "
+                              "hf2torch), 'dino' (facebookresearch/dino's interpolate_pos_encoding: the +0.1 "
+                              "scale factor) or 'transformers' (transformers' interpolate_pos_encoding: no "
+                              "antialias; hf2torch's default)."),
             click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary."),
             click.option("--json", "as_json", is_flag=True, help="Print the written record as JSON."),
             debug_option)):
