@@ -566,7 +566,9 @@ def _rule(name: str) -> Rule:
     return Rule(name, (name,), IDENTITY)
 
 
-class _TensorReader:
+class TensorReader:
+    """A state dict's tensors as the mapping engine reads them (float32 numpy arrays, one at a time)."""
+
     def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
         self.tensors = tensors
         self.shapes = {k: tuple(v.shape) for k, v in tensors.items()}
@@ -606,7 +608,7 @@ def convert_timm(src: str | os.PathLike, dst: str | os.PathLike, *, model: str |
     src, dst = Path(src), check_output(dst, force)  # before reading anything large
     named = timm_pretrained(model, timm_kwargs) if model else None
     checkpoint = read_state_dict(src)
-    reader = _TensorReader(checkpoint.tensors)
+    reader = TensorReader(checkpoint.tensors)
     inferred = infer_config(reader.shapes, str(src), num_heads, named=named is not None)
     notes = list(checkpoint.notes)
     if named is None:
