@@ -116,8 +116,8 @@ def preprocess_from(processor: Mapping[str, Any] | None, model_type: str, img_si
             return Preprocess(size=(edge, edge), resize="squash", **common), notes
         if not (is_real(pct) and 0 < pct <= 1):
             raise VitConvertError(f"{where}: preprocessor_config.json: crop_pct must be in (0, 1], got {pct!r}")
-        return Preprocess(size=(edge, edge), resize="crop", crop_pct=crop_pct_for(edge, int(edge / pct)),
-                          **common), notes
+        # ConvNext's int(edge / crop_pct) is timm's floor of the same quotient
+        return Preprocess(size=(edge, edge), resize="crop", crop_pct=pct, **common), notes
     if "shortest_edge" in size:
         if "longest_edge" in size:
             notes.append("the processor's longest_edge limit is not recorded")
