@@ -19,8 +19,7 @@ transformers = pytest.importorskip("transformers", reason="the hf2torch tests co
                                                           "pip install '.[hf]'")
 
 import torch  # noqa: E402
-from helpers.hf import CLASSES, load_hf, outputs, random_hf  # noqa: E402
-from helpers.numerics import shrink_embeddings_  # noqa: E402
+from helpers.hf import CLASSES, largest_difference, load_hf, outputs, random_hf  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from vitconvert import VitConvertError, convert_hf, load_model, read_record  # noqa: E402
@@ -59,18 +58,9 @@ def hf_dir(tmp_path, name: str, **overrides):
     return model, tmp_path / "hf"
 
 
-@torch.inference_mode()
 def assert_ours_is_theirs(ours, theirs: dict[str, torch.Tensor], x: torch.Tensor) -> float:
-    """Our logits against theirs; for a model without a head, our tokens against last_hidden_state and our
-    output against pooler_output (the pooler's, or Dinov2's class token), or without one the class token.
-    Returns the largest difference."""
-    if "logits" in theirs:
-        pairs = [(ours(x), theirs["logits"])]
-    else:
-        tokens = theirs["last_hidden_state"]
-        pairs = [(ours.forward_features(x), tokens), (ours(x), theirs.get("pooler_output", tokens[:, 0]))]
-    diff = max((a - b).abs().max().item() for a, b in pairs)
-    assert all(a.shape == b.shape for a, b in pairs) and diff <= ATOL
+    diff = largest_difference(ours, theirs, x)
+    assert diff <= ATOL
     return diff
 
 

@@ -66,3 +66,17 @@ def load_hf(folder: Path) -> torch.nn.Module:
     architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
     auto = transformers.AutoModel if architecture.endswith("Model") else transformers.AutoModelForImageClassification
     return auto.from_pretrained(folder).eval()
+
+
+@torch.inference_mode()
+def largest_difference(ours: torch.nn.Module, theirs: dict[str, torch.Tensor], x: torch.Tensor) -> float:
+    """Our logits against transformers'; for a model without a head, our tokens against last_hidden_state
+    and our output against pooler_output (the pooler's, or Dinov2's class token), or without one against
+    the class token. The shapes must agree."""
+    if "logits" in theirs:
+        pairs = [(ours(x), theirs["logits"])]
+    else:
+        tokens = theirs["last_hidden_state"]
+        pairs = [(ours.forward_features(x), tokens), (ours(x), theirs.get("pooler_output", tokens[:, 0]))]
+    assert all(a.shape == b.shape for a, b in pairs)
+    return max((a - b).abs().max().item() for a, b in pairs)
