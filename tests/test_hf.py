@@ -79,7 +79,8 @@ def test_hf2torch_gives_transformers_outputs(tmp_path, name):
     assert record.source.format == f"transformers/{CASES[name][0]}" and record.config.pos_resize == "transformers"
 
 
-def test_layernorm_epsilon_is_the_configs_1e_12_on_small_tokens(tmp_path):
+@pytest.mark.parametrize("written", [True, False], ids=["written", "left out: transformers' default"])
+def test_layernorm_epsilon_is_the_configs_1e_12_on_small_tokens(tmp_path, written):
     # Embeddings 1000x smaller: the first LayerNorm sees tokens of variance ~1e-7, where google/vit's 1e-12
     # and our default 1e-6 part ways.
     model, folder = hf_dir(tmp_path, "ViT classifier")
@@ -90,6 +91,11 @@ def test_layernorm_epsilon_is_the_configs_1e_12_on_small_tokens(tmp_path):
                   model.vit.embeddings.position_embeddings, model.vit.embeddings.cls_token):
             p.mul_(1e-3)
     model.save_pretrained(folder)
+    if not written:  # as a config.json of an older transformers may leave it out
+        config = json.loads((folder / "config.json").read_text())
+        del config["layer_norm_eps"]
+        (folder / "config.json").write_text(json.dumps(config))
+        model = load_hf(folder)
     convert_hf(folder, tmp_path / "ours.safetensors")
     ours, x = load_model(tmp_path / "ours.safetensors"), batch()
     assert_ours_is_theirs(ours, outputs(model, x), x)  # observed 1.4e-6
@@ -150,6 +156,24 @@ def test_at_another_size_dinov2_and_vit_resize_position_embeddings_as_transforme
         assert (out - theirs[key]).abs().max().item() > 100 * ATOL  # observed 0.0058 to 0.046
 
 
+def test_the_defaults_for_what_a_config_leaves_out_are_transformers():
+    from vitconvert.convert.hf_layouts import DEFAULTS
+    from vitconvert.convert.hf_preprocess import PROCESSORS
+
+    for kind, defaults in DEFAULTS.items():
+        config = transformers.AutoConfig.for_model(kind)
+        assert {k: getattr(config, k) for k in defaults} == defaults, kind
+    for name, ours in PROCESSORS.items():
+        theirs = getattr(transformers, name)()
+        assert (dict(theirs.size), theirs.resample, bool(theirs.do_center_crop)) == \
+            (ours["size"], ours["resample"], ours["do_center_crop"]), name
+        assert (tuple(theirs.image_mean), tuple(theirs.image_std)) == ours["mean_std"], name
+        if ours["do_center_crop"]:
+            assert dict(theirs.crop_size) == ours["crop_size"], name
+        if "crop_pct" in ours:
+            assert theirs.crop_pct == ours["crop_pct"], name
+
+
 # preprocessor_config.json as the published checkpoints hold them (google/vit-base-patch16-224,
 # facebook/deit-base-distilled-patch16-224, facebook/dinov2-small) and as ConvNext writes one; what we
 # record, and the short side the processor resizes to.
@@ -174,7 +198,7 @@ PROCESSORS = {
     "ConvNext crop_pct, no rescale": (
         {"image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": 224}, "crop_pct": 0.9,
          "do_rescale": False, "image_mean": [127.5, 127.5, 127.5], "image_std": [127.5, 127.5, 127.5]},
-        Preprocess(size=(224, 224), resize="crop", crop_pct=0.9, interpolation="bilinear"), 248),
+        Preprocess(size=(224, 224), resize="crop", crop_pct=0.9, interpolation="bicubic"), 248),
 }
 
 

@@ -16,7 +16,6 @@ from ..core.checks import is_int, is_real
 from ..core.errors import VitConvertError
 from ..formats.weights_file import Preprocess
 
-IMAGENET_DEFAULT = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 IMAGENET_STANDARD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 # Pillow's filter numbers, which the processors store as `resample`.
@@ -31,8 +30,8 @@ PROCESSORS: dict[str, dict[str, Any]] = {
                                resample=3, do_center_crop=True, mean_std=IMAGENET_STANDARD, shortest=False),
     "BitImageProcessor": dict(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, resample=3,
                               do_center_crop=True, mean_std=OPENAI_CLIP, shortest=True),
-    "ConvNextImageProcessor": dict(size={"shortest_edge": 384}, crop_pct=224 / 256, resample=2,
-                                   do_center_crop=False, mean_std=IMAGENET_DEFAULT, shortest=True),
+    "ConvNextImageProcessor": dict(size={"shortest_edge": 384}, crop_pct=224 / 256, resample=3,
+                                   do_center_crop=False, mean_std=IMAGENET_STANDARD, shortest=True),
 }
 PROCESSORS["CLIPImageProcessor"] = PROCESSORS["BitImageProcessor"]
 # What transformers' AutoImageProcessor picks for a model type without a preprocessor_config.json of its own
