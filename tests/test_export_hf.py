@@ -25,8 +25,16 @@ from helpers.hf import largest_difference, load_hf, outputs  # noqa: E402
 from helpers.vit_weights import our_vit, spread_heads, write_test_weights  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from vitconvert import VitConvertError, ViTConfig, convert_hf, convert_jax, convert_timm, export_hf  # noqa: E402
-from vitconvert import load_model, read_record  # noqa: E402
+from vitconvert import (  # noqa: E402
+    ViTConfig,
+    VitConvertError,
+    convert_hf,
+    convert_jax,
+    convert_timm,
+    export_hf,
+    load_model,
+    read_record,
+)
 from vitconvert.formats.weights_file import Preprocess  # noqa: E402
 from vitconvert.inference.images import load_rgb  # noqa: E402
 from vitconvert.inference.transform import crop_geometry, to_tensor  # noqa: E402

@@ -122,7 +122,7 @@ def test_a_pickled_bin_and_transformers_5_module_names_convert_too(tmp_path):
 
 
 def test_a_pooler_beside_a_classifier_is_left_out_as_transformers_does(tmp_path):
-    model, folder = hf_dir(tmp_path, "ViT classifier")
+    _, folder = hf_dir(tmp_path, "ViT classifier")
     tensors = load_file(folder / "model.safetensors")
     pooler = random_hf("ViTModel", seed=3).pooler.dense
     save_file(tensors | {"vit.pooler.dense.weight": pooler.weight.detach(), "vit.pooler.dense.bias":
@@ -216,7 +216,7 @@ def test_preprocessing_is_read_from_the_processor(name):
 
 def bad(tmp_path, what: str):
     """A checkpoint directory with one thing wrong."""
-    model, folder = hf_dir(tmp_path, "ViT classifier")
+    _, folder = hf_dir(tmp_path, "ViT classifier")
     config = json.loads((folder / "config.json").read_text())
     if what == "another model type":
         config["model_type"] = "swin"

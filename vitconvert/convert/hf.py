@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.checks import is_int
+from ..core.checks import is_int, is_real
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..formats.dtypes import check_dtype
@@ -113,16 +113,19 @@ def infer_config(config: Mapping[str, Any], layout: Layout, where: str) -> ViTCo
                               f"({', '.join(sorted(hf_layouts.ACTIVATIONS))})")
     else:
         act = hf_layouts.ACTIVATIONS[act]
-    if "head_dim" in config and is_int(dim) and is_int(heads) and config["head_dim"] * heads != dim:
-        raise VitConvertError(f"{where}: head_dim {config['head_dim']} x {heads} heads is not "
-                              f"hidden_size {dim}; our attention splits the width evenly into heads")
+    head_dim = config.get("head_dim")  # transformers' own default where null: hidden_size / heads
+    if head_dim is not None and not (is_int(head_dim) and is_int(heads) and head_dim * heads == dim):
+        raise VitConvertError(f"{where}: head_dim {head_dim!r} x {heads!r} heads is not hidden_size {dim!r}; "
+                              "our attention splits the width evenly into heads")
     if layout.pooler and get("pooler_act") != "tanh":
         raise VitConvertError(f"{where}: pooler_act {get('pooler_act')!r}; our representation layer "
                               "is tanh")
     if layout.model_type == "dinov2":
-        mlp_dim = hf_layouts.dinov2_mlp_hidden(dim, get("mlp_ratio"), layout.mlp != "mlp") \
-            if is_int(dim) and isinstance(get("mlp_ratio"), (int, float)) else get("mlp_ratio")
-        mlp_dim = 2 * mlp_dim if layout.mlp == "swiglu_packed" and is_int(mlp_dim) else mlp_dim
+        ratio = get("mlp_ratio")
+        if not (is_int(dim) and is_real(ratio) and 0 < dim * ratio < 2 ** 31):
+            raise VitConvertError(f"{where}: mlp_ratio {ratio!r} with hidden_size {dim!r} makes no MLP width")
+        mlp_dim = hf_layouts.dinov2_mlp_hidden(dim, ratio, layout.mlp != "mlp")
+        mlp_dim = 2 * mlp_dim if layout.mlp == "swiglu_packed" else mlp_dim
     else:
         mlp_dim = get("intermediate_size")
     size, patch = (tuple(v) if isinstance(v, list) else (v, v) if is_int(v) else v

@@ -79,8 +79,8 @@ def preprocess_from(processor: Mapping[str, Any] | None, model_type: str, img_si
     if processor is None:
         name = DEFAULT_PROCESSOR[model_type]
         pre, notes = preprocess_from({"image_processor_type": name}, model_type, img_size, where)
-        return pre.at_size(img_size), [f"no preprocessor_config.json: transformers' {name} defaults assumed, "
-                                        f"at the model's size", *notes]
+        first = f"no preprocessor_config.json: transformers' {name} defaults assumed, at the model's size"
+        return pre.at_size(img_size), [first, *notes]
     notes: list[str] = []
     d, name = processor, _processor_class(processor)
     if name not in PROCESSORS:
@@ -89,6 +89,9 @@ def preprocess_from(processor: Mapping[str, Any] | None, model_type: str, img_si
     size = _size(d.get("size", defaults["size"]), defaults["shortest"], "size", where)
     crop = d.get("do_center_crop", defaults["do_center_crop"])
     crop_size = _size(d.get("crop_size", defaults.get("crop_size", size)), False, "crop_size", where) if crop else None
+    if crop_size is not None and not {"height", "width"} <= crop_size.keys():
+        raise VitConvertError(f"{where}: preprocessor_config.json: crop_size must give height and width, "
+                              f"got {crop_size!r}")
     resample = d.get("resample", defaults["resample"])
     interpolation = RESAMPLE.get(resample) if is_int(resample) else None
     if interpolation is None:

@@ -80,6 +80,9 @@ def unexpressible(cfg: ViTConfig, features: bool) -> list[str]:
                                     "features (--features) for a Dinov2Model")),
         (cfg.layer_scale and bool(cfg.representation_size), ("a representation layer with layer scale: "
                                                              "Dinov2Model has no pooler")),
+        (cfg.layer_scale and cfg.distilled, "a distillation token with layer scale: transformers' DeiT has none"),
+        (cfg.distilled and bool(cfg.representation_size), ("a representation layer in a distilled model: "
+                                                          "transformers' DeiT classifies the two tokens directly")),
         (bool(cfg.representation_size) and head, ("a representation layer before the classifier: transformers' "
                                                   "ViTForImageClassification classifies the class token directly; "
                                                   "export the features (--features) for a ViTModel whose pooler it is")),
