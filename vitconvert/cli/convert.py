@@ -63,7 +63,7 @@ def converter_options(command: Callable) -> Callable:
             click.option("--labels", metavar="imagenet-1k|imagenet-21k|FILE",
                          help="Class names to record, which vitpredict then prints: a label set, or a FILE "
                               "with one name a line, one line per class. Default: the ImageNet set of "
-                              "the class count (jax2torch: a published file's own)."),
+                              "the class count (jax2torch: a published file's own; hf2torch: id2label's names)."),
             click.option("--dtype", type=DTYPES, default="float32", show_default=True,
                          help="Dtype of the stored tensors."),
             click.option("--force", is_flag=True, help="Replace DST if it exists."),
