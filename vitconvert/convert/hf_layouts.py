@@ -180,7 +180,8 @@ def detect(model_type: str, shapes: Mapping[str, Shape], where: str) -> tuple[La
             "together (a classifier on 2 x hidden_size features), which our model does not express; its "
             "encoder (dinov2.*) converts as a Dinov2Model, without the classifier")
     if (model_type, head) not in ARCHITECTURES:
-        raise VitConvertError(f"{where}: a {model_type} checkpoint with a teacher's heads is not a model transformers has")
+        raise VitConvertError(f"{where}: a {model_type} checkpoint with a teacher's heads is not a model "
+                              "transformers has")
     pooler = f"{prefix}pooler.dense.weight" in shapes
     ignored = tuple(f"{prefix}{k}" for k in UNUSED.get(model_type, ()))
     if pooler and head:

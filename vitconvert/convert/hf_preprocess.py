@@ -48,8 +48,8 @@ def _processor_class(d: Mapping[str, Any]) -> str | None:
 def _size(value: Any, shortest: bool, key: str, where: str) -> dict[str, int]:
     if is_int(value) and value > 0:
         return {"shortest_edge": value} if shortest else {"height": value, "width": value}
-    if isinstance(value, Mapping) and value and all(
-            k in ("height", "width", "shortest_edge", "longest_edge") and is_int(v) and v > 0 for k, v in value.items()):
+    keys = ("height", "width", "shortest_edge", "longest_edge")
+    if isinstance(value, Mapping) and value and all(k in keys and is_int(v) and v > 0 for k, v in value.items()):
         return dict(value)
     raise VitConvertError(f"{where}: preprocessor_config.json: {key} must be a positive integer or a dict of "
                           f"height/width/shortest_edge in pixels, got {value!r}")
@@ -96,7 +96,8 @@ def preprocess_from(processor: Mapping[str, Any] | None, model_type: str, img_si
     interpolation = RESAMPLE.get(resample) if is_int(resample) else None
     if interpolation is None:
         interpolation = "bicubic"
-        notes.append(f"resample {RESAMPLE_NAMES.get(resample, resample) if is_int(resample) else resample!r} recorded as bicubic (ours: bilinear or bicubic)")
+        shown = RESAMPLE_NAMES.get(resample, resample) if is_int(resample) else resample
+        notes.append(f"resample {shown!r} recorded as bicubic (ours: bilinear or bicubic)")
     mean, std = (_triple(d.get(k, default), k, where) for k, default in zip(("image_mean", "image_std"),
                                                                          defaults["mean_std"]))
     if not d.get("do_normalize", True):

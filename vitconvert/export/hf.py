@@ -85,7 +85,8 @@ def unexpressible(cfg: ViTConfig, features: bool) -> list[str]:
                                                           "transformers' DeiT classifies the two tokens directly")),
         (bool(cfg.representation_size) and head, ("a representation layer before the classifier: transformers' "
                                                   "ViTForImageClassification classifies the class token directly; "
-                                                  "export the features (--features) for a ViTModel whose pooler it is")),
+                                                  "export the features (--features) for a ViTModel whose pooler "
+                                                  "it is")),
     ]
     problems = [why for failed, why in checks if failed]
     if cfg.layer_scale and not problems and hf_layouts.dinov2_mlp_ratio(cfg.embed_dim, _hidden(cfg),
