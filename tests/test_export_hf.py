@@ -170,6 +170,19 @@ def test_an_existing_directory_is_replaced_only_with_force_and_only_an_exports(t
     assert usage.code == 2 and "--res: an ONNX option" in usage.err and not (tmp_path / "other").exists()
 
 
+def test_a_failed_export_leaves_an_existing_directory_as_it_was_and_nothing_else(tmp_path, monkeypatch):
+    from conftest import disk_full_after
+
+    src = write_test_weights(tmp_path / "ours.safetensors", our_vit(SMALL).state_dict(), SMALL)
+    export_hf(src, tmp_path / "hf")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()}
+    disk_full_after(monkeypatch, tensors=5)
+    with pytest.raises(OSError, match="No space left"):
+        export_hf(src, tmp_path / "hf", force=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "ours.safetensors"]  # no temporary directory
+
+
 # What export writes for each kind of preprocessing, and how close transformers' processor comes.
 PREPROCESSING = {
     "squash, bilinear (ViTImageProcessor)": Preprocess(size=(224, 224)),
