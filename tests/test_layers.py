@@ -27,7 +27,9 @@ MAY_IMPORT = {
     "ray": {"core", "formats", "model", "inference", "ray"},  # cluster-scale inference, on top of inference
 }
 NO_TORCH = {"core", "formats", "convert", "hub"}
-TORCH_ALLOWED = {"convert/timm.py"}  # pickled state dicts need torch to read
+# pickled state dicts need torch to read (convert/hf.py reads pytorch_model.bin through this one's reader,
+# imported only for such a file)
+TORCH_ALLOWED = {"convert/timm.py"}
 TIMM_ALLOWED = {"convert/timm.py", "tools/verify.py"}
 
 

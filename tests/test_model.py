@@ -127,7 +127,7 @@ def test_intermediates_name_every_stage_and_end_in_the_logits() -> None:
     (dict(img_size=(8, 224)), "smaller than one patch"),
     (dict(pool="cls"), "pool must be"),
     (dict(act="relu"), "act must be"),
-    (dict(pos_resize="bilinear"), "pos_resize must be 'bicubic' or 'dino', got 'bilinear'"),
+    (dict(pos_resize="bilinear"), "pos_resize must be 'bicubic' or 'dino' or 'transformers', got 'bilinear'"),
     (dict(pool="gap", distilled=True), "distilled model needs pool='token'"),
 ])
 def test_impossible_configs_are_refused(bad: dict, message: str) -> None:

@@ -99,7 +99,7 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
     architecture, that published checkpoint's; else Google's evaluation pipeline at the training
     size and the label set implied by the class count.
     pos_resize: how the model resizes its position embeddings for other input sizes, recorded in the
-    file: 'bicubic' (timm's; also when None) or 'dino' (facebookresearch/dino's).
+    file: 'bicubic' (timm's; also when None), 'dino' (facebookresearch/dino's) or 'transformers'.
     progress(done_bytes, total_bytes) is called after each tensor.
     """
     if gelu not in GELU:
