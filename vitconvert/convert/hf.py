@@ -108,7 +108,7 @@ def infer_config(config: Mapping[str, Any], layout: Layout, where: str) -> ViTCo
     act = get("hidden_act")
     if layout.mlp != "mlp":
         act = "silu"  # transformers' Dinov2 SwiGLU is silu whatever hidden_act says
-    elif act not in hf_layouts.ACTIVATIONS:
+    elif not isinstance(act, str) or act not in hf_layouts.ACTIVATIONS:
         raise VitConvertError(f"{where}: hidden_act {act!r} is not one our model runs "
                               f"({', '.join(sorted(hf_layouts.ACTIVATIONS))})")
     else:
