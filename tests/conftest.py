@@ -82,11 +82,8 @@ class Result:
         return json.loads(self.out)
 
 
-@pytest.fixture
-def vitpredict(capsys: pytest.CaptureFixture[str]):
-    """Run `vitpredict ARGS...` in this process, through our error contract; returns a Result."""
+def _in_process(capsys: pytest.CaptureFixture[str], command):
     from vitconvert.cli.errors import run
-    from vitconvert.cli.predict import command
 
     def invoke(*args: object) -> Result:
         capsys.readouterr()
@@ -99,6 +96,22 @@ def vitpredict(capsys: pytest.CaptureFixture[str]):
         return Result(code, captured.out, captured.err)
 
     return invoke
+
+
+@pytest.fixture
+def vitpredict(capsys: pytest.CaptureFixture[str]):
+    """Run `vitpredict ARGS...` in this process, through our error contract; returns a Result."""
+    from vitconvert.cli.predict import command
+
+    return _in_process(capsys, command)
+
+
+@pytest.fixture
+def vitconvert(capsys: pytest.CaptureFixture[str]):
+    """Run `vitconvert ARGS...` in this process, through our error contract; returns a Result."""
+    from vitconvert.cli import cli
+
+    return _in_process(capsys, cli)
 
 
 # test_fuzz.py records how many examples each property ran; the numbers go into tests/FUZZING.md.

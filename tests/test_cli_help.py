@@ -13,7 +13,7 @@ from vitconvert.cli.errors import run
 from vitconvert.cli.predict import command as vitpredict_command
 from vitconvert.hub.manifest import load_manifest
 
-SUBCOMMANDS = ["jax2torch", "timm2torch", "torch2torch", "verify", "export", "list", "download"]
+SUBCOMMANDS = ["jax2torch", "timm2torch", "hf2torch", "torch2torch", "verify", "export", "list", "download"]
 EVERY = [("vitconvert", name) for name in SUBCOMMANDS] + [("vitpredict", None)]
 
 

@@ -66,9 +66,11 @@ def forward_ok(model) -> None:
     """A loaded model runs (small models only: the fuzzed ones are tiny)."""
     cfg, dtype = model.config, next(model.parameters()).dtype  # a bfloat16 file gives a bfloat16 model
     if max(cfg.img_size) <= 64:
+        width = cfg.num_classes or cfg.representation_size or cfg.embed_dim  # no head: the (pooler's) features
         with torch.inference_mode():
             out = model(torch.zeros(1, cfg.in_chans, *cfg.img_size, dtype=dtype))
-        assert out.shape[0] == 1 and (out.shape == (1, cfg.num_classes) or not cfg.num_classes)
+        # no head: the (pooler's) features, pooled or (pool='none') every token
+        assert out.shape == (1, width) if cfg.num_classes else (out.shape[0] == 1 and out.shape[-1] == width)
 
 
 def outcome(prop: str, action: Callable[[], object], out_dir: Path | None = None, dst: Path | None = None) -> str:
@@ -581,6 +583,106 @@ def test_fuzz_torch_source_state_dicts(case: Mutated) -> None:
         torch.save(state, src)
         outcome("torch state dicts -> convert_torch", lambda: convert_torch(src, dst, source=source, model_args=args),
                 out_dir, dst)
+
+
+# --- transformers checkpoints -------------------------------------------------------------------------------
+
+HF_BASES = {  # our config, exported with export_hf: no transformers needed to make the checkpoints
+    "ViT classifier": dict(num_classes=5),
+    "DeiT distilled": dict(num_classes=5, distilled=True),
+    "ViTModel with pooler": dict(num_classes=0, representation_size=16),
+    "Dinov2 SwiGLU": dict(num_classes=0, layer_scale=True, mlp="swiglu_packed", act="silu", mlp_dim=176),
+}
+HF_KEYS = ["model_type", "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",
+           "intermediate_size", "hidden_act", "layer_norm_eps", "image_size", "patch_size", "num_channels",
+           "qkv_bias", "id2label", "mlp_ratio", "use_swiglu_ffn", "pooler_output_size", "pooler_act", "head_dim"]
+PROCESSOR_KEYS = ["image_processor_type", "size", "crop_size", "do_center_crop", "resample", "image_mean",
+                  "image_std", "do_rescale", "rescale_factor", "do_normalize", "do_resize", "crop_pct"]
+JSON_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 100), st.floats(), st.text(max_size=4),
+    st.lists(st.integers(-1, 64), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(-1, 300), max_size=3),
+    st.sampled_from([2 ** 64, 1e308, "gelu", "swin", "deit", "dinov2", [32, 32], {"shortest_edge": 0},
+                     {"height": 32, "width": 32}, {"0": "a", "1": 2}, "ViTImageProcessor", "ConvNextImageProcessor"]))
+
+
+@functools.cache
+def hf_base(name: str) -> dict[str, bytes]:
+    """The files of an exported transformers directory, by name."""
+    from helpers.vit_weights import our_vit, write_test_weights
+
+    from vitconvert import ViTConfig, export_hf
+
+    cfg = ViTConfig(img_size=(32, 32), patch_size=8, embed_dim=32, depth=2, num_heads=4, **{"mlp_dim": 64,
+                                                                                          **HF_BASES[name]})
+    with tempfile.TemporaryDirectory() as tmp:
+        src = write_test_weights(Path(tmp) / "w.safetensors", our_vit(cfg).state_dict(), cfg)
+        export_hf(src, Path(tmp) / "hf")
+        return {p.name: p.read_bytes() for p in (Path(tmp) / "hf").iterdir()}
+
+
+@st.composite
+def mutated_hf_checkpoint(draw):
+    base = draw(st.sampled_from(sorted(HF_BASES)))
+    files, ops = dict(hf_base(base)), []
+    config, processor = json.loads(files["config.json"]), json.loads(files["preprocessor_config.json"])
+    with tempfile.TemporaryDirectory() as tmp:  # the tensors, as torch tensors, to mutate
+        (Path(tmp) / "m.safetensors").write_bytes(files["model.safetensors"])
+        from safetensors.torch import load_file
+
+        tensors = load_file(Path(tmp) / "m.safetensors")
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 16)))
+    for _ in range(draw(st.integers(0, 4))):
+        op = draw(st.sampled_from(["config", "drop config key", "processor", "no processor", "no config",
+                                   "drop tensor", "rename tensor", "reshape tensor", "retype tensor", "pickle"]))
+        if op == "config":
+            key = draw(st.sampled_from(HF_KEYS))
+            config[key] = draw(JSON_VALUES)
+            ops.append(f"config {key} = {config[key]!r}")
+        elif op == "drop config key" and config:
+            key = draw(st.sampled_from(sorted(config)))
+            del config[key]
+            ops.append(f"config without {key}")
+        elif op == "processor":
+            key = draw(st.sampled_from(PROCESSOR_KEYS))
+            processor[key] = draw(JSON_VALUES)
+            ops.append(f"processor {key} = {processor[key]!r}")
+        elif op in ("no processor", "no config", "pickle"):
+            ops.append(op)
+        elif tensors:
+            key = draw(st.sampled_from(sorted(tensors)))
+            if op == "drop tensor":
+                del tensors[key]
+            elif op == "rename tensor":
+                tensors[key.replace(draw(st.sampled_from(["layer.0", "weight", "vit.", "query", "classifier"])),
+                                    draw(st.sampled_from(["layer.5", "bias", "", "key", "pooler.dense"])), 1)] = \
+                    tensors.pop(key)
+            elif op == "reshape tensor":
+                tensors[key] = torch.randn(draw(new_shape(tuple(tensors[key].shape))), generator=g)
+            else:
+                tensors[key] = tensors[key].to(draw(st.sampled_from([torch.float16, torch.bfloat16, torch.int64,
+                                                                     torch.bool])))
+            ops.append(f"{op} {key}")
+    return Mutated(base, ops, (config, processor, tensors, ops))
+
+
+@fuzz_settings(40)
+@given(mutated_hf_checkpoint())
+def test_fuzz_transformers_checkpoints(case: Mutated) -> None:
+    from vitconvert import convert_hf
+
+    config, processor, tensors, ops = case.value
+    with fresh_dirs() as (src_dir, out_dir):
+        if "no config" not in ops:
+            (src_dir / "config.json").write_text(json.dumps(config))
+        if "no processor" not in ops:
+            (src_dir / "preprocessor_config.json").write_text(json.dumps(processor))
+        if "pickle" in ops:
+            torch.save(tensors, src_dir / "pytorch_model.bin")
+        else:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(src_dir / "model.safetensors"),
+                      metadata={"format": "pt"})
+        dst = out_dir / "w.safetensors"
+        outcome("transformers checkpoints -> convert_hf", lambda: convert_hf(src_dir, dst), out_dir, dst)
 
 
 # --- image bytes -----------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The package's layers, as import rules: each sub-package imports only the layers below it, torch
-stays out of everything that runs without it, and timm is imported only where we compare with it or
-read its registry. Read from the source (every import, also those inside functions), so a lazy
+stays out of everything that runs without it, timm is imported only where we compare with it or
+read its registry, and transformers nowhere. Read from the source (every import, also those inside functions), so a lazy
 import cannot slip a layer."""
 
 from __future__ import annotations
@@ -19,14 +19,17 @@ MAY_IMPORT = {
     "convert": {"core", "formats", "convert"},
     "model": {"core", "formats", "model"},
     "inference": {"core", "formats", "model", "inference"},
-    "export": {"core", "formats", "model", "export"},
+    # export --to hf reads the transformers table (convert/hf_layouts.py) the other way, and writes a label
+    # set's class names (inference/labels.py)
+    "export": {"core", "formats", "convert", "model", "inference", "export"},
     "hub": {"core", "formats", "convert", "hub"},
     "tools": {"core", "formats", "convert", "model", "inference", "tools"},
     "ray": {"core", "formats", "model", "inference", "ray"},  # cluster-scale inference, on top of inference
 }
 NO_TORCH = {"core", "formats", "convert", "hub"}
-# Pickled state dicts need torch to read; torch_models.py also standardizes jeonsworld's kernels by its own
-# float32 torch calls (to the bit: a ResNet amplifies the rounding of any other formula).
+# Pickled state dicts need torch to read (convert/hf.py reads pytorch_model.bin through timm.py's reader,
+# imported only for such a file); torch_models.py also standardizes jeonsworld's kernels by its own float32
+# torch calls (to the bit: a ResNet amplifies the rounding of any other formula).
 TORCH_ALLOWED = {"convert/timm.py", "convert/torch_models.py"}
 TIMM_ALLOWED = {"convert/timm.py", "tools/verify.py"}
 
@@ -70,12 +73,15 @@ def test_a_layer_imports_only_the_layers_below_it(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", modules(), ids=rel)
-def test_torch_and_timm_stay_where_they_are_needed(path: Path) -> None:
+def test_torch_timm_and_transformers_stay_where_they_are_needed(path: Path) -> None:
     roots = {name.split(".")[0] for name in imports(path)}
     if path.relative_to(PACKAGE).parts[0] in NO_TORCH and rel(path) not in TORCH_ALLOWED:
         assert "torch" not in roots and "torchvision" not in roots
     if rel(path) not in TIMM_ALLOWED:
         assert "timm" not in roots
+    # transformers is a reference the tests and benchmarks compare with, never a dependency: hf2torch and
+    # export --to hf read and write its files as JSON and safetensors.
+    assert "transformers" not in roots
 
 
 def test_the_rules_can_fail() -> None:

@@ -26,12 +26,14 @@ _EXPORTS = {
     "convert_jax": "convert.jax",
     "convert_timm": "convert.timm",
     "convert_torch": "convert.torch_models",
+    "convert_hf": "convert.hf",
     "verify": "tools.verify",
     "download": "hub.download",
     "load_manifest": "hub.manifest",
     "Predictor": "inference.predictor",
     "save_embeddings": "formats.embeddings",
     "export_onnx": "export.onnx",
+    "export_hf": "export.hf",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -40,12 +40,12 @@ def main() -> None:
 
 
 def _register() -> None:
-    from .convert import jax2torch, timm2torch, torch2torch
+    from .convert import hf2torch, jax2torch, timm2torch, torch2torch
     from .export import export
     from .manifest import download_cmd, list_cmd
     from .verify import verify
 
-    for command in (jax2torch, timm2torch, torch2torch, verify, export, list_cmd, download_cmd):
+    for command in (jax2torch, timm2torch, hf2torch, torch2torch, verify, export, list_cmd, download_cmd):
         cli.add_command(command)
 
 

@@ -1,4 +1,4 @@
-"""`vitconvert jax2torch`, `vitconvert timm2torch` and `vitconvert torch2torch`."""
+"""`vitconvert jax2torch`, `timm2torch`, `hf2torch` and `torch2torch`."""
 
 from __future__ import annotations
 
@@ -65,17 +65,19 @@ def converter_options(command: Callable) -> Callable:
             click.option("--labels", metavar="imagenet-1k|imagenet-21k|FILE",
                          help="Class names to record, which vitpredict then prints: a label set, or a FILE "
                               "with one name a line, one line per class. Default: the ImageNet set of "
-                              "the class count (jax2torch: a published file's own)."),
+                              "the class count (jax2torch: a published file's own; hf2torch: id2label's names)."),
             click.option("--dtype", type=DTYPES, default="float32", show_default=True,
                          help="Dtype of the stored tensors."),
             click.option("--force", is_flag=True, help="Replace DST if it exists."),
             click.option("--allow-nonfinite", is_flag=True, help="Convert even if weights hold NaN or Inf."),
             click.option("--pos-resize", type=POS_RESIZE,
                          help="How the model resizes its position embeddings for other input sizes, recorded "
-                              "in the file: 'bicubic' (timm's resample_abs_pos_embed; the default), 'dino' "
-                              "(facebookresearch/dino's interpolate_pos_encoding: the +0.1 scale factor) or "
-                              "'flexivit' (FlexiViT's antialiased bilinear resize of its stored grid; jax2torch "
-                              "records it for the FlexiViT files the manifest knows)."),
+                              "in the file: 'bicubic' (timm's resample_abs_pos_embed; the default but for "
+                              "hf2torch), 'dino' (facebookresearch/dino's interpolate_pos_encoding: the +0.1 "
+                              "scale factor), 'flexivit' (FlexiViT's antialiased bilinear resize of its stored "
+                              "grid; jax2torch records it for the FlexiViT files the manifest knows) or "
+                              "'transformers' (transformers' interpolate_pos_encoding: no antialias; hf2torch's "
+                              "default)."),
             click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary."),
             click.option("--json", "as_json", is_flag=True, help="Print the written record as JSON."),
             debug_option)):
@@ -162,6 +164,40 @@ def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, la
         record = convert_timm(src, dst, model=model_name, num_heads=heads, force=force, dtype=dtype,
                               labels=names, allow_nonfinite=allow_nonfinite, pos_resize=pos_resize,
                               progress=progress.update)
+    if not quiet or as_json:
+        _report(record, dst, as_json)
+
+
+@click.command("hf2torch")
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path(dir_okay=False))
+@converter_options
+def hf2torch(src: str, dst: str, labels: str | None, dtype: str, force: bool, allow_nonfinite: bool,
+             pos_resize: str | None, quiet: bool, as_json: bool) -> None:
+    """Convert a Hugging Face transformers ViT, DeiT or Dinov2 checkpoint to a vitconvert weights file.
+
+    SRC is the directory save_pretrained writes (config.json, model.safetensors or pytorch_model.bin,
+    preprocessor_config.json), or its weights file with config.json beside it: ViTModel,
+    ViTForImageClassification, DeiTModel, DeiTForImageClassification(WithTeacher), Dinov2Model. The
+    architecture is read from config.json (layer_norm_eps, hidden_act, ...), the class names from its
+    id2label, the preprocessing from preprocessor_config.json; ViTModel's pooler is kept as the
+    representation layer. transformers is not needed: safetensors files are read with numpy, .bin
+    files with torch.load(weights_only=True). The file records transformers' position-embedding
+    resize (--pos-resize transformers) unless told otherwise.
+
+    \b
+    Examples:
+      vitconvert hf2torch vit-base-patch16-224/ vit-b16.safetensors
+      vitconvert hf2torch dinov2-small/model.safetensors dinov2-s14.safetensors --dtype bfloat16
+      vitconvert hf2torch deit-base-distilled-patch16-224/ deit-b16.safetensors --json
+      vitconvert hf2torch my-finetune/ birds.safetensors --labels bird_names.txt --force
+    """
+    from ..convert.hf import convert_hf
+
+    names = _labels(labels)
+    with progress_bar("converting", quiet, in_bytes=True) as progress:
+        record = convert_hf(src, dst, force=force, dtype=dtype, labels=names, allow_nonfinite=allow_nonfinite,
+                            pos_resize=pos_resize, progress=progress.update)
     if not quiet or as_json:
         _report(record, dst, as_json)
 

@@ -139,7 +139,7 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
     architecture, that published checkpoint's; else Google's evaluation pipeline at the training
     size and the label set implied by the class count.
     pos_resize: how the model resizes its position embeddings for other input sizes, recorded in the
-    file: 'bicubic' (timm's), 'dino' (facebookresearch/dino's) or 'flexivit' (FlexiViT's, which resizes
+    file: 'bicubic' (timm's), 'dino' (facebookresearch/dino's), 'transformers' or 'flexivit' (FlexiViT's, which resizes
     its stored grid at every input size); None: the published checkpoint's, when `catalog` knows the
     file (a FlexiViT file's is 'flexivit'), else 'bicubic'.
     A two-tower image-text file (SigLIP, LiT) becomes its image tower, whose output is the image

@@ -568,6 +568,8 @@ def _rule(name: str) -> Rule:
 
 
 class TensorReader:
+    """A state dict's tensors as the mapping engine reads them (float32 numpy arrays, one at a time)."""
+
     def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
         self.tensors = tensors
         self.shapes = {k: tuple(v.shape) for k, v in tensors.items()}

@@ -54,7 +54,8 @@ _BOOLS = ("fc_norm", "distilled", "qkv_bias", "no_embed_class", "pool_include_pr
           "patch_bias", "patch_norm", "layer_scale", "qk_norm", "scale_attn_norm", "scale_mlp_norm", "proj_bias",
           "patch_pre_norm")
 _CHOICES = {"pool": POOLS, "act": ACTIVATIONS, "norm": NORMS, "mlp": MLPS, "block": BLOCK_KINDS,
-            "pos_embed": POS_EMBEDS, "pos_resize": ("bicubic", "dino", "flexivit"), "hybrid_variant": HYBRID_VARIANTS}
+            "pos_embed": POS_EMBEDS, "pos_resize": ("bicubic", "dino", "flexivit", "transformers"),
+            "hybrid_variant": HYBRID_VARIANTS}
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class ViTConfig:
     # The final norm after the pooling (timm's fc_norm) instead of on every token before it. With 'gap':
     # True = timm (mean, then LayerNorm); False = JAX (LayerNorm every token, then mean).
     fc_norm: bool = False
-    # Linear + tanh before the head (the 2020 ImageNet-21k checkpoints).
+    # Linear + tanh before the head (the 2020 ImageNet-21k checkpoints); without a head, the model's output
+    # (transformers' ViTModel pooler).
     representation_size: int | None = None
     distilled: bool = False
     qkv_bias: bool = True
@@ -93,7 +95,7 @@ class ViTConfig:
     act: Activation = "gelu"
     # big_vision stores position embeddings for the patches only (timm's no_embed_class=True).
     no_embed_class: bool = False
-    pos_resize: Literal["bicubic", "dino", "flexivit"] = "bicubic"
+    pos_resize: Literal["bicubic", "dino", "flexivit", "transformers"] = "bicubic"
     # ResNetV2 stages before the patch embedding; None = plain ViT, () = stem only (R+Ti/16).
     hybrid_layers: tuple[int, ...] | None = None
     # Stem width of that ResNet (64 in every published hybrid); stage s outputs 4 * width * 2**s channels.
@@ -164,8 +166,6 @@ class ViTConfig:
             problems.append("a distilled model needs pool='token', a head, no register tokens and no fc_norm (DeiT)")
         if self.fc_norm and not self.final_norm:
             problems.append("fc_norm places the final norm, so it needs final_norm")
-        if self.representation_size and not self.num_classes:
-            problems.append("representation_size feeds the head, so it needs num_classes > 0")
         if self.mlp in ("glu", "swiglu_packed") and self.mlp_dim % 2:
             problems.append(f"a packed GLU MLP splits mlp_dim in two halves, but mlp_dim is {self.mlp_dim}")
         if self.block in ("res_post", "post_norm") and self.layer_scale:

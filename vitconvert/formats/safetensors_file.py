@@ -13,6 +13,7 @@ import io
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import VitConvertError
-from .dtypes import STORAGE, to_storage
+from .dtypes import STORAGE, bfloat16_bits_to_float32, to_storage
 from .paths import check_input, check_output
 
 ALIGN = 8
@@ -68,6 +69,48 @@ def atomic_output(dst: str | os.PathLike, force: bool = False) -> Iterator[Path]
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(dst: str | os.PathLike, force: bool = False,
+                     replaceable: frozenset[str] = frozenset()) -> Iterator[Path]:
+    """A new directory beside `dst` to write into, renamed onto `dst` only if the block finishes.
+
+    `dst` may exist empty; holding files, it is replaced only with `force`, and only if it holds
+    nothing but regular files named in `replaceable` (what an earlier run wrote): `--force` with a
+    mistyped path must not delete somebody's folder. On any failure the new directory is removed
+    and an existing `dst` is untouched.
+    """
+    dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise VitConvertError(f"output {dst} exists and is not a directory")
+    if not dst.parent.is_dir():
+        raise VitConvertError(f"output directory {dst.parent} does not exist")
+    present = sorted(dst.iterdir()) if dst.is_dir() else []
+    if present and not force:
+        raise VitConvertError(f"output directory {dst} is not empty; pass --force (force=True) to replace it")
+    foreign = [p.name for p in present if p.name not in replaceable or p.is_symlink() or not p.is_file()]
+    if foreign:
+        raise VitConvertError(f"output directory {dst} holds other files than the ones written here "
+                              f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); not replacing it")
+    token = secrets.token_hex(4)
+    tmp = dst.with_name(f".{dst.name}.{token}.part")
+    try:
+        tmp.mkdir()
+    except OSError as e:
+        raise VitConvertError(f"cannot write in {dst.parent}: {e.strerror or e}") from None
+    try:
+        yield tmp
+        if dst.exists():  # rename(2) cannot replace a directory that holds files: move it aside first
+            old = dst.with_name(f".{dst.name}.{token}.old")
+            os.rename(dst, old)
+            os.rename(tmp, dst)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -182,6 +225,43 @@ def read_header(path: str | os.PathLike) -> Header:
     except OSError as e:
         raise VitConvertError(f"cannot read {path}: {e.strerror or e}") from None
     return Header(metadata, tensors)
+
+
+# safetensors dtype names of floating point tensors -> the numpy dtype of their bytes (bfloat16: its bits).
+FLOAT_STORAGE = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": np.dtype("<u2")}
+
+
+class SafetensorsReader:
+    """A safetensors file's tensors, read one at a time as float32 numpy arrays: the converters' reader
+    (no torch; numpy has no bfloat16, so BF16 tensors are read as their bits and widened, exactly).
+
+    `shapes` maps each name to its shape, `dtypes` to its safetensors dtype name ('F32', 'BF16', ...).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = check_input(path, "a safetensors file")
+        header = read_header(self.path)  # the safetensors library validates offsets, sizes and types
+        self.metadata = header.metadata
+        self.shapes = {name: shape for name, (_, shape) in header.tensors.items()}
+        self.dtypes = {name: dtype for name, (dtype, _) in header.tensors.items()}
+        for name, dtype in self.dtypes.items():
+            if dtype not in FLOAT_STORAGE:
+                raise VitConvertError(f"{self.path}: tensor {name} has dtype {dtype}; expected floating point weights")
+        with open(self.path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            entries = json.loads(f.read(size))
+        self._offsets = {name: 8 + size + entries[name]["data_offsets"][0] for name in self.shapes}
+
+    def read(self, key: str) -> np.ndarray:
+        stored = FLOAT_STORAGE[self.dtypes[key]]
+        count = int(np.prod(self.shapes[key], dtype=np.int64))
+        try:
+            array = np.fromfile(self.path, stored, count, offset=self._offsets[key]).reshape(self.shapes[key])
+        except (OSError, ValueError) as e:  # the file changed since its header was read
+            raise VitConvertError(f"{self.path}: cannot read tensor {key} ({e})") from None
+        if self.dtypes[key] == "BF16":
+            return bfloat16_bits_to_float32(array)
+        return array.astype(np.float32, copy=False)
 
 
 def read_tensors(path: str | os.PathLike, framework: str = "pt") -> dict:

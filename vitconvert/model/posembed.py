@@ -7,6 +7,8 @@ Every method resamples the patch grid in float32, align_corners off, prefix toke
 - 'dino': facebookresearch/dino's `interpolate_pos_encoding`, so features at another size are DINO's.
 - 'flexivit': big_vision's FlexiViT, which stores a small grid (7x7) and resizes it at every forward
   with `jax.image.resize(..., 'linear')`: bilinear, antialiased when shrinking.
+- 'transformers': Hugging Face transformers' `interpolate_pos_encoding` (ViT, DeiT, Dinov2), so a file
+  converted from transformers gives what transformers' model gives at that size.
 """
 
 from __future__ import annotations
@@ -55,6 +57,15 @@ def _flexivit(grid: torch.Tensor, new: tuple[int, int], old: tuple[int, int]) ->
     return F.interpolate(grid, size=new, mode="bilinear", antialias=True, align_corners=False)
 
 
+def _transformers(grid: torch.Tensor, new: tuple[int, int], old: tuple[int, int]) -> torch.Tensor:
+    """transformers' `interpolate_pos_encoding` as 5.23 has it in ViT, DeiT and Dinov2 (read from its source):
+    `size=(new_height, new_width)`, bicubic, align_corners off, and no antialias, which timm's has (the two
+    differ by up to ~0.8 on N(0, 1) entries, also when enlarging: the antialiased kernel is renormalised at
+    the borders instead of clamping). Dinov2 computes it in float32, as we do; ViT and DeiT in the model's
+    dtype, and only when called with `interpolate_pos_encoding=True`."""
+    return F.interpolate(grid, size=new, mode="bicubic", align_corners=False)
+
+
 def sincos_2d(grid: tuple[int, int], dim: int, device: torch.device | None = None,
               temperature: float = 10_000.0) -> torch.Tensor:
     """The fixed 2-D sin-cos table of a (rows, cols) patch grid, (1, rows*cols, dim), float32: big_vision's
@@ -69,8 +80,10 @@ def sincos_2d(grid: tuple[int, int], dim: int, device: torch.device | None = Non
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]
 
 
+
 # The names ViTConfig.pos_resize accepts (a test holds the two lists equal).
-RESIZERS: dict[str, GridResize] = {"bicubic": _timm_bicubic, "dino": _dino, "flexivit": _flexivit}
+RESIZERS: dict[str, GridResize] = {"bicubic": _timm_bicubic, "dino": _dino, "flexivit": _flexivit,
+                                   "transformers": _transformers}
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int],

@@ -1,0 +1,226 @@
+"""Hugging Face transformers checkpoints (ViT, DeiT, Dinov2) to our weights file.
+
+SRC is a directory as `save_pretrained` writes it (config.json, model.safetensors or pytorch_model.bin,
+preprocessor_config.json), or its weights file with the config.json beside it. The architecture comes
+from config.json, read as JSON (transformers is never imported); which head and names the checkpoint has,
+from its keys; the tensors stream through `hf_layouts`' table into the writer one at a time. safetensors
+files are read with numpy alone; pickled .bin files only with torch.load(weights_only=True), the reader
+timm2torch uses, imported for them alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.checks import is_int, is_real
+from ..core.config import ViTConfig
+from ..core.errors import VitConvertError
+from ..formats.dtypes import check_dtype
+from ..formats.paths import check_input, check_output
+from ..formats.safetensors_file import SafetensorsReader
+from ..formats.weights_file import Source, WeightsRecord, write_weights
+from . import hf_layouts
+from .hf_layouts import Layout
+from .hf_preprocess import preprocess_from
+from .mapping import ArrayReader, plan_tensors
+
+WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+PICKLES = (".bin", ".pth", ".pt")
+
+
+@dataclass(frozen=True)
+class HfCheckpoint:
+    """A transformers checkpoint's files, its config.json and preprocessor_config.json read."""
+
+    weights: Path
+    config: dict[str, Any]
+    processor: dict[str, Any] | None
+
+
+def locate(src: str | os.PathLike) -> HfCheckpoint:
+    """The weights, config.json and (if there) preprocessor_config.json of a directory or weights file."""
+    src = Path(src)
+    if src.is_dir():
+        folder = src
+        weights = next((src / name for name in WEIGHTS if (src / name).is_file()), None)
+        if weights is None:
+            sharded = [p.name for p in sorted(src.glob("*.index.json"))]
+            if sharded:
+                raise VitConvertError(f"{src}: a sharded checkpoint ({sharded[0]}) is not read yet; save it as one "
+                                      "file (save_pretrained(..., max_shard_size='50GB'))")
+            raise VitConvertError(f"{src}: no {' or '.join(WEIGHTS)} in the directory")
+    else:
+        weights, folder = check_input(src, "a transformers checkpoint (a directory or its weights file)"), src.parent
+        if weights.suffix != ".safetensors" and weights.suffix not in PICKLES:
+            raise VitConvertError(f"{src}: expected a .safetensors or a pickled .bin weights file, or their directory")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise VitConvertError(f"{src}: no config.json beside the weights (hf2torch reads the architecture from "
+                              "it: give the directory save_pretrained wrote)")
+    processor = folder / "preprocessor_config.json"
+    return HfCheckpoint(weights, _read_json(config), _read_json(processor) if processor.is_file() else None)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise VitConvertError(f"{path}: cannot read it as JSON ({getattr(e, 'strerror', None) or e})") from None
+    if not isinstance(value, dict):
+        raise VitConvertError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def read_weights(path: Path) -> ArrayReader:
+    """A reader of the checkpoint's tensors: numpy for safetensors; torch's weights-only unpickler for .bin."""
+    if path.suffix == ".safetensors":
+        return SafetensorsReader(path)
+    from .timm import TensorReader, read_state_dict  # torch, for pickles only
+
+    reader = TensorReader(read_state_dict(path).tensors)
+    reader.check_weights(reader.shapes, str(path))
+    return reader
+
+
+def model_type(config: Mapping[str, Any], where: str) -> str:
+    kind = config.get("model_type")
+    if kind not in hf_layouts.MODEL_TYPES:
+        found = f"model_type {kind!r}" if kind is not None else "no model_type"
+        raise VitConvertError(f"{where}: {found}; hf2torch converts "
+                              f"{', '.join(hf_layouts.MODEL_TYPES)} (transformers' ViT, DeiT and Dinov2)")
+    return kind
+
+
+def infer_config(config: Mapping[str, Any], layout: Layout, where: str) -> ViTConfig:
+    """Our config from config.json (transformers' defaults for keys it leaves out) and the layout."""
+    defaults = hf_layouts.DEFAULTS[layout.model_type]
+
+    def get(key: str) -> Any:
+        return config.get(key, defaults[key])
+
+    dim, heads = get("hidden_size"), get("num_attention_heads")
+    act = get("hidden_act")
+    if layout.mlp != "mlp":
+        act = "silu"  # transformers' Dinov2 SwiGLU is silu whatever hidden_act says
+    elif not isinstance(act, str) or act not in hf_layouts.ACTIVATIONS:
+        raise VitConvertError(f"{where}: hidden_act {act!r} is not one our model runs "
+                              f"({', '.join(sorted(hf_layouts.ACTIVATIONS))})")
+    else:
+        act = hf_layouts.ACTIVATIONS[act]
+    head_dim = config.get("head_dim")  # transformers' own default where null: hidden_size / heads
+    if head_dim is not None and not (is_int(head_dim) and is_int(heads) and head_dim * heads == dim):
+        raise VitConvertError(f"{where}: head_dim {head_dim!r} x {heads!r} heads is not hidden_size {dim!r}; "
+                              "our attention splits the width evenly into heads")
+    if layout.pooler and get("pooler_act") != "tanh":
+        raise VitConvertError(f"{where}: pooler_act {get('pooler_act')!r}; our representation layer "
+                              "is tanh")
+    if layout.model_type == "dinov2":
+        ratio = get("mlp_ratio")
+        if not (is_int(dim) and is_real(ratio) and 0 < dim * ratio < 2 ** 31):
+            raise VitConvertError(f"{where}: mlp_ratio {ratio!r} with hidden_size {dim!r} makes no MLP width")
+        mlp_dim = hf_layouts.dinov2_mlp_hidden(dim, ratio, layout.mlp != "mlp")
+        mlp_dim = 2 * mlp_dim if layout.mlp == "swiglu_packed" else mlp_dim
+    else:
+        mlp_dim = get("intermediate_size")
+    size, patch = (tuple(v) if isinstance(v, list) else (v, v) if is_int(v) else v
+                   for v in (get("image_size"), get("patch_size")))
+    fields = dict(img_size=size, patch_size=patch, in_chans=get("num_channels"), embed_dim=dim,
+                  depth=get("num_hidden_layers"), num_heads=heads, mlp_dim=mlp_dim, act=act,
+                  ln_eps=get("layer_norm_eps"), qkv_bias=get("qkv_bias"), num_classes=_num_classes(config, layout),
+                  distilled=layout.head == "teacher", reg_tokens=int(layout.model_type == "deit" and
+                                                                   layout.head != "teacher"),
+                  representation_size=config.get("pooler_output_size") or dim if layout.pooler else None,
+                  layer_scale=layout.model_type == "dinov2", mlp=layout.mlp, pos_resize="transformers")
+    try:
+        return ViTConfig(**fields)
+    except (VitConvertError, TypeError) as e:  # values of the wrong type: say which file they came from
+        raise VitConvertError(f"{where}: {e}") from None
+
+
+def _num_classes(config: Mapping[str, Any], layout: Layout) -> int:
+    if layout.head is None:
+        return 0
+    id2label = config.get("id2label")
+    return len(id2label) if isinstance(id2label, Mapping) else config.get("num_labels", 2)
+
+
+def class_names(config: Mapping[str, Any], num_classes: int) -> tuple[tuple[str, ...] | None, list[str]]:
+    """The class names of id2label, or None where it holds transformers' placeholders (LABEL_0, ...)."""
+    id2label = config.get("id2label")
+    if not num_classes or not isinstance(id2label, Mapping):
+        return None, []
+    names = {str(k): v for k, v in id2label.items()}
+    if set(names) != {str(i) for i in range(num_classes)} or not all(isinstance(v, str) for v in names.values()):
+        return None, ["id2label does not name classes 0..n-1 with strings: class names not recorded"]
+    ordered = tuple(names[str(i)] for i in range(num_classes))
+    if all(name == f"LABEL_{i}" for i, name in enumerate(ordered)):
+        return None, []
+    return ordered, []
+
+
+def convert_hf(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False, dtype: str = "float32",
+               labels: str | Sequence[str] | None = None, allow_nonfinite: bool = False,
+               pos_resize: str | None = None, progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
+    """Convert a transformers ViT, DeiT or Dinov2 checkpoint at `src` (its directory, or its weights file with
+    config.json beside it) into our weights file at `dst`.
+
+    The architecture is config.json's; the class names its id2label's (unless `labels`: 'imagenet-1k',
+    'imagenet-21k' or the names in class order); the preprocessing preprocessor_config.json's, where ours
+    can express it (the record's notes say where not). pos_resize: how the model resizes its position
+    embeddings for other input sizes, default 'transformers' (what transformers' model does).
+    progress(done_bytes, total_bytes) is called after each tensor.
+    """
+    check_dtype(dtype)
+    dst = check_output(dst, force)  # before reading anything large
+    found = locate(src)
+    where, config_file = str(found.weights), str(found.weights.parent / "config.json")
+    kind = model_type(found.config, config_file)
+    reader = read_weights(found.weights)
+    layout, ignored = hf_layouts.detect(kind, reader.shapes, where)
+    swiglu = kind == "dinov2" and found.config.get("use_swiglu_ffn", False)
+    layout = dataclasses.replace(layout, qkv_bias=found.config.get("qkv_bias", True),
+                                 mlp=("swiglu" if layout.modular else "swiglu_packed") if swiglu else "mlp")
+    cfg = infer_config(found.config, layout, config_file)
+    specs = plan_tensors(hf_layouts.import_rules(layout), reader, hf_layouts.bindings(cfg.depth), where=where,
+                         ignore=ignored)
+    names, notes = class_names(found.config, cfg.num_classes)
+    preprocess, more = preprocess_from(found.processor, kind, cfg.img_size, where)
+    notes += more + _layout_notes(layout, ignored)
+    if preprocess.size != cfg.img_size:
+        notes.append(f"the processor makes {preprocess.size[0]}x{preprocess.size[1]} inputs, the model is stored at "
+                     f"{cfg.img_size[0]}x{cfg.img_size[1]}: run it with --res {preprocess.size[0]}x"
+                     f"{preprocess.size[1]} (img_size=...) for transformers' pipeline")
+    record = WeightsRecord(
+        config=cfg if pos_resize is None else cfg.replace(pos_resize=pos_resize), preprocess=preprocess,
+        source=Source(format=f"transformers/{layout.architecture}", file=found.weights.name),
+        labels=labels if labels is not None else names, notes=tuple(notes),
+        head_is_zero=cfg.num_classes > 0 and all(
+            not reader.read(k).any() for k in _head_keys(layout)))
+    return write_weights(dst, specs, record, source_path=found.weights, dtype=dtype, force=force,
+                         allow_nonfinite=allow_nonfinite, progress=progress)
+
+
+def _head_keys(layout: Layout) -> tuple[str, ...]:
+    return ("cls_classifier.weight", "cls_classifier.bias") if layout.head == "teacher" else \
+        ("classifier.weight", "classifier.bias")
+
+
+def _layout_notes(layout: Layout, ignored: tuple[str, ...]) -> list[str]:
+    notes = []
+    if layout.model_type == "deit" and layout.head != "teacher":
+        notes.append("DeiT's distillation token, which no head of this model reads, is kept as a register token "
+                     "(reg_token): it takes part in the attention as in transformers")
+    if any(k.endswith("pooler.dense.weight") for k in ignored):
+        notes.append("the pooler beside the classifier was left out: transformers' classification models do not "
+                     "run it")
+    if any(k.endswith("mask_token") for k in ignored):
+        notes.append("Dinov2's mask_token (masked-image pre-training only) was left out")
+    if layout.modular:
+        notes.append("tensors named as transformers 5's modules (a state_dict saved as it is)")
+    return notes

@@ -1,0 +1,210 @@
+"""transformers' ViT, DeiT and Dinov2 checkpoints as data: which of their tensors make which of ours, in
+both directions (hf2torch reads the table one way, `export --to hf` the other).
+
+A `Pair` says that our tensors' rows, concatenated, are the same matrix as theirs concatenated: q, k and v
+are our fused qkv; the gate and up halves of Dinov2's SwiGLU are one packed fc1 on one side or the other.
+Every op is a partition of rows, so one table serves both directions; nothing is transposed (transformers'
+Linear weights are (out, in), as torch's and ours are).
+
+Names: the serialized ones (what `save_pretrained` writes and every published checkpoint holds:
+`encoder.layer.N.attention.attention.query`, ...), or transformers 5's module names
+(`layers.N.attention.q_proj`, ...), which a `state_dict()` saved as it is holds; `detect` reads which from
+the keys. Export writes the serialized names, which every transformers version reads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.errors import VitConvertError
+from .mapping import IDENTITY, Op, Rule, Shape
+
+MODEL_TYPES = ("vit", "deit", "dinov2")
+# transformers' config classes' defaults (5.23), for the keys a config.json leaves out, as transformers reads it.
+DEFAULTS: dict[str, dict[str, object]] = {
+    "vit": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                hidden_act="gelu", layer_norm_eps=1e-12, image_size=224, patch_size=16, num_channels=3,
+                qkv_bias=True, pooler_act="tanh"),
+    "dinov2": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4, hidden_act="gelu",
+                   layer_norm_eps=1e-6, image_size=224, patch_size=14, num_channels=3, qkv_bias=True,
+                   use_swiglu_ffn=False),
+}
+DEFAULTS["deit"] = DEFAULTS["vit"]
+# transformers' activation names (its ACT2FN) -> ours. The tanh forms are one function written several ways
+# (torch's kernel, or the formula in Python), equal up to float rounding.
+ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_python_tanh": "gelu_tanh",
+               "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_accurate": "gelu_tanh",
+               "quick_gelu": "quick_gelu", "silu": "silu", "swish": "silu"}
+# Ours -> the name export writes: torch's own kernels, as ours run them.
+EXPORT_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu", "silu": "silu"}
+ARCHITECTURES = {("vit", None): "ViTModel", ("vit", "classifier"): "ViTForImageClassification",
+                 ("deit", None): "DeiTModel", ("deit", "classifier"): "DeiTForImageClassification",
+                 ("deit", "teacher"): "DeiTForImageClassificationWithTeacher", ("dinov2", None): "Dinov2Model"}
+# Held by transformers' Dinov2Model but used only in masked-image pre-training: left out of our files, and
+# written as zeros (transformers' own initial value) on export so that nothing loads uninitialised.
+UNUSED = {"dinov2": ("embeddings.mask_token",)}
+
+
+@dataclass(frozen=True)
+class Layout:
+    model_type: str  # 'vit', 'deit' or 'dinov2'
+    # Where the encoder's tensors are: '' in the bare encoders (ViTModel, ...), 'vit.' / 'deit.' under a head.
+    prefix: str = ""
+    # None; 'classifier' (on the class token); 'teacher' (DeiT's cls_classifier and distillation_classifier).
+    head: str | None = None
+    pooler: bool = False  # ViTModel's and DeiTModel's pooler, Dense + tanh on the class token
+    qkv_bias: bool = True
+    # Our MLP kind: 'mlp', or Dinov2's SwiGLU: 'swiglu_packed' (one fc1, gate rows first) or 'swiglu' (apart).
+    mlp: str = "mlp"
+    modular: bool = False  # transformers 5's module names instead of the serialized ones
+    # Our name for DeiT's distillation token: 'dist_token' where a head reads it, else 'reg_token' (a token
+    # after the class token that no head reads, which is what a register token is).
+    second_token: str = "reg_token"
+
+    @property
+    def architecture(self) -> str:
+        return ARCHITECTURES[(self.model_type, self.head)]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Our tensors and theirs, each side's rows concatenated being the same matrix."""
+
+    ours: tuple[str, ...]
+    theirs: tuple[str, ...]
+    over: str | None = None  # 'block': once per layer, as {i}
+
+
+def pairs(layout: Layout) -> list[Pair]:
+    p, dinov2, modular = layout.prefix, layout.model_type == "dinov2", layout.modular
+    emb = f"{p}embeddings."
+    layer = f"{p}layers.{{i}}." if modular and not dinov2 else f"{p}encoder.layer.{{i}}."
+    q, k, v, o = (("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj") if modular else
+                  ("attention.attention.query", "attention.attention.key", "attention.attention.value",
+                   "attention.output.dense"))
+    norm1, norm2 = ("norm1", "norm2") if dinov2 else ("layernorm_before", "layernorm_after")
+    fc1, fc2 = ("mlp.fc1", "mlp.fc2") if modular or dinov2 else ("intermediate.dense", "output.dense")
+    table = [
+        Pair(("cls_token",), (f"{emb}cls_token",)),
+        Pair(("pos_embed",), (f"{emb}position_embeddings",)),
+        Pair(("patch_embed.proj.weight",), (f"{emb}patch_embeddings.projection.weight",)),
+        Pair(("patch_embed.proj.bias",), (f"{emb}patch_embeddings.projection.bias",)),
+    ]
+    if layout.model_type == "deit":
+        table.append(Pair((layout.second_token,), (f"{emb}distillation_token",)))
+    for w in ("weight", "bias"):
+        table.append(Pair((f"blocks.{{i}}.norm1.{w}",), (f"{layer}{norm1}.{w}",), "block"))
+        if w == "weight" or layout.qkv_bias:
+            table.append(Pair((f"blocks.{{i}}.attn.qkv.{w}",), tuple(f"{layer}{n}.{w}" for n in (q, k, v)), "block"))
+        table += [Pair((f"blocks.{{i}}.attn.proj.{w}",), (f"{layer}{o}.{w}",), "block"),
+                  Pair((f"blocks.{{i}}.norm2.{w}",), (f"{layer}{norm2}.{w}",), "block")]
+        if layout.mlp == "mlp":
+            table += [Pair((f"blocks.{{i}}.mlp.fc1.{w}",), (f"{layer}{fc1}.{w}",), "block"),
+                      Pair((f"blocks.{{i}}.mlp.fc2.{w}",), (f"{layer}{fc2}.{w}",), "block")]
+        else:
+            packed = ("mlp.fc1",) if layout.mlp == "swiglu_packed" else ("mlp.fc1_g", "mlp.fc1_x")
+            gate_up = ("mlp.gate_proj", "mlp.up_proj") if modular else ("mlp.weights_in",)
+            table += [Pair(tuple(f"blocks.{{i}}.{n}.{w}" for n in packed), tuple(f"{layer}{n}.{w}" for n in gate_up),
+                           "block"),
+                      Pair((f"blocks.{{i}}.mlp.fc2.{w}",),
+                           (f"{layer}mlp.{'down_proj' if modular else 'weights_out'}.{w}",), "block")]
+        table.append(Pair((f"norm.{w}",), (f"{p}layernorm.{w}",)))
+        if layout.pooler:
+            table.append(Pair((f"pre_logits.fc.{w}",), (f"{p}pooler.dense.{w}",)))
+        if layout.head == "classifier":
+            table.append(Pair((f"head.{w}",), (f"classifier.{w}",)))
+        elif layout.head == "teacher":
+            table += [Pair((f"head.{w}",), (f"cls_classifier.{w}",)),
+                      Pair((f"head_dist.{w}",), (f"distillation_classifier.{w}",))]
+    if dinov2:
+        table += [Pair((f"blocks.{{i}}.ls{n}.gamma",), (f"{layer}layer_scale{n}.lambda1",), "block") for n in (1, 2)]
+    return table
+
+
+def _rows(part: int, parts: int) -> Op:
+    """Row block `part` of `parts` equal blocks of the sources' rows, concatenated."""
+
+    def apply(*arrays: np.ndarray) -> np.ndarray:
+        whole = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        n = whole.shape[0] // parts
+        return whole[part * n:(part + 1) * n]
+
+    def shape(*shapes: Shape) -> Shape:
+        if any(not s for s in shapes) or len({s[1:] for s in shapes}) != 1:
+            raise ValueError("their shapes differ beyond the rows")
+        rows = sum(s[0] for s in shapes)
+        if rows % parts:
+            raise ValueError(f"{rows} rows do not split into {parts} equal parts")
+        return (rows // parts, *shapes[0][1:])
+
+    return Op(f"rows concatenated, block {part + 1} of {parts}", apply, shape)
+
+
+def _rules(pairs_: list[Pair], to_ours: bool) -> list[Rule]:
+    rules = []
+    for pair in pairs_:
+        targets, sources = (pair.ours, pair.theirs) if to_ours else (pair.theirs, pair.ours)
+        for j, target in enumerate(targets):
+            op = IDENTITY if len(targets) == len(sources) == 1 else _rows(j, len(targets))
+            rules.append(Rule(target, sources, op, over=pair.over))
+    return rules
+
+
+def import_rules(layout: Layout) -> list[Rule]:
+    """Their tensors -> ours."""
+    return _rules(pairs(layout), to_ours=True)
+
+
+def export_rules(layout: Layout) -> list[Rule]:
+    """Our tensors -> theirs."""
+    return _rules(pairs(layout), to_ours=False)
+
+
+def bindings(depth: int) -> dict[str, list[dict[str, object]]]:
+    return {"block": [{"i": i} for i in range(depth)]}
+
+
+def detect(model_type: str, shapes: Mapping[str, Shape], where: str) -> tuple[Layout, tuple[str, ...]]:
+    """The layout of a checkpoint of `model_type` from its keys (which head, a pooler, which names), and the
+    keys transformers would not run, which are left out: a pooler beside a classifier (transformers builds
+    its classifiers without one) and Dinov2's mask token. qkv_bias and the MLP kind are the config's."""
+    prefix = f"{model_type}." if f"{model_type}.embeddings.cls_token" in shapes else ""
+    head = "teacher" if "cls_classifier.weight" in shapes else "classifier" if "classifier.weight" in shapes else None
+    if model_type == "dinov2" and head:
+        raise VitConvertError(
+            f"{where}: Dinov2ForImageClassification classifies the class token and the mean of the patch tokens "
+            "together (a classifier on 2 x hidden_size features), which our model does not express; its "
+            "encoder (dinov2.*) converts as a Dinov2Model, without the classifier")
+    if (model_type, head) not in ARCHITECTURES:
+        raise VitConvertError(f"{where}: a {model_type} checkpoint with a teacher's heads is not a model "
+                              "transformers has")
+    pooler = f"{prefix}pooler.dense.weight" in shapes
+    ignored = tuple(f"{prefix}{k}" for k in UNUSED.get(model_type, ()))
+    if pooler and head:
+        ignored += (f"{prefix}pooler.dense.weight", f"{prefix}pooler.dense.bias")
+    modular = any(f"{prefix}{layers}.0.attention.q_proj.weight" in shapes for layers in ("layers", "encoder.layer"))
+    return Layout(model_type, prefix, head, pooler and not head, modular=modular,
+                  second_token="dist_token" if head == "teacher" else "reg_token"), ignored
+
+
+def dinov2_mlp_hidden(hidden_size: int, mlp_ratio: float, swiglu: bool) -> int:
+    """The hidden width of transformers' Dinov2 MLP (its formula, 5.23): int(hidden_size * mlp_ratio); for
+    its SwiGLU, two thirds of that rounded up to a multiple of 8."""
+    width = int(hidden_size * mlp_ratio)
+    return (int(width * 2 / 3) + 7) // 8 * 8 if swiglu else width
+
+
+def dinov2_mlp_ratio(hidden_size: int, hidden: int, swiglu: bool) -> float | None:
+    """An mlp_ratio for which transformers' formula gives `hidden` (an integer one where there is), or None."""
+    near = round(1.5 * hidden) if swiglu else hidden
+    widths = sorted(range(max(near - 12, 1), near + 13), key=lambda w: (w % hidden_size != 0, abs(w - near)))
+    for width in widths:
+        ratio = width / hidden_size
+        for candidate in (ratio, math.nextafter(ratio, math.inf)):  # the product may round to width - epsilon
+            if dinov2_mlp_hidden(hidden_size, candidate, swiglu) == hidden:
+                return int(candidate) if candidate == int(candidate) else candidate
+    return None

@@ -1,0 +1,182 @@
+"""`export_hf`: one of our weights files to a directory transformers loads with nothing else: config.json,
+model.safetensors (transformers' serialized names; our qkv split into query, key, value) and
+preprocessor_config.json.
+
+The model is written as the transformers class that computes what ours does: ViT (with the pooler for a
+representation layer), DeiT (distilled, or with the unread second token as a register token), or Dinov2
+(layer scale, SwiGLU). What none of them expresses is refused, every reason named, before anything is
+written: a directory that loads and computes something else would be worse than none. The tensors stream
+from our file through `hf_layouts`' table (the one hf2torch reads) into the output one at a time; numpy
+only, and the directory appears under its name only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..convert import hf_layouts
+from ..convert.hf_layouts import Layout
+from ..convert.hf_preprocess import processor_for
+from ..convert.mapping import plan_tensors
+from ..core.config import ViTConfig
+from ..core.errors import VitConvertError
+from ..formats.dtypes import STORAGE
+from ..formats.paths import check_input
+from ..formats.safetensors_file import SafetensorsReader, TensorSpec, atomic_directory, write_safetensors
+from ..formats.weights_file import WeightsRecord, read_record
+from ..inference.labels import builtin_labels
+
+FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+
+
+@dataclass(frozen=True)
+class HfExport:
+    """What `export_hf` wrote."""
+
+    path: Path
+    architecture: str  # transformers' class, e.g. 'ViTForImageClassification'
+    model_type: str
+    processor: str  # the image processor class of preprocessor_config.json
+    files: tuple[str, ...]
+    notes: tuple[str, ...]  # where transformers' preprocessing differs from the file's
+
+
+def unexpressible(cfg: ViTConfig, features: bool) -> list[str]:
+    """What in `cfg` no transformers ViT, DeiT or Dinov2 computes, each with the reason; [] if all is."""
+    head = cfg.num_classes > 0 and not features
+    checks = [
+        (cfg.hybrid_layers is not None, ("a ResNet stem before the patch embedding (a hybrid): transformers' ViT "
+                                         "embeds the image's patches directly")),
+        (cfg.pool != "token", f"pooling {cfg.pool!r}: transformers' ViT, DeiT and Dinov2 read the class token"),
+        (cfg.fc_norm, "a norm after the pooling (fc_norm): transformers normalises every token before it"),
+        (not cfg.final_norm, "no final norm: transformers' models end in a LayerNorm"),
+        (cfg.norm != "layernorm", f"{cfg.norm} layers: transformers' ViT normalises with LayerNorm"),
+        (cfg.block != "pre_norm", f"{cfg.block} blocks: transformers' ViT blocks are pre-norm"),
+        (cfg.pre_norm, "a norm before the blocks (norm_pre)"),
+        (not cfg.patch_bias, "a patch embedding without bias"),
+        (cfg.patch_norm, "a norm inside the patch embedding"),
+        (cfg.pos_embed != "learn", "no position embedding: transformers adds a learned one"),
+        (cfg.no_embed_class, ("position embeddings for the patches only (no_embed_class): transformers adds one to "
+                              "the class token too")),
+        (cfg.qk_norm, "norms on the queries and keys"),
+        (cfg.scale_attn_norm, "a norm before the attention projection"),
+        (cfg.scale_mlp_norm, "a norm inside the MLP"),
+        (not cfg.proj_bias, "projections without bias"),
+        (cfg.reg_tokens > 1 or cfg.reg_tokens == 1 and cfg.layer_scale,
+         (f"{cfg.reg_tokens} register token(s): transformers' ViT and Dinov2 have none (DeiT's distillation token "
+          "stands for one, in a model without layer scale)")),
+        (cfg.mlp == "glu", "a GLU MLP gated by its second half"),
+        (cfg.mlp != "mlp" and not cfg.layer_scale, ("a SwiGLU MLP without layer scale: only transformers' Dinov2 "
+                                                    "has SwiGLU, and it has layer scale")),
+        (cfg.mlp != "mlp" and cfg.act != "silu", f"a SwiGLU MLP with {cfg.act}: transformers' Dinov2 SwiGLU is silu"),
+        (cfg.layer_scale and head, ("layer scale with a classifier: transformers' model with layer scale (Dinov2) "
+                                    "classifies the class token and the mean of the patches together; export the "
+                                    "features (--features) for a Dinov2Model")),
+        (cfg.layer_scale and bool(cfg.representation_size), ("a representation layer with layer scale: "
+                                                             "Dinov2Model has no pooler")),
+        (cfg.layer_scale and cfg.distilled, "a distillation token with layer scale: transformers' DeiT has none"),
+        (cfg.distilled and bool(cfg.representation_size), ("a representation layer in a distilled model: "
+                                                          "transformers' DeiT classifies the two tokens directly")),
+        (bool(cfg.representation_size) and head, ("a representation layer before the classifier: transformers' "
+                                                  "ViTForImageClassification classifies the class token directly; "
+                                                  "export the features (--features) for a ViTModel whose pooler "
+                                                  "it is")),
+    ]
+    problems = [why for failed, why in checks if failed]
+    if cfg.layer_scale and not problems and hf_layouts.dinov2_mlp_ratio(cfg.embed_dim, _hidden(cfg),
+                                                                        cfg.mlp != "mlp") is None:
+        problems.append(f"an MLP {_hidden(cfg)} wide: no mlp_ratio makes transformers' Dinov2 that wide")
+    return problems
+
+
+def _hidden(cfg: ViTConfig) -> int:
+    """The MLP's hidden width as transformers counts it (a packed SwiGLU's fc1 holds two of them)."""
+    return cfg.mlp_dim // 2 if cfg.mlp == "swiglu_packed" else cfg.mlp_dim
+
+
+def target_layout(cfg: ViTConfig, features: bool = False, where: str = "model") -> Layout:
+    """The transformers model that computes what `cfg` does (its features only, with `features`)."""
+    problems = unexpressible(cfg, features)
+    if problems:
+        raise VitConvertError(f"{where}: transformers cannot express this model: {'; '.join(problems)}; "
+                              "nothing was written")
+    head = cfg.num_classes > 0 and not features
+    if cfg.layer_scale:
+        return Layout("dinov2", qkv_bias=cfg.qkv_bias, mlp=cfg.mlp)
+    if cfg.distilled or cfg.reg_tokens:
+        kind = None if not head else "teacher" if cfg.distilled else "classifier"
+        return Layout("deit", "deit." if kind else "", kind, bool(cfg.representation_size), cfg.qkv_bias,
+                      second_token="dist_token" if cfg.distilled else "reg_token")
+    return Layout("vit", "vit." if head else "", "classifier" if head else None, bool(cfg.representation_size),
+                  cfg.qkv_bias)
+
+
+def hf_config(record: WeightsRecord, layout: Layout, dtype: str) -> dict[str, Any]:
+    """config.json for `layout`, from our record."""
+    cfg = record.config
+    h, w = cfg.img_size
+    d: dict[str, Any] = {
+        "architectures": [layout.architecture], "model_type": layout.model_type, "hidden_size": cfg.embed_dim,
+        "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.num_heads,
+        "hidden_act": hf_layouts.EXPORT_ACTIVATIONS[cfg.act], "layer_norm_eps": cfg.ln_eps,
+        "image_size": h if h == w else [h, w], "patch_size": cfg.patch_size if isinstance(cfg.patch_size, int)
+        else list(cfg.patch_size), "num_channels": cfg.in_chans, "qkv_bias": cfg.qkv_bias,
+        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "dtype": dtype,
+    }
+    if layout.model_type == "dinov2":
+        d.update(mlp_ratio=hf_layouts.dinov2_mlp_ratio(cfg.embed_dim, _hidden(cfg), cfg.mlp != "mlp"),
+                 use_swiglu_ffn=cfg.mlp != "mlp", layerscale_value=1.0, drop_path_rate=0.0, use_mask_token=True)
+    else:
+        d.update(intermediate_size=cfg.mlp_dim, pooler_output_size=cfg.representation_size or cfg.embed_dim,
+                 pooler_act="tanh", encoder_stride=cfg.patch_size if isinstance(cfg.patch_size, int) else 16)
+    if layout.head:
+        names = _class_names(record)
+        d.update(id2label={str(i): name for i, name in enumerate(names)},
+                 label2id={name: i for i, name in enumerate(names)})
+    return d
+
+
+def _class_names(record: WeightsRecord) -> list[str]:
+    """The record's class names; transformers' placeholders (LABEL_0, ...) where it has none."""
+    labels, n = record.labels, record.config.num_classes
+    if isinstance(labels, str):
+        return builtin_labels(labels)
+    return list(labels) if labels else [f"LABEL_{i}" for i in range(n)]
+
+
+def export_hf(src: str | os.PathLike, dst: str | os.PathLike, *, features: bool = False,
+              force: bool = False) -> HfExport:
+    """Write our weights file `src` as a transformers model directory `dst`.
+
+    features: leave the classifier out (ViTModel, DeiTModel or Dinov2Model, for AutoModel); a model without
+    a head always is. dst must not exist, or be empty; with `force`, a directory holding only what an export
+    writes is replaced. Refused, naming every reason, when transformers cannot express the model.
+    """
+    src = check_input(src, "a vitconvert weights file")
+    record = read_record(src)
+    layout = target_layout(record.config, features, str(src))
+    reader = SafetensorsReader(src)
+    dtype = next(name for name, (code, _) in STORAGE.items() if code == next(iter(reader.dtypes.values())))
+    dropped = [k for k in reader.shapes if k.startswith(("head.", "head_dist."))] if layout.head is None else []
+    specs = plan_tensors(hf_layouts.export_rules(layout), reader, hf_layouts.bindings(record.config.depth),
+                         where=str(src), ignore=dropped)
+    specs += [TensorSpec(name, (1, record.config.embed_dim), lambda d=record.config.embed_dim: np.zeros((1, d)))
+              for name in hf_layouts.UNUSED.get(layout.model_type, ())]
+    processor, notes = processor_for(record.preprocess)
+    with atomic_directory(dst, force, replaceable=frozenset(FILES)) as tmp:
+        _write_json(tmp / "config.json", hf_config(record, layout, dtype))
+        _write_json(tmp / "preprocessor_config.json", processor)
+        write_safetensors(tmp / "model.safetensors", specs, dtype, {"format": "pt"})
+    return HfExport(path=Path(dst), architecture=layout.architecture, model_type=layout.model_type,
+                    processor=processor["image_processor_type"], files=FILES, notes=tuple(notes))
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
