@@ -31,6 +31,7 @@ _EXPORTS = {
     "Predictor": "inference.predictor",
     "save_embeddings": "formats.embeddings",
     "export_onnx": "export.onnx",
+    "finetune": "train.finetune",
 }
 
 __all__ = sorted(_EXPORTS)
