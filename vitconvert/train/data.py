@@ -135,21 +135,21 @@ def _readable(labelled: Labelled, source: Path, strict: bool, every_class: bool)
     with ThreadPoolExecutor(HEADER_THREADS) as pool:
         problems = list(pool.map(_header_problem, labelled.paths))
     bad = [problem for problem in problems if problem]
-    if bad:
-        shown = "; ".join(bad[:SHOWN]) + (f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
-        if strict:
-            raise VitConvertError(f"{source}: {len(bad)} of {len(labelled)} images cannot be read: {shown}")
-        warnings.warn(f"{source}: skipped {len(bad)} of {len(labelled)} images that cannot be read ({shown}); "
-                      "--strict (strict=True) makes this an error", VitConvertWarning, stacklevel=3)
-        labelled = labelled.subset([i for i, problem in enumerate(problems) if not problem])
+    shown = "; ".join(bad[:SHOWN]) + (f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
+    if bad and strict:
+        raise VitConvertError(f"{source}: {len(bad)} of {len(labelled)} images cannot be read: {shown}")
+    kept = labelled.subset([i for i, problem in enumerate(problems) if not problem]) if bad else labelled
     if every_class:
-        empty = [name for name, n in zip(labelled.classes, labelled.counts()) if not n]
+        empty = [name for name, n in zip(kept.classes, kept.counts(), strict=True) if not n]
         if empty:
             raise VitConvertError(f"{source}: class {empty[0]!r} has no readable images"
-                                  + (f" (nor {len(empty) - 1} more)" if len(empty) > 1 else ""))
-    elif not len(labelled):
-        raise VitConvertError(f"{source}: no readable images")
-    return labelled
+                                  + (f" (nor {len(empty) - 1} more)" if len(empty) > 1 else "") + f": {shown}")
+    elif not len(kept):
+        raise VitConvertError(f"{source}: no readable images: {shown}")
+    if bad:
+        warnings.warn(f"{source}: skipped {len(bad)} of {len(labelled)} images that cannot be read ({shown}); "
+                      "--strict (strict=True) makes this an error", VitConvertWarning, stacklevel=3)
+    return kept
 
 
 def _header_problem(path: Path) -> str | None:
