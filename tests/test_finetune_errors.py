@@ -142,7 +142,8 @@ def test_an_image_that_breaks_off_after_its_header_stops_the_run(capsys, parent,
 
 def test_a_batch_larger_than_the_data(capsys, parent, data, tmp_path):
     err = fails(capsys, tmp_path / "o.safetensors", parent, data, tmp_path / "o.safetensors", "--batch-size", "9")
-    assert err == "error: the batch size 9 is larger than the 8 training images; give a smaller --batch-size (batch_size=)"
+    assert err == ("error: the batch size 9 is larger than the 8 training images; give a smaller --batch-size "
+                   "(batch_size=)")
 
 
 @pytest.mark.parametrize("kind", ["timm state dict in safetensors", "npz", "text"])
@@ -192,14 +193,16 @@ def test_a_split_too_fine_for_a_class(capsys, parent, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--val", "v", "--val-split", "0.1"], "error: give validation data (--val) or a validation split (--val-split), not both"),
+    (["--val", "v", "--val-split", "0.1"],
+     "error: give validation data (--val) or a validation split (--val-split), not both"),
     (["--epochs", "2"], "error: give the run's length as epochs or as steps, not both"),
     (["--res", "30"], "error: image size 30x30 is not a multiple of the patch stride 8"),
     (["--warmup-steps", "1"], "error: 1 warm-up steps leave none of the 1 steps of the run to train at the full "
                               "learning rate; give fewer --warmup-steps"),
 ])
 def test_options_that_do_not_go_together(capsys, parent, data, tmp_path, extra, message):
-    assert fails(capsys, tmp_path / "o.safetensors", parent, data, tmp_path / "o.safetensors", *QUICK, *extra) == message
+    out = tmp_path / "o.safetensors"
+    assert fails(capsys, out, parent, data, out, *QUICK, *extra) == message
 
 
 @pytest.mark.parametrize("args, message", [
