@@ -204,3 +204,22 @@ def test_accumulating_micro_batches_gives_the_same_weights(parent, tmp_path):
                  warmup_steps=0, lr=0.1)
     one, four = (safetensors.torch.load_file(tmp_path / f"acc{n}.safetensors") for n in (1, 4))
     assert max((one[k] - four[k]).abs().max().item() for k in one) <= 5e-7  # observed 6.0e-8
+
+
+def test_weight_decay_skips_what_timms_optimizer_factory_skips(parent):
+    """Biases, norm scales and the learned tokens are not decayed (timm's param_groups_weight_decay with
+    the model's no_weight_decay() list)."""
+    from timm.optim._param_groups import param_groups_weight_decay
+
+    from vitconvert.train.recipe import Recipe
+
+    record, state = load_state_dict(parent)
+    ours = finetuning_model(record, state, 4)
+    names = {id(p): n for n, p in ours.named_parameters()}
+    decayed = {names[id(p)] for p in Recipe(optimizer="adamw", weight_decay=0.05).optimizer_for(ours).param_groups[0]
+               ["params"]}
+    twin = timm_tiny(4)
+    twin_names = {id(p): n for n, p in twin.named_parameters()}
+    groups = param_groups_weight_decay(twin, 0.05, no_weight_decay_list=twin.no_weight_decay())
+    expected = {twin_names[id(p)] for g in groups if g["weight_decay"] for p in g["params"]}
+    assert decayed == expected and "blocks.0.attn.qkv.weight" in decayed and "pos_embed" not in decayed

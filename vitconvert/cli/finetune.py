@@ -30,17 +30,17 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--freeze-backbone", is_flag=True, help="Train the new head alone (a linear probe).")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True,
               help="sgd: momentum 0.9, Google's recipe; adamw: torch's AdamW.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.03, show_default=True,
-              help="Peak learning rate (Google's 0.03 at batch 512; not scaled with the batch).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True),
+              help="Peak learning rate. Default 0.03, Google's at batch 512 (not scaled with the batch).")
 @click.option("--weight-decay", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Decoupled for adamw, L2 for sgd; never on biases, norms and learned tokens.")
 @click.option("--warmup-steps", type=click.IntRange(0), metavar="N",
               help="Linear warm-up steps before the cosine decay. Default: 5% of the run.")
 @click.option("--epochs", type=click.IntRange(1), metavar="N", help="Length of the run in epochs (default 10).")
 @click.option("--steps", type=click.IntRange(1), metavar="N", help="Length of the run in optimiser steps instead.")
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1),
               help="Images per optimiser step over all processes (the same number, the same optimisation "
-                   "whatever --nproc_per_node).")
+                   "whatever --nproc_per_node). Default 128.")
 @click.option("--accumulate", type=click.IntRange(1), default=1, show_default=True, metavar="N",
               help="Split each process's share of a step into N micro-batches (less memory, same result).")
 @click.option("--res", callback=_size, metavar="R|HxW",
@@ -68,8 +68,9 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
 @click.option("--json", "as_json", is_flag=True, help="Print the per-epoch log as JSON lines, and nothing else.")
 @debug_option
 def finetune_cmd(paths: tuple[str, ...], model_name: str | None, val: str | None, val_split: float | None,
-                 freeze_backbone: bool, optimizer: str, lr: float, weight_decay: float, warmup_steps: int | None,
-                 epochs: int | None, steps: int | None, batch_size: int, accumulate: int,
+                 freeze_backbone: bool, optimizer: str, lr: float | None, weight_decay: float,
+                 warmup_steps: int | None, epochs: int | None, steps: int | None, batch_size: int | None,
+                 accumulate: int,
                  res: tuple[int, int] | None, label_smoothing: float, augment: str, mixed_precision: str,
                  device: str | None, workers: int, seed: int, strict: bool, checkpoint_dir: str | None,
                  resume: bool, plot: str | None, force: bool, as_json: bool) -> None:
@@ -107,14 +108,15 @@ def finetune_cmd(paths: tuple[str, ...], model_name: str | None, val: str | None
         weights_path = resolve_weights(weights[0] if weights else None, model_name)
         from ..train.finetune import finetune
 
+        defaults = {"batch_size": batch_size} if batch_size is not None else {}  # else the library's own
         with _EpochBars(quiet=as_json or not main) as bars:
             history = finetune(
                 weights_path, data, out, val=val, val_split=val_split, freeze_backbone=freeze_backbone,
                 optimizer=optimizer, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, epochs=epochs,
-                steps=steps, batch_size=batch_size, accumulate=accumulate, res=res, label_smoothing=label_smoothing,
-                augment=augment, mixed_precision=mixed_precision, device=device, workers=workers, seed=seed,
-                strict=strict, force=force, checkpoint_dir=checkpoint_dir, resume=resume, plot=plot,
-                on_step=bars.step, on_epoch=lambda log: bars.epoch(log, as_json))
+                steps=steps, accumulate=accumulate, res=res, label_smoothing=label_smoothing, augment=augment,
+                mixed_precision=mixed_precision, device=device, workers=workers, seed=seed, strict=strict,
+                force=force, checkpoint_dir=checkpoint_dir, resume=resume, plot=plot, on_step=bars.step,
+                on_epoch=lambda log: bars.epoch(log, as_json), **defaults)
     except VitConvertError:
         if not main:  # every process meets the same bad input; rank 0 says so
             sys.exit(EXIT_ERROR)
