@@ -223,3 +223,53 @@ def test_weight_decay_skips_what_timms_optimizer_factory_skips(parent):
     groups = param_groups_weight_decay(twin, 0.05, no_weight_decay_list=twin.no_weight_decay())
     expected = {twin_names[id(p)] for g in groups if g["weight_decay"] for p in g["params"]}
     assert decayed == expected and "blocks.0.attn.qkv.weight" in decayed and "pos_embed" not in decayed
+
+
+@pytest.fixture(scope="module")
+def few(tmp_path_factory) -> Path:
+    return small_tree(tmp_path_factory.mktemp("few") / "train", dict.fromkeys(CLASSES[:3], 8))
+
+
+def test_worker_processes_feed_the_same_crops_in_the_same_order(parent, few, tmp_path):
+    for workers in (0, 2):
+        finetune(parent, few, tmp_path / f"w{workers}.safetensors", steps=4, batch_size=6, workers=workers)
+    a, b = (safetensors.torch.load_file(tmp_path / f"w{n}.safetensors") for n in (0, 2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_at_another_size_resamples_the_position_embeddings_as_timm_does(parent, few, tmp_path):
+    from timm.layers import resample_abs_pos_embed
+
+    out = tmp_path / "at48.safetensors"
+    finetune(parent, few, out, res=48, steps=2, batch_size=6, freeze_backbone=True)  # the backbone as it was loaded
+    record = read_record(out)
+    assert record.config.img_size == (48, 48) and record.preprocess.size == (48, 48)
+    _, state = load_state_dict(parent)
+    expected = resample_abs_pos_embed(state["pos_embed"], new_size=(6, 6), old_size=(4, 4), num_prefix_tokens=1)
+    assert torch.equal(safetensors.torch.load_file(out)["pos_embed"], expected)
+
+
+# Observed weight differences from the float32 run after 4 steps: bf16 3.5e-4, fp16 7.9e-5.
+@pytest.mark.parametrize("precision, bound", [("bf16", 1.5e-3), ("fp16", 4e-4)])
+def test_mixed_precision_trains_in_half_precision_and_stores_float32(parent, few, tmp_path, precision, bound):
+    for name, mp in (("full", "no"), ("half", precision)):
+        finetune(parent, few, tmp_path / f"{name}.safetensors", steps=4, batch_size=6, lr=0.1, warmup_steps=0,
+                 mixed_precision=mp)
+    full, half = (safetensors.torch.load_file(tmp_path / f"{n}.safetensors") for n in ("full", "half"))
+    diff = max((full[k] - half[k]).abs().max().item() for k in full)
+    assert all(t.dtype == torch.float32 for t in half.values())
+    assert 1e-5 < diff < bound  # autocast at work, and near float32
+
+
+def test_a_cached_model_is_named_with_model(parent, few, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from vitconvert.cli import cli
+    from vitconvert.cli.errors import run
+
+    monkeypatch.setenv("VITCONVERT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    shutil.copy(parent, tmp_path / "cache" / "tiny-test.safetensors")
+    run(cli, ["finetune", "--model", "tiny-test", str(few), str(tmp_path / "o.safetensors"), "--steps", "1",
+              "--batch-size", "6"])
+    assert read_record(tmp_path / "o.safetensors").source.file == "tiny-test.safetensors"
