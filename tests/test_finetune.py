@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from helpers.finetune import CLASSES, FASHION, converted_tiny, small_tree, timm_tiny
+from helpers.finetune import CLASSES, FASHION, small_tree, timm_tiny
 from PIL import Image
 
 from vitconvert import load_model, read_record
@@ -30,25 +30,13 @@ RUN = {"epochs": 12, "batch_size": 30, "lr": 0.05, "augment": "none"}
 ACCURACY_BAR = 0.40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's matrix products are too small to share: on the test machine's 2 busy cores, 2
-    threads ran these runs 3 to 6 times slower than 1."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
 
 
 @pytest.fixture(scope="module")
-def parent(tmp_path_factory) -> Path:
-    return converted_tiny(tmp_path_factory.mktemp("parent") / "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
-def trained(parent, tmp_path_factory):
+def trained(tiny_parent, tmp_path_factory):
     folder = tmp_path_factory.mktemp("trained")
-    history = finetune(parent, FASHION / "train", folder / "fashion.safetensors", val=FASHION / "val",
+    history = finetune(tiny_parent, FASHION / "train", folder / "fashion.safetensors", val=FASHION / "val",
                        plot=folder / "curves.png", **RUN)
     return folder / "fashion.safetensors", history
 
@@ -89,15 +77,15 @@ def test_timm_loads_the_file_and_gives_the_same_logits(trained):
     assert diff <= 2e-6  # observed 4.8e-7 (timm runs the last block for every token: rounding)
 
 
-def test_the_record_says_what_the_file_is_and_where_it_came_from(trained, parent):
+def test_the_record_says_what_the_file_is_and_where_it_came_from(trained, tiny_parent):
     out, history = trained
-    record, before = read_record(out), read_record(parent)
+    record, before = read_record(out), read_record(tiny_parent)
     assert record.labels == tuple(CLASSES) and not record.head_is_zero
     assert before.config.representation_size == 32 and before.head_is_zero  # a 2020-style file, as published
     assert record.config == before.config.replace(num_classes=10, representation_size=None)
     assert record.preprocess == before.preprocess
     assert record.source.format == "vitconvert-finetune" and record.source.file == "tiny.safetensors"
-    assert record.source.sha256 == hashlib.sha256(parent.read_bytes()).hexdigest()
+    assert record.source.sha256 == hashlib.sha256(tiny_parent.read_bytes()).hexdigest()
     training = record.source.training
     assert (training["train_images"], training["val_images"], training["classes"]) == (300, 100, 10)
     assert (training["epochs"], training["steps"], training["batch_size"]) == (12, 120, 30)
@@ -111,8 +99,8 @@ def test_plot_draws_the_curves_as_a_png(trained):
         assert len(image.convert("L").getcolors(10**6)) > 50  # lines and text, not a blank canvas
 
 
-def test_the_new_head_is_zero_and_the_representation_layer_is_gone(parent):
-    record, state = load_state_dict(parent)
+def test_the_new_head_is_zero_and_the_representation_layer_is_gone(tiny_parent):
+    record, state = load_state_dict(tiny_parent)
     assert "pre_logits.fc.weight" in state
     model = finetuning_model(record, dict(state), 5)
     new = model.state_dict()
@@ -122,15 +110,15 @@ def test_the_new_head_is_zero_and_the_representation_layer_is_gone(parent):
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         # The head reads the pooled features before the dropped layer: timm's pre_logits=True features.
-        assert torch.equal(model.forward_pooled(x), load_model(parent).forward_pooled(x))
+        assert torch.equal(model.forward_pooled(x), load_model(tiny_parent).forward_pooled(x))
         assert not model(x).any()
 
 
-def test_a_frozen_backbone_trains_the_head_alone(parent, tmp_path):
+def test_a_frozen_backbone_trains_the_head_alone(tiny_parent, tmp_path):
     data = small_tree(tmp_path / "data", dict.fromkeys(CLASSES[:3], 8))
-    finetune(parent, data, tmp_path / "probe.safetensors", freeze_backbone=True, steps=4, batch_size=12,
+    finetune(tiny_parent, data, tmp_path / "probe.safetensors", freeze_backbone=True, steps=4, batch_size=12,
              warmup_steps=0, augment="none")
-    _, before = load_state_dict(parent)
+    _, before = load_state_dict(tiny_parent)
     after = safetensors.torch.load_file(tmp_path / "probe.safetensors")
     assert all(torch.equal(after[k], before[k]) for k in after if not k.startswith("head."))
     assert after["head.weight"].shape == (3, 32) and after["head.weight"].abs().min() > 0
@@ -159,20 +147,20 @@ def test_the_learning_rate_is_vit_jaxs_warmup_and_cosine(total, warmup):
     assert used == pytest.approx([vit_jax_lr(s, total, 0.03, warmup) for s in range(total)], abs=1e-12)
 
 
-def test_the_default_run_is_googles_recipe_run_by_hand_on_timm(parent, tmp_path):
+def test_the_default_run_is_googles_recipe_run_by_hand_on_timm(tiny_parent, tmp_path):
     """Every default (lr, momentum, warm-up share, clipping, schedule, zero head, loss) against a plain
     loop on timm's model: SGD(momentum=0.9) at vit_jax's base rate 0.03, clip_grad_norm_(1.0), 5% warm-up
     then cosine, over the documented data order (a permutation per epoch seeded by (seed, epoch))."""
     counts = dict.fromkeys(CLASSES[:4], 10)
     data = small_tree(tmp_path / "data", counts)
     steps, batch = 20, 10
-    finetune(parent, data, tmp_path / "ours.safetensors", steps=steps, batch_size=batch, augment="none")
+    finetune(tiny_parent, data, tmp_path / "ours.safetensors", steps=steps, batch_size=batch, augment="none")
 
-    _, state = load_state_dict(parent)
+    _, state = load_state_dict(tiny_parent)
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "pre_logits."))}
     reference = timm_tiny(4).train()
     reference.load_state_dict({**state, "head.weight": torch.zeros(4, 32), "head.bias": torch.zeros(4)})
-    preprocess = read_record(parent).preprocess
+    preprocess = read_record(tiny_parent).preprocess
     paths = [p for name in CLASSES[:4] for p in sorted((data / name).iterdir())]
     inputs = torch.stack([prepare(p, preprocess, 10**6) for p in paths])
     labels = torch.tensor([CLASSES[:4].index(p.parent.name) for p in paths])
@@ -197,23 +185,23 @@ def test_the_default_run_is_googles_recipe_run_by_hand_on_timm(parent, tmp_path)
     assert diff <= 5e-7 < 1e-4 < moved  # observed 6.0e-8 apart, while every tensor moved by 8.4e-4 or more
 
 
-def test_accumulating_micro_batches_gives_the_same_weights(parent, tmp_path):
+def test_accumulating_micro_batches_gives_the_same_weights(tiny_parent, tmp_path):
     data = small_tree(tmp_path / "data", dict.fromkeys(CLASSES[:3], 8))
     for n in (1, 4):
-        finetune(parent, data, tmp_path / f"acc{n}.safetensors", steps=4, batch_size=12, accumulate=n,
+        finetune(tiny_parent, data, tmp_path / f"acc{n}.safetensors", steps=4, batch_size=12, accumulate=n,
                  warmup_steps=0, lr=0.1)
     one, four = (safetensors.torch.load_file(tmp_path / f"acc{n}.safetensors") for n in (1, 4))
     assert max((one[k] - four[k]).abs().max().item() for k in one) <= 5e-7  # observed 6.0e-8
 
 
-def test_weight_decay_skips_what_timms_optimizer_factory_skips(parent):
+def test_weight_decay_skips_what_timms_optimizer_factory_skips(tiny_parent):
     """Biases, norm scales and the learned tokens are not decayed (timm's param_groups_weight_decay with
     the model's no_weight_decay() list)."""
     from timm.optim._param_groups import param_groups_weight_decay
 
     from vitconvert.train.recipe import Recipe
 
-    record, state = load_state_dict(parent)
+    record, state = load_state_dict(tiny_parent)
     ours = finetuning_model(record, state, 4)
     names = {id(p): n for n, p in ours.named_parameters()}
     decayed = {names[id(p)] for p in Recipe(optimizer="adamw", weight_decay=0.05).optimizer_for(ours).param_groups[0]
@@ -230,30 +218,31 @@ def few(tmp_path_factory) -> Path:
     return small_tree(tmp_path_factory.mktemp("few") / "train", dict.fromkeys(CLASSES[:3], 8))
 
 
-def test_worker_processes_feed_the_same_crops_in_the_same_order(parent, few, tmp_path):
+def test_worker_processes_feed_the_same_crops_in_the_same_order(tiny_parent, few, tmp_path):
     for workers in (0, 2):
-        finetune(parent, few, tmp_path / f"w{workers}.safetensors", steps=4, batch_size=6, workers=workers)
+        finetune(tiny_parent, few, tmp_path / f"w{workers}.safetensors", steps=4, batch_size=6, workers=workers)
     a, b = (safetensors.torch.load_file(tmp_path / f"w{n}.safetensors") for n in (0, 2))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_training_at_another_size_resamples_the_position_embeddings_as_timm_does(parent, few, tmp_path):
+def test_training_at_another_size_resamples_the_position_embeddings_as_timm_does(tiny_parent, few, tmp_path):
     from timm.layers import resample_abs_pos_embed
 
     out = tmp_path / "at48.safetensors"
-    finetune(parent, few, out, res=48, steps=2, batch_size=6, freeze_backbone=True)  # the backbone as it was loaded
+    # A frozen backbone: the file holds the position embeddings as they were loaded.
+    finetune(tiny_parent, few, out, res=48, steps=2, batch_size=6, freeze_backbone=True)
     record = read_record(out)
     assert record.config.img_size == (48, 48) and record.preprocess.size == (48, 48)
-    _, state = load_state_dict(parent)
+    _, state = load_state_dict(tiny_parent)
     expected = resample_abs_pos_embed(state["pos_embed"], new_size=(6, 6), old_size=(4, 4), num_prefix_tokens=1)
     assert torch.equal(safetensors.torch.load_file(out)["pos_embed"], expected)
 
 
 # Observed weight differences from the float32 run after 4 steps: bf16 3.5e-4, fp16 7.9e-5.
 @pytest.mark.parametrize("precision, bound", [("bf16", 1.5e-3), ("fp16", 4e-4)])
-def test_mixed_precision_trains_in_half_precision_and_stores_float32(parent, few, tmp_path, precision, bound):
+def test_mixed_precision_trains_in_half_precision_and_stores_float32(tiny_parent, few, tmp_path, precision, bound):
     for name, mp in (("full", "no"), ("half", precision)):
-        finetune(parent, few, tmp_path / f"{name}.safetensors", steps=4, batch_size=6, lr=0.1, warmup_steps=0,
+        finetune(tiny_parent, few, tmp_path / f"{name}.safetensors", steps=4, batch_size=6, lr=0.1, warmup_steps=0,
                  mixed_precision=mp)
     full, half = (safetensors.torch.load_file(tmp_path / f"{n}.safetensors") for n in ("full", "half"))
     diff = max((full[k] - half[k]).abs().max().item() for k in full)
@@ -261,7 +250,7 @@ def test_mixed_precision_trains_in_half_precision_and_stores_float32(parent, few
     assert 1e-5 < diff < bound  # autocast at work, and near float32
 
 
-def test_a_cached_model_is_named_with_model(parent, few, tmp_path, monkeypatch, capsys):
+def test_a_cached_model_is_named_with_model(tiny_parent, few, tmp_path, monkeypatch, capsys):
     import shutil
 
     from vitconvert.cli import cli
@@ -269,7 +258,7 @@ def test_a_cached_model_is_named_with_model(parent, few, tmp_path, monkeypatch, 
 
     monkeypatch.setenv("VITCONVERT_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
-    shutil.copy(parent, tmp_path / "cache" / "tiny-test.safetensors")
+    shutil.copy(tiny_parent, tmp_path / "cache" / "tiny-test.safetensors")
     run(cli, ["finetune", "--model", "tiny-test", str(few), str(tmp_path / "o.safetensors"), "--steps", "1",
               "--batch-size", "6"])
     assert read_record(tmp_path / "o.safetensors").source.file == "tiny-test.safetensors"

@@ -1,15 +1,16 @@
-"""`vitconvert finetune` on bad input: one clear line on stderr (exit 1, or 2 for usage), and never a file
-written, half or whole, under OUT."""
+"""`vitconvert finetune` on the command line: what it prints, and on bad input one clear line on stderr
+(exit 1, or 2 for usage) and never a file written, half or whole, under OUT."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import disk_full_after
-from helpers.finetune import CLASSES, converted_tiny, small_tree
+from helpers.finetune import CLASSES, small_tree
 
 from vitconvert.cli import cli
 from vitconvert.cli.errors import run
@@ -19,17 +20,7 @@ from vitconvert.train import finetune as finetune_module
 QUICK = ["--steps", "1", "--batch-size", "4", "--augment", "none"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is faster on the shared cores (see test_finetune)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def parent(tmp_path_factory) -> Path:
-    return converted_tiny(tmp_path_factory.mktemp("parent") / "tiny.safetensors")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
 
 
 @pytest.fixture
@@ -60,8 +51,8 @@ def fails(capsys, out: Path, *args, code: int = 1, trained: bool = False) -> str
     return err.strip()
 
 
-def test_a_good_run_prints_a_line_per_epoch_and_what_it_wrote(capsys, parent, data, tmp_path):
-    code, out, err = finetune_cli(capsys, parent, data, tmp_path / "o.safetensors", "--epochs", "2",
+def test_a_good_run_prints_a_line_per_epoch_and_what_it_wrote(capsys, tiny_parent, data, tmp_path):
+    code, out, err = finetune_cli(capsys, tiny_parent, data, tmp_path / "o.safetensors", "--epochs", "2",
                                   "--batch-size", "4", "--val-split", "0.25")
     assert code == 0 and err == ""
     lines = out.splitlines()
@@ -70,53 +61,66 @@ def test_a_good_run_prints_a_line_per_epoch_and_what_it_wrote(capsys, parent, da
     assert lines[2].startswith(f"wrote {tmp_path / 'o.safetensors'}: 2 classes (ankle_boot, bag), validation top-1 ")
 
 
-def test_json_prints_the_epoch_log_alone(capsys, parent, data, tmp_path):
+def test_a_bar_per_epoch_with_the_loss_and_speed_on_a_terminal(capsys, tiny_parent, data, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    code, out, err = finetune_cli(capsys, tiny_parent, data, tmp_path / "o.safetensors", "--epochs", "2",
+                                  "--batch-size", "4", "--augment", "none")
+    drawn = [line.split("\r")[-1].rstrip() for line in err.split("\n")]  # each '\r' redraws the line
+    assert code == 0 and len(drawn) == 3 and drawn[2] == ""
+    for epoch, line in enumerate(drawn[:2], 1):  # each epoch's bar stays, full, above its line on stdout
+        assert re.fullmatch(rf"epoch {epoch}/2 \[#{{24}}\] 100% 2/2 loss \d\.\d{{4}} \d+ img/s", line), line
+    assert len(out.splitlines()) == 3
+
+
+def test_json_prints_the_epoch_log_alone(capsys, tiny_parent, data, tmp_path):
     import json
 
-    code, out, _ = finetune_cli(capsys, parent, data, tmp_path / "o.safetensors", "--epochs", "2", "--json", *QUICK[2:])
+    code, out, _ = finetune_cli(capsys, tiny_parent, data, tmp_path / "o.safetensors", "--epochs", "2", "--json",
+                                *QUICK[2:])
     logs = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [log["epoch"] for log in logs] == [1, 2] and logs[0]["val_top1"] is None
     assert set(logs[0]) == {"epoch", "step", "train_loss", "val_loss", "val_top1", "lr", "images_per_s", "seconds"}
 
 
-def test_an_existing_out_is_kept_without_force(capsys, parent, data, tmp_path):
+def test_an_existing_out_is_kept_without_force(capsys, tiny_parent, data, tmp_path):
     out = tmp_path / "o.safetensors"
     out.write_bytes(b"mine")
-    err = fails(capsys, out, parent, data, out, *QUICK)
+    err = fails(capsys, out, tiny_parent, data, out, *QUICK)
     assert err == f"error: output {out} exists; pass --force (force=True) to replace it"
     assert out.read_bytes() == b"mine"
-    assert finetune_cli(capsys, parent, data, out, *QUICK, "--force")[0] == 0
+    assert finetune_cli(capsys, tiny_parent, data, out, *QUICK, "--force")[0] == 0
     assert read_record(out).labels == tuple(CLASSES[:2])
 
 
-def test_an_empty_folder(capsys, parent, tmp_path):
+def test_an_empty_folder(capsys, tiny_parent, tmp_path):
     (tmp_path / "empty").mkdir()
-    err = fails(capsys, tmp_path / "o.safetensors", parent, tmp_path / "empty", tmp_path / "o.safetensors", *QUICK)
+    err = fails(capsys, tmp_path / "o.safetensors", tiny_parent, tmp_path / "empty", tmp_path / "o.safetensors", *QUICK)
     assert err.endswith("empty: no class folders; give a folder with one sub-folder of images per class (its name "
                         "is the class name), or a CSV file of path,label rows")
 
 
-def test_a_single_class(capsys, parent, tmp_path):
+def test_a_single_class(capsys, tiny_parent, tmp_path):
     data = small_tree(tmp_path / "one", {"bag": 6})
-    err = fails(capsys, tmp_path / "o.safetensors", parent, data, tmp_path / "o.safetensors", *QUICK)
+    err = fails(capsys, tmp_path / "o.safetensors", tiny_parent, data, tmp_path / "o.safetensors", *QUICK)
     assert err == f"error: {data}: only one class ('bag'); a classifier needs at least 2 (one sub-folder of " \
                   "images per class, or two labels in the CSV)"
 
 
-def test_a_class_with_no_images(capsys, parent, data, tmp_path):
+def test_a_class_with_no_images(capsys, tiny_parent, data, tmp_path):
     (data / "coat").mkdir()
     (data / "coat" / "notes.txt").write_text("no images here")
-    err = fails(capsys, tmp_path / "o.safetensors", parent, data, tmp_path / "o.safetensors", *QUICK)
+    err = fails(capsys, tmp_path / "o.safetensors", tiny_parent, data, tmp_path / "o.safetensors", *QUICK)
     assert err.startswith(f"error: class 'coat': {data / 'coat'}: directory has no image files (")
 
 
-def test_unreadable_images_are_skipped_with_a_count_and_names_or_refused_with_strict(capsys, parent, data, tmp_path):
+def test_unreadable_images_are_skipped_with_a_count_and_names_or_refused_with_strict(capsys, tiny_parent, data,
+                                                                                    tmp_path):
     (data / "bag" / "broken.png").write_bytes(b"not a png")
     (data / "bag" / "empty.jpg").touch()
     out = tmp_path / "o.safetensors"
-    err = fails(capsys, out, parent, data, out, *QUICK, "--strict")
+    err = fails(capsys, out, tiny_parent, data, out, *QUICK, "--strict")
     assert err.startswith(f"error: {data}: 2 of 10 images cannot be read: {data / 'bag' / 'broken.png'}: not an image")
-    code, _, err = finetune_cli(capsys, parent, data, out, *QUICK)
+    code, _, err = finetune_cli(capsys, tiny_parent, data, out, *QUICK)
     assert code == 0 and out.is_file()
     assert err.startswith(f"warning: {data}: skipped 2 of 10 images that cannot be read ({data / 'bag' / 'broken.png'}"
                           ": not an image file") and f"{data / 'bag' / 'empty.jpg'}: empty file" in err
@@ -124,24 +128,24 @@ def test_unreadable_images_are_skipped_with_a_count_and_names_or_refused_with_st
     assert read_record(out).source.training["train_images"] == 8
 
 
-def test_a_class_whose_images_are_all_unreadable(capsys, parent, data, tmp_path):
+def test_a_class_whose_images_are_all_unreadable(capsys, tiny_parent, data, tmp_path):
     for image in (data / "bag").iterdir():
         image.write_bytes(b"garbage")
-    err = fails(capsys, tmp_path / "o.safetensors", parent, data, tmp_path / "o.safetensors", *QUICK)
+    err = fails(capsys, tmp_path / "o.safetensors", tiny_parent, data, tmp_path / "o.safetensors", *QUICK)
     assert err.startswith(f"error: {data}: class 'bag' has no readable images: {data / 'bag'}/")
     assert err.endswith("; and 1 more")  # 4 images: 3 named, 1 counted
 
 
-def test_an_image_that_breaks_off_after_its_header_stops_the_run(capsys, parent, data, tmp_path):
+def test_an_image_that_breaks_off_after_its_header_stops_the_run(capsys, tiny_parent, data, tmp_path):
     image = next((data / "bag").iterdir())
     image.write_bytes(image.read_bytes()[:60])  # a PNG cut inside its pixel data: the header still reads
-    err = fails(capsys, tmp_path / "o.safetensors", parent, data, tmp_path / "o.safetensors",
+    err = fails(capsys, tmp_path / "o.safetensors", tiny_parent, data, tmp_path / "o.safetensors",
                 "--steps", "2", "--batch-size", "8", "--augment", "none")
     assert err.startswith(f"error: {image}: cannot decode image (") and "remove or replace it and run again" in err
 
 
-def test_a_batch_larger_than_the_data(capsys, parent, data, tmp_path):
-    err = fails(capsys, tmp_path / "o.safetensors", parent, data, tmp_path / "o.safetensors", "--batch-size", "9")
+def test_a_batch_larger_than_the_data(capsys, tiny_parent, data, tmp_path):
+    err = fails(capsys, tmp_path / "o.safetensors", tiny_parent, data, tmp_path / "o.safetensors", "--batch-size", "9")
     assert err == ("error: the batch size 9 is larger than the 8 training images; give a smaller --batch-size "
                    "(batch_size=)")
 
@@ -164,30 +168,30 @@ def test_weights_that_are_not_ours(capsys, data, tmp_path, kind):
     assert err.startswith(f"error: {weights}") and expected in err
 
 
-def test_a_full_disk_while_writing_out(capsys, parent, data, tmp_path, monkeypatch):
+def test_a_full_disk_while_writing_out(capsys, tiny_parent, data, tmp_path, monkeypatch):
     disk_full_after(monkeypatch, tensors=5)
-    err = fails(capsys, tmp_path / "o.safetensors", parent, data, tmp_path / "o.safetensors", *QUICK, trained=True)
+    err = fails(capsys, tmp_path / "o.safetensors", tiny_parent, data, tmp_path / "o.safetensors", *QUICK, trained=True)
     assert err == "error: No space left on device"
 
 
-def test_ctrl_c_leaves_no_out(capsys, parent, data, tmp_path, monkeypatch):
+def test_ctrl_c_leaves_no_out(capsys, tiny_parent, data, tmp_path, monkeypatch):
     def interrupted(self, *args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(finetune_module._Run, "_step", interrupted)
-    err = fails(capsys, tmp_path / "o.safetensors", parent, data, tmp_path / "o.safetensors", *QUICK, code=130)
+    err = fails(capsys, tmp_path / "o.safetensors", tiny_parent, data, tmp_path / "o.safetensors", *QUICK, code=130)
     assert err == "error: interrupted"
 
 
-def test_validation_classes_the_training_data_does_not_have(capsys, parent, data, tmp_path):
+def test_validation_classes_the_training_data_does_not_have(capsys, tiny_parent, data, tmp_path):
     val = small_tree(tmp_path / "val", {"bag": 2, "coat": 2}, split="val")
-    err = fails(capsys, tmp_path / "o.safetensors", parent, data, tmp_path / "o.safetensors", *QUICK, "--val", val)
+    err = fails(capsys, tmp_path / "o.safetensors", tiny_parent, data, tmp_path / "o.safetensors", *QUICK, "--val", val)
     assert err == f"error: {val}: classes the training data does not have: 'coat'"
 
 
-def test_a_split_too_fine_for_a_class(capsys, parent, tmp_path):
+def test_a_split_too_fine_for_a_class(capsys, tiny_parent, tmp_path):
     data = small_tree(tmp_path / "train", {"bag": 1, "coat": 5})
-    err = fails(capsys, tmp_path / "o.safetensors", parent, data, tmp_path / "o.safetensors", *QUICK,
+    err = fails(capsys, tmp_path / "o.safetensors", tiny_parent, data, tmp_path / "o.safetensors", *QUICK,
                 "--val-split", "0.2")
     assert err == "error: class 'bag' has 1 image: too few to hold 0.2 of them out for validation and train on the rest"
 
@@ -200,15 +204,15 @@ def test_a_split_too_fine_for_a_class(capsys, parent, tmp_path):
     (["--warmup-steps", "1"], "error: 1 warm-up steps leave none of the 1 steps of the run to train at the full "
                               "learning rate; give fewer --warmup-steps"),
 ])
-def test_options_that_do_not_go_together(capsys, parent, data, tmp_path, extra, message):
+def test_options_that_do_not_go_together(capsys, tiny_parent, data, tmp_path, extra, message):
     out = tmp_path / "o.safetensors"
-    assert fails(capsys, out, parent, data, out, *QUICK, *extra) == message
+    assert fails(capsys, out, tiny_parent, data, out, *QUICK, *extra) == message
 
 
 @pytest.mark.parametrize("args, message", [
     (["--resume"], "--resume continues from --checkpoint-dir DIR; give it too"),
     (["--model", "augreg-B16-in21k-ft-in1k-384"], "give WEIGHTS DATA OUT, or --model NAME with DATA OUT"),
 ])
-def test_usage_errors(capsys, parent, data, tmp_path, args, message):
-    err = fails(capsys, tmp_path / "o.safetensors", parent, data, tmp_path / "o.safetensors", *args, code=2)
+def test_usage_errors(capsys, tiny_parent, data, tmp_path, args, message):
+    err = fails(capsys, tmp_path / "o.safetensors", tiny_parent, data, tmp_path / "o.safetensors", *args, code=2)
     assert err.startswith(f"error: {message}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from helpers.finetune import CLASSES, FASHION, converted_tiny, small_tree
+from helpers.finetune import CLASSES, FASHION, small_tree
 
 from vitconvert import VitConvertError, load_model
 from vitconvert.inference.batches import prepare
@@ -24,17 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = {"val_split": 0.25, "epochs": 3, "batch_size": 6, "lr": 0.1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is faster on the shared cores (see test_finetune)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def parent(tmp_path_factory) -> Path:
-    return converted_tiny(tmp_path_factory.mktemp("parent") / "tiny.safetensors")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +49,16 @@ def same_tensors(a: Path, b: Path) -> bool:
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
-def test_an_interrupted_run_resumed_ends_with_the_weights_of_an_unbroken_one(parent, data, tmp_path, monkeypatch):
-    unbroken = finetune(parent, data, tmp_path / "unbroken.safetensors", checkpoint_dir=tmp_path / "a", **RUN)
+def test_an_interrupted_run_resumed_ends_with_the_weights_of_an_unbroken_one(tiny_parent, data, tmp_path, monkeypatch):
+    unbroken = finetune(tiny_parent, data, tmp_path / "unbroken.safetensors", checkpoint_dir=tmp_path / "a", **RUN)
     interrupt_at(monkeypatch, 4, KeyboardInterrupt())  # Ctrl-C in the second epoch's second step
     with pytest.raises(KeyboardInterrupt):
-        finetune(parent, data, tmp_path / "resumed.safetensors", checkpoint_dir=tmp_path / "b", **RUN)
+        finetune(tiny_parent, data, tmp_path / "resumed.safetensors", checkpoint_dir=tmp_path / "b", **RUN)
     assert not (tmp_path / "resumed.safetensors").exists()
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["last.pt"]  # no half-written file beside it
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 3  # the first epoch's end
     monkeypatch.undo()
-    resumed = finetune(parent, data, tmp_path / "resumed.safetensors", checkpoint_dir=tmp_path / "b", resume=True,
+    resumed = finetune(tiny_parent, data, tmp_path / "resumed.safetensors", checkpoint_dir=tmp_path / "b", resume=True,
                        **RUN)
     assert same_tensors(tmp_path / "unbroken.safetensors", tmp_path / "resumed.safetensors")  # bit for bit
     drop = lambda log: {k: v for k, v in log.to_dict().items() if k not in ("images_per_s", "seconds")}  # noqa: E731
@@ -76,7 +66,7 @@ def test_an_interrupted_run_resumed_ends_with_the_weights_of_an_unbroken_one(par
     assert unbroken[-1].step == 9 and RUN["lr"] > unbroken[0].lr > unbroken[-1].lr > 0
 
 
-def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(parent, data, tmp_path, monkeypatch):
+def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(tiny_parent, data, tmp_path, monkeypatch):
     real, calls = torch.save, []
 
     def save(obj, f, *args, **kwargs):
@@ -88,7 +78,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(parent, data,
 
     monkeypatch.setattr(checkpoint.torch, "save", save)
     with pytest.raises(OSError, match="No space left"):
-        finetune(parent, data, tmp_path / "out.safetensors", checkpoint_dir=tmp_path / "ckpt", **RUN)
+        finetune(tiny_parent, data, tmp_path / "out.safetensors", checkpoint_dir=tmp_path / "ckpt", **RUN)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["last.pt"]
     assert not (tmp_path / "out.safetensors").exists()
     assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["step"] == 3
@@ -100,20 +90,21 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(parent, data,
     ({"resume": True, "seed_run": True, "lr": 0.05},
      "is from another run: lr 0.1 \\(checkpoint\\) vs 0.05 \\(now\\); resume with the same"),
 ])
-def test_a_checkpoint_is_resumed_only_by_its_own_run(parent, data, tmp_path, options, message):
+def test_a_checkpoint_is_resumed_only_by_its_own_run(tiny_parent, data, tmp_path, options, message):
     options = dict(options)
     if options.pop("seed_run", False):
-        finetune(parent, data, tmp_path / "first.safetensors", checkpoint_dir=tmp_path / "ckpt", **{**RUN, "epochs": 1})
+        finetune(tiny_parent, data, tmp_path / "first.safetensors", checkpoint_dir=tmp_path / "ckpt",
+                 **{**RUN, "epochs": 1})
     with pytest.raises(VitConvertError, match=message):
-        finetune(parent, data, tmp_path / "out.safetensors", checkpoint_dir=tmp_path / "ckpt",
+        finetune(tiny_parent, data, tmp_path / "out.safetensors", checkpoint_dir=tmp_path / "ckpt",
                  **{**RUN, "epochs": 1, **options})
     assert not (tmp_path / "out.safetensors").exists()
 
 
-def test_two_processes_under_torchrun_give_the_weights_of_one(parent, data, tmp_path):
+def test_two_processes_under_torchrun_give_the_weights_of_one(tiny_parent, data, tmp_path):
     """DDP on gloo, 2 CPU processes each reading half of every batch of 6, with the default (random)
     augmentation: its draws are keyed by image and epoch, so the same crops reach the model."""
-    args = [str(parent), str(data), "--steps", "4", "--batch-size", "6", "--lr", "0.1", "--warmup-steps", "0",
+    args = [str(tiny_parent), str(data), "--steps", "4", "--batch-size", "6", "--lr", "0.1", "--warmup-steps", "0",
             "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
@@ -123,7 +114,7 @@ def test_two_processes_under_torchrun_give_the_weights_of_one(parent, data, tmp_
     assert two.returncode == 0, two.stderr[-2000:]
     lines = two.stdout.splitlines()  # rank 0 alone prints: one epoch line, one summary
     assert len(lines) == 2 and lines[0].startswith("epoch   1  step      4") and lines[1].startswith("wrote ")
-    finetune(parent, data, tmp_path / "one.safetensors", steps=4, batch_size=6, lr=0.1, warmup_steps=0)
+    finetune(tiny_parent, data, tmp_path / "one.safetensors", steps=4, batch_size=6, lr=0.1, warmup_steps=0)
     one, two_ = load_model(tmp_path / "one.safetensors"), load_model(tmp_path / "two.safetensors")
     x = torch.stack([prepare(p, one.record.preprocess, 10**6) for p in sorted((FASHION / "val").glob("*/*.png"))[::5]])
     with torch.no_grad():

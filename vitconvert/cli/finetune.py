@@ -7,17 +7,10 @@ import sys
 
 import click
 
-from ..core.config import parse_size
 from ..core.errors import VitConvertError
 from .errors import EXIT_ERROR, debug_option
+from .export import _size
 from .progress import progress_bar
-
-
-def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    try:
-        return None if value is None else parse_size(value)
-    except VitConvertError as e:
-        raise click.BadParameter(str(e)) from None
 
 
 @click.command("finetune")
