@@ -1,6 +1,6 @@
 """Every benchmark, side by side with timm on the same weights in the same run; results to RESULTS.md.
 
-    python -m benchmarks [--only conversion inference cold_start folder peers compile] [--quick] [--no-write]
+    python -m benchmarks [--only SECTION ...] [--quick] [--no-write]
 
 Sections (the first four also run alone: `python -m benchmarks.<module>`):
   conversion  jax2torch vs timm's npz loader + save, whole process: wall and peak RSS (B/16, L/16)
@@ -14,6 +14,8 @@ Sections (the first four also run alone: `python -m benchmarks.<module>`):
               eager; only when named
   ray         Ray Data on a local Ray vs serial vitpredict over the 200 images, 1 and 2 replicas;
               only when named (needs vitconvert[ray])
+  finetune    `vitconvert.finetune` vs a plain timm training loop, and vs our training step without images
+              to read: ViT-Ti/16 at 224, float32, CPU; only when named (minutes of training)
 
 --quick takes fewer repeats (a few minutes on 2 cores). Each section printed is also written into
 benchmarks/RESULTS.md, replacing that section's previous figures and keeping the others.
@@ -30,8 +32,10 @@ from pathlib import Path
 from benchmarks.common import ROOT, OtherLoad, load, machine
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray"]
-DEFAULT = SECTIONS[:4]  # peers and compile (minutes of compiling) and ray (an optional extra) are asked for by name
+SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray", "finetune"]
+# peers and compile (minutes of compiling), ray (an optional extra) and finetune (minutes of training) are
+# asked for by name
+DEFAULT = SECTIONS[:4]
 HEADER = """# Benchmark results
 
 Written by `python -m benchmarks` (see `benchmarks/__main__.py`); each section says when, on what
@@ -120,11 +124,18 @@ def ray(quick: bool) -> str:
     return r.text(r.run([1, 2], rounds=1 if quick else 3))
 
 
+def finetune(quick: bool) -> str:
+    from benchmarks import finetune as f
+
+    return f.text(f.run(rounds=1 if quick else 3, steps=5, batch=16))
+
+
 RUNNERS = {"conversion": conversion, "inference": inference, "cold_start": cold_start, "folder": folder,
-           "peers": peers, "compile": compile_, "ray": ray}
+           "peers": peers, "compile": compile_, "ray": ray, "finetune": finetune}
 TITLES = {"conversion": "Conversion", "inference": "Inference (CPU)", "cold_start": "Cold start",
           "folder": "A folder of 200 images", "peers": "Against ONNX Runtime and OpenVINO (CPU)",
-          "compile": "compile=True: the float32 paths tried (CPU)", "ray": "Ray Data, local"}
+          "compile": "compile=True: the float32 paths tried (CPU)", "ray": "Ray Data, local",
+          "finetune": "Fine-tuning (CPU)"}
 
 
 def update(results: Path, bodies: dict[str, str]) -> None:
@@ -139,7 +150,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", choices=SECTIONS, default=DEFAULT, metavar="SECTION",
-                    help=f"run these sections only ({', '.join(SECTIONS)}; default all but peers and compile)")
+                    help=f"run these sections only ({', '.join(SECTIONS)}; default the first four)")
     ap.add_argument("--quick", action="store_true", help="fewer repeats: a few minutes on 2 cores")
     ap.add_argument("--results", type=Path, default=RESULTS, help="the markdown file to update")
     ap.add_argument("--no-write", action="store_true", help="print only; leave the results file alone")
