@@ -31,6 +31,7 @@ class Processes:
     rank: int
     world: int
     device: torch.device
+    joined: bool = False  # this run joined the process group, so it leaves it (a caller's own group stays)
 
     @property
     def is_main(self) -> bool:
@@ -75,11 +76,12 @@ def start(device: str | torch.device | None) -> Processes:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    joined = not dist.is_initialized()
+    if joined:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Processes(dist.get_rank(), dist.get_world_size(), device)
+    return Processes(dist.get_rank(), dist.get_world_size(), device, joined)
 
 
-def stop() -> None:
-    if dist.is_initialized():
+def stop(processes: Processes) -> None:
+    if processes.joined and dist.is_initialized():
         dist.destroy_process_group()

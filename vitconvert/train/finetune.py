@@ -105,6 +105,7 @@ def finetune(weights: str | os.PathLike, data: str | os.PathLike, out: str | os.
     finetuning_config(record.config, 2)  # a model that cannot be fine-tuned is refused here too
     if plot is not None:
         plot = check_plot(plot, force)
+    ckpt = checkpoint.prepare(checkpoint_dir, resume, force) if checkpoint_dir is not None else None
     processes = start(device)
     try:
         with warnings.catch_warnings():
@@ -114,7 +115,6 @@ def finetune(weights: str | os.PathLike, data: str | os.PathLike, out: str | os.
         run = _Run(weights, record, train, held, recipe, processes, size=size, freeze_backbone=freeze_backbone,
                    epochs=epochs, steps=steps, batch_size=batch_size, accumulate=accumulate, augment=augment,
                    mixed_precision=mixed_precision, workers=workers, seed=seed)
-        ckpt = checkpoint.prepare(checkpoint_dir, resume, force) if checkpoint_dir is not None else None
         if ckpt is not None and resume:
             run.restore(checkpoint.load(ckpt, run.fingerprint))
         history = run.train(ckpt, on_step, on_epoch)
@@ -125,7 +125,7 @@ def finetune(weights: str | os.PathLike, data: str | os.PathLike, out: str | os.
         processes.barrier()
         return history
     finally:
-        stop()
+        stop(processes)
 
 
 def _check_options(epochs, steps, batch_size, accumulate, augment, mixed_precision, workers, seed, val,
