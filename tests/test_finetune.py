@@ -262,3 +262,33 @@ def test_a_cached_model_is_named_with_model(tiny_parent, few, tmp_path, monkeypa
     run(cli, ["finetune", "--model", "tiny-test", str(few), str(tmp_path / "o.safetensors"), "--steps", "1",
               "--batch-size", "6"])
     assert read_record(tmp_path / "o.safetensors").source.file == "tiny-test.safetensors"
+
+
+KINDS = {
+    "DeiT distilled": {"distilled": True},
+    "gap, fc_norm": {"pool": "gap", "fc_norm": True},
+    "registers, attention pooling": {"pool": "map", "reg_tokens": 2, "class_token": False},
+    "hybrid stem": {"hybrid_layers": (), "hybrid_width": 32, "patch_size": 2},
+}
+
+
+@pytest.mark.parametrize("changes", KINDS.values(), ids=KINDS.keys())
+def test_every_kind_of_model_gets_a_zero_head_and_trains(tmp_path, changes):
+    from helpers.vit_weights import our_vit, write_test_weights
+
+    from vitconvert import Preprocess, ViTConfig
+
+    config = ViTConfig(img_size=(32, 32), patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_dim=64,
+                       num_classes=7).replace(**changes)
+    path = write_test_weights(tmp_path / "m.safetensors", our_vit(config).state_dict(), config,
+                              preprocess=Preprocess(size=(32, 32)))
+    record, state = load_state_dict(path)
+    model = finetuning_model(record, state, 3)
+    heads = [k for k in model.state_dict() if k.startswith("head")]
+    assert heads == (["head.weight", "head.bias", "head_dist.weight", "head_dist.bias"]
+                     if config.distilled else ["head.weight", "head.bias"])
+    assert all(not model.state_dict()[k].any() for k in heads)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 2])).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert model.head.weight.grad.abs().sum() > 0
