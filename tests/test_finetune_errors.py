@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +217,10 @@ def test_options_that_do_not_go_together(capsys, tiny_parent, data, tmp_path, ex
 def test_usage_errors(capsys, tiny_parent, data, tmp_path, args, message):
     err = fails(capsys, tmp_path / "o.safetensors", tiny_parent, data, tmp_path / "o.safetensors", *args, code=2)
     assert err.startswith(f"error: {message}")
+
+
+def test_plot_without_matplotlib_is_said_before_training(capsys, tiny_parent, data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets when it is not installed
+    err = fails(capsys, tmp_path / "o.safetensors", tiny_parent, data, tmp_path / "o.safetensors", *QUICK,
+                "--plot", tmp_path / "curves.png")
+    assert err == "error: --plot (plot=) needs matplotlib: pip install 'vitconvert[train]'"

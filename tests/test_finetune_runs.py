@@ -1,5 +1,5 @@
-"""A fine-tuning run interrupted and resumed, and one run by torchrun on 2 processes: each must end with
-the weights of the plain run (CPU, same seed, same data)."""
+"""A fine-tuning run interrupted and resumed, also by torchrun on 2 processes: each must end with the
+weights of the plain run (CPU, same seed, same data)."""
 
 from __future__ import annotations
 
@@ -101,23 +101,30 @@ def test_a_checkpoint_is_resumed_only_by_its_own_run(tiny_parent, data, tmp_path
     assert not (tmp_path / "out.safetensors").exists()
 
 
-def test_two_processes_under_torchrun_give_the_weights_of_one(tiny_parent, data, tmp_path):
-    """DDP on gloo, 2 CPU processes each reading half of every batch of 6, with the default (random)
-    augmentation: its draws are keyed by image and epoch, so the same crops reach the model."""
-    args = [str(tiny_parent), str(data), "--steps", "4", "--batch-size", "6", "--lr", "0.1", "--warmup-steps", "0",
-            "--device", "cpu"]
+def test_two_processes_under_torchrun_resume_a_one_process_run_and_give_its_weights(tiny_parent, data, tmp_path,
+                                                                                   monkeypatch):
+    """DDP on gloo: 2 CPU processes, each reading half of every batch of 6, continue a 1-process run
+    stopped after its first epoch, and end where the unbroken 1-process run ends. With the default
+    (random) augmentation: its draws are keyed by image and epoch, so the same crops reach the model."""
+    options = {"steps": 8, "batch_size": 6, "lr": 0.1, "warmup_steps": 0}  # 4 steps an epoch
+    finetune(tiny_parent, data, tmp_path / "one.safetensors", **options)
+    interrupt_at(monkeypatch, 5, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny_parent, data, tmp_path / "two.safetensors", checkpoint_dir=tmp_path / "ckpt", **options)
+    args = ["--steps", "8", "--batch-size", "6", "--lr", "0.1", "--warmup-steps", "0", "--device", "cpu",
+            "--checkpoint-dir", str(tmp_path / "ckpt"), "--resume"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
+    paths = [str(tiny_parent), str(data), str(tmp_path / "two.safetensors")]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "vitconvert", "finetune", *args[:2], str(tmp_path / "two.safetensors"), *args[2:]],
+                          "-m", "vitconvert", "finetune", *paths, *args],
                          capture_output=True, text=True, env=env, timeout=300, check=False)
     assert two.returncode == 0, two.stderr[-2000:]
-    lines = two.stdout.splitlines()  # rank 0 alone prints: one epoch line, one summary
-    assert len(lines) == 2 and lines[0].startswith("epoch   1  step      4") and lines[1].startswith("wrote ")
-    finetune(tiny_parent, data, tmp_path / "one.safetensors", steps=4, batch_size=6, lr=0.1, warmup_steps=0)
+    lines = two.stdout.splitlines()  # rank 0 alone prints: the second epoch's line, the summary
+    assert len(lines) == 2 and lines[0].startswith("epoch   2  step      8") and lines[1].startswith("wrote ")
     one, two_ = load_model(tmp_path / "one.safetensors"), load_model(tmp_path / "two.safetensors")
     x = torch.stack([prepare(p, one.record.preprocess, 10**6) for p in sorted((FASHION / "val").glob("*/*.png"))[::5]])
     with torch.no_grad():
         a, b = one(x), two_(x)
-    assert (a - b).abs().max().item() <= 1e-4  # the issue's bound; observed 3.0e-7 (sums in another order)
-    assert a.std().item() > 0.1  # the runs trained: logits spread 0.46
+    assert (a - b).abs().max().item() <= 1e-4  # the issue's bound; observed 1.4e-7 (sums in another order)
+    assert a.std().item() > 0.1  # the runs trained: logits spread 0.18
