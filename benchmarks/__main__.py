@@ -1,6 +1,6 @@
 """Every benchmark, side by side with timm on the same weights in the same run; results to RESULTS.md.
 
-    python -m benchmarks [--only conversion inference cold_start folder peers compile ray hf] [--quick] [--no-write]
+    python -m benchmarks [--only SECTION ...] [--quick] [--no-write]
 
 Sections (the first four also run alone: `python -m benchmarks.<module>`):
   conversion  jax2torch vs timm's npz loader + save and vs cp of the npz, whole process: wall and peak RSS
@@ -16,6 +16,8 @@ Sections (the first four also run alone: `python -m benchmarks.<module>`):
               only when named (needs vitconvert[ray])
   hf          hf2torch and export --to hf on a ViT-B/16 vs transformers' from_pretrained + save_pretrained,
               whole process: wall and peak RSS; only when named (needs vitconvert[hf])
+  finetune    `vitconvert.finetune` vs a plain timm training loop, and vs our training step without images
+              to read: ViT-Ti/16 at 224, float32, CPU; only when named (minutes of training)
 
 --quick takes fewer repeats (a few minutes on 2 cores). Each section printed is also written into
 benchmarks/RESULTS.md, replacing that section's previous figures and keeping the others.
@@ -32,8 +34,9 @@ from pathlib import Path
 from benchmarks.common import ROOT, OtherLoad, load, machine
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray", "hf"]
-# peers and compile (minutes of compiling), ray and hf (optional extras) are asked for by name
+SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray", "hf", "finetune"]
+# peers and compile (minutes of compiling), ray and hf (optional extras) and finetune (minutes of training) are
+# asked for by name
 DEFAULT = SECTIONS[:4]
 HEADER = """# Benchmark results
 
@@ -131,12 +134,19 @@ def hf(quick: bool) -> str:
     return h.text(h.run(repeats), repeats)
 
 
+
+def finetune(quick: bool) -> str:
+    from benchmarks import finetune as f
+
+    return f.text(f.run(rounds=1 if quick else 3, steps=5, batch=16))
+
+
 RUNNERS = {"conversion": conversion, "inference": inference, "cold_start": cold_start, "folder": folder,
-           "peers": peers, "compile": compile_, "ray": ray, "hf": hf}
+           "peers": peers, "compile": compile_, "ray": ray, "hf": hf, "finetune": finetune}
 TITLES = {"conversion": "Conversion", "inference": "Inference (CPU)", "cold_start": "Cold start",
           "folder": "A folder of 200 images", "peers": "Against ONNX Runtime and OpenVINO (CPU)",
           "compile": "compile=True: the float32 paths tried (CPU)", "ray": "Ray Data, local",
-          "hf": "transformers in and out"}
+          "hf": "transformers in and out", "finetune": "Fine-tuning (CPU)"}
 
 
 def update(results: Path, bodies: dict[str, str]) -> None:

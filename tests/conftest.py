@@ -72,6 +72,24 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_test_weights(tmp_path_factory.mktemp("tiny") / "tiny.safetensors", model.state_dict(), TINY)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules that train tiny models: their matrix products are too small to share, and on the test
+    machine's 2 busy cores 2 threads ran fine-tuning runs 3 to 6 times slower than 1."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 2020-style checkpoint converted from the vit_jax layout (helpers.finetune.converted_tiny)."""
+    from helpers.finetune import converted_tiny
+
+    return converted_tiny(tmp_path_factory.mktemp("parent") / "tiny.safetensors")
+
+
 @dataclass
 class Result:
     code: int

@@ -62,3 +62,19 @@ def test_peers_table_compares_with_the_fastest_peer_and_names_a_missing_one():
     assert "1.20x" in text.split("ours compile=True")[1].splitlines()[0]  # 6.0 / ONNX Runtime's 5.0
     assert verdict(result) == ("Target: ours compile=True >= 1.0x the fastest peer at batch 8 float32: "
                                "1.20x ONNX Runtime, met.")
+
+
+def test_finetune_text_states_both_targets_from_the_medians():
+    from benchmarks.finetune import text
+
+    def rounds(*ips):
+        return [{"images_per_s": v, "peak_rss_mib": 1000.0 + v, "threads": 2} for v in ips]
+
+    result = {"rounds": 3, "steps": 5, "batch": 16, "results": {
+        "finetune": rounds(9.0, 10.0, 30.0), "timm loop": rounds(8.0, 9.5, 9.0),
+        "ours alone": rounds(12.0, 10.5, 11.0), "timm alone": rounds(10.0, 10.0, 10.0)}}
+    out = text(result)
+    assert "| finetune   | 10.0              | 9.0, 10.0, 30.0  | 1030           |" in out  # largest RSS
+    assert "finetune >= 1.0x the timm loop: 1.11x, met" in out  # 10.0 / 9.0, medians
+    assert "(the data pipeline keeps up): 0.91x, met" in out  # 10.0 / 11.0
+    assert "ours vs timm: 1.10x" in out

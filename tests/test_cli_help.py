@@ -13,7 +13,8 @@ from vitconvert.cli.errors import run
 from vitconvert.cli.predict import command as vitpredict_command
 from vitconvert.hub.manifest import load_manifest
 
-SUBCOMMANDS = ["jax2torch", "timm2torch", "hf2torch", "torch2torch", "verify", "export", "list", "download"]
+SUBCOMMANDS = ["jax2torch", "timm2torch", "hf2torch", "torch2torch", "verify", "export", "list", "download",
+               "finetune"]
 EVERY = [("vitconvert", name) for name in SUBCOMMANDS] + [("vitpredict", None)]
 
 
@@ -69,6 +70,8 @@ def test_every_help_has_examples_that_parse(capsys, program, sub):
     for line in lines:
         words = shlex.split(line)
         words = words[:words.index(">")] if ">" in words else words  # a shell redirection, not ours
+        if words[0] == "torchrun":  # torch's launcher, its own options, then our command as a module
+            words = ["vitconvert", *words[words.index("vitconvert") + 1:]]
         if words[0] == "vitpredict":
             command, args = vitpredict_command, words[1:]
         else:

@@ -25,6 +25,8 @@ MAY_IMPORT = {
     "hub": {"core", "formats", "convert", "hub"},
     "tools": {"core", "formats", "convert", "model", "inference", "tools"},
     "ray": {"core", "formats", "model", "inference", "ray"},  # cluster-scale inference, on top of inference
+    # Fine-tuning: reads images as inference does and writes our files; the CLI resolves --model names.
+    "train": {"core", "formats", "model", "inference", "train"},
 }
 NO_TORCH = {"core", "formats", "convert", "hub"}
 # Pickled state dicts need torch to read (convert/hf.py reads pytorch_model.bin through timm.py's reader,

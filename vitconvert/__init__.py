@@ -34,6 +34,7 @@ _EXPORTS = {
     "save_embeddings": "formats.embeddings",
     "export_onnx": "export.onnx",
     "export_hf": "export.hf",
+    "finetune": "train.finetune",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -24,6 +24,7 @@ def cli(ctx: click.Context) -> None:
       vitconvert verify vit-b16.safetensors --timm-model vit_base_patch16_224.augreg_in21k_ft_in1k
       vitpredict cat.jpg --weights vit-b16.safetensors
       vitconvert export vit-b16.safetensors --to onnx vit-b16.onnx
+      vitconvert finetune vit-b16.safetensors flowers/ flowers.safetensors --val-split 0.1
 
     Each command's --help has examples. Add --debug to any command to see a traceback when it fails.
     """
@@ -42,10 +43,12 @@ def main() -> None:
 def _register() -> None:
     from .convert import hf2torch, jax2torch, timm2torch, torch2torch
     from .export import export
+    from .finetune import finetune_cmd
     from .manifest import download_cmd, list_cmd
     from .verify import verify
 
-    for command in (jax2torch, timm2torch, hf2torch, torch2torch, verify, export, list_cmd, download_cmd):
+    for command in (jax2torch, timm2torch, hf2torch, torch2torch, verify, export, list_cmd, download_cmd,
+                    finetune_cmd):
         cli.add_command(command)
 
 

@@ -26,7 +26,9 @@ def run(command: click.Command, args: Sequence[str] | None = None) -> None:
             warnings.showwarning = _show_warning
             code = command.main(args, prog_name=os.path.basename(sys.argv[0]) or command.name,
                                 standalone_mode=False)
-    except click.Abort:
+    except click.Abort as e:
+        if isinstance(e.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort outside standalone mode
+            _fail("interrupted", 130, debug)
         _fail("aborted", EXIT_ERROR, debug)
     except click.UsageError as e:
         hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""

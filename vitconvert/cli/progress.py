@@ -17,10 +17,11 @@ REDRAW = 0.1  # seconds between redraws, so a fast stream of updates does not fl
 class Progress:
     """`update(done, total)` draws the bar, or is None when no bar is shown (not a terminal, or
     quiet); `echo(line)` prints a status line on stderr, below the bar's line if one is drawn.
-    `in_bytes` counts in MiB."""
+    `in_bytes` counts in MiB; `suffix`, set by the caller, follows the counts (e.g. a running loss)."""
 
     def __init__(self, label: str, show_bar: bool, in_bytes: bool) -> None:
         self.label, self.in_bytes = label, in_bytes
+        self.suffix = ""
         self.update: Callable[[int, int | None], None] | None = self._update if show_bar else None
         self._line = ""  # the bar as last drawn; "" while no bar line is open
         self._drawn_at = 0.0
@@ -49,6 +50,8 @@ class Progress:
         start, first = self._since
         if done < total and done > first and now > start:
             line += f" eta {_duration((total - done) * (now - start) / (done - first))}"
+        if self.suffix:
+            line += f" {self.suffix}"
         sys.stderr.write("\r" + line.ljust(len(self._line)))
         sys.stderr.flush()
         self._line = line

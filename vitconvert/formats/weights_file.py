@@ -87,15 +87,26 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class Source:
-    format: str  # e.g. 'jax-npz/vit_jax', 'jax-npz/big_vision', 'timm'
+    format: str  # e.g. 'jax-npz/vit_jax', 'jax-npz/big_vision', 'timm', 'vitconvert-finetune'
     file: str
     sha256: str | None = None
+    # A fine-tuned file's training summary (data size, epochs, final validation accuracy, the recipe);
+    # written only when there is one, so other records read as before.
+    training: dict | None = field(default=None, compare=True, hash=False)
 
     def __post_init__(self) -> None:
         for name in ("format", "file", "sha256"):
             value = getattr(self, name)
             if not (isinstance(value, str) or name == "sha256" and value is None):
                 raise VitConvertError(f"source.{name} must be a string, got {value!r}")
+        if not (self.training is None or isinstance(self.training, dict)):
+            raise VitConvertError(f"source.training must be a JSON object, got {self.training!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if self.training is None:
+            del d["training"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -128,7 +139,7 @@ class WeightsRecord:
                            "mean": list(self.preprocess.mean), "std": list(self.preprocess.std)},
             "labels": list(self.labels) if isinstance(self.labels, tuple) else self.labels,
             "head_is_zero": self.head_is_zero,
-            "source": asdict(self.source),
+            "source": self.source.to_dict(),
             "notes": list(self.notes),
             **({"head_is_embedding": True} if self.head_is_embedding else {}),
         }, sort_keys=True)
