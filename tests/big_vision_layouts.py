@@ -63,22 +63,30 @@ class BigVision:
     channels: int = 3
 
 
-def random_params(m: BigVision, seed: int = 0) -> OrderedDict[str, np.ndarray]:
+def random_params(m: BigVision, seed: int = 0, *, shapes_only: bool = False) -> OrderedDict[str, np.ndarray]:
     """Every parameter of `m` under its big_vision name (no prefix, one `encoderblock_N` per layer),
     random float32: weights N(0, clip(fan_in ** -0.5, 0.02, 0.1)), norm scales 1 + 0.1 N, biases 0.03 N,
     position embedding, class token and probe 0.5 N (large enough that a resize shows), the head 0.5 N
-    (logits of order 1, where a wrong constant shows)."""
+    (logits of order 1, where a wrong constant shows).
+
+    shapes_only: zero-stride placeholders of each shape instead, which hold no memory (the layout of a
+    full-size published file, without its weights)."""
     rng = np.random.default_rng(seed)
     d, h, p = m.width, m.heads, m.patch
 
+    def normal(shape, scale=1.0, offset=0.0):
+        if shapes_only:
+            return np.broadcast_to(np.float32(0), shape)
+        return offset + scale * rng.standard_normal(shape)
+
     def w(*shape, fan_in):
-        return rng.standard_normal(shape) * float(np.clip(fan_in ** -0.5, 0.02, 0.1))
+        return normal(shape, float(np.clip(fan_in ** -0.5, 0.02, 0.1)))
 
     def bias(*shape):
-        return rng.standard_normal(shape) * 0.03
+        return normal(shape, 0.03)
 
     def norm(name):
-        return {f'{name}/scale': 1 + 0.1 * rng.standard_normal(d), f'{name}/bias': bias(d)}
+        return {f'{name}/scale': normal((d,), 0.1, 1.0), f'{name}/bias': bias(d)}
 
     def attention(name):
         out = {}
@@ -95,9 +103,9 @@ def random_params(m: BigVision, seed: int = 0) -> OrderedDict[str, np.ndarray]:
 
     out = {'embedding/kernel': w(p, p, m.channels, d, fan_in=p * p * m.channels), 'embedding/bias': bias(d)}
     if m.posemb == 'learn':
-        out['pos_embedding'] = 0.5 * rng.standard_normal((1, m.grid[0] * m.grid[1], d))
+        out['pos_embedding'] = normal((1, m.grid[0] * m.grid[1], d), 0.5)
     if m.pool == 'tok':
-        out['cls'] = 0.5 * rng.standard_normal((1, 1, d))
+        out['cls'] = normal((1, 1, d), 0.5)
     for i in range(m.depth):
         b = f'Transformer/encoderblock_{i}'
         out.update(norm(f'{b}/LayerNorm_0'))
@@ -106,7 +114,7 @@ def random_params(m: BigVision, seed: int = 0) -> OrderedDict[str, np.ndarray]:
         out.update(mlp(f'{b}/MlpBlock_0'))
     out.update(norm('Transformer/encoder_norm'))
     if m.pool == 'map':
-        out['MAPHead_0/probe'] = 0.5 * rng.standard_normal((1, 1, d))
+        out['MAPHead_0/probe'] = normal((1, 1, d), 0.5)
         out.update(attention('MAPHead_0/MultiHeadDotProductAttention_0'))
         out.update(norm('MAPHead_0/LayerNorm_0'))
         out.update(mlp('MAPHead_0/MlpBlock_0'))
@@ -116,9 +124,16 @@ def random_params(m: BigVision, seed: int = 0) -> OrderedDict[str, np.ndarray]:
         out['pre_logits/bias'] = bias(m.rep_size)
         width = m.rep_size
     if m.num_classes:
-        out['head/kernel'] = 0.5 * rng.standard_normal((width, m.num_classes))
+        out['head/kernel'] = normal((width, m.num_classes), 0.5)
         out['head/bias'] = bias(m.num_classes)
-    return OrderedDict((k, np.ascontiguousarray(v, dtype=np.float32)) for k, v in out.items())
+    return OrderedDict((k, v if shapes_only else np.ascontiguousarray(v, dtype=np.float32)) for k, v in out.items())
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """np.stack; placeholders (zero strides, see `random_params`) stay placeholders."""
+    if arrays[0].ndim and not any(arrays[0].strides):
+        return np.broadcast_to(np.float32(0), (len(arrays), *arrays[0].shape))
+    return np.stack(arrays)
 
 
 def scan(params: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
@@ -126,7 +141,7 @@ def scan(params: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
     blocks = sorted({int(k.split('/')[1].rsplit('_', 1)[1]) for k in params if k.startswith('Transformer/encoderblock_')})
     out = OrderedDict((k, v) for k, v in params.items() if not k.startswith('Transformer/encoderblock_'))
     for sub in [k.split('/', 2)[2] for k in params if k.startswith('Transformer/encoderblock_0/')]:
-        out[f'Transformer/encoderblock/{sub}'] = np.stack(
+        out[f'Transformer/encoderblock/{sub}'] = _stack(
             [params[f'Transformer/encoderblock_{i}/{sub}'] for i in blocks])
     return out
 

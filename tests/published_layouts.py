@@ -60,6 +60,7 @@ __all__ = [
     'gelu_tanh',
     'jax_numerics',
     'load_npz_float32',
+    'meta_timm_vit',
     'npz_arrays',
     'random_pre_logits',
     'random_timm_vit',
@@ -201,6 +202,13 @@ def random_timm_vit(
     return model.eval()
 
 
+def meta_timm_vit(arch: str | Mapping | tuple, **overrides: Any) -> VisionTransformer:
+    """``arch`` as :func:`random_timm_vit` takes it, built on the meta device: no memory, no values;
+    :func:`npz_arrays` then gives a full-size published file's keys and shapes."""
+    with torch.device('meta'):
+        return _build(arch, overrides)
+
+
 def random_pre_logits(model: VisionTransformer, size: int | None = None, *, seed: int = 0):
     """Random representation layer ``(kernel (D, R), bias (R,))`` for :func:`write_npz`.
 
@@ -325,6 +333,8 @@ def load_npz_float32(path) -> OrderedDict[str, np.ndarray]:
 # timm model -> npz arrays
 # --------------------------------------------------------------------------------------------
 def _np(t: torch.Tensor) -> np.ndarray:
+    if t.is_meta:  # a model built on the meta device: a zero-stride placeholder of the shape, no memory
+        return np.broadcast_to(np.float32(0), tuple(t.shape))
     return t.detach().cpu().to(torch.float32).numpy().copy()
 
 
@@ -433,7 +443,11 @@ def npz_arrays(
         zero_head: bool = False,
         gn_4d: str = 'mixed',
 ) -> OrderedDict[str, np.ndarray]:
-    """The float32 arrays (full keys, C-contiguous) that :func:`write_npz` stores, before any bf16."""
+    """The float32 arrays (full keys, C-contiguous) that :func:`write_npz` stores, before any bf16.
+
+    A model on the meta device gives each key's shape alone, as zero-stride placeholders that hold no
+    memory (the layout of a full-size published file, without its weights)."""
+    meta = next(model.parameters()).is_meta
     _check_jax_vit(model, layout)
     prefix = _PREFIX[layout]
     big_vision = layout.startswith('big_vision')
@@ -475,7 +489,7 @@ def npz_arrays(
     if zero_head:
         head_kernel, head_bias = np.zeros_like(head_kernel), np.zeros_like(head_bias)
     out['head/kernel'], out['head/bias'] = head_kernel, head_bias
-    return OrderedDict((prefix + k, np.ascontiguousarray(v, dtype=np.float32)) for k, v in out.items())
+    return OrderedDict((prefix + k, v if meta else np.ascontiguousarray(v, dtype=np.float32)) for k, v in out.items())
 
 
 def write_npz(

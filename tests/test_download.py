@@ -343,3 +343,40 @@ def test_download_and_convert(env, monkeypatch):
     assert record.preprocess.resize == "crop" and record.preprocess.crop_pct == 0.9
     assert record.labels is None
     assert sorted(leftovers(cache_dir())) == sorted([f"{TINY_NAME}.npz", f"{TINY_NAME}.safetensors"])
+
+
+# What the file cannot show comes from the entry: how its positions are resized (FlexiViT's files), and the
+# published image size where the stored grid fixes only the patches (So400m/14 at 384: 27 x 14 = 378).
+# The tiny file stores a 2x2 grid of 16 px patches (32 px); 40 px has the same grid (2 x 16 + 8 unread px).
+ENTRY_KNOWS = {
+    "pos_resize flexivit": ({"pos_resize": "flexivit"}, 32, "position embeddings resized 'flexivit' at other "
+                            f"sizes, as the published checkpoint '{TINY_NAME}' is run"),
+    "a size the patches do not tile": ({"img_size": [40, 40]}, 40, "image size 40x40 as published; the stored 2x2 "
+                                       "position grid alone would say 32x32 (the patch embedding never reads the last 8 px)"),
+}
+
+
+@pytest.mark.parametrize("case", list(ENTRY_KNOWS))
+def test_download_records_what_only_the_entry_knows(env, monkeypatch, case):
+    from vitconvert.formats.weights_file import read_record
+
+    change, size, note = ENTRY_KNOWS[case]
+    config = {**TINY_CONFIG, **change}
+    pre = {"size": [size, size], "resize": "crop", "crop_pct": 0.9, "interpolation": "bicubic",
+           "mean": [0.5] * 3, "std": [0.5] * 3}
+    m = manifest(env, config=config, train_resolution=size, preprocess=pre)
+    with serve(monkeypatch):
+        path = download(TINY_NAME, manifest=m, **FAST)
+    record = read_record(path)
+    assert record.config == ViTConfig.from_dict(config)  # download's own check passed, and this is what it wrote
+    assert note in record.notes
+
+
+def test_download_refuses_a_file_whose_grid_is_not_the_entrys(env, monkeypatch):
+    # 48 px is a 3x3 grid: the file's 2x2 is another model, whatever the entry calls its size.
+    pre = {"size": [48, 48], "resize": "crop", "crop_pct": 0.9, "interpolation": "bicubic",
+           "mean": [0.5] * 3, "std": [0.5] * 3}
+    m = manifest(env, config={**TINY_CONFIG, "img_size": [48, 48]}, train_resolution=48, preprocess=pre)
+    with serve(monkeypatch), pytest.raises(VitConvertError, match=r"img_size: manifest \[48, 48\], file \[32, 32\]"):
+        download(TINY_NAME, manifest=m, **FAST)
+    assert not cached_weights(TINY_NAME).exists()

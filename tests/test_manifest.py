@@ -241,16 +241,26 @@ def test_flexivit(e):
     variant = size.upper()
     assert e.name == f"flexivit-{variant}-i1k-{epochs}ep" and e.arch == f"FlexiViT-{variant}"
     assert widths(e) == BV_VARIANTS[variant]
-    # i1k_deit3_distill.py: the student's pool_type 'tok', patch_size (16, 16), res 240; flexi/vit.py: the
-    # position embedding covers the patches only and is resized at every forward.
+    # The file as stored (what jax2torch writes): flexi/vit.py's underlying parameters, a 32x32 kernel (the
+    # paper's; an assumption the notes state) and posemb_size (7, 7), so 7 x 32 = 224 px; its position
+    # embedding covers the patches only and is resized at every forward.
     c = e.config
-    assert (c.patch_size, e.train_resolution, c.pool, c.no_embed_class, c.pos_resize) == (16, 240, "token", True, "flexivit")
+    assert (c.patch_size, e.train_resolution, c.pool, c.no_embed_class, c.pos_resize) == (32, 224, "token", True, "flexivit")
+    assert c.grid_size == (7, 7)
     assert e.num_classes == 1000 and e.labels == "imagenet-1k" and c.representation_size is None
-    if e.timm_model is None:  # pp_eval_student: resize(272)|central_crop(240)|value_range(-1, 1)
-        assert epochs == "90" and e.preprocess_source == "big_vision"
-        assert (e.preprocess.resize, crop_side(e), e.preprocess.interpolation) == ("squash", 272, "bilinear_tf")
+    # pp_eval_student: resize(272)|central_crop(240)|value_range(-1, 1), its crop fraction at the file's size.
+    assert (e.preprocess_source, e.preprocess.resize, e.preprocess.interpolation) == ("big_vision", "squash", "bilinear_tf")
+    assert (e.preprocess.size, e.preprocess.crop_pct) == ((224, 224), 240 / 272)
+    assert e.preprocess.mean == e.preprocess.std == (0.5, 0.5, 0.5)
+    # i1k_deit3_distill.py evaluates the student at patch_size (16, 16), res 240: the entry says how to run that.
+    assert any(f"`vitpredict --model {e.name} --patch-size 16 --res 240`" in n for n in e.notes)
+    assert any("assumption" in n and "32x32" in n for n in e.notes)
+    if e.timm_model is None:
+        assert epochs == "90" and e.top1 is None
     else:
         assert e.timm_model == f"{FLEXIVIT_TIMM[variant]}.{epochs}ep_in1k"
+        # timm's figure is at 240 px, patch 16, with its own preprocessing: the entry says so where it cites it.
+        assert "240 px with patch 16" in e.top1_source and "crop_pct 0.95, bicubic" in e.top1_source
 
 
 SIGLIP_VARIANTS = {"b": "B", "l": "L", "so400m": "So400m", "g-opt": "g-opt"}

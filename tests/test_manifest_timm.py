@@ -19,6 +19,15 @@ MANIFEST = load_manifest(bundled_path())
 NO_TIMM = "timm has no pretrained tag for this file"
 
 
+def at_size(e, patch_size: int, img_size: tuple[int, int]):
+    """The entry's architecture at another patch and image size, for a file that runs at any (FlexiViT's:
+    stored at patch 32 on a 7x7 grid, which timm resamples to its tag's patch and size as it loads it, as
+    `vitpredict --patch-size P --res R` does); any other entry must already be at them."""
+    if e.config.pos_resize != "flexivit":
+        return e.config
+    return e.config.replace(patch_size=patch_size, img_size=img_size)
+
+
 def timm_npz_urls() -> dict[str, set[str]]:
     """url -> timm tags whose pretrained cfg downloads that .npz."""
     urls: dict[str, set[str]] = {}
@@ -38,13 +47,16 @@ def test_against_timm(e):
     with torch.device("meta"):
         model = timm.create_model(base, pretrained=False, num_classes=e.num_classes)
     theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    # timm drops the 2020 checkpoints' pre_logits layer (its head then reads the D-wide token).
-    ours = {k: v for k, v in param_shapes(e.config).items() if not k.startswith("pre_logits.")}
-    assert ours == theirs
-
     cfg = get_pretrained_cfg(e.timm_model)
     assert cfg is not None, f"timm has no pretrained tag {e.timm_model}"
-    assert tuple(cfg.input_size) == (3, *e.config.img_size)
+    mine = at_size(e, model.patch_embed.patch_size[0], tuple(cfg.input_size[1:]))
+    if mine != e.config:  # the entry cites timm's figure at timm's size, and says how we run the file there
+        size = f"{mine.img_size[0]} px with patch {mine.patch_size}"
+        assert size in e.top1_source and f"--patch-size {mine.patch_size} --res {mine.img_size[0]}" in e.top1_source
+    # timm drops the 2020 checkpoints' pre_logits layer (its head then reads the D-wide token).
+    ours = {k: v for k, v in param_shapes(mine).items() if not k.startswith("pre_logits.")}
+    assert ours == theirs
+    assert tuple(cfg.input_size) == (3, *mine.img_size)
     # timm's copies of the 2020 ImageNet-21k weights leave out the all-zero head: num_classes=0.
     assert cfg.num_classes == (0 if e.head_is_zero else e.num_classes)
     if e.preprocess_source == "timm":
@@ -82,4 +94,5 @@ def test_timm_models_read_back_as_the_entrys_architecture(e):
     assert e.config.act == "gelu_tanh"
     assert cfg.act == "gelu" if e.format == "jax-npz/vit_jax" else cfg.act in ("gelu", "gelu_tanh")
     # pos_resize is how positions reach other input sizes, not the architecture (verify does not compare it).
-    assert cfg == e.config.replace(act=cfg.act, hybrid_gn_eps=cfg.hybrid_gn_eps, pos_resize=cfg.pos_resize)
+    mine = at_size(e, cfg.patch_size, cfg.img_size)
+    assert cfg == mine.replace(act=cfg.act, hybrid_gn_eps=cfg.hybrid_gn_eps, pos_resize=cfg.pos_resize)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -31,7 +32,14 @@ GELU = {"tanh": "gelu_tanh", "erf": "gelu"}
 SINCOS_SIZE = 224
 
 
-def infer_config(reader: NpzReader, layout: jax_layouts.Layout, act: str) -> ViTConfig:
+class Shaped(Protocol):
+    """What the layout and the architecture are read from: the arrays' shapes (an `NpzReader`)."""
+
+    path: Path
+    shapes: Mapping[str, tuple[int, ...]]
+
+
+def infer_config(reader: Shaped, layout: jax_layouts.Layout, act: str) -> ViTConfig:
     """The architecture, from array shapes alone."""
     s, p, where = reader.shapes, layout.prefix, str(reader.path)
     kh, kw, in_chs, dim = source_dims(s, f"{p}embedding/kernel", 4, where)
@@ -124,6 +132,38 @@ class Published(Protocol):
 class Catalog(Protocol):
     def match_file(self, filename: str, config: ViTConfig) -> Published | None: ...
 
+    def published_img_size(self, filename: str, config: ViTConfig) -> tuple[int, int] | None: ...
+
+
+@dataclass(frozen=True)
+class Identified:
+    """A file's layout and architecture, and the published checkpoint it is, if a catalog knows it."""
+
+    layout: jax_layouts.Layout
+    config: ViTConfig  # pos_resize: the published checkpoint's, else 'bicubic'
+    known: Published | None
+    notes: tuple[str, ...]
+
+
+def identify(reader: Shaped, act: str = GELU["tanh"], catalog: Catalog | None = None) -> Identified:
+    """The layout and architecture from the shapes alone, then the published checkpoint `catalog` knows
+    by the file's name and that architecture (what `convert_jax` records, and `download` checks)."""
+    layout = jax_layouts.detect(reader.shapes, str(reader.path))
+    cfg = infer_config(reader, layout, act)
+    notes = []
+    if catalog is None:
+        return Identified(layout, cfg.replace(pos_resize="bicubic"), None, ())
+    name = Path(reader.path).name
+    # The grid fixes the patches, not the pixels beyond the last whole patch: the authors' size is the name.
+    if (size := catalog.published_img_size(name, cfg)) is not None and size != cfg.img_size:
+        notes.append(f"image size {size[0]}x{size[1]} as published; the stored {cfg.grid_size[0]}x"
+                     f"{cfg.grid_size[1]} position grid alone would say {cfg.img_size[0]}x{cfg.img_size[1]} "
+                     f"(the patch embedding never reads the last {size[0] - cfg.img_size[0]} px)")
+        cfg = cfg.replace(img_size=size)
+    known = catalog.match_file(name, cfg)
+    return Identified(layout, cfg.replace(pos_resize=known.config.pos_resize if known else "bicubic"), known,
+                      tuple(notes))
+
 
 def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False,
                 gelu: str = "tanh", dtype: str = "float32", preprocess: Preprocess | None = None,
@@ -152,26 +192,27 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
     check_dtype(dtype)
     src, dst = Path(src), check_output(dst, force)  # before reading anything large
     with NpzReader(src) as reader:
-        layout = jax_layouts.detect(reader.shapes, str(src))
-        cfg = infer_config(reader, layout, GELU[gelu])
+        found = identify(reader, GELU[gelu], catalog)
+        layout, cfg, known = found.layout, found.config, found.known
         specs = plan_tensors(jax_layouts.rules(layout), reader, jax_layouts.bindings(cfg.depth, cfg.hybrid_layers),
                              where=str(src), ignore=layout.other_tower(reader.shapes))
-        notes = layout_notes(reader, layout, cfg)
+        notes = [*layout_notes(reader, layout, cfg), *found.notes]
         wanted = [what for what, given in (("preprocessing", preprocess), ("labels", labels)) if given is None]
-        if (wanted or pos_resize is None) and catalog and (known := catalog.match_file(src.name, cfg)):
+        if known:
             preprocess = preprocess or known.preprocess
             labels = known.labels if labels is None else labels
             if wanted:
                 notes.append(f"{' and '.join(wanted)} of the published checkpoint '{known.name}' "
                              f"({known.preprocess_source})")
-            if pos_resize is None and known.config.pos_resize != "bicubic":
-                pos_resize = known.config.pos_resize
-                notes.append(f"position embeddings resized '{pos_resize}' at other sizes, as the published "
+            if pos_resize is None and cfg.pos_resize != "bicubic":
+                notes.append(f"position embeddings resized '{cfg.pos_resize}' at other sizes, as the published "
                              f"checkpoint '{known.name}' is run")
+        if pos_resize is not None:
+            cfg = cfg.replace(pos_resize=pos_resize)
         embedding = layout.two_tower and cfg.num_classes > 0
         head = (f"{layout.prefix}head/kernel", f"{layout.prefix}head/bias")
         record = WeightsRecord(
-            config=cfg.replace(pos_resize="bicubic" if pos_resize is None else pos_resize),
+            config=cfg,
             preprocess=preprocess or Preprocess.google(cfg.img_size),
             source=Source(format=f"jax-npz/{layout.name}" + ("-scanned" if layout.scanned else ""),
                           file=src.name),

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.cache import cache_dir, cached_weights
+from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..formats.paths import check_output
 from .manifest import CheckpointEntry, Manifest, find
@@ -108,13 +109,30 @@ def convert_entry(entry: CheckpointEntry, src: Path, dst: Path, *, force: bool =
     (status or _silent)(f"{entry.name}: converting to {dst}")
     # The final name appears only once the file is known to hold the manifest's architecture.
     with atomic_output(dst, force=force) as tmp:
-        got = convert_jax(src, tmp, force=True, gelu="tanh", dtype="float32",
-                          preprocess=entry.preprocess, labels=entry.labels).config
+        # The entry as the catalog: the converter takes from it what the file cannot show (how its positions
+        # are resized, the authors' image size) and names it in the record; no other entry that shares the
+        # file name can answer instead.
+        got = convert_jax(src, tmp, force=True, gelu="tanh", dtype="float32", preprocess=entry.preprocess,
+                          labels=entry.labels, catalog=_Downloaded(entry)).config
         if got != entry.config:
             want, have = entry.config.to_dict(), got.to_dict()
             diff = ", ".join(f"{k}: manifest {want[k]!r}, file {have[k]!r}" for k in want if want[k] != have[k])
             raise VitConvertError(f"{src} does not hold {entry.name}: {diff}")
     return dst
+
+
+@dataclass(frozen=True)
+class _Downloaded:
+    """The catalog of a download: whatever its local name (the cache names it after the entry), the file
+    is the entry's published file."""
+
+    entry: CheckpointEntry
+
+    def match_file(self, filename: str, config: ViTConfig) -> CheckpointEntry | None:
+        return Manifest((self.entry,)).match_file(self.entry.filename, config)
+
+    def published_img_size(self, filename: str, config: ViTConfig) -> tuple[int, int] | None:
+        return Manifest((self.entry,)).published_img_size(self.entry.filename, config)
 
 
 def fetch(entry: CheckpointEntry, dst: Path, *, force: bool = False, progress: Progress | None = None,

@@ -149,6 +149,19 @@ class Manifest:
             return hits[0]
         return None
 
+    def published_img_size(self, filename: str, config: ViTConfig) -> tuple[int, int] | None:
+        """The image size the authors give a published file whose stored position grid fixes only its
+        patch grid: the size of the entries for `filename` that are `config` apart from the image size
+        (and what match_file sets aside), on the same patch grid; None unless they agree on one.
+
+        SigLIP So400m/14 at 384 stores a 27x27 grid, which a converter reads as 378 px: the patch
+        embedding never reads the last 6 px of a 384 px input, and the authors call the model 384.
+        """
+        sizes = {e.config.img_size for e in self.checkpoints
+                 if e.filename == filename and e.config.grid_size == config.grid_size
+                 and e.config.replace(act=config.act, pos_resize=config.pos_resize, img_size=config.img_size) == config}
+        return sizes.pop() if len(sizes) == 1 else None
+
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": self.schema_version,
                 "checkpoints": [e.to_dict() for e in self.checkpoints]}
