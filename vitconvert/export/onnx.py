@@ -124,9 +124,9 @@ def export_onnx(src: str | os.PathLike, dst: str | os.PathLike, *,
             _relocate_external_data(proto, data_dst.name)
             onnx.save_model(proto, str(tmp))
     dims = tuple(d.dim_param or d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim)
-    return OnnxExport(path=dst, data_path=data_dst, input_shape=(batch or "batch", record.config.in_chans, *size), output=output,
-                      output_shape=dims, opset=used_opset, max_abs_diff=diff, check_batch=check_batch,
-                      atol=atol, record=stored)
+    return OnnxExport(path=dst, data_path=data_dst, input_shape=(batch or "batch", record.config.in_chans, *size),
+                      output=output, output_shape=dims, opset=used_opset, max_abs_diff=diff,
+                      check_batch=check_batch, atol=atol, record=stored)
 
 
 def _relocate_external_data(proto, location: str) -> None:
