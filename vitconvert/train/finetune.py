@@ -9,6 +9,7 @@ an interruption or a full disk leaves no half-written file, and the last checkpo
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import time
@@ -181,10 +182,11 @@ class _Run:
                          "augment": augment, "mixed_precision": mixed_precision,
                          "freeze_backbone": freeze_backbone, "seed": seed}
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> dict[str, Any]:
         """What decides the result: a checkpoint of another run is not resumed. The number of processes,
-        the accumulation, the device and the workers change only the float rounding, and may differ."""
+        the accumulation, the device and the workers change only the float rounding, and may differ.
+        Fixed for the run, so the image listing is hashed once, not at every epoch's checkpoint."""
         listing = "\n".join(f"{p}\t{y}" for p, y in zip(self.train_data.paths, self.train_data.labels, strict=True))
         images = hashlib.sha256(listing.encode()).hexdigest()
         return {"weights_sha256": self.parent_sha.hexdigest(), "classes": list(self.train_data.classes),
