@@ -171,10 +171,9 @@ class _Run:
         self.preprocess = record.preprocess.at_size(self.model.config.img_size) if size else record.preprocess
         self.optimizer = recipe.optimizer_for(self.model)
         self.lr_schedule = scheduler(self.optimizer, self.total, self.warmup)
-        self.device_type = processes.device.type
         self.autocast = AUTOCAST.get(mixed_precision)
-        self.scaler = torch.amp.GradScaler(self.device_type, enabled=mixed_precision == "fp16")
-        self.augment, self.workers, self.seed, self.accumulate = augment, workers, seed, accumulate
+        self.scaler = torch.amp.GradScaler(processes.device.type, enabled=mixed_precision == "fp16")
+        self.augment, self.workers = augment, workers
         self.step, self.history = 0, []
         self.settings = {"optimizer": recipe.optimizer, "lr": recipe.lr, "weight_decay": recipe.weight_decay,
                          "warmup_steps": self.warmup, "steps": self.total, "batch_size": batch_size,
@@ -210,7 +209,7 @@ class _Run:
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.autocast)
+        return torch.autocast(self.processes.device.type, dtype=self.autocast)
 
     def train(self, ckpt: Path | None, on_step: Callable[[StepLog], None] | None,
               on_epoch: Callable[[EpochLog], None] | None) -> list[EpochLog]:
@@ -219,10 +218,9 @@ class _Run:
         net = self.processes.wrap(self.model)
         criterion = self.recipe.loss()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        images = Images(self.train_data, self.preprocess, self.augment == "default", self.seed)
-        pin = self.device_type == "cuda"
+        images = Images(self.train_data, self.preprocess, self.augment == "default", self.schedule.seed)
+        pin = self.processes.device.type == "cuda"
         batches = loader(images, Steps(self.schedule, self.step, self.total), self.workers, pin)
-        micro = self.schedule.micro_batch
         while self.step < self.total:
             epoch = self.step // per_epoch
             last = min((epoch + 1) * per_epoch, self.total)
@@ -236,7 +234,7 @@ class _Run:
                 if on_step is not None and self.processes.is_main:
                     seen = (self.step - first) * self.schedule.batch_size
                     on_step(StepLog(epoch + 1, epochs, self.step - first, last - first,
-                                    float(step_loss) / (micro * self.accumulate),
+                                    float(step_loss) / (self.schedule.batch_size // self.processes.world),
                                     seen / (time.perf_counter() - started)))
             trained = time.perf_counter() - started
             loss_total, = self.processes.sum([float(loss_sum)])
@@ -257,14 +255,15 @@ class _Run:
               trainable: list[torch.nn.Parameter]) -> torch.Tensor:
         """One optimiser step over `accumulate` micro-batches; returns the sum of this process's losses."""
         total = torch.zeros((), dtype=torch.float64, device=self.processes.device)
-        for m in range(self.accumulate):
+        accumulate = self.schedule.accumulate
+        for m in range(accumulate):
             x, y = next(batches)
             x, y = x.to(self.processes.device, non_blocking=True), y.to(self.processes.device, non_blocking=True)
             # DDP averages the gradients on the last micro-batch's backward only.
-            sync = m == self.accumulate - 1 or self.processes.world == 1
+            sync = m == accumulate - 1 or self.processes.world == 1
             with (contextlib.nullcontext() if sync else net.no_sync()), self._autocast():
                 loss = criterion(net(x), y)
-            self.scaler.scale(loss / self.accumulate).backward()
+            self.scaler.scale(loss / accumulate).backward()
             total += loss.detach().double() * len(y)
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(trainable, CLIP_NORM)
@@ -287,7 +286,7 @@ class _Run:
         size = self.schedule.micro_batch
         keys = [[(i, 0) for i in mine[s:s + size]] for s in range(0, len(mine), size)]
         loss = correct = 0.0
-        for x, y in loader(Images(data, self.preprocess, False, self.seed), keys, self.workers):
+        for x, y in loader(Images(data, self.preprocess, False, self.schedule.seed), keys, self.workers):
             x, y = x.to(self.processes.device), y.to(self.processes.device)
             with self._autocast():
                 logits = self.model(x)
