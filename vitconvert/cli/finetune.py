@@ -155,8 +155,8 @@ def _summary(out: str, history: list, plot: str | None) -> None:
     record = read_record(out)
     names = record.labels
     shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-    last = history[-1] if history else None
-    top1 = f", validation top-1 {100 * last.val_top1:.1f}%" if last and last.val_top1 is not None else ""
+    last = history[-1]
+    top1 = f", validation top-1 {100 * last.val_top1:.1f}%" if last.val_top1 is not None else ""
     click.echo(f"wrote {out}: {len(names)} classes ({shown}){top1}")
     if plot:
         click.echo(f"wrote {plot}")

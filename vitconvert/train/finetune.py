@@ -296,13 +296,12 @@ class _Run:
         return loss / len(data), correct / len(data)
 
     def save(self, out: Path, force: bool) -> None:
-        last = self.history[-1] if self.history else None
+        last = self.history[-1]  # a run has at least one step, so at least one epoch
         summary = {"train_images": len(self.train_data),
                    "val_images": len(self.val_data) if self.val_data is not None else 0,
                    "classes": len(self.train_data.classes), "epochs": len(self.history),
-                   "final_train_loss": last.train_loss if last else None,
-                   "final_val_loss": last.val_loss if last else None,
-                   "final_val_top1": last.val_top1 if last else None, **self.settings}
+                   "final_train_loss": last.train_loss, "final_val_loss": last.val_loss,
+                   "final_val_top1": last.val_top1, **self.settings}
         source = Source(format=SOURCE_FORMAT, file=self.weights.name, sha256=self.parent_sha.hexdigest(),
                         training=summary)
         notes = [f"fine-tuned from {self.weights.name} ({self.record.source.format}) on "
