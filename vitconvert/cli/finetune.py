@@ -10,7 +10,7 @@ import click
 from ..core.errors import VitConvertError
 from .errors import EXIT_ERROR, debug_option
 from .export import _size
-from .progress import progress_bar
+from .progress import Progress, progress_bar
 
 
 @click.command("finetune")
@@ -102,14 +102,16 @@ def finetune_cmd(paths: tuple[str, ...], model_name: str | None, val: str | None
         from ..train.finetune import finetune
 
         defaults = {"batch_size": batch_size} if batch_size is not None else {}  # else the library's own
-        with _EpochBars(quiet=as_json or not main) as bars:
+        with progress_bar("", quiet=as_json or not main) as bar:
+            bars = _EpochBars(bar, as_json)
             history = finetune(
                 weights_path, data, out, val=val, val_split=val_split, freeze_backbone=freeze_backbone,
                 optimizer=optimizer, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, epochs=epochs,
                 steps=steps, accumulate=accumulate, res=res, label_smoothing=label_smoothing, augment=augment,
                 mixed_precision=mixed_precision, device=device, workers=workers, seed=seed, strict=strict,
-                force=force, checkpoint_dir=checkpoint_dir, resume=resume, plot=plot, on_step=bars.step,
-                on_epoch=lambda log: bars.epoch(log, as_json), **defaults)
+                force=force, checkpoint_dir=checkpoint_dir, resume=resume, plot=plot,
+                on_step=bars.step if bar.update else None,  # without a bar, no loss is read back each step
+                on_epoch=bars.epoch, **defaults)
     except VitConvertError:
         if not main:  # every process meets the same bad input; rank 0 says so
             sys.exit(EXIT_ERROR)
@@ -119,30 +121,22 @@ def finetune_cmd(paths: tuple[str, ...], model_name: str | None, val: str | None
 
 
 class _EpochBars:
-    """A progress bar per epoch on a terminal (loss and images/s beside it), then the epoch's line."""
+    """A progress bar per epoch on a terminal (loss and images/s beside it), then the epoch's line (or,
+    `as_json`, its JSON). Called in the process of rank 0 only."""
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self._bars = progress_bar("", quiet)
-        self.bar = self._bars.__enter__()
-
-    def __enter__(self) -> _EpochBars:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._bars.__exit__(*exc)
+    def __init__(self, bar: Progress, as_json: bool) -> None:
+        self.bar, self.as_json = bar, as_json
 
     def step(self, log) -> None:
-        if self.bar.update:
-            self.bar.label = f"epoch {log.epoch}/{log.epochs}"
-            self.bar.suffix = f"loss {log.loss:.4f} {log.images_per_s:.0f} img/s"
-            self.bar.update(log.step, log.steps)
+        self.bar.label = f"epoch {log.epoch}/{log.epochs}"
+        self.bar.suffix = f"loss {log.loss:.4f} {log.images_per_s:.0f} img/s"
+        self.bar.update(log.step, log.steps)
 
-    def epoch(self, log, as_json: bool) -> None:
+    def epoch(self, log) -> None:
         self.bar.close()
-        if as_json:
+        if self.as_json:
             click.echo(json.dumps(log.to_dict()))
-        elif not self.quiet:
+        else:
             val = (f"val loss {log.val_loss:.4f}  top-1 {100 * log.val_top1:5.1f}%" if log.val_loss is not None
                    else "no validation data")
             click.echo(f"epoch {log.epoch:>3}  step {log.step:>6}  train loss {log.train_loss:.4f}  {val}  "
