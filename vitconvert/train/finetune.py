@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -137,7 +137,7 @@ def _check_options(epochs, steps, batch_size, accumulate, augment, mixed_precisi
                                ("accumulate", accumulate, 1), ("workers", workers, 0), ("seed", seed, 0)):
         if value is not None and not (is_int(value) and value >= least):
             raise VitConvertError(f"{name} must be an integer >= {least}, got {value!r}")
-    if augment not in ("default", "none"):
+    if augment not in get_args(Augment):
         raise VitConvertError(f"augment must be 'default' or 'none', got {augment!r}")
     if mixed_precision not in ("no", *AUTOCAST):
         raise VitConvertError(f"mixed precision must be 'no', 'bf16' or 'fp16', got {mixed_precision!r}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -21,7 +21,7 @@ from ..core.checks import is_int, is_real
 from ..core.errors import VitConvertError
 
 Optimizer = Literal["sgd", "adamw"]
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = get_args(Optimizer)
 MOMENTUM = 0.9  # vit_jax: optax.sgd(momentum=0.9)
 CLIP_NORM = 1.0  # vit_jax: config.grad_norm_clip, over all gradients at once
 BASE_LR = 0.03  # vit_jax: config.base_lr
