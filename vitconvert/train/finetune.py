@@ -285,14 +285,16 @@ class _Run:
         mine = list(range(rank, len(data), world))
         size = self.schedule.micro_batch
         keys = [[(i, 0) for i in mine[s:s + size]] for s in range(0, len(mine), size)]
-        loss = correct = 0.0
+        # Summed on the device, read back once: a float() per batch would wait for each batch on a GPU.
+        loss = torch.zeros((), dtype=torch.float64, device=self.processes.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.processes.device)
         for x, y in loader(Images(data, self.preprocess, False, self.schedule.seed), keys, self.workers):
             x, y = x.to(self.processes.device), y.to(self.processes.device)
             with self._autocast():
                 logits = self.model(x)
-            loss += float(torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
-            correct += float((logits.argmax(1) == y).sum())
-        loss, correct = self.processes.sum([loss, correct])
+            loss += torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum()
+        loss, correct = self.processes.sum([float(loss), float(correct)])
         return loss / len(data), correct / len(data)
 
     def save(self, out: Path, force: bool) -> None:
