@@ -279,8 +279,7 @@ def loader(dataset: Images, batches: torch.utils.data.Sampler | Sequence[list[tu
            pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The micro-batches, prepared in `workers` processes ahead of the model (0: in this one)."""
     batches_iter = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                                               collate_fn=collate, pin_memory=pin_memory,
-                                               prefetch_factor=2 if workers else None)
+                                               collate_fn=collate, pin_memory=pin_memory)
     for batch in batches_iter:
         if isinstance(batch, str):
             raise VitConvertError(f"{batch} (its header read before training); remove or replace it and run again")
