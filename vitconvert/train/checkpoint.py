@@ -24,17 +24,13 @@ FORMAT = "vitconvert-finetune-checkpoint"
 VERSION = 1
 
 
-def checkpoint_path(folder: str | os.PathLike) -> Path:
-    return Path(folder) / NAME
-
-
 def prepare(folder: str | os.PathLike, resume: bool, force: bool) -> Path:
     """The checkpoint's path in `folder` (created if missing), after checking that this run may use it:
     resuming needs a checkpoint there; a new run does not overwrite one unless forced."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise VitConvertError(f"checkpoint folder {folder} is a file")
-    path = checkpoint_path(folder)
+    path = folder / NAME
     if resume and not path.is_file():
         raise VitConvertError(f"{folder}: no checkpoint ({NAME}) to resume from")
     if not resume and path.exists() and not force:
