@@ -34,7 +34,7 @@ def default_workers(num_images: int, batch_size: int, device: str | torch.device
     """Worker processes worth starting: none for a single batch (nothing to overlap). With the model
     on a GPU, up to two. With the model on the CPU, only on cores torch's threads leave idle: there,
     workers take cores from the matrix products, and on a machine whose cores torch uses they cost
-    more than decoding in between batches does (2 cores, ViT-B/16 bfloat16 over 200 photos: 0.83x
+    more than decoding in between batches does (2-core AMD EPYC, ViT-B/16 bfloat16 over 200 photos: 0.83x
     the model's images/s with 2 workers, 0.87x with none; benchmarks/RESULTS.md)."""
     if num_images <= batch_size:
         return 0

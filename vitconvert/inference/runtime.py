@@ -86,7 +86,8 @@ def cpu_support(dtype: torch.dtype) -> str:
 @functools.cache
 def matmul_slowdown(dtype: torch.dtype) -> float:
     """Time of a ViT-sized matrix product (512x768 by 768x3072) in `dtype` over its time in float32,
-    on this CPU with torch's threads: best of 3 after a warm-up (0.1-0.7 s in all), once a process."""
+    on this CPU with torch's threads: best of 3 after a warm-up, once a process (0.26-0.65 s in all
+    on the 2-core AMD EPYC here with other processes busy on it; README, "Speed")."""
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(512, 768, generator=gen), torch.randn(768, 3072, generator=gen)
 
@@ -150,7 +151,7 @@ def keep_freed_memory() -> bool:
     """Let this process reuse the memory a forward pass frees instead of returning it to the system.
 
     glibc gives big blocks back to the kernel when they are freed (and maps blocks over its
-    threshold afresh), so every forward pass page-faults its activations in again: on 2 cores,
+    threshold afresh), so every forward pass page-faults its activations in again: on a 2-core AMD EPYC,
     ViT-B/16 over 200 images in a fresh process took 1.2 million page faults and 13.1 s in bfloat16,
     11.5 s with this (float32: 35.8 s, 34.1 s). It sets glibc's mmap threshold to its largest
     value and the trim threshold to 1 GiB, which is process-wide: `vitpredict` calls it; a library
