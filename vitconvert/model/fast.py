@@ -3,10 +3,10 @@
 `compile_model` is what `load_model(..., compile=True)`, `Predictor(compile=True)` and
 `vitpredict --compile` run. On the CPU in float32 that is oneDNN's linear layers with their weights
 reordered once into oneDNN's blocked layout and the MLP's GELU fused into the first one: of the
-paths PyTorch offers it measured fastest here, 1.2-1.3x the eager model, where inductor (with or
-without weight freezing) and TorchScript's freeze + optimize_for_inference gave 0.98-1.01x (README,
-"Speed"; `python -m benchmarks --only compile`). Elsewhere (a GPU, another dtype) it is inductor
-with weight freezing, static shapes.
+paths PyTorch offers it measured fastest on a 2-core AMD EPYC (avx512_bf16, no AMX), 1.2-1.3x the
+eager model, where inductor (with or without weight freezing) and TorchScript's freeze +
+optimize_for_inference gave 0.98-1.01x (README, "Speed"; `python -m benchmarks --only compile`).
+Elsewhere (a GPU, another dtype) it is inductor with weight freezing, static shapes.
 """
 
 from __future__ import annotations
