@@ -18,7 +18,6 @@ import torch  # noqa: E402
 from helpers.vit_weights import TINY, our_vit, write_test_weights  # noqa: E402
 
 from vitconvert import VitConvertError, load_model  # noqa: E402
-from vitconvert.core.config import ViTConfig  # noqa: E402
 from vitconvert.export.onnx import export_onnx, read_onnx_record  # noqa: E402
 
 # The bound. Observed: 1e-6 to 9e-6 on these models (float32 rounding of another kernel order).
@@ -29,17 +28,8 @@ MODELS = {
     "gap": SMALL.replace(pool="gap", fc_norm=True),
     "gap-jax": SMALL.replace(pool="gap"),  # LayerNorm on every token, then the mean
     "distilled": SMALL.replace(distilled=True),
-    "headless": "num_classes=0",
+    "headless": SMALL.replace(num_classes=0),
 }
-
-
-def config(name: str) -> ViTConfig:
-    if MODELS[name] == "num_classes=0":
-        try:
-            return SMALL.replace(num_classes=0)
-        except VitConvertError as e:
-            pytest.skip(f"our config has no headless models yet ({e})")
-    return MODELS[name]
 
 
 def run_onnx(path, x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +46,7 @@ def weights(tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx")
 
     def make(name: str):
-        cfg = config(name)
+        cfg = MODELS[name]
         names = [f"class {i}" for i in range(cfg.num_classes)] or None  # names stored in the file travel too
         return write_test_weights(folder / f"{name}.safetensors", our_vit(cfg).state_dict(), cfg, labels=names)
     return make

@@ -82,8 +82,7 @@ def export_onnx(src: str | os.PathLike, dst: str | os.PathLike, *,
     record = read_record(src)
     size = record.config.img_size if img_size is None else parse_size(img_size)
     model = model_from(record, src, img_size=size)
-    headless = getattr(record.config, "num_classes", 1) == 0
-    output = "features" if features or headless else "logits"
+    output = "features" if features or record.config.num_classes == 0 else "logits"
     module = _Features(model).eval() if output == "features" else model
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     data_dst = check_output(dst.with_name(dst.name + ".data"), force) if nbytes > PROTOBUF_LIMIT else None

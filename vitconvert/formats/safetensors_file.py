@@ -172,7 +172,8 @@ def write_safetensors(dst: str | os.PathLike, specs: Sequence[TensorSpec], dtype
 
 class _EarlyWriteback:
     """fdatasync on a second thread every WRITEBACK_EVERY bytes, so the disk writes the file while the rest is
-    converted and the final fsync waits for the tail only (0.1 s of a B/16's write otherwise). One sync
+    converted and the final fsync waits for the tail only (0.1 s of a B/16's write otherwise, on the 2-core
+    AMD EPYC machine of README's Speed section). One sync
     at a time: a slow disk is not asked again before it has finished."""
 
     def __init__(self, f: io.BufferedWriter) -> None:

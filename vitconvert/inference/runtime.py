@@ -151,12 +151,12 @@ def keep_freed_memory() -> bool:
     """Let this process reuse the memory a forward pass frees instead of returning it to the system.
 
     glibc gives big blocks back to the kernel when they are freed (and maps blocks over its
-    threshold afresh), so every forward pass page-faults its activations in again: on a 2-core AMD EPYC,
-    ViT-B/16 over 200 images in a fresh process took 1.2 million page faults and 13.1 s in bfloat16,
-    11.5 s with this (float32: 35.8 s, 34.1 s). It sets glibc's mmap threshold to its largest
-    value and the trim threshold to 1 GiB, which is process-wide: `vitpredict` calls it; a library
-    user may (the process keeps up to 1 GiB of freed memory for reuse). True if it took effect;
-    a no-op returning False outside glibc.
+    threshold afresh), so every forward pass page-faults its activations in again: on 2 cores of
+    an AMD EPYC (avx512_bf16, no AMX), ViT-B/16 over 200 images in a fresh process took 1.2 million
+    page faults and 13.1 s in bfloat16, 11.5 s with this (float32: 35.8 s, 34.1 s). It sets glibc's
+    mmap threshold to its largest value and the trim threshold to 1 GiB, which is process-wide:
+    `vitpredict` calls it; a library user may (the process keeps up to 1 GiB of freed memory for
+    reuse). True if it took effect; a no-op returning False outside glibc.
     """
     import ctypes
 

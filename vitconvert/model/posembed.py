@@ -80,7 +80,6 @@ def sincos_2d(grid: tuple[int, int], dim: int, device: torch.device | None = Non
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]
 
 
-
 # The names ViTConfig.pos_resize accepts (a test holds the two lists equal).
 RESIZERS: dict[str, GridResize] = {"bicubic": _timm_bicubic, "dino": _dino, "flexivit": _flexivit,
                                    "transformers": _transformers}
