@@ -132,6 +132,26 @@ def test_an_existing_output_is_refused_before_any_work(weights, folder, tmp_path
     assert usage.value.code == 2
 
 
+def test_force_replaces_an_earlier_table_but_not_a_folder_holding_other_files(local_ray, tmp_path) -> None:
+    """--force with a mistyped path must not delete somebody's folder: only Parquet files are replaceable."""
+    import ray.data
+
+    from vitconvert import VitConvertError
+    from vitconvert.ray import write_predictions
+
+    rows = ray.data.from_items([{"path": "a.jpg", "error": ""}, {"path": "b.jpg", "error": "unreadable"}])
+    out = tmp_path / "p.parquet"
+    assert write_predictions(rows, out) == {"images": 2, "errors": 1}
+    assert write_predictions(rows, out, force=True) == {"images": 2, "errors": 1}  # an earlier table: replaced
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "cat.jpg").write_bytes(b"mine")
+    with pytest.raises(VitConvertError, match="holds other files than the ones written here .*cat.jpg"):
+        write_predictions(rows, photos, force=True)
+    assert [p.name for p in photos.iterdir()] == ["cat.jpg"] and (photos / "cat.jpg").read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.parquet", "photos"]  # no temporary left
+
+
 def test_a_model_without_classes_to_rank_gives_embeddings_only(local_ray, weights, tmp_path) -> None:
     from vitconvert import VitConvertError, load_model
     from vitconvert.ray import predict_dataset

@@ -169,7 +169,7 @@ def export_hf(src: str | os.PathLike, dst: str | os.PathLike, *, features: bool 
     specs += [TensorSpec(name, (1, record.config.embed_dim), lambda d=record.config.embed_dim: np.zeros((1, d)))
               for name in hf_layouts.UNUSED.get(layout.model_type, ())]
     processor, notes = processor_for(record.preprocess)
-    with atomic_directory(dst, force, replaceable=frozenset(FILES)) as tmp:
+    with atomic_directory(dst, force, replaceable=frozenset(FILES).__contains__) as tmp:
         _write_json(tmp / "config.json", hf_config(record, layout, dtype))
         _write_json(tmp / "preprocessor_config.json", processor)
         write_safetensors(tmp / "model.safetensors", specs, dtype, {"format": "pt"})

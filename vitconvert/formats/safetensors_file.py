@@ -74,11 +74,11 @@ def atomic_output(dst: str | os.PathLike, force: bool = False) -> Iterator[Path]
 
 @contextlib.contextmanager
 def atomic_directory(dst: str | os.PathLike, force: bool = False,
-                     replaceable: frozenset[str] = frozenset()) -> Iterator[Path]:
+                     replaceable: Callable[[str], bool] = lambda name: False) -> Iterator[Path]:
     """A new directory beside `dst` to write into, renamed onto `dst` only if the block finishes.
 
     `dst` may exist empty; holding files, it is replaced only with `force`, and only if it holds
-    nothing but regular files named in `replaceable` (what an earlier run wrote): `--force` with a
+    nothing but regular files whose names `replaceable` accepts (what an earlier run wrote): `--force` with a
     mistyped path must not delete somebody's folder. On any failure the new directory is removed
     and an existing `dst` is untouched.
     """
@@ -90,7 +90,7 @@ def atomic_directory(dst: str | os.PathLike, force: bool = False,
     present = sorted(dst.iterdir()) if dst.is_dir() else []
     if present and not force:
         raise VitConvertError(f"output directory {dst} is not empty; pass --force (force=True) to replace it")
-    foreign = [p.name for p in present if p.name not in replaceable or p.is_symlink() or not p.is_file()]
+    foreign = [p.name for p in present if not replaceable(p.name) or p.is_symlink() or not p.is_file()]
     if foreign:
         raise VitConvertError(f"output directory {dst} holds other files than the ones written here "
                               f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); not replacing it")

@@ -9,8 +9,6 @@ failing the job.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +18,7 @@ import numpy as np
 from ..core.cache import resolve_weights
 from ..core.config import parse_size
 from ..core.errors import VitConvertError
+from ..formats.safetensors_file import atomic_directory
 from ..formats.weights_file import Preprocess, read_record
 from ..inference.images import MAX_PIXELS, load_rgb
 from ..inference.labels import check_top_k
@@ -157,24 +156,16 @@ class _Replica:
 
 def write_predictions(dataset: ray.data.Dataset, out: str | os.PathLike, force: bool = False) -> dict[str, int]:
     """Write `dataset` as Parquet to the directory `out` (one file per block, read back as one table by
-    pandas or pyarrow), atomically: into a temporary directory beside it, renamed when complete.
+    pandas or pyarrow), atomically: into a new directory beside it, renamed when complete. With
+    `force`, an existing `out` is replaced only if it holds nothing but Parquet files (an earlier
+    run's): a mistyped path must not delete somebody's folder.
     Returns {'images': rows, 'errors': rows with an error}."""
     import pyarrow.parquet as pq
 
     out = Path(out)
     if out.exists() and not force:
         raise VitConvertError(f"output {out} exists; pass --force (force=True) to replace it")
-    if not out.parent.is_dir():
-        raise VitConvertError(f"output directory {out.parent} does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out, force, replaceable=lambda name: name.endswith(".parquet")) as tmp:
         dataset.write_parquet(str(tmp))
         errors = pq.read_table(tmp, columns=["error"]).column("error").to_pylist()
-        summary = {"images": len(errors), "errors": sum(1 for e in errors if e)}
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return summary
+    return {"images": len(errors), "errors": sum(1 for e in errors if e)}
