@@ -125,6 +125,11 @@ def plan_tensors(rules: Iterable[Rule], reader: ArrayReader, bindings: Mapping[s
     return specs
 
 
+def block_bindings(depth: int) -> dict[str, list[dict[str, object]]]:
+    """The binding list 'block' of a table's per-block rules ({i} = 0 .. depth - 1)."""
+    return {"block": [{"i": i} for i in range(depth)]}
+
+
 def source_dims(shapes: Mapping[str, Shape], key: str, rank: int, where: str, leading: int = 0) -> Shape:
     """The shape of source array `key`, which a config is read from, checked to have `rank`
     dimensions after `leading` ones (the layer axis of a scanned layout), which are dropped."""

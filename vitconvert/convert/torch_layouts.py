@@ -115,10 +115,6 @@ def count_blocks(shapes: Mapping[str, Shape], prefix: str) -> int:
     return len(found)
 
 
-def blocks(depth: int) -> dict[str, list[dict[str, object]]]:
-    return {"block": [{"i": i} for i in range(depth)]}
-
-
 # --- lucidrains' vit-pytorch ----------------------------------------------------------------------
 
 # The layouts, as the releases that wrote them (read from lucidrains/vit-pytorch's history; README).

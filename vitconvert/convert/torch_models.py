@@ -26,7 +26,7 @@ from ..formats.paths import check_output
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
 from . import torch_layouts as layouts
 from .jax_layouts import bindings as resnet_bindings
-from .mapping import Op, Rule, Shape, plan_tensors, source_dims
+from .mapping import Op, Rule, Shape, block_bindings, plan_tensors, source_dims
 from .timm import HEADS_BY_WIDTH, TensorReader, read_state_dict
 
 SOURCES = ("lucidrains", "jeonsworld", "torch-encoder")
@@ -186,7 +186,7 @@ def _lucidrains(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any]
         raise VitConvertError(f"{where}: {e}") from None
     rules = layouts.lucidrains_rules(layout, shapes, (ph, pw, chans), dim, bool(n_cls))
     empty = ("cls_token",) if "cls_token" in shapes and not n_cls else ()
-    return Plan(cfg, rules, layouts.blocks(depth), f"torch/vit-pytorch-{layout.release}", notes, empty)
+    return Plan(cfg, rules, block_bindings(depth), f"torch/vit-pytorch-{layout.release}", notes, empty)
 
 
 def _jeonsworld_standardized(w: np.ndarray) -> np.ndarray:
@@ -234,8 +234,7 @@ def _jeonsworld(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any]
         raise VitConvertError(f"{where}: {e}") from None
     notes.append("preprocessing: jeonsworld's test transform (Resize to the input size, bilinear; Normalize mean = "
                  "std = 0.5)")
-    bindings = {**resnet_bindings(depth, units), **layouts.blocks(depth)}
-    return Plan(cfg, layouts.jeonsworld_rules(units is not None, JEONSWORLD_STD_CONV), bindings,
+    return Plan(cfg, layouts.jeonsworld_rules(units is not None, JEONSWORLD_STD_CONV), resnet_bindings(depth, units),
                 "torch/jeonsworld-vit-pytorch", notes, preprocess_known=True)
 
 
@@ -303,7 +302,7 @@ def _encoder(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any], g
     notes = [f"nn.TransformerEncoder at '{prefix or '(top level)'}', norm_first={norm_first}, activation {cfg.act}"]
     if f"{layer}.norm1.weight" in shapes and f"{layer}.norm1.bias" not in shapes:
         notes.append("its LayerNorms have no bias (bias=False): stored as zeros")
-    return Plan(cfg, layouts.encoder_rules(prefix, names, shapes), layouts.blocks(depth), "torch/nn.TransformerEncoder",
+    return Plan(cfg, layouts.encoder_rules(prefix, names, shapes), block_bindings(depth), "torch/nn.TransformerEncoder",
                 notes)
 
 
