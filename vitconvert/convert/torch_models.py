@@ -26,7 +26,7 @@ from ..formats.paths import check_output
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
 from . import torch_layouts as layouts
 from .jax_layouts import bindings as resnet_bindings
-from .mapping import Op, Rule, Shape, block_bindings, plan_tensors, source_dims
+from .mapping import Op, Rule, Shape, block_bindings, head_is_zero, plan_tensors, source_dims
 from .timm import HEADS_BY_WIDTH, TensorReader, read_state_dict
 
 SOURCES = ("lucidrains", "jeonsworld", "torch-encoder")
@@ -348,11 +348,10 @@ def convert_torch(src: str | os.PathLike, dst: str | os.PathLike, *, source: str
                      "bilinear, mean = std = 0.5 (Python: convert_torch(..., preprocess=Preprocess(...)))")
     if cannot := timm_incompatibilities(cfg):
         notes.append(f"timm cannot load this file: {'; '.join(cannot)}")
-    head = [checkpoint.tensors[r.sources[0]] for r in plan.rules if r.target in ("head.weight", "head.bias")]
     record = WeightsRecord(
         config=cfg if pos_resize is None else cfg.replace(pos_resize=pos_resize),
         preprocess=preprocess or Preprocess(size=cfg.img_size), source=Source(format=plan.format, file=src.name),
         labels=labels if labels is not None else label_set_for(cfg.num_classes),
-        head_is_zero=bool(head) and not any(t.any() for t in head), notes=tuple(notes))
+        head_is_zero=head_is_zero(specs), notes=tuple(notes))
     return write_weights(dst, specs, record, source_path=src, dtype=dtype, force=force,
                          allow_nonfinite=allow_nonfinite, progress=progress)
