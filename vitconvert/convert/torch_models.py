@@ -83,7 +83,8 @@ def _positive_int(args: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
-def _grid(n_patches: int, patch: tuple[int, int], size: tuple[int, int] | None, where: str, what: str) -> tuple[int, int]:
+def _grid(n_patches: int, patch: tuple[int, int], size: tuple[int, int] | None, where: str,
+          what: str) -> tuple[int, int]:
     """The input size: `size` when given (its grid must hold n_patches), else a square grid of n_patches."""
     if size is not None:
         if (size[0] // patch[0]) * (size[1] // patch[1]) != n_patches:
@@ -292,7 +293,8 @@ def _encoder(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any], g
             mlp_dim=_dims(shapes, f"{layer}.linear1.weight", 2, where)[0],
             num_classes=_dims(shapes, head, 2, where)[0] if head in shapes else 0,
             pool="token" if pool == "cls" else "gap", pool_include_prefix=pool == "mean" and bool(n_cls),
-            class_token=bool(n_cls), no_embed_class=no_embed_class, qkv_bias=f"{layer}.self_attn.in_proj_bias" in shapes,
+            class_token=bool(n_cls), no_embed_class=no_embed_class,
+            qkv_bias=f"{layer}.self_attn.in_proj_bias" in shapes,
             proj_bias=f"{layer}.self_attn.out_proj.bias" in shapes, patch_bias=f"{names.patch_embed}.bias" in shapes,
             final_norm=f"{norm}.weight" in shapes, ln_eps=float(eps),
             act=_choice(args, "activation", ("relu", "gelu"), "relu"), block="pre_norm" if norm_first else "post_norm",
