@@ -80,6 +80,21 @@ def test_hf2torch_gives_transformers_outputs(tmp_path, name):
     assert record.source.format == f"transformers/{CASES[name][0]}" and record.config.pos_resize == "transformers"
 
 
+@pytest.mark.parametrize(("zeroed", "expected"), [("cls_classifier", True), ("distillation_classifier", False),
+                                                   (None, False)])
+def test_a_zero_class_token_classifier_is_recorded_as_a_zero_head(tmp_path, zeroed, expected):
+    # DeiT's class-token classifier is our head (its distillation classifier our head_dist): a zero one is a
+    # file for fine-tuning, whose top-k vitpredict refuses.
+    model, folder = hf_dir(tmp_path, "DeiT distilled (with teacher)")
+    if zeroed:
+        with torch.no_grad():
+            for p in getattr(model, zeroed).parameters():
+                p.zero_()
+        model.save_pretrained(folder)
+    assert convert_hf(folder, tmp_path / "ours.safetensors").head_is_zero is expected
+    assert read_record(tmp_path / "ours.safetensors").head_is_zero is expected
+
+
 @pytest.mark.parametrize("written", [True, False], ids=["written", "left out: transformers' default"])
 def test_layernorm_epsilon_is_the_configs_1e_12_on_small_tokens(tmp_path, written):
     # Embeddings 1000x smaller: the first LayerNorm sees tokens of variance ~1e-7, where google/vit's 1e-12

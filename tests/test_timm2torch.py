@@ -70,6 +70,14 @@ def test_timm2torch_reproduces_timm_for_every_wrapper(tmp_path, kind: str, form:
     assert record.config.pool == ("gap" if kind == "gap fc_norm" else "token")
 
 
+@pytest.mark.parametrize(("zeroed", "expected"), [(("head.weight", "head.bias"), True), (("head.bias",), False)])
+def test_a_zero_head_is_recorded(tmp_path, zeroed, expected) -> None:
+    state = timm_vit("vit_tiny_patch16_224", depth=2, num_classes=5).state_dict()
+    save_file({k: torch.zeros_like(v) if k in zeroed else v for k, v in state.items()}, str(tmp_path / "z.safetensors"))
+    assert convert_timm(tmp_path / "z.safetensors", tmp_path / "ours.safetensors").head_is_zero is expected
+    assert read_record(tmp_path / "ours.safetensors").head_is_zero is expected
+
+
 def test_layernorm_epsilon_is_timms_1e_6_on_small_tokens(tmp_path) -> None:
     # Embeddings 1000x smaller than usual: the first LayerNorm sees tokens of variance ~1e-6, where
     # timm's ViT epsilon (1e-6, not torch's default 1e-5) decides the output.

@@ -334,6 +334,17 @@ def test_a_transformer_encoder_vit_gives_torchs_logits(tmp_path, norm_first: boo
         assert any(n.startswith("timm cannot load this file: post-norm blocks") for n in record.notes)
 
 
+@pytest.mark.parametrize(("zeroed", "expected"), [(True, True), (False, False)])
+def test_a_zero_head_under_the_users_name_is_recorded(tmp_path, zeroed: bool, expected: bool) -> None:
+    reference = fill_random_(EncoderViT(False, "relu"), seed=0).eval()  # nn.TransformerEncoderLayer's defaults
+    if zeroed:
+        with torch.no_grad():
+            for p in reference.fc.parameters():
+                p.zero_()
+    _, record = convert(reference, tmp_path, "torch-encoder", model_args={"nhead": 4}, names=NAMES)
+    assert record.head_is_zero is expected and read_record(tmp_path / "ours.safetensors").head_is_zero is expected
+
+
 def test_a_transformer_encoder_without_biases_and_positions_for_the_patches_alone(tmp_path) -> None:
     # nn.TransformerEncoderLayer(bias=False): no bias anywhere, its LayerNorms' stored as zeros; a position
     # table without the class token's row (timm's no_embed_class).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import get_args, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 import click
 
@@ -57,6 +57,16 @@ def _labels(value: str | None) -> str | list[str] | None:
     if value is None or value in LABEL_SETS.values():
         return value
     return read_label_file(value)
+
+
+def _convert(convert: Callable[..., Any], src: str, dst: str, labels: str | None, quiet: bool, as_json: bool,
+             **options: Any) -> None:
+    """Run a converter under a progress bar with the --labels it was given, then print what it wrote."""
+    names = _labels(labels)
+    with progress_bar("converting", quiet, in_bytes=True) as progress:
+        record = convert(src, dst, labels=names, progress=progress.update, **options)
+    if not quiet or as_json:
+        _report(record, dst, as_json)
 
 
 def converter_options(command: Callable) -> Callable:
@@ -115,12 +125,8 @@ def jax2torch(src: str, dst: str, gelu: str, labels: str | None, dtype: str, for
     from ..convert.jax import convert_jax
     from ..hub.manifest import load_manifest
 
-    names = _labels(labels)
-    with progress_bar("converting", quiet, in_bytes=True) as progress:
-        record = convert_jax(src, dst, force=force, gelu=gelu, dtype=dtype, labels=names, catalog=load_manifest(),
-                             allow_nonfinite=allow_nonfinite, pos_resize=pos_resize, progress=progress.update)
-    if not quiet or as_json:
-        _report(record, dst, as_json)
+    _convert(convert_jax, src, dst, labels, quiet, as_json, force=force, gelu=gelu, dtype=dtype,
+             catalog=load_manifest(), allow_nonfinite=allow_nonfinite, pos_resize=pos_resize)
 
 
 @click.command("timm2torch")
@@ -159,13 +165,8 @@ def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, la
     """
     from ..convert.timm import convert_timm
 
-    names = _labels(labels)
-    with progress_bar("converting", quiet, in_bytes=True) as progress:
-        record = convert_timm(src, dst, model=model_name, num_heads=heads, force=force, dtype=dtype,
-                              labels=names, allow_nonfinite=allow_nonfinite, pos_resize=pos_resize,
-                              progress=progress.update)
-    if not quiet or as_json:
-        _report(record, dst, as_json)
+    _convert(convert_timm, src, dst, labels, quiet, as_json, model=model_name, num_heads=heads, force=force,
+             dtype=dtype, allow_nonfinite=allow_nonfinite, pos_resize=pos_resize)
 
 
 @click.command("hf2torch")
@@ -194,12 +195,8 @@ def hf2torch(src: str, dst: str, labels: str | None, dtype: str, force: bool, al
     """
     from ..convert.hf import convert_hf
 
-    names = _labels(labels)
-    with progress_bar("converting", quiet, in_bytes=True) as progress:
-        record = convert_hf(src, dst, force=force, dtype=dtype, labels=names, allow_nonfinite=allow_nonfinite,
-                            pos_resize=pos_resize, progress=progress.update)
-    if not quiet or as_json:
-        _report(record, dst, as_json)
+    _convert(convert_hf, src, dst, labels, quiet, as_json, force=force, dtype=dtype, allow_nonfinite=allow_nonfinite,
+             pos_resize=pos_resize)
 
 
 def _json_object(value: str | None, option: str) -> dict | None:
@@ -271,10 +268,6 @@ def torch2torch(src: str, dst: str, source: str, model_args: str | None, names: 
     """
     from ..convert.torch_models import convert_torch
 
-    args, parts, label_names = _json_object(model_args, "--model-args"), _names(names), _labels(labels)
-    with progress_bar("converting", quiet, in_bytes=True) as progress:
-        record = convert_torch(src, dst, source=source, model_args=args, names=parts, force=force, dtype=dtype,
-                               labels=label_names, allow_nonfinite=allow_nonfinite, pos_resize=pos_resize,
-                               progress=progress.update)
-    if not quiet or as_json:
-        _report(record, dst, as_json)
+    args, parts = _json_object(model_args, "--model-args"), _names(names)
+    _convert(convert_torch, src, dst, labels, quiet, as_json, source=source, model_args=args, names=parts,
+             force=force, dtype=dtype, allow_nonfinite=allow_nonfinite, pos_resize=pos_resize)

@@ -28,7 +28,7 @@ from ..formats.weights_file import Source, WeightsRecord, write_weights
 from . import hf_layouts
 from .hf_layouts import Layout
 from .hf_preprocess import preprocess_from
-from .mapping import ArrayReader, plan_tensors
+from .mapping import ArrayReader, block_bindings, head_is_zero, plan_tensors
 
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 PICKLES = (".bin", ".pth", ".pt")
@@ -187,7 +187,7 @@ def convert_hf(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = 
     layout = dataclasses.replace(layout, qkv_bias=found.config.get("qkv_bias", True),
                                  mlp=("swiglu" if layout.modular else "swiglu_packed") if swiglu else "mlp")
     cfg = infer_config(found.config, layout, config_file)
-    specs = plan_tensors(hf_layouts.import_rules(layout), reader, hf_layouts.bindings(cfg.depth), where=where,
+    specs = plan_tensors(hf_layouts.import_rules(layout), reader, block_bindings(cfg.depth), where=where,
                          ignore=ignored)
     names, notes = class_names(found.config, cfg.num_classes)
     preprocess, more = preprocess_from(found.processor, kind, cfg.img_size, where)
@@ -200,15 +200,9 @@ def convert_hf(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = 
         config=cfg if pos_resize is None else cfg.replace(pos_resize=pos_resize), preprocess=preprocess,
         source=Source(format=f"transformers/{layout.architecture}", file=found.weights.name),
         labels=labels if labels is not None else names, notes=tuple(notes),
-        head_is_zero=cfg.num_classes > 0 and all(
-            not reader.read(k).any() for k in _head_keys(layout)))
+        head_is_zero=head_is_zero(specs))
     return write_weights(dst, specs, record, source_path=found.weights, dtype=dtype, force=force,
                          allow_nonfinite=allow_nonfinite, progress=progress)
-
-
-def _head_keys(layout: Layout) -> tuple[str, ...]:
-    return ("cls_classifier.weight", "cls_classifier.bias") if layout.head == "teacher" else \
-        ("classifier.weight", "classifier.bias")
 
 
 def _layout_notes(layout: Layout, ignored: tuple[str, ...]) -> list[str]:

@@ -164,10 +164,6 @@ def export_rules(layout: Layout) -> list[Rule]:
     return _rules(pairs(layout), to_ours=False)
 
 
-def bindings(depth: int) -> dict[str, list[dict[str, object]]]:
-    return {"block": [{"i": i} for i in range(depth)]}
-
-
 def detect(model_type: str, shapes: Mapping[str, Shape], where: str) -> tuple[Layout, tuple[str, ...]]:
     """The layout of a checkpoint of `model_type` from its keys (which head, a pooler, which names), and the
     keys transformers would not run, which are left out: a pooler beside a classifier (transformers builds

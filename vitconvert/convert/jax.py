@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..formats.dtypes import check_dtype
@@ -22,7 +20,7 @@ from ..formats.npz import NpzReader
 from ..formats.paths import check_output
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
 from . import jax_layouts
-from .mapping import plan_tensors, source_dims
+from .mapping import head_is_zero, plan_tensors, source_dims
 
 GELU = {"tanh": "gelu_tanh", "erf": "gelu"}
 
@@ -113,10 +111,6 @@ def layout_notes(reader: NpzReader, layout: jax_layouts.Layout, cfg: ViTConfig) 
             notes.append("the model's output is the image embedding (zimg): the pooled features, before "
                          "their L2 normalisation")
     return notes
-
-
-def _is_zero(reader: NpzReader, *keys: str) -> bool:
-    return all(not np.any(reader.read(k)) for k in keys)
 
 
 class Published(Protocol):
@@ -210,14 +204,13 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
         if pos_resize is not None:
             cfg = cfg.replace(pos_resize=pos_resize)
         embedding = layout.two_tower and cfg.num_classes > 0
-        head = (f"{layout.prefix}head/kernel", f"{layout.prefix}head/bias")
         record = WeightsRecord(
             config=cfg,
             preprocess=preprocess or Preprocess.google(cfg.img_size),
             source=Source(format=f"jax-npz/{layout.name}" + ("-scanned" if layout.scanned else ""),
                           file=src.name),
             labels=labels if labels is not None or embedding else label_set_for(cfg.num_classes),
-            head_is_zero=cfg.num_classes > 0 and _is_zero(reader, *head),
+            head_is_zero=head_is_zero(specs),
             head_is_embedding=embedding,
             notes=tuple(notes),
         )

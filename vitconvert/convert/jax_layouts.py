@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.errors import VitConvertError
-from .mapping import IDENTITY, Op, Rule, Shape
+from .mapping import IDENTITY, Op, Rule, Shape, block_bindings
 
 PREFIXES = ("", "opt/target/", "params/", "params/img/", "img/")
 TOWER = "img/"  # a prefix ending so is the image tower of a two-tower (image-text) model
@@ -291,7 +291,7 @@ def bindings(depth: int, stage_units: tuple[int, ...] | None) -> dict[str, list[
              for s, n in enumerate(stage_units or ()) for u in range(n)]
     root = "patch_embed.backbone.stem" if stage_units else "patch_embed.backbone"
     return {
-        "block": [{"i": i} for i in range(depth)],
+        **block_bindings(depth),
         "stem": [{"root": root}] if stage_units is not None else [],
         "unit": units,
         "projection": [b for b in units if b["u"] == 1],

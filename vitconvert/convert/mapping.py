@@ -125,6 +125,18 @@ def plan_tensors(rules: Iterable[Rule], reader: ArrayReader, bindings: Mapping[s
     return specs
 
 
+def head_is_zero(specs: Iterable[TensorSpec]) -> bool:
+    """Whether the planned tensors hold a classifier head (head.weight, head.bias) and it is all zeros: a file
+    published for fine-tuning, whose top-k would be meaningless. Reads the head alone."""
+    head = [spec for spec in specs if spec.name in ("head.weight", "head.bias")]
+    return bool(head) and not any(np.any(spec.make()) for spec in head)
+
+
+def block_bindings(depth: int) -> dict[str, list[dict[str, object]]]:
+    """The binding list 'block' of a table's per-block rules ({i} = 0 .. depth - 1)."""
+    return {"block": [{"i": i} for i in range(depth)]}
+
+
 def source_dims(shapes: Mapping[str, Shape], key: str, rank: int, where: str, leading: int = 0) -> Shape:
     """The shape of source array `key`, which a config is read from, checked to have `rank`
     dimensions after `leading` ones (the layer axis of a scanned layout), which are dropped."""

@@ -34,7 +34,7 @@ from ..core.param_shapes import param_shapes
 from ..formats.paths import check_input, check_output
 from ..formats.safetensors_file import read_header, read_tensors
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
-from .mapping import IDENTITY, Op, Rule, plan_tensors, source_dims
+from .mapping import IDENTITY, Op, Rule, head_is_zero, plan_tensors, source_dims
 
 # Training checkpoints keep the weights under one of these (DINO: the teacher is the one to use).
 WRAPPERS = ("state_dict", "model", "model_ema", "module", "teacher", "student")
@@ -636,12 +636,11 @@ def convert_timm(src: str | os.PathLike, dst: str | os.PathLike, *, model: str |
     if cfg.hybrid_layers is not None:
         notes.append("hybrid ResNet kernels stored standardized as timm's StdConv2dSame computes them, "
                      f"(w - mean) / sqrt(var + {TIMM_WS_EPS})")
-    head = [checkpoint.tensors[k] for k in ("head.weight", "head.bias") if k in expected]
     record = WeightsRecord(
         config=cfg if pos_resize is None else cfg.replace(pos_resize=pos_resize), preprocess=preprocess,
         source=Source(format="timm" + (f"/{model}" if model else ""), file=src.name),
         labels=labels if labels is not None else label_set_for(cfg.num_classes),
-        head_is_zero=bool(head) and not any(t.any() for t in head),
+        head_is_zero=head_is_zero(specs),
         notes=tuple(notes))
     return write_weights(dst, specs, record, source_path=src, dtype=dtype, force=force,
                          allow_nonfinite=allow_nonfinite, progress=progress)

@@ -115,10 +115,6 @@ def count_blocks(shapes: Mapping[str, Shape], prefix: str) -> int:
     return len(found)
 
 
-def blocks(depth: int) -> dict[str, list[dict[str, object]]]:
-    return {"block": [{"i": i} for i in range(depth)]}
-
-
 # --- lucidrains' vit-pytorch ----------------------------------------------------------------------
 
 # The layouts, as the releases that wrote them (read from lucidrains/vit-pytorch's history; README).
@@ -278,7 +274,8 @@ def jeonsworld_rules(hybrid: bool, std_conv: Op) -> list[Rule]:
         unit, src = "patch_embed.backbone.stages.{si}.blocks.{ui}", RESNET + ".body.block{s}.unit{u}"
         table += [
             Rule("{root}.conv.weight", (f"{RESNET}.root.conv.weight",), std_conv, over="stem"),
-            *(Rule(f"{{root}}.norm.{p}", (f"{RESNET}.root.gn.{p}",), IDENTITY, over="stem") for p in ("weight", "bias")),
+            *(Rule(f"{{root}}.norm.{p}", (f"{RESNET}.root.gn.{p}",), IDENTITY, over="stem")
+              for p in ("weight", "bias")),
             Rule(f"{unit}.downsample.conv.weight", (f"{src}.downsample.weight",), std_conv, over="projection"),
             *(Rule(f"{unit}.downsample.norm.{p}", (f"{src}.gn_proj.{p}",), IDENTITY, over="projection")
               for p in ("weight", "bias")),
@@ -309,7 +306,8 @@ class EncoderNames:
         given = dict(given or {})
         known = set(cls.__dataclass_fields__)
         if unknown := sorted(set(given) - known):
-            raise VitConvertError(f"--map names unknown parts: {', '.join(unknown)} (the parts: {', '.join(sorted(known))})")
+            raise VitConvertError(f"--map names unknown parts: {', '.join(unknown)} "
+                                  f"(the parts: {', '.join(sorted(known))})")
         if bad := [f"{k}={v!r}" for k, v in given.items() if not isinstance(v, str) or not v or set(v) & set("{}")]:
             raise VitConvertError(f"--map needs a state-dict name for each part: {', '.join(bad)}")
         return cls(**{k: v.removesuffix(".weight") for k, v in given.items()})
@@ -340,7 +338,8 @@ def encoder_rules(prefix: str, names: EncoderNames, shapes: Mapping[str, Shape])
     ]
     linears = (("attn.proj", "self_attn.out_proj"), ("mlp.fc1", "linear1"), ("mlp.fc2", "linear2"))
     for ours, theirs in linears:
-        block += _params(f"blocks.{{i}}.{ours}", f"{layer}.{theirs}")[:1 + (f"{prefix}layers.0.{theirs}.bias" in shapes)]
+        has_bias = f"{prefix}layers.0.{theirs}.bias" in shapes
+        block += _params(f"blocks.{{i}}.{ours}", f"{layer}.{theirs}")[:1 + has_bias]
     if f"{prefix}layers.0.self_attn.in_proj_bias" in shapes:
         block.append(Rule("blocks.{i}.attn.qkv.bias", (f"{layer}.self_attn.in_proj_bias",), IDENTITY))
     table = [Rule("patch_embed.proj.weight", (f"{names.patch_embed}.weight",), IDENTITY)]

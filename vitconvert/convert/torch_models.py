@@ -26,7 +26,7 @@ from ..formats.paths import check_output
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
 from . import torch_layouts as layouts
 from .jax_layouts import bindings as resnet_bindings
-from .mapping import Op, Rule, Shape, plan_tensors, source_dims
+from .mapping import Op, Rule, Shape, block_bindings, head_is_zero, plan_tensors, source_dims
 from .timm import HEADS_BY_WIDTH, TensorReader, read_state_dict
 
 SOURCES = ("lucidrains", "jeonsworld", "torch-encoder")
@@ -83,7 +83,8 @@ def _positive_int(args: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
-def _grid(n_patches: int, patch: tuple[int, int], size: tuple[int, int] | None, where: str, what: str) -> tuple[int, int]:
+def _grid(n_patches: int, patch: tuple[int, int], size: tuple[int, int] | None, where: str,
+          what: str) -> tuple[int, int]:
     """The input size: `size` when given (its grid must hold n_patches), else a square grid of n_patches."""
     if size is not None:
         if (size[0] // patch[0]) * (size[1] // patch[1]) != n_patches:
@@ -186,7 +187,7 @@ def _lucidrains(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any]
         raise VitConvertError(f"{where}: {e}") from None
     rules = layouts.lucidrains_rules(layout, shapes, (ph, pw, chans), dim, bool(n_cls))
     empty = ("cls_token",) if "cls_token" in shapes and not n_cls else ()
-    return Plan(cfg, rules, layouts.blocks(depth), f"torch/vit-pytorch-{layout.release}", notes, empty)
+    return Plan(cfg, rules, block_bindings(depth), f"torch/vit-pytorch-{layout.release}", notes, empty)
 
 
 def _jeonsworld_standardized(w: np.ndarray) -> np.ndarray:
@@ -234,8 +235,7 @@ def _jeonsworld(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any]
         raise VitConvertError(f"{where}: {e}") from None
     notes.append("preprocessing: jeonsworld's test transform (Resize to the input size, bilinear; Normalize mean = "
                  "std = 0.5)")
-    bindings = {**resnet_bindings(depth, units), **layouts.blocks(depth)}
-    return Plan(cfg, layouts.jeonsworld_rules(units is not None, JEONSWORLD_STD_CONV), bindings,
+    return Plan(cfg, layouts.jeonsworld_rules(units is not None, JEONSWORLD_STD_CONV), resnet_bindings(depth, units),
                 "torch/jeonsworld-vit-pytorch", notes, preprocess_known=True)
 
 
@@ -293,7 +293,8 @@ def _encoder(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any], g
             mlp_dim=_dims(shapes, f"{layer}.linear1.weight", 2, where)[0],
             num_classes=_dims(shapes, head, 2, where)[0] if head in shapes else 0,
             pool="token" if pool == "cls" else "gap", pool_include_prefix=pool == "mean" and bool(n_cls),
-            class_token=bool(n_cls), no_embed_class=no_embed_class, qkv_bias=f"{layer}.self_attn.in_proj_bias" in shapes,
+            class_token=bool(n_cls), no_embed_class=no_embed_class,
+            qkv_bias=f"{layer}.self_attn.in_proj_bias" in shapes,
             proj_bias=f"{layer}.self_attn.out_proj.bias" in shapes, patch_bias=f"{names.patch_embed}.bias" in shapes,
             final_norm=f"{norm}.weight" in shapes, ln_eps=float(eps),
             act=_choice(args, "activation", ("relu", "gelu"), "relu"), block="pre_norm" if norm_first else "post_norm",
@@ -303,7 +304,7 @@ def _encoder(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any], g
     notes = [f"nn.TransformerEncoder at '{prefix or '(top level)'}', norm_first={norm_first}, activation {cfg.act}"]
     if f"{layer}.norm1.weight" in shapes and f"{layer}.norm1.bias" not in shapes:
         notes.append("its LayerNorms have no bias (bias=False): stored as zeros")
-    return Plan(cfg, layouts.encoder_rules(prefix, names, shapes), layouts.blocks(depth), "torch/nn.TransformerEncoder",
+    return Plan(cfg, layouts.encoder_rules(prefix, names, shapes), block_bindings(depth), "torch/nn.TransformerEncoder",
                 notes)
 
 
@@ -349,11 +350,10 @@ def convert_torch(src: str | os.PathLike, dst: str | os.PathLike, *, source: str
                      "bilinear, mean = std = 0.5 (Python: convert_torch(..., preprocess=Preprocess(...)))")
     if cannot := timm_incompatibilities(cfg):
         notes.append(f"timm cannot load this file: {'; '.join(cannot)}")
-    head = [checkpoint.tensors[r.sources[0]] for r in plan.rules if r.target in ("head.weight", "head.bias")]
     record = WeightsRecord(
         config=cfg if pos_resize is None else cfg.replace(pos_resize=pos_resize),
         preprocess=preprocess or Preprocess(size=cfg.img_size), source=Source(format=plan.format, file=src.name),
         labels=labels if labels is not None else label_set_for(cfg.num_classes),
-        head_is_zero=bool(head) and not any(t.any() for t in head), notes=tuple(notes))
+        head_is_zero=head_is_zero(specs), notes=tuple(notes))
     return write_weights(dst, specs, record, source_path=src, dtype=dtype, force=force,
                          allow_nonfinite=allow_nonfinite, progress=progress)

@@ -23,7 +23,7 @@ import numpy as np
 from ..convert import hf_layouts
 from ..convert.hf_layouts import Layout
 from ..convert.hf_preprocess import processor_for
-from ..convert.mapping import plan_tensors
+from ..convert.mapping import block_bindings, plan_tensors
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..formats.dtypes import STORAGE
@@ -164,7 +164,7 @@ def export_hf(src: str | os.PathLike, dst: str | os.PathLike, *, features: bool 
     reader = SafetensorsReader(src)
     dtype = next(name for name, (code, _) in STORAGE.items() if code == next(iter(reader.dtypes.values())))
     dropped = [k for k in reader.shapes if k.startswith(("head.", "head_dist."))] if layout.head is None else []
-    specs = plan_tensors(hf_layouts.export_rules(layout), reader, hf_layouts.bindings(record.config.depth),
+    specs = plan_tensors(hf_layouts.export_rules(layout), reader, block_bindings(record.config.depth),
                          where=str(src), ignore=dropped)
     specs += [TensorSpec(name, (1, record.config.embed_dim), lambda d=record.config.embed_dim: np.zeros((1, d)))
               for name in hf_layouts.UNUSED.get(layout.model_type, ())]
