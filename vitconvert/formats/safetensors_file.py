@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import json
 import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import VitConvertError
+from .direct_writer import open_writer
 from .dtypes import STORAGE, bfloat16_bits_to_float32, to_storage
 from .paths import check_input, check_output
 
 ALIGN = 8
-# Bytes written between two early syncs (see _EarlyWriteback).
-WRITEBACK_EVERY = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -143,17 +140,16 @@ def write_safetensors(dst: str | os.PathLike, specs: Sequence[TensorSpec], dtype
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise VitConvertError(f"duplicate tensor names: {sorted({n for n in names if names.count(n) > 1})}")
-    with atomic_output(dst, force) as tmp, open(tmp, "wb") as f, _EarlyWriteback(f) as writeback:
-        header = header_bytes(specs, dtype, metadata)
-        f.write(header)
+    header = header_bytes(specs, dtype, metadata)
+    with atomic_output(dst, force) as tmp, contextlib.closing(open_writer(tmp, keep=len(header))) as out:
+        out.write(np.frombuffer(header, np.uint8))
         for spec in specs:
             array = spec.make()
             if tuple(array.shape) != tuple(spec.shape):
                 raise VitConvertError(
                     f"tensor {spec.name}: planned shape {spec.shape}, produced {tuple(array.shape)}")
             data = to_storage(array, dtype)
-            f.write(data.reshape(-1).view(np.uint8))  # bytes without a copy; also for empty tensors
-            writeback.wrote(data.nbytes)
+            out.write(data.reshape(-1).view(np.uint8))  # bytes without a copy; also for empty tensors
             if progress:
                 progress(data.nbytes)
             del array, data
@@ -163,41 +159,8 @@ def write_safetensors(dst: str | os.PathLike, specs: Sequence[TensorSpec], dtype
             final = header_bytes(specs, dtype, final_metadata())
             if len(final) != len(header):
                 raise ValueError("final metadata must keep the header's length")
-            f.seek(0)
-            f.write(final)
-        f.flush()
-        writeback.finish()
-        os.fsync(f.fileno())
-
-
-class _EarlyWriteback:
-    """fdatasync on a second thread every WRITEBACK_EVERY bytes, so the disk writes the file while the rest is
-    converted and the final fsync waits for the tail only (0.1 s of a B/16's write otherwise, on the 2-core
-    AMD EPYC machine of README's Speed section). One sync
-    at a time: a slow disk is not asked again before it has finished."""
-
-    def __init__(self, f: io.BufferedWriter) -> None:
-        self._f, self._every, self._since = f, WRITEBACK_EVERY, 0
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="writeback")
-        self._pending: Future | None = None
-
-    def wrote(self, nbytes: int) -> None:
-        self._since += nbytes
-        if self._since >= self._every and (self._pending is None or self._pending.done()):
-            if self._pending is not None:
-                self._pending.result()  # an I/O error from the last sync fails the write now
-            self._f.flush()
-            self._pending, self._since = self._thread.submit(os.fdatasync, self._f.fileno()), 0
-
-    def finish(self) -> None:
-        if self._pending is not None:
-            self._pending.result()  # an I/O error here is the write's error
-
-    def __enter__(self) -> _EarlyWriteback:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._thread.shutdown(wait=True)  # before the file is closed under it
+            out.rewrite_start(final)
+        out.finish()
 
 
 @dataclass(frozen=True)
