@@ -58,7 +58,7 @@ sample images, CC0 or public domain (benchmarks/images/README.md, tests/data/REA
 def conversion(quick: bool) -> str:
     from benchmarks import conversion as c
 
-    repeats = 1 if quick else 3
+    repeats = 1 if quick else 5  # the disk and the VM's memory make single runs swing by 30%
     rows = c.run(list(c.ARCH), repeats)
     return (f"Whole process, `vitconvert jax2torch` vs timm's `_load_weights` + `save_file` and vs `cp` of the "
             f"npz (the floor), random weights in the vit_jax layout, the three interleaved; median wall time of "

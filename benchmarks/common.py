@@ -13,10 +13,15 @@ from pathlib import Path
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), "flags unknown"
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            info = f.read().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+        present = set(next(line.split(":", 1)[1].split() for line in info if line.startswith("flags")))
+        # What decides our speed claims: bfloat16 and int8 matmul units, and SHA for the source's hash.
+        flags = " ".join(f for f in ("avx512_bf16", "amx_bf16", "avx512_vnni", "sha_ni") if f in present) or "none"
+        flags = f"flags {flags}" + ("" if "amx_tile" in present else ", no AMX")
     except (OSError, StopIteration):
         pass
     try:
@@ -24,7 +29,7 @@ def machine() -> str:
     except (AttributeError, RuntimeError):
         bf16 = "unknown"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    return (f"{cpu} ({flags}), {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"Python {platform.python_version()}, CPU bfloat16 {bf16}, {gpu}")
 
 
