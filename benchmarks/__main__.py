@@ -18,6 +18,8 @@ Sections (the first four also run alone: `python -m benchmarks.<module>`):
               whole process: wall and peak RSS; only when named (needs vitconvert[hf])
   finetune    `vitconvert.finetune` vs a plain timm training loop, and vs our training step without images
               to read: ViT-Ti/16 at 224, float32, CPU; only when named (minutes of training)
+  gpu         ViT-B/16 on a CUDA GPU vs timm, autocast bfloat16 and float16, eager and compiled, 224 and 384,
+              batch 1, 64 and 256: images/s and % of the GPU's peak; only when named (says so without a GPU)
 
 --quick takes fewer repeats (a few minutes on 2 cores). Each section printed is also written into
 benchmarks/RESULTS.md, replacing that section's previous figures and keeping the others.
@@ -34,7 +36,7 @@ from pathlib import Path
 from benchmarks.common import ROOT, OtherLoad, load, machine
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray", "hf", "finetune"]
+SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray", "hf", "finetune", "gpu"]
 # peers and compile (minutes of compiling), ray and hf (optional extras) and finetune (minutes of training) are
 # asked for by name
 DEFAULT = SECTIONS[:4]
@@ -141,12 +143,24 @@ def finetune(quick: bool) -> str:
     return f.text(f.run(rounds=1 if quick else 3, steps=5, batch=16))
 
 
+def gpu(quick: bool) -> str:
+    import torch
+
+    from benchmarks import gpu as g
+
+    if not torch.cuda.is_available():
+        return "No CUDA GPU on this machine: nothing measured."
+    batches = [1, 64] if quick else [1, 64, 256]
+    return g.text(g.run([224, 384], batches, ["bfloat16", "float16"], repeats=5 if quick else 20),
+                  torch.cuda.get_device_name(0))
+
+
 RUNNERS = {"conversion": conversion, "inference": inference, "cold_start": cold_start, "folder": folder,
-           "peers": peers, "compile": compile_, "ray": ray, "hf": hf, "finetune": finetune}
+           "peers": peers, "compile": compile_, "ray": ray, "hf": hf, "finetune": finetune, "gpu": gpu}
 TITLES = {"conversion": "Conversion", "inference": "Inference (CPU)", "cold_start": "Cold start",
           "folder": "A folder of 200 images", "peers": "Against ONNX Runtime and OpenVINO (CPU)",
           "compile": "compile=True: the float32 paths tried (CPU)", "ray": "Ray Data, local",
-          "hf": "transformers in and out", "finetune": "Fine-tuning (CPU)"}
+          "hf": "transformers in and out", "finetune": "Fine-tuning (CPU)", "gpu": "GPU"}
 
 
 def update(results: Path, bodies: dict[str, str]) -> None:
