@@ -2,7 +2,8 @@
 
 The header needs every shape before the first byte of data, so a writer is given `TensorSpec`s
 (name, shape, dtype, and a function that makes the array) and calls each function only when its
-turn comes: at most one converted tensor is in memory at once.
+turn comes: at most one converted tensor is in memory at once. The bytes reach the disk through
+`direct_writer` (O_DIRECT where the file system allows it).
 """
 
 from __future__ import annotations
