@@ -95,7 +95,13 @@ def refuse_direct_writes(monkeypatch) -> None:
     monkeypatch.setattr(direct_writer.os, "pwrite", failing)
 
 
-@pytest.mark.parametrize("refuse", [refuse_direct_open, refuse_direct_writes], ids=["open refused", "write refused"])
+def no_direct_flag(monkeypatch) -> None:
+    """macOS and Windows: os has no O_DIRECT at all."""
+    monkeypatch.delattr(direct_writer.os, "O_DIRECT")
+
+
+@pytest.mark.parametrize("refuse", [refuse_direct_open, refuse_direct_writes, no_direct_flag],
+                         ids=["open refused", "write refused", "no O_DIRECT in os"])
 def test_a_file_system_without_o_direct_gets_a_buffered_file_with_the_same_bytes(tmp_path, monkeypatch,
                                                                                    refuse) -> None:
     direct(tmp_path / "probe").close()
