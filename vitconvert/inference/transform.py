@@ -7,9 +7,11 @@ Pillow, numpy and torch only, yet pixel-for-pixel each record's reference pipeli
   on PIL images): the sizes below are computed with the same integer rules, Pillow does the
   resampling in both, and the float steps are the same operations.
 - 'bilinear_tf' is vit_jax's evaluation, `tf.image.resize` then (x - 127.5) / 127.5: bilinear on
-  float pixels with half-pixel centres and no antialiasing, which is what torch's
-  `F.interpolate(mode='bilinear', align_corners=False, antialias=False)` computes. Pillow's
-  bilinear antialiases when it shrinks, so it is not the same resize.
+  float pixels with half-pixel centres and no antialiasing, TensorFlow's CPU kernel operation for
+  operation (`tf_resize_bilinear`). Pillow's bilinear antialiases when it shrinks, so it is not the
+  same resize; torch's `F.interpolate` is, up to how it rounds the source coordinate, which changed
+  between torch releases (2.14 computes it with one rounding, TensorFlow with two: up to 7e-4 of a
+  pixel apart on the cat photo), so it is not used.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..formats.weights_file import Preprocess
@@ -69,10 +70,8 @@ def to_tensor(image: Image.Image, pre: Preprocess) -> torch.Tensor:
     mean = torch.tensor(pre.mean, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(pre.std, dtype=torch.float32).view(3, 1, 1)
     if pre.interpolation == "bilinear_tf":
-        x = _pixels(image).float()
-        if g.resized != (image.height, image.width):
-            x = F.interpolate(x[None], size=g.resized, mode="bilinear", align_corners=False,
-                              antialias=False)[0]
+        pixels = np.asarray(image, dtype=np.uint8)
+        x = torch.from_numpy(tf_resize_bilinear(pixels, g.resized)).permute(2, 0, 1)
         x = x[:, g.top:g.top + g.size[0], g.left:g.left + g.size[1]]
         # On the 0-255 scale, as vit_jax does: 255 * 0.5 = 127.5 exactly, so with mean = std = 0.5
         # this is Google's (x - 127.5) / 127.5 operation for operation.
@@ -82,6 +81,35 @@ def to_tensor(image: Image.Image, pre: Preprocess) -> torch.Tensor:
     image = image.crop((g.left, g.top, g.left + g.size[1], g.top + g.size[0]))
     # ToTensor then Normalize, in float32 as torchvision does them, so the results are bit-identical.
     return _pixels(image).float().div(255).sub(mean).div(std)
+
+
+def tf_resize_bilinear(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`tf.image.resize(pixels, size)` (bilinear, no antialiasing) of an (H, W, C) uint8 array, as float32
+    (H', W', C): TensorFlow's CPU kernel (resize_bilinear_op.cc, half-pixel centres) step by step, each
+    float32 operation rounded on its own as its SSE code does, so the results are the same floats.
+    Only the two source rows and columns each output pixel reads are converted to float."""
+    if tuple(size) == pixels.shape[:2]:
+        return pixels.astype(np.float32)  # TensorFlow's no-op resize: a cast
+    (y_low, y_high, y_lerp), (x_low, x_high, x_lerp) = (
+        _tf_source_pixels(n_in, n_out) for n_in, n_out in zip(pixels.shape[:2], size))
+    top_rows, bottom_rows = pixels[y_low].astype(np.float32), pixels[y_high].astype(np.float32)
+    x_lerp = x_lerp[None, :, None]
+    top_left, top_right = top_rows[:, x_low], top_rows[:, x_high]
+    top = top_left + (top_right - top_left) * x_lerp
+    bottom_left, bottom_right = bottom_rows[:, x_low], bottom_rows[:, x_high]
+    bottom = bottom_left + (bottom_right - bottom_left) * x_lerp
+    return top + (bottom - top) * y_lerp[:, None, None]
+
+
+def _tf_source_pixels(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output index along one axis: the lower and upper source index and the weight of the upper,
+    as TensorFlow's compute_interpolation_weights with its HalfPixelScaler, in float32."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    source = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(source)
+    low = np.maximum(floor, 0).astype(np.intp)
+    high = np.minimum(np.ceil(source), n_in - 1).astype(np.intp)
+    return low, high, source - floor
 
 
 def _pixels(image: Image.Image) -> torch.Tensor:
