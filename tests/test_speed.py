@@ -159,10 +159,15 @@ def test_default_workers_leave_the_cores_to_the_model_on_a_cpu(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(8)), raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     assert default_workers(100, 8, "cpu") == 0  # torch's threads use every core
-    assert default_workers(100, 8, "cuda") == 2  # the model is elsewhere: decode ahead
+    assert default_workers(100, 8, "cuda") == 7  # the model is elsewhere: every core but the feeder decodes
     assert default_workers(8, 8, "cuda") == 0  # one batch: nothing to overlap
     monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
     assert default_workers(100, 8, "cpu") == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert default_workers(100, 8, "cpu") == 2  # idle cores, but decoding outruns a CPU model with two
+    for cores, workers in [(1, 1), (2, 2), (3, 2), (16, 15)]:
+        monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)), raising=False)
+        assert default_workers(1000, 8, "cuda") == workers
 
 
 def test_negative_workers_are_refused(tiny_weights, cat_jpg):

@@ -67,7 +67,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
                    "(README, Speed).")
 @click.option("--workers", type=click.IntRange(min=0), metavar="N",
               help="Processes decoding and resizing images ahead of the model; 0: none. Default: "
-                   "none for a single batch; on a GPU up to 2; on the CPU only cores torch leaves idle.")
+                   "none for a single batch; on a GPU every core but one; on the CPU only cores torch leaves idle.")
 @click.option("--labels", metavar="imagenet-1k|imagenet-21k|FILE",
               help="Class names (a FILE has one name a line); default: the weights file's label set.")
 @click.option("--attention-map", "attention_out", type=click.Path(dir_okay=False, path_type=Path),
