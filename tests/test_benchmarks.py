@@ -108,3 +108,28 @@ def test_gpu_benchmark_runs_its_variants_on_the_cpu_with_a_tiny_model():
     rows = run([32], [1, 2], ["bfloat16"], repeats=1, device="cpu", timm_name="vit_tiny_patch16_224", compiled=False)
     assert [(r["res"], r["batch"]) for r in rows] == [(32, 1), (32, 2)]
     assert all(r["timm AMP"] > 0 and r["ours AMP"] > 0 for r in rows)
+
+
+def test_gpu_rows_run_the_target_first_and_compile_only_within_the_budget():
+    """A GPU session has minutes: batch 256 of the first dtype and size comes first, and once compiling
+    another row would overrun the budget the rest are timed eager only, which the table says."""
+    from benchmarks.gpu import plan, run, text
+
+    assert plan([224, 384], [256, 1, 64], ["bfloat16", "float16"])[:4] == [
+        ("bfloat16", 224, 256), ("bfloat16", 224, 1), ("bfloat16", 224, 64), ("bfloat16", 384, 256)]
+    seen = []
+    rows = run([32], [2, 1], ["bfloat16"], repeats=1, device="cpu", timm_name="vit_tiny_patch16_224",
+               compiled=True, budget_s=0.0, report=seen.append)
+    assert seen == rows and [r["batch"] for r in rows] == [2, 1]
+    assert not any("timm AMP compiled" in r or "ours AMP compile=True" in r for r in rows)
+    mixed = [{**rows[0], "timm AMP compiled": 1.0, "ours AMP compile=True": 1.0}, rows[1]]
+    assert "1 of 2 rows timed eager only" in text(mixed, "NVIDIA H100 80GB HBM3")
+
+
+def test_gpu_folder_check_runs_vitpredicts_path_on_the_cpu():
+    """The end-to-end check's mechanics, on the CPU with a few photos (a real ViT-B/16, two batches)."""
+    from benchmarks.gpu import folder_check, folder_text
+
+    r = folder_check(8, 4, "float32", device="cpu", workers=0, rounds=1)
+    assert r["images"] == 8 and r["workers"] == 0 and r["folder"] > 0 and r["model"] > 0
+    assert "over 8 photos" in folder_text(r)
