@@ -20,7 +20,7 @@ Sections (the first four also run alone: `python -m benchmarks.<module>`):
               to read: ViT-Ti/16 at 224, float32, CPU; only when named (minutes of training)
   gpu         ViT-B/16 on a CUDA GPU vs timm, autocast bfloat16 and float16, eager and compiled, 224 and 384,
               batch 1, 64 and 256: images/s and % of the GPU's peak (compiled while 420 s last), then
-              Predictor over 2000 photos vs the model alone; only when named (says so without a GPU)
+              Predictor over 4000 photos vs the model alone; only when named (says so without a GPU)
 
 --quick takes fewer repeats (a few minutes on 2 cores). Each section printed is also written into
 benchmarks/RESULTS.md, replacing that section's previous figures and keeping the others.
@@ -154,7 +154,7 @@ def gpu(quick: bool) -> str:
     batches = [64, 1] if quick else [256, 1, 64]
     table = g.text(g.run([224, 384], batches, ["bfloat16", "float16"], repeats=5 if quick else 20, budget_s=420),
                    torch.cuda.get_device_name(0))
-    return table + "\n\n" + g.folder_text(g.folder_check(500 if quick else 2000, 64, "bfloat16"))
+    return table + "\n\n" + g.folder_text(g.folder_check(1000 if quick else 4000, 64, "bfloat16"))
 
 
 RUNNERS = {"conversion": conversion, "inference": inference, "cold_start": cold_start, "folder": folder,

@@ -4,7 +4,7 @@ Then `vitpredict`'s own path end to end: a folder of photos through `Predictor` 
 model alone on ready batches.
 
     python -m benchmarks.gpu [--res 224 384] [--batches 256 1 64] [--dtypes bfloat16 float16] [--repeats 20]
-                             [--budget-s 420] [--folder 2000]
+                             [--budget-s 420] [--folder 4000]
 
 Half precision is autocast, as a user runs it (`torch.autocast`): matmuls and convolutions in the
 half type, LayerNorm and softmax in float32; never a cast of the whole model. Compiled is
@@ -151,8 +151,9 @@ def text(rows: list[dict], gpu: str) -> str:
 
 def folder_check(num_images: int, batch: int, dtype: str, device: str = "cuda", workers: int | None = None,
                  rounds: int = 2) -> dict:
-    """`Predictor.predict` over a folder of `num_images` photos (made as benchmarks/folder.py makes them)
-    with vitpredict's default workers, against the same predictor on ready batches: images/s of each."""
+    """`Predictor.predict` over `num_images` photos (up to 400 distinct ones, made as benchmarks/folder.py
+    makes them, then taken again in turn) with vitpredict's default workers, against the same predictor
+    on ready batches: images/s of each."""
     from benchmarks.folder import make_folder, write_weights
     from vitconvert.inference.batches import default_workers
     from vitconvert.inference.predictor import Predictor
@@ -160,7 +161,8 @@ def folder_check(num_images: int, batch: int, dtype: str, device: str = "cuda", 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
-        paths = make_folder(folder, num_images)
+        distinct = make_folder(folder, min(num_images, 400))
+        paths = [distinct[i % len(distinct)] for i in range(num_images)]
         predictor = Predictor(write_weights(Path(tmp) / "b16.safetensors"), device=device, dtype=dtype)
         workers = default_workers(num_images, batch, predictor.device) if workers is None else workers
         x = torch.randn(batch, 3, 224, 224)
@@ -199,8 +201,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--budget-s", type=float, default=420.0,
                     help="seconds after which rows are timed eager only (default 420)")
-    ap.add_argument("--folder", type=int, default=2000, metavar="N",
-                    help="photos in the end-to-end check, run after the table; 0 skips it (default 2000)")
+    ap.add_argument("--folder", type=int, default=4000, metavar="N",
+                    help="photos in the end-to-end check, run after the table; 0 skips it (default 4000)")
     args = ap.parse_args()
     print(f"machine: {machine()}", flush=True)
     if not torch.cuda.is_available():
