@@ -19,7 +19,7 @@ Sections (the first four also run alone: `python -m benchmarks.<module>`):
   finetune    `vitconvert.finetune` vs a plain timm training loop, and vs our training step without images
               to read: ViT-Ti/16 at 224, float32, CPU; only when named (minutes of training)
   gpu         ViT-B/16 on a CUDA GPU vs timm, autocast bfloat16 and float16, eager and compiled, 224 and 384,
-              batch 1, 64 and 256: images/s and % of the GPU's peak (compiled while 420 s last), then
+              batch 1, 64 and 256: images/s and % of the GPU's peak (compiled while 300 s last), then
               Predictor over 4000 photos vs the model alone; only when named (says so without a GPU)
 
 --quick takes fewer repeats (a few minutes on 2 cores). Each section printed is also written into
@@ -152,7 +152,7 @@ def gpu(quick: bool) -> str:
     if not torch.cuda.is_available():
         return "No CUDA GPU on this machine: nothing measured."
     batches = [64, 1] if quick else [256, 1, 64]
-    table = g.text(g.run([224, 384], batches, ["bfloat16", "float16"], repeats=5 if quick else 20, budget_s=420),
+    table = g.text(g.run([224, 384], batches, ["bfloat16", "float16"], repeats=5 if quick else 20, budget_s=300),
                    torch.cuda.get_device_name(0))
     return table + "\n\n" + g.folder_text(g.folder_check(1000 if quick else 4000, 64, "bfloat16"))
 

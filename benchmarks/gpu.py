@@ -4,7 +4,7 @@ Then `vitpredict`'s own path end to end: a folder of photos through `Predictor` 
 model alone on ready batches.
 
     python -m benchmarks.gpu [--res 224 384] [--batches 256 1 64] [--dtypes bfloat16 float16] [--repeats 20]
-                             [--budget-s 420] [--folder 4000]
+                             [--budget-s 300] [--folder 4000]
 
 Half precision is autocast, as a user runs it (`torch.autocast`): matmuls and convolutions in the
 half type, LayerNorm and softmax in float32; never a cast of the whole model. Compiled is
@@ -199,8 +199,8 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[256, 1, 64])
     ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16"], choices=["bfloat16", "float16"])
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--budget-s", type=float, default=420.0,
-                    help="seconds after which rows are timed eager only (default 420)")
+    ap.add_argument("--budget-s", type=float, default=300.0,
+                    help="seconds after which rows are timed eager only (default 300)")
     ap.add_argument("--folder", type=int, default=4000, metavar="N",
                     help="photos in the end-to-end check, run after the table; 0 skips it (default 4000)")
     args = ap.parse_args()
