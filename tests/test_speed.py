@@ -200,13 +200,37 @@ def test_compile_true_equals_eager(tmp_path, change):
     assert (compiled - eager).abs().max().item() <= 1e-4  # the issue's bound; observed 1.6e-6 to 3.4e-6
 
 
-def test_compile_true_on_the_cpu_runs_onednn_linears_with_the_gelu_fused(tiny_weights):
+def test_compile_true_on_the_cpu_runs_onednn_linears_with_the_gelu_fused(tiny_weights, monkeypatch):
     from vitconvert.model.fast import PackedLinear
 
+    monkeypatch.setattr("vitconvert.model.fast.packing_speedup", lambda *_shape: 1.2)  # as timed on the AMD EPYC
     model = load_model(tiny_weights, compile=True)
     mlp = model.blocks[0].mlp
     assert (mlp.fc1.attr, type(mlp.act)) == ("gelu", torch.nn.Identity) and isinstance(mlp.fc2, PackedLinear)
     assert type(model.blocks[-1].attn.qkv) is torch.nn.Linear  # sliced by the class-token shortcut
+
+
+def test_compile_true_keeps_the_eager_model_where_packing_times_slower(tiny_weights, monkeypatch):
+    """A CPU whose plain linear layers outrun oneDNN's packed ones (not seen here: Intel's MKL on an
+    Intel CPU may be one) keeps the eager model, and says so, rather than run the slower path."""
+    from vitconvert.model.fast import PackedLinear
+
+    shapes = []
+    monkeypatch.setattr("vitconvert.model.fast.packing_speedup", lambda *shape: shapes.append(shape) or 0.9)
+    with pytest.warns(VitConvertWarning, match=r"packed linear layers ran at 0.90x .* stays as it is"):
+        model = load_model(tiny_weights, compile=True)
+    assert shapes == [(TINY.embed_dim, TINY.mlp_dim)]  # timed on the widest layer, fc1
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    x = torch.randn(2, 3, *TINY.img_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(model(x), load_model(tiny_weights)(x))
+
+
+def test_packing_speedup_times_both_layers_once_per_shape():
+    from vitconvert.model.fast import packing_speedup
+
+    speedup = packing_speedup(64, 256, rows=32)
+    assert speedup > 0 and packing_speedup(64, 256, rows=32) == speedup  # cached: the same figure, not retimed
 
 
 def test_compiled_predictor_matches_eager(tmp_path, cat_jpg):

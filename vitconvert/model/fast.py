@@ -6,33 +6,73 @@ reordered once into oneDNN's blocked layout and the MLP's GELU fused into the fi
 paths PyTorch offers it measured fastest on a 2-core AMD EPYC (avx512_bf16, no AMX), 1.25-1.32x the
 eager model, where inductor (with or without weight freezing) and TorchScript's freeze +
 optimize_for_inference gave 0.97-1.06x (README, "Speed"; benchmarks/RESULTS.md, "compile" and
-"peers"). Elsewhere (a GPU, another dtype) it is inductor with weight freezing, static shapes.
+"peers"). Another CPU's BLAS may do better (Intel's MKL on an Intel CPU was not measured), so the
+choice is timed on the blocks' widest linear layer once a process (`packing_speedup`), and where
+packing is not the faster the model stays eager. Elsewhere (a GPU, another dtype) it is inductor with
+weight freezing, static shapes.
 """
 
 from __future__ import annotations
 
+import functools
+import time
 import warnings
 
 import torch
 from torch import nn
 
-from ..core.errors import VitConvertError
+from ..core.errors import VitConvertError, VitConvertWarning
 
 
 def compile_model(model: nn.Module) -> nn.Module:
     """`model` (eval mode) prepared for the fastest inference path on its device and dtype.
 
     CPU float32 (with oneDNN, as in every x86 and ARM build of torch): the linear layers replaced in
-    place by `PackedLinear`, the MLP's GELU fused into its first layer; no compiler, so nothing to
-    wait for. Otherwise `torch.compile` with weight freezing for fixed shapes: each input shape
+    place by `PackedLinear`, the MLP's GELU fused into its first layer, where `packing_speedup` times
+    that faster on this CPU (else the model as it is, with a `VitConvertWarning`); no compiler, so
+    nothing to wait for. Otherwise `torch.compile` with weight freezing for fixed shapes: each input shape
     compiles on its first call, and freezing takes effect under `torch.inference_mode()` / `no_grad()`.
     Either way the result computes what the model does (within float rounding) and keeps its
     attributes (`.config`, `.record`); it is for inference, not for training or saving.
     """
     param = next(model.parameters())
     if param.device.type == "cpu" and param.dtype == torch.float32 and torch.backends.mkldnn.is_available():
-        return pack_linears(model)
+        names = _linear_names(model)
+        per_token = [name for name in names if name.startswith("blocks.")]  # the head sees one row an image
+        if not names:
+            return model
+        widest = max((model.get_submodule(name) for name in per_token or names), key=lambda m: m.weight.numel())
+        speedup = packing_speedup(widest.in_features, widest.out_features)
+        if speedup > 1:
+            return pack_linears(model)
+        warnings.warn(f"compile=True: on this CPU oneDNN's packed linear layers ran at {speedup:.2f}x the speed of "
+                      "the plain ones, so the model stays as it is (float32 eager is the fastest path here)",
+                      VitConvertWarning, stacklevel=2)
+        return model
     return torch.compile(model, dynamic=False, options={"freezing": True})
+
+
+@functools.cache
+def packing_speedup(in_features: int, out_features: int, rows: int = 256) -> float:
+    """How many times faster `PackedLinear` ran than `F.linear` on a (rows, in) input to `out_features`, on
+    this CPU with torch's threads: best of 3 after a warm-up each, once a process per shape. ViT-B/16's
+    fc1 on the 2-core AMD EPYC here (2026-12-07): 1.2-1.4x (1.16-1.25x at 128 to 1576 rows), timed in 0.09 s."""
+    gen = torch.Generator().manual_seed(0)
+    linear = nn.Linear(in_features, out_features)
+    x = torch.randn(rows, in_features, generator=gen)
+    packed = PackedLinear(linear)
+
+    def best(fn) -> float:
+        fn(x)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - start)
+        return min(times)  # the least disturbed by other work on the machine
+
+    with torch.inference_mode():
+        return best(linear) / best(packed)
 
 
 class PackedLinear(nn.Module):
