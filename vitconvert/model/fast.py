@@ -47,7 +47,7 @@ def compile_model(model: nn.Module) -> nn.Module:
             return pack_linears(model)
         warnings.warn(f"compile=True: on this CPU oneDNN's packed linear layers ran at {speedup:.2f}x the speed of "
                       "the plain ones, so the model stays as it is (float32 eager is the fastest path here)",
-                      VitConvertWarning, stacklevel=2)
+                      VitConvertWarning, stacklevel=3)  # the caller of load_model
         return model
     return torch.compile(model, dynamic=False, options={"freezing": True})
 
