@@ -62,7 +62,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
                    "and CPUs where it is faster (a warning says when it is not); float16: GPUs; int8: the "
                    "linear layers in int8, CPU only (logits move by up to ~0.2 of their spread).")
 @click.option("--compile", "compile_", is_flag=True,
-              help="The fastest float32 path: on a CPU oneDNN's prepacked linear layers (1.25-1.32x eager "
+              help="The fastest float32 path: on a CPU oneDNN's prepacked linear layers (1.22-1.32x eager "
                    "on a 2-core AMD EPYC, no wait); on a GPU torch.compile, compiling once per batch size "
                    "(README, Speed).")
 @click.option("--workers", type=click.IntRange(min=0), metavar="N",

@@ -3,7 +3,7 @@
 `compile_model` is what `load_model(..., compile=True)`, `Predictor(compile=True)` and
 `vitpredict --compile` run. On the CPU in float32 that is oneDNN's linear layers with their weights
 reordered once into oneDNN's blocked layout and the MLP's GELU fused into the first one: of the
-paths PyTorch offers it measured fastest on a 2-core AMD EPYC (avx512_bf16, no AMX), 1.25-1.32x the
+paths PyTorch offers it measured fastest on a 2-core AMD EPYC (avx512_bf16, no AMX), 1.22-1.32x the
 eager model, where inductor (with or without weight freezing) and TorchScript's freeze +
 optimize_for_inference gave 0.97-1.06x (README, "Speed"; benchmarks/RESULTS.md, "compile" and
 "peers"). Another CPU's BLAS may do better (Intel's MKL on an Intel CPU was not measured), so the
