@@ -153,6 +153,31 @@ def test_a_bad_image_under_workers_is_the_serial_error(tiny_weights, photos, tmp
     assert message.startswith(f"{bad}: cannot ")  # names the file, says what went wrong
 
 
+@pytest.mark.parametrize("ahead", [1, 2])
+def test_batches_launched_ahead_give_the_same_results_in_order(tiny_weights, photos, tmp_path, ahead):
+    """On a GPU the next batch is launched before a batch's outputs are read (`_batches_ahead` 1): the
+    predictions, embeddings, their order and a bad image's error are those of one batch at a time.
+    The look-ahead is forced here, on the CPU, where it is otherwise off."""
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(photos[0].read_bytes()[:400])
+    images = [*photos[:5], bad, *photos[5:]]
+    serial, looking_ahead = Predictor(tiny_weights), Predictor(tiny_weights)
+    assert serial._batches_ahead == 0
+    looking_ahead._batches_ahead = ahead
+    assert (list(looking_ahead.iter_predict(images, top_k=3, batch_size=2, errors="report"))
+            == list(serial.iter_predict(images, top_k=3, batch_size=2, errors="report")))
+    expected = list(serial.iter_embed(images, batch_size=3, errors="report"))
+    got = list(looking_ahead.iter_embed(images, batch_size=3, errors="report"))
+    assert [(r.image, r.error) for r in got] == [(r.image, r.error) for r in expected]
+    assert all(a.embedding is b.embedding is None or np.array_equal(a.embedding, b.embedding)
+               for a, b in zip(got, expected))
+    done = []
+    with pytest.raises(VitConvertError, match=f"^{bad}: cannot "):
+        for result in looking_ahead.iter_predict(images, batch_size=2):
+            done.append(result.image)
+    assert done == [str(p) for p in photos[:5]]  # every image before the bad one, as without look-ahead
+
+
 def test_default_workers_leave_the_cores_to_the_model_on_a_cpu(monkeypatch):
     from vitconvert.inference.batches import default_workers
 

@@ -9,9 +9,10 @@ runs the same preprocessing at that size.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from ..core.errors import VitConvertError
 from ..formats.weights_file import read_record
 from ..model.loading import model_from
 from .attention import check_supported, overlay, rollout
-from .batches import ImageInput, batches, prepare
+from .batches import Batch, ImageInput, batches, prepare
 from .images import MAX_PIXELS, load_rgb
 from .labels import check_top_k, resolve_labels
 from .runtime import inference_dtype, input_dtype, run_compiled
@@ -101,6 +102,10 @@ class Predictor:
         self.max_pixels = max_pixels
         self.model = model_from(record, self.path, img_size=size, device=self.device, dtype=self.dtype,
                                 compile=compile, patch_size=patch)
+        # Batches launched before the oldest one's outputs are read: on a GPU one, so that the GPU runs a
+        # batch while the CPU turns the previous one's outputs into results; on the CPU nothing runs
+        # in between, and results come a batch sooner.
+        self._batches_ahead = 1 if self.device.type == "cuda" else 0
 
     @property
     def config(self) -> ViTConfig:
@@ -123,13 +128,10 @@ class Predictor:
         check_top_k(self.record.config.num_classes, self.record.head_is_zero, str(self.path),
                     self.record.head_is_embedding)
 
-    @torch.inference_mode()
     def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax over the classes for a prepared (B, 3, H, W) batch, float32 on the CPU."""
-        self.check_top_k()
-        return self._run("forward", batch).float().softmax(dim=-1).cpu()
+        return self._launch_probabilities(batch).landed()
 
-    @torch.inference_mode()
     def batch_embeddings(self, batch: torch.Tensor, tokens: bool = False, normalize: bool = False) -> torch.Tensor:
         """Features of a prepared (B, 3, H, W) batch, float32 on the CPU.
 
@@ -139,9 +141,18 @@ class Predictor:
         embedding. `tokens`: (B, T, D), every token after the final norm (timm's `forward_features`).
         `normalize`: each vector (each token's, with `tokens`) scaled to unit length.
         """
+        return self._launch_embeddings(batch, tokens, normalize).landed()
+
+    @torch.inference_mode()
+    def _launch_probabilities(self, batch: torch.Tensor) -> InFlight:
+        self.check_top_k()
+        return InFlight.to_cpu(self._run("forward", batch).float().softmax(dim=-1))
+
+    @torch.inference_mode()
+    def _launch_embeddings(self, batch: torch.Tensor, tokens: bool, normalize: bool) -> InFlight:
         pooled = "forward" if self.record.head_is_embedding else "forward_pooled"
         features = self._run("forward_features" if tokens else pooled, batch).float()
-        return (F.normalize(features, dim=-1) if normalize else features).cpu()
+        return InFlight.to_cpu(F.normalize(features, dim=-1) if normalize else features)
 
     def _run(self, method: str, batch: torch.Tensor) -> torch.Tensor:
         """The (prepared, with compile=True) model's `method` on `batch`, on the model's device and dtype."""
@@ -163,11 +174,12 @@ class Predictor:
         self.check_top_k()
         k = min(top_k, self.config.num_classes)
 
-        def ranked(inputs: torch.Tensor) -> Iterable[tuple[list[float], list[int]]]:
-            values, indices = self.batch_probabilities(inputs).topk(k, dim=-1)
+        def ranked(probabilities: torch.Tensor) -> Iterable[tuple[list[float], list[int]]]:
+            values, indices = probabilities.topk(k, dim=-1)
             return zip(values.tolist(), indices.tolist())
 
-        for name, row, error in self._per_image(images, batch_size, workers, errors, ranked):
+        for name, row, error in self._per_image(images, batch_size, workers, errors, self._launch_probabilities,
+                                                ranked):
             if error is not None:
                 yield ImagePredictions(name, (), error=error)
                 continue
@@ -183,10 +195,11 @@ class Predictor:
     def iter_embed(self, images: Sequence[ImageInput], tokens: bool = False, normalize: bool = False,
                    batch_size: int = 32, workers: int = 0, errors: OnError = "raise") -> Iterator[ImageEmbedding]:
         """`embed`, one image at a time, with `iter_predict`'s batching, workers and errors."""
-        def embedded(inputs: torch.Tensor) -> Iterable[np.ndarray]:
-            return self.batch_embeddings(inputs, tokens, normalize).numpy()
+        def launch(inputs: torch.Tensor) -> InFlight:
+            return self._launch_embeddings(inputs, tokens, normalize)
 
-        for name, embedding, error in self._per_image(images, batch_size, workers, errors, embedded):
+        for name, embedding, error in self._per_image(images, batch_size, workers, errors, launch,
+                                                      lambda features: features.numpy()):
             yield ImageEmbedding(name, embedding, error)
 
     def embed(self, images: Sequence[ImageInput], tokens: bool = False, normalize: bool = False,
@@ -201,9 +214,12 @@ class Predictor:
         return np.stack(rows)
 
     def _per_image(self, images: Sequence[ImageInput], batch_size: int, workers: int, errors: OnError,
-                   compute: Callable[[torch.Tensor], Iterable[Any]]) -> Iterator[tuple[str, Any, str | None]]:
-        """(name, output, None) for each image in input order, `compute` running on `batch_size` of
-        them at once, or (name, None, message) for one that cannot be prepared (errors='report')."""
+                   launch: Callable[[torch.Tensor], InFlight], rows: Callable[[torch.Tensor], Iterable[Any]],
+                   ) -> Iterator[tuple[str, Any, str | None]]:
+        """(name, output, None) for each image in input order, `launch` running the model on `batch_size`
+        of them at once and `rows` splitting its landed outputs, or (name, None, message) for one that
+        cannot be prepared (errors='report'). On a GPU the next batch is launched before a batch's
+        outputs are read, so the GPU computes while the CPU formats and feeds it."""
         images = _as_list(images)
         if batch_size < 1 or workers < 0:
             raise VitConvertError(f"batch_size must be at least 1 and workers at least 0, "
@@ -212,16 +228,13 @@ class Predictor:
             raise VitConvertError(f"errors must be 'raise' or 'report', got {errors!r}")
         pin = self.device.type == "cuda"
         prepared = batches(images, self.preprocess, self.max_pixels, batch_size, workers, pin_memory=pin)
+        launched: deque[tuple[int, Batch, InFlight | None]] = deque()
         for start, batch in zip(range(0, len(images), batch_size), prepared):
-            outputs = iter(compute(batch.inputs)) if batch.inputs is not None else iter(())
-            for offset, image in enumerate(images[start:start + batch_size]):
-                name = _name(image, start + offset)
-                if offset in batch.failed:
-                    if errors == "raise":
-                        raise VitConvertError(batch.failed[offset])
-                    yield name, None, batch.failed[offset]
-                else:
-                    yield name, next(outputs), None
+            launched.append((start, batch, launch(batch.inputs) if batch.inputs is not None else None))
+            if len(launched) > self._batches_ahead:
+                yield from _batch_rows(images, batch_size, errors, rows, *launched.popleft())
+        while launched:
+            yield from _batch_rows(images, batch_size, errors, rows, *launched.popleft())
 
     @torch.inference_mode()
     def attention_rollout(self, images: Sequence[ImageInput]) -> torch.Tensor:
@@ -239,6 +252,44 @@ class Predictor:
         heat = self.attention_rollout([rgb])[0]
         size = (rgb.height, rgb.width)
         return overlay(rgb, heat.numpy(), crop_geometry(size, self.preprocess).box_in(size))
+
+
+class InFlight(NamedTuple):
+    """A batch's outputs on their way to the CPU: from a GPU copied without waiting, into pinned memory,
+    with an event that marks the end of the copy (and of the computation before it)."""
+
+    host: torch.Tensor
+    done: torch.cuda.Event | None
+
+    @classmethod
+    def to_cpu(cls, outputs: torch.Tensor) -> InFlight:
+        if outputs.device.type != "cuda":
+            return cls(outputs.cpu(), None)
+        host = outputs.to("cpu", non_blocking=True)  # into pinned memory: the copy is asynchronous
+        done = torch.cuda.Event()
+        done.record()
+        return cls(host, done)
+
+    def landed(self) -> torch.Tensor:
+        """The outputs, once they are on the CPU."""
+        if self.done is not None:
+            self.done.synchronize()
+        return self.host
+
+
+def _batch_rows(images: list[ImageInput], batch_size: int, errors: OnError,
+                rows: Callable[[torch.Tensor], Iterable[Any]], start: int, batch: Batch,
+                outputs: InFlight | None) -> Iterator[tuple[str, Any, str | None]]:
+    """`Predictor._per_image`'s rows for the batch of images from `start`."""
+    landed = iter(rows(outputs.landed())) if outputs is not None else iter(())
+    for offset, image in enumerate(images[start:start + batch_size]):
+        name = _name(image, start + offset)
+        if offset in batch.failed:
+            if errors == "raise":
+                raise VitConvertError(batch.failed[offset])
+            yield name, None, batch.failed[offset]
+        else:
+            yield name, next(landed), None
 
 
 def check_size(cfg: ViTConfig, size: tuple[int, int]) -> None:
