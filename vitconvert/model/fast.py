@@ -52,6 +52,11 @@ def compile_model(model: nn.Module) -> nn.Module:
     return torch.compile(model, dynamic=False, options={"freezing": True})
 
 
+def compiled_for_static_shapes(model: nn.Module) -> bool:
+    """Whether `model` is `compile_model`'s torch.compile result, which compiles once per input shape."""
+    return isinstance(model, torch._dynamo.eval_frame.OptimizedModule)
+
+
 @functools.cache
 def packing_speedup(in_features: int, out_features: int, rows: int = 256) -> float:
     """How many times faster `PackedLinear` ran than `F.linear` on a (rows, in) input to `out_features`, on
