@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 torch.set_num_threads(2)
 
@@ -61,6 +62,24 @@ def cat_jpg() -> Path:
 @pytest.fixture(scope="session")
 def gray_png() -> Path:
     return DATA / "camera_gray.png"  # 128x128 grayscale
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, cat_jpg, gray_png):
+    """Eleven varied images: sizes, crops, flips, a grayscale and a palette PNG."""
+    folder = tmp_path_factory.mktemp("photos")
+    cat = Image.open(cat_jpg).convert("RGB")
+    paths = []
+    for i in range(9):
+        image = cat.resize((120 + 37 * i, 300 - 17 * i)) if i % 2 else cat.crop((i * 10, 0, 300 + i * 10, 290))
+        if i % 3 == 0:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        paths.append(folder / f"{i:02d}.jpg")
+        image.save(paths[-1], quality=90)
+    paths.append(gray_png)
+    paths.append(folder / "palette.png")
+    cat.convert("P").save(paths[-1])
+    return paths
 
 
 @pytest.fixture(scope="session")

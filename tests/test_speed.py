@@ -12,31 +12,12 @@ import numpy as np
 import pytest
 import torch
 from helpers.vit_weights import TINY, our_vit, write_test_weights
-from PIL import Image
 
 from vitconvert import Predictor, VitConvertError, load_model
 from vitconvert.core.errors import VitConvertWarning
 from vitconvert.inference.runtime import inference_dtype, keep_freed_memory, run_compiled
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory, cat_jpg, gray_png):
-    """Eleven varied images: sizes, crops, flips, a grayscale and a palette PNG."""
-    folder = tmp_path_factory.mktemp("photos")
-    cat = Image.open(cat_jpg).convert("RGB")
-    paths = []
-    for i in range(9):
-        image = cat.resize((120 + 37 * i, 300 - 17 * i)) if i % 2 else cat.crop((i * 10, 0, 300 + i * 10, 290))
-        if i % 3 == 0:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        paths.append(folder / f"{i:02d}.jpg")
-        image.save(paths[-1], quality=90)
-    paths.append(gray_png)
-    paths.append(folder / "palette.png")
-    cat.convert("P").save(paths[-1])
-    return paths
 
 
 # --- the model's shortcut for the last block -----------------------------------------------------
