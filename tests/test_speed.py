@@ -229,7 +229,7 @@ def test_compile_errors_become_one_clear_error():
 @pytest.fixture
 def packing_wins(monkeypatch):
     """compile=True takes the packed path whatever this CPU times for these small layers (ViT-B/16's fc1
-    timed 1.2-1.4x packed on the AMD EPYC; TINY's, 0.72x in one CI run): the path itself is under test."""
+    timed 1.16-1.44x packed on the AMD EPYC; TINY's, 0.72x in one CI run): the path itself is under test."""
     monkeypatch.setattr("vitconvert.model.fast.packing_speedup", lambda *_shape: 1.2)
 
 

@@ -132,6 +132,7 @@ class Predictor:
 
     def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax over the classes for a prepared (B, 3, H, W) batch, float32 on the CPU."""
+        self.check_top_k()
         return self._launch_probabilities(batch).landed()
 
     def batch_embeddings(self, batch: torch.Tensor, tokens: bool = False, normalize: bool = False) -> torch.Tensor:
@@ -147,7 +148,6 @@ class Predictor:
 
     @torch.inference_mode()
     def _launch_probabilities(self, batch: torch.Tensor, pad_to: int | None = None) -> InFlight:
-        self.check_top_k()
         return InFlight.to_cpu(self._run("forward", batch, pad_to).float().softmax(dim=-1))
 
     @torch.inference_mode()
