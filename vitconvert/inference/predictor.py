@@ -160,9 +160,9 @@ class Predictor:
     def _run(self, method: str, batch: torch.Tensor, pad_to: int | None = None) -> torch.Tensor:
         """The (prepared, with compile=True) model's `method` on `batch`, on the model's device and dtype.
 
-        A model that torch.compile prepared for static shapes compiles again for each new batch size, for
-        seconds to a minute (6.4 s for a tiny ViT in bfloat16 on the 2-core AMD EPYC here, 20 s for a
-        B/16): a batch shorter than `pad_to` (a folder's last, or one with unreadable images) runs padded
+        A model that torch.compile prepared for static shapes compiles again for each new batch size
+        (bfloat16 on the 2-core AMD EPYC here, avx512_bf16, no AMX: 6.4 s for a tiny ViT's second size,
+        20 s to compile a B/16): a batch shorter than `pad_to` (a folder's last, or one with unreadable images) runs padded
         to it with copies of its last image, whose outputs are dropped."""
         batch = batch.to(self.device, input_dtype(self.dtype), non_blocking=True)
         rows = batch.shape[0]
