@@ -66,7 +66,7 @@ def synchronized(fn: Callable[[], object], device: torch.device) -> Callable[[],
 def row(ours: torch.nn.Module, theirs: torch.nn.Module, res: int, batch: int, dtype: torch.dtype,
         device: torch.device, repeats: int, compiled: bool = True) -> dict[str, float]:
     """Images/s of each variant at one input size, batch and autocast dtype."""
-    from vitconvert.model.fast import compile_model
+    from vitconvert.model.optimize import compile_model
 
     x = torch.randn(batch, 3, res, res, device=device)
 

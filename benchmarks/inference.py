@@ -158,7 +158,7 @@ def compiled(repeats: int, batch: int = 8, res: int = 224, timm_name: str = "vit
     import tempfile
     import time
 
-    from vitconvert.model.fast import compile_model
+    from vitconvert.model.optimize import compile_model
 
     ours, _ = models(timm_name, res, realistic=True)
     paths = {"inductor": (torch.float32, lambda m, x: torch.compile(m, dynamic=False)),

@@ -86,7 +86,7 @@ def openvino_runner(path: Path, threads: int, batch: int, res: int) -> Callable 
 
 def run(batches: list[int], repeats: int, warmup: int = 2, res: int = 224,
         timm_name: str = "vit_base_patch16_224") -> dict:
-    from vitconvert.model.fast import compile_model, quantize_int8
+    from vitconvert.model.optimize import compile_model, quantize_int8
 
     threads = torch.get_num_threads()
     ours, theirs = models(timm_name, res, realistic=True)

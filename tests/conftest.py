@@ -9,39 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.fuzz import FUZZ_COUNTS
 from PIL import Image
 
 torch.set_num_threads(2)
-
-
-def model_shapes(cfg) -> dict[str, tuple[int, ...]]:
-    """Parameter names and shapes of our model for `cfg`, in state-dict order (built on the meta device)."""
-    from vitconvert.model.vit import VisionTransformer
-
-    with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in VisionTransformer(cfg).state_dict().items()}
-
-
-def disk_full_after(monkeypatch: pytest.MonkeyPatch, tensors: int) -> None:
-    """Make the weights writer raise ENOSPC on its `tensors`-th tensor, as a full disk would."""
-    import vitconvert.formats.safetensors_file as io
-
-    real, calls = io.to_storage, []
-
-    def write(array, dtype):
-        calls.append(1)
-        if len(calls) == tensors:
-            raise OSError(28, "No space left on device")
-        return real(array, dtype)
-
-    monkeypatch.setattr(io, "to_storage", write)
-
-
-def timm_vit(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
-    import timm
-    from published_layouts import fill_random_
-
-    return fill_random_(timm.create_model(name, pretrained=False, **kwargs), seed).eval()
 
 
 DATA = Path(__file__).parent / "data"
@@ -149,10 +120,6 @@ def vitconvert(capsys: pytest.CaptureFixture[str]):
     from vitconvert.cli import cli
 
     return _in_process(capsys, cli)
-
-
-# test_fuzz.py records how many examples each property ran; the numbers go into tests/FUZZING.md.
-FUZZ_COUNTS = pytest.StashKey[dict]()
 
 
 def pytest_terminal_summary(terminalreporter, config) -> None:

@@ -17,23 +17,26 @@ MAY_IMPORT = {
     "core": {"core"},
     "formats": {"core", "formats"},
     "convert": {"core", "formats", "convert"},
+    # The published checkpoints: the manifest, their download (through convert) and the cache they land in.
+    "catalog": {"core", "formats", "convert", "catalog"},
     "model": {"core", "formats", "model"},
-    "inference": {"core", "formats", "model", "inference"},
+    # Inference resolves a model name (--model) to its file in the catalog's cache.
+    "inference": {"core", "formats", "catalog", "model", "inference"},
     # export --to hf reads the transformers table (convert/hf_layouts.py) the other way, and writes a label
     # set's class names (inference/labels.py)
     "export": {"core", "formats", "convert", "model", "inference", "export"},
-    "hub": {"core", "formats", "convert", "hub"},
-    "tools": {"core", "formats", "convert", "model", "inference", "tools"},
-    "ray": {"core", "formats", "model", "inference", "ray"},  # cluster-scale inference, on top of inference
+    # verify: our model against timm's on the same weights.
+    "fidelity": {"core", "formats", "convert", "model", "inference", "fidelity"},
+    "cluster": {"core", "formats", "catalog", "model", "inference", "cluster"},  # Ray Data, on top of inference
     # Fine-tuning: reads images as inference does and writes our files; the CLI resolves --model names.
     "train": {"core", "formats", "model", "inference", "train"},
 }
-NO_TORCH = {"core", "formats", "convert", "hub"}
+NO_TORCH = {"core", "formats", "convert", "catalog"}
 # Pickled state dicts need torch to read (convert/hf.py reads pytorch_model.bin through timm.py's reader,
-# imported only for such a file); torch_models.py also standardizes jeonsworld's kernels by its own float32
+# imported only for such a file); tutorial_vits.py also standardizes jeonsworld's kernels by its own float32
 # torch calls (to the bit: a ResNet amplifies the rounding of any other formula).
-TORCH_ALLOWED = {"convert/timm.py", "convert/torch_models.py"}
-TIMM_ALLOWED = {"convert/timm.py", "tools/verify.py"}
+TORCH_ALLOWED = {"convert/timm.py", "convert/tutorial_vits.py"}
+TIMM_ALLOWED = {"convert/timm.py", "fidelity/verify.py"}
 
 
 def modules() -> list[Path]:
@@ -42,7 +45,7 @@ def modules() -> list[Path]:
 
 def imports(path: Path) -> set[str]:
     """Absolute names of everything `path` imports (relative imports resolved)."""
-    here = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]  # its package, e.g. (vitconvert, hub)
+    here = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]  # its package, e.g. (vitconvert, catalog)
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -88,7 +91,7 @@ def test_torch_timm_and_transformers_stay_where_they_are_needed(path: Path) -> N
 
 def test_the_rules_can_fail() -> None:
     """The resolver sees relative and lazy imports (else the rules above would pass vacuously)."""
-    names = imports(PACKAGE / "hub" / "download.py")
+    names = imports(PACKAGE / "catalog" / "download.py")
     assert "vitconvert.convert.jax" in names and "vitconvert.core.errors" in names
     assert "torch" in imports(PACKAGE / "model" / "vit.py")
     assert "vitconvert.convert.jax_layouts" in imports(PACKAGE / "convert" / "jax.py")

@@ -19,7 +19,7 @@ TINY_TIMM = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_
 def converted_tiny(path: Path, seed: int = 0) -> Path:
     """A tiny ViT written as the 2020 ImageNet-21k files are (a pre_logits representation layer, an
     all-zero head) in the vit_jax layout, converted by `convert_jax`: what a user fine-tunes."""
-    from published_layouts import random_pre_logits, random_timm_vit, write_npz
+    from helpers.published_layouts import random_pre_logits, random_timm_vit, write_npz
 
     from vitconvert import convert_jax
 

@@ -50,13 +50,13 @@ def spread_heads(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def timm_classifier(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
     """A timm ViT with random non-zero weights (the project's `timm_vit`) and a spread head."""
-    from conftest import timm_vit
+    from helpers.timm_reference import timm_vit
 
     return spread_heads(timm_vit(name, seed, **kwargs), seed)
 
 
 def our_vit(config: ViTConfig, seed: int = 0) -> VisionTransformer:
     """Our model for `config`, randomized the same way."""
-    from published_layouts import fill_random_
+    from helpers.published_layouts import fill_random_
 
     return spread_heads(fill_random_(VisionTransformer(config), seed).eval(), seed)

@@ -123,7 +123,7 @@ def jax2torch(src: str, dst: str, gelu: str, labels: str | None, dtype: str, for
       vitconvert jax2torch my_flexivit.npz flexivit.safetensors --pos-resize flexivit
     """
     from ..convert.jax import convert_jax
-    from ..hub.manifest import load_manifest
+    from ..catalog.manifest import load_manifest
 
     _convert(convert_jax, src, dst, labels, quiet, as_json, force=force, gelu=gelu, dtype=dtype,
              catalog=load_manifest(), allow_nonfinite=allow_nonfinite, pos_resize=pos_resize)
@@ -266,7 +266,7 @@ def torch2torch(src: str, dst: str, source: str, model_args: str | None, names: 
       vitconvert torch2torch model.pth model.safetensors --source torch-encoder --model-args '{"nhead": 4}'
       vitconvert torch2torch model.pth model.safetensors --source torch-encoder --model-args '{"nhead": 4, "norm_first": true, "activation": "gelu"}' --map patch_embed=to_patches,cls_token=cls,pos_embed=pos,head=fc
     """
-    from ..convert.torch_models import convert_torch
+    from ..convert.tutorial_vits import convert_torch
 
     args, parts = _json_object(model_args, "--model-args"), _names(names)
     _convert(convert_torch, src, dst, labels, quiet, as_json, source=source, model_args=args, names=parts,

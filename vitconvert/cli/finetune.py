@@ -88,7 +88,7 @@ def finetune_cmd(paths: tuple[str, ...], model_name: str | None, val: str | None
       vitconvert finetune vit-b16.safetensors train/ out.safetensors --checkpoint-dir ckpt/ --resume --json
       torchrun --nproc_per_node=4 -m vitconvert finetune vit-b16.safetensors train/ out.safetensors --device cuda
     """
-    from ..core.cache import resolve_weights
+    from ..catalog.resolve import resolve_weights
     from ..train.distributed import is_main_process
 
     if len(paths) != (2 if model_name else 3):

@@ -30,7 +30,7 @@ def list_cmd(filter_: str | None, as_json: bool) -> None:
     """
     import json
 
-    from ..hub.manifest import load_manifest
+    from ..catalog.manifest import load_manifest
 
     manifest = load_manifest()
     entries = list(manifest.checkpoints)
@@ -83,7 +83,7 @@ def download_cmd(name: str, out: Path | None, no_convert: bool, force: bool, qui
       vitpredict cat.jpg --model augreg-B16-in21k-ft-in1k-224
       vitconvert download augreg-S16-in21k-ft-in1k-224 --no-convert --out S16.npz
     """
-    from ..hub.download import download
+    from ..catalog.download import download
 
     with progress_bar("downloading", quiet, in_bytes=True) as progress:
         path = download(name, out=out, convert=not no_convert, force=force, progress=progress.update,

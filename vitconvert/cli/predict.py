@@ -18,7 +18,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from ..core.cache import WEIGHTS_ENV, resolve_weights
+from ..catalog.resolve import WEIGHTS_ENV, resolve_weights
 from ..core.config import parse_size
 from ..core.errors import VitConvertError
 from .errors import EXIT_ERROR, debug_option, error_line, run
@@ -272,7 +272,7 @@ def on_ray(paths: list[Path], weights: Path, address: str, output: Path, *, top_
         import ray
     except ImportError:
         raise VitConvertError("--ray needs Ray Data: pip install 'vitconvert[ray]'") from None
-    from ..ray import predict_dataset, write_predictions
+    from ..cluster import predict_dataset, write_predictions
 
     if output.exists() and not force:  # before starting a cluster
         raise VitConvertError(f"output {output} exists; pass --force to replace it")

@@ -43,7 +43,7 @@ def verify(file: str, timm_model: str, source: str | None, res: str | None, imag
       vitconvert verify vit-b16.safetensors --timm-model vit_base_patch16_224 --timm-act gelu --json
     """
     from ..core.config import parse_size
-    from ..tools.verify import verify as run_verify
+    from ..fidelity.verify import verify as run_verify
 
     report = run_verify(file, timm_model, source=source, img_size=parse_size(res) if res else None,
                         image=image, atol=atol, timm_act=timm_act)

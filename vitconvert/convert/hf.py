@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.checks import is_int, is_real
+from ..core.json_types import is_int, is_real
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..formats.dtypes import check_dtype

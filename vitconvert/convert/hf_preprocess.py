@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..core.checks import is_int, is_real
+from ..core.json_types import is_int, is_real
 from ..core.errors import VitConvertError
 from ..formats.weights_file import Preprocess
 

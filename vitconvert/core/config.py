@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .checks import is_int, is_real, is_size
+from .json_types import is_int, is_real, is_size
 from .errors import VitConvertError
 
 # 'gap' is timm's 'avg' (the name predates the others and stays, so older files keep their meaning).

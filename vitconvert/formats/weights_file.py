@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..core.checks import is_real, is_size
+from ..core.json_types import is_real, is_size
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..core.param_shapes import check_shapes

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..core.cache import resolve_weights
+from ..catalog.resolve import resolve_weights
 from ..core.config import ViTConfig, parse_size
 from ..core.errors import VitConvertError
 from ..formats.weights_file import read_record
-from ..model.fast import compiled_for_static_shapes
+from ..model.optimize import compiled_for_static_shapes
 from ..model.loading import model_from
 from .attention import check_supported, overlay, rollout
 from .batches import Batch, ImageInput, batches, prepare

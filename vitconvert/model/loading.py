@@ -11,7 +11,7 @@ from ..core.config import ViTConfig, parse_size
 from ..core.errors import VitConvertError
 from ..formats.safetensors_file import TensorSpec, read_tensors
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, read_record, write_weights
-from .fast import compile_model, quantize_int8
+from .optimize import compile_model, quantize_int8
 from .patch_resize import resample_patch_kernel
 from .posembed import resample_pos_embed
 from .vit import VisionTransformer
@@ -69,7 +69,7 @@ def load_model(path: str | os.PathLike, img_size: int | str | tuple[int, int] | 
 
     The model is float32 whatever dtype the file stores, unless `dtype` asks for another;
     `torch.qint8` keeps float32 activations and runs the linear layers in int8 (CPU only).
-    `compile=True` prepares the fastest float32 path (`fast.compile_model`: oneDNN's prepacked linears
+    `compile=True` prepares the fastest float32 path (`optimize.compile_model`: oneDNN's prepacked linears
     on the CPU, inductor elsewhere), for inference only. The model's `.config` describes it, `.record`
     carries the file's metadata.
     """

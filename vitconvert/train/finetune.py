@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from ..core.checks import is_int
+from ..core.json_types import is_int
 from ..core.config import parse_size
 from ..core.errors import VitConvertError, VitConvertWarning
 from ..formats.paths import check_output

@@ -17,7 +17,7 @@ from typing import Literal, get_args
 
 import torch
 
-from ..core.checks import is_int, is_real
+from ..core.json_types import is_int, is_real
 from ..core.errors import VitConvertError
 
 Optimizer = Literal["sgd", "adamw"]

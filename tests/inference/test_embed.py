@@ -1,0 +1,272 @@
+"""Embeddings: `Predictor.embed` and `vitpredict --embed` give timm's features on the same weights and
+the same preprocessed image, for any model; a model whose classes mean nothing embeds, and its top-k
+is refused with a message that points to --embed."""
+
+from __future__ import annotations
+
+import numpy as np
+from helpers import published_layouts as pl
+import pytest
+import torch
+from helpers.vit_weights import TINY, TINY_TIMM_KWARGS, our_vit, timm_classifier, write_test_weights
+from PIL import Image
+from timm.data import create_transform
+from timm.layers import resample_abs_pos_embed
+
+from vitconvert import Predictor, ViTConfig, VitConvertError, convert_jax
+from vitconvert.inference.labels import check_top_k
+
+# Pooled features: measured 4.8e-7 to 7.2e-7 at 224 and 1.1e-6 at 160x224 (a class-token model's last
+# block runs for the prefix tokens alone, so rounding differs). Every token: measured 0 (the same
+# arithmetic as timm's forward_features); the bound leaves room for other machines' kernels.
+POOLED_ATOL = 2e-6
+TOKENS_ATOL = 1e-6
+
+# name: (timm model, its kwargs beyond TINY_TIMM_KWARGS, our config, tokens per image at 224)
+KINDS = {
+    "class token": ("vit_tiny_patch16_224", {}, TINY, 197),
+    "gap, fc_norm": ("vit_tiny_patch16_224", dict(class_token=False, global_pool="avg", fc_norm=True),
+                     TINY.replace(pool="gap", fc_norm=True), 196),
+    "distilled": ("deit_tiny_distilled_patch16_224", {}, TINY.replace(distilled=True), 198),
+}
+
+
+def timm_input(image, size: tuple[int, int] = (224, 224)) -> torch.Tensor:
+    """The record's preprocessing (AUGREG_224: bicubic, crop 0.9, mean = std = 0.5), as timm builds it."""
+    transform = create_transform(input_size=(3, *size), interpolation="bicubic", crop_pct=0.9,
+                                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    return transform(Image.open(image).convert("RGB"))
+
+
+def timm_features(model: torch.nn.Module, images, size=(224, 224)) -> tuple[np.ndarray, np.ndarray]:
+    """timm's pooled features (forward_head(pre_logits=True)) and every token (forward_features)."""
+    x = torch.stack([timm_input(image, size) for image in images])
+    with torch.inference_mode():
+        tokens = model.eval().forward_features(x)
+        return model.forward_head(tokens, pre_logits=True).numpy(), tokens.numpy()
+
+
+def max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a - b).max())
+
+
+@pytest.fixture(scope="module", params=list(KINDS), ids=list(KINDS))
+def kind(request, tmp_path_factory):
+    name, kwargs, config, num_tokens = KINDS[request.param]
+    model = timm_classifier(name, **TINY_TIMM_KWARGS, **kwargs)
+    path = write_test_weights(tmp_path_factory.mktemp("embed") / "m.safetensors", model.state_dict(), config)
+    return path, model, num_tokens
+
+
+def test_embed_is_timms_pooled_features_and_tokens(kind, cat_jpg, gray_png):
+    path, model, num_tokens = kind
+    pooled, tokens = timm_features(model, [cat_jpg, gray_png])
+    predictor = Predictor(path)
+    ours = predictor.embed([cat_jpg, gray_png])
+    assert ours.dtype == np.float32 and ours.shape == (2, 64)
+    assert max_diff(ours, pooled) <= POOLED_ATOL
+    ours_tokens = predictor.embed([cat_jpg, gray_png], tokens=True)
+    assert ours_tokens.dtype == np.float32 and ours_tokens.shape == (2, num_tokens, 64)
+    assert max_diff(ours_tokens, tokens) <= TOKENS_ATOL
+
+
+def test_normalize_gives_unit_rows_in_the_same_direction(kind, cat_jpg, gray_png):
+    path, _, _ = kind
+    predictor = Predictor(path)
+    for tokens in (False, True):
+        raw = predictor.embed([cat_jpg, gray_png], tokens=tokens).astype(np.float64)
+        unit = predictor.embed([cat_jpg, gray_png], tokens=tokens, normalize=True)
+        assert unit.dtype == np.float32
+        # float32 rounding of a division: measured <= 1.4e-7 from unit length, <= 4.7e-8 from raw / |raw|
+        assert np.abs(np.linalg.norm(unit.astype(np.float64), axis=-1) - 1).max() <= 5e-7
+        assert max_diff(unit, raw / np.linalg.norm(raw, axis=-1, keepdims=True)) <= 2e-7
+
+
+def test_embed_at_another_size_is_timms_model_at_that_size(tmp_path, cat_jpg):
+    name, _, config, _ = KINDS["class token"]
+    model = timm_classifier(name, **TINY_TIMM_KWARGS)
+    path = write_test_weights(tmp_path / "m.safetensors", model.state_dict(), config)
+    theirs = timm_classifier(name, **TINY_TIMM_KWARGS, img_size=(160, 224))
+    state = {**model.state_dict(), "pos_embed": resample_abs_pos_embed(
+        model.pos_embed.detach(), new_size=[10, 14], old_size=[14, 14], num_prefix_tokens=1)}
+    theirs.load_state_dict(state)
+    pooled, tokens = timm_features(theirs, [cat_jpg], size=(160, 224))
+    predictor = Predictor(path, img_size="160x224")
+    assert max_diff(predictor.embed([cat_jpg]), pooled) <= POOLED_ATOL
+    assert max_diff(predictor.embed([cat_jpg], tokens=True), tokens) <= TOKENS_ATOL
+
+
+def test_embed_raises_for_an_image_it_cannot_read(tiny_weights, cat_jpg, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(cat_jpg.read_bytes()[:200])
+    with pytest.raises(VitConvertError, match=f"^{broken}: "):
+        Predictor(tiny_weights).embed([cat_jpg, broken])
+    results = list(Predictor(tiny_weights).iter_embed([cat_jpg, broken, cat_jpg], errors="report", batch_size=2))
+    assert [r.error is None for r in results] == [True, False, True]
+    assert results[1].embedding is None and np.array_equal(results[0].embedding, results[2].embedding)
+
+
+# --- vitpredict --embed ---------------------------------------------------------------------------------
+
+def test_cli_embed_writes_timms_features_for_the_images_it_could_read(vitpredict, kind, cat_jpg, gray_png,
+                                                                      tmp_path):
+    path, model, _ = kind
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    out = tmp_path / "features.npz"
+    result = vitpredict(cat_jpg, bad, gray_png, "--weights", path, "--embed", out)
+    assert result.code == 1  # an image failed; --skip-errors makes it 0 (below)
+    assert result.err.startswith(f"error: {bad}: ")
+    assert result.out == f"wrote {out}: 2 embeddings, shape (2, 64) float32 (pooled features); 1 image failed\n"
+    with np.load(out) as f:  # no pickle needed
+        assert sorted(f.files) == ["embeddings", "paths"]
+        assert f["paths"].tolist() == [str(cat_jpg), str(gray_png)]
+        assert f["embeddings"].dtype == np.float32
+        assert max_diff(f["embeddings"], timm_features(model, [cat_jpg, gray_png])[0]) <= POOLED_ATOL
+    assert vitpredict(cat_jpg, bad, "--weights", path, "--embed", out, "--skip-errors").code == 0
+
+
+def test_cli_embed_tokens_normalized_and_json(vitpredict, kind, cat_jpg, tmp_path):
+    path, model, num_tokens = kind
+    out = tmp_path / "tokens.npz"
+    result = vitpredict(cat_jpg, "--weights", path, "--embed", out, "--tokens", "--normalize", "--json")
+    assert result.code == 0
+    assert result.json() == {"output": str(out), "images": 1, "shape": [1, num_tokens, 64], "dtype": "float32",
+                             "tokens": True, "normalized": True, "errors": []}
+    tokens = timm_features(model, [cat_jpg])[1].astype(np.float64)
+    with np.load(out) as f:
+        assert max_diff(f["embeddings"], tokens / np.linalg.norm(tokens, axis=-1, keepdims=True)) <= TOKENS_ATOL
+
+
+def test_cli_embed_writes_nothing_when_no_image_could_be_read(vitpredict, tiny_weights, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    out = tmp_path / "features.npz"
+    result = vitpredict(bad, "--weights", tiny_weights, "--embed", out, "--skip-errors")
+    assert result.code == 1 and result.out == ""
+    assert result.err.splitlines()[-1] == f"error: no image could be embedded, so {out} was not written"
+    assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_cli_embed_replaces_the_output_whole(vitpredict, tiny_weights, cat_jpg, tmp_path, monkeypatch):
+    out = tmp_path / "features.npz"
+    out.write_bytes(b"previous")
+    assert vitpredict(cat_jpg, "--weights", tiny_weights, "--embed", out).code == 0
+    with np.load(out) as f:
+        assert f["embeddings"].shape == (1, 64)
+    # A failure while writing (a full disk) leaves the previous file, and no temporary one.
+    before = out.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    result = vitpredict(cat_jpg, "--weights", tiny_weights, "--embed", out)
+    assert result.code == 1 and "No space left on device" in result.err
+    assert out.read_bytes() == before and list(tmp_path.iterdir()) == [out]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tokens"], "--tokens and --normalize shape the output of --embed OUT.npz"),
+    (["--normalize"], "--tokens and --normalize shape the output of --embed OUT.npz"),
+    (["--embed", "o.npz", "--top", "3"], "--embed writes features, not classes: --top cannot go with it"),
+    (["--embed", "o.npz", "--labels", "imagenet-1k", "--attention-map", "a.png"],
+     "--embed writes features, not classes: --labels and --attention-map cannot go with it"),
+])
+def test_cli_embed_options_that_do_not_fit_are_usage_errors(vitpredict, tiny_weights, cat_jpg, args, message):
+    result = vitpredict(cat_jpg, "--weights", tiny_weights, *args)
+    assert result.code == 2 and result.out == "" and message in result.err
+
+
+def test_cli_embed_checks_the_output_before_loading(vitpredict, tiny_weights, cat_jpg, tmp_path):
+    result = vitpredict(cat_jpg, "--weights", tiny_weights, "--embed", tmp_path / "missing" / "o.npz")
+    assert result.code == 1 and "output directory" in result.err and "does not exist" in result.err
+
+
+# --- models whose classes mean nothing: embed yes, top-k no -----------------------------------------------
+
+EMBED_HINT = "for its features use `vitpredict IMAGE... --embed OUT.npz` (Predictor.embed)"
+
+
+def test_zero_head_embeds_and_refuses_top_k_pointing_to_embed(vitpredict, tmp_path, cat_jpg):
+    model = our_vit(TINY)
+    zero = {**model.state_dict(), "head.weight": torch.zeros(1000, 64), "head.bias": torch.zeros(1000)}
+    path = write_test_weights(tmp_path / "zero.safetensors", zero, TINY)
+    real = write_test_weights(tmp_path / "real.safetensors", model.state_dict(), TINY)
+    predictor = Predictor(path)
+    # The head is not part of the features: the same as the same weights with a real head, exactly.
+    assert np.array_equal(predictor.embed([cat_jpg]), Predictor(real).embed([cat_jpg]))
+    for top_k in (predictor.predict, predictor.probabilities):
+        with pytest.raises(VitConvertError, match="all zeros: it was published for fine-tuning only") as e:
+            top_k([cat_jpg])
+        assert "same probability" in str(e.value) and str(e.value).endswith(EMBED_HINT)
+    result = vitpredict(cat_jpg, "--weights", path)
+    assert result.code == 1 and result.out == "" and EMBED_HINT in result.err
+    assert vitpredict(cat_jpg, "--weights", path, "--embed", tmp_path / "f.npz").code == 0
+
+
+def test_the_2020_imagenet_21k_jax_files_embed(vitpredict, tmp_path, cat_jpg):
+    """The zero-head files with a representation layer: the features are timm's pooled token, which
+    comes before that layer (timm drops it)."""
+    model = pl.random_timm_vit("tiny", seed=1)
+    pre, head = pl.random_pre_logits(model, 48, seed=2)
+    pl.write_npz(model, tmp_path / "in21k.npz", "vit_jax", pre_logits=pre, head=head, zero_head=True)
+    record = convert_jax(tmp_path / "in21k.npz", tmp_path / "in21k.safetensors")
+    assert record.head_is_zero and record.config.representation_size == 48
+    reference = pl.timm_reference(tmp_path / "in21k.npz", lambda: pl.random_timm_vit("tiny", seed=9))
+    x = pl.example_input(model)
+    with torch.inference_mode():
+        expected = reference.forward_head(reference.forward_features(x), pre_logits=True)
+    ours = Predictor(tmp_path / "in21k.safetensors").batch_embeddings(x)
+    assert (ours - expected).abs().max().item() <= POOLED_ATOL
+    result = vitpredict(cat_jpg, "--weights", tmp_path / "in21k.safetensors", "--embed", tmp_path / "f.npz")
+    assert result.code == 0 and "shape (1, 32) float32" in result.out
+
+
+def test_a_model_without_classes_refuses_top_k_pointing_to_embed():
+    with pytest.raises(VitConvertError, match=r"^m\.safetensors: this model has no classification head "
+                                              r"\(num_classes 0: a backbone such as DINO's\), so there are no "
+                                              r"classes to rank; ") as e:
+        check_top_k(0, False, "m.safetensors")
+    assert str(e.value).endswith(EMBED_HINT)
+    check_top_k(1000, False, "m.safetensors")  # a real head: nothing to say
+
+
+def _headless_config() -> ViTConfig:
+    try:
+        return TINY.replace(num_classes=0)
+    except VitConvertError as e:
+        pytest.skip(f"ViTConfig(num_classes=0) is refused until headless models land: {e}")
+
+
+def test_headless_backbone_embeds_timms_features_and_refuses_top_k(vitpredict, tmp_path, cat_jpg):
+    """A timm model built with num_classes=0 (DINO, CLIP towers...): `model(x)` is its pooled features."""
+    config = _headless_config()
+    model = timm_classifier("vit_tiny_patch16_224", **TINY_TIMM_KWARGS, num_classes=0)
+    path = write_test_weights(tmp_path / "backbone.safetensors", model.state_dict(), config)
+    pooled, tokens = timm_features(model, [cat_jpg])
+    with torch.inference_mode():
+        assert max_diff(model(timm_input(cat_jpg)[None]).numpy(), pooled) == 0  # timm: model(x) is the features
+    predictor = Predictor(path)
+    assert predictor.labels is None
+    assert max_diff(predictor.embed([cat_jpg]), pooled) <= POOLED_ATOL
+    assert max_diff(predictor.embed([cat_jpg], tokens=True), tokens) <= TOKENS_ATOL
+    with pytest.raises(VitConvertError, match="no classification head"):
+        predictor.predict([cat_jpg])
+    refused = vitpredict(cat_jpg, "--weights", path)
+    assert refused.code == 1 and EMBED_HINT in refused.err
+    out = tmp_path / "f.npz"
+    assert vitpredict(cat_jpg, "--weights", path, "--embed", out).code == 0
+    with np.load(out) as f:
+        assert max_diff(f["embeddings"], pooled) <= POOLED_ATOL
+
+
+def test_record_of_a_headless_model_has_no_class_names():
+    from vitconvert.formats.weights_file import check_labels
+
+    assert check_labels(None, 0) is None
+    for labels in ("imagenet-1k", ["a"], []):
+        with pytest.raises(VitConvertError, match=r"this model has no classes \(num_classes 0\)"):
+            check_labels(labels, 0)
+

@@ -1,1 +1,0 @@
-"""Tools that check our files against other implementations: `verify` against timm."""
