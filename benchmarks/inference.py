@@ -20,7 +20,7 @@ def models(timm_name: str, res: int, realistic: bool = False):
     """(ours, timm's) holding the same weights: timm's initialisation, or `realistic_random` ones."""
     import timm
 
-    from vitconvert.convert.timm import infer_config
+    from vitconvert.conversion.timm import infer_config
     from vitconvert.model.loading import at_size, build_with_weights
 
     theirs = timm.create_model(timm_name, pretrained=False, img_size=res).eval()

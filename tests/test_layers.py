@@ -16,27 +16,27 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vitconvert"
 MAY_IMPORT = {
     "core": {"core"},
     "formats": {"core", "formats"},
-    "convert": {"core", "formats", "convert"},
+    "conversion": {"core", "formats", "conversion"},
     # The published checkpoints: the manifest, their download (through convert) and the cache they land in.
-    "catalog": {"core", "formats", "convert", "catalog"},
+    "catalog": {"core", "formats", "conversion", "catalog"},
     "model": {"core", "formats", "model"},
     # Inference resolves a model name (--model) to its file in the catalog's cache.
     "inference": {"core", "formats", "catalog", "model", "inference"},
     # export --to hf reads the transformers table (convert/hf_layouts.py) the other way, and writes a label
     # set's class names (inference/labels.py)
-    "export": {"core", "formats", "convert", "model", "inference", "export"},
+    "export": {"core", "formats", "conversion", "model", "inference", "export"},
     # verify: our model against timm's on the same weights.
-    "fidelity": {"core", "formats", "convert", "model", "inference", "fidelity"},
+    "fidelity": {"core", "formats", "conversion", "model", "inference", "fidelity"},
     "cluster": {"core", "formats", "catalog", "model", "inference", "cluster"},  # Ray Data, on top of inference
     # Fine-tuning: reads images as inference does and writes our files; the CLI resolves --model names.
     "train": {"core", "formats", "model", "inference", "train"},
 }
-NO_TORCH = {"core", "formats", "convert", "catalog"}
+NO_TORCH = {"core", "formats", "conversion", "catalog"}
 # Pickled state dicts need torch to read (convert/hf.py reads pytorch_model.bin through timm.py's reader,
 # imported only for such a file); tutorial_vits.py also standardizes jeonsworld's kernels by its own float32
 # torch calls (to the bit: a ResNet amplifies the rounding of any other formula).
-TORCH_ALLOWED = {"convert/timm.py", "convert/tutorial_vits.py"}
-TIMM_ALLOWED = {"convert/timm.py", "fidelity/verify.py"}
+TORCH_ALLOWED = {"conversion/timm.py", "conversion/tutorial_vits.py"}
+TIMM_ALLOWED = {"conversion/timm.py", "fidelity/verify.py"}
 
 
 def modules() -> list[Path]:
@@ -92,6 +92,6 @@ def test_torch_timm_and_transformers_stay_where_they_are_needed(path: Path) -> N
 def test_the_rules_can_fail() -> None:
     """The resolver sees relative and lazy imports (else the rules above would pass vacuously)."""
     names = imports(PACKAGE / "catalog" / "download.py")
-    assert "vitconvert.convert.jax" in names and "vitconvert.core.errors" in names
+    assert "vitconvert.conversion.jax" in names and "vitconvert.core.errors" in names
     assert "torch" in imports(PACKAGE / "model" / "vit.py")
-    assert "vitconvert.convert.jax_layouts" in imports(PACKAGE / "convert" / "jax.py")
+    assert "vitconvert.conversion.jax_layouts" in imports(PACKAGE / "conversion" / "jax.py")

@@ -1,7 +1,7 @@
 """Every manifest entry is what the converter makes of its published file: the entry's architecture is
 written in its family's published key layout by the independent test writers (`published_layouts`,
 `big_vision_layouts`: keys and shapes only, no weights), and the converter's own identification
-(`convert.jax.identify`, the step `convert_jax` and `download` take) must find that entry by file name
+(`conversion.jax.identify`, the step `convert_jax` and `download` take) must find that entry by file name
 and architecture and give exactly its config. Otherwise `vitconvert download NAME` refuses the entry."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from helpers import published_layouts as pl
 
-from vitconvert.convert.jax import identify
+from vitconvert.conversion.jax import identify
 from vitconvert.catalog.manifest import bundled_path, load_manifest
 
 MANIFEST = load_manifest(bundled_path())

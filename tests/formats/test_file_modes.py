@@ -9,7 +9,7 @@ import stat
 import pytest
 from helpers.manifest import TINY_NAME, TINY_PATH, FileServer, tiny_entry, tiny_npz_bytes, write_manifest
 
-from vitconvert.convert.jax import convert_jax
+from vitconvert.conversion.jax import convert_jax
 from vitconvert.catalog.download import download
 
 DATA = tiny_npz_bytes()

@@ -103,7 +103,7 @@ def convert_entry(entry: CheckpointEntry, src: Path, dst: Path, *, force: bool =
                   status: Status | None = None) -> Path:
     """Convert the downloaded `src` of `entry` to our weights file `dst` (atomically), with the
     manifest's preprocessing and label set, and check that it is the architecture the manifest says."""
-    from ..convert.jax import convert_jax
+    from ..conversion.jax import convert_jax
     from ..formats.safetensors_file import atomic_output
 
     (status or _silent)(f"{entry.name}: converting to {dst}")

@@ -122,7 +122,7 @@ def jax2torch(src: str, dst: str, gelu: str, labels: str | None, dtype: str, for
       vitconvert jax2torch webli_en_b16_224_63724782.npz siglip-b16.safetensors
       vitconvert jax2torch my_flexivit.npz flexivit.safetensors --pos-resize flexivit
     """
-    from ..convert.jax import convert_jax
+    from ..conversion.jax import convert_jax
     from ..catalog.manifest import load_manifest
 
     _convert(convert_jax, src, dst, labels, quiet, as_json, force=force, gelu=gelu, dtype=dtype,
@@ -163,7 +163,7 @@ def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, la
       vitconvert timm2torch finetuned.pth birds.safetensors --heads 6 --labels bird_names.txt
       vitconvert timm2torch dino_deitsmall16_pretrain.pth dino-s16.safetensors --pos-resize dino
     """
-    from ..convert.timm import convert_timm
+    from ..conversion.timm import convert_timm
 
     _convert(convert_timm, src, dst, labels, quiet, as_json, model=model_name, num_heads=heads, force=force,
              dtype=dtype, allow_nonfinite=allow_nonfinite, pos_resize=pos_resize)
@@ -193,7 +193,7 @@ def hf2torch(src: str, dst: str, labels: str | None, dtype: str, force: bool, al
       vitconvert hf2torch deit-base-distilled-patch16-224/ deit-b16.safetensors --json
       vitconvert hf2torch my-finetune/ birds.safetensors --labels bird_names.txt --force
     """
-    from ..convert.hf import convert_hf
+    from ..conversion.hf import convert_hf
 
     _convert(convert_hf, src, dst, labels, quiet, as_json, force=force, dtype=dtype, allow_nonfinite=allow_nonfinite,
              pos_resize=pos_resize)
@@ -266,7 +266,7 @@ def torch2torch(src: str, dst: str, source: str, model_args: str | None, names: 
       vitconvert torch2torch model.pth model.safetensors --source torch-encoder --model-args '{"nhead": 4}'
       vitconvert torch2torch model.pth model.safetensors --source torch-encoder --model-args '{"nhead": 4, "norm_first": true, "activation": "gelu"}' --map patch_embed=to_patches,cls_token=cls,pos_embed=pos,head=fc
     """
-    from ..convert.tutorial_vits import convert_torch
+    from ..conversion.tutorial_vits import convert_torch
 
     args, parts = _json_object(model_args, "--model-args"), _names(names)
     _convert(convert_torch, src, dst, labels, quiet, as_json, source=source, model_args=args, names=parts,

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ..convert import hf_layouts
-from ..convert.hf_layouts import Layout
-from ..convert.hf_preprocess import processor_for
-from ..convert.mapping import block_bindings, plan_tensors
+from ..conversion import hf_layouts
+from ..conversion.hf_layouts import Layout
+from ..conversion.hf_preprocess import processor_for
+from ..conversion.mapping import block_bindings, plan_tensors
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..formats.dtypes import STORAGE

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..convert.timm import Difference, architecture_differences, create_timm_model, timm_config
+from ..conversion.timm import Difference, architecture_differences, create_timm_model, timm_config
 from ..core.config import ACTIVATIONS, ViTConfig
 from ..core.errors import VitConvertError
 from ..model.loading import at_size, build_with_weights, load_state_dict
@@ -102,8 +102,8 @@ def load_timm_weights(model: torch.nn.Module, name: str, native: ViTConfig, sour
         _load_checked(model, checkpoint_filter_fn(ours_state, model), "our file", name)
         return "our file, through timm's checkpoint_filter_fn"
     if source.suffix == ".npz":
-        from ..convert import jax_layouts
-        from ..convert.jax import infer_config as npz_config
+        from ..conversion import jax_layouts
+        from ..conversion.jax import infer_config as npz_config
         from ..formats.npz import NpzReader
 
         with NpzReader(source) as reader:
@@ -112,7 +112,7 @@ def load_timm_weights(model: torch.nn.Module, name: str, native: ViTConfig, sour
         # timm finds '', opt/target/, params/ and params/img/ itself, but a LiT tower's img/ only when told.
         _load_weights(model, str(source), prefix=layout.prefix)
         return f"{source.name}, through timm's npz loader"
-    from ..convert.timm import infer_config, read_state_dict
+    from ..conversion.timm import infer_config, read_state_dict
 
     state = read_state_dict(source).tensors
     inferred = infer_config({k: tuple(v.shape) for k, v in state.items()}, str(source), named=True)
@@ -127,7 +127,7 @@ def load_timm_weights(model: torch.nn.Module, name: str, native: ViTConfig, sour
 
 def _load_checked(model: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str, name: str) -> None:
     """A strict load, whose failure names the tensors (torch's own message is a page of text)."""
-    from ..convert.mapping import name_list
+    from ..conversion.mapping import name_list
 
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     given = {k: tuple(v.shape) for k, v in state.items()}

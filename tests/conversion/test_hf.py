@@ -24,7 +24,7 @@ from helpers.hf import CLASSES, largest_difference, load_hf, outputs, random_hf 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from vitconvert import VitConvertError, convert_hf, load_model, read_record  # noqa: E402
-from vitconvert.convert.hf_preprocess import preprocess_from  # noqa: E402
+from vitconvert.conversion.hf_preprocess import preprocess_from  # noqa: E402
 from vitconvert.formats.weights_file import Preprocess  # noqa: E402
 
 # float32, the same operations but for our fused qkv and the class-token shortcut of our last block.
@@ -173,8 +173,8 @@ def test_at_another_size_dinov2_and_vit_resize_position_embeddings_as_transforme
 
 
 def test_the_defaults_for_what_a_config_leaves_out_are_transformers():
-    from vitconvert.convert.hf_layouts import DEFAULTS
-    from vitconvert.convert.hf_preprocess import PROCESSORS
+    from vitconvert.conversion.hf_layouts import DEFAULTS
+    from vitconvert.conversion.hf_preprocess import PROCESSORS
 
     for kind, defaults in DEFAULTS.items():
         config = transformers.AutoConfig.for_model(kind)
