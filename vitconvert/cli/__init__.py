@@ -41,7 +41,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from .conversion import hf2torch, jax2torch, timm2torch, torch2torch
+    from .convert import hf2torch, jax2torch, timm2torch, torch2torch
     from .export import export
     from .finetune import finetune_cmd
     from .manifest import download_cmd, list_cmd
