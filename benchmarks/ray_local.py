@@ -2,7 +2,7 @@
 
     python -m benchmarks.ray_local [--rounds N] [--replicas 1 2]
 
-Serial is `Predictor.predict` (what `vitpredict` runs) in this process; Ray is `vitconvert.ray.predict_dataset`
+Serial is `Predictor.predict` (what `vitpredict` runs) in this process; Ray is `vitconvert.cluster.predict_dataset`
 consumed to the end, on a local Ray started once beforehand (its start-up is timed and reported apart, as
 a cluster is started once for many jobs). One CPU stays free for Ray's reading and decoding tasks; the
 replicas share the others (each runs as many torch threads as CPUs it has, at least one). Same weights,
@@ -25,7 +25,7 @@ def run(replicas: list[int], rounds: int, batch: int = 8) -> dict:
     import ray
 
     from vitconvert import Predictor
-    from vitconvert.ray import predict_dataset
+    from vitconvert.cluster import predict_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

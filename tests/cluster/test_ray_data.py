@@ -55,7 +55,7 @@ def rows_by_path(dataset) -> list[dict]:
 
 
 def test_rows_are_serial_vitpredicts_predictions(local_ray, weights, folder) -> None:
-    from vitconvert.ray import predict_dataset
+    from vitconvert.cluster import predict_dataset
 
     paths = sorted(str(p) for p in folder.iterdir())
     rows = rows_by_path(predict_dataset(paths, weights, top_k=5, batch_size=4))
@@ -74,7 +74,7 @@ def test_rows_are_serial_vitpredicts_predictions(local_ray, weights, folder) -> 
 
 
 def test_embeddings_are_the_pooled_features_timm_computes(local_ray, weights, folder) -> None:
-    from vitconvert.ray import predict_dataset
+    from vitconvert.cluster import predict_dataset
 
     paths = sorted(str(p) for p in folder.glob("c*"))
     rows = rows_by_path(predict_dataset(paths, weights, embed=True, batch_size=4))
@@ -89,7 +89,7 @@ def test_embeddings_are_the_pooled_features_timm_computes(local_ray, weights, fo
 
 
 def test_a_dataset_of_decoded_images_gives_the_same_rows(local_ray, weights) -> None:
-    from vitconvert.ray import predict_dataset
+    from vitconvert.cluster import predict_dataset
 
     paths = [str(DATA / "cat.jpg"), str(DATA / "camera_gray.png")]
     items = [{"path": p, "image": np.asarray(load_rgb(p))} for p in paths]
@@ -137,7 +137,7 @@ def test_force_replaces_an_earlier_table_but_not_a_folder_holding_other_files(lo
     import ray.data
 
     from vitconvert import VitConvertError
-    from vitconvert.ray import write_predictions
+    from vitconvert.cluster import write_predictions
 
     rows = ray.data.from_items([{"path": "a.jpg", "error": ""}, {"path": "b.jpg", "error": "unreadable"}])
     out = tmp_path / "p.parquet"
@@ -154,7 +154,7 @@ def test_force_replaces_an_earlier_table_but_not_a_folder_holding_other_files(lo
 
 def test_a_model_without_classes_to_rank_gives_embeddings_only(local_ray, weights, tmp_path) -> None:
     from vitconvert import VitConvertError, load_model
-    from vitconvert.ray import predict_dataset
+    from vitconvert.cluster import predict_dataset
 
     state = load_model(weights).state_dict()
     state["head.weight"], state["head.bias"] = torch.zeros_like(state["head.weight"]), torch.zeros_like(state["head.bias"])
@@ -168,7 +168,7 @@ def test_a_model_without_classes_to_rank_gives_embeddings_only(local_ray, weight
 def test_replicas_leave_a_cpu_for_reading_or_are_refused(local_ray, weights) -> None:
     """Two 1-CPU replicas on a 2-CPU Ray would starve the read tasks forever (seen: a hang)."""
     from vitconvert import VitConvertError
-    from vitconvert.ray import predict_dataset
+    from vitconvert.cluster import predict_dataset
 
     paths = [str(DATA / "cat.jpg"), str(DATA / "camera_gray.png")] * 3
     with pytest.raises(VitConvertError, match=r"2 replica\(s\) of 1 CPU each leave no CPU for reading .*\(2 CPUs\)"):
