@@ -118,10 +118,21 @@ def _forget_state_dict() -> None:
 def _refuse_ours(src: Path) -> None:
     """Our own file given as a source: it needs no conversion (and its keys would pass for timm's)."""
     kind = file_kind(src)
-    if kind.kind == "vitconvert":
+    if kind.kind == "vitconvert" and _whole(src):
         version = kind.description.rpartition("format version ")[2].rstrip(")")
         raise VitConvertError(f"{src} is already a vitconvert weights file (format version {version or '?'}): use "
                               f"it as it is (vitpredict --weights {src})")
+
+
+def _whole(path: Path) -> bool:
+    """A safetensors file whose header's tensors are all there (a truncated one is the format reader's to name)."""
+    from ..formats.safetensors_file import read_header
+
+    try:
+        read_header(path)
+    except VitConvertError:
+        return False
+    return True
 
 
 def probe(src: str | os.PathLike) -> Probe:
