@@ -32,12 +32,16 @@ from ..core.param_shapes import param_shapes
 from ..formats.weights_file import Preprocess, WeightsRecord, label_set_for
 from .mapping import IDENTITY, Op, Rule, source_dims
 from .source import Detection, Option, Plan, Probe, Request, SourceFormat
-from .timm_models import TIMM_GN_EPS, TIMM_WS_EPS, Difference, architecture_differences
 
 if TYPE_CHECKING:
     import torch
 
     from ..formats.state_dict import TensorReader
+    from .timm_models import Difference
+
+# timm's hybrid ResNetV2: StdConv2dSame standardizes (w - mean) / sqrt(var + 1e-8); GroupNorm eps 1e-5.
+TIMM_WS_EPS = 1e-8
+TIMM_GN_EPS = 1e-5
 
 # Heads of the usual widths (Ti, S, B, L, H); for any other width the head count must be given.
 HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
@@ -64,6 +68,8 @@ class Inferred:
 
     def differences_from(self, named: ViTConfig, ignore: Iterable[str] = ()) -> list[Difference]:
         """Where a named model's architecture is not what the tensors show (but for `ignore`)."""
+        from .timm_models import architecture_differences  # torch: only where a model is named
+
         skip = set(self.unseen) | set(ignore)
         if (named.pool == "map") != (self.config.pool == "map"):
             skip.discard("pool")  # attention pooling shows in the keys (attn_pool.*)

@@ -18,10 +18,7 @@ from ..core.config import GN_GROUPS, ViTConfig
 from ..core.errors import VitConvertError
 from ..core.param_shapes import param_shapes
 from ..formats.weights_file import Preprocess
-
-# timm's hybrid ResNetV2: StdConv2dSame standardizes (w - mean) / sqrt(var + 1e-8); GroupNorm eps 1e-5.
-TIMM_WS_EPS = 1e-8
-TIMM_GN_EPS = 1e-5
+from .timm import TIMM_WS_EPS
 
 
 def create_timm_model(name: str, *, meta: bool = False, **kwargs: Any) -> torch.nn.Module:
