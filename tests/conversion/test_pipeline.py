@@ -275,3 +275,11 @@ def test_converting_an_npz_never_imports_torch(tmp_path) -> None:
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False" and (tmp_path / "o.safetensors").is_file()
+
+
+def test_a_fifo_is_refused_before_detection_reads_it(tmp_path, capsys) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "pipe.npz")
+    code, _, err = vitconvert(capsys, "convert", tmp_path / "pipe.npz", tmp_path / "o.safetensors")
+    assert code == 1 and "pipe.npz is not a regular file" in err

@@ -19,7 +19,7 @@ from typing import Any
 from ..core.errors import VitConvertError, name_list
 from ..formats.dtypes import check_dtype
 from ..formats.file_kind import file_kind
-from ..formats.paths import check_output
+from ..formats.paths import check_input, check_output
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, write_weights
 from .mapping import head_is_zero, plan_tensors
 from .source import Probe, Request, SourceFormat, all_formats, source_format
@@ -117,6 +117,8 @@ def _forget_state_dict() -> None:
 
 def _refuse_ours(src: Path) -> None:
     """Our own file given as a source: it needs no conversion (and its keys would pass for timm's)."""
+    if not src.is_file():  # a FIFO or device would block the read: the format's reader refuses it
+        return
     kind = file_kind(src)
     if kind.kind == "vitconvert" and _whole(src):
         version = kind.description.rpartition("format version ")[2].rstrip(")")
@@ -139,6 +141,8 @@ def probe(src: str | os.PathLike) -> Probe:
     """What detection looks at in `src`: its kind, and its tensor names where they can be listed cheaply
     (a pickle must be read whole; `formats.state_dict` keeps it for the conversion that follows)."""
     path = Path(src)
+    if not path.is_dir():
+        check_input(path, "a checkpoint (a file, or a transformers directory)")  # before any read: no FIFO
     kind = file_kind(path)
     if kind.kind == "missing":
         raise VitConvertError(f"{path}: no such file or directory")
