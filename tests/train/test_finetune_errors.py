@@ -164,9 +164,12 @@ def test_weights_that_are_not_ours(capsys, data, tmp_path, kind):
 
         safetensors.torch.save_file({"head.weight": torch.zeros(2, 2)}, weights)
     err = fails(capsys, tmp_path / "o.safetensors", weights, data, tmp_path / "o.safetensors", *QUICK)
-    expected = ("no vitconvert metadata; convert the checkpoint first" if kind.startswith("timm")
-                else "not a safetensors file")
+    # what the file is (formats/file_kind.py's words), and the command that makes it usable
+    expected = {"npz": "is a NumPy .npz archive (a JAX checkpoint?), not a vitconvert weights file",
+                "timm state dict in safetensors": "is a safetensors checkpoint (not converted by vitconvert), not a "
+                                                  "vitconvert weights file", "text": "not a safetensors file"}[kind]
     assert err.startswith(f"error: {weights}") and expected in err
+    assert (f"convert it first: vitconvert convert {weights} OUT.safetensors" in err) == (kind != "text")
 
 
 def test_a_full_disk_while_writing_out(capsys, tiny_parent, data, tmp_path, monkeypatch):
