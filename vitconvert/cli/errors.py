@@ -61,9 +61,9 @@ def debug_option(command: click.Command) -> click.Command:
                         help="On failure, print the traceback too (or set VITCONVERT_DEBUG=1).")(command)
 
 
-# The library names an option both ways, "--force (force=True)" or "(--recursive / recursive=True)", for
-# its two kinds of reader; on the command line only the option is meant.
-_PYTHON_NAME = re.compile(r"(--[\w-]+)(?: \(\w+=[^()]*\)| / \w+=[^()\s]*)")
+# The library names an option both ways for its two kinds of reader: "--force (force=True)", "--heads N
+# (num_heads=N)", "(--recursive / recursive=True)"; on the command line only the option is meant.
+_PYTHON_NAME = re.compile(r"(--[\w-]+(?: [A-Z][A-Z_|]*)?)(?: \(\w+=[^()]*\)| / \w+=[^()\s]*)")
 
 
 def cli_words(message: object) -> str:

@@ -235,7 +235,7 @@ def read_record(path: str | os.PathLike) -> WeightsRecord:
     try:
         header = read_header(path)
     except VitConvertError:
-        if file_kind(path).kind in CHECKPOINT_KINDS:
+        if file_kind(path).kind in OTHER_CHECKPOINTS:  # a safetensors file that fails here is damaged: say so
             raise _not_converted(path) from None
         raise
     if META_KEY not in header.metadata:  # a safetensors checkpoint someone else wrote
@@ -250,8 +250,8 @@ def read_record(path: str | os.PathLike) -> WeightsRecord:
     return record
 
 
-# What `file_kind` calls the checkpoints `vitconvert convert` reads, which are given here by mistake.
-CHECKPOINT_KINDS = ("npz", "torch-zip", "pickle", "safetensors")
+# What `file_kind` calls the checkpoints other than safetensors that `vitconvert convert` reads.
+OTHER_CHECKPOINTS = ("npz", "torch-zip", "pickle")
 
 
 def _not_converted(path: str | os.PathLike) -> VitConvertError:
