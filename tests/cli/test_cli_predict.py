@@ -421,3 +421,27 @@ def test_a_mistyped_model_name_suggests_the_closest(vitpredict, cat_jpg, tmp_pat
     result = vitpredict(cat_jpg, "--model", "augreg-B16-in21k-ft-in1k-38")
     assert result.code == 1 and "did you mean augreg-B16-in21k-ft-in1k-384" in result.err
     assert "vitconvert download augreg-B16-in21k-ft-in1k-38`" not in result.err
+
+
+@pytest.mark.parametrize("extra", [[], ["--embed", "e.npz"], ["--attention-map", "a.png"]])
+def test_the_weights_record_is_read_once(vitpredict, tiny_weights, cat_jpg, tmp_path, monkeypatch, extra):
+    from vitconvert.formats.weights_file import WeightsRecord
+
+    parsed = []
+    original = WeightsRecord.from_json.__func__
+    monkeypatch.setattr(WeightsRecord, "from_json",
+                        classmethod(lambda cls, *a, **k: parsed.append(a) or original(cls, *a, **k)))
+    monkeypatch.chdir(tmp_path)
+    result = vitpredict(cat_jpg, "--weights", tiny_weights, *extra)
+    assert result.code == 0, result.err
+    assert len(parsed) == 1
+
+
+def test_a_plan_is_not_given_the_options_it_decided(tiny_weights):
+    from vitconvert.inference.plan import plan_prediction
+    from vitconvert.inference.predictor import Predictor
+
+    plan = plan_prediction(tiny_weights, img_size=96)
+    assert Predictor(plan).config.img_size == (96, 96)
+    with pytest.raises(VitConvertError, match="decided model, img_size, patch_size and labels already"):
+        Predictor(plan, img_size=128)
