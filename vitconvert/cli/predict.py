@@ -314,7 +314,7 @@ def on_ray(paths: list[Path], o: Options) -> None:
     with quiet_ray(not o.verbose):
         if started:
             ray.init(address=None if o.ray_address == "local" else o.ray_address, include_dashboard=False,
-                     log_to_driver=o.verbose, logging_level="INFO" if o.verbose else "WARNING")
+                     log_to_driver=o.verbose, logging_level="INFO" if o.verbose else "ERROR")
         try:
             dataset = predict_dataset([str(p) for p in paths], weights, top_k=o.top_k, embed=o.embed_out is not None,
                                       img_size=o.res, batch_size=o.batch_size, replicas=o.replicas,

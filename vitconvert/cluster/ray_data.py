@@ -177,8 +177,9 @@ def write_predictions(dataset: ray.data.Dataset, out: str | os.PathLike, force: 
 
 @contextlib.contextmanager
 def quiet_ray(quiet: bool = True) -> Iterator[None]:
-    """Ray and Ray Data without their INFO lines and progress bars on this process's stderr (`quiet`); the
-    loggers' levels and Ray Data's setting are restored after."""
+    """Ray and Ray Data without their INFO and WARNING lines and progress bars on this process's stderr
+    (`quiet`); the loggers' levels and Ray Data's setting are restored after. (Ray's C++ core logs on its
+    own: RAY_BACKEND_LOG_LEVEL would quiet it, but announces itself in a line of its own.)"""
     if not quiet:
         yield
         return
@@ -189,7 +190,7 @@ def quiet_ray(quiet: bool = True) -> Iterator[None]:
     context = ray.data.DataContext.get_current()
     bars = context.enable_progress_bars
     for logger in loggers:
-        logger.setLevel(logging.WARNING)
+        logger.setLevel(logging.ERROR)
     context.enable_progress_bars = False
     try:
         yield
