@@ -445,3 +445,12 @@ def test_a_plan_is_not_given_the_options_it_decided(tiny_weights):
     assert Predictor(plan).config.img_size == (96, 96)
     with pytest.raises(VitConvertError, match="decided model, img_size, patch_size and labels already"):
         Predictor(plan, img_size=128)
+
+
+def test_compile_help_quotes_no_speed_up_and_points_to_the_speed_section(vitpredict):
+    import re
+
+    help_text = " ".join(vitpredict("--help").out.split())
+    compile_help = help_text.split("--compile", 1)[1].split("--workers", 1)[0]
+    assert "README, Speed" in compile_help
+    assert not re.search(r"\d(\.\d+)?x", compile_help)  # figures live in the README and benchmarks/RESULTS.md
