@@ -24,7 +24,8 @@ def test_cached_model(monkeypatch, tmp_path):
     (tmp_path / "vit-x.safetensors").write_bytes(b"x")
     assert resolve_weights(model="vit-x") == tmp_path / "vit-x.safetensors"
     known = "augreg-B16-in21k-ft-in1k-384"  # in the bundled manifest
-    with pytest.raises(VitConvertError, match=rf"'{known}' is not in the cache .*run `vitconvert download {known}` first"):
+    with pytest.raises(VitConvertError,
+                       match=rf"'{known}' is not in the cache .*run `vitconvert download {known}` first"):
         resolve_weights(model=known)
 
 

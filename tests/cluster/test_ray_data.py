@@ -151,7 +151,7 @@ def test_force_replaces_an_earlier_table_but_not_a_folder_holding_other_files(lo
     out = tmp_path / "p.parquet"
     failed = [{"image": "b.jpg", "error": "unreadable"}]
     assert write_predictions(rows, out) == {"images": 2, "errors": 1, "failed": failed}
-    assert write_predictions(rows, out, force=True) == {"images": 2, "errors": 1, "failed": failed}  # replaced
+    assert write_predictions(rows, out, force=True) == {"images": 2, "errors": 1, "failed": failed}  # an earlier
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "cat.jpg").write_bytes(b"mine")
