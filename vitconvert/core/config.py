@@ -79,10 +79,12 @@ class ViTConfig:
     """
 
     img_size: tuple[int, int] = (224, 224)
-    """The input size the model was trained at, (height, width) in pixels: its position grid times the stride.
+    """The input size the model was trained at, (height, width) in pixels: its token grid times the stride,
+    or more where the patches leave out the pixels past the last whole one (SigLIP So400m/14 at 384).
 
-    Set by: jax (the stored grid, or the published size the catalog knows; 224 for a computed sincos2d
-    table), timm, transformers (image_size), tutorial (the stored grid, or `image_size` in the model args)."""
+    Set by: jax (the stored grid, or the published size the catalog knows; for a computed sincos2d table,
+    224 in whole patches), timm, transformers (image_size), tutorial (the stored grid, or `image_size` in the
+    model args)."""
     patch_size: int | tuple[int, int] = 16
     """An int for square patches, (height, width) otherwise (a square tuple is stored as the int).
 
