@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import torch
 from helpers.timm_reference import model_shapes, timm_vit
 
-from vitconvert.core.config import ViTConfig, preset
+from vitconvert.core.config import Activation, ViTConfig, preset
 from vitconvert.core.param_shapes import param_shapes
+from vitconvert.model.layers import activation
 from vitconvert.model.loading import at_size, build_with_weights
 from vitconvert.model.vit import VisionTransformer
 
@@ -156,3 +159,36 @@ def test_the_pytorch_sources_fields_are_written_only_where_set() -> None:
         {"attn_head_dim": 48, "patch_pre_norm": True, "hybrid_variant": "jeonsworld"}
     # one spelling per model: the head width that embed_dim / num_heads already is, is no field
     assert preset("S/16", attn_head_dim=64) == preset("S/16")
+
+
+# Each name ViTConfig.act accepts, written out from its definition (torch's GELU docs, OpenAI CLIP's QuickGELU).
+ACTIVATION_FORMULAS = {
+    "gelu": lambda x: 0.5 * x * (1 + torch.erf(x / 2 ** 0.5)),
+    "gelu_tanh": lambda x: 0.5 * x * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (x + 0.044715 * x ** 3))),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "silu": lambda x: x * torch.sigmoid(x),
+    "relu": lambda x: x.clamp(min=0),
+}
+
+
+@pytest.mark.parametrize("name", typing.get_args(Activation))
+def test_every_config_activation_computes_its_formula(name):
+    x = torch.linspace(-6, 6, 241, dtype=torch.float64)
+    # float64 on both sides; measured 0 to 8.9e-16 apart (silu).
+    torch.testing.assert_close(activation(name)(x), ACTIVATION_FORMULAS[name](x), atol=2e-15, rtol=0)
+
+
+def test_every_config_field_says_what_it_means_and_which_sources_set_it() -> None:
+    # The attribute docstring right after each field, as the API docs (mkdocstrings) read it.
+    import ast
+    import dataclasses
+    import inspect
+
+    import vitconvert.core.config as config_module
+
+    body = next(node for node in ast.parse(inspect.getsource(config_module)).body
+                if isinstance(node, ast.ClassDef) and node.name == "ViTConfig").body
+    docs = {field.target.id: text.value.value for field, text in zip(body, body[1:])
+            if isinstance(field, ast.AnnAssign) and isinstance(text, ast.Expr) and isinstance(text.value, ast.Constant)}
+    undocumented = [f.name for f in dataclasses.fields(ViTConfig) if "Set by: " not in docs.get(f.name, "")]
+    assert not undocumented

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..core.config import PosResize
 from ..core.errors import VitConvertError
 
 # (1, D, oh, ow) float32 grid, new (h, w), old (h, w) -> (1, D, nh, nw).
@@ -80,9 +81,9 @@ def sincos_2d(grid: tuple[int, int], dim: int, device: torch.device | None = Non
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]
 
 
-# The names ViTConfig.pos_resize accepts (a test holds the two lists equal).
-RESIZERS: dict[str, GridResize] = {"bicubic": _timm_bicubic, "dino": _dino, "flexivit": _flexivit,
-                                   "transformers": _transformers}
+# One function per name ViTConfig.pos_resize accepts (a test holds the two equal).
+RESIZERS: dict[PosResize, GridResize] = {"bicubic": _timm_bicubic, "dino": _dino, "flexivit": _flexivit,
+                                         "transformers": _transformers}
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int],
