@@ -13,7 +13,7 @@ from ..formats.safetensors_file import TensorSpec, read_tensors
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, read_record, write_weights
 from .optimize import compile_model, quantize_int8
 from .patch_resize import resample_patch_kernel
-from .posembed import resample_pos_embed
+from .posembed import pos_embed_on_grid
 from .vit import VisionTransformer
 
 
@@ -44,9 +44,7 @@ def at_size(cfg: ViTConfig, state: dict[str, torch.Tensor], img_size: tuple[int,
         changed["patch_embed.proj.weight"] = resample_patch_kernel(state["patch_embed.proj.weight"], patch)
     # Nothing else depends on the position (sincos2d is computed per grid).
     if cfg.pos_embed == "learn" and new.grid_size != cfg.grid_size:
-        prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
-        changed["pos_embed"] = resample_pos_embed(state["pos_embed"], new.grid_size, cfg.grid_size, prefix,
-                                                  method=cfg.pos_resize)
+        changed["pos_embed"] = pos_embed_on_grid(state["pos_embed"], cfg, new.grid_size)
     return new, {**state, **changed} if changed else state
 
 
