@@ -249,10 +249,7 @@ class ViTConfig:
         (h, w), (sh, sw) = size, self.stride
         if h % sh == 0 and w % sw == 0:
             return None
-        below = f"{max(sh, h // sh * sh)}x{max(sw, w // sw * sw)}"
-        above = f"{-(-h // sh) * sh}x{-(-w // sw) * sw}"
-        return (f"image size {h}x{w} is not a multiple of the patch stride {sh if sh == sw else f'{sh}x{sw}'}; "
-                f"the nearest sizes that tile are {below} and {above}")
+        return f"image size {h}x{w} is not a multiple of the patch stride {sh if sh == sw else f'{sh}x{sw}'}"
 
     def at_input_size(self, size: tuple[int, int]) -> ViTConfig:
         """This model for inputs of `size`, which must tile into whole patches (a file's own size need

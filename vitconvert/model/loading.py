@@ -60,7 +60,11 @@ def load_model(path: str | os.PathLike, img_size: int | str | tuple[int, int] | 
                device: str | torch.device | None = None,
                dtype: torch.dtype | None = None, compile: bool = False,
                patch_size: int | str | tuple[int, int] | None = None) -> VisionTransformer:
-    """An eval-mode model from our weights file, ready for inputs of `img_size` (default: trained size).
+    """An eval-mode model from our weights file, fixed at `img_size` (default: the trained size).
+
+    The model runs at any other size its patches tile as well, resampling its position table to the
+    input's grid at forward (once per grid outside autograd) with the same result as loading it at that
+    size; `img_size` fixes the size where the graph should hold no resampling (export, compile).
 
     `patch_size` (P, 'P', 'HxW' or (H, W)) runs it at another patch size, as FlexiViT runs its own: the
     patch kernel PI-resized, the position embeddings resampled to the new grid by the file's method.

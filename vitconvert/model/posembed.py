@@ -1,4 +1,6 @@
-"""Position embeddings on another grid, by one of the named methods a weights file records.
+"""Position embeddings on another grid, by one of the named methods a weights file records: at load time
+for a fixed size (`loading.at_size`) and at forward for the input's grid (`VisionTransformer`, which keeps
+the tables it makes in a `GridTables`).
 
 Every method resamples the patch grid in float32, align_corners off, prefix tokens untouched:
 

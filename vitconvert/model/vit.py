@@ -76,7 +76,9 @@ def input_grid(cfg: ViTConfig, size: tuple[int, int]) -> tuple[int, int]:
     if h < sh or w < sw:
         raise VitConvertError(f"image size {h}x{w} is smaller than one patch of this model ({sh}x{sw} pixels)")
     if problem := cfg.untiled(size):
-        raise VitConvertError(problem)
+        below = f"{h // sh * sh}x{w // sw * sw}"  # each side at least one patch, checked above
+        above = f"{-(-h // sh) * sh}x{-(-w // sw) * sw}"
+        raise VitConvertError(f"{problem}; the nearest sizes that tile are {below} and {above}")
     return h // sh, w // sw
 
 
