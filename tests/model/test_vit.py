@@ -294,13 +294,16 @@ def test_after_the_position_table_changes_the_next_forward_uses_the_new_values(c
 
 @pytest.mark.parametrize("cfg, size, message", [
     (preset("Ti/16"), (225, 224),
-     "image size 225x224 is not a multiple of the patch stride 16; the nearest sizes that tile are 224x224 and 240x224"),
+     "image size 225x224 is not a multiple of the patch stride 16"
+     "; the nearest sizes that tile are 224x224 and 240x224"),
     (preset("Ti/16"), (8, 224), "image size 8x224 is smaller than one patch of this model (16x16 pixels)"),
     (preset("Ti/16", patch_size=(16, 8)), (224, 100),
-     "image size 224x100 is not a multiple of the patch stride 16x8; the nearest sizes that tile are 224x96 and 224x104"),
+     "image size 224x100 is not a multiple of the patch stride 16x8"
+     "; the nearest sizes that tile are 224x96 and 224x104"),
     # SigLIP So400m/14 at 384 stores a 27x27 grid: its own size runs, and other sizes must tile
     (preset("Ti/16", patch_size=14, img_size=(384, 384)), (385, 384),
-     "image size 385x384 is not a multiple of the patch stride 14; the nearest sizes that tile are 378x378 and 392x392"),
+     "image size 385x384 is not a multiple of the patch stride 14"
+     "; the nearest sizes that tile are 378x378 and 392x392"),
     # a hybrid's ResNet stride counts: 4 x 8-pixel patches
     (preset("Ti/16", hybrid_layers=(), patch_size=8), (80, 64),
      "image size 80x64 is not a multiple of the patch stride 32; the nearest sizes that tile are 64x64 and 96x64"),
