@@ -21,12 +21,12 @@ from pathlib import Path
 import click
 import numpy as np
 from helpers import published_layouts as pl
+from helpers.cli import cli_error
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from vitconvert import VitConvertError, convert_jax, convert_timm, load_model, read_record
-from vitconvert.cli import cli
 from vitconvert.cli.errors import run
 from vitconvert.formats.weights_file import META_KEY
 
@@ -84,13 +84,6 @@ def convert(src: Path, dst: Path, **kwargs):
     if src.suffix == ".npz":
         return convert_jax(src, dst, **kwargs)
     return convert_timm(src, dst, num_heads=TINY_HEADS, **kwargs)
-
-
-def cli_error(capsys, *args: str) -> tuple[int, str]:
-    """Run the command in-process under the CLI error contract: (exit status, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        run(cli, list(args))
-    return exit_info.value.code, capsys.readouterr().err
 
 
 # --- pickles: nothing in them runs --------------------------------------------------------------------

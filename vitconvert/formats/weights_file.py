@@ -11,7 +11,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -33,11 +33,12 @@ LABEL_SETS = {1000: "imagenet-1k", 21843: "imagenet-21k"}
 Labels = str | tuple[str, ...] | None
 
 Resize = Literal["squash", "crop"]
+RESIZES: tuple[Resize, ...] = get_args(Resize)
 # 'bicubic' and 'bilinear' are Pillow's filters (antialiased when shrinking), as in timm's and
 # Hugging Face's transforms; 'bilinear_tf' is TensorFlow's `tf.image.resize` (vit_jax's evaluation):
 # bilinear on float pixels, half-pixel centres, no antialiasing.
 Interpolation = Literal["bicubic", "bilinear", "bilinear_tf"]
-INTERPOLATIONS = ("bicubic", "bilinear", "bilinear_tf")
+INTERPOLATIONS: tuple[Interpolation, ...] = get_args(Interpolation)
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ class Preprocess:
             raise VitConvertError(f"preprocess.std must be positive, got {self.std!r}")
         if not is_real(self.crop_pct):
             raise VitConvertError(f"preprocess.crop_pct must be a number, got {self.crop_pct!r}")
-        if self.resize not in ("squash", "crop"):
-            raise VitConvertError(f"preprocess.resize must be 'squash' or 'crop', got {self.resize!r}")
+        if self.resize not in RESIZES:
+            raise VitConvertError(f"preprocess.resize must be {' or '.join(map(repr, RESIZES))}, got {self.resize!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise VitConvertError(f"preprocess.interpolation must be one of "
                                   f"{', '.join(map(repr, INTERPOLATIONS))}, got {self.interpolation!r}")

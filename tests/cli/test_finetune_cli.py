@@ -14,9 +14,8 @@ import pytest
 import torch
 from helpers.faults import disk_full_after
 from helpers.finetune import CLASSES, small_tree
+from helpers.cli import Result, vitconvert_cli
 
-from vitconvert.cli import cli
-from vitconvert.cli.errors import run
 from vitconvert.formats.weights_file import read_record
 from vitconvert.train import finetune as finetune_module
 
@@ -31,15 +30,8 @@ def data(tmp_path) -> Path:
     return small_tree(tmp_path / "train", dict.fromkeys(CLASSES[:2], 4))
 
 
-def finetune_cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        run(cli, ["finetune", *map(str, args)])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+def finetune_cli(capsys, *args) -> Result:
+    return vitconvert_cli(capsys, "finetune", *args)
 
 
 def fails(capsys, out: Path, *args, code: int = 1, trained: bool = False) -> str:
