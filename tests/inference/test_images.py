@@ -195,8 +195,8 @@ def test_directories_expand_to_their_images_sorted(tmp_path):
     found = find_images([single, root])
     assert found.paths == [single, root / "a.JPG", root / "b.png", root / "c.webp"]
     # sub/ and notes.txt; names starting with '.' are passed over without a word, as `ls` does
-    assert (found.skipped_folders, found.skipped_files) == (1, 1)
-    assert found.skipped() == "1 sub-folder and 1 non-image file"
+    assert (found.skipped_folders, found.skipped_files) == (1, (root / "notes.txt",))
+    assert found.skipped() == f"1 sub-folder and 1 non-image file ({root / 'notes.txt'})"
 
 
 def test_recursive_search_goes_down_every_sub_folder(tmp_path):
@@ -204,8 +204,16 @@ def test_recursive_search_goes_down_every_sub_folder(tmp_path):
     (root / "sub" / "deeper" / "loop").symlink_to(root, target_is_directory=True)  # searched once, not forever
     found = find_images([root], recursive=True)
     assert found.paths == [root / n for n in ("a.JPG", "b.png", "c.webp", "sub/d.png", "sub/deeper/e.gif")]
-    assert (found.skipped_folders, found.skipped_files) == (0, 1)
-    assert found.skipped() == "1 non-image file"
+    assert (found.skipped_folders, found.skipped_files) == (0, (root / "notes.txt",))
+    assert found.skipped() == f"1 non-image file ({root / 'notes.txt'})"
+
+
+def test_the_skipped_files_are_named_up_to_three_then_counted(tmp_path):
+    for name in ["a.png", "d.txt", "c.md", "b.csv", "e.json"]:
+        (tmp_path / name).write_bytes(b"x")
+    found = find_images([tmp_path])
+    assert found.skipped() == (f"4 non-image files ({tmp_path / 'b.csv'}, {tmp_path / 'c.md'}, {tmp_path / 'd.txt'} "
+                               "and 1 more)")
 
 
 def test_files_are_passed_as_given_for_open_image_to_judge(tmp_path):
