@@ -204,7 +204,7 @@ def test_bad_image_is_one_error_line_naming_it(vitpredict, tiny_weights, tmp_pat
 
 
 def test_decompression_bomb_is_an_error(vitpredict, tiny_weights, tmp_path):
-    from inference.test_images import png_header
+    from helpers.images import png_header
 
     bomb = png_header(tmp_path / "bomb.png", 12_000, 12_000)
     result = vitpredict(bomb, "--weights", tiny_weights)

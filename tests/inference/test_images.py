@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.images import png_header
 from PIL import Image
 
 from vitconvert.core.errors import VitConvertError
@@ -128,15 +127,6 @@ def test_pil_images_are_accepted_directly():
 
 
 # --- bad files: one clear error that names the file ---------------------------------------------
-
-def png_header(path: Path, width: int, height: int) -> Path:
-    """A PNG that only declares its size: enough for the bomb check, which reads no pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
-    return path
-
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: p.write_bytes(b"just some text, not pixels\n" * 10), "not an image file"),
