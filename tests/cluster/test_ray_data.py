@@ -189,6 +189,7 @@ def test_replicas_leave_a_cpu_for_reading_or_are_refused(local_ray, weights) -> 
 
 def test_vitpredict_ray_starts_a_quiet_ray_unless_verbose(weights, tmp_path, capfd) -> None:
     """Ray started by vitpredict itself, in a process of its own: none of Ray's INFO or WARNING lines."""
+    import os
     import subprocess
     import sys
 
@@ -196,13 +197,13 @@ def test_vitpredict_ray_starts_a_quiet_ray_unless_verbose(weights, tmp_path, cap
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-m", "vitconvert.cli.predict", str(DATA / "cat.jpg"), "--weights",
                            str(weights), "--ray", "--output", str(out), "--cpus-per-replica", "0.5"],
-                          capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
-                                                                             "PYTHONPATH": str(root)})
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"wrote {out}: 1 images, 0 unreadable\n"
     # At most the C++ core's own line (core_worker.cc), none of Ray's Python INFO or WARNING lines
     python_lines = [line for line in proc.stderr.splitlines() if ".cc:" not in line]
     assert python_lines == [], proc.stderr
     verbose = subprocess.run([*proc.args, "--force", "--verbose"], capture_output=True, text=True, timeout=300,
-                             env={**__import__("os").environ, "PYTHONPATH": str(root)})
-    assert verbose.returncode == 0 and "WARNING" in verbose.stderr  # Ray's own lines, when asked for
+                             env={**os.environ, "PYTHONPATH": str(root)})
+    # Ray's own lines, when asked for (which of them, INFO or WARNING, depends on the machine: both are Ray's)
+    assert verbose.returncode == 0 and "Started a local Ray instance" in verbose.stderr, verbose.stderr
