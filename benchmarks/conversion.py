@@ -19,9 +19,9 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, machine, markdown
 
-ARCH = {  # name: (width, depth, heads, mlp, patch, timm model)
-    "B/16": (768, 12, 12, 3072, 16, "vit_base_patch16_224"),
-    "L/16": (1024, 24, 16, 4096, 16, "vit_large_patch16_224"),
+ARCH = {  # name (make_random_checkpoint.py's --size): timm model
+    "B/16": "vit_base_patch16_224",
+    "L/16": "vit_large_patch16_224",
 }
 TIMM_SCRIPT = """
 import sys, timm
@@ -33,18 +33,11 @@ save_file(model.state_dict(), sys.argv[3])
 """
 
 
-MAKE_SCRIPT = """
-import sys, runpy, numpy as np
-make = runpy.run_path(sys.argv[1])["checkpoint"]
-np.savez(sys.argv[2], **make(*map(int, sys.argv[3:])))
-"""
-
-
 def make_checkpoint(name: str, folder: Path) -> Path:
     """In a child process: a parent holding the arrays would lend its RSS to every process it forks."""
     path = folder / f"{name.replace('/', '_')}.npz"
-    subprocess.run([sys.executable, "-c", MAKE_SCRIPT, str(ROOT / "examples" / "make_random_checkpoint.py"),
-                    str(path), *map(str, ARCH[name][:5])], check=True)
+    subprocess.run([sys.executable, str(ROOT / "examples" / "make_random_checkpoint.py"), str(path), "--size", name],
+                   check=True, stderr=subprocess.DEVNULL)
     return path
 
 
@@ -79,7 +72,7 @@ def run(names: list[str], repeats: int) -> list[dict]:
             out = folder / "out.safetensors"
             paths = {  # each overwrites its output, as a re-run of the same command would
                 "vitconvert": vitconvert + [str(npz), str(out), "--force", "--quiet"],
-                "timm": [sys.executable, "-c", TIMM_SCRIPT, ARCH[name][5], str(npz), str(out)],
+                "timm": [sys.executable, "-c", TIMM_SCRIPT, ARCH[name], str(npz), str(out)],
                 "copy": ["cp", str(npz), str(folder / "copy.npz")],
             }
             runs: dict[str, list[tuple[float, float]]] = {k: [] for k in paths}

@@ -3,8 +3,7 @@ weights files, and `vitpredict` run in-process."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import functools
 from pathlib import Path
 
 import pytest
@@ -80,46 +79,22 @@ def tiny_parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return converted_tiny(tmp_path_factory.mktemp("parent") / "tiny.safetensors")
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> list[dict]:
-        return json.loads(self.out)
-
-
-def _in_process(capsys: pytest.CaptureFixture[str], command):
-    from vitconvert.cli.errors import run
-
-    def invoke(*args: object) -> Result:
-        capsys.readouterr()
-        try:
-            run(command, [str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return invoke
-
-
 @pytest.fixture
 def vitpredict(capsys: pytest.CaptureFixture[str]):
-    """Run `vitpredict ARGS...` in this process, through our error contract; returns a Result."""
+    """Run `vitpredict ARGS...` in this process, through our error contract; returns a helpers.cli.Result."""
+    from helpers.cli import invoke
+
     from vitconvert.cli.predict import command
 
-    return _in_process(capsys, command)
+    return functools.partial(invoke, capsys, command)
 
 
 @pytest.fixture
 def vitconvert(capsys: pytest.CaptureFixture[str]):
-    """Run `vitconvert ARGS...` in this process, through our error contract; returns a Result."""
-    from vitconvert.cli import cli
+    """Run `vitconvert ARGS...` in this process, through our error contract; returns a helpers.cli.Result."""
+    from helpers.cli import vitconvert_cli
 
-    return _in_process(capsys, cli)
+    return functools.partial(vitconvert_cli, capsys)
 
 
 def pytest_terminal_summary(terminalreporter, config) -> None:

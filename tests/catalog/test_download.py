@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers.cli import vitconvert_cli
 from helpers.manifest import (
     TINY_CONFIG,
     TINY_NAME,
@@ -17,8 +18,6 @@ from helpers.manifest import (
 )
 
 import vitconvert
-from vitconvert.cli import cli
-from vitconvert.cli.errors import run
 from vitconvert.catalog.cache import cache_dir, cached_weights
 from vitconvert.core.config import ViTConfig
 from vitconvert.core.errors import VitConvertError
@@ -188,7 +187,7 @@ def test_an_unresolvable_host_fails_at_once_with_the_way_to_proceed_offline(env,
 
     monkeypatch.setenv("VITCONVERT_MANIFEST", str(m))
     (env / "tiny.npz").write_bytes(DATA)
-    code, _, err = cli_run(capsys, "jax2torch", str(env / "tiny.npz"), str(cached_weights(TINY_NAME)), "-q")
+    code, _, err = vitconvert_cli(capsys, "jax2torch", str(env / "tiny.npz"), str(cached_weights(TINY_NAME)), "-q")
     assert code == 0, err
     preprocess = read_record(cached_weights(TINY_NAME)).preprocess
     # tiny_entry's; without the manifest it would be Google's bilinear squash
@@ -271,18 +270,10 @@ def test_cache_dir(monkeypatch, tmp_path):
 # ---- the commands -----------------------------------------------------------------------------
 
 
-def cli_run(capsys, *args):
-    with pytest.raises(SystemExit) as e:
-        run(cli, list(args))
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
 def test_cli_download_no_convert(env, monkeypatch, capsys):
     monkeypatch.setenv("VITCONVERT_MANIFEST", str(manifest(env)))
     with serve(monkeypatch):
-        code, out, err = cli_run(capsys, "download", TINY_NAME, "--no-convert", "--quiet")
+        code, out, err = vitconvert_cli(capsys, "download", TINY_NAME, "--no-convert", "--quiet")
     assert code == 0, err
     assert out.strip() == str(cached_source(TINY_NAME))
     assert err == ""
@@ -293,7 +284,7 @@ def test_cli_download_by_timm_name_with_a_bar_on_a_terminal(env, monkeypatch, ca
     monkeypatch.setenv("VITCONVERT_MANIFEST", str(manifest(env, timm_model="vit_test_patch16_32.augreg_in21k")))
     monkeypatch.setattr("sys.stderr.isatty", lambda: True)
     with serve(monkeypatch):
-        code, out, err = cli_run(capsys, "download", "vit_test_patch16_32.augreg_in21k", "--no-convert")
+        code, out, err = vitconvert_cli(capsys, "download", "vit_test_patch16_32.augreg_in21k", "--no-convert")
     assert code == 0, err
     assert out == f"{cached_source(TINY_NAME)}\n"
     size = f"{len(DATA) / 2**20:.1f}"
@@ -305,7 +296,7 @@ def test_cli_download_by_timm_name_with_a_bar_on_a_terminal(env, monkeypatch, ca
 
 def test_cli_unknown_name(capsys, monkeypatch):
     monkeypatch.delenv("VITCONVERT_MANIFEST", raising=False)
-    code, _, err = cli_run(capsys, "download", "augreg-B16-384", "--no-convert")
+    code, _, err = vitconvert_cli(capsys, "download", "augreg-B16-384", "--no-convert")
     assert code == 1
     assert err.startswith("error: no checkpoint named 'augreg-B16-384'")
     assert "did you mean" in err and "augreg-B16-in21k-ft-in1k-384" in err
@@ -313,18 +304,18 @@ def test_cli_unknown_name(capsys, monkeypatch):
 
 def test_cli_list_json_parses_and_filter_filters(capsys, monkeypatch):
     monkeypatch.delenv("VITCONVERT_MANIFEST", raising=False)
-    code, out, _ = cli_run(capsys, "list", "--json")
+    code, out, _ = vitconvert_cli(capsys, "list", "--json")
     assert code == 0
     doc = json.loads(out)
     assert doc["schema_version"] == 1 and len(doc["checkpoints"]) > 40
-    code, out, _ = cli_run(capsys, "list", "--json", "--filter", "R50L32 384")
+    code, out, _ = vitconvert_cli(capsys, "list", "--json", "--filter", "R50L32 384")
     names = [e["name"] for e in json.loads(out)["checkpoints"]]
     assert names and all("R50L32" in n and "384" in n for n in names)
-    code, out, _ = cli_run(capsys, "list", "--filter", "vit_base_patch16_384.augreg_in21k")
+    code, out, _ = vitconvert_cli(capsys, "list", "--filter", "vit_base_patch16_384.augreg_in21k")
     lines = out.strip().splitlines()
     assert lines[0].split()[:3] == ["NAME", "ARCH", "RES"]
     assert [ln.split()[0] for ln in lines[1:]] == ["augreg-B16-in21k-ft-in1k-384-timm"]
-    code, out, err = cli_run(capsys, "list", "--filter", "no-such-thing")
+    code, out, err = vitconvert_cli(capsys, "list", "--filter", "no-such-thing")
     assert code == 0 and out == "" and "no checkpoint matches" in err
 
 

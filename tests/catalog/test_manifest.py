@@ -1,18 +1,28 @@
-"""weights_manifest.json: the schema, the loader's checks, and the facts it records."""
+"""weights_manifest.json: the schema, the loader's checks, and the facts it records; every entry is what
+the converter makes of its published file; every entry that names a timm model agrees with timm's registry."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+import timm
+import torch
+from helpers import big_vision_layouts as bv
+from helpers import published_layouts as pl
 from helpers.manifest import tiny_entry, tiny_npz_bytes, write_manifest
+from timm.models import get_pretrained_cfg
 
+from vitconvert.catalog.manifest import FAMILIES, bundled_path, find, load_manifest
+from vitconvert.conversion.jax import identify
 from vitconvert.core.config import WIDTHS
 from vitconvert.core.errors import VitConvertError
-from vitconvert.catalog.manifest import FAMILIES, bundled_path, find, load_manifest
+from vitconvert.core.param_shapes import param_shapes
 
 GCS = "https://storage.googleapis.com/"
 BUCKET = GCS + "vit_models/"
@@ -40,6 +50,8 @@ PINNED = re.compile(r"[\w.-]+/[\w.-]+@[0-9a-f]{12,40}\b")
 CITED_FAMILIES = ("sam", "big_vision", "flexivit", "lit", "siglip", "siglip2")
 README = Path(__file__).resolve().parents[2] / "README.md"
 
+
+# --- The schema, the loader's checks, and the facts each family's entries record ---
 
 def test_default_is_the_bundled_copy_and_the_env_var_overrides(tmp_path, monkeypatch):
     monkeypatch.delenv("VITCONVERT_MANIFEST", raising=False)
@@ -338,3 +350,160 @@ def test_not_json(tmp_path):
         load_manifest(path)
     with pytest.raises(VitConvertError, match="cannot read manifest"):
         load_manifest(tmp_path / "missing.json")
+
+
+# --- The published layouts ---
+# Every manifest entry is what the converter makes of its published file: the entry's architecture is
+# written in its family's published key layout by the independent test writers (`published_layouts`,
+# `big_vision_layouts`: keys and shapes only, no weights), and the converter's own identification
+# (`conversion.jax.identify`, the step `convert_jax` and `download` take) must find that entry by file name
+# and architecture and give exactly its config. Otherwise `vitconvert download NAME` refuses the entry.
+
+JAX = [e for e in MANIFEST.checkpoints if e.format.startswith("jax-npz/")]
+# The layouts the authors publish (checked against real files for the vit_jax families by timm's loader,
+# and described in big_vision's and vision_transformer's code): SigLIP 2 stores its blocks stacked
+# (`encoderblock/`), SigLIP per layer; both towers' files hold the text tower beside the image one.
+SCANNED = {"siglip2"}
+TWO_TOWER_OUTER = {"siglip": "params/", "siglip2": "params/", "lit": ""}
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """What identification reads from an `NpzReader`: the file's path and each array's shape."""
+
+    path: Path
+    shapes: dict[str, tuple[int, ...]]
+
+
+def placeholder(*shape: int) -> np.ndarray:
+    return np.broadcast_to(np.float32(0), shape)  # a shape, no memory
+
+
+def published_shapes(e) -> dict[str, tuple[int, ...]]:
+    """The keys and shapes of `e`'s file, written from the entry's widths by its family's writer."""
+    c = e.config
+    if e.format == "jax-npz/big_vision":
+        m = bv.BigVision(width=c.embed_dim, depth=c.depth, heads=c.num_heads, mlp=c.mlp_dim, patch=c.patch_size,
+                         grid=c.grid_size, pool={"token": "tok", "gap": "gap", "map": "map"}[c.pool],
+                         posemb=c.pos_embed, rep_size=c.representation_size, num_classes=c.num_classes,
+                         channels=c.in_chans)
+        params = bv.random_params(m, shapes_only=True)
+        params = bv.scan(params) if e.family in SCANNED else params
+        arrays = (bv.two_tower(params, TWO_TOWER_OUTER[e.family]) if e.family in TWO_TOWER_OUTER
+                  else bv.with_prefix(params, "params/"))
+    else:
+        kwargs = dict(img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, embed_dim=c.embed_dim,
+                      depth=c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_dim / c.embed_dim,
+                      num_classes=c.num_classes or 10, fc_norm=False,  # the writer needs a head: dropped below
+                      **({} if c.pool == "token" else {"class_token": False, "global_pool": "avg"}))
+        if c.hybrid_layers is not None:  # vit_jax's ResNetV2: stem width 64 x the width factor, stages 4x, 8x, ...
+            w, layers = c.hybrid_width, c.hybrid_layers
+            kwargs["backbone"] = {"layers": layers, "stem_chs": w,
+                                  **({"channels": tuple(4 * w * 2 ** i for i in range(len(layers)))} if layers else {})}
+        model = pl.meta_timm_vit(kwargs)
+        rep = c.representation_size
+        extra = {} if rep is None else {"pre_logits": (placeholder(c.embed_dim, rep), placeholder(rep)),
+                                        "head": (placeholder(rep, c.num_classes), placeholder(c.num_classes))}
+        arrays = {k: v for k, v in pl.npz_arrays(model, "vit_jax", **extra).items()
+                  if c.num_classes or not k.startswith("head/")}  # a headless tower (LiT's out_dim None)
+        if e.family in TWO_TOWER_OUTER:
+            arrays = bv.two_tower(arrays, TWO_TOWER_OUTER[e.family])
+    return {k: tuple(v.shape) for k, v in arrays.items()}
+
+
+@pytest.mark.parametrize("e", JAX, ids=lambda e: e.name)
+def test_the_published_layout_converts_to_the_entry(e):
+    found = identify(Shapes(Path("downloads") / e.filename, published_shapes(e)), catalog=MANIFEST)
+    assert found.known is not None, f"the catalog does not know {e.filename} with the config jax2torch infers"
+    # 2020 folders reuse file names; the architecture tells them apart, and the one found must be this entry
+    # or one recorded the same way.
+    assert (found.known.config, found.known.preprocess, found.known.labels) == (e.config, e.preprocess, e.labels)
+    assert found.config == e.config  # what `download` checks, pos_resize included
+
+
+# --- timm's registry ---
+# Every manifest entry that names a timm model, checked against timm's own registry: the model
+# timm builds has exactly the parameter shapes our config gives, and the tag's pretrained cfg agrees
+# on input size, classes, mean, std, crop_pct and interpolation (and, where timm lists an .npz URL,
+# on the file). Models are built on the meta device: no memory, no weights, no network.
+
+NO_TIMM = "timm has no pretrained tag for this file"
+
+
+def at_size(e, patch_size: int, img_size: tuple[int, int]):
+    """The entry's architecture at another patch and image size, for a file that runs at any (FlexiViT's:
+    stored at patch 32 on a 7x7 grid, which timm resamples to its tag's patch and size as it loads it, as
+    `vitpredict --patch-size P --res R` does); any other entry must already be at them."""
+    if e.config.pos_resize != "flexivit":
+        return e.config
+    return e.config.replace(patch_size=patch_size, img_size=img_size)
+
+
+def timm_npz_urls() -> dict[str, set[str]]:
+    """url -> timm tags whose pretrained cfg downloads that .npz."""
+    urls: dict[str, set[str]] = {}
+    for tag in timm.list_pretrained():  # flexivit_* too
+        cfg = get_pretrained_cfg(tag)
+        if cfg is not None and cfg.url and cfg.url.endswith(".npz"):
+            urls.setdefault(cfg.url, set()).add(tag)
+    return urls
+
+
+@pytest.mark.parametrize("e", MANIFEST.checkpoints, ids=lambda e: e.name)
+def test_against_timm(e):
+    if e.timm_model is None:
+        # The entry's notes say why, e.g. "timm's vit_..._384.augreg_in21k_ft_in1k is a different file".
+        pytest.skip(f"{e.name}: " + next((n for n in e.notes if n.startswith("timm's ")), NO_TIMM))
+    base = e.timm_model.split(".")[0]
+    with torch.device("meta"):
+        model = timm.create_model(base, pretrained=False, num_classes=e.num_classes)
+    theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    cfg = get_pretrained_cfg(e.timm_model)
+    assert cfg is not None, f"timm has no pretrained tag {e.timm_model}"
+    mine = at_size(e, model.patch_embed.patch_size[0], tuple(cfg.input_size[1:]))
+    if mine != e.config:  # the entry cites timm's figure at timm's size, and says how we run the file there
+        size = f"{mine.img_size[0]} px with patch {mine.patch_size}"
+        assert size in e.top1_source and f"--patch-size {mine.patch_size} --res {mine.img_size[0]}" in e.top1_source
+    # timm drops the 2020 checkpoints' pre_logits layer (its head then reads the D-wide token).
+    ours = {k: v for k, v in param_shapes(mine).items() if not k.startswith("pre_logits.")}
+    assert ours == theirs
+    assert tuple(cfg.input_size) == (3, *mine.img_size)
+    # timm's copies of the 2020 ImageNet-21k weights leave out the all-zero head: num_classes=0.
+    assert cfg.num_classes == (0 if e.head_is_zero else e.num_classes)
+    if e.preprocess_source == "timm":
+        p = e.preprocess
+        assert (p.size, p.resize) == (tuple(cfg.input_size[1:]), "crop")
+        assert (p.crop_pct, p.interpolation) == (cfg.crop_pct, cfg.interpolation)
+        assert (p.mean, p.std) == (tuple(cfg.mean), tuple(cfg.std))
+    if cfg.url and cfg.url.endswith(".npz"):
+        assert cfg.url == e.url, "timm's tag downloads another file"
+
+
+def test_timm_tags_are_named_wherever_timm_loads_the_same_file():
+    urls = timm_npz_urls()
+    for e in MANIFEST.checkpoints:
+        tags = urls.get(e.url, set())
+        if e.timm_model is None:
+            assert not tags, f"{e.name}: timm loads this file as {sorted(tags)}"
+        elif get_pretrained_cfg(e.timm_model).url.endswith(".npz"):
+            assert e.timm_model in tags
+
+
+@pytest.mark.parametrize("e", [e for e in MANIFEST.checkpoints if e.timm_model and not e.head_is_zero],
+                         ids=lambda e: e.name)
+def test_timm_models_read_back_as_the_entrys_architecture(e):
+    """What verify and timm2torch --model read from timm's model is the entry's config (the numerics that
+    `verify --timm-act match` sets aside: timm runs exact GELU for vit_jax's models and for some of its
+    big_vision ports, the JAX models tanh; timm's hybrid ResNet GroupNorm eps is 1e-5, flax's 1e-6), so
+    `vitconvert verify` on a converted download against its timm tag compares like with like. (The 2020
+    ImageNet-21k tags have no head in timm.)"""
+    from vitconvert.conversion.timm_models import create_timm_model, timm_config
+
+    cfg = timm_config(create_timm_model(e.timm_model, meta=True), e.timm_model)
+    hybrid = e.config.hybrid_layers is not None
+    assert (cfg.hybrid_gn_eps, e.config.hybrid_gn_eps) == ((1e-5, 1e-6) if hybrid else (1e-6, 1e-6))
+    assert e.config.act == "gelu_tanh"
+    assert cfg.act == "gelu" if e.format == "jax-npz/vit_jax" else cfg.act in ("gelu", "gelu_tanh")
+    # pos_resize is how positions reach other input sizes, not the architecture (verify does not compare it).
+    mine = at_size(e, cfg.patch_size, cfg.img_size)
+    assert cfg == mine.replace(act=cfg.act, hybrid_gn_eps=cfg.hybrid_gn_eps, pos_resize=cfg.pos_resize)

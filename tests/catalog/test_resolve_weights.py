@@ -23,8 +23,26 @@ def test_cached_model(monkeypatch, tmp_path):
     monkeypatch.setenv("VITCONVERT_CACHE", str(tmp_path))
     (tmp_path / "vit-x.safetensors").write_bytes(b"x")
     assert resolve_weights(model="vit-x") == tmp_path / "vit-x.safetensors"
-    with pytest.raises(VitConvertError, match=r"'vit-y' is not in the cache .*run `vitconvert download vit-y` first"):
-        resolve_weights(model="vit-y")
+    known = "augreg-B16-in21k-ft-in1k-384"  # in the bundled manifest
+    with pytest.raises(VitConvertError,
+                       match=rf"'{known}' is not in the cache .*run `vitconvert download {known}` first"):
+        resolve_weights(model=known)
+
+
+def test_a_mistyped_model_name_suggests_the_closest_instead_of_a_download_that_would_fail(monkeypatch, tmp_path):
+    import difflib
+
+    from vitconvert.catalog.manifest import load_manifest
+
+    monkeypatch.setenv("VITCONVERT_CACHE", str(tmp_path))
+    typo = "augreg-B16-in21k-ft-in1k-38"
+    closest = difflib.get_close_matches(typo, load_manifest().names, n=1)[0]  # the reference: difflib itself
+    assert closest == "augreg-B16-in21k-ft-in1k-384"
+    with pytest.raises(VitConvertError) as e:
+        resolve_weights(model=typo)
+    message = str(e.value)
+    assert "nor is it a name `vitconvert download` knows; did you mean augreg-B16-in21k-ft-in1k-384," in message
+    assert "vitconvert download augreg" not in message and f"download {typo}" not in message
 
 
 @pytest.mark.parametrize("name", ["", "../evil", "a/b", ".hidden"])

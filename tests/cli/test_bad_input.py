@@ -21,12 +21,12 @@ from pathlib import Path
 import click
 import numpy as np
 from helpers import published_layouts as pl
+from helpers.cli import cli_error
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from vitconvert import VitConvertError, convert_jax, convert_timm, load_model, read_record
-from vitconvert.cli import cli
 from vitconvert.cli.errors import run
 from vitconvert.formats.weights_file import META_KEY
 
@@ -84,13 +84,6 @@ def convert(src: Path, dst: Path, **kwargs):
     if src.suffix == ".npz":
         return convert_jax(src, dst, **kwargs)
     return convert_timm(src, dst, num_heads=TINY_HEADS, **kwargs)
-
-
-def cli_error(capsys, *args: str) -> tuple[int, str]:
-    """Run the command in-process under the CLI error contract: (exit status, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        run(cli, list(args))
-    return exit_info.value.code, capsys.readouterr().err
 
 
 # --- pickles: nothing in them runs --------------------------------------------------------------------
@@ -654,3 +647,31 @@ def test_cli_debug_shows_the_traceback(tmp_path, out_dir) -> None:
     assert plain.stderr.splitlines() == [f"error: {tmp_path / 'empty.pth'} is empty (0 bytes), not a checkpoint file"]
     assert "Traceback (most recent call last)" in debug.stderr and "VitConvertError" in debug.stderr
     assert debug.stderr.splitlines()[-1] == plain.stderr.splitlines()[0]
+
+
+@pytest.mark.parametrize("library, cli", [
+    ("output o.safetensors exists; pass --force (force=True) to replace it",
+     "error: output o.safetensors exists; pass --force to replace it"),
+    ("width 72 has no standard head count; give it with --heads N (num_heads=N), or name the timm model with "
+     "--model NAME", "error: width 72 has no standard head count; give it with --heads N, or name the timm model "
+                     "with --model NAME"),
+    ("d: directory has no image files; 1 sub-folder not searched (--recursive / recursive=True)",
+     "error: d: directory has no image files; 1 sub-folder not searched (--recursive)"),
+    ("--plot (plot=) needs matplotlib", "error: --plot needs matplotlib"),
+    ("a model with pool='gap' (pool=gap) has no class token", "error: a model with pool='gap' (pool=gap) has no "
+                                                              "class token"),  # not an option: left as it is
+])
+def test_cli_messages_name_the_option_without_its_python_keyword(capsys, library: str, cli: str) -> None:
+    @click.command()
+    def fails() -> None:
+        raise VitConvertError(library)
+
+    with pytest.raises(SystemExit) as e:
+        run(fails, [])
+    assert e.value.code == 1 and capsys.readouterr().err == cli + "\n"
+
+
+def test_an_existing_output_through_the_cli_says_force_as_an_option(npz, out_dir, capsys) -> None:
+    (out_dir / "o.safetensors").write_bytes(b"mine")
+    code, err = cli_error(capsys, "jax2torch", str(npz), str(out_dir / "o.safetensors"))
+    assert (code, err) == (1, f"error: output {out_dir / 'o.safetensors'} exists; pass --force to replace it\n")

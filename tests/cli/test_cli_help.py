@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import shlex
 
-import click
 import pytest
+from helpers.cli import invoke
 
 from vitconvert.cli import cli
-from vitconvert.cli.errors import run
 from vitconvert.cli.predict import command as vitpredict_command
 from vitconvert.catalog.manifest import load_manifest
 
@@ -18,18 +17,9 @@ SUBCOMMANDS = ["jax2torch", "timm2torch", "hf2torch", "torch2torch", "verify", "
 EVERY = [("vitconvert", name) for name in SUBCOMMANDS] + [("vitpredict", None)]
 
 
-def invoke(capsys, command: click.Command, args: list[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        run(command, args)
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
 def help_text(capsys, program: str, sub: str | None) -> str:
     command, args = (cli, [sub, "--help"]) if program == "vitconvert" else (vitpredict_command, ["--help"])
-    code, out, err = invoke(capsys, command, args)
+    code, out, err = invoke(capsys, command, *args)
     assert (code, err) == (0, "")
     return out
 
@@ -47,17 +37,17 @@ def examples(text: str) -> list[str]:
 
 
 def test_the_group_without_arguments_prints_its_help_on_stdout(capsys):
-    code, out, err = invoke(capsys, cli, [])
+    code, out, err = invoke(capsys, cli)
     # 2, as for a usage error (nothing was done; click >= 8.2 exits 2 here too), but the help whole.
     assert code == 2 and err == ""
     assert out.startswith("Usage: ") and "Commands:\n" in out
     listed = out.split("Commands:\n", 1)[1].split()
     assert all(name in listed for name in SUBCOMMANDS)
-    assert out == invoke(capsys, cli, ["--help"])[1]  # the same text --help prints
+    assert out == invoke(capsys, cli, "--help")[1]  # the same text --help prints
 
 
 def test_errors_stay_one_line(capsys):
-    code, out, err = invoke(capsys, cli, ["no-such-command"])
+    code, out, err = invoke(capsys, cli, "no-such-command")
     assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("error: No such command")
 
 
@@ -94,7 +84,7 @@ def test_debug_works_anywhere_on_the_line(capsys, tmp_path, where):
     empty.touch()
     args = ["timm2torch", str(empty), str(tmp_path / "o.safetensors")]
     at = {"before the command": 0, "after the command": 1, "last": len(args)}[where]
-    code, _, err = invoke(capsys, cli, [*args[:at], "--debug", *args[at:]])
+    code, _, err = invoke(capsys, cli, *args[:at], "--debug", *args[at:])
     assert code == 1
     assert "Traceback (most recent call last)" in err
     assert err.splitlines()[-1] == f"error: {empty} is empty (0 bytes), not a checkpoint file"

@@ -139,10 +139,10 @@ def test_attention_maps_for_several_images_are_named_by_image(vitpredict, tiny_w
 
 def test_attention_map_names_stay_unique(tmp_path):
     images = [Path("a/cat.jpg"), Path("b/cat.png"), Path("dog.jpg")]
-    assert predict_cli.attention_paths(tmp_path / "m.png", images) == [
+    assert predict_cli.attention_paths(tmp_path / "m.png", images, force=False) == [
         tmp_path / "m-cat-1.png", tmp_path / "m-cat-2.png", tmp_path / "m-dog.png"]
-    with pytest.raises(VitConvertError, match="directory .*nowhere does not exist"):
-        predict_cli.attention_paths(tmp_path / "nowhere" / "m.png", images)
+    with pytest.raises(VitConvertError, match="^--attention-map directory .*nowhere does not exist"):
+        predict_cli.attention_paths(tmp_path / "nowhere" / "m.png", images, force=False)
 
 
 def test_attention_map_of_a_gap_model_is_refused_before_predicting(vitpredict, tmp_path, cat_jpg):
@@ -170,10 +170,11 @@ def test_no_weights_says_how_to_get_some(vitpredict, cat_jpg):
 
 def test_model_from_the_cache(vitpredict, tiny_weights, cat_jpg, tmp_path, monkeypatch):
     monkeypatch.setenv("VITCONVERT_CACHE", str(tmp_path))
-    missing = vitpredict(cat_jpg, "--model", "vit-tiny")
+    known = "augreg-Ti16-in21k-ft-in1k-224"  # in the bundled manifest
+    missing = vitpredict(cat_jpg, "--model", known)
     assert missing.code == 1
-    assert missing.err == (f"error: model 'vit-tiny' is not in the cache ({tmp_path / 'vit-tiny.safetensors'}); "
-                           "run `vitconvert download vit-tiny` first\n")
+    assert missing.err == (f"error: model '{known}' is not in the cache ({tmp_path / (known + '.safetensors')}); "
+                           f"run `vitconvert download {known}` first\n")
     (tmp_path / "vit-tiny.safetensors").write_bytes(tiny_weights.read_bytes())
     assert vitpredict(cat_jpg, "--model", "vit-tiny", "--json").code == 0
 
@@ -203,7 +204,7 @@ def test_bad_image_is_one_error_line_naming_it(vitpredict, tiny_weights, tmp_pat
 
 
 def test_decompression_bomb_is_an_error(vitpredict, tiny_weights, tmp_path):
-    from test_images import png_header
+    from helpers.images import png_header
 
     bomb = png_header(tmp_path / "bomb.png", 12_000, 12_000)
     result = vitpredict(bomb, "--weights", tiny_weights)
@@ -216,6 +217,8 @@ def test_decompression_bomb_is_an_error(vitpredict, tiny_weights, tmp_path):
     ["x.jpg", "--batch-size", "-1"],
     ["x.jpg", "--res", "big"],
     ["x.jpg", "--no-such-option"],
+    ["x.jpg", "--weights", "w.safetensors", "--model", "m"],
+    ["x.jpg", "--verbose"],
 ])
 def test_usage_errors_exit_2(vitpredict, args):
     result = vitpredict(*args)
@@ -242,7 +245,8 @@ def run_process(*args: object, env: dict | None = None) -> subprocess.CompletedP
             "from vitconvert.cli.predict import main\n"
             "try:\n    main()\n"
             "finally:\n"
-            "    print('imported:', *sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules),"
+            "    print('imported:', *sorted(m for m in ('torch', 'torch._dynamo', 'timm', 'torchvision')"
+            " if m in sys.modules),"
             " file=sys.stderr)\n")
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=False,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=120)
@@ -253,6 +257,19 @@ def test_process_run_never_imports_timm(tiny_weights, cat_jpg):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines()[-1] == "imported: torch"
     assert proc.stdout.startswith(str(cat_jpg))
+
+
+def test_a_plain_predict_never_imports_torchs_compiler(tiny_weights, cat_jpg):
+    """torch._dynamo is seconds of a cold start; only --compile on a GPU (torch.compile) may need it."""
+    proc = run_process(cat_jpg, "--weights", tiny_weights, "--top", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "torch._dynamo" not in proc.stderr.splitlines()[-1].split()
+
+
+def test_a_missing_labels_file_is_refused_before_torch_is_imported(tiny_weights, cat_jpg, tmp_path):
+    proc = run_process(cat_jpg, "--weights", tiny_weights, "--labels", tmp_path / "missing.txt")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [f"error: labels file {tmp_path / 'missing.txt'}: no such file", "imported:"]
 
 
 @pytest.mark.parametrize("args, code", [
@@ -337,12 +354,103 @@ def test_directories_say_what_they_skipped_and_recursive_searches_sub_folders(vi
     flat = vitpredict(folder, "--weights", tiny_weights, "--json")
     assert flat.code == 0
     assert [e["image"] for e in flat.json()] == [str(folder / "a.png")]
-    assert flat.err == "note: skipped 1 sub-folder and 1 non-image file (--recursive searches sub-folders)\n"
+    assert flat.err == (f"note: skipped 1 sub-folder and 1 non-image file ({folder / 'notes.txt'}) "
+                        "(--recursive searches sub-folders)\n")
     deep = vitpredict(folder, "--weights", tiny_weights, "--json", "--recursive")
     assert [e["image"] for e in deep.json()] == [str(folder / "2024" / "b.jpg"), str(folder / "a.png")]
-    assert deep.err == "note: skipped 1 non-image file\n"
+    assert deep.err == f"note: skipped 1 non-image file ({folder / 'notes.txt'})\n"
     (folder / "a.png").unlink()
     nothing = vitpredict(folder, "--weights", tiny_weights)
     assert nothing.code == 1 and nothing.err == (
         f"error: {folder}: directory has no image files (.bmp, .dib, .gif, .jpe, .jpeg, .jpg, .png, .tif, .tiff, "
-        ".webp); 1 sub-folder not searched (--recursive / recursive=True)\n")
+        ".webp); 1 sub-folder not searched (--recursive)\n")
+
+
+def test_progress_goes_to_a_terminal_stderr_whatever_stdout_is(vitpredict, tiny_weights, cat_jpg, monkeypatch):
+    """`vitpredict DIR --json > out.json` on a terminal: the bar on stderr, the JSON alone on stdout."""
+    images = [cat_jpg] * predict_cli.PROGRESS_MIN_IMAGES
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    shown = vitpredict(*images, "--weights", tiny_weights, "--batch-size", "4", "--json")
+    assert shown.code == 0 and "classifying [" in shown.err and f"{len(images)}/{len(images)}" in shown.err
+    assert len(shown.json()) == len(images)
+
+
+@pytest.mark.parametrize("option", ["--embed", "--attention-map"])
+def test_an_existing_output_is_replaced_only_with_force(vitpredict, tiny_weights, cat_jpg, tmp_path, option):
+    out = tmp_path / ("e.npz" if option == "--embed" else "a.png")
+    out.write_bytes(b"mine")
+    refused = vitpredict(cat_jpg, "--weights", tiny_weights, option, out)
+    assert refused.code == 1 and refused.out == ""
+    assert refused.err == f"error: {option} {out} exists; pass --force to replace it\n"
+    assert out.read_bytes() == b"mine"
+    forced = vitpredict(cat_jpg, "--weights", tiny_weights, option, out, "--force")
+    assert forced.code == 0 and out.read_bytes() != b"mine"
+
+
+@pytest.mark.parametrize("option, name, expected", [
+    ("--embed", "e.txt", ".npz"), ("--embed", "features", ".npz"), ("--attention-map", "a.jpg", ".png"),
+])
+def test_an_output_named_for_another_format_is_refused_naming_the_expected_one(vitpredict, tiny_weights, cat_jpg,
+                                                                               tmp_path, option, name, expected):
+    result = vitpredict(cat_jpg, "--weights", tiny_weights, option, tmp_path / name)
+    assert result.code == 1 and result.err.count("\n") == 1
+    assert result.err.startswith(f"error: {option} {tmp_path / name}: ") and f"ending in {expected}" in result.err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["npz", "pth"])
+def test_a_raw_checkpoint_as_weights_says_what_it_is_and_how_to_convert_it(vitpredict, cat_jpg, tmp_path, kind):
+    import numpy as np
+
+    raw = tmp_path / f"raw.{kind}"
+    if kind == "npz":
+        np.savez(raw, kernel=np.zeros(3, np.float32))
+        what = "a NumPy .npz archive"
+    else:
+        torch.save({"head.weight": torch.zeros(2, 2)}, raw)
+        what = "a PyTorch checkpoint (torch.save's zip format)"
+    result = vitpredict(cat_jpg, "--weights", raw)
+    assert result.code == 1
+    assert result.err.startswith(f"error: {raw} is {what}") and "header too large" not in result.err
+    assert result.err.endswith(f"convert it first: vitconvert convert {raw} OUT.safetensors\n")
+
+
+def test_a_mistyped_model_name_suggests_the_closest(vitpredict, cat_jpg, tmp_path, monkeypatch):
+    monkeypatch.setenv("VITCONVERT_CACHE", str(tmp_path))
+    result = vitpredict(cat_jpg, "--model", "augreg-B16-in21k-ft-in1k-38")
+    assert result.code == 1 and "did you mean augreg-B16-in21k-ft-in1k-384" in result.err
+    assert "vitconvert download augreg-B16-in21k-ft-in1k-38`" not in result.err
+
+
+@pytest.mark.parametrize("extra", [[], ["--embed", "e.npz"], ["--attention-map", "a.png"]])
+def test_the_weights_record_is_read_once(vitpredict, tiny_weights, cat_jpg, tmp_path, monkeypatch, extra):
+    from vitconvert.formats.weights_file import WeightsRecord
+
+    parsed = []
+    original = WeightsRecord.from_json.__func__
+    monkeypatch.setattr(WeightsRecord, "from_json",
+                        classmethod(lambda cls, *a, **k: parsed.append(a) or original(cls, *a, **k)))
+    monkeypatch.chdir(tmp_path)
+    result = vitpredict(cat_jpg, "--weights", tiny_weights, *extra)
+    assert result.code == 0, result.err
+    assert len(parsed) == 1
+
+
+def test_a_plan_is_not_given_the_options_it_decided(tiny_weights):
+    from vitconvert.inference.plan import plan_prediction
+    from vitconvert.inference.predictor import Predictor
+
+    plan = plan_prediction(tiny_weights, img_size=96)
+    assert Predictor(plan).config.img_size == (96, 96)
+    with pytest.raises(VitConvertError, match="decided model, img_size, patch_size and labels already"):
+        Predictor(plan, img_size=128)
+
+
+def test_compile_help_quotes_no_speed_up_and_points_to_the_speed_section(vitpredict):
+    import re
+
+    help_text = " ".join(vitpredict("--help").out.split())
+    compile_help = help_text.split("--compile", 1)[1].split("--workers", 1)[0]
+    assert "README, Speed" in compile_help
+    assert not re.search(r"\d(\.\d+)?x", compile_help)  # figures live in the README and benchmarks/RESULTS.md

@@ -109,7 +109,15 @@ def test_vitpredict_ray_writes_one_parquet_table_and_counts_errors(local_ray, we
     with pytest.raises(SystemExit) as failed:  # one unreadable image: reported, exit 1
         run(command, [str(folder), "--weights", str(weights), "--ray", "--output", str(out), "--embed", "--json"])
     assert failed.value.code == 1
-    assert json.loads(capsys.readouterr().out) == {"output": str(out), "images": 7, "errors": 1}
+    printed = capsys.readouterr()
+    summary = json.loads(printed.out)
+    assert {k: summary[k] for k in ("output", "images", "errors")} == {"output": str(out), "images": 7, "errors": 1}
+    assert [f["image"] for f in summary["failed"]] == [str(folder / "broken.jpg")]
+    # each unreadable image named on stderr, as the serial path names it (pytest shows Ray's deprecation
+    # warnings too, which a plain run does not: the quiet test below checks a real process)
+    assert [line for line in printed.err.splitlines() if line.startswith("error: ")] == [
+        f"error: {summary['failed'][0]['error']}"]
+    assert summary["failed"][0]["error"].startswith(f"{folder / 'broken.jpg'}: ")
     table = pq.read_table(out).to_pandas().sort_values("path")
     assert list(table.columns) == ["path", "index", "label", "probability", "error", "embedding"]
     assert [len(e) for e in table["embedding"]] == [0] + [TINY.embed_dim] * 6  # broken.jpg sorts first
@@ -141,8 +149,9 @@ def test_force_replaces_an_earlier_table_but_not_a_folder_holding_other_files(lo
 
     rows = ray.data.from_items([{"path": "a.jpg", "error": ""}, {"path": "b.jpg", "error": "unreadable"}])
     out = tmp_path / "p.parquet"
-    assert write_predictions(rows, out) == {"images": 2, "errors": 1}
-    assert write_predictions(rows, out, force=True) == {"images": 2, "errors": 1}  # an earlier table: replaced
+    failed = [{"image": "b.jpg", "error": "unreadable"}]
+    assert write_predictions(rows, out) == {"images": 2, "errors": 1, "failed": failed}
+    assert write_predictions(rows, out, force=True) == {"images": 2, "errors": 1, "failed": failed}  # an earlier
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "cat.jpg").write_bytes(b"mine")
@@ -176,3 +185,25 @@ def test_replicas_leave_a_cpu_for_reading_or_are_refused(local_ray, weights) -> 
     shared = rows_by_path(predict_dataset(paths, weights, replicas=2, cpus_per_replica=0.5, batch_size=2))
     alone = rows_by_path(predict_dataset(paths, weights, batch_size=2))
     assert [list(r["index"]) for r in shared] == [list(r["index"]) for r in alone]
+
+
+def test_vitpredict_ray_starts_a_quiet_ray_unless_verbose(weights, tmp_path, capfd) -> None:
+    """Ray started by vitpredict itself, in a process of its own: none of Ray's INFO or WARNING lines."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "p.parquet"
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "vitconvert.cli.predict", str(DATA / "cat.jpg"), "--weights",
+                           str(weights), "--ray", "--output", str(out), "--cpus-per-replica", "0.5"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"wrote {out}: 1 images, 0 unreadable\n"
+    # At most the C++ core's own line (core_worker.cc), none of Ray's Python INFO or WARNING lines
+    python_lines = [line for line in proc.stderr.splitlines() if ".cc:" not in line]
+    assert python_lines == [], proc.stderr
+    verbose = subprocess.run([*proc.args, "--force", "--verbose"], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PYTHONPATH": str(root)})
+    # Ray's own lines, when asked for (which of them, INFO or WARNING, depends on the machine: both are Ray's)
+    assert verbose.returncode == 0 and "Started a local Ray instance" in verbose.stderr, verbose.stderr

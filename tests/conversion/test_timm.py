@@ -8,11 +8,11 @@ import pytest
 import torch
 from helpers.timm_reference import timm_vit
 from helpers.numerics import logits_with_eps, shrink_embeddings_
+from helpers.cli import cli_error
 from safetensors.torch import load_file, save_file
 
 from vitconvert import VitConvertError, convert_timm, load_model, read_record
 from vitconvert.cli import cli
-from vitconvert.cli.errors import run
 
 # float32, identical activation, the conversion a rename: only our last block's shortcut (the class
 # token alone) rounds differently. Measured: <= 1.7e-6.
@@ -36,13 +36,6 @@ def save(state: dict, path, form: str) -> None:
         torch.save({f"module.{k}": v for k, v in state.items()}, path)
     else:
         torch.save(state, path)
-
-
-def cli_error(capsys, *args: str) -> tuple[int, str]:
-    """Run the command in-process under the CLI error contract: (exit status, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        run(cli, list(args))
-    return exit_info.value.code, capsys.readouterr().err
 
 
 def batch(size=(224, 224)) -> torch.Tensor:

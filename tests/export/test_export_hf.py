@@ -160,7 +160,7 @@ def test_an_existing_directory_is_replaced_only_with_force_and_only_an_exports(t
     out = tmp_path / "hf"
     assert vitconvert("export", src, "--to", "hf", out).code == 0
     again = vitconvert("export", src, "--to", "hf", out)
-    assert again.code == 1 and "is not empty; pass --force" in again.err
+    assert again.code == 1 and "holds an earlier run's output; pass --force to replace it" in again.err
     assert vitconvert("export", src, "--to", "hf", out, "--force", "--json").code == 0
     (out / "notes.txt").write_text("mine")
     forced = vitconvert("export", src, "--to", "hf", out, "--force")
@@ -168,6 +168,20 @@ def test_an_existing_directory_is_replaced_only_with_force_and_only_an_exports(t
     assert (out / "notes.txt").read_text() == "mine"
     usage = vitconvert("export", src, "--to", "hf", tmp_path / "other", "--res", "64")
     assert usage.code == 2 and "--res: an ONNX option" in usage.err and not (tmp_path / "other").exists()
+
+
+def test_a_directory_of_other_files_is_refused_saying_what_will_work_not_to_pass_force(tmp_path, vitconvert):
+    src = write_test_weights(tmp_path / "ours.safetensors", our_vit(SMALL).state_dict(), SMALL)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    for force in ([], ["--force"]):  # the same answer with or without --force: it would not help
+        result = vitconvert("export", src, "--to", "hf", out, *force)
+        assert result.code == 1 and result.err.count("\n") == 1
+        assert "holds other files than the ones written here (notes.txt)" in result.err
+        assert "give a new or an empty directory" in result.err and "pass --force" not in result.err
+        assert "force=True" not in result.err  # the CLI speaks of options, not keyword arguments
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
 def test_a_failed_export_leaves_an_existing_directory_as_it_was_and_nothing_else(tmp_path, monkeypatch):

@@ -172,3 +172,28 @@ def test_the_command_prints_the_check(weights, tmp_path, capsys):
     assert "input   (batch, 3, 96, 128) float32" in out and "output  logits (batch, 10)" in out
     diff = float(out.split("max abs diff ")[1].split()[0])
     assert diff <= ATOL
+
+
+EXPORT_PROCESS = ("import sys\n"
+                  "from vitconvert.cli import main\n"
+                  "try:\n    main()\n"
+                  "finally:\n    print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n")
+
+
+@pytest.mark.parametrize("mistake", ["existing", "not .onnx"])
+def test_an_output_mistake_is_refused_before_torch_is_imported(weights, tmp_path, mistake):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    out = tmp_path / ("m.onnx" if mistake == "existing" else "m.txt")
+    if mistake == "existing":
+        out.write_bytes(b"previous")
+    expected = (f"error: output {out} exists; pass --force to replace it" if mistake == "existing" else
+                f"error: output {out}: the file written is onnx; give a name ending in .onnx")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", EXPORT_PROCESS, "export", str(weights("token")), "--to", "onnx",
+                           str(out)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 1 and proc.stderr.splitlines() == [expected, "torch imported: False"]
+    assert out.read_bytes() == b"previous" if mistake == "existing" else not out.exists()

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from helpers.timm_reference import timm_vit
 from helpers.timm_family import reduced
 from helpers.vit_weights import AUGREG_224, our_vit, write_test_weights
+from helpers.cli import cli_error
 
 from vitconvert import ViTConfig, VitConvertError, convert_jax, convert_timm, verify
 from vitconvert.cli import cli
-from vitconvert.cli.errors import run
 
 CAT = "tests/data/cat.jpg"
 ATOL = 1e-4  # verify's default pass threshold
@@ -249,13 +249,6 @@ def test_hybrids_compare_with_the_jax_resnet_numerics_and_show_timms_own(tmp_pat
 
 
 # --- user errors: one line, exit 1 ---------------------------------------------------------------------
-
-def cli_error(capsys, *args: str) -> tuple[int, str]:
-    """Run the command in-process under the CLI error contract: (exit status, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        run(cli, list(args))
-    return exit_info.value.code, capsys.readouterr().err
-
 
 @pytest.fixture(scope="module")
 def vit_tiny_file(vit_tiny):

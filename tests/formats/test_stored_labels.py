@@ -10,10 +10,9 @@ from helpers import published_layouts as pl
 import pytest
 import torch
 from helpers.timm_reference import timm_vit
+from helpers.cli import vitconvert_cli
 
 from vitconvert import VitConvertError, convert_jax, convert_timm, read_record
-from vitconvert.cli import cli
-from vitconvert.cli.errors import run
 
 NAMES = ["snow leopard", "red panda, lesser panda", "axolotl"]
 
@@ -26,21 +25,10 @@ def three_class_pth(tmp_path):
     return path
 
 
-def convert_cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        run(cli, [str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_a_file_converted_with_labels_prints_those_names(capsys, vitpredict, three_class_pth, tmp_path, cat_jpg):
     (tmp_path / "names.txt").write_text("\n".join(NAMES) + "\n", encoding="utf-8")
     dst = tmp_path / "three.safetensors"
-    code, out, _ = convert_cli(capsys, "timm2torch", three_class_pth, dst, "--labels", tmp_path / "names.txt")
+    code, out, _ = vitconvert_cli(capsys, "timm2torch", three_class_pth, dst, "--labels", tmp_path / "names.txt")
     assert code == 0 and "  labels      3 class names (snow leopard, red panda, lesser panda, axolotl)" in out
     result = vitpredict(cat_jpg, "--weights", dst, "--json")
     assert result.code == 0
@@ -59,7 +47,7 @@ def test_jax2torch_records_labels_from_a_file(capsys, tmp_path):
     pl.write_npz(pl.random_timm_vit("tiny"), tmp_path / "tiny.npz", "vit_jax")  # 10 classes
     names = [f"class {i}" for i in range(10)]
     (tmp_path / "names.txt").write_text("\n".join(names))
-    code, out, _ = convert_cli(capsys, "jax2torch", tmp_path / "tiny.npz", tmp_path / "t.safetensors",
+    code, out, _ = vitconvert_cli(capsys, "jax2torch", tmp_path / "tiny.npz", tmp_path / "t.safetensors",
                                "--labels", tmp_path / "names.txt", "--json")
     assert code == 0 and json.loads(out)["record"]["labels"] == names
     assert read_record(tmp_path / "t.safetensors").labels == tuple(names)
@@ -74,7 +62,7 @@ def test_labels_that_do_not_fit_are_refused_and_nothing_is_written(capsys, tmp_p
     pl.write_npz(pl.random_timm_vit("tiny"), tmp_path / "tiny.npz", "vit_jax")
     (tmp_path / "names.txt").write_text("\n".join(NAMES))
     arg = labels if labels.startswith("imagenet") else tmp_path / labels
-    code, _, err = convert_cli(capsys, "jax2torch", tmp_path / "tiny.npz", tmp_path / "t.safetensors", "--labels", arg)
+    code, _, err = vitconvert_cli(capsys, "jax2torch", tmp_path / "tiny.npz", tmp_path / "t.safetensors", "--labels", arg)
     assert code == 1 and err.startswith("error: ")
     assert re.search(message, err), err
     assert not (tmp_path / "t.safetensors").exists()

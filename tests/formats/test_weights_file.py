@@ -53,7 +53,8 @@ def test_record_documents_config_preprocessing_labels_and_source(converted) -> N
 
 
 def test_missing_record_is_a_clear_error(converted) -> None:
-    with pytest.raises(VitConvertError, match="no vitconvert metadata; convert the checkpoint first"):
+    with pytest.raises(VitConvertError, match=r"is a safetensors checkpoint \(not converted by vitconvert\), not a "
+                                              r"vitconvert weights file; convert it first: vitconvert convert "):
         read_record(rewrite(converted, drop_record=True))
 
 

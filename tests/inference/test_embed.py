@@ -124,7 +124,7 @@ def test_cli_embed_writes_timms_features_for_the_images_it_could_read(vitpredict
         assert f["paths"].tolist() == [str(cat_jpg), str(gray_png)]
         assert f["embeddings"].dtype == np.float32
         assert max_diff(f["embeddings"], timm_features(model, [cat_jpg, gray_png])[0]) <= POOLED_ATOL
-    assert vitpredict(cat_jpg, bad, "--weights", path, "--embed", out, "--skip-errors").code == 0
+    assert vitpredict(cat_jpg, bad, "--weights", path, "--embed", out, "--skip-errors", "--force").code == 0
 
 
 def test_cli_embed_tokens_normalized_and_json(vitpredict, kind, cat_jpg, tmp_path):
@@ -152,7 +152,7 @@ def test_cli_embed_writes_nothing_when_no_image_could_be_read(vitpredict, tiny_w
 def test_cli_embed_replaces_the_output_whole(vitpredict, tiny_weights, cat_jpg, tmp_path, monkeypatch):
     out = tmp_path / "features.npz"
     out.write_bytes(b"previous")
-    assert vitpredict(cat_jpg, "--weights", tiny_weights, "--embed", out).code == 0
+    assert vitpredict(cat_jpg, "--weights", tiny_weights, "--embed", out, "--force").code == 0
     with np.load(out) as f:
         assert f["embeddings"].shape == (1, 64)
     # A failure while writing (a full disk) leaves the previous file, and no temporary one.
@@ -162,7 +162,7 @@ def test_cli_embed_replaces_the_output_whole(vitpredict, tiny_weights, cat_jpg, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "savez", full)
-    result = vitpredict(cat_jpg, "--weights", tiny_weights, "--embed", out)
+    result = vitpredict(cat_jpg, "--weights", tiny_weights, "--embed", out, "--force")
     assert result.code == 1 and "No space left on device" in result.err
     assert out.read_bytes() == before and list(tmp_path.iterdir()) == [out]
 
@@ -181,7 +181,7 @@ def test_cli_embed_options_that_do_not_fit_are_usage_errors(vitpredict, tiny_wei
 
 def test_cli_embed_checks_the_output_before_loading(vitpredict, tiny_weights, cat_jpg, tmp_path):
     result = vitpredict(cat_jpg, "--weights", tiny_weights, "--embed", tmp_path / "missing" / "o.npz")
-    assert result.code == 1 and "output directory" in result.err and "does not exist" in result.err
+    assert result.code == 1 and result.err == f"error: --embed directory {tmp_path / 'missing'} does not exist\n"
 
 
 # --- models whose classes mean nothing: embed yes, top-k no -----------------------------------------------

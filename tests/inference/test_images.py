@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.images import png_header
 from PIL import Image
 
 from vitconvert.core.errors import VitConvertError
@@ -129,15 +128,6 @@ def test_pil_images_are_accepted_directly():
 
 # --- bad files: one clear error that names the file ---------------------------------------------
 
-def png_header(path: Path, width: int, height: int) -> Path:
-    """A PNG that only declares its size: enough for the bomb check, which reads no pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
-    return path
-
-
 @pytest.mark.parametrize("make, message", [
     (lambda p: p.write_bytes(b"just some text, not pixels\n" * 10), "not an image file"),
     (lambda p: p.write_bytes(b""), "empty file (0 bytes)"),
@@ -195,8 +185,8 @@ def test_directories_expand_to_their_images_sorted(tmp_path):
     found = find_images([single, root])
     assert found.paths == [single, root / "a.JPG", root / "b.png", root / "c.webp"]
     # sub/ and notes.txt; names starting with '.' are passed over without a word, as `ls` does
-    assert (found.skipped_folders, found.skipped_files) == (1, 1)
-    assert found.skipped() == "1 sub-folder and 1 non-image file"
+    assert (found.skipped_folders, found.skipped_files) == (1, (root / "notes.txt",))
+    assert found.skipped() == f"1 sub-folder and 1 non-image file ({root / 'notes.txt'})"
 
 
 def test_recursive_search_goes_down_every_sub_folder(tmp_path):
@@ -204,8 +194,16 @@ def test_recursive_search_goes_down_every_sub_folder(tmp_path):
     (root / "sub" / "deeper" / "loop").symlink_to(root, target_is_directory=True)  # searched once, not forever
     found = find_images([root], recursive=True)
     assert found.paths == [root / n for n in ("a.JPG", "b.png", "c.webp", "sub/d.png", "sub/deeper/e.gif")]
-    assert (found.skipped_folders, found.skipped_files) == (0, 1)
-    assert found.skipped() == "1 non-image file"
+    assert (found.skipped_folders, found.skipped_files) == (0, (root / "notes.txt",))
+    assert found.skipped() == f"1 non-image file ({root / 'notes.txt'})"
+
+
+def test_the_skipped_files_are_named_up_to_three_then_counted(tmp_path):
+    for name in ["a.png", "d.txt", "c.md", "b.csv", "e.json"]:
+        (tmp_path / name).write_bytes(b"x")
+    found = find_images([tmp_path])
+    assert found.skipped() == (f"4 non-image files ({tmp_path / 'b.csv'}, {tmp_path / 'c.md'}, {tmp_path / 'd.txt'} "
+                               "and 1 more)")
 
 
 def test_files_are_passed_as_given_for_open_image_to_judge(tmp_path):

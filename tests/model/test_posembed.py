@@ -1,5 +1,6 @@
 """Position embeddings at another grid: by default timm's `resample_abs_pos_embed`, bit for bit; 'dino' is
-facebookresearch/dino's `interpolate_pos_encoding`, bit for bit."""
+facebookresearch/dino's `interpolate_pos_encoding`, bit for bit; and each method at forward, where a model
+runs at the input's size as the source's own model does."""
 
 from __future__ import annotations
 
@@ -168,3 +169,80 @@ def test_sincos2d_stores_nothing_and_at_size_changes_no_weight():
 def test_sincos2d_needs_four_channel_groups(dim):
     with pytest.raises(VitConvertError, match="sincos2d position embedding needs embed_dim a multiple of 4"):
         SINCOS.replace(embed_dim=dim, num_heads=1)
+
+
+# --- each method at forward: model(x) at any tiled size, against the source's own resizing ---------------
+
+def images(size: tuple[int, int], n: int = 2) -> torch.Tensor:
+    return torch.randn(n, 3, *size, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("size", [(48, 48), (24, 24), (40, 56)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("architecture", ["ViTModel", "Dinov2Model"])
+def test_transformers_files_run_at_any_size_as_interpolate_pos_encoding_does(tmp_path, architecture, size):
+    from helpers.hf import largest_difference, outputs, random_hf
+
+    from vitconvert import convert_hf, load_model
+
+    theirs = random_hf(architecture)  # 32x32 images in 8x8 patches
+    theirs.save_pretrained(tmp_path / "hf")
+    assert convert_hf(tmp_path / "hf", tmp_path / "ours.safetensors").config.pos_resize == "transformers"
+    ours = load_model(tmp_path / "ours.safetensors")
+    x = images(size)
+    # Measured <= 9.6e-7 (float32; our fused qkv).
+    assert largest_difference(ours, outputs(theirs, x, interpolate_pos_encoding=True), x) <= 3e-6
+
+
+@pytest.mark.parametrize("patch, size", [(16, (160, 160)), (16, (224, 320)), (8, (160, 480))])
+def test_a_dino_file_runs_at_any_size_with_dinos_interpolate_pos_encoding(patch, size):
+    cfg = dino_config(patch, num_classes=0)
+    model = our_vit(cfg)
+    # The reference: the same weights at that size, carrying the table DINO's formula makes.
+    dinos = dino_interpolate_pos_encoding(model.pos_embed.detach(), patch, (1, 3, *size))
+    reference = type(model)(cfg.replace(img_size=size))
+    reference.load_state_dict({**model.state_dict(), "pos_embed": dinos})
+    x = images(size)
+    with torch.inference_mode():
+        # Measured: bit-identical (the same float32 interpolation, then the same model).
+        assert torch.equal(model(x), reference.eval()(x))
+
+
+def test_a_big_vision_sincos2d_model_runs_at_any_size_as_big_vision_computes_it(tmp_path):
+    """big_vision computes the table for the input's grid; the file does not record the training size
+    (224 assumed), so the model must run at any tiled size without being told one."""
+    from helpers import big_vision_layouts as bv
+
+    from vitconvert import convert_jax, load_model
+
+    m = bv.BigVision(patch=16, grid=(14, 14), posemb="sincos2d", pool="tok")
+    params = bv.random_params(m, seed=2)
+    bv.write_npz(tmp_path / "bv.npz", bv.with_prefix(params, "params/"))
+    convert_jax(tmp_path / "bv.npz", tmp_path / "ours.safetensors")
+    model = load_model(tmp_path / "ours.safetensors")
+    assert model.config.img_size == (224, 224)
+    for size in [(224, 224), (256, 256), (160, 96), (64, 384)]:
+        x = images(size)
+        with torch.inference_mode():
+            ours = model(x).double()
+        # Measured <= 1.6e-6 (float32 against big_vision's float64 forward).
+        assert (ours - bv.forward(params, x, m)["out"]).abs().max().item() <= 3e-6, size
+
+
+@pytest.mark.parametrize("size", [40, 88, 24], ids=["grid 5", "grid 11", "grid 3"])
+def test_a_flexivit_file_runs_at_any_size_as_flexivits_forward_resizes_its_grid(tmp_path, size):
+    from helpers import big_vision_layouts as bv
+
+    from vitconvert import convert_jax, load_model
+
+    m = bv.BigVision(pool="tok", patch=8, grid=(7, 7))  # FlexiViT's 7x7 grid, resized at every forward
+    params = bv.random_params(m, seed=11)
+    bv.write_npz(tmp_path / "flexi.npz", bv.with_prefix(params, "params/"))
+    convert_jax(tmp_path / "flexi.npz", tmp_path / "ours.safetensors", pos_resize="flexivit")
+    model = load_model(tmp_path / "ours.safetensors")
+    assert model.config.img_size == (56, 56)
+    x = images((size, size))
+    with torch.inference_mode():
+        ours = model(x)
+        assert torch.equal(ours, load_model(tmp_path / "ours.safetensors", img_size=size)(x))
+    # Measured <= 1.7e-6 (float32 against FlexiViT's float64 forward).
+    assert (ours.double() - bv.forward(params, x, m)["out"]).abs().max().item() <= 3e-6

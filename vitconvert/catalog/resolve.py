@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..core.errors import VitConvertError
 from .cache import cached_weights
+from .manifest import find
 
 WEIGHTS_ENV = "VITCONVERT_WEIGHTS"
 HOW_TO_GET = ("convert one with `vitconvert jax2torch IN.npz OUT.safetensors` or "
@@ -29,8 +30,7 @@ def resolve_weights(weights: str | os.PathLike | None = None, model: str | None 
             raise VitConvertError(f"invalid model name {model!r}: give a name as `vitconvert list` shows it")
         path = cached_weights(model)
         if not path.is_file():
-            raise VitConvertError(
-                f"model {model!r} is not in the cache ({path}); run `vitconvert download {model}` first")
+            raise VitConvertError(f"model {model!r} is not in the cache ({path}); {_how_to_download(model)}")
         return path
     if weights is None:
         env = os.environ.get(WEIGHTS_ENV)
@@ -46,3 +46,14 @@ def resolve_weights(weights: str | os.PathLike | None = None, model: str | None 
         problem = "is a directory" if path.is_dir() else "does not exist"
         raise VitConvertError(f"{origin} {path} {problem}; to get a weights file, {HOW_TO_GET}")
     return path
+
+
+def _how_to_download(model: str) -> str:
+    """The download command for a name the manifest knows; for one it does not, the closest names it does
+    (advising `vitconvert download` of a mistyped name would only fail again)."""
+    try:
+        entry = find(model)
+    except VitConvertError as e:  # "no checkpoint named ...; did you mean A, B? (see 'vitconvert list')"
+        _, _, hint = str(e).partition("; ")
+        return f"nor is it a name `vitconvert download` knows; {hint or 'see `vitconvert list`'}"
+    return f"run `vitconvert download {entry.name}` first"

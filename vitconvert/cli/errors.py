@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -60,15 +61,25 @@ def debug_option(command: click.Command) -> click.Command:
                         help="On failure, print the traceback too (or set VITCONVERT_DEBUG=1).")(command)
 
 
+# The library names an option both ways for its two kinds of reader: "--force (force=True)", "--heads N
+# (num_heads=N)", "(--recursive / recursive=True)"; on the command line only the option is meant.
+_PYTHON_NAME = re.compile(r"(--[\w-]+(?: [A-Z][A-Z_|]*)?)(?: \(\w+=[^()]*\)| / \w+=[^()\s]*)")
+
+
+def cli_words(message: object) -> str:
+    """A library message as the command line says it: the options without their Python keyword names."""
+    return _PYTHON_NAME.sub(r"\1", str(message))
+
+
 def error_line(message: object) -> str:
     """`error: MESSAGE` on one line, always: messages may quote a library's multi-line text."""
-    return f"error: {' '.join(str(message).split())}"
+    return f"error: {' '.join(cli_words(message).split())}"
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Our warnings as one line `warning: ...` on stderr; anyone else's as Python prints them."""
     if issubclass(category, VitConvertWarning):
-        click.echo(f"warning: {message}", err=True)
+        click.echo(f"warning: {cli_words(message)}", err=True)
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 

@@ -80,6 +80,10 @@ def export(ctx: click.Context, src: str, dst: str, fmt: str, res: tuple[int, int
                                    "--to hf writes the model at the file's input size")
         _export_hf(src, dst, features, force, as_json)
         return
+    from ..formats.paths import check_input, check_output
+
+    check_input(src, "a vitconvert weights file")
+    check_output(dst, force, suffix=".onnx")  # before torch is imported: a mistake answers at once
     from ..export.onnx import export_onnx
 
     done = export_onnx(src, dst, img_size=res, batch=batch, opset=opset, features=features, force=force)

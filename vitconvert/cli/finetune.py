@@ -41,7 +41,7 @@ from .progress import Progress, progress_bar
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Label smoothing of the training loss.")
 @click.option("--augment", type=click.Choice(["default", "none"]), default="default", show_default=True,
-              help="default: a random crop of 5-100%% of the image and a random flip; none: the file's own "
+              help="default: a random crop of 5-100% of the image and a random flip; none: the file's own "
                    "preprocessing, as for evaluation.")
 @click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True,
               help="autocast to bfloat16 or float16 (with a gradient scaler); the weights stay float32.")
@@ -89,7 +89,7 @@ def finetune_cmd(paths: tuple[str, ...], model_name: str | None, val: str | None
       torchrun --nproc_per_node=4 -m vitconvert finetune vit-b16.safetensors train/ out.safetensors --device cuda
     """
     from ..catalog.resolve import resolve_weights
-    from ..train.distributed import is_main_process
+    from ..train.preflight import check_paths, is_main_process
 
     if len(paths) != (2 if model_name else 3):
         raise click.UsageError("give WEIGHTS DATA OUT, or --model NAME with DATA OUT")
@@ -99,10 +99,12 @@ def finetune_cmd(paths: tuple[str, ...], model_name: str | None, val: str | None
     main = is_main_process()
     try:
         weights_path = resolve_weights(weights[0] if weights else None, model_name)
+        check_paths(data, out, force, plot)  # before torch is imported: a mistyped path answers at once
         from ..train.finetune import finetune
 
         defaults = {"batch_size": batch_size} if batch_size is not None else {}  # else the library's own
-        with progress_bar("", quiet=as_json or not main) as bar:
+        # The bar on a terminal's stderr, whatever stdout is (--json lines or a file).
+        with progress_bar("", quiet=not main) as bar:
             bars = _EpochBars(bar, as_json)
             history = finetune(
                 weights_path, data, out, val=val, val_split=val_split, freeze_backbone=freeze_backbone,

@@ -12,6 +12,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,40 @@ from ..core.errors import VitConvertError
 from .errors import EXIT_ERROR, debug_option, error_line, run
 from .progress import progress_bar
 
-# Below this many images a progress bar would only flicker. The bar goes to stderr, and only
-# when stdout is a terminal too: a pipe or a file gets the results alone.
+# Below this many images a progress bar would only flicker. The bar goes to stderr when stderr is a
+# terminal, whatever stdout is: `vitpredict DIR --json > out.json` shows it too.
 PROGRESS_MIN_IMAGES = 8
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line asked for, as click parsed it."""
+
+    images: tuple[str, ...]
+    weights: Path | None
+    model_name: str | None
+    res: tuple[int, int] | None
+    patch_size: tuple[int, int] | None
+    top_k: int
+    as_json: bool
+    batch_size: int
+    device: str
+    dtype: str
+    compile_: bool
+    workers: int | None
+    labels: str | None
+    attention_out: Path | None
+    embed_out: str | None  # None: classify; '': --embed without a file (with --ray); else OUT.npz
+    tokens: bool
+    normalize: bool
+    recursive: bool
+    skip_errors: bool
+    ray_address: str | None
+    output: Path | None
+    replicas: int
+    cpus_per_replica: float
+    force: bool
+    verbose: bool
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -62,9 +94,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
                    "and CPUs where it is faster (a warning says when it is not); float16: GPUs; int8: the "
                    "linear layers in int8, CPU only (logits move by up to ~0.2 of their spread).")
 @click.option("--compile", "compile_", is_flag=True,
-              help="The fastest float32 path: on a CPU oneDNN's prepacked linear layers (1.22-1.32x eager "
-                   "on a 2-core AMD EPYC, no wait); on a GPU torch.compile, compiling once per batch size "
-                   "(README, Speed).")
+              help="The fastest float32 path: on a CPU oneDNN's prepacked linear layers (no wait); on a GPU "
+                   "torch.compile, compiling once per batch size. How much faster: README, Speed.")
 @click.option("--workers", type=click.IntRange(min=0), metavar="N",
               help="Processes decoding and resizing images ahead of the model; 0: none. Default: "
                    "none for a single batch; on a GPU every core but one; on the CPU only cores torch leaves idle.")
@@ -93,20 +124,17 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
               help="With --ray: model copies working in parallel (each on --device).")
 @click.option("--cpus-per-replica", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="With --ray: CPUs (and torch threads) each replica takes; one CPU must stay free for reading.")
-@click.option("--force", is_flag=True, help="With --ray: replace an existing --output.")
+@click.option("--force", is_flag=True, help="Replace an existing --embed, --attention-map or --output file.")
+@click.option("--verbose", "-v", is_flag=True, help="With --ray: show Ray's own log lines too.")
 @debug_option
-def command(images: tuple[str, ...], weights: Path | None, model_name: str | None,
-            res: tuple[int, int] | None, patch_size: tuple[int, int] | None, top_k: int, as_json: bool, batch_size: int, device: str,
-            dtype: str, compile_: bool, workers: int | None, labels: str | None,
-            attention_out: Path | None, embed_out: str | None, tokens: bool, normalize: bool,
-            recursive: bool, skip_errors: bool, ray_address: str | None, output: Path | None, replicas: int,
-            cpus_per_replica: float, force: bool) -> None:
+def command(**given: Any) -> None:
     """Classify IMAGE... (files or directories of images) with a converted ViT, or embed them (--embed).
 
     An image that cannot be read is reported (a line 'error: IMAGE: why' on stderr; in --json an
     entry with "error" instead of "predictions") and the others are still classified (or embedded:
     OUT.npz lists only those); the exit status is then 1 (0 with --skip-errors). What a directory
-    holds besides images is skipped, with a note on stderr saying how many files and sub-folders.
+    holds besides images is skipped, with a note on stderr naming them.
+    An existing --embed, --attention-map or --output file is replaced only with --force.
 
     \b
     Examples:
@@ -120,27 +148,57 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
       vitpredict photos/ --weights vit-b16.safetensors --ray auto --replicas 8 --device cuda --output p.parquet
       vitpredict photos/ --weights vit-b16.safetensors --ray --replicas 2 --cpus-per-replica 0.5 --output p.parquet
     """
-    from ..inference.images import find_images, open_image
+    from ..inference.images import find_images
 
-    if (ray_address is None) != (output is None):
-        raise click.UsageError("--ray and --output go together")
-    if ray_address is not None and patch_size is not None:
-        raise click.UsageError("--patch-size runs without --ray only")
-    if ray_address is None:
-        embed_out = check_embed_options(click.get_current_context(), embed_out, tokens, normalize, labels,
-                                        attention_out)
-    elif embed_out:
-        raise click.UsageError("with --ray, --embed takes no file: the embeddings go into the --output table")
-    found = find_images(images, recursive=recursive)
+    options = Options(**given)
+    embed_out = check_usage(click.get_current_context(), options)
+    found = find_images(options.images, recursive=options.recursive)
     if found.skipped():
         hint = " (--recursive searches sub-folders)" if found.skipped_folders else ""
         click.echo(f"note: skipped {found.skipped()}{hint}", err=True)
-    paths = found.paths
-    if ray_address is not None:
-        return on_ray(paths, resolve_weights(weights, model_name), ray_address, output, top_k=top_k,
-                      embed=embed_out is not None, img_size=res, batch_size=batch_size, replicas=replicas,
-                      cpus_per_replica=cpus_per_replica,
-                      device=device, dtype=dtype, force=force, as_json=as_json, skip_errors=skip_errors)
+    if options.ray_address is not None:
+        on_ray(found.paths, options)
+    else:
+        predict_here(found.paths, options, embed_out)
+
+
+def check_usage(ctx: click.Context, o: Options) -> Path | None:
+    """The options that do not go together (exit 2); returns --embed's file, if any."""
+    if o.weights is not None and o.model_name is not None:
+        raise click.UsageError("give --weights FILE or --model NAME, not both")
+    if (o.ray_address is None) != (o.output is None):
+        raise click.UsageError("--ray and --output go together")
+    if o.ray_address is not None:
+        if o.patch_size is not None:
+            raise click.UsageError("--patch-size runs without --ray only")
+        if o.embed_out:
+            raise click.UsageError("with --ray, --embed takes no file: the embeddings go into the --output table")
+        return None
+    if o.verbose:
+        raise click.UsageError("--verbose shows Ray's log lines; it goes with --ray")
+    if o.embed_out is None:
+        if o.tokens or o.normalize:
+            raise click.UsageError("--tokens and --normalize shape the output of --embed OUT.npz; give it too")
+        return None
+    if not o.embed_out:
+        raise click.UsageError("--embed needs a file to write, e.g. --embed features.npz (put it after the images)")
+    given = [name for name, value in (("--labels", o.labels), ("--attention-map", o.attention_out)) if value]
+    if ctx.get_parameter_source("top_k") is ParameterSource.COMMANDLINE:
+        given.append("--top")
+    if given:
+        raise click.UsageError(f"--embed writes features, not classes: {' and '.join(given)} cannot go with it")
+    return Path(o.embed_out)
+
+
+def predict_here(paths: list[Path], o: Options, embed_out: Path | None) -> None:
+    """Classify (or embed) `paths` in this process: everything that can be refused is, before torch is
+    imported; then the results as they come, each unreadable image named on stderr."""
+    from ..formats.paths import check_output
+    from ..inference.images import open_image
+    from ..inference.plan import plan_prediction
+
+    if embed_out is not None:
+        check_output(embed_out, o.force, suffix=".npz", what="--embed")
     unreadable: dict[int, str] = {}
     for i, path in enumerate(paths):  # headers only: unreadable, empty, too large are told before the model loads
         try:
@@ -148,45 +206,40 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
         except VitConvertError as e:
             unreadable[i] = str(e)
             click.echo(error_line(e), err=True)
-    weights_path = resolve_weights(weights, model_name)
-    if embed_out is None:  # a model without classes is refused before its tensors are read
-        from ..formats.weights_file import read_record
-        from ..inference.labels import check_top_k
-
-        record = read_record(weights_path)
-        check_top_k(record.config.num_classes, record.head_is_zero, str(weights_path), record.head_is_embedding)
-    else:
-        from ..formats.paths import check_output
-
-        check_output(embed_out, force=True)
-    map_paths = attention_paths(attention_out, paths) if attention_out else None
+    plan = plan_prediction(o.weights, model=o.model_name, img_size=o.res, patch_size=o.patch_size, labels=o.labels,
+                           classify=embed_out is None, attention=o.attention_out is not None)
+    map_paths = attention_paths(o.attention_out, paths, o.force) if o.attention_out else None
     readable = [path for i, path in enumerate(paths) if i not in unreadable]
-    results: Iterator[Any] = iter(())
+    predictor, results = None, iter(())
     if readable:  # else there is nothing to load the model for
         from ..inference.batches import default_workers
         from ..inference.predictor import Predictor  # torch from here on
         from ..inference.runtime import keep_freed_memory
 
         keep_freed_memory()  # this process is ours: reuse freed activations instead of faulting them in again
-        predictor = Predictor(weights_path, img_size=res, device=device, labels=labels, dtype=dtype,
-                              compile=compile_, patch_size=patch_size)
-        if workers is None:
-            workers = default_workers(len(readable), batch_size, predictor.device)
-        if map_paths:  # refuse before the first prediction rather than after it
-            from ..inference.attention import check_supported
-
-            check_supported(predictor.config)
+        predictor = Predictor(plan, device=o.device, dtype=o.dtype, compile=o.compile_)
+        workers = default_workers(len(readable), o.batch_size, predictor.device) if o.workers is None else o.workers
         if embed_out:
-            results = predictor.iter_embed(readable, tokens=tokens, normalize=normalize, batch_size=batch_size,
-                                           workers=workers, errors="report")
+            results = predictor.iter_embed(readable, tokens=o.tokens, normalize=o.normalize,
+                                           batch_size=o.batch_size, workers=workers, errors="report")
         else:
-            results = predictor.iter_predict(readable, top_k=top_k, batch_size=batch_size, workers=workers,
+            results = predictor.iter_predict(readable, top_k=o.top_k, batch_size=o.batch_size, workers=workers,
                                              errors="report")
-    many_on_terminal = sys.stdout.isatty() and len(paths) >= PROGRESS_MIN_IMAGES
+    failures = report(paths, unreadable, results, o, embed_out, predictor, map_paths)
+    if failures and not o.skip_errors:
+        sys.exit(EXIT_ERROR)
+
+
+def report(paths: list[Path], unreadable: dict[int, str], results: Iterator[Any], o: Options,
+           embed_out: Path | None, predictor: Any, map_paths: list[Path] | None) -> int:
+    """Print (or, --embed, write) each image's result in input order; returns how many images failed."""
     deferred: list[dict[str, Any]] = []
     embedded: list[Any] = []  # --embed: the ImageEmbedding of each image embedded, in order
     failures = len(unreadable)
-    with progress_bar("embedding" if embed_out else "classifying", quiet=not many_on_terminal) as progress:
+    with progress_bar("embedding" if embed_out else "classifying",
+                      quiet=len(paths) < PROGRESS_MIN_IMAGES) as progress:
+        # A table printed on the terminal the bar is drawn on would break it: those wait until it is done.
+        wait = o.as_json or embed_out is not None or (progress.update is not None and sys.stdout.isatty())
         for i, path in enumerate(paths):
             result = None if i in unreadable else next(results)
             if result is None:
@@ -207,39 +260,19 @@ def command(images: tuple[str, ...], weights: Path | None, model_name: str | Non
                 progress.update(i + 1, len(paths))
             if entry is None:
                 continue
-            # Under a bar the tables wait until it is done; otherwise each prints when ready. With
-            # --embed the entries are the failures, for the summary.
-            if as_json or progress.update or embed_out:
+            if wait:  # with --embed the entries are the failures, for the summary
                 deferred.append(entry)
             elif "error" not in entry:
                 click.echo(format_table(entry))
     if embed_out:
-        write_embeddings(embed_out, embedded, deferred, tokens, normalize, as_json)
-    elif as_json:
+        write_embeddings(embed_out, embedded, deferred, o.tokens, o.normalize, o.as_json)
+    elif o.as_json:
         click.echo(json.dumps(deferred, indent=2))
     else:
         for entry in deferred:
             if "error" not in entry:
                 click.echo(format_table(entry))
-    if failures and not skip_errors:
-        sys.exit(EXIT_ERROR)
-
-
-def check_embed_options(ctx: click.Context, embed_out: str | None, tokens: bool, normalize: bool,
-                        labels: str | None, attention_out: Path | None) -> Path | None:
-    """--embed's file; --tokens and --normalize need --embed; what only classifying uses does not go with it."""
-    if embed_out is None:
-        if tokens or normalize:
-            raise click.UsageError("--tokens and --normalize shape the output of --embed OUT.npz; give it too")
-        return None
-    if not embed_out:
-        raise click.UsageError("--embed needs a file to write, e.g. --embed features.npz (put it after the images)")
-    given = [name for name, value in (("--labels", labels), ("--attention-map", attention_out)) if value]
-    if ctx.get_parameter_source("top_k") is ParameterSource.COMMANDLINE:
-        given.append("--top")
-    if given:
-        raise click.UsageError(f"--embed writes features, not classes: {' and '.join(given)} cannot go with it")
-    return Path(embed_out)
+    return failures
 
 
 def write_embeddings(out: Path, embedded: list[Any], failed: list[dict[str, Any]], tokens: bool,
@@ -252,7 +285,7 @@ def write_embeddings(out: Path, embedded: list[Any], failed: list[dict[str, Any]
     if not embedded:
         raise VitConvertError(f"no image could be embedded, so {out} was not written")
     embeddings = np.stack([r.embedding for r in embedded])
-    save_embeddings(out, [r.image for r in embedded], embeddings)
+    save_embeddings(out, [r.image for r in embedded], embeddings)  # checked before the model loaded
     what = ("tokens" if tokens else "pooled features") + (", unit length" if normalize else "")
     if as_json:
         click.echo(json.dumps({"output": str(out), "images": len(embedded), "shape": list(embeddings.shape),
@@ -263,46 +296,50 @@ def write_embeddings(out: Path, embedded: list[Any], failed: list[dict[str, Any]
     click.echo(f"wrote {out}: {len(embedded)} embeddings, shape {tuple(embeddings.shape)} float32 ({what}){failures}")
 
 
-def on_ray(paths: list[Path], weights: Path, address: str, output: Path, *, top_k: int, embed: bool,
-           img_size: tuple[int, int] | None, batch_size: int, replicas: int, cpus_per_replica: float, device: str,
-           dtype: str,
-           force: bool, as_json: bool, skip_errors: bool) -> None:
-    """The same predictions on Ray Data, into a Parquet table; unreadable images are rows with an error."""
+def on_ray(paths: list[Path], o: Options) -> None:
+    """The same predictions on Ray Data, into a Parquet table; each unreadable image is named on stderr (and
+    is a row with an error). Ray's own log lines only with --verbose."""
     try:
         import ray
     except ImportError:
         raise VitConvertError("--ray needs Ray Data: pip install 'vitconvert[ray]'") from None
-    from ..cluster import predict_dataset, write_predictions
+    from ..cluster import predict_dataset, quiet_ray, write_predictions
 
-    if output.exists() and not force:  # before starting a cluster
-        raise VitConvertError(f"output {output} exists; pass --force to replace it")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise VitConvertError(f"--ray runs replicas on cpu or cuda, not {device!r}")
+    weights = resolve_weights(o.weights, o.model_name)
+    if o.output.exists() and not o.force:  # before starting a cluster
+        raise VitConvertError(f"output {o.output} exists; pass --force to replace it")
+    if o.device != "cpu" and not o.device.startswith("cuda"):
+        raise VitConvertError(f"--ray runs replicas on cpu or cuda, not {o.device!r}")
     started = not ray.is_initialized()  # a Ray this process already runs is used as it is
-    if started:
-        ray.init(address=None if address == "local" else address, include_dashboard=False,
-                 log_to_driver=False, logging_level="WARNING")
-    try:
-        dataset = predict_dataset([str(p) for p in paths], weights, top_k=top_k, embed=embed, img_size=img_size,
-                                  batch_size=batch_size, replicas=replicas, cpus_per_replica=cpus_per_replica,
-                                  dtype=dtype,
-                                  num_gpus=1 if device.startswith("cuda") else 0)
-        summary = write_predictions(dataset, output, force=force)
-    finally:
+    with quiet_ray(not o.verbose):
         if started:
-            ray.shutdown()
-    if as_json:
-        click.echo(json.dumps({"output": str(output), **summary}))
+            ray.init(address=None if o.ray_address == "local" else o.ray_address, include_dashboard=False,
+                     log_to_driver=o.verbose, logging_level="INFO" if o.verbose else "ERROR")
+        try:
+            dataset = predict_dataset([str(p) for p in paths], weights, top_k=o.top_k, embed=o.embed_out is not None,
+                                      img_size=o.res, batch_size=o.batch_size, replicas=o.replicas,
+                                      cpus_per_replica=o.cpus_per_replica, dtype=o.dtype,
+                                      num_gpus=1 if o.device.startswith("cuda") else 0)
+            summary = write_predictions(dataset, o.output, force=o.force)
+        finally:
+            if started:
+                ray.shutdown()
+    for failure in summary["failed"]:
+        click.echo(error_line(failure["error"]), err=True)
+    if o.as_json:
+        click.echo(json.dumps({"output": str(o.output), **summary}))
     else:
-        click.echo(f"wrote {output}: {summary['images']} images, {summary['errors']} unreadable")
-    if summary["errors"] and not skip_errors:
+        click.echo(f"wrote {o.output}: {summary['images']} images, {summary['errors']} unreadable")
+    if summary["errors"] and not o.skip_errors:
         sys.exit(EXIT_ERROR)
 
 
-def attention_paths(out: Path, images: list[Path]) -> list[Path]:
-    """OUT for one image; OUT-<image stem>.png each for several (numbered where stems repeat)."""
-    if not out.parent.is_dir():
-        raise VitConvertError(f"--attention-map: directory {out.parent} does not exist")
+def attention_paths(out: Path, images: list[Path], force: bool) -> list[Path]:
+    """OUT for one image; OUT-<image stem>.png each for several (numbered where stems repeat); each checked
+    as an output (a PNG, its directory there, not replaced without `force`)."""
+    from ..formats.paths import check_output
+
+    check_output(out, force or len(images) > 1, suffix=".png", what="--attention-map")  # several: OUT names them
     if len(images) == 1:
         return [out]
     repeated = {stem for stem, n in Counter(p.stem for p in images).items() if n > 1}
@@ -311,7 +348,7 @@ def attention_paths(out: Path, images: list[Path]) -> list[Path]:
     for image in images:
         seen[image.stem] += 1
         suffix = f"-{seen[image.stem]}" if image.stem in repeated else ""
-        paths.append(out.with_name(f"{out.stem}-{image.stem}{suffix}.png"))
+        paths.append(check_output(out.with_name(f"{out.stem}-{image.stem}{suffix}.png"), force, what="--attention-map"))
     return paths
 
 

@@ -5,6 +5,6 @@ readers), a Ray Dataset of predictions out, computed by our `Predictor` in a poo
 Imports `core`, `formats`, `catalog`, `model` and `inference`; `ray` itself only when called.
 """
 
-from .ray_data import predict_dataset, write_predictions
+from .ray_data import predict_dataset, quiet_ray, write_predictions
 
-__all__ = ["predict_dataset", "write_predictions"]
+__all__ = ["predict_dataset", "quiet_ray", "write_predictions"]

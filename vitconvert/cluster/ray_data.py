@@ -8,8 +8,10 @@ failing the job.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,7 +161,7 @@ def write_predictions(dataset: ray.data.Dataset, out: str | os.PathLike, force: 
     pandas or pyarrow), atomically: into a new directory beside it, renamed when complete. With
     `force`, an existing `out` is replaced only if it holds nothing but Parquet files (an earlier
     run's): a mistyped path must not delete somebody's folder.
-    Returns {'images': rows, 'errors': rows with an error}."""
+    Returns {'images': rows, 'errors': rows with an error, 'failed': [{'image', 'error'} of each]}."""
     import pyarrow.parquet as pq
 
     out = Path(out)
@@ -167,5 +169,32 @@ def write_predictions(dataset: ray.data.Dataset, out: str | os.PathLike, force: 
         raise VitConvertError(f"output {out} exists; pass --force (force=True) to replace it")
     with atomic_directory(out, force, replaceable=lambda name: name.endswith(".parquet")) as tmp:
         dataset.write_parquet(str(tmp))
-        errors = pq.read_table(tmp, columns=["error"]).column("error").to_pylist()
-    return {"images": len(errors), "errors": sum(1 for e in errors if e)}
+        table = pq.read_table(tmp, columns=["path", "error"]).to_pydict()
+    failed = sorted(({"image": p, "error": e} for p, e in zip(table["path"], table["error"]) if e),
+                    key=lambda f: f["image"])  # the blocks come back in no particular order
+    return {"images": len(table["path"]), "errors": len(failed), "failed": failed}
+
+
+@contextlib.contextmanager
+def quiet_ray(quiet: bool = True) -> Iterator[None]:
+    """Ray and Ray Data without their INFO and WARNING lines and progress bars on this process's stderr
+    (`quiet`); the loggers' levels and Ray Data's setting are restored after. (Ray's C++ core logs on its
+    own: RAY_BACKEND_LOG_LEVEL would quiet it, but announces itself in a line of its own.)"""
+    if not quiet:
+        yield
+        return
+    import ray.data
+
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.data", "ray.train", "ray.tune")]
+    levels = [logger.level for logger in loggers]
+    context = ray.data.DataContext.get_current()
+    bars = context.enable_progress_bars
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    context.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        context.enable_progress_bars = bars
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

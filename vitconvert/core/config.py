@@ -8,34 +8,40 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .json_types import is_int, is_real, is_size
 from .errors import VitConvertError
 
+# The enums are the Literals: the tuples of accepted values come from them (`get_args`), so that the type
+# a checker sees and the values a file's JSON is checked against cannot drift apart.
 # 'gap' is timm's 'avg' (the name predates the others and stays, so older files keep their meaning).
 Pool = Literal["token", "gap", "avgmax", "max", "map", "none"]
-POOLS = ("token", "gap", "avgmax", "max", "map", "none")
+POOLS: tuple[Pool, ...] = get_args(Pool)
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "silu", "relu"]
-ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "silu", "relu")
+ACTIVATIONS: tuple[Activation, ...] = get_args(Activation)
 Norm = Literal["layernorm", "rmsnorm"]
-NORMS = ("layernorm", "rmsnorm")
+NORMS: tuple[Norm, ...] = get_args(Norm)
 # timm's MLP classes: Mlp; GluMlp (fc1 packs value and gate, the gate second); SwiGLUPacked (GluMlp
 # with the gate first); SwiGLU (fc1_g and fc1_x apart). The activation is always `act`.
 MlpKind = Literal["mlp", "glu", "swiglu_packed", "swiglu"]
-MLPS = ("mlp", "glu", "swiglu_packed", "swiglu")
+MLPS: tuple[MlpKind, ...] = get_args(MlpKind)
 # timm's Block (pre-norm), ResPostBlock (the norms after the branches) and ParallelScalingBlock (attention
 # and MLP side by side, from one fused input projection); post_norm is torch's TransformerEncoderLayer with
 # norm_first=False (the norm after each residual sum: norm(x + attn(x)), which timm's blocks do not build).
 BlockKind = Literal["pre_norm", "res_post", "parallel", "post_norm"]
-BLOCK_KINDS = ("pre_norm", "res_post", "parallel", "post_norm")
+BLOCK_KINDS: tuple[BlockKind, ...] = get_args(BlockKind)
 # learn: a stored table (timm's); none; sincos2d: a fixed 2-D sin-cos table computed for the patch grid
 # (big_vision's posemb_sincos_2d, lucidrains' SimpleViT), added to the patch tokens only and never stored.
 PosEmbed = Literal["learn", "none", "sincos2d"]
-POS_EMBEDS = ("learn", "none", "sincos2d")
+POS_EMBEDS: tuple[PosEmbed, ...] = get_args(PosEmbed)
+# How a stored position table is resampled for another grid: the methods of model/posembed.py (its RESIZERS,
+# which a test holds equal to these), each one source's own.
+PosResize = Literal["bicubic", "dino", "flexivit", "transformers"]
+POS_RESIZES: tuple[PosResize, ...] = get_args(PosResize)
 # The hybrid ResNetV2 as vit_jax and timm build it (Big Transfer's), or jeonsworld/ViT-pytorch's port of it.
 HybridVariant = Literal["bit", "jeonsworld"]
-HYBRID_VARIANTS = ("bit", "jeonsworld")
+HYBRID_VARIANTS: tuple[HybridVariant, ...] = get_args(HybridVariant)
 
 # name -> (embed_dim, depth, num_heads, mlp_dim), as in the ViT and DeiT papers.
 WIDTHS: dict[str, tuple[int, int, int, int]] = {
@@ -54,8 +60,7 @@ _BOOLS = ("fc_norm", "distilled", "qkv_bias", "no_embed_class", "pool_include_pr
           "patch_bias", "patch_norm", "layer_scale", "qk_norm", "scale_attn_norm", "scale_mlp_norm", "proj_bias",
           "patch_pre_norm")
 _CHOICES = {"pool": POOLS, "act": ACTIVATIONS, "norm": NORMS, "mlp": MLPS, "block": BLOCK_KINDS,
-            "pos_embed": POS_EMBEDS, "pos_resize": ("bicubic", "dino", "flexivit", "transformers"),
-            "hybrid_variant": HYBRID_VARIANTS}
+            "pos_embed": POS_EMBEDS, "pos_resize": POS_RESIZES, "hybrid_variant": HYBRID_VARIANTS}
 
 
 @dataclass(frozen=True)
@@ -64,79 +69,167 @@ class ViTConfig:
 
     Names follow timm's VisionTransformer arguments where it has one; the module and parameter names of
     the model it describes are timm's (core/param_shapes.py lists them).
+
+    Each field's type and default are its annotation and value; its docstring says what it means and which
+    converters set it ("Set by"): jax (`convert_jax`: vit_jax and big_vision .npz files), timm
+    (`convert_timm`: from the checkpoint's keys and shapes, or from timm's definition of a model named with
+    `model=`), transformers (`convert_hf`: config.json and the keys), tutorial (`convert_torch`: lucidrains'
+    vit-pytorch, jeonsworld's ViT-pytorch, nn.TransformerEncoder). A converter that does not set a field
+    leaves its default, which is then that source's meaning too.
     """
 
     img_size: tuple[int, int] = (224, 224)
-    # An int for square patches, (height, width) otherwise.
+    """The input size the model was trained at, (height, width) in pixels: its token grid times the stride,
+    or more where the patches leave out the pixels past the last whole one (SigLIP So400m/14 at 384).
+
+    Set by: jax (the stored grid, or the published size the catalog knows; for a computed sincos2d table,
+    224 in whole patches), timm, transformers (image_size), tutorial (the stored grid, or `image_size` in the
+    model args)."""
     patch_size: int | tuple[int, int] = 16
+    """An int for square patches, (height, width) otherwise (a square tuple is stored as the int).
+
+    Set by: every converter, from the patch embedding's kernel (transformers: patch_size)."""
     in_chans: int = 3
+    """Input channels. Set by: every converter, from the patch embedding's (or the hybrid ResNet root's)
+    kernel; transformers: num_channels."""
     embed_dim: int = 768
+    """The token width. Set by: every converter, from the patch embedding's kernel; transformers: hidden_size."""
     depth: int = 12
+    """The number of transformer blocks. Set by: every converter, by counting the stored blocks;
+    transformers: num_hidden_layers."""
     num_heads: int = 12
-    # The MLP's hidden width as timm counts it (int(embed_dim * mlp_ratio)): fc1's outputs; a packed
-    # GLU's fc2 reads half of them.
+    """Attention heads per block. Set by: jax (the query kernel's shape); timm (a named model, `num_heads=`, or
+    the usual count of a standard width); transformers (num_attention_heads); tutorial (jeonsworld: its
+    `num_heads` or the standard count; nn.TransformerEncoder: `nhead`, required; lucidrains: the shapes)."""
     mlp_dim: int = 3072
-    # 0: no head (a backbone): the model returns the pooled features.
+    """The MLP's hidden width as timm counts it (int(embed_dim * mlp_ratio)): fc1's outputs; a packed GLU's
+    fc2 reads half of them. Set by: every converter, from the first MLP kernel; transformers:
+    intermediate_size (Dinov2: from mlp_ratio)."""
     num_classes: int = 1000
-    # token: the class token; gap: the mean of the patch tokens (timm's 'avg'); avgmax: half max, half mean;
-    # max; map: attention pooling (attn_pool); none: every token, prefix tokens too. Prefix tokens (class,
-    # registers) stay out of the reductions and the attention pooling unless pool_include_prefix.
+    """The head's classes; 0: no head (a backbone), and the model returns the pooled features.
+
+    Set by: every converter, from the head's kernel (0 where there is none)."""
     pool: Pool = "token"
-    # The final norm after the pooling (timm's fc_norm) instead of on every token before it. With 'gap':
-    # True = timm (mean, then LayerNorm); False = JAX (LayerNorm every token, then mean).
+    """How the tokens become one vector. token: the class token; gap: the mean of the patch tokens (timm's
+    'avg'); avgmax: half max, half mean; max; map: attention pooling (attn_pool); none: every token, prefix
+    tokens too. Prefix tokens (class, registers) stay out of the reductions and the attention pooling unless
+    `pool_include_prefix`.
+
+    Set by: jax (map with a MAPHead, token with a class token, else gap), timm, tutorial (lucidrains and
+    nn.TransformerEncoder: `pool` cls or mean; none without a head). transformers and jeonsworld: token."""
     fc_norm: bool = False
-    # Linear + tanh before the head (the 2020 ImageNet-21k checkpoints); without a head, the model's output
-    # (transformers' ViTModel pooler).
+    """The final norm after the pooling (timm's fc_norm) instead of on every token before it. With 'gap':
+    True = timm (mean, then LayerNorm); False = JAX (LayerNorm every token, then mean).
+
+    Set by: timm, tutorial (lucidrains' norm in its mlp_head)."""
     representation_size: int | None = None
+    """Linear + tanh before the head (the 2020 ImageNet-21k checkpoints); without a head, the model's output
+    (transformers' ViTModel pooler). None: no such layer.
+
+    Set by: jax (pre_logits), timm (pre_logits.fc), transformers (the pooler: pooler_output_size, else
+    hidden_size)."""
     distilled: bool = False
+    """DeiT's distillation token and its second head, whose logits are averaged with the first's.
+
+    Set by: timm, transformers (DeiT with the distillation head)."""
     qkv_bias: bool = True
-    # eps of every norm layer in the transformer (LayerNorm or RMSNorm).
+    """Biases on the query, key and value projections. Set by: timm, transformers (qkv_bias), tutorial
+    (lucidrains: none; nn.TransformerEncoder: in_proj_bias present)."""
     ln_eps: float = 1e-6
+    """eps of every norm layer in the transformer (LayerNorm or RMSNorm); the default is flax's and timm's.
+
+    Set by: timm (a named model; else its default), transformers (layer_norm_eps), tutorial (lucidrains
+    1e-5, jeonsworld 1e-6, nn.TransformerEncoder `layer_norm_eps`, 1e-5 unless given)."""
     act: Activation = "gelu"
-    # big_vision stores position embeddings for the patches only (timm's no_embed_class=True).
+    """The MLP's activation. Set by: jax (`gelu=`: tanh, vit_jax's, or erf), timm (a named model; else
+    gelu), transformers (hidden_act; silu for Dinov2's SwiGLU), tutorial (nn.TransformerEncoder
+    `activation`, relu unless given; gelu for the others)."""
     no_embed_class: bool = False
-    pos_resize: Literal["bicubic", "dino", "flexivit", "transformers"] = "bicubic"
-    # ResNetV2 stages before the patch embedding; None = plain ViT, () = stem only (R+Ti/16).
+    """Position embeddings for the patches only (timm's no_embed_class=True), as big_vision stores them.
+
+    Set by: jax (big_vision with a class token), timm, tutorial (nn.TransformerEncoder, by the table's
+    length)."""
+    pos_resize: PosResize = "bicubic"
+    """How the position table is resampled for another input size (model/posembed.py): bicubic is timm's.
+
+    Set by: jax (the catalog's entry for a published file), timm (dino for a DINO checkpoint or tag),
+    transformers (its own method); every converter's `pos_resize=` (`--pos-resize`) overrides it."""
     hybrid_layers: tuple[int, ...] | None = None
-    # Stem width of that ResNet (64 in every published hybrid); stage s outputs 4 * width * 2**s channels.
+    """Units per stage of a ResNetV2 before the patch embedding; None = plain ViT, () = stem only (R+Ti/16).
+
+    Set by: jax (R50+ViT), timm, tutorial (jeonsworld's hybrid)."""
     hybrid_width: int = 64
-    # GroupNorm eps of that ResNet: 1e-6 in the JAX models (flax), 1e-5 in timm's.
+    """Stem width of that ResNet (64 in every published hybrid); stage s outputs 4 * width * 2**s channels.
+
+    Set by: jax, timm, tutorial (jeonsworld), from the root convolution."""
     hybrid_gn_eps: float = 1e-6
-    # None: as the pooling implies (a class token exactly when pool='token'), as before this field.
+    """GroupNorm eps of that ResNet: 1e-6 in the JAX models (flax), 1e-5 in timm's.
+
+    Set by: timm (1e-5), tutorial (jeonsworld: 1e-6). jax: the default."""
     class_token: bool | None = None
+    """A class token; None: as the pooling implies (one exactly when pool='token'), as before this field.
+
+    Set by: jax, timm, tutorial (lucidrains, nn.TransformerEncoder), from the stored token."""
     reg_tokens: int = 0
+    """Register tokens after the class token (timm's reg_tokens; DINOv2 with registers).
+
+    Set by: timm, transformers (DeiT's distillation token, where its head is left out, runs as one)."""
     pool_include_prefix: bool = False
-    # False: no final norm at all (neither `norm` nor `fc_norm`).
+    """The prefix tokens join the pooling's reduction. Set by: timm (a named model), tutorial (lucidrains
+    and nn.TransformerEncoder pooling the mean with a class token)."""
     final_norm: bool = True
-    # A norm on the embedded tokens before the blocks (CLIP's ln_pre: timm's norm_pre).
+    """False: no final norm at all (neither `norm` nor `fc_norm`).
+
+    Set by: timm, tutorial (lucidrains, nn.TransformerEncoder), from the stored norm."""
     pre_norm: bool = False
+    """A norm on the embedded tokens before the blocks (CLIP's ln_pre: timm's norm_pre). Set by: timm."""
     patch_bias: bool = True
-    # A norm on the patch tokens inside the patch embedding (AIMv2).
+    """A bias on the patch projection. Set by: timm, tutorial (nn.TransformerEncoder)."""
     patch_norm: bool = False
+    """A norm on the patch tokens inside the patch embedding (AIMv2). Set by: timm, tutorial (lucidrains)."""
     pos_embed: PosEmbed = "learn"
+    """The position embedding: a stored table, none, or the computed sincos2d.
+
+    Set by: jax (big_vision's sincos2d), timm (learn or none), tutorial (lucidrains' SimpleViT: sincos2d;
+    nn.TransformerEncoder: learn or none)."""
     norm: Norm = "layernorm"
-    # Per-channel scales on both residual branches (timm's init_values: ls1.gamma, ls2.gamma).
+    """The kind of every norm layer in the transformer. Set by: timm (RMSNorm: a norm weight without bias)."""
     layer_scale: bool = False
-    # Norms on each head's queries and keys; a norm on the attention output before its projection; a norm
-    # on the MLP's hidden activations.
+    """Per-channel scales on both residual branches (timm's init_values: ls1.gamma, ls2.gamma).
+
+    Set by: timm, transformers (Dinov2)."""
     qk_norm: bool = False
+    """Norms on each head's queries and keys. Set by: timm."""
     scale_attn_norm: bool = False
+    """A norm on the attention output before its projection. Set by: timm."""
     scale_mlp_norm: bool = False
-    # Biases of the attention output projection and of the MLP layers (timm ties them).
+    """A norm on the MLP's hidden activations. Set by: timm."""
     proj_bias: bool = True
+    """Biases of the attention output projection and of the MLP layers (timm ties them).
+
+    Set by: timm, tutorial (nn.TransformerEncoder)."""
     mlp: MlpKind = "mlp"
+    """The MLP's kind (see MlpKind). Set by: timm, transformers (Dinov2's SwiGLU)."""
     block: BlockKind = "pre_norm"
-    # The width of each attention head where it is not embed_dim / num_heads (lucidrains' dim_head): qkv
-    # projects to 3 * num_heads * attn_head_dim, proj back to embed_dim. None: embed_dim // num_heads. timm's
-    # Attention takes it; its VisionTransformer does not pass it on.
+    """The block's kind (see BlockKind). Set by: timm, tutorial (nn.TransformerEncoder: post_norm unless
+    `norm_first`)."""
     attn_head_dim: int | None = None
-    # A norm over each raw patch (its channels x pixels, before the projection: lucidrains' dual PatchNorm),
-    # its parameters stored in the projection kernel's (channel, row, column) order.
+    """The width of each attention head where it is not embed_dim / num_heads (lucidrains' dim_head): qkv
+    projects to 3 * num_heads * attn_head_dim, proj back to embed_dim. None: embed_dim // num_heads (a value
+    equal to it is stored as None). timm's Attention takes it; its VisionTransformer does not pass it on.
+
+    Set by: tutorial (lucidrains)."""
     patch_pre_norm: bool = False
-    # 'bit': TF 'SAME' padding, GroupNorm of 32 groups throughout (vit_jax, timm). 'jeonsworld': that
-    # repository's port: PyTorch's symmetric padding, a max-pool without padding, and on each projection
-    # shortcut a GroupNorm of one group per channel with eps 1e-5.
+    """A norm over each raw patch (its channels x pixels, before the projection: lucidrains' dual PatchNorm),
+    its parameters stored in the projection kernel's (channel, row, column) order.
+
+    Set by: tutorial (lucidrains)."""
     hybrid_variant: HybridVariant = "bit"
+    """'bit': TF 'SAME' padding, GroupNorm of 32 groups throughout (vit_jax, timm). 'jeonsworld': that
+    repository's port: PyTorch's symmetric padding, a max-pool without padding, and on each projection
+    shortcut a GroupNorm of one group per channel with eps 1e-5.
+
+    Set by: tutorial (jeonsworld's hybrid)."""
 
     def __post_init__(self) -> None:
         # Types first: a config also comes from a file's JSON, and a wrong type must be a clear

@@ -77,7 +77,7 @@ def export_onnx(src: str | os.PathLike, dst: str | os.PathLike, *,
     if batch is not None and batch < 1:
         raise VitConvertError(f"batch must be at least 1 (or None for a dynamic batch), got {batch}")
     src = check_input(src, "a vitconvert weights file")
-    dst = check_output(dst, force)  # before anything slow
+    dst = check_output(dst, force, suffix=".onnx")  # before anything slow
     onnx, ort = _runtime()
     record = read_record(src)
     size = record.config.img_size if img_size is None else parse_size(img_size)

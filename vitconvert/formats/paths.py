@@ -36,13 +36,19 @@ def check_input(path: str | os.PathLike, kind: str) -> Path:
     return path
 
 
-def check_output(dst: str | os.PathLike, force: bool) -> Path:
-    """`dst` as a file name we may write; checked before any input is read, so a mistake costs nothing."""
+def check_output(dst: str | os.PathLike, force: bool, suffix: str | None = None, what: str = "output") -> Path:
+    """`dst` as a file name we may write; checked before any input is read, so a mistake costs nothing.
+
+    `suffix` ('.safetensors', '.npz', ...): the one the format written is named with; another (a '.txt',
+    none) is refused, so that a file is not written under a name that says it is something else. `what`
+    names the output in the messages ('--plot', 'embeddings')."""
     dst = Path(dst)
     if dst.is_dir():
-        raise VitConvertError(f"output {dst} is a directory; give a file name")
+        raise VitConvertError(f"{what} {dst} is a directory; give a file name")
+    if suffix is not None and dst.suffix.lower() != suffix:
+        raise VitConvertError(f"{what} {dst}: the file written is {suffix[1:]}; give a name ending in {suffix}")
     if dst.exists() and not force:
-        raise VitConvertError(f"output {dst} exists; pass --force (force=True) to replace it")
+        raise VitConvertError(f"{what} {dst} exists; pass --force (force=True) to replace it")
     if not dst.parent.is_dir():
-        raise VitConvertError(f"output directory {dst.parent} does not exist")
+        raise VitConvertError(f"{what} directory {dst.parent} does not exist")
     return dst

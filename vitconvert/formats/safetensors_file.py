@@ -86,12 +86,15 @@ def atomic_directory(dst: str | os.PathLike, force: bool = False,
     if not dst.parent.is_dir():
         raise VitConvertError(f"output directory {dst.parent} does not exist")
     present = sorted(dst.iterdir()) if dst.is_dir() else []
-    if present and not force:
-        raise VitConvertError(f"output directory {dst} is not empty; pass --force (force=True) to replace it")
+    # Files this writer did not write first: --force would not replace them either, so say what will work.
     foreign = [p.name for p in present if not replaceable(p.name) or p.is_symlink() or not p.is_file()]
     if foreign:
         raise VitConvertError(f"output directory {dst} holds other files than the ones written here "
-                              f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); not replacing it")
+                              f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}), which even "
+                              "--force (force=True) does not replace; give a new or an empty directory")
+    if present and not force:
+        raise VitConvertError(f"output directory {dst} holds an earlier run's output; pass --force (force=True) "
+                              "to replace it")
     token = secrets.token_hex(4)
     tmp = dst.with_name(f".{dst.name}.{token}.part")
     try:

@@ -11,7 +11,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..core.param_shapes import check_shapes
 from .dtypes import STORAGE, check_dtype
+from .file_kind import file_kind
 from .safetensors_file import TensorSpec, read_header, write_safetensors
 from .source_hash import PLACEHOLDER, FileHash
 
@@ -32,11 +33,12 @@ LABEL_SETS = {1000: "imagenet-1k", 21843: "imagenet-21k"}
 Labels = str | tuple[str, ...] | None
 
 Resize = Literal["squash", "crop"]
+RESIZES: tuple[Resize, ...] = get_args(Resize)
 # 'bicubic' and 'bilinear' are Pillow's filters (antialiased when shrinking), as in timm's and
 # Hugging Face's transforms; 'bilinear_tf' is TensorFlow's `tf.image.resize` (vit_jax's evaluation):
 # bilinear on float pixels, half-pixel centres, no antialiasing.
 Interpolation = Literal["bicubic", "bilinear", "bilinear_tf"]
-INTERPOLATIONS = ("bicubic", "bilinear", "bilinear_tf")
+INTERPOLATIONS: tuple[Interpolation, ...] = get_args(Interpolation)
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,8 @@ class Preprocess:
             raise VitConvertError(f"preprocess.std must be positive, got {self.std!r}")
         if not is_real(self.crop_pct):
             raise VitConvertError(f"preprocess.crop_pct must be a number, got {self.crop_pct!r}")
-        if self.resize not in ("squash", "crop"):
-            raise VitConvertError(f"preprocess.resize must be 'squash' or 'crop', got {self.resize!r}")
+        if self.resize not in RESIZES:
+            raise VitConvertError(f"preprocess.resize must be {' or '.join(map(repr, RESIZES))}, got {self.resize!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise VitConvertError(f"preprocess.interpolation must be one of "
                                   f"{', '.join(map(repr, INTERPOLATIONS))}, got {self.interpolation!r}")
@@ -231,11 +233,14 @@ FLOAT_DTYPES = {name for name, _ in STORAGE.values()}
 
 def read_record(path: str | os.PathLike) -> WeightsRecord:
     """The record alone: reads the header, not the tensors."""
-    header = read_header(path)
-    if META_KEY not in header.metadata:
-        raise VitConvertError(
-            f"{path}: no vitconvert metadata; convert the checkpoint first "
-            "(vitconvert jax2torch / timm2torch)")
+    try:
+        header = read_header(path)
+    except VitConvertError:
+        if file_kind(path).kind in OTHER_CHECKPOINTS:  # a safetensors file that fails here is damaged: say so
+            raise _not_converted(path) from None
+        raise
+    if META_KEY not in header.metadata:  # a safetensors checkpoint someone else wrote
+        raise _not_converted(path)
     record = WeightsRecord.from_json(header.metadata[META_KEY], where=str(path))
     dtypes = {dtype for dtype, _ in header.tensors.values()}
     if not dtypes <= FLOAT_DTYPES or len(dtypes) > 1:
@@ -244,6 +249,16 @@ def read_record(path: str | os.PathLike) -> WeightsRecord:
     check_shapes(record.config, {k: shape for k, (_, shape) in header.tensors.items()},
                  f"{path}: metadata disagrees with the tensors")
     return record
+
+
+# What `file_kind` calls the checkpoints other than safetensors that `vitconvert convert` reads.
+OTHER_CHECKPOINTS = ("npz", "torch-zip", "pickle")
+
+
+def _not_converted(path: str | os.PathLike) -> VitConvertError:
+    """A checkpoint given where our converted file is expected: what it is, and the command that converts it."""
+    return VitConvertError(f"{path} is {file_kind(path).description}, not a vitconvert weights file; convert it "
+                           f"first: vitconvert convert {path} OUT.safetensors")
 
 
 def write_weights(dst: str | os.PathLike, specs: Sequence[TensorSpec], record: WeightsRecord, *,

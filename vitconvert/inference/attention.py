@@ -11,8 +11,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..core.config import ViTConfig
-from ..core.errors import VitConvertError
 
 # A perceptually ordered dark-blue -> red ramp (anchors of matplotlib's 'turbo', a colour map
 # that stays readable on top of a photo), interpolated linearly between anchors.
@@ -20,13 +18,6 @@ _RAMP = np.array([
     (48, 18, 59), (70, 107, 227), (40, 188, 235), (50, 241, 153),
     (164, 252, 60), (237, 208, 58), (251, 128, 34), (208, 47, 5), (122, 4, 3),
 ], dtype=np.float64)
-
-
-def check_supported(cfg: ViTConfig) -> None:
-    if cfg.pool != "token":
-        raise VitConvertError(
-            f"attention maps need a class token that the model reads, but this model pools its tokens "
-            f"(pool={cfg.pool!r}); no single token's attention says which patches decided the class")
 
 
 def rollout(maps: list[torch.Tensor], num_prefix_tokens: int, grid: tuple[int, int]) -> torch.Tensor:

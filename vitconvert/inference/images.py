@@ -34,12 +34,21 @@ class FoundImages:
 
     paths: list[Path]  # in input order; a directory's images sorted by path
     skipped_folders: int = 0  # sub-folders not searched (recursive=False)
-    skipped_files: int = 0  # files whose suffix is not an image format's
+    skipped_files: tuple[Path, ...] = ()  # files whose suffix is not an image format's, sorted
 
     def skipped(self) -> str:
-        """What was left out, in words ('2 sub-folders and 1 non-image file'); '' for nothing."""
-        return " and ".join(_count(n, noun) for n, noun in ((self.skipped_folders, "sub-folder"),
-                                                            (self.skipped_files, "non-image file")) if n)
+        """What was left out, in words ('2 sub-folders and 1 non-image file (notes.txt)'), naming the first
+        few files; '' for nothing."""
+        files = _count(len(self.skipped_files), "non-image file")
+        if self.skipped_files:
+            names = [str(p) for p in self.skipped_files[:SKIPPED_NAMED]]
+            more = len(self.skipped_files) - len(names)
+            files += f" ({', '.join(names)}{f' and {more} more' if more else ''})"
+        return " and ".join(text for n, text in ((self.skipped_folders, _count(self.skipped_folders, "sub-folder")),
+                                                 (len(self.skipped_files), files)) if n)
+
+
+SKIPPED_NAMED = 3  # a note names this many skipped files, then counts the rest
 
 
 def find_images(inputs: Iterable[str | os.PathLike], recursive: bool = False) -> FoundImages:
@@ -48,7 +57,7 @@ def find_images(inputs: Iterable[str | os.PathLike], recursive: bool = False) ->
     Names starting with '.' are passed over, as `ls` and shell globs do. A directory without
     images is an error: it is a mistake in the arguments, not a bad image."""
     paths: list[Path] = []
-    skipped_folders = skipped_files = 0
+    skipped_folders, skipped_files = 0, []
     for item in inputs:
         path = Path(item)
         if not path.is_dir():
@@ -62,13 +71,13 @@ def find_images(inputs: Iterable[str | os.PathLike], recursive: bool = False) ->
         paths += found
         skipped_folders += folders
         skipped_files += files
-    return FoundImages(paths, skipped_folders, skipped_files)
+    return FoundImages(paths, skipped_folders, tuple(sorted(skipped_files)))
 
 
-def _search(top: Path, recursive: bool) -> tuple[list[Path], int, int]:
+def _search(top: Path, recursive: bool) -> tuple[list[Path], int, list[Path]]:
     """(images under `top` sorted by path, sub-folders skipped, other files skipped)."""
     images: list[Path] = []
-    skipped_folders = skipped_files = 0
+    skipped_folders, skipped_files = 0, []
     pending, seen = [top], {top.resolve()}  # seen: a linked folder that leads back is searched once
     while pending:
         folder = pending.pop()
@@ -88,7 +97,7 @@ def _search(top: Path, recursive: bool) -> tuple[list[Path], int, int]:
             elif p.suffix.lower() in SUFFIXES and p.is_file():
                 images.append(p)
             else:
-                skipped_files += 1
+                skipped_files.append(p)
     return sorted(images), skipped_folders, skipped_files
 
 

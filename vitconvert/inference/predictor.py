@@ -19,16 +19,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..catalog.resolve import resolve_weights
-from ..core.config import ViTConfig, parse_size
+from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
-from ..formats.weights_file import read_record
 from ..model.optimize import compiled_for_static_shapes
 from ..model.loading import model_from
-from .attention import check_supported, overlay, rollout
+from .attention import overlay, rollout
 from .batches import Batch, ImageInput, batches, prepare
 from .images import MAX_PIXELS, load_rgb
-from .labels import check_top_k, resolve_labels
+from .plan import PredictionPlan, check_attention, plan_prediction
 from .runtime import inference_dtype, input_dtype, run_compiled
 from .transform import crop_geometry
 
@@ -75,7 +73,9 @@ class Predictor:
     'HxW') at another patch size (FlexiViT's PI-resize of the kernel; see `load_model`). `labels` overrides the
     class names: 'imagenet-1k', 'imagenet-21k', a file with one name a line, or a list (default: the
     file's own). A model without classes (num_classes 0) or with an all-zero head embeds but does not
-    classify: `predict` refuses it, saying so.
+    classify: `predict` refuses it, saying so. `weights` may instead be a `PredictionPlan`
+    (`plan_prediction`'s: the record read and the request checked without torch); then the options it
+    decided (`model`, `img_size`, `patch_size`, `labels`) are not given again.
 
     Speed (the README's Speed section): `dtype` 'bfloat16' (CPUs where it is faster, GPUs) or 'float16'
     (GPUs) runs the model in that precision, 'int8' its linear layers in int8 (CPU), probabilities
@@ -84,25 +84,25 @@ class Predictor:
     in `predict`/`iter_predict` decodes and resizes images in that many processes ahead of the model.
     """
 
-    def __init__(self, weights: str | os.PathLike | None = None, *, model: str | None = None,
+    def __init__(self, weights: str | os.PathLike | PredictionPlan | None = None, *, model: str | None = None,
                  img_size: int | str | tuple[int, int] | None = None, device: str | torch.device = "cpu",
                  labels: str | os.PathLike | Sequence[str] | None = None,
                  max_pixels: int = MAX_PIXELS, dtype: str | torch.dtype | None = "float32",
                  compile: bool = False, patch_size: int | str | tuple[int, int] | None = None) -> None:
-        self.path = resolve_weights(weights, model)
-        # The header alone answers everything that can be refused, before the tensors are read.
-        record = read_record(self.path)
-        size = record.config.img_size if img_size is None else parse_size(img_size)
-        patch = record.config.patch_hw if patch_size is None else parse_size(patch_size)
-        check_size(record.config.replace(patch_size=patch), size)
-        self.labels = resolve_labels(labels, record.config.num_classes, record.labels)
+        if isinstance(weights, PredictionPlan):
+            if any(v is not None for v in (model, img_size, labels, patch_size)):
+                raise VitConvertError("a PredictionPlan has decided model, img_size, patch_size and labels already")
+            plan = weights
+        else:  # the header alone answers everything that can be refused, before the tensors are read
+            plan = plan_prediction(weights, model=model, img_size=img_size, patch_size=patch_size, labels=labels)
+        self.path, self.record, self.labels = plan.path, plan.record, plan.labels
+        self._plan = plan
         self.device = check_device(device)
         self.dtype = inference_dtype(dtype, self.device)
-        self.record = record
-        self.preprocess = record.preprocess.at_size(size)
+        self.preprocess = plan.record.preprocess.at_size(plan.img_size)
         self.max_pixels = max_pixels
-        self.model = model_from(record, self.path, img_size=size, device=self.device, dtype=self.dtype,
-                                compile=compile, patch_size=patch)
+        self.model = model_from(plan.record, self.path, img_size=plan.img_size, device=self.device,
+                                dtype=self.dtype, compile=compile, patch_size=plan.patch_size)
         # Batches launched before the oldest one's outputs are read: on a GPU one, so that the GPU runs a
         # batch while the CPU turns the previous one's outputs into results; on the CPU nothing runs
         # in between, and results come a batch sooner.
@@ -127,8 +127,7 @@ class Predictor:
     def check_top_k(self) -> None:
         """Raise a VitConvertError if this model has no meaningful classes to rank (none, or an
         all-zero head); the message points to `embed`."""
-        check_top_k(self.record.config.num_classes, self.record.head_is_zero, str(self.path),
-                    self.record.head_is_embedding)
+        self._plan.check_classes()
 
     def batch_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax over the classes for a prepared (B, 3, H, W) batch, float32 on the CPU."""
@@ -252,7 +251,7 @@ class Predictor:
     @torch.inference_mode()
     def attention_rollout(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """(len(images), grid_h, grid_w): the class token's rolled-out attention over the patches."""
-        check_supported(self.config)
+        check_attention(self.config)
         batch = torch.stack([self.transform(image) for image in _as_list(images)])
         batch = batch.to(self.device, input_dtype(self.dtype))
         maps = self.model.attention_maps(batch)
@@ -260,7 +259,7 @@ class Predictor:
 
     def attention_map(self, image: ImageInput) -> Image.Image:
         """The rollout as a heat map over the (upright, RGB) image, at the image's own size."""
-        check_supported(self.config)
+        check_attention(self.config)
         rgb = load_rgb(image, self.max_pixels)
         heat = self.attention_rollout([rgb])[0]
         size = (rgb.height, rgb.width)
@@ -303,23 +302,6 @@ def _batch_rows(images: list[ImageInput], batch_size: int, errors: OnError,
             yield name, None, batch.failed[offset]
         else:
             yield name, next(landed), None
-
-
-def check_size(cfg: ViTConfig, size: tuple[int, int]) -> None:
-    """Refuse an input size the patch grid cannot tile, naming the nearest sizes that work (the file's
-    own size is the model's, tiled or not: timm's SigLIP-so400m/14 at 384 sees 378 pixels of it)."""
-    strides = cfg.stride
-    if tuple(size) == cfg.img_size or all(side % stride == 0 for side, stride in zip(size, strides)):
-        return
-    below = tuple(max(stride, side // stride * stride) for side, stride in zip(size, strides))
-    above = tuple(-(-side // stride) * stride for side, stride in zip(size, strides))
-
-    def text(s: tuple[int, ...]) -> str:
-        return str(s[0]) if s[0] == s[1] else f"{s[0]}x{s[1]}"
-
-    raise VitConvertError(
-        f"image size {size[0]}x{size[1]} is not a multiple of this model's patch stride {text(strides)} "
-        f"(every side must be); try {text(below)} or {text(above)}")
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.config import ViTConfig
+from ..core.config import BlockKind, ViTConfig
 from .layers import Attention, LayerScale, activation, block_mlp, norm_factory
 
 
@@ -123,7 +123,8 @@ class ParallelScalingBlock(nn.Module):
         return (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(-1)
 
 
-BLOCKS = {"pre_norm": Block, "res_post": ResPostBlock, "parallel": ParallelScalingBlock, "post_norm": PostNormBlock}
+BLOCKS: dict[BlockKind, type[nn.Module]] = {"pre_norm": Block, "res_post": ResPostBlock,
+                                             "parallel": ParallelScalingBlock, "post_norm": PostNormBlock}
 
 
 def build_block(cfg: ViTConfig) -> nn.Module:

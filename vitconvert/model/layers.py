@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.config import ViTConfig
+from ..core.config import Activation, ViTConfig
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -44,14 +44,14 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-def activation(name: str) -> nn.Module:
-    if name == "quick_gelu":
-        return QuickGELU()
-    if name == "silu":
-        return nn.SiLU()
-    if name == "relu":
-        return nn.ReLU()
-    return nn.GELU(approximate="tanh" if name == "gelu_tanh" else "none")
+# One module per ViTConfig.act name; a name missing here is a KeyError, not a silent GELU.
+ACTIVATION_MODULES: dict[Activation, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "quick_gelu": QuickGELU, "silu": nn.SiLU,
+    "relu": nn.ReLU}
+
+
+def activation(name: Activation) -> nn.Module:
+    return ACTIVATION_MODULES[name]()
 
 
 class Mlp(nn.Module):

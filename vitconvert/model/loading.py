@@ -13,7 +13,7 @@ from ..formats.safetensors_file import TensorSpec, read_tensors
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, read_record, write_weights
 from .optimize import compile_model, quantize_int8
 from .patch_resize import resample_patch_kernel
-from .posembed import resample_pos_embed
+from .posembed import pos_embed_on_grid
 from .vit import VisionTransformer
 
 
@@ -44,9 +44,7 @@ def at_size(cfg: ViTConfig, state: dict[str, torch.Tensor], img_size: tuple[int,
         changed["patch_embed.proj.weight"] = resample_patch_kernel(state["patch_embed.proj.weight"], patch)
     # Nothing else depends on the position (sincos2d is computed per grid).
     if cfg.pos_embed == "learn" and new.grid_size != cfg.grid_size:
-        prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
-        changed["pos_embed"] = resample_pos_embed(state["pos_embed"], new.grid_size, cfg.grid_size, prefix,
-                                                  method=cfg.pos_resize)
+        changed["pos_embed"] = pos_embed_on_grid(state["pos_embed"], cfg, new.grid_size)
     return new, {**state, **changed} if changed else state
 
 
@@ -62,7 +60,11 @@ def load_model(path: str | os.PathLike, img_size: int | str | tuple[int, int] | 
                device: str | torch.device | None = None,
                dtype: torch.dtype | None = None, compile: bool = False,
                patch_size: int | str | tuple[int, int] | None = None) -> VisionTransformer:
-    """An eval-mode model from our weights file, ready for inputs of `img_size` (default: trained size).
+    """An eval-mode model from our weights file, fixed at `img_size` (default: the trained size).
+
+    The model runs at any other size its patches tile as well, resampling its position table to the
+    input's grid at forward (once per grid outside autograd) with the same result as loading it at that
+    size; `img_size` fixes the size where the graph should hold no resampling (export, compile).
 
     `patch_size` (P, 'P', 'HxW' or (H, W)) runs it at another patch size, as FlexiViT runs its own: the
     patch kernel PI-resized, the position embeddings resampled to the new grid by the file's method.

@@ -15,6 +15,7 @@ weight freezing, static shapes.
 from __future__ import annotations
 
 import functools
+import sys
 import time
 import warnings
 
@@ -53,8 +54,12 @@ def compile_model(model: nn.Module) -> nn.Module:
 
 
 def compiled_for_static_shapes(model: nn.Module) -> bool:
-    """Whether `model` is `compile_model`'s torch.compile result, which compiles once per input shape."""
-    return isinstance(model, torch._dynamo.eval_frame.OptimizedModule)
+    """Whether `model` is `compile_model`'s torch.compile result, which compiles once per input shape.
+
+    Asked of every model, eager ones too: `torch._dynamo` is looked up, never imported (importing it is
+    most of a cold one-image run), and a model torch.compile made has imported it already."""
+    dynamo = sys.modules.get("torch._dynamo")
+    return dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule)
 
 
 @functools.cache

@@ -1,4 +1,6 @@
-"""Position embeddings on another grid, by one of the named methods a weights file records.
+"""Position embeddings on another grid, by one of the named methods a weights file records: at load time
+for a fixed size (`loading.at_size`) and at forward for the input's grid (`VisionTransformer`, which keeps
+the tables it makes in a `GridTables`).
 
 Every method resamples the patch grid in float32, align_corners off, prefix tokens untouched:
 
@@ -13,11 +15,13 @@ Every method resamples the patch grid in float32, align_corners off, prefix toke
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ..core.config import PosResize, ViTConfig
 from ..core.errors import VitConvertError
 
 # (1, D, oh, ow) float32 grid, new (h, w), old (h, w) -> (1, D, nh, nw).
@@ -80,9 +84,9 @@ def sincos_2d(grid: tuple[int, int], dim: int, device: torch.device | None = Non
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]
 
 
-# The names ViTConfig.pos_resize accepts (a test holds the two lists equal).
-RESIZERS: dict[str, GridResize] = {"bicubic": _timm_bicubic, "dino": _dino, "flexivit": _flexivit,
-                                   "transformers": _transformers}
+# One function per name ViTConfig.pos_resize accepts (a test holds the two equal).
+RESIZERS: dict[PosResize, GridResize] = {"bicubic": _timm_bicubic, "dino": _dino, "flexivit": _flexivit,
+                                         "transformers": _transformers}
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int],
@@ -99,3 +103,47 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_g
     grid = RESIZERS[method](grid, tuple(new_grid), tuple(old_grid))
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
     return torch.cat([prefix, grid], dim=1)
+
+
+def pos_embed_on_grid(pos_embed: torch.Tensor, cfg: ViTConfig, grid: tuple[int, int]) -> torch.Tensor:
+    """`cfg`'s stored table (for `cfg.grid_size`) on `grid`, by `cfg.pos_resize`; the prefix tokens' rows,
+    where the table has them, untouched."""
+    prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
+    return resample_pos_embed(pos_embed, grid, cfg.grid_size, prefix, method=cfg.pos_resize)
+
+
+class GridTables:
+    """Resampled position tables by grid, for a model that runs at sizes other than its own: each grid
+    resamples once, until the table they came from changes.
+
+    A table is valid for the parameter object it came from, at its autograd version (every in-place
+    write bumps it: an optimizer step, `load_state_dict`'s copy, `with torch.no_grad(): p.add_(...)`),
+    storage, dtype and device; anything else clears them all. A write through `.data` bypasses the
+    version counter, as it bypasses autograd, and is not seen. At most `MAX_GRIDS` grids are kept,
+    the oldest dropped first.
+    """
+
+    MAX_GRIDS = 8
+
+    def __init__(self) -> None:
+        # A weak reference, so that a replaced parameter is not kept alive by its tables.
+        self._param: weakref.ref[torch.Tensor] | None = None
+        self._state: tuple | None = None
+        self._tables: dict[tuple[int, int], torch.Tensor] = {}
+
+    def __getstate__(self) -> dict:
+        return {}  # a copied or pickled model starts without tables (and a weak reference cannot be pickled)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def get(self, param: torch.Tensor, grid: tuple[int, int],
+            resample: Callable[[], torch.Tensor]) -> torch.Tensor:
+        state = (param._version, param.data_ptr(), param.dtype, param.device)
+        if self._param is None or self._param() is not param or state != self._state:
+            self._param, self._state, self._tables = weakref.ref(param), state, {}
+        if grid not in self._tables:
+            if len(self._tables) >= self.MAX_GRIDS:
+                del self._tables[next(iter(self._tables))]
+            self._tables[grid] = resample()
+        return self._tables[grid]

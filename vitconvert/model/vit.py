@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.config import ViTConfig
+from ..core.errors import VitConvertError
 from .blocks import build_block
 from .hybrid import backbone_channels, build_backbone
 from .layers import norm_factory
 from .pooling import AttentionPoolLatent
-from .posembed import sincos_2d
+from .posembed import GridTables, pos_embed_on_grid, sincos_2d
 
 
 class PatchEmbed(nn.Module):
@@ -63,7 +64,31 @@ class Intermediates(NamedTuple):
     stages: dict[str, torch.Tensor]
 
 
+def input_grid(cfg: ViTConfig, size: tuple[int, int]) -> tuple[int, int]:
+    """The patch grid of inputs of `size` (height, width), or a VitConvertError saying why they cannot run.
+
+    The config's own size is always the model's, tiled or not (timm's SigLIP-so400m/14 at 384 sees 378
+    pixels of it); any other must tile into whole patches, the hybrids' ResNet stride included.
+    """
+    if size == cfg.img_size:
+        return cfg.grid_size
+    (h, w), (sh, sw) = size, cfg.stride
+    if h < sh or w < sw:
+        raise VitConvertError(f"image size {h}x{w} is smaller than one patch of this model ({sh}x{sw} pixels)")
+    if problem := cfg.untiled(size):
+        below = f"{h // sh * sh}x{w // sw * sw}"  # each side at least one patch, checked above
+        above = f"{-(-h // sh) * sh}x{-(-w // sw) * sw}"
+        raise VitConvertError(f"{problem}; the nearest sizes that tile are {below} and {above}")
+    return h // sh, w // sw
+
+
 class VisionTransformer(nn.Module):
+    """Runs at its config's size and at any other its patches tile: the stored position table resampled
+    to the input's grid by the config's `pos_resize` (the same arithmetic as `load_model(img_size=)`),
+    a sincos2d table computed for it. Resampled tables are kept per grid for inference (no grad), and
+    computed afresh, differentiably, where the table needs a gradient; at the config's own size the
+    stored table is used as it is, so export and compile see no resampling."""
+
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -89,20 +114,33 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(cfg.representation_size or D, cfg.num_classes) if cfg.num_classes else nn.Identity()
         if cfg.distilled:
             self.head_dist = nn.Linear(D, cfg.num_classes)
+        self._grid_tables = GridTables()
 
     def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Prefix tokens and patch tokens, with position embeddings added (and the pre-norm, if any)."""
+        grid = input_grid(self.config, (x.shape[-2], x.shape[-1]))  # before any compute
         x = self.patch_embed(x)
         prefix = [t.expand(x.shape[0], -1, -1) for t in self.prefix_tokens()]
         if self.config.pos_embed == "sincos2d":  # computed for this grid (so never resampled), patches only
-            x = torch.cat([*prefix, x + sincos_2d(self.config.grid_size, x.shape[-1], x.device).to(x.dtype)], dim=1)
+            x = torch.cat([*prefix, x + sincos_2d(grid, x.shape[-1], x.device).to(x.dtype)], dim=1)
         elif self.pos_embed is None:
             x = torch.cat([*prefix, x], dim=1)
         elif self.config.no_embed_class:  # big_vision, DeiT III: the prefix tokens carry no position
-            x = torch.cat([*prefix, x + self.pos_embed], dim=1)
+            x = torch.cat([*prefix, x + self.pos_embed_for(grid)], dim=1)
         else:
-            x = torch.cat([*prefix, x], dim=1) + self.pos_embed
+            x = torch.cat([*prefix, x], dim=1) + self.pos_embed_for(grid)
         return self.norm_pre(x)
+
+    def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The stored position table on `grid`: itself on the stored grid, else resampled by the config's
+        method, from the table as it is now."""
+        pos, cfg = self.pos_embed, self.config
+        if grid == cfg.grid_size:
+            return pos
+        # A gradient, a compiler or a tracer needs the resampling in the graph, not a table made earlier.
+        if (torch.is_grad_enabled() and pos.requires_grad) or torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return pos_embed_on_grid(pos, cfg, grid)
+        return self._grid_tables.get(pos, grid, lambda: pos_embed_on_grid(pos, cfg, grid))
 
     def prefix_tokens(self) -> list[torch.Tensor]:
         return [getattr(self, name) for name in ("cls_token", "reg_token", "dist_token") if hasattr(self, name)]

@@ -21,11 +21,6 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def is_main_process() -> bool:
-    """Rank 0 (or not under torchrun): the process that prints and writes."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 @dataclass(frozen=True)
 class Processes:
     rank: int

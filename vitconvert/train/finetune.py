@@ -24,7 +24,6 @@ import torch
 from ..core.json_types import is_int
 from ..core.config import parse_size
 from ..core.errors import VitConvertError, VitConvertWarning
-from ..formats.paths import check_output
 from ..formats.source_hash import FileHash
 from ..formats.weights_file import Source, read_record
 from ..model.loading import float32_tensors, save_weights
@@ -32,7 +31,8 @@ from . import checkpoint
 from .data import Images, Labelled, Schedule, Steps, loader, read_labelled, split
 from .distributed import Processes, start, stop
 from .model import finetuning_config, finetuning_model
-from .plot import check_plot, plot_curves
+from .plot import plot_curves
+from .preflight import check_paths
 from .recipe import BASE_LR, CLIP_NORM, Optimizer, Recipe, lr_factor, scheduler
 
 Augment = Literal["default", "none"]
@@ -99,13 +99,11 @@ def finetune(weights: str | os.PathLike, data: str | os.PathLike, out: str | os.
     recipe = Recipe(optimizer, BASE_LR if lr is None else lr, weight_decay, warmup_steps, label_smoothing)
     _check_options(epochs, steps, batch_size, accumulate, augment, mixed_precision, workers, seed, val, val_split)
     size = parse_size(res) if res is not None else None
-    out = check_output(out, force)
+    out, plot = check_paths(data, out, force, plot)
     record = read_record(weights)
     if size is not None:
         record.config.at_input_size(size)  # a size the patches do not tile is refused here, before the data
     finetuning_config(record.config, 2)  # a model that cannot be fine-tuned is refused here too
-    if plot is not None:
-        plot = check_plot(plot, force)
     ckpt = checkpoint.prepare(checkpoint_dir, resume, force) if checkpoint_dir is not None else None
     processes = start(device)
     try:

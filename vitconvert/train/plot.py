@@ -13,7 +13,7 @@ from ..formats.safetensors_file import atomic_output
 
 def check_plot(path: str | os.PathLike, force: bool) -> Path:
     """`path` may be written and matplotlib is there: said before training, not after it."""
-    path = check_output(path, force)
+    path = check_output(path, force, suffix=".png", what="--plot (plot=)")
     try:
         import matplotlib  # noqa: F401
     except ImportError:

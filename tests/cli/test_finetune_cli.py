@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,9 +14,8 @@ import pytest
 import torch
 from helpers.faults import disk_full_after
 from helpers.finetune import CLASSES, small_tree
+from helpers.cli import Result, vitconvert_cli
 
-from vitconvert.cli import cli
-from vitconvert.cli.errors import run
 from vitconvert.formats.weights_file import read_record
 from vitconvert.train import finetune as finetune_module
 
@@ -29,15 +30,8 @@ def data(tmp_path) -> Path:
     return small_tree(tmp_path / "train", dict.fromkeys(CLASSES[:2], 4))
 
 
-def finetune_cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        run(cli, ["finetune", *map(str, args)])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+def finetune_cli(capsys, *args) -> Result:
+    return vitconvert_cli(capsys, "finetune", *args)
 
 
 def fails(capsys, out: Path, *args, code: int = 1, trained: bool = False) -> str:
@@ -87,7 +81,7 @@ def test_an_existing_out_is_kept_without_force(capsys, tiny_parent, data, tmp_pa
     out = tmp_path / "o.safetensors"
     out.write_bytes(b"mine")
     err = fails(capsys, out, tiny_parent, data, out, *QUICK)
-    assert err == f"error: output {out} exists; pass --force (force=True) to replace it"
+    assert err == f"error: output {out} exists; pass --force to replace it"
     assert out.read_bytes() == b"mine"
     assert finetune_cli(capsys, tiny_parent, data, out, *QUICK, "--force")[0] == 0
     assert read_record(out).labels == tuple(CLASSES[:2])
@@ -125,7 +119,7 @@ def test_unreadable_images_are_skipped_with_a_count_and_names_or_refused_with_st
     assert code == 0 and out.is_file()
     assert err.startswith(f"warning: {data}: skipped 2 of 10 images that cannot be read ({data / 'bag' / 'broken.png'}"
                           ": not an image file") and f"{data / 'bag' / 'empty.jpg'}: empty file" in err
-    assert err.rstrip().endswith("; --strict (strict=True) makes this an error") and len(err.splitlines()) == 1
+    assert err.rstrip().endswith("; --strict makes this an error") and len(err.splitlines()) == 1
     assert read_record(out).source.training["train_images"] == 8
 
 
@@ -147,8 +141,7 @@ def test_an_image_that_breaks_off_after_its_header_stops_the_run(capsys, tiny_pa
 
 def test_a_batch_larger_than_the_data(capsys, tiny_parent, data, tmp_path):
     err = fails(capsys, tmp_path / "o.safetensors", tiny_parent, data, tmp_path / "o.safetensors", "--batch-size", "9")
-    assert err == ("error: the batch size 9 is larger than the 8 training images; give a smaller --batch-size "
-                   "(batch_size=)")
+    assert err == ("error: the batch size 9 is larger than the 8 training images; give a smaller --batch-size")
 
 
 @pytest.mark.parametrize("kind", ["timm state dict in safetensors", "npz", "text"])
@@ -164,9 +157,12 @@ def test_weights_that_are_not_ours(capsys, data, tmp_path, kind):
 
         safetensors.torch.save_file({"head.weight": torch.zeros(2, 2)}, weights)
     err = fails(capsys, tmp_path / "o.safetensors", weights, data, tmp_path / "o.safetensors", *QUICK)
-    expected = ("no vitconvert metadata; convert the checkpoint first" if kind.startswith("timm")
-                else "not a safetensors file")
+    # what the file is (formats/file_kind.py's words), and the command that makes it usable
+    expected = {"npz": "is a NumPy .npz archive (a JAX checkpoint?), not a vitconvert weights file",
+                "timm state dict in safetensors": "is a safetensors checkpoint (not converted by vitconvert), not a "
+                                                  "vitconvert weights file", "text": "not a safetensors file"}[kind]
     assert err.startswith(f"error: {weights}") and expected in err
+    assert (f"convert it first: vitconvert convert {weights} OUT.safetensors" in err) == (kind != "text")
 
 
 def test_a_full_disk_while_writing_out(capsys, tiny_parent, data, tmp_path, monkeypatch):
@@ -223,4 +219,55 @@ def test_plot_without_matplotlib_is_said_before_training(capsys, tiny_parent, da
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets when it is not installed
     err = fails(capsys, tmp_path / "o.safetensors", tiny_parent, data, tmp_path / "o.safetensors", *QUICK,
                 "--plot", tmp_path / "curves.png")
-    assert err == "error: --plot (plot=) needs matplotlib: pip install 'vitconvert[train]'"
+    assert err == "error: --plot needs matplotlib: pip install 'vitconvert[train]'"
+
+
+def finetune_process(*args) -> subprocess.CompletedProcess:
+    """`vitconvert finetune ARGS` in a fresh interpreter that then says whether it imported torch."""
+    code = ("import sys\n"
+            "from vitconvert.cli import main\n"
+            "try:\n    main()\n"
+            "finally:\n    print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n")
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-c", code, "finetune", *map(str, args)], capture_output=True, text=True,
+                          check=False, env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+
+
+@pytest.mark.parametrize("mistake", ["existing out", "missing data", "missing out directory", "out.txt",
+                                     "plot directory"])
+def test_path_mistakes_are_answered_before_torch_is_imported(tiny_parent, data, tmp_path, mistake):
+    out, extra = tmp_path / "o.safetensors", []
+    expected = {"existing out": f"error: output {out} exists; pass --force to replace it",
+                "missing data": f"error: {tmp_path / 'nodata'}: no such folder or CSV file",
+                "missing out directory": f"error: output directory {tmp_path / 'no'} does not exist",
+                "out.txt": f"error: output {tmp_path / 'o.txt'}: the file written is safetensors; give a name "
+                           "ending in .safetensors",
+                "plot directory": f"error: --plot directory {tmp_path / 'no'} does not exist"}[mistake]
+    if mistake == "existing out":
+        out.write_bytes(b"mine")
+    elif mistake == "missing data":
+        data = tmp_path / "nodata"
+    elif mistake == "missing out directory":
+        out = tmp_path / "no" / "o.safetensors"
+    elif mistake == "out.txt":
+        out = tmp_path / "o.txt"
+    else:
+        extra = ["--plot", tmp_path / "no" / "curves.png"]
+    proc = finetune_process(tiny_parent, data, out, *QUICK, *extra)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [expected, "torch imported: False"]
+
+
+def test_the_bar_is_drawn_on_a_terminal_stderr_with_json_on_stdout(capsys, tiny_parent, data, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    code, out, err = finetune_cli(capsys, tiny_parent, data, tmp_path / "o.safetensors", "--epochs", "1", "--json",
+                                  *QUICK[2:])
+    assert code == 0 and re.search(r"epoch 1/1 \[#{24}\] 100% 2/2 loss", err)
+    assert [json.loads(line)["epoch"] for line in out.splitlines()] == [1]
+
+
+def test_help_shows_percent_signs_once(capsys):
+    code, out, _ = finetune_cli(capsys, "--help")
+    assert code == 0 and "5-100% of the image" in " ".join(out.split()) and "%%" not in out
