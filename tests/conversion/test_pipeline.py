@@ -15,25 +15,15 @@ import torch
 from helpers import big_vision_layouts as bv
 from helpers import jeonsworld
 from helpers import published_layouts as pl
+from helpers.cli import vitconvert_cli as vitconvert
 from helpers.timm_reference import timm_vit
 from safetensors.torch import save_file
 
 from vitconvert import VitConvertError, convert, read_record
-from vitconvert.cli import cli
-from vitconvert.cli.errors import run
 
 vit_pytorch = pytest.importorskip("vit_pytorch")
 
 
-def vitconvert(capsys, *args: object) -> tuple[int, str, str]:
-    """Run the command line in-process: (exit code, stdout, stderr)."""
-    try:
-        run(cli, [str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # --- each kind of file: SRC -> (its own command with its options, the format detection must find) ----------
