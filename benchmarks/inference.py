@@ -20,14 +20,14 @@ def models(timm_name: str, res: int, realistic: bool = False):
     """(ours, timm's) holding the same weights: timm's initialisation, or `realistic_random` ones."""
     import timm
 
-    from vitconvert.conversion.timm import infer_config
+    from vitconvert.conversion.timm import config_from_shapes
     from vitconvert.model.loading import at_size, build_with_weights
 
     theirs = timm.create_model(timm_name, pretrained=False, img_size=res).eval()
     if realistic:
         realistic_random(theirs)
     state = theirs.state_dict()
-    cfg = infer_config({k: tuple(v.shape) for k, v in state.items()}, timm_name,
+    cfg = config_from_shapes({k: tuple(v.shape) for k, v in state.items()}, timm_name,
                        num_heads=theirs.blocks[0].attn.num_heads).config
     ours = build_with_weights(*at_size(cfg, state, (res, res)))
     return ours, theirs

@@ -23,6 +23,7 @@ _EXPORTS = {
     "load_model": "model.loading",
     "save_weights": "model.loading",
     "resample_pos_embed": "model.posembed",
+    "convert": "conversion.pipeline",
     "convert_jax": "conversion.jax",
     "convert_timm": "conversion.timm",
     "convert_torch": "conversion.tutorial_vits",

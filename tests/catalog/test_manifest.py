@@ -497,7 +497,7 @@ def test_timm_models_read_back_as_the_entrys_architecture(e):
     big_vision ports, the JAX models tanh; timm's hybrid ResNet GroupNorm eps is 1e-5, flax's 1e-6), so
     `vitconvert verify` on a converted download against its timm tag compares like with like. (The 2020
     ImageNet-21k tags have no head in timm.)"""
-    from vitconvert.conversion.timm import create_timm_model, timm_config
+    from vitconvert.conversion.timm_models import create_timm_model, timm_config
 
     cfg = timm_config(create_timm_model(e.timm_model, meta=True), e.timm_model)
     hybrid = e.config.hybrid_layers is not None

@@ -293,7 +293,7 @@ def test_corrupt_member_is_a_clear_error(tmp_path) -> None:
     pl.write_npz(pl.random_timm_vit("tiny"), tmp_path / "t.npz", "vit_jax")
     raw = bytearray((tmp_path / "t.npz").read_bytes())
     (tmp_path / "cut.npz").write_bytes(bytes(raw[: len(raw) // 2]))
-    with pytest.raises(VitConvertError, match="not a readable .npz"):
+    with pytest.raises(VitConvertError, match="truncated or damaged: it begins as a zip archive"):
         convert_jax(tmp_path / "cut.npz", tmp_path / "out.safetensors")
     assert zipfile.is_zipfile(tmp_path / "t.npz")
 

@@ -162,7 +162,7 @@ def test_the_model_name_gives_the_activation_and_eps_the_shapes_cannot_show(tmp_
 
     from timm.layers import LayerNorm
 
-    from vitconvert.conversion import timm as convert
+    from vitconvert.conversion import timm_models as convert
 
     torch.save(timm_vit("vit_tiny_patch16_224").state_dict(), tmp_path / "t.pth")
     plain = convert_timm(tmp_path / "t.pth", tmp_path / "plain.safetensors")

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 
 from vitconvert import VitConvertError, convert_timm, load_model
-from vitconvert.conversion.timm import create_timm_model, timm_config
+from vitconvert.conversion.timm_models import create_timm_model, timm_config
 
 # float32, the same weights on both sides. Measured over the 166 architectures: at most 1.5e-6 (the giant DINOv2
 # and TIPSv2). forward_features (every token through every block) is 0 for all; the rest is rounding, in the

@@ -103,7 +103,7 @@ def convert_entry(entry: CheckpointEntry, src: Path, dst: Path, *, force: bool =
                   status: Status | None = None) -> Path:
     """Convert the downloaded `src` of `entry` to our weights file `dst` (atomically), with the
     manifest's preprocessing and label set, and check that it is the architecture the manifest says."""
-    from ..conversion.jax import convert_jax
+    from ..conversion.pipeline import convert
     from ..formats.safetensors_file import atomic_output
 
     (status or _silent)(f"{entry.name}: converting to {dst}")
@@ -112,8 +112,8 @@ def convert_entry(entry: CheckpointEntry, src: Path, dst: Path, *, force: bool =
         # The entry as the catalog: the converter takes from it what the file cannot show (how its positions
         # are resized, the authors' image size) and names it in the record; no other entry that shares the
         # file name can answer instead.
-        got = convert_jax(src, tmp, force=True, gelu="tanh", dtype="float32", preprocess=entry.preprocess,
-                          labels=entry.labels, catalog=_Downloaded(entry)).config
+        got = convert(src, tmp, source="jax", force=True, gelu="tanh", dtype="float32", preprocess=entry.preprocess,
+                      labels=entry.labels, catalog=_Downloaded(entry)).config
         if got != entry.config:
             want, have = entry.config.to_dict(), got.to_dict()
             diff = ", ".join(f"{k}: manifest {want[k]!r}, file {have[k]!r}" for k in want if want[k] != have[k])

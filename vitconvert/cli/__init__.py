@@ -20,7 +20,7 @@ def cli(ctx: click.Context) -> None:
 
     \b
     Typical use:
-      vitconvert jax2torch ViT-B_16.npz vit-b16.safetensors
+      vitconvert convert ViT-B_16.npz vit-b16.safetensors
       vitconvert verify vit-b16.safetensors --timm-model vit_base_patch16_224.augreg_in21k_ft_in1k
       vitpredict cat.jpg --weights vit-b16.safetensors
       vitconvert export vit-b16.safetensors --to onnx vit-b16.onnx
@@ -41,13 +41,13 @@ def main() -> None:
 
 
 def _register() -> None:
-    from .convert import hf2torch, jax2torch, timm2torch, torch2torch
+    from .convert import convert_cmd, hf2torch, jax2torch, timm2torch, torch2torch
     from .export import export
     from .finetune import finetune_cmd
     from .manifest import download_cmd, list_cmd
     from .verify import verify
 
-    for command in (jax2torch, timm2torch, hf2torch, torch2torch, verify, export, list_cmd, download_cmd,
+    for command in (convert_cmd, jax2torch, timm2torch, hf2torch, torch2torch, verify, export, list_cmd, download_cmd,
                     finetune_cmd):
         cli.add_command(command)
 

@@ -1,4 +1,5 @@
-"""`vitconvert jax2torch`, `timm2torch`, `hf2torch` and `torch2torch`."""
+"""`vitconvert convert` (any source format, recognised from the file), and the per-format `jax2torch`,
+`timm2torch`, `hf2torch` and `torch2torch`: all of them the library's one `convert_source` call."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ DTYPES = click.Choice(["float32", "bfloat16", "float16"])
 POS_RESIZE = click.Choice(get_args(get_type_hints(ViTConfig)["pos_resize"]))
 
 
-def _report(record, dst: str, as_json: bool) -> None:
+def _report(converted, dst: str, as_json: bool) -> None:
+    record = converted.record
     if as_json:
-        click.echo(json.dumps({"output": dst, "record": json.loads(record.to_json())}, indent=2))
+        click.echo(json.dumps({"output": dst, "format": converted.format, "record": json.loads(record.to_json()),
+                               "left_out": converted.left_out}, indent=2))
         return
     c = record.config
     arch = f"{c.embed_dim}-wide, {c.depth} blocks, {c.num_heads} heads, patch {c.patch_size}"
@@ -59,14 +62,32 @@ def _labels(value: str | None) -> str | list[str] | None:
     return read_label_file(value)
 
 
-def _convert(convert: Callable[..., Any], src: str, dst: str, labels: str | None, quiet: bool, as_json: bool,
-             **options: Any) -> None:
-    """Run a converter under a progress bar with the --labels it was given, then print what it wrote."""
+def _convert(source: str | None, src: str, dst: str, labels: str | None, quiet: bool, as_json: bool, *,
+             options: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None, **shared: Any) -> None:
+    """Convert under a progress bar with the --labels it was given, then print what was written. options: the
+    format options given (a format that does not take one is a usage error); defaults: used where it does."""
+    from ..conversion.pipeline import convert_source
+    from ..conversion.source import OptionError
+
     names = _labels(labels)
-    with progress_bar("converting", quiet, in_bytes=True) as progress:
-        record = convert(src, dst, labels=names, progress=progress.update, **options)
+    try:
+        with progress_bar("converting", quiet, in_bytes=True) as progress:
+            converted = convert_source(src, dst, source=source, labels=names, progress=progress.update,
+                                       options={k: v for k, v in (options or {}).items() if v is not None},
+                                       defaults=defaults, **shared)
+    except OptionError as e:
+        flags = {o.name: o.flag for fmt in _all_formats() for o in fmt.options if o.flag}
+        takes = ", ".join(o.flag for o in e.format.options if o.flag) or "none of them"
+        raise click.UsageError(f"{', '.join(flags.get(n, n) for n in e.names)} does not apply to --from "
+                               f"{e.format.name} (it takes {takes})") from None
     if not quiet or as_json:
-        _report(record, dst, as_json)
+        _report(converted, dst, as_json)
+
+
+def _all_formats() -> list:
+    from ..conversion.source import all_formats
+
+    return all_formats()
 
 
 def converter_options(command: Callable) -> Callable:
@@ -122,11 +143,10 @@ def jax2torch(src: str, dst: str, gelu: str, labels: str | None, dtype: str, for
       vitconvert jax2torch webli_en_b16_224_63724782.npz siglip-b16.safetensors
       vitconvert jax2torch my_flexivit.npz flexivit.safetensors --pos-resize flexivit
     """
-    from ..conversion.jax import convert_jax
     from ..catalog.manifest import load_manifest
 
-    _convert(convert_jax, src, dst, labels, quiet, as_json, force=force, gelu=gelu, dtype=dtype,
-             catalog=load_manifest(), allow_nonfinite=allow_nonfinite, pos_resize=pos_resize)
+    _convert("jax", src, dst, labels, quiet, as_json, options=dict(gelu=gelu, catalog=load_manifest()), force=force,
+             dtype=dtype, allow_nonfinite=allow_nonfinite, pos_resize=pos_resize)
 
 
 @click.command("timm2torch")
@@ -163,9 +183,7 @@ def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, la
       vitconvert timm2torch finetuned.pth birds.safetensors --heads 6 --labels bird_names.txt
       vitconvert timm2torch dino_deitsmall16_pretrain.pth dino-s16.safetensors --pos-resize dino
     """
-    from ..conversion.timm import convert_timm
-
-    _convert(convert_timm, src, dst, labels, quiet, as_json, model=model_name, num_heads=heads, force=force,
+    _convert("timm", src, dst, labels, quiet, as_json, options=dict(model=model_name, num_heads=heads), force=force,
              dtype=dtype, allow_nonfinite=allow_nonfinite, pos_resize=pos_resize)
 
 
@@ -193,9 +211,7 @@ def hf2torch(src: str, dst: str, labels: str | None, dtype: str, force: bool, al
       vitconvert hf2torch deit-base-distilled-patch16-224/ deit-b16.safetensors --json
       vitconvert hf2torch my-finetune/ birds.safetensors --labels bird_names.txt --force
     """
-    from ..conversion.hf import convert_hf
-
-    _convert(convert_hf, src, dst, labels, quiet, as_json, force=force, dtype=dtype, allow_nonfinite=allow_nonfinite,
+    _convert("hf", src, dst, labels, quiet, as_json, force=force, dtype=dtype, allow_nonfinite=allow_nonfinite,
              pos_resize=pos_resize)
 
 
@@ -266,8 +282,64 @@ def torch2torch(src: str, dst: str, source: str, model_args: str | None, names: 
       vitconvert torch2torch model.pth model.safetensors --source torch-encoder --model-args '{"nhead": 4}'
       vitconvert torch2torch model.pth model.safetensors --source torch-encoder --model-args '{"nhead": 4, "norm_first": true, "activation": "gelu"}' --map patch_embed=to_patches,cls_token=cls,pos_embed=pos,head=fc
     """
-    from ..conversion.tutorial_vits import convert_torch
-
     args, parts = _json_object(model_args, "--model-args"), _names(names)
-    _convert(convert_torch, src, dst, labels, quiet, as_json, source=source, model_args=args, names=parts,
+    if parts and source != "torch-encoder":
+        raise click.UsageError(f"--map names the parts around an nn.TransformerEncoder; {source}'s names are known")
+    _convert(source, src, dst, labels, quiet, as_json, options=dict(model_args=args, names=parts), force=force,
+             dtype=dtype, allow_nonfinite=allow_nonfinite, pos_resize=pos_resize)
+
+
+class _ConvertCommand(click.Command):
+    """`vitconvert convert`, whose --help lists the registry's formats (imported only when help is asked)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Formats (--from)"):
+            formatter.write_dl([(fmt.name, fmt.summary) for fmt in _all_formats()])
+        with formatter.section("Examples"):
+            lines = [fmt.example for fmt in _all_formats() if fmt.example]
+            lines += ["vitconvert convert model.pth out.safetensors --from timm --model vit_small_patch16_224.augreg_in21k",
+                      "vitconvert convert ViT-B_16.npz out.safetensors --gelu erf --dtype bfloat16 --json"]
+            formatter.write_text("\b\n" + "\n".join(lines))
+        super().format_epilog(ctx, formatter)
+
+
+@click.command("convert", cls=_ConvertCommand)
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path(dir_okay=False))
+@click.option("--from", "source", metavar="FORMAT",
+              help="The source format (listed below); default: the one the file shows, from its magic bytes and key "
+                   "names (two that fit are an error naming both).")
+@click.option("--gelu", type=click.Choice(["tanh", "erf"]),
+              help="jax: the MLP activation to record, 'tanh' (the JAX models'; the default) or 'erf' (timm's).")
+@click.option("--model", "model_name", metavar="TIMM_NAME",
+              help="timm: timm's model name, with or without tag, for what the tensors do not show.")
+@click.option("--heads", type=click.IntRange(min=1), help="timm: attention heads, for a width that is not standard.")
+@click.option("--model-args", metavar="JSON",
+              help="lucidrains, jeonsworld, torch-encoder: what the weights do not show (see torch2torch --help).")
+@click.option("--map", "names", metavar="PART=NAME,...",
+              help="torch-encoder: the names of the parts around the encoder (see torch2torch --help).")
+@converter_options
+def convert_cmd(src: str, dst: str, source: str | None, gelu: str | None, model_name: str | None, heads: int | None,
+                model_args: str | None, names: str | None, labels: str | None, dtype: str, force: bool,
+                allow_nonfinite: bool, pos_resize: str | None, quiet: bool, as_json: bool) -> None:
+    """Convert a ViT checkpoint of any source format to a vitconvert weights file.
+
+    The format is recognised from SRC itself: an .npz's keys (Transformer/, params/, img/) for Google's
+    JAX files; a directory (or weights file) with transformers' config.json; a state dict's key names
+    (patch_embed. and blocks. for timm, DINO's teacher/backbone. too, to_patch_embedding. for
+    vit-pytorch, transformer.embeddings. for jeonsworld, layers.N.self_attn. for nn.TransformerEncoder).
+    Where two formats fit, or none, the error says which and what it looked for; --from chooses. The
+    format options (--gelu, --model, --heads, --model-args, --map) are refused for a format that does not
+    take them. Every source tensor is converted or listed, with its reason, as left out (the summary's
+    notes; --json's left_out). The result is the file jax2torch, timm2torch, hf2torch or torch2torch writes.
+    """
+    from ..catalog.manifest import load_manifest
+    from ..conversion.source import FORMATS
+
+    if source is not None and source not in FORMATS:
+        raise click.BadParameter(f"{source!r} is not a format; the formats are: {', '.join(FORMATS)}",
+                                 param_hint="--from")
+    options = dict(gelu=gelu, model=model_name, num_heads=heads, model_args=_json_object(model_args, "--model-args"),
+                   names=_names(names))
+    _convert(source, src, dst, labels, quiet, as_json, options=options, defaults=dict(catalog=load_manifest()),
              force=force, dtype=dtype, allow_nonfinite=allow_nonfinite, pos_resize=pos_resize)

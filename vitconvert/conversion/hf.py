@@ -21,14 +21,14 @@ from typing import Any
 from ..core.json_types import is_int, is_real
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
-from ..formats.dtypes import check_dtype
-from ..formats.paths import check_input, check_output
+from ..formats.paths import check_input
 from ..formats.safetensors_file import SafetensorsReader
-from ..formats.weights_file import Source, WeightsRecord, write_weights
+from ..formats.weights_file import WeightsRecord
 from . import hf_layouts
-from .hf_layouts import Layout
+from .hf_layouts import HfLayout
 from .hf_preprocess import preprocess_from
-from .mapping import ArrayReader, block_bindings, head_is_zero, plan_tensors
+from .mapping import ArrayReader, Shape, block_bindings
+from .source import Detection, Plan, Probe, Request, SourceFormat
 
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 PICKLES = (".bin", ".pth", ".pt")
@@ -81,11 +81,26 @@ def read_weights(path: Path) -> ArrayReader:
     """A reader of the checkpoint's tensors: numpy for safetensors; torch's weights-only unpickler for .bin."""
     if path.suffix == ".safetensors":
         return SafetensorsReader(path)
-    from .timm import TensorReader, read_state_dict  # torch, for pickles only
+    from ..formats.state_dict import TensorReader, read_state_dict  # torch, for pickles only
 
-    reader = TensorReader(read_state_dict(path).tensors)
-    reader.check_weights(reader.shapes, str(path))
-    return reader
+    return TensorReader(read_state_dict(path).tensors, path)
+
+
+class HfReader:
+    """A transformers checkpoint: its weights' tensors, and its config.json and preprocessor_config.json."""
+
+    def __init__(self, src: Path) -> None:
+        self.found = locate(src)
+        self.path = self.found.weights
+        self.tensors = read_weights(self.path)
+        self.shapes: Mapping[str, Shape] = self.tensors.shapes
+
+    def read(self, key: str):  # noqa: ANN201 (the inner reader's float32 array)
+        return self.tensors.read(key)
+
+    def check_weights(self, keys: list[str], where: str) -> None:
+        if check := getattr(self.tensors, "check_weights", None):
+            check(keys, where)
 
 
 def model_type(config: Mapping[str, Any], where: str) -> str:
@@ -97,7 +112,7 @@ def model_type(config: Mapping[str, Any], where: str) -> str:
     return kind
 
 
-def infer_config(config: Mapping[str, Any], layout: Layout, where: str) -> ViTConfig:
+def config_from_json(config: Mapping[str, Any], layout: HfLayout, where: str) -> ViTConfig:
     """Our config from config.json (transformers' defaults for keys it leaves out) and the layout."""
     defaults = hf_layouts.DEFAULTS[layout.model_type]
 
@@ -143,7 +158,7 @@ def infer_config(config: Mapping[str, Any], layout: Layout, where: str) -> ViTCo
         raise VitConvertError(f"{where}: {e}") from None
 
 
-def _num_classes(config: Mapping[str, Any], layout: Layout) -> int:
+def _num_classes(config: Mapping[str, Any], layout: HfLayout) -> int:
     if layout.head is None:
         return 0
     id2label = config.get("id2label")
@@ -168,7 +183,7 @@ def convert_hf(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = 
                labels: str | Sequence[str] | None = None, allow_nonfinite: bool = False,
                pos_resize: str | None = None, progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
     """Convert a transformers ViT, DeiT or Dinov2 checkpoint at `src` (its directory, or its weights file with
-    config.json beside it) into our weights file at `dst`.
+    config.json beside it) into our weights file at `dst`: `vitconvert.convert(..., source='hf')`.
 
     The architecture is config.json's; the class names its id2label's (unless `labels`: 'imagenet-1k',
     'imagenet-21k' or the names in class order); the preprocessing preprocessor_config.json's, where ours
@@ -176,19 +191,25 @@ def convert_hf(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = 
     embeddings for other input sizes, default 'transformers' (what transformers' model does).
     progress(done_bytes, total_bytes) is called after each tensor.
     """
-    check_dtype(dtype)
-    dst = check_output(dst, force)  # before reading anything large
-    found = locate(src)
+    from .pipeline import convert
+
+    return convert(src, dst, source="hf", force=force, dtype=dtype, labels=labels, pos_resize=pos_resize,
+                   allow_nonfinite=allow_nonfinite, progress=progress)
+
+
+POOLER = "the pooler beside the classifier: transformers' classification models do not run it"
+MASK_TOKEN = "Dinov2's mask_token: masked-image pre-training only"
+
+
+def _plan(reader: HfReader, request: Request) -> Plan:
+    found = reader.found
     where, config_file = str(found.weights), str(found.weights.parent / "config.json")
     kind = model_type(found.config, config_file)
-    reader = read_weights(found.weights)
     layout, ignored = hf_layouts.detect(kind, reader.shapes, where)
     swiglu = kind == "dinov2" and found.config.get("use_swiglu_ffn", False)
     layout = dataclasses.replace(layout, qkv_bias=found.config.get("qkv_bias", True),
                                  mlp=("swiglu" if layout.modular else "swiglu_packed") if swiglu else "mlp")
-    cfg = infer_config(found.config, layout, config_file)
-    specs = plan_tensors(hf_layouts.import_rules(layout), reader, block_bindings(cfg.depth), where=where,
-                         ignore=ignored)
+    cfg = config_from_json(found.config, layout, config_file)
     names, notes = class_names(found.config, cfg.num_classes)
     preprocess, more = preprocess_from(found.processor, kind, cfg.img_size, where)
     notes += more + _layout_notes(layout, ignored)
@@ -196,16 +217,12 @@ def convert_hf(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = 
         notes.append(f"the processor makes {preprocess.size[0]}x{preprocess.size[1]} inputs, the model is stored at "
                      f"{cfg.img_size[0]}x{cfg.img_size[1]}: run it with --res {preprocess.size[0]}x"
                      f"{preprocess.size[1]} (img_size=...) for transformers' pipeline")
-    record = WeightsRecord(
-        config=cfg if pos_resize is None else cfg.replace(pos_resize=pos_resize), preprocess=preprocess,
-        source=Source(format=f"transformers/{layout.architecture}", file=found.weights.name),
-        labels=labels if labels is not None else names, notes=tuple(notes),
-        head_is_zero=head_is_zero(specs))
-    return write_weights(dst, specs, record, source_path=found.weights, dtype=dtype, force=force,
-                         allow_nonfinite=allow_nonfinite, progress=progress)
+    return Plan(config=cfg, rules=hf_layouts.import_rules(layout), bindings=block_bindings(cfg.depth),
+                source_format=f"transformers/{layout.architecture}", preprocess=preprocess, labels=names,
+                notes=notes, left_out={k: MASK_TOKEN if k.endswith("mask_token") else POOLER for k in ignored})
 
 
-def _layout_notes(layout: Layout, ignored: tuple[str, ...]) -> list[str]:
+def _layout_notes(layout: HfLayout, ignored: tuple[str, ...]) -> list[str]:
     notes = []
     if layout.model_type == "deit" and layout.head != "teacher":
         notes.append("DeiT's distillation token, which no head of this model reads, is kept as a register token "
@@ -218,3 +235,33 @@ def _layout_notes(layout: Layout, ignored: tuple[str, ...]) -> list[str]:
     if layout.modular:
         notes.append("tensors named as transformers 5's modules (a state_dict saved as it is)")
     return notes
+
+
+def _detect(probe: Probe) -> Detection | None:
+    """A directory with config.json (save_pretrained's), or a weights file with one beside it, whose model_type
+    is one hf2torch converts."""
+    folder = probe.path if probe.kind.kind == "directory" else probe.path.parent
+    if probe.kind.kind not in ("directory", "safetensors", "pickle", "torch-zip"):
+        return None
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        kind = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        kind = None
+    if kind not in hf_layouts.MODEL_TYPES:
+        return None
+    if probe.kind.kind != "directory" and not any(k.startswith(("embeddings.", f"{kind}.embeddings."))
+                                                  for k in probe.keys):
+        return None  # a config.json beside some other checkpoint
+    return Detection(1.0, f"config.json with model_type {kind!r}" + (" beside it" if probe.kind.kind != "directory"
+                                                                      else ""))
+
+
+HF = SourceFormat(
+    name="hf", summary="Hugging Face transformers ViT, DeiT, Dinov2 (save_pretrained's directory, or its weights file)",
+    detect=_detect, open=HfReader, plan=_plan,
+    example="vitconvert convert vit-base-patch16-224/ vit-b16.safetensors",
+    looks_for=f"a directory (or a weights file beside) with a config.json of model_type "
+              f"{', '.join(hf_layouts.MODEL_TYPES)}")

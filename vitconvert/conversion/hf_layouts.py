@@ -50,7 +50,7 @@ UNUSED = {"dinov2": ("embeddings.mask_token",)}
 
 
 @dataclass(frozen=True)
-class Layout:
+class HfLayout:
     model_type: str  # 'vit', 'deit' or 'dinov2'
     # Where the encoder's tensors are: '' in the bare encoders (ViTModel, ...), 'vit.' / 'deit.' under a head.
     prefix: str = ""
@@ -79,7 +79,7 @@ class Pair:
     over: str | None = None  # 'block': once per layer, as {i}
 
 
-def pairs(layout: Layout) -> list[Pair]:
+def pairs(layout: HfLayout) -> list[Pair]:
     p, dinov2, modular = layout.prefix, layout.model_type == "dinov2", layout.modular
     emb = f"{p}embeddings."
     layer = f"{p}layers.{{i}}." if modular and not dinov2 else f"{p}encoder.layer.{{i}}."
@@ -154,17 +154,17 @@ def _rules(pairs_: list[Pair], to_ours: bool) -> list[Rule]:
     return rules
 
 
-def import_rules(layout: Layout) -> list[Rule]:
+def import_rules(layout: HfLayout) -> list[Rule]:
     """Their tensors -> ours."""
     return _rules(pairs(layout), to_ours=True)
 
 
-def export_rules(layout: Layout) -> list[Rule]:
+def export_rules(layout: HfLayout) -> list[Rule]:
     """Our tensors -> theirs."""
     return _rules(pairs(layout), to_ours=False)
 
 
-def detect(model_type: str, shapes: Mapping[str, Shape], where: str) -> tuple[Layout, tuple[str, ...]]:
+def detect(model_type: str, shapes: Mapping[str, Shape], where: str) -> tuple[HfLayout, tuple[str, ...]]:
     """The layout of a checkpoint of `model_type` from its keys (which head, a pooler, which names), and the
     keys transformers would not run, which are left out: a pooler beside a classifier (transformers builds
     its classifiers without one) and Dinov2's mask token. qkv_bias and the MLP kind are the config's."""
@@ -183,7 +183,7 @@ def detect(model_type: str, shapes: Mapping[str, Shape], where: str) -> tuple[La
     if pooler and head:
         ignored += (f"{prefix}pooler.dense.weight", f"{prefix}pooler.dense.bias")
     modular = any(f"{prefix}{layers}.0.attention.q_proj.weight" in shapes for layers in ("layers", "encoder.layer"))
-    return Layout(model_type, prefix, head, pooler and not head, modular=modular,
+    return HfLayout(model_type, prefix, head, pooler and not head, modular=modular,
                   second_token="dist_token" if head == "teacher" else "reg_token"), ignored
 
 

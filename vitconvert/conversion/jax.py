@@ -15,12 +15,12 @@ from typing import Protocol
 
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
-from ..formats.dtypes import check_dtype
 from ..formats.npz import NpzReader
-from ..formats.paths import check_output
-from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
+from ..formats.weights_file import Preprocess, WeightsRecord, label_set_for
 from . import jax_layouts
-from .mapping import head_is_zero, plan_tensors, source_dims
+from .jax_layouts import JaxLayout
+from .mapping import source_dims
+from .source import Detection, Option, Plan, Probe, Request, SourceFormat
 
 GELU = {"tanh": "gelu_tanh", "erf": "gelu"}
 
@@ -37,7 +37,7 @@ class Shaped(Protocol):
     shapes: Mapping[str, tuple[int, ...]]
 
 
-def infer_config(reader: Shaped, layout: jax_layouts.Layout, act: str) -> ViTConfig:
+def config_from_shapes(reader: Shaped, layout: JaxLayout, act: str) -> ViTConfig:
     """The architecture, from array shapes alone."""
     s, p, where = reader.shapes, layout.prefix, str(reader.path)
     kh, kw, in_chs, dim = source_dims(s, f"{p}embedding/kernel", 4, where)
@@ -90,7 +90,7 @@ def infer_config(reader: Shaped, layout: jax_layouts.Layout, act: str) -> ViTCon
     return base.replace(img_size=(side * base.total_stride,) * 2)
 
 
-def layout_notes(reader: NpzReader, layout: jax_layouts.Layout, cfg: ViTConfig) -> list[str]:
+def layout_notes(reader: NpzReader, layout: JaxLayout, cfg: ViTConfig) -> list[str]:
     """What the record should say about how the file became this model."""
     notes = []
     if any(reader.stored_dtype(k) == "bfloat16" for k in reader.shapes):
@@ -133,7 +133,7 @@ class Catalog(Protocol):
 class Identified:
     """A file's layout and architecture, and the published checkpoint it is, if a catalog knows it."""
 
-    layout: jax_layouts.Layout
+    layout: JaxLayout
     config: ViTConfig  # pos_resize: the published checkpoint's, else 'bicubic'
     known: Published | None
     notes: tuple[str, ...]
@@ -143,7 +143,7 @@ def identify(reader: Shaped, act: str = GELU["tanh"], catalog: Catalog | None = 
     """The layout and architecture from the shapes alone, then the published checkpoint `catalog` knows
     by the file's name and that architecture (what `convert_jax` records, and `download` checks)."""
     layout = jax_layouts.detect(reader.shapes, str(reader.path))
-    cfg = infer_config(reader, layout, act)
+    cfg = config_from_shapes(reader, layout, act)
     notes = []
     if catalog is None:
         return Identified(layout, cfg.replace(pos_resize="bicubic"), None, ())
@@ -164,7 +164,8 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
                 labels: str | Sequence[str] | None = None, catalog: Catalog | None = None,
                 allow_nonfinite: bool = False, pos_resize: str | None = None,
                 progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
-    """Convert a JAX `.npz` ViT checkpoint at `src` into our weights file at `dst`.
+    """Convert a JAX `.npz` ViT checkpoint at `src` into our weights file at `dst`: `vitconvert.convert(...,
+    source='jax')`.
 
     gelu: 'tanh' (what the JAX models were trained with; exact reproduction) or 'erf' (timm's).
     dtype: stored tensor dtype. preprocess / labels ('imagenet-1k', 'imagenet-21k' or the class
@@ -181,38 +182,57 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
     (recorded as `head_is_embedding`), not a classifier.
     progress(done_bytes, total_bytes) is called after each tensor.
     """
+    from .pipeline import convert
+
+    return convert(src, dst, source="jax", force=force, dtype=dtype, labels=labels, preprocess=preprocess,
+                   pos_resize=pos_resize, allow_nonfinite=allow_nonfinite, progress=progress, gelu=gelu,
+                   catalog=catalog)
+
+
+def _detect(probe: Probe) -> Detection | None:
+    if probe.kind.kind != "npz":
+        return None
+    try:
+        layout = jax_layouts.detect(dict.fromkeys(probe.keys), str(probe.path))
+    except VitConvertError:
+        return None
+    return Detection(1.0, f"an .npz with {layout.prefix}embedding/kernel: the {layout.name} layout")
+
+
+def _plan(reader: NpzReader, request: Request) -> Plan:
+    gelu = request.options.get("gelu", "tanh")
     if gelu not in GELU:
         raise VitConvertError(f"gelu must be 'tanh' or 'erf', got {gelu!r}")
-    check_dtype(dtype)
-    src, dst = Path(src), check_output(dst, force)  # before reading anything large
-    with NpzReader(src) as reader:
-        found = identify(reader, GELU[gelu], catalog)
-        layout, cfg, known = found.layout, found.config, found.known
-        specs = plan_tensors(jax_layouts.rules(layout), reader, jax_layouts.bindings(cfg.depth, cfg.hybrid_layers),
-                             where=str(src), ignore=layout.other_tower(reader.shapes))
-        notes = [*layout_notes(reader, layout, cfg), *found.notes]
-        wanted = [what for what, given in (("preprocessing", preprocess), ("labels", labels)) if given is None]
-        if known:
-            preprocess = preprocess or known.preprocess
-            labels = known.labels if labels is None else labels
-            if wanted:
-                notes.append(f"{' and '.join(wanted)} of the published checkpoint '{known.name}' "
-                             f"({known.preprocess_source})")
-            if pos_resize is None and cfg.pos_resize != "bicubic":
-                notes.append(f"position embeddings resized '{cfg.pos_resize}' at other sizes, as the published "
-                             f"checkpoint '{known.name}' is run")
-        if pos_resize is not None:
-            cfg = cfg.replace(pos_resize=pos_resize)
-        embedding = layout.two_tower and cfg.num_classes > 0
-        record = WeightsRecord(
-            config=cfg,
-            preprocess=preprocess or Preprocess.google(cfg.img_size),
-            source=Source(format=f"jax-npz/{layout.name}" + ("-scanned" if layout.scanned else ""),
-                          file=src.name),
-            labels=labels if labels is not None or embedding else label_set_for(cfg.num_classes),
-            head_is_zero=head_is_zero(specs),
-            head_is_embedding=embedding,
-            notes=tuple(notes),
-        )
-        return write_weights(dst, specs, record, source_path=src, dtype=dtype, force=force,
-                             allow_nonfinite=allow_nonfinite, progress=progress, before_commit=reader.verify)
+    found = identify(reader, GELU[gelu], request.options.get("catalog"))
+    layout, cfg, known = found.layout, found.config, found.known
+    notes = [*layout_notes(reader, layout, cfg), *found.notes]
+    embedding = layout.two_tower and cfg.num_classes > 0
+    labels = known.labels if known else None
+    if known:
+        wanted = [what for what, given in (("preprocessing", request.preprocess), ("labels", request.labels))
+                  if given is None]
+        if wanted:
+            notes.append(f"{' and '.join(wanted)} of the published checkpoint '{known.name}' "
+                         f"({known.preprocess_source})")
+        if request.pos_resize is None and cfg.pos_resize != "bicubic":
+            notes.append(f"position embeddings resized '{cfg.pos_resize}' at other sizes, as the published "
+                         f"checkpoint '{known.name}' is run")
+    o = layout.outer
+    left_out = {k: "the text tower of a two-tower image-text model" if k.startswith(f"{o}txt/") else
+                "a scalar of the image-text loss (temperature t, bias b)" for k in layout.other_tower(reader.shapes)}
+    return Plan(
+        config=cfg, rules=jax_layouts.rules(layout), bindings=jax_layouts.bindings(cfg.depth, cfg.hybrid_layers),
+        source_format=f"jax-npz/{layout.name}" + ("-scanned" if layout.scanned else ""),
+        preprocess=known.preprocess if known else Preprocess.google(cfg.img_size),
+        labels=labels if labels is not None or embedding else label_set_for(cfg.num_classes),
+        notes=notes, left_out=left_out, head_is_embedding=embedding)
+
+
+JAX = SourceFormat(
+    name="jax", summary="Google's JAX .npz checkpoints: vit_jax (2020, AugReg), big_vision (SigLIP, FlexiViT, ...)",
+    detect=_detect, open=NpzReader, plan=_plan,
+    options=(Option("gelu", "--gelu", "the MLP activation to record: 'tanh' (the JAX models'; default) or 'erf'"),
+             Option("catalog", "", "the published checkpoints the file's name is looked up in (Python only; the "
+                                   "command line gives the manifest)")),
+    example="vitconvert convert ViT-B_16.npz vit-b16.safetensors",
+    looks_for="an .npz with embedding/kernel at the top or under opt/target/, params/, img/ or params/img/")

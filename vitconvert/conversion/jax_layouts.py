@@ -98,7 +98,7 @@ OUT_KERNEL = Op("attention out kernel (H, Dh, D) -> (D, H*Dh)",
 # --- layout detection -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Layout:
+class JaxLayout:
     name: str  # 'vit_jax' or 'big_vision'
     prefix: str
     scanned: bool
@@ -150,7 +150,7 @@ class Layout:
             f"{self.prefix}Transformer/posembed_input/pos_embedding"
 
 
-def detect(shapes: Mapping[str, Shape], where: str) -> Layout:
+def detect(shapes: Mapping[str, Shape], where: str) -> JaxLayout:
     prefix = next((p for p in PREFIXES if f"{p}embedding/kernel" in shapes), None)
     if prefix is None:
         sample = ", ".join(sorted(shapes)[:6])
@@ -165,12 +165,12 @@ def detect(shapes: Mapping[str, Shape], where: str) -> Layout:
     # a vit_jax file without its table stays vit_jax, and its missing key an error.
     sincos = linen and not vit_jax_pos and f"{prefix}pos_embedding" not in shapes
     big_vision = prefix.startswith("params/") or f"{prefix}pos_embedding" in shapes or sincos
-    return Layout("big_vision" if big_vision else "vit_jax", prefix, scanned, linen,
+    return JaxLayout("big_vision" if big_vision else "vit_jax", prefix, scanned, linen,
                   hybrid=f"{prefix}conv_root/kernel" in shapes, posemb="sincos2d" if sincos else "learn",
                   map_head=any(k.startswith(f"{prefix}MAPHead_0/") for k in shapes))
 
 
-def count_blocks(layout: Layout, shapes: Mapping[str, Shape], where: str = "checkpoint") -> int:
+def count_blocks(layout: JaxLayout, shapes: Mapping[str, Shape], where: str = "checkpoint") -> int:
     if layout.scanned:
         key = f"{layout.prefix}Transformer/encoderblock/LayerNorm_0/scale"
         if len(shapes[key]) != 2:
@@ -180,7 +180,7 @@ def count_blocks(layout: Layout, shapes: Mapping[str, Shape], where: str = "chec
     return len({m[1] for k in shapes if (m := pattern.match(k))})
 
 
-def hybrid_units(layout: Layout, shapes: Mapping[str, Shape], where: str = "checkpoint") -> tuple[int, ...]:
+def hybrid_units(layout: JaxLayout, shapes: Mapping[str, Shape], where: str = "checkpoint") -> tuple[int, ...]:
     """Units per ResNet stage, from keys 'block{s}/unit{u}/...' (1-based)."""
     return stage_units(shapes, re.compile(re.escape(layout.prefix) + r"block(\d+)/unit(\d+)/"), where)
 
@@ -203,7 +203,7 @@ def stage_units(shapes: Mapping[str, Shape], pattern: re.Pattern[str], where: st
 
 # --- the table ------------------------------------------------------------------------------------
 
-def rules(layout: Layout) -> list[Rule]:
+def rules(layout: JaxLayout) -> list[Rule]:
     p, blk = layout.prefix, layout.block_key
     mha, mlp, ln2 = layout.mha, layout.mlp, layout.ln2
     table = [

@@ -17,17 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..core.json_types import is_int, is_real
 from ..core.config import ViTConfig, timm_incompatibilities
 from ..core.errors import VitConvertError
-from ..formats.paths import check_output
-from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, write_weights
+from ..formats.weights_file import Preprocess, WeightsRecord, label_set_for
 from . import tutorial_layouts as layouts
 from .jax_layouts import bindings as resnet_bindings
-from .mapping import Op, Rule, Shape, block_bindings, head_is_zero, plan_tensors, source_dims
-from .timm import HEADS_BY_WIDTH, TensorReader, read_state_dict
+from .mapping import Op, Rule, Shape, block_bindings, source_dims
+from .source import Detection, Option, Plan, Probe, Request, SourceFormat
+from .timm import HEADS_BY_WIDTH
 
 SOURCES = ("lucidrains", "jeonsworld", "torch-encoder")
 # What --model-args may say, per source: its own constructor's argument names.
@@ -49,15 +48,15 @@ TORCH_LN_EPS = 1e-5
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What a source's state dict converts into."""
+class Planned:
+    """What a tutorial ViT's state dict converts into, as its planner reads it."""
 
     config: ViTConfig
     rules: list[Rule]
     bindings: dict[str, list[dict[str, object]]]
     format: str  # the record's source format
     notes: list[str] = field(default_factory=list)
-    ignore: tuple[str, ...] = ()  # keys that hold nothing (vit-pytorch's empty cls_token)
+    left_out: dict[str, str] = field(default_factory=dict)  # keys that hold nothing (vit-pytorch's empty cls_token)
     preprocess_known: bool = False  # the source's own evaluation transform is Preprocess' default
 
 
@@ -111,7 +110,10 @@ def _tokens(shape: Shape) -> int:
     return int(np.prod(shape[:-1])) if shape else 0
 
 
-def _lucidrains(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any], names: object) -> Plan:
+EMPTY_CLS = "vit-pytorch's empty cls_token (pool 'mean' since 1.16): it holds no token"
+
+
+def _lucidrains(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any], names: object) -> Planned:
     layout = layouts.lucidrains_layout(shapes, where)
     simple = layout.simple
 
@@ -186,12 +188,14 @@ def _lucidrains(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any]
     except VitConvertError as e:
         raise VitConvertError(f"{where}: {e}") from None
     rules = layouts.lucidrains_rules(layout, shapes, (ph, pw, chans), dim, bool(n_cls))
-    empty = ("cls_token",) if "cls_token" in shapes and not n_cls else ()
-    return Plan(cfg, rules, block_bindings(depth), f"torch/vit-pytorch-{layout.release}", notes, empty)
+    empty = {"cls_token": EMPTY_CLS} if "cls_token" in shapes and not n_cls else {}
+    return Planned(cfg, rules, block_bindings(depth), f"torch/vit-pytorch-{layout.release}", notes, empty)
 
 
 def _jeonsworld_standardized(w: np.ndarray) -> np.ndarray:
     """The kernel jeonsworld's StdConv2d convolves with, by its own float32 torch calls (so to the bit)."""
+    import torch
+
     t = torch.from_numpy(w)
     var, mean = torch.var_mean(t, dim=[1, 2, 3], keepdim=True, unbiased=False)
     return ((t - mean) / torch.sqrt(var + JEONSWORLD_WS_EPS)).numpy()
@@ -200,7 +204,7 @@ def _jeonsworld_standardized(w: np.ndarray) -> np.ndarray:
 JEONSWORLD_STD_CONV = Op("jeonsworld weight-standardized conv kernel", _jeonsworld_standardized, lambda s: s)
 
 
-def _jeonsworld(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any], names: object) -> Plan:
+def _jeonsworld(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any], names: object) -> Planned:
     def dims(key: str, rank: int) -> Shape:
         if key not in shapes:
             raise VitConvertError(f"{where}: not a jeonsworld ViT-pytorch state dict (no {key}); its keys begin: "
@@ -235,11 +239,11 @@ def _jeonsworld(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any]
         raise VitConvertError(f"{where}: {e}") from None
     notes.append("preprocessing: jeonsworld's test transform (Resize to the input size, bilinear; Normalize mean = "
                  "std = 0.5)")
-    return Plan(cfg, layouts.jeonsworld_rules(units is not None, JEONSWORLD_STD_CONV), resnet_bindings(depth, units),
+    return Planned(cfg, layouts.jeonsworld_rules(units is not None, JEONSWORLD_STD_CONV), resnet_bindings(depth, units),
                 "torch/jeonsworld-vit-pytorch", notes, preprocess_known=True)
 
 
-def _encoder(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any], given: Mapping[str, str] | None) -> Plan:
+def _encoder(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any], given: Mapping[str, str] | None) -> Planned:
     names = layouts.EncoderNames.parse(given)
     prefix = layouts.encoder_prefix(shapes, where)
     depth = layouts.count_blocks(shapes, f"{prefix}layers.")
@@ -304,12 +308,84 @@ def _encoder(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any], g
     notes = [f"nn.TransformerEncoder at '{prefix or '(top level)'}', norm_first={norm_first}, activation {cfg.act}"]
     if f"{layer}.norm1.weight" in shapes and f"{layer}.norm1.bias" not in shapes:
         notes.append("its LayerNorms have no bias (bias=False): stored as zeros")
-    return Plan(cfg, layouts.encoder_rules(prefix, names, shapes), block_bindings(depth), "torch/nn.TransformerEncoder",
+    return Planned(cfg, layouts.encoder_rules(prefix, names, shapes), block_bindings(depth), "torch/nn.TransformerEncoder",
                 notes)
 
 
-PLANNERS: dict[str, Callable[[Mapping[str, Shape], str, Mapping[str, Any], Any], Plan]] = {
+PLANNERS: dict[str, Callable[[Mapping[str, Shape], str, Mapping[str, Any], Any], Planned]] = {
     "lucidrains": _lucidrains, "jeonsworld": _jeonsworld, "torch-encoder": _encoder}
+
+
+def _open(path: Path) -> Any:
+    """A PyTorch state dict's tensors (a `formats.state_dict.TensorReader`: weights_only), torch imported for it."""
+    from ..formats.state_dict import TensorReader, read_state_dict
+
+    return TensorReader(read_state_dict(path).tensors, path)
+
+
+def _plan(source: str, reader: Any, request: Request) -> Plan:
+    args = dict(request.options.get("model_args") or {})
+    if unknown := sorted(set(args) - set(MODEL_ARGS[source])):
+        raise VitConvertError(f"model args {', '.join(map(repr, unknown))} mean nothing for {source}; it takes: "
+                              f"{', '.join(MODEL_ARGS[source])}")
+    planned = PLANNERS[source](reader.shapes, str(reader.path), args, request.options.get("names"))
+    cfg, notes = planned.config, list(planned.notes)
+    if request.preprocess is None and not planned.preprocess_known:
+        notes.append("the checkpoint does not say how its images were prepared: recorded squash to the input size, "
+                     "bilinear, mean = std = 0.5 (Python: convert_torch(..., preprocess=Preprocess(...)))")
+    if cannot := timm_incompatibilities(cfg):
+        notes.append(f"timm cannot load this file: {'; '.join(cannot)}")
+    return Plan(config=cfg, rules=planned.rules, bindings=planned.bindings, source_format=planned.format,
+                preprocess=Preprocess(size=cfg.img_size), labels=label_set_for(cfg.num_classes), notes=notes,
+                left_out=dict(planned.left_out))
+
+
+def _state_dict(probe: Probe) -> bool:
+    return probe.kind.kind in ("pickle", "torch-zip", "safetensors")
+
+
+def _detect_lucidrains(probe: Probe) -> Detection | None:
+    mark = next((k for k in probe.keys if k.startswith(("to_patch_embedding.", "patch_to_embedding."))), None)
+    if not _state_dict(probe) or mark is None or not any(k.startswith("transformer.layers.") for k in probe.keys):
+        return None
+    return Detection(1.0, f"a state dict with {mark} and transformer.layers.N.*")
+
+
+def _detect_jeonsworld(probe: Probe) -> Detection | None:
+    mark = f"{layouts.EMBEDDINGS}.patch_embeddings.weight"
+    if not _state_dict(probe) or mark not in probe.keys:
+        return None
+    return Detection(1.0, f"a state dict with {mark}")
+
+
+def _detect_encoder(probe: Probe) -> Detection | None:
+    layers = {m["prefix"] for k in probe.keys if (m := layouts.ENCODER_LAYER.match(k))}
+    if not _state_dict(probe) or not layers:
+        return None
+    return Detection(1.0, f"a state dict with {min(layers)}layers.N.self_attn.in_proj_weight (nn.TransformerEncoder)")
+
+
+MODEL_ARGS_OPTION = Option("model_args", "--model-args", "what the weights do not show, by the source's constructor "
+                                                           "argument names")
+LUCIDRAINS = SourceFormat(
+    name="lucidrains", summary="lucidrains' vit-pytorch ViT and SimpleViT (any release from 0.7.0)",
+    detect=_detect_lucidrains, open=_open, plan=lambda r, q: _plan("lucidrains", r, q),
+    options=(MODEL_ARGS_OPTION,),
+    example="vitconvert convert vit.pt vit.safetensors --model-args '{\"heads\": 8}'",
+    looks_for="to_patch_embedding.* and transformer.layers.N.*")
+JEONSWORLD = SourceFormat(
+    name="jeonsworld", summary="jeonsworld's ViT-pytorch (its R50 hybrid too)",
+    detect=_detect_jeonsworld, open=_open, plan=lambda r, q: _plan("jeonsworld", r, q),
+    options=(MODEL_ARGS_OPTION,),
+    example="vitconvert convert cifar10_checkpoint.bin vit-b16-cifar10.safetensors",
+    looks_for=f"{layouts.EMBEDDINGS}.patch_embeddings.weight")
+TORCH_ENCODER = SourceFormat(
+    name="torch-encoder", summary="a ViT built on torch.nn.TransformerEncoder",
+    detect=_detect_encoder, open=_open, plan=lambda r, q: _plan("torch-encoder", r, q),
+    options=(MODEL_ARGS_OPTION,
+             Option("names", "--map", "the state-dict names of the parts around the encoder (PART=NAME,...)")),
+    example="vitconvert convert model.pth model.safetensors --model-args '{\"nhead\": 4}'",
+    looks_for="*layers.N.self_attn.in_proj_weight (nn.TransformerEncoder)")
 
 
 def convert_torch(src: str | os.PathLike, dst: str | os.PathLike, *, source: str,
@@ -317,7 +393,8 @@ def convert_torch(src: str | os.PathLike, dst: str | os.PathLike, *, source: str
                   force: bool = False, dtype: str = "float32", labels: str | Sequence[str] | None = None,
                   preprocess: Preprocess | None = None, allow_nonfinite: bool = False, pos_resize: str | None = None,
                   progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
-    """Convert the state dict of a PyTorch ViT at `src` (.pth, .pt, .bin or .safetensors) into our weights file.
+    """Convert the state dict of a PyTorch ViT at `src` (.pth, .pt, .bin or .safetensors) into our weights file:
+    `vitconvert.convert(..., source=source)`.
 
     source: 'lucidrains' (vit-pytorch's ViT or SimpleViT, any release from 0.7.0), 'jeonsworld'
     (jeonsworld/ViT-pytorch, its hybrid too) or 'torch-encoder' (a ViT built on nn.TransformerEncoder).
@@ -330,30 +407,12 @@ def convert_torch(src: str | os.PathLike, dst: str | os.PathLike, *, source: str
     test transform); default: squash to the input size, bilinear, mean = std = 0.5.
     labels, dtype, pos_resize, allow_nonfinite, force, progress: as `convert_timm`.
     """
+    from .pipeline import convert
+
     if source not in SOURCES:
         raise VitConvertError(f"source must be one of {', '.join(map(repr, SOURCES))}, got {source!r}")
-    args = dict(model_args or {})
-    if unknown := sorted(set(args) - set(MODEL_ARGS[source])):
-        raise VitConvertError(f"model args {', '.join(map(repr, unknown))} mean nothing for {source}; it takes: "
-                              f"{', '.join(MODEL_ARGS[source])}")
     if names and source != "torch-encoder":
         raise VitConvertError(f"--map names the parts around an nn.TransformerEncoder; {source}'s names are known")
-    src, dst = Path(src), check_output(dst, force)  # before reading anything large
-    checkpoint = read_state_dict(src)
-    reader = TensorReader(checkpoint.tensors)
-    plan = PLANNERS[source](reader.shapes, str(src), args, names)
-    specs = plan_tensors(plan.rules, reader, plan.bindings, where=str(src), ignore=plan.ignore)
-    reader.check_weights(set(reader.shapes) - set(plan.ignore), str(src))
-    cfg, notes = plan.config, [*checkpoint.notes, *plan.notes]
-    if preprocess is None and not plan.preprocess_known:
-        notes.append("the checkpoint does not say how its images were prepared: recorded squash to the input size, "
-                     "bilinear, mean = std = 0.5 (Python: convert_torch(..., preprocess=Preprocess(...)))")
-    if cannot := timm_incompatibilities(cfg):
-        notes.append(f"timm cannot load this file: {'; '.join(cannot)}")
-    record = WeightsRecord(
-        config=cfg if pos_resize is None else cfg.replace(pos_resize=pos_resize),
-        preprocess=preprocess or Preprocess(size=cfg.img_size), source=Source(format=plan.format, file=src.name),
-        labels=labels if labels is not None else label_set_for(cfg.num_classes),
-        head_is_zero=head_is_zero(specs), notes=tuple(notes))
-    return write_weights(dst, specs, record, source_path=src, dtype=dtype, force=force,
-                         allow_nonfinite=allow_nonfinite, progress=progress)
+    options = {"model_args": model_args, **({"names": names} if source == "torch-encoder" else {})}
+    return convert(src, dst, source=source, force=force, dtype=dtype, labels=labels, preprocess=preprocess,
+                   pos_resize=pos_resize, allow_nonfinite=allow_nonfinite, progress=progress, **options)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..conversion import hf_layouts
-from ..conversion.hf_layouts import Layout
+from ..conversion.hf_layouts import HfLayout
 from ..conversion.hf_preprocess import processor_for
 from ..conversion.mapping import block_bindings, plan_tensors
 from ..core.config import ViTConfig
@@ -100,7 +100,7 @@ def _hidden(cfg: ViTConfig) -> int:
     return cfg.mlp_dim // 2 if cfg.mlp == "swiglu_packed" else cfg.mlp_dim
 
 
-def target_layout(cfg: ViTConfig, features: bool = False, where: str = "model") -> Layout:
+def target_layout(cfg: ViTConfig, features: bool = False, where: str = "model") -> HfLayout:
     """The transformers model that computes what `cfg` does (its features only, with `features`)."""
     problems = unexpressible(cfg, features)
     if problems:
@@ -108,16 +108,16 @@ def target_layout(cfg: ViTConfig, features: bool = False, where: str = "model") 
                               "nothing was written")
     head = cfg.num_classes > 0 and not features
     if cfg.layer_scale:
-        return Layout("dinov2", qkv_bias=cfg.qkv_bias, mlp=cfg.mlp)
+        return HfLayout("dinov2", qkv_bias=cfg.qkv_bias, mlp=cfg.mlp)
     if cfg.distilled or cfg.reg_tokens:
         kind = None if not head else "teacher" if cfg.distilled else "classifier"
-        return Layout("deit", "deit." if kind else "", kind, bool(cfg.representation_size), cfg.qkv_bias,
+        return HfLayout("deit", "deit." if kind else "", kind, bool(cfg.representation_size), cfg.qkv_bias,
                       second_token="dist_token" if cfg.distilled else "reg_token")
-    return Layout("vit", "vit." if head else "", "classifier" if head else None, bool(cfg.representation_size),
+    return HfLayout("vit", "vit." if head else "", "classifier" if head else None, bool(cfg.representation_size),
                   cfg.qkv_bias)
 
 
-def hf_config(record: WeightsRecord, layout: Layout, dtype: str) -> dict[str, Any]:
+def hf_config(record: WeightsRecord, layout: HfLayout, dtype: str) -> dict[str, Any]:
     """config.json for `layout`, from our record."""
     cfg = record.config
     h, w = cfg.img_size

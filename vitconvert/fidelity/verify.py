@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..conversion.timm import Difference, architecture_differences, create_timm_model, timm_config
+from ..conversion.timm_models import Difference, architecture_differences, create_timm_model, timm_config
 from ..core.config import ACTIVATIONS, ViTConfig
 from ..core.errors import VitConvertError
 from ..model.loading import at_size, build_with_weights, load_state_dict
@@ -103,7 +103,7 @@ def load_timm_weights(model: torch.nn.Module, name: str, native: ViTConfig, sour
         return "our file, through timm's checkpoint_filter_fn"
     if source.suffix == ".npz":
         from ..conversion import jax_layouts
-        from ..conversion.jax import infer_config as npz_config
+        from ..conversion.jax import config_from_shapes as npz_config
         from ..formats.npz import NpzReader
 
         with NpzReader(source) as reader:
@@ -112,10 +112,11 @@ def load_timm_weights(model: torch.nn.Module, name: str, native: ViTConfig, sour
         # timm finds '', opt/target/, params/ and params/img/ itself, but a LiT tower's img/ only when told.
         _load_weights(model, str(source), prefix=layout.prefix)
         return f"{source.name}, through timm's npz loader"
-    from ..conversion.timm import infer_config, read_state_dict
+    from ..conversion.timm import config_from_shapes, release_layout
+    from ..formats.state_dict import read_state_dict
 
-    state = read_state_dict(source).tensors
-    inferred = infer_config({k: tuple(v.shape) for k, v in state.items()}, str(source), named=True)
+    state = release_layout(read_state_dict(source).tensors)[0]
+    inferred = config_from_shapes({k: tuple(v.shape) for k, v in state.items()}, str(source), named=True)
     _refuse_differences(inferred.differences_from(native, ignore=MATCHED + NOT_ARCHITECTURE), source, name)
     try:
         state = checkpoint_filter_fn(state, model)

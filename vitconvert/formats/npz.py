@@ -42,7 +42,7 @@ class NpzReader:
         try:
             self._zip = zipfile.ZipFile(self.path)
         except CORRUPT as e:
-            raise VitConvertError(f"{self.path}: not a readable .npz (zip) file ({e})") from None
+            raise VitConvertError(f"{self.path}: {_unreadable(self.path)} ({e})") from None
         self._raw = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
         self._crc_thread = ThreadPoolExecutor(1, thread_name_prefix="npz-crc")
         self._crc_pending: Future | None = None
@@ -171,6 +171,20 @@ class NpzReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# Every zip archive begins with a local file header; its end, the central directory, lists the members.
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _unreadable(path: os.PathLike) -> str:
+    """Why a file zipfile cannot open is no .npz: cut short (it begins as one, but the central directory at
+    its end is missing, as after an interrupted download) or something else."""
+    with open(path, "rb") as f:
+        if f.read(4) == ZIP_MAGIC:
+            return ("truncated or damaged: it begins as a zip archive (an .npz), but the list of its arrays at the "
+                    "end is missing; download or copy it again")
+    return "not a readable .npz (zip) file"
 
 
 def is_bfloat16(dtype: np.dtype) -> bool:

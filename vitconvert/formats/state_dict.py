@@ -1,0 +1,127 @@
+"""PyTorch state dicts, read safely: a .safetensors, or a pickled .pth/.bin loaded with weights_only (no code
+runs), out of the wrappers training checkpoints keep them in. The reader three source formats share (timm, the
+tutorial ViTs, transformers' pytorch_model.bin); what a format makes of the keys is the format's.
+
+A checkpoint read with `keep=True` is kept for the next read of the same file, which takes it: `vitconvert
+convert` looks at the keys to recognise the format, then the format reads the file, and a pickle is read
+once. `forget()` lets a kept one go (a conversion that stopped before reading it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.errors import VitConvertError
+from .paths import check_input
+from .safetensors_file import read_header, read_tensors
+
+# Training checkpoints keep the weights under one of these (DINO: the teacher is the one to use).
+WRAPPERS = ("state_dict", "model", "model_ema", "module", "teacher", "student")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The tensors of a checkpoint, out of its wrappers and 'module.' prefixes."""
+
+    tensors: dict[str, torch.Tensor]
+    wrapper: tuple[str, ...] = ()  # the keys it was found under, outermost first (DINO: ('teacher',))
+
+
+_last: tuple[tuple[str, int, int], Checkpoint] | None = None
+
+
+def read_state_dict(path: str | os.PathLike, keep: bool = False) -> Checkpoint:
+    """Tensors of a .safetensors, or of a .pth/.bin read with weights_only (no code runs); `keep`: for the
+    next read of this file (unchanged since), which takes it."""
+    global _last
+    path = check_input(path, "a checkpoint file")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if _last is not None and _last[0] == key:
+        checkpoint, _last = _last[1], None
+    else:
+        checkpoint = _read(path)
+    if keep:
+        _last = (key, checkpoint)
+    return checkpoint
+
+
+def forget() -> None:
+    """Drop the checkpoint `read_state_dict` keeps."""
+    global _last
+    _last = None
+
+
+def _read(path: Path) -> Checkpoint:
+    if path.suffix == ".safetensors":
+        read_header(path)  # clear errors for truncated or foreign files
+        return unwrap(read_tensors(path), str(path))
+    try:
+        # DINO's training checkpoints carry their command line as an argparse.Namespace: plain data.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, zip errors...
+        text = str(e)
+        if "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text:
+            # torch's message is a page long; its one informative sentence names what was refused
+            reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. |\n|$)", text)
+            raise VitConvertError(
+                f"{path}: refused: the pickle asks to run code or build objects that are not plain "
+                f"tensors ({reason[1].strip() if reason else 'weights_only load failed'}). vitconvert "
+                "loads pickles only with weights_only=True; if you trust the file, re-save its state "
+                "dict with safetensors") from None
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        raise VitConvertError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+    return unwrap(obj, str(path))
+
+
+def unwrap(obj: object, where: str) -> Checkpoint:
+    """The tensor dict inside training-checkpoint wrappers, without 'module.' prefixes."""
+    wrapper: list[str] = []
+    while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((k for k in WRAPPERS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = obj[inner]
+        wrapper.append(inner)
+    if not isinstance(obj, Mapping) or not obj:
+        raise VitConvertError(f"{where}: no state dict found (expected a dict of tensors, "
+                              f"possibly under {', '.join(repr(w) for w in WRAPPERS)})")
+    tensors = {}
+    for k, v in obj.items():
+        if isinstance(v, torch.Tensor):
+            if not isinstance(k, str):
+                raise VitConvertError(f"{where}: the state dict has a key that is not a string: {k!r}")
+            tensors[k.removeprefix("module.")] = v
+    if not tensors:
+        raise VitConvertError(f"{where}: the checkpoint holds no tensors")
+    return Checkpoint(tensors, tuple(wrapper))
+
+
+class TensorReader:
+    """A state dict's tensors as the mapping engine reads them (float32 numpy arrays, one at a time)."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], path: Path | None = None) -> None:
+        self.tensors = tensors
+        self.path = path
+        self.shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+
+    def check_weights(self, keys: Iterable[str], where: str) -> None:
+        """Real-valued dense tensors only: an int or bool 'weight' would convert silently to nonsense."""
+        for k in keys:
+            t = self.tensors[k]
+            if not t.is_floating_point() or t.layout != torch.strided or t.device.type != "cpu" or t.is_quantized:
+                kind = f"{t.dtype}" + ("" if t.layout == torch.strided else f", {t.layout}") + \
+                    ("" if t.device.type == "cpu" else f", on {t.device.type}")
+                raise VitConvertError(f"{where}: tensor {k} is {kind}; expected dense floating point weights")
+
+    def read(self, key: str) -> np.ndarray:
+        return self.tensors[key].detach().to(torch.float32).numpy()
