@@ -283,7 +283,7 @@ def test_cli_reports_the_model_and_exits_1_with_one_error_line(tmp_path) -> None
                             str(tmp_path / "t.safetensors")], capture_output=True, text=True)
     assert again.returncode == 1
     assert again.stderr.strip().splitlines() == [f"error: output {tmp_path / 't.safetensors'} exists; pass --force "
-                                                 "(force=True) to replace it"]
+                                                 "to replace it"]
     usage = subprocess.run([sys.executable, "-m", "vitconvert", "jax2torch", "--gelu", "relu", "a", "b"],
                            capture_output=True, text=True)
     assert usage.returncode == 2 and usage.stderr.startswith("error: ") and len(usage.stderr.splitlines()) == 1

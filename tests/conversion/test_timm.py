@@ -182,8 +182,8 @@ def test_a_width_without_a_standard_head_count_needs_heads(capsys, tmp_path, wid
     code, err = cli_error(capsys, "timm2torch", str(tmp_path / "w.pth"), str(out / "w.safetensors"))
     assert code == 1 and list(out.iterdir()) == []
     assert err == (f"error: {tmp_path / 'w.pth'}: width {width} has no standard head count (standard widths: "
-                   "192, 384, 768, 1024, 1280); give it with --heads N (num_heads=N), or name the timm model "
-                   "with --model NAME\n")
+                   "192, 384, 768, 1024, 1280); give it with --heads N, or name the timm model "
+                   "with --model NAME\n")  # the command line speaks options, not keywords
     record = convert_timm(tmp_path / "w.pth", out / "w.safetensors", num_heads=heads)
     assert record.config.num_heads == heads
     with torch.inference_mode():
