@@ -24,8 +24,6 @@ from vitconvert import VitConvertError, convert, read_record
 vit_pytorch = pytest.importorskip("vit_pytorch")
 
 
-
-
 # --- each kind of file: SRC -> (its own command with its options, the format detection must find) ----------
 
 def jax_vit_jax(tmp_path):
@@ -229,6 +227,17 @@ def test_dtype_and_output_are_checked_before_the_source_is_read(tmp_path, monkey
         convert(src, tmp_path / "o.safetensors", dtype="int8")
     with pytest.raises(VitConvertError, match="exists"):
         convert(src, tmp_path / "exists.safetensors")
+
+
+@pytest.mark.parametrize("make", [timm_plain, jeonsworld_vit])
+@pytest.mark.parametrize("named", [False, True])
+def test_a_pickle_is_read_once_to_recognise_and_convert_it(tmp_path, monkeypatch, make, named) -> None:
+    src, command = make(tmp_path)
+    source, options = ("timm", {}) if command[0] == "timm2torch" else ("jeonsworld", {"model_args": {"num_heads": 2}})
+    real, loads = torch.load, []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    convert(src, tmp_path / "o.safetensors", source=source if named else None, **options)
+    assert loads == [src]
 
 
 def test_from_names_every_format_and_help_lists_them(capsys) -> None:

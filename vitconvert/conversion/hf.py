@@ -77,22 +77,24 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def read_weights(path: Path) -> ArrayReader:
-    """A reader of the checkpoint's tensors: numpy for safetensors; torch's weights-only unpickler for .bin."""
+def read_weights(path: Path, probed: Probe | None = None) -> ArrayReader:
+    """A reader of the checkpoint's tensors: numpy for safetensors; torch's weights-only unpickler for .bin
+    (or the state dict `probed` already read from this very file)."""
     if path.suffix == ".safetensors":
         return SafetensorsReader(path)
     from ..formats.state_dict import TensorReader, read_state_dict  # torch, for pickles only
 
-    return TensorReader(read_state_dict(path).tensors, path)
+    state = probed.state_dict if probed is not None and probed.path == path else None
+    return TensorReader((state or read_state_dict(path)).tensors, path)
 
 
 class HfReader:
     """A transformers checkpoint: its weights' tensors, and its config.json and preprocessor_config.json."""
 
-    def __init__(self, src: Path) -> None:
-        self.found = locate(src)
+    def __init__(self, probe: Probe) -> None:
+        self.found = locate(probe.path)
         self.path = self.found.weights
-        self.tensors = read_weights(self.path)
+        self.tensors = read_weights(self.path, probe)
         self.shapes: Mapping[str, Shape] = self.tensors.shapes
 
     def read(self, key: str):  # noqa: ANN201 (the inner reader's float32 array)

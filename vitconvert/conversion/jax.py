@@ -230,7 +230,7 @@ def _plan(reader: NpzReader, request: Request) -> Plan:
 
 JAX = SourceFormat(
     name="jax", summary="Google's JAX .npz checkpoints: vit_jax (2020, AugReg), big_vision (SigLIP, FlexiViT, ...)",
-    detect=_detect, open=NpzReader, plan=_plan,
+    detect=_detect, open=lambda probe: NpzReader(probe.path), plan=_plan,
     options=(Option("gelu", "--gelu", "the MLP activation to record: 'tanh' (the JAX models'; default) or 'erf'"),
              Option("catalog", "", "the published checkpoints the file's name is looked up in (Python only; the "
                                    "command line gives the manifest)")),

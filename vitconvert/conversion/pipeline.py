@@ -18,7 +18,7 @@ from typing import Any
 
 from ..core.errors import VitConvertError, name_list
 from ..formats.dtypes import check_dtype
-from ..formats.file_kind import file_kind
+from ..formats.file_kind import FileKind, file_kind
 from ..formats.paths import check_input, check_output
 from ..formats.weights_file import Preprocess, Source, WeightsRecord, write_weights
 from .mapping import head_is_zero, plan_tensors
@@ -66,35 +66,34 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, source: st
     used where the chosen format takes them (`vitconvert convert` gives the jax format the manifest)."""
     check_dtype(dtype)
     dst = check_output(dst, force)  # before reading anything large
-    src = Path(src)
-    _refuse_ours(src)
-    try:
-        fmt = source_format(source) if source is not None else detect(src)
+    fmt = source_format(source) if source is not None else None
+    given = fmt.check_options(options or {}) if fmt is not None else {}  # a named format: before any read
+    found = probe(src)
+    if fmt is None:
+        fmt = detect(found)
         given = fmt.check_options(options or {})
-        known = {o.name for o in fmt.options}
-        given = {**{k: v for k, v in (defaults or {}).items() if k in known}, **given}
-        reader = fmt.open(src)
-        try:
-            plan = fmt.plan(reader, Request(given, labels, preprocess, pos_resize))
-            where = str(reader.path)
-            ignore = [k for k in plan.left_out if k in reader.shapes]
-            specs = plan_tensors(plan.rules, reader, plan.bindings, where=where, ignore=ignore)
-            if check := getattr(reader, "check_weights", None):
-                check(sorted(set(reader.shapes) - set(ignore)), where)
-            cfg = plan.config if pos_resize is None else replace(plan.config, pos_resize=pos_resize)
-            record = WeightsRecord(
-                config=cfg, preprocess=preprocess or plan.preprocess,
-                source=Source(format=plan.source_format, file=reader.path.name),
-                labels=labels if labels is not None else plan.labels, head_is_zero=head_is_zero(specs),
-                head_is_embedding=plan.head_is_embedding, notes=tuple(plan.notes + _left_out_note(plan.left_out)))
-            record = write_weights(dst, specs, record, source_path=reader.path, dtype=dtype, force=force,
-                                   allow_nonfinite=allow_nonfinite, progress=progress,
-                                   before_commit=getattr(reader, "verify", None))
-        finally:
-            if close := getattr(reader, "close", None):
-                close()
+    known = {o.name for o in fmt.options}
+    given = {**{k: v for k, v in (defaults or {}).items() if k in known}, **given}
+    reader = fmt.open(found)
+    try:
+        plan = fmt.plan(reader, Request(given, labels, preprocess, pos_resize))
+        where = str(reader.path)
+        ignore = [k for k in plan.left_out if k in reader.shapes]
+        specs = plan_tensors(plan.rules, reader, plan.bindings, where=where, ignore=ignore)
+        if check := getattr(reader, "check_weights", None):
+            check(sorted(set(reader.shapes) - set(ignore)), where)
+        cfg = plan.config if pos_resize is None else replace(plan.config, pos_resize=pos_resize)
+        record = WeightsRecord(
+            config=cfg, preprocess=preprocess or plan.preprocess,
+            source=Source(format=plan.source_format, file=reader.path.name),
+            labels=labels if labels is not None else plan.labels, head_is_zero=head_is_zero(specs),
+            head_is_embedding=plan.head_is_embedding, notes=tuple(plan.notes + _left_out_note(plan.left_out)))
+        record = write_weights(dst, specs, record, source_path=reader.path, dtype=dtype, force=force,
+                               allow_nonfinite=allow_nonfinite, progress=progress,
+                               before_commit=getattr(reader, "verify", None))
     finally:
-        _forget_state_dict()
+        if close := getattr(reader, "close", None):
+            close()
     return Converted(record, fmt.name, dict(plan.left_out))
 
 
@@ -108,18 +107,8 @@ def _left_out_note(left_out: Mapping[str, str]) -> list[str]:
     return [f"source tensors left out: {'; '.join(parts)}"]
 
 
-def _forget_state_dict() -> None:
-    import sys
-
-    if (module := sys.modules.get(f"{__package__.rpartition('.')[0]}.formats.state_dict")) is not None:
-        module.forget()  # the state dict detection read for the format: the conversion is done with it
-
-
-def _refuse_ours(src: Path) -> None:
+def _refuse_ours(src: Path, kind: FileKind) -> None:
     """Our own file given as a source: it needs no conversion (and its keys would pass for timm's)."""
-    if not src.is_file():  # a FIFO or device would block the read: the format's reader refuses it
-        return
-    kind = file_kind(src)
     if kind.kind == "vitconvert" and _whole(src):
         version = kind.description.rpartition("format version ")[2].rstrip(")")
         raise VitConvertError(f"{src} is already a vitconvert weights file (format version {version or '?'}): use "
@@ -138,14 +127,16 @@ def _whole(path: Path) -> bool:
 
 
 def probe(src: str | os.PathLike) -> Probe:
-    """What detection looks at in `src`: its kind, and its tensor names where they can be listed cheaply
-    (a pickle must be read whole; `formats.state_dict` keeps it for the conversion that follows)."""
+    """What detection and the format's reader start from: the kind of `src`, and its tensor names where they
+    can be listed (a pickle must be read whole: the probe holds its state dict for the format to open). Our
+    own file is refused here: it needs no conversion."""
     path = Path(src)
     if not path.is_dir():
         check_input(path, "a checkpoint (a file, or a transformers directory)")  # before any read: no FIFO
     kind = file_kind(path)
     if kind.kind == "missing":
         raise VitConvertError(f"{path}: no such file or directory")
+    _refuse_ours(path, kind)
     if kind.kind == "npz":
         with zipfile.ZipFile(path) as z:
             return Probe(path, kind, frozenset(n.removesuffix(".npy") for n in z.namelist()))
@@ -156,15 +147,14 @@ def probe(src: str | os.PathLike) -> Probe:
     if kind.kind in ("pickle", "torch-zip"):
         from ..formats.state_dict import read_state_dict  # torch, for pickles only
 
-        checkpoint = read_state_dict(path, keep=True)
-        return Probe(path, kind, frozenset(checkpoint.tensors), checkpoint.wrapper)
+        checkpoint = read_state_dict(path)
+        return Probe(path, kind, frozenset(checkpoint.tensors), checkpoint.wrapper, checkpoint)
     return Probe(path, kind)
 
 
-def detect(src: Path) -> SourceFormat:
-    """The format `src` is in, from its magic bytes and key names; an error when none or several fit."""
-    _refuse_ours(src)
-    found = probe(src)
+def detect(found: Probe) -> SourceFormat:
+    """The format of the probed file, from its magic bytes and key names; an error when none or several fit."""
+    src = found.path
     claims = [(fmt, d) for fmt in all_formats() if (d := fmt.detect(found)) is not None]
     if not claims:
         keys = f"; its keys begin: {', '.join(sorted(found.keys)[:6])}" if found.keys else ""

@@ -14,13 +14,16 @@ import importlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..formats.file_kind import FileKind
 from ..formats.weights_file import Labels, Preprocess
 from .mapping import ArrayReader, Rule
+
+if TYPE_CHECKING:  # torch: imported for pickles only
+    from ..formats.state_dict import Checkpoint
 
 # The formats, by their --from name: the module that defines each and its SourceFormat's name there. Imported
 # on use; none of these modules imports torch until a pickle is read.
@@ -43,6 +46,8 @@ class Probe:
     kind: FileKind
     keys: frozenset[str] = frozenset()
     wrapper: tuple[str, ...] = ()  # a state dict's wrappers ('teacher', 'model', ...), outermost first
+    # A pickle's tensors can only be listed by reading it whole: read once, here, and opened from here.
+    state_dict: Checkpoint | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ class SourceFormat:
     name: str  # the --from value
     summary: str  # one line, for --help
     detect: Callable[[Probe], Detection | None]
-    open: Callable[[Path], Reader]
+    open: Callable[[Probe], Reader]  # the probed file as a lazy reader (a pickle: the probe's state dict)
     plan: Callable[[Reader, Request], Plan]
     options: tuple[Option, ...] = ()
     example: str = ""  # a `vitconvert convert` line for --help

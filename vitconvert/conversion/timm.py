@@ -288,10 +288,12 @@ def release_layout(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
 class TimmReader:
     """A timm state dict's tensors, in timm's names (`release_layout`), with what that left out."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, probe: Probe) -> None:
         from ..formats.state_dict import TensorReader, read_state_dict
 
-        tensors, self.dino, self.notes, self.left_out = release_layout(read_state_dict(path).tensors)
+        path = probe.path
+        checkpoint = probe.state_dict or read_state_dict(path)  # a safetensors file: read here, not probed
+        tensors, self.dino, self.notes, self.left_out = release_layout(checkpoint.tensors)
         self.tensors: TensorReader = TensorReader(tensors, path)
         self.path, self.shapes = path, self.tensors.shapes
 

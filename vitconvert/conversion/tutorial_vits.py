@@ -316,11 +316,11 @@ PLANNERS: dict[str, Callable[[Mapping[str, Shape], str, Mapping[str, Any], Any],
     "lucidrains": _lucidrains, "jeonsworld": _jeonsworld, "torch-encoder": _encoder}
 
 
-def _open(path: Path) -> Any:
+def _open(probe: Probe) -> Any:
     """A PyTorch state dict's tensors (a `formats.state_dict.TensorReader`: weights_only), torch imported for it."""
     from ..formats.state_dict import TensorReader, read_state_dict
 
-    return TensorReader(read_state_dict(path).tensors, path)
+    return TensorReader((probe.state_dict or read_state_dict(probe.path)).tensors, probe.path)
 
 
 def _plan(source: str, reader: Any, request: Request) -> Plan:

@@ -1,10 +1,6 @@
 """PyTorch state dicts, read safely: a .safetensors, or a pickled .pth/.bin loaded with weights_only (no code
 runs), out of the wrappers training checkpoints keep them in. The reader three source formats share (timm, the
 tutorial ViTs, transformers' pytorch_model.bin); what a format makes of the keys is the format's.
-
-A checkpoint read with `keep=True` is kept for the next read of the same file, which takes it: `vitconvert
-convert` looks at the keys to recognise the format, then the format reads the file, and a pickle is read
-once. `forget()` lets a kept one go (a conversion that stopped before reading it).
 """
 
 from __future__ import annotations
@@ -35,32 +31,9 @@ class Checkpoint:
     wrapper: tuple[str, ...] = ()  # the keys it was found under, outermost first (DINO: ('teacher',))
 
 
-_last: tuple[tuple[str, int, int], Checkpoint] | None = None
-
-
-def read_state_dict(path: str | os.PathLike, keep: bool = False) -> Checkpoint:
-    """Tensors of a .safetensors, or of a .pth/.bin read with weights_only (no code runs); `keep`: for the
-    next read of this file (unchanged since), which takes it."""
-    global _last
+def read_state_dict(path: str | os.PathLike) -> Checkpoint:
+    """Tensors of a .safetensors, or of a .pth/.bin read with weights_only (no code runs)."""
     path = check_input(path, "a checkpoint file")
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    if _last is not None and _last[0] == key:
-        checkpoint, _last = _last[1], None
-    else:
-        checkpoint = _read(path)
-    if keep:
-        _last = (key, checkpoint)
-    return checkpoint
-
-
-def forget() -> None:
-    """Drop the checkpoint `read_state_dict` keeps."""
-    global _last
-    _last = None
-
-
-def _read(path: Path) -> Checkpoint:
     if path.suffix == ".safetensors":
         read_header(path)  # clear errors for truncated or foreign files
         return unwrap(read_tensors(path), str(path))
