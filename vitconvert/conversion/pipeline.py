@@ -132,7 +132,7 @@ def probe(src: str | os.PathLike) -> Probe:
     own file is refused here: it needs no conversion."""
     path = Path(src)
     if not path.is_dir():
-        check_input(path, "a checkpoint (a file, or a transformers directory)")  # before any read: no FIFO
+        check_input(path, "a checkpoint file")  # before any read: no FIFO
     kind = file_kind(path)
     if kind.kind == "missing":
         raise VitConvertError(f"{path}: no such file or directory")
