@@ -114,8 +114,9 @@ def test_res_runs_the_model_at_that_size(vitpredict, tiny_weights, cat_jpg):
     assert result.code == 0
     bad = vitpredict(cat_jpg, "--weights", tiny_weights, "--res", "200")
     assert bad.code == 1
-    assert bad.err == "error: image size 200x200 is not a multiple of this model's patch stride 16 " \
-                      "(every side must be); try 192 or 208\n"
+    # the model's own check (ViTConfig.input_grid), made before torch is imported
+    assert bad.err == "error: image size 200x200 is not a multiple of the patch stride 16; the nearest sizes " \
+                      "that tile are 192x192 and 208x208\n"
 
 
 # --- attention maps ---------------------------------------------------------------------------

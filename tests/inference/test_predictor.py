@@ -47,9 +47,10 @@ def test_pil_images_and_top_k_beyond_the_class_count(tmp_path, cat_jpg):
     assert sorted(p.index for p in result.predictions) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("size, suggestion", [("225", "try 224 or 240"), ("224x300", "try 224x288 or 224x304")])
+@pytest.mark.parametrize("size, suggestion", [("225", "the nearest sizes that tile are 224x224 and 240x240"),
+                                              ("224x300", "the nearest sizes that tile are 224x288 and 224x304")])
 def test_sizes_off_the_patch_grid_name_sizes_that_work(tiny_weights, size, suggestion):
-    with pytest.raises(VitConvertError, match="not a multiple of this model's patch stride 16") as e:
+    with pytest.raises(VitConvertError, match="not a multiple of the patch stride 16") as e:
         Predictor(tiny_weights, img_size=size)
     assert suggestion in str(e.value)
 

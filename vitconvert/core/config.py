@@ -344,6 +344,24 @@ class ViTConfig:
             return None
         return f"image size {h}x{w} is not a multiple of the patch stride {sh if sh == sw else f'{sh}x{sw}'}"
 
+    def input_grid(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The patch grid of inputs of `size` (height, width), or a VitConvertError saying why they cannot run.
+
+        The config's own size is always the model's, tiled or not (timm's SigLIP-so400m/14 at 384 sees 378
+        pixels of it); any other must tile into whole patches, the hybrids' ResNet stride included. The one
+        check of an input size: the model runs it at forward, vitpredict's plan before torch is imported.
+        """
+        if tuple(size) == self.img_size:
+            return self.grid_size
+        (h, w), (sh, sw) = size, self.stride
+        if h < sh or w < sw:
+            raise VitConvertError(f"image size {h}x{w} is smaller than one patch of this model ({sh}x{sw} pixels)")
+        if problem := self.untiled(size):
+            below = f"{h // sh * sh}x{w // sw * sw}"  # each side at least one patch, checked above
+            above = f"{-(-h // sh) * sh}x{-(-w // sw) * sw}"
+            raise VitConvertError(f"{problem}; the nearest sizes that tile are {below} and {above}")
+        return h // sh, w // sw
+
     def at_input_size(self, size: tuple[int, int]) -> ViTConfig:
         """This model for inputs of `size`, which must tile into whole patches (a file's own size need
         not, as timm's need not)."""

@@ -46,7 +46,7 @@ def plan_prediction(weights: str | os.PathLike | None = None, *, model: str | No
     record = read_record(path)
     size = record.config.img_size if img_size is None else parse_size(img_size)
     patch = record.config.patch_hw if patch_size is None else parse_size(patch_size)
-    check_size(record.config.replace(patch_size=patch), size)
+    record.config.replace(patch_size=patch).input_grid(size)  # a size it cannot run: refused here, before torch
     plan = PredictionPlan(path, record, size, patch, resolve_labels(labels, record.config.num_classes, record.labels))
     if classify:
         plan.check_classes()
@@ -61,20 +61,3 @@ def check_attention(cfg: ViTConfig) -> None:
         raise VitConvertError(
             f"attention maps need a class token that the model reads, but this model pools its tokens "
             f"(pool={cfg.pool!r}); no single token's attention says which patches decided the class")
-
-
-def check_size(cfg: ViTConfig, size: tuple[int, int]) -> None:
-    """Refuse an input size the patch grid cannot tile, naming the nearest sizes that work (the file's
-    own size is the model's, tiled or not: timm's SigLIP-so400m/14 at 384 sees 378 pixels of it)."""
-    strides = cfg.stride
-    if tuple(size) == cfg.img_size or all(side % stride == 0 for side, stride in zip(size, strides)):
-        return
-    below = tuple(max(stride, side // stride * stride) for side, stride in zip(size, strides))
-    above = tuple(-(-side // stride) * stride for side, stride in zip(size, strides))
-
-    def text(s: tuple[int, ...]) -> str:
-        return str(s[0]) if s[0] == s[1] else f"{s[0]}x{s[1]}"
-
-    raise VitConvertError(
-        f"image size {size[0]}x{size[1]} is not a multiple of this model's patch stride {text(strides)} "
-        f"(every side must be); try {text(below)} or {text(above)}")

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.config import ViTConfig
-from ..core.errors import VitConvertError
 from .blocks import build_block
 from .hybrid import backbone_channels, build_backbone
 from .layers import norm_factory
@@ -64,24 +63,6 @@ class Intermediates(NamedTuple):
     stages: dict[str, torch.Tensor]
 
 
-def input_grid(cfg: ViTConfig, size: tuple[int, int]) -> tuple[int, int]:
-    """The patch grid of inputs of `size` (height, width), or a VitConvertError saying why they cannot run.
-
-    The config's own size is always the model's, tiled or not (timm's SigLIP-so400m/14 at 384 sees 378
-    pixels of it); any other must tile into whole patches, the hybrids' ResNet stride included.
-    """
-    if size == cfg.img_size:
-        return cfg.grid_size
-    (h, w), (sh, sw) = size, cfg.stride
-    if h < sh or w < sw:
-        raise VitConvertError(f"image size {h}x{w} is smaller than one patch of this model ({sh}x{sw} pixels)")
-    if problem := cfg.untiled(size):
-        below = f"{h // sh * sh}x{w // sw * sw}"  # each side at least one patch, checked above
-        above = f"{-(-h // sh) * sh}x{-(-w // sw) * sw}"
-        raise VitConvertError(f"{problem}; the nearest sizes that tile are {below} and {above}")
-    return h // sh, w // sw
-
-
 class VisionTransformer(nn.Module):
     """Runs at its config's size and at any other its patches tile: the stored position table resampled
     to the input's grid by the config's `pos_resize` (the same arithmetic as `load_model(img_size=)`),
@@ -118,7 +99,7 @@ class VisionTransformer(nn.Module):
 
     def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Prefix tokens and patch tokens, with position embeddings added (and the pre-norm, if any)."""
-        grid = input_grid(self.config, (x.shape[-2], x.shape[-1]))  # before any compute
+        grid = self.config.input_grid((x.shape[-2], x.shape[-1]))  # before any compute
         x = self.patch_embed(x)
         prefix = [t.expand(x.shape[0], -1, -1) for t in self.prefix_tokens()]
         if self.config.pos_embed == "sincos2d":  # computed for this grid (so never resampled), patches only
