@@ -377,7 +377,8 @@ def test_an_unknown_pos_resize_is_refused_before_writing(tmp_path) -> None:
 # big_vision's families, against big_vision's forward (written out) and timm's npz loader
 # ========================================================================================================
 # Same (tanh) GELU on both sides. The issue asks for <= 2e-5; measured at most 7.2e-7 (float32 against float64
-# or timm's float32, outputs of order 1), so the bound sits just above that. The erf GELU in place of flax's tanh form is 9e-5 to 4.7e-4 off.
+# or timm's float32, outputs of order 1), so the bound sits just above that. The erf GELU in place of flax's
+# tanh form is 9e-5 to 4.7e-4 off.
 BV_ATOL = 2e-6
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}  # BigVision()'s width, depth, heads, MLP
 
@@ -609,3 +610,86 @@ def test_verify_loads_either_tower_with_timms_own_loader(tmp_path) -> None:
     # Measured 1.8e-7 (SigLIP) and 0 (LiT: the same float32 arithmetic on both sides).
     assert report.ok and report.max_abs_diff <= BV_ATOL, report
 
+
+# --- FlexiViT at its stored size (timm can load it there) and at other patch sizes -----------------------
+# The issue's 2e-5, tightened to a little above what was measured (at most 1.2e-6; each test says its own).
+FLEXIVIT_ATOL = 3e-6
+# FlexiViT's releases store a 32x32 kernel and a 7x7 grid; here a kernel of 8 on the same 7x7 grid (56 px).
+FLEXI = bv.BigVision(pool="tok", patch=8, grid=(7, 7))
+
+
+@pytest.fixture(scope="module")
+def flexivit(tmp_path_factory):
+    """(big_vision params, the npz, our file converted with --pos-resize flexivit)."""
+    tmp = tmp_path_factory.mktemp("flexivit")
+    params = bv.random_params(FLEXI, seed=11)
+    bv.write_npz(tmp / "flexivit.npz", bv.with_prefix(params, "params/"))
+    convert_jax(tmp / "flexivit.npz", tmp / "flexivit.safetensors", pos_resize="flexivit")
+    return params, tmp / "flexivit.npz", tmp / "flexivit.safetensors"
+
+
+def test_flexivit_at_its_stored_size_is_timms_and_flexivits(flexivit) -> None:
+    params, npz, path = flexivit
+    record = read_record(path)
+    assert (record.config.patch_size, record.config.img_size, record.config.pos_resize) == (8, (56, 56), "flexivit")
+    theirs = TimmViT(img_size=56, patch_size=8, num_classes=10, no_embed_class=True, **TINY)
+    _load_weights(theirs, str(npz))
+    pl.set_gelu(theirs, "tanh").eval()
+    x = images((56, 56))
+    with torch.inference_mode():
+        ours = load_model(path)(x)
+        # Measured 6.0e-7 against timm, 8.3e-7 against FlexiViT's forward (float64).
+        assert max_diff(ours, theirs(x)) <= FLEXIVIT_ATOL
+    assert max_diff(ours, bv.forward(params, x, FLEXI)["out"]) <= FLEXIVIT_ATOL
+
+
+@pytest.mark.parametrize("patch, size", [(4, 56), (14, 56), (12, 48)],
+                         ids=["patch 4: kernel shrinks, grid 14", "patch 14: kernel grows, grid 4",
+                              "patch 12 at 48: grid 4"])
+def test_flexivit_at_another_patch_size_is_flexivits_forward(flexivit, patch, size) -> None:
+    params, _, path = flexivit
+    x = images((size, size))
+    with torch.inference_mode():
+        model = load_model(path, img_size=size, patch_size=patch)
+        ours = model(x)
+    assert model.config.patch_size == patch and model.config.grid_size == (size // patch,) * 2
+    # Measured 7.5e-7 to 1.2e-6 (float32 against float64).
+    assert max_diff(ours, bv.forward(params, x, FLEXI, patch=patch)["out"]) <= FLEXIVIT_ATOL
+
+
+# --- where 'flexivit' comes from: the option, or the manifest for the files it knows ---------------------
+
+def test_the_manifest_gives_flexivit_files_their_resizing(flexivit, tmp_path) -> None:
+    from helpers.manifest import tiny_entry, write_manifest
+
+    from vitconvert import load_manifest
+
+    _, npz, path = flexivit
+    config = read_record(path).config.to_dict()  # the architecture jax2torch reads from the file
+    data = npz.read_bytes()
+    (tmp_path / "flexivit_tiny_i1k.npz").write_bytes(data)
+    manifest = load_manifest(write_manifest(tmp_path / "m.json", tiny_entry(
+        data, name="flexivit-tiny-test", url="https://storage.googleapis.com/big_vision/flexivit/flexivit_tiny_i1k.npz",
+        format="jax-npz/big_vision", config=config, train_resolution=56,
+        preprocess={"size": [56, 56], "resize": "crop", "crop_pct": 0.95, "interpolation": "bilinear",
+                    "mean": [0.5] * 3, "std": [0.5] * 3})))
+    known = convert_jax(tmp_path / "flexivit_tiny_i1k.npz", tmp_path / "a.safetensors", catalog=manifest)
+    assert known.config.pos_resize == "flexivit"
+    assert "position embeddings resized 'flexivit' at other sizes, as the published checkpoint " \
+           "'flexivit-tiny-test' is run" in known.notes
+    given = convert_jax(tmp_path / "flexivit_tiny_i1k.npz", tmp_path / "b.safetensors", catalog=manifest,
+                        pos_resize="bicubic")
+    assert given.config.pos_resize == "bicubic"  # the option wins
+    (tmp_path / "renamed.npz").write_bytes(data)
+    assert convert_jax(tmp_path / "renamed.npz", tmp_path / "c.safetensors", catalog=manifest).config.pos_resize == \
+        "bicubic"
+
+
+def test_jax2torch_pos_resize_flexivit_on_the_command_line(flexivit, tmp_path, capsys) -> None:
+    from vitconvert.cli import cli
+    from vitconvert.cli.errors import run
+
+    _, npz, _ = flexivit
+    run(cli, ["jax2torch", str(npz), str(tmp_path / "f.safetensors"), "--pos-resize", "flexivit"])
+    assert "pos resize  flexivit" in capsys.readouterr().out
+    assert read_record(tmp_path / "f.safetensors").config.pos_resize == "flexivit"
