@@ -1,6 +1,8 @@
-"""The generated .npz fixtures are faithful published JAX layouts: timm's own npz loader
+"""The reference writers are faithful: the .npz files tests/helpers/published_layouts.py generates are the
+published JAX layouts (their exact key sets and shapes), and timm's own npz loader
 (``timm.models.vision_transformer._load_weights``) reads each back into a fresh timm model that
-reproduces the source model exactly."""
+reproduces the source model exactly; the helper's reference numerics (JAX's) and random models are
+checked here too. This specifies a test helper, not a package module: test_jax.py's parity cases rest on it."""
 import copy
 import zipfile
 
