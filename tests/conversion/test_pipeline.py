@@ -229,6 +229,15 @@ def test_dtype_and_output_are_checked_before_the_source_is_read(tmp_path, monkey
         convert(src, tmp_path / "exists.safetensors")
 
 
+@pytest.mark.parametrize("name", ["out.txt", "out", "out.npz"])
+@pytest.mark.parametrize("command", [["convert"], ["jax2torch"]])
+def test_an_output_not_named_safetensors_is_refused_naming_the_extension(capsys, tmp_path, name, command) -> None:
+    src, _ = jax_vit_jax(tmp_path)
+    code, _, err = vitconvert(capsys, *command, str(src), str(tmp_path / name))
+    assert code == 1 and err.count("\n") == 1 and "give a name ending in .safetensors" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.npz"]
+
+
 @pytest.mark.parametrize("make", [timm_plain, jeonsworld_vit])
 @pytest.mark.parametrize("named", [False, True])
 def test_a_pickle_is_read_once_to_recognise_and_convert_it(tmp_path, monkeypatch, make, named) -> None:

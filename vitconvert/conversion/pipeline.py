@@ -65,7 +65,7 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, source: st
     """`convert`, telling also which format read the file and what it left out. defaults: format options
     used where the chosen format takes them (`vitconvert convert` gives the jax format the manifest)."""
     check_dtype(dtype)
-    dst = check_output(dst, force)  # before reading anything large
+    dst = check_output(dst, force, suffix=".safetensors")  # before reading anything large
     fmt = source_format(source) if source is not None else None
     given = fmt.check_options(options or {}) if fmt is not None else {}  # a named format: before any read
     found = probe(src)

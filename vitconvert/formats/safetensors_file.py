@@ -120,7 +120,8 @@ def _create_beside(dst: Path) -> Path:
     the kernel applies the umask, as it does for any other file a program writes (mkstemp would
     force 0o600, and reading the umask to correct that afterwards is not thread-safe)."""
     for _ in range(100):
-        tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.part")
+        # It keeps dst's suffix, so that whatever checks a name (a converter wants .safetensors) takes it too.
+        tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.part{dst.suffix}")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
