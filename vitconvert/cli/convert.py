@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, get_args, get_type_hints
+from typing import Any
 
 import click
 
-from ..core.config import ViTConfig
+from ..core.config import POS_RESIZES
 from .errors import debug_option
 from .progress import progress_bar
 
 DTYPES = click.Choice(["float32", "bfloat16", "float16"])
-POS_RESIZE = click.Choice(get_args(get_type_hints(ViTConfig)["pos_resize"]))
+POS_RESIZE = click.Choice(POS_RESIZES)
 
 
 def _report(converted, dst: str, as_json: bool) -> None:

@@ -17,13 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..catalog.resolve import resolve_weights
-from ..core.config import parse_size
 from ..core.errors import VitConvertError
 from ..formats.safetensors_file import atomic_directory
-from ..formats.weights_file import Preprocess, read_record
+from ..formats.weights_file import Preprocess
 from ..inference.images import MAX_PIXELS, load_rgb
-from ..inference.labels import check_top_k
+from ..inference.plan import PredictionPlan, plan_prediction
 
 if TYPE_CHECKING:
     import ray.data
@@ -51,19 +49,19 @@ def predict_dataset(images: ray.data.Dataset | Sequence[str | os.PathLike], weig
     """
     import ray.data
 
-    path = resolve_weights(weights, model)
-    record = read_record(path)  # refuse a bad file on the driver, before any worker starts
+    # The record read once, on the driver: a bad file or size is refused before any worker starts, and the
+    # replicas load from the plan.
+    plan = plan_prediction(weights, model=model, img_size=img_size)
     if top_k < 1 or batch_size < 1 or replicas < 1:
         raise VitConvertError(f"top_k, batch_size and replicas must be at least 1, got {top_k}, {batch_size}, "
                               f"{replicas}")
     try:
-        check_top_k(record.config.num_classes, record.head_is_zero, str(path), record.head_is_embedding)
+        plan.check_classes()
         classify = True
     except VitConvertError:
         if not embed:
             raise
         classify = False
-    size = record.config.img_size if img_size is None else parse_size(img_size)
     cpus = ray.cluster_resources().get("CPU", 0)
     if replicas * cpus_per_replica + 1 > cpus:
         raise VitConvertError(
@@ -74,11 +72,11 @@ def predict_dataset(images: ray.data.Dataset | Sequence[str | os.PathLike], weig
         if not paths:
             raise VitConvertError("no images given")
         images = ray.data.read_binary_files(paths, include_paths=True)
-    preprocess = record.preprocess.at_size(size)
+    preprocess = plan.record.preprocess.at_size(plan.img_size)
     pixels = images.map_batches(_prepare, fn_kwargs={"preprocess": preprocess, "max_pixels": max_pixels},
                                 batch_format="numpy", batch_size=batch_size)
     return pixels.map_batches(
-        _Replica, fn_constructor_kwargs={"path": str(path), "img_size": size, "top_k": top_k if classify else 0,
+        _Replica, fn_constructor_kwargs={"plan": plan, "top_k": top_k if classify else 0,
                                          "embed": embed, "threads": max(1, round(cpus_per_replica)),
                                          "device": "cuda" if num_gpus else "cpu", "dtype": dtype},
         batch_format="numpy", batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=replicas),
@@ -114,14 +112,13 @@ def _as_image(source: Any, name: str, max_pixels: int):
 class _Replica:
     """One model per actor, loaded once; runs the batches Ray hands it."""
 
-    def __init__(self, path: str, img_size: tuple[int, int], top_k: int, embed: bool, threads: int, device: str,
-                 dtype: str) -> None:
+    def __init__(self, plan: PredictionPlan, top_k: int, embed: bool, threads: int, device: str, dtype: str) -> None:
         import torch
 
         from ..inference.predictor import Predictor
 
         torch.set_num_threads(threads)  # as many as Ray reserved: replicas must not fight over cores
-        self.predictor = Predictor(path, img_size=img_size, device=device, dtype=dtype)
+        self.predictor = Predictor(plan, device=device, dtype=dtype)
         self.top_k, self.embed = top_k, embed
 
     def __call__(self, batch: dict[str, np.ndarray]):
