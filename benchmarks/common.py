@@ -88,7 +88,7 @@ def realistic_random(model, seed: int = 0):
 def markdown(rows: list[list[str]]) -> str:
     """A pipe table: readable as text, rendered on GitHub."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 
@@ -106,7 +106,7 @@ class OtherLoad:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        busy, ours, wall = (b - a for a, b in zip(self.start, (self._busy(), self._ours(), time.perf_counter())))
+        busy, ours, wall = (b - a for a, b in zip(self.start, (self._busy(), self._ours(), time.perf_counter()), strict=False))
         cores = os.cpu_count() or 1
         self.fraction = max(0.0, busy - ours) / (wall * cores) if wall > 0 else 0.0
         self.text = f"other processes used {self.fraction * 100:.0f}% of the {cores} cores"

@@ -125,7 +125,7 @@ def run(dtypes: list[str], rounds: int, batch: int = 8) -> dict:
             del predictor
     same = None
     if "float32" in top1 and "bfloat16" in top1:
-        same = sum(a == b for a, b in zip(top1["float32"], top1["bfloat16"]))
+        same = sum(a == b for a, b in zip(top1["float32"], top1["bfloat16"], strict=False))
     return {"rows": rows, "workers": workers, "default": default, "batch": batch, "rounds": rounds,
             "same_top1": same}
 

@@ -45,8 +45,8 @@ def matmul_ms(repeats: int = 5) -> dict[str, float]:
     """A plain 4096x4096 matrix product in float32 and bfloat16, median milliseconds: the figure issue 17
     compares across CPUs (an Intel Xeon with AVX512-BF16 and no AMX: 55 ms float32, 94 ms bfloat16)."""
     a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
-    seconds = interleaved_medians({"float32": lambda: a @ b,
-                                   "bfloat16": lambda a=a.bfloat16(), b=b.bfloat16(): a @ b}, repeats, warmup=1)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    seconds = interleaved_medians({"float32": lambda: a @ b, "bfloat16": lambda: a16 @ b16}, repeats, warmup=1)
     return {k: v * 1000 for k, v in seconds.items()}
 
 
@@ -110,7 +110,7 @@ def run(batches: list[int], repeats: int, warmup: int = 2, res: int = 224,
                 if isinstance(runner, str):
                     missing[name] = runner
                 else:
-                    fns[name] = lambda runner=runner: torch.as_tensor(runner(xn))
+                    fns[name] = lambda runner=runner, xn=xn: torch.as_tensor(runner(xn))
             with torch.inference_mode():
                 reference = theirs(x)
                 diffs = {name: (fn().float() - reference).abs().max().item() for name, fn in fns.items()}
@@ -140,7 +140,7 @@ def table(result: dict) -> str:
             continue
         ips = [r["ips"][name] for r in rows]
         lines.append([name if name in FLOAT32 else f"{name} (not float32)", *[f"{v:.2f}" for v in ips],
-                      *[f"{v / best[b]:.2f}x" for v, b in zip(ips, batches)],
+                      *[f"{v / best[b]:.2f}x" for v, b in zip(ips, batches, strict=False)],
                       f"{max(r['diff'][name] for r in rows):.1e}"])
     return markdown(lines)
 

@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="random seed (0)")
     ap.add_argument("--force", action="store_true", help="replace OUT if it exists")
     args = ap.parse_args(argv)
-    preset = dict(zip(("width", "depth", "heads", "mlp", "patch"), SIZES[args.size]))
+    preset = dict(zip(("width", "depth", "heads", "mlp", "patch"), SIZES[args.size], strict=False))
     for name, value in preset.items():
         if getattr(args, name) is None:
             setattr(args, name, value)

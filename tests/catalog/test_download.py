@@ -19,10 +19,10 @@ from helpers.manifest import (
 
 import vitconvert
 from vitconvert.catalog.cache import cache_dir, cached_weights
-from vitconvert.core.config import ViTConfig
-from vitconvert.core.errors import VitConvertError
 from vitconvert.catalog.download import cached_source, download, resolve_url
 from vitconvert.catalog.manifest import load_manifest
+from vitconvert.core.config import ViTConfig
+from vitconvert.core.errors import VitConvertError
 
 DATA = tiny_npz_bytes()
 FAST = {"retries": 2, "backoff": 0.0, "timeout": 5.0}

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import click
 import numpy as np
-from helpers import published_layouts as pl
-from helpers.cli import cli_error
 import pytest
 import torch
+from helpers import published_layouts as pl
+from helpers.cli import cli_error
 from safetensors.torch import load_file, save_file
 
 from vitconvert import VitConvertError, convert_jax, convert_timm, load_model, read_record

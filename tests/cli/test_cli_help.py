@@ -8,9 +8,9 @@ import shlex
 import pytest
 from helpers.cli import invoke
 
+from vitconvert.catalog.manifest import load_manifest
 from vitconvert.cli import cli
 from vitconvert.cli.predict import command as vitpredict_command
-from vitconvert.catalog.manifest import load_manifest
 
 SUBCOMMANDS = ["jax2torch", "timm2torch", "hf2torch", "torch2torch", "verify", "export", "list", "download",
                "finetune"]

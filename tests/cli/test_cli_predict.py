@@ -72,7 +72,7 @@ def test_directories_and_batches(vitpredict, tiny_weights, cat_jpg, tmp_path):
     by_one = vitpredict(folder, cat_jpg, "--weights", tiny_weights, "--json", "--batch-size", "1").json()
     by_four = vitpredict(folder, cat_jpg, "--weights", tiny_weights, "--json", "--batch-size", "4").json()
     assert [e["image"] for e in by_one] == [str(folder / n) for n in ("a.png", "b.jpg", "c.webp")] + [str(cat_jpg)]
-    for a, b in zip(by_one, by_four):  # another batch size, other kernels: measured <= 2.4e-7
+    for a, b in zip(by_one, by_four, strict=False):  # another batch size, other kernels: measured <= 2.4e-7
         assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
         assert [p["probability"] for p in a["predictions"]] == pytest.approx(
             [p["probability"] for p in b["predictions"]], abs=1e-6)
@@ -310,7 +310,7 @@ def test_a_bad_image_costs_only_itself(vitpredict, tiny_weights, cat_jpg, gray_p
     entries = result.json()
     assert [e["image"] for e in entries] == [str(p) for p in images]
     assert entries[1] == {"image": str(bad), "error": result.err[len("error: "):-1]}
-    for got, want in zip([entries[0], entries[2]], alone):
+    for got, want in zip([entries[0], entries[2]], alone, strict=False):
         assert [p["index"] for p in got["predictions"]] == [p["index"] for p in want["predictions"]]
         # batches of other sizes round differently: observed <= 3.6e-7
         assert [p["probability"] for p in got["predictions"]] == pytest.approx(

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.cli import Result, vitconvert_cli
 from helpers.faults import disk_full_after
 from helpers.finetune import CLASSES, small_tree
-from helpers.cli import Result, vitconvert_cli
 
 from vitconvert.formats.weights_file import read_record
 from vitconvert.train import finetune as finetune_module

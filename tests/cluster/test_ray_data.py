@@ -61,7 +61,7 @@ def test_rows_are_serial_vitpredicts_predictions(local_ray, weights, folder) -> 
     rows = rows_by_path(predict_dataset(paths, weights, top_k=5, batch_size=4))
     serial = Predictor(weights).predict(paths, top_k=5, batch_size=16, errors="report")
     assert [row["path"] for row in rows] == [r.image for r in serial]
-    for row, ref in zip(rows, serial):
+    for row, ref in zip(rows, serial, strict=False):
         if ref.error:
             assert row["error"] == ref.error and list(row["index"]) == [] and list(row["probability"]) == []
             continue
@@ -95,7 +95,7 @@ def test_a_dataset_of_decoded_images_gives_the_same_rows(local_ray, weights) -> 
     items = [{"path": p, "image": np.asarray(load_rgb(p))} for p in paths]
     from_arrays = rows_by_path(predict_dataset(ray.data.from_items(items), weights, top_k=3))
     from_files = rows_by_path(predict_dataset(paths, weights, top_k=3))
-    for a, b in zip(from_arrays, from_files):
+    for a, b in zip(from_arrays, from_files, strict=False):
         assert list(a["index"]) == list(b["index"]) and a["error"] == b["error"] == ""
         assert np.abs(np.array(a["probability"]) - np.array(b["probability"])).max() <= 1e-6
 

@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from helpers import published_layouts as pl
 import pytest
 import torch
+from helpers import published_layouts as pl
 from helpers.fuzz import FUZZ_COUNTS
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st

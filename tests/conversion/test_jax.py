@@ -25,11 +25,11 @@ import sys
 import zipfile
 
 import numpy as np
-from helpers import big_vision_layouts as bv
-from helpers import published_layouts as pl
 import pytest
 import timm
 import torch
+from helpers import big_vision_layouts as bv
+from helpers import published_layouts as pl
 from helpers.numerics import logits_with_eps, shrink_embeddings_
 from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer as TimmViT

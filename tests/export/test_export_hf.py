@@ -18,10 +18,10 @@ import pytest
 transformers = pytest.importorskip("transformers", reason="the export --to hf tests run transformers: "
                                                           "pip install '.[hf]'")
 
-from helpers import published_layouts as pl  # noqa: E402
 import torch  # noqa: E402
-from helpers.timm_reference import timm_vit  # noqa: E402
+from helpers import published_layouts as pl  # noqa: E402
 from helpers.hf import largest_difference, load_hf, outputs  # noqa: E402
+from helpers.timm_reference import timm_vit  # noqa: E402
 from helpers.vit_weights import our_vit, spread_heads, write_test_weights  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
@@ -251,12 +251,12 @@ def test_auto_image_processor_and_the_model_give_vitpredicts_top_5(photo_model, 
     ours = vitpredict(*PHOTOS, "--weights", src, "--top", "6", "--json")
     assert ours.code == 0, ours.err
     processor, model = transformers.AutoImageProcessor.from_pretrained(out, backend=backend), load_hf(out)
-    for path, row in zip(PHOTOS, ours.json()):
+    for path, row in zip(PHOTOS, ours.json(), strict=False):
         with torch.inference_mode():
             logits = model(**processor(images=load_rgb(path), return_tensors="pt")).logits[0]
         theirs = [model.config.id2label[i] for i in logits.topk(5).indices.tolist()]
         expected = {p["label"]: math.log(p["probability"]) for p in row["predictions"]}  # logits, up to a constant
-        for got, want in zip(theirs, list(expected)[:5]):
+        for got, want in zip(theirs, list(expected)[:5], strict=False):
             close = backend == "torchvision" and got in expected and \
                 abs(expected[got] - expected[want]) <= TORCHVISION_LOGITS
             assert got == want or close, (path.name, theirs, list(expected))

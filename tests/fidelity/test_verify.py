@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 import re
 
-from helpers import published_layouts as pl
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers.timm_reference import timm_vit
-from helpers.timm_family import reduced
-from helpers.vit_weights import AUGREG_224, our_vit, write_test_weights
+from helpers import published_layouts as pl
 from helpers.cli import cli_error
+from helpers.timm_family import reduced
+from helpers.timm_reference import timm_vit
+from helpers.vit_weights import AUGREG_224, our_vit, write_test_weights
 
 from vitconvert import ViTConfig, VitConvertError, convert_jax, convert_timm, verify
 from vitconvert.cli import cli

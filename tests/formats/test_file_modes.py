@@ -9,8 +9,8 @@ import stat
 import pytest
 from helpers.manifest import TINY_NAME, TINY_PATH, FileServer, tiny_entry, tiny_npz_bytes, write_manifest
 
-from vitconvert.conversion.jax import convert_jax
 from vitconvert.catalog.download import download
+from vitconvert.conversion.jax import convert_jax
 
 DATA = tiny_npz_bytes()
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import re
 
-from helpers import published_layouts as pl
 import pytest
 import torch
-from helpers.timm_reference import timm_vit
+from helpers import published_layouts as pl
 from helpers.cli import vitconvert_cli
+from helpers.timm_reference import timm_vit
 
 from vitconvert import VitConvertError, convert_jax, convert_timm, read_record
 

@@ -20,7 +20,6 @@ def converted_tiny(path: Path, seed: int = 0) -> Path:
     """A tiny ViT written as the 2020 ImageNet-21k files are (a pre_logits representation layer, an
     all-zero head) in the vit_jax layout, converted by `convert_jax`: what a user fine-tunes."""
     from helpers.published_layouts import random_pre_logits, random_timm_vit, write_npz
-
     from vitconvert import convert_jax
 
     model = random_timm_vit("tiny", seed=seed)

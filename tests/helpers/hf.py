@@ -19,8 +19,8 @@ def random_hf(architecture: str, seed: int = 0, pooler: bool = True, **overrides
     project's fill_random_, then Dinov2's layer scales around 1 (0.05 would make every block nearly the
     identity) and the classifiers spread (logits of std ~3, for a clear top-5)."""
     import transformers
-    from helpers.published_layouts import fill_random_
 
+    from helpers.published_layouts import fill_random_
     from helpers.vit_weights import spread_heads
 
     family = architecture.removesuffix("Model").split("For")[0]

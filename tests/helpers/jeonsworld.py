@@ -90,7 +90,7 @@ class ResNetV2(nn.Module):
             ("pool", nn.MaxPool2d(kernel_size=3, stride=2, padding=0)),
         ]))
         blocks, cin = [], width
-        for b, (units, mult, stride) in enumerate(zip(block_units, (4, 8, 16), (1, 2, 2)), start=1):
+        for b, (units, mult, stride) in enumerate(zip(block_units, (4, 8, 16), (1, 2, 2), strict=False), start=1):
             cout, cmid = width * mult, width * mult // 4
             blocks.append((f"block{b}", nn.Sequential(OrderedDict(
                 [("unit1", PreActBottleneck(cin, cout, cmid, stride))]

@@ -5,9 +5,9 @@ is refused with a message that points to --embed."""
 from __future__ import annotations
 
 import numpy as np
-from helpers import published_layouts as pl
 import pytest
 import torch
+from helpers import published_layouts as pl
 from helpers.vit_weights import TINY, TINY_TIMM_KWARGS, our_vit, timm_classifier, write_test_weights
 from PIL import Image
 from timm.data import create_transform

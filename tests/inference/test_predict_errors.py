@@ -26,7 +26,7 @@ def test_report_puts_an_error_result_in_the_bad_images_place(tiny_weights, cat_j
         assert r.predictions == () and r.to_dict() == {"image": str(broken), "error": r.error}
     good = [results[i] for i in (0, 2, 5)]
     alone = predictor.predict([cat_jpg, gray_png, cat_jpg], top_k=3, batch_size=1)
-    for got, want in zip(good, alone):
+    for got, want in zip(good, alone, strict=False):
         assert got.error is None and set(got.to_dict()) == {"image", "predictions"}
         assert [p.index for p in got.predictions] == [p.index for p in want.predictions]
         # other batch compositions round differently: observed <= 3.6e-7

@@ -31,7 +31,7 @@ def test_batching_does_not_change_results(tiny_weights, cat_jpg, gray_png):
     images = [cat_jpg, gray_png, cat_jpg]
     one_by_one = [r.predictions for r in predictor.predict(images, batch_size=1)]
     together = [r.predictions for r in predictor.predict(images, batch_size=3)]
-    for a, b in zip(one_by_one, together):  # another batch size, other kernels: measured <= 3.6e-7
+    for a, b in zip(one_by_one, together, strict=False):  # another batch size, other kernels: measured <= 3.6e-7
         assert [p.index for p in a] == [p.index for p in b]
         assert [p.probability for p in a] == pytest.approx([p.probability for p in b], abs=1e-6)
 
@@ -110,7 +110,7 @@ def test_attention_maps_are_timm_softmax_weights(tmp_path, cat_jpg):
         model(x)
         ours = predictor.model.attention_maps(x)
     assert len(ours) == len(caught) == 2
-    for a, b in zip(ours, caught):
+    for a, b in zip(ours, caught, strict=False):
         assert a.shape == (1, 4, 197, 197)
         assert (a - b).abs().max().item() <= 1e-7  # measured: 2.0e-8 (probabilities, float32)
 

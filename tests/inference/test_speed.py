@@ -151,7 +151,7 @@ def test_batches_launched_ahead_give_the_same_results_in_order(tiny_weights, pho
     got = list(looking_ahead.iter_embed(images, batch_size=3, errors="report"))
     assert [(r.image, r.error) for r in got] == [(r.image, r.error) for r in expected]
     assert all(a.embedding is b.embedding is None or np.array_equal(a.embedding, b.embedding)
-               for a, b in zip(got, expected))
+               for a, b in zip(got, expected, strict=False))
     done = []
     with pytest.raises(VitConvertError, match=f"^{bad}: cannot "):
         for result in looking_ahead.iter_predict(images, batch_size=2):
@@ -182,8 +182,8 @@ def test_a_model_compiled_for_static_shapes_sees_only_full_batches(tiny_weights,
     assert seen == [3, 3, 3]
     assert [(r.image, r.error, [p.index for p in r.predictions]) for r in got] == \
         [(r.image, r.error, [p.index for p in r.predictions]) for r in expected]
-    assert max(abs(a.probability - b.probability) for r, e in zip(got, expected)
-               for a, b in zip(r.predictions, e.predictions)) <= 5e-7  # observed 1.8e-7: other GEMM shapes
+    assert max(abs(a.probability - b.probability) for r, e in zip(got, expected, strict=False)
+               for a, b in zip(r.predictions, e.predictions, strict=False)) <= 5e-7  # observed 1.8e-7: other GEMM shapes
     seen.clear()
     embedded = padded.embed(photos[:5], batch_size=2)
     assert seen == [2, 2, 2] and embedded.shape[0] == 5

@@ -5,11 +5,11 @@ end to end. (FlexiViT's files at other patch sizes against FlexiViT's forward: t
 
 from __future__ import annotations
 
-from helpers import big_vision_layouts as bv
 import numpy as np
-from helpers import published_layouts as pl
 import pytest
 import torch
+from helpers import big_vision_layouts as bv
+from helpers import published_layouts as pl
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.big_vision_layouts import jax_resize_linear  # jax.image.resize's 'linear', written out
-from helpers.big_vision_layouts import posemb_sincos_2d  # big_vision/models/vit.py's, ported to numpy
+from helpers.big_vision_layouts import (
+    jax_resize_linear,  # jax.image.resize's 'linear', written out
+    posemb_sincos_2d,  # big_vision/models/vit.py's, ported to numpy
+)
 from helpers.dino import dino_interpolate_pos_encoding, dinov2_interpolate_pos_encoding
 from helpers.vit_weights import TINY, our_vit
 from timm.layers import resample_abs_pos_embed
@@ -107,7 +109,7 @@ def keys_bicubic_weights(new: int, old: int, scale: float) -> np.ndarray:
         x = (i + 0.5) / scale - 0.5
         x0 = math.floor(x)
         t = x - x0
-        for offset, wt in zip((-1, 0, 1, 2), (far(t + 1), near(t), near(1 - t), far(2 - t))):
+        for offset, wt in zip((-1, 0, 1, 2), (far(t + 1), near(t), near(1 - t), far(2 - t)), strict=False):
             weights[i, min(max(x0 + offset, 0), old - 1)] += wt
     return weights
 
@@ -120,11 +122,11 @@ def test_dino_samples_at_the_given_scale_not_the_grid_ratio(old, new):
     ours = resample_pos_embed(grid, new, old, 0, method="dino")[0].reshape(*new, 8).double().numpy()
 
     def sampled(scales):
-        rows, cols = (keys_bicubic_weights(n, o, s) for n, o, s in zip(new, old, scales))
+        rows, cols = (keys_bicubic_weights(n, o, s) for n, o, s in zip(new, old, scales, strict=False))
         return np.einsum("ia,abd,jb->ijd", rows, grid[0].reshape(*old, 8).double().numpy(), cols)
 
-    given = sampled([(n + 0.1) / o for n, o in zip(new, old)])
-    recomputed = sampled([n / o for n, o in zip(new, old)])
+    given = sampled([(n + 0.1) / o for n, o in zip(new, old, strict=False)])
+    recomputed = sampled([n / o for n, o in zip(new, old, strict=False)])
     # Measured on N(0, 1) entries: 3.5e-6 to 6.0e-6 from the given scale (float32 arithmetic against
     # float64); 0.32 to 0.75 from the recomputed one.
     assert np.abs(ours - given).max() <= 1e-5

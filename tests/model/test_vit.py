@@ -188,7 +188,7 @@ def test_every_config_field_says_what_it_means_and_which_sources_set_it() -> Non
 
     body = next(node for node in ast.parse(inspect.getsource(config_module)).body
                 if isinstance(node, ast.ClassDef) and node.name == "ViTConfig").body
-    docs = {field.target.id: text.value.value for field, text in zip(body, body[1:])
+    docs = {field.target.id: text.value.value for field, text in zip(body, body[1:], strict=False)
             if isinstance(field, ast.AnnAssign) and isinstance(text, ast.Expr) and isinstance(text.value, ast.Constant)}
     undocumented = [f.name for f in dataclasses.fields(ViTConfig) if "Set by: " not in docs.get(f.name, "")]
     assert not undocumented

@@ -31,10 +31,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import cache_dir, cached_weights
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..formats.paths import check_output
+from .cache import cache_dir, cached_weights
 from .manifest import CheckpointEntry, Manifest, find
 
 Progress = Callable[[int, int | None], None]  # (bytes done, total bytes or None if the server did not say)

@@ -51,7 +51,7 @@ def list_cmd(filter_: str | None, as_json: bool) -> None:
                      f"{e.top1:.2f}" if e.top1 is not None else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
 
 
 def _haystack(e) -> str:

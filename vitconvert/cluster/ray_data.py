@@ -92,7 +92,7 @@ def _prepare(batch: dict[str, np.ndarray], preprocess: Preprocess, max_pixels: i
     height, width = preprocess.size
     pixels = np.zeros((len(paths), 3, height, width), np.float32)
     errors = [""] * len(paths)  # a string in every row: Arrow keeps one column type across blocks
-    for i, (name, source) in enumerate(zip(paths, sources)):
+    for i, (name, source) in enumerate(zip(paths, sources, strict=False)):
         try:
             image = _as_image(source, name, max_pixels)
             pixels[i] = to_tensor(image, preprocess).numpy()
@@ -167,7 +167,7 @@ def write_predictions(dataset: ray.data.Dataset, out: str | os.PathLike, force: 
     with atomic_directory(out, force, replaceable=lambda name: name.endswith(".parquet")) as tmp:
         dataset.write_parquet(str(tmp))
         table = pq.read_table(tmp, columns=["path", "error"]).to_pydict()
-    failed = sorted(({"image": p, "error": e} for p, e in zip(table["path"], table["error"]) if e),
+    failed = sorted(({"image": p, "error": e} for p, e in zip(table["path"], table["error"], strict=False) if e),
                     key=lambda f: f["image"])  # the blocks come back in no particular order
     return {"images": len(table["path"]), "errors": len(failed), "failed": failed}
 
@@ -193,5 +193,5 @@ def quiet_ray(quiet: bool = True) -> Iterator[None]:
         yield
     finally:
         context.enable_progress_bars = bars
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=False):
             logger.setLevel(level)

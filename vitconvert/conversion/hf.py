@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.json_types import is_int, is_real
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
+from ..core.json_types import is_int, is_real
 from ..formats.paths import check_input
 from ..formats.safetensors_file import SafetensorsReader
 from ..formats.weights_file import WeightsRecord

@@ -12,8 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..core.json_types import is_int, is_real
 from ..core.errors import VitConvertError
+from ..core.json_types import is_int, is_real
 from ..formats.weights_file import Preprocess
 
 IMAGENET_STANDARD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -99,7 +99,7 @@ def preprocess_from(processor: Mapping[str, Any] | None, model_type: str, img_si
         shown = RESAMPLE_NAMES.get(resample, resample) if is_int(resample) else resample
         notes.append(f"resample {shown!r} recorded as bicubic (ours: bilinear or bicubic)")
     mean, std = (_triple(d.get(k, default), k, where) for k, default in zip(("image_mean", "image_std"),
-                                                                         defaults["mean_std"]))
+                                                                         defaults["mean_std"], strict=False))
     if not d.get("do_normalize", True):
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     # transformers: x * rescale_factor, then (x - mean) / std. Ours: x / 255 first, so both scale by 255 * factor.

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..core.config import GN_GROUPS, ViTConfig
-from ..core.errors import VitConvertError
+from ..core.errors import VitConvertError, name_list
 from ..core.param_shapes import param_shapes
 from ..formats.weights_file import Preprocess
 from .timm import TIMM_WS_EPS

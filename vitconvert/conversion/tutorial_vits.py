@@ -13,14 +13,13 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..core.json_types import is_int, is_real
 from ..core.config import ViTConfig, timm_incompatibilities
 from ..core.errors import VitConvertError
+from ..core.json_types import is_int, is_real
 from ..formats.weights_file import Preprocess, WeightsRecord, label_set_for
 from . import tutorial_layouts as layouts
 from .jax_layouts import bindings as resnet_bindings

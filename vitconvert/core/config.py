@@ -10,8 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from .json_types import is_int, is_real, is_size
 from .errors import VitConvertError
+from .json_types import is_int, is_real, is_size
 
 # The enums are the Literals: the tuples of accepted values come from them (`get_args`), so that the type
 # a checker sees and the values a file's JSON is checked against cannot drift apart.

@@ -186,7 +186,7 @@ def read_header(path: str | os.PathLike) -> Header:
         with safe_open(path, framework="numpy") as f:
             metadata = f.metadata() or {}
             tensors = {}
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 (safe_open has keys() and no __iter__)
                 view = f.get_slice(name)
                 tensors[name] = (view.get_dtype(), tuple(view.get_shape()))
     except SafetensorError as e:
@@ -240,6 +240,6 @@ def read_tensors(path: str | os.PathLike, framework: str = "pt") -> dict:
 
     try:
         with safe_open(path, framework=framework) as f:
-            return {name: f.get_tensor(name) for name in f.keys()}
+            return {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (no __iter__)
     except (SafetensorError, OSError) as e:
         raise VitConvertError(f"{path}: cannot read tensors ({e})") from None

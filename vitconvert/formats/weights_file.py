@@ -15,9 +15,9 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from ..core.json_types import is_real, is_size
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
+from ..core.json_types import is_real, is_size
 from ..core.param_shapes import check_shapes
 from .dtypes import STORAGE, check_dtype
 from .file_kind import file_kind

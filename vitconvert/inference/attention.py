@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-
 # A perceptually ordered dark-blue -> red ramp (anchors of matplotlib's 'turbo', a colour map
 # that stays readable on top of a photo), interpolated linearly between anchors.
 _RAMP = np.array([

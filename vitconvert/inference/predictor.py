@@ -21,8 +21,8 @@ from PIL import Image
 
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
-from ..model.optimize import compiled_for_static_shapes
 from ..model.loading import model_from
+from ..model.optimize import compiled_for_static_shapes
 from .attention import overlay, rollout
 from .batches import Batch, ImageInput, batches, prepare
 from .images import MAX_PIXELS, load_rgb
@@ -186,7 +186,7 @@ class Predictor:
 
         def ranked(probabilities: torch.Tensor) -> Iterable[tuple[list[float], list[int]]]:
             values, indices = probabilities.topk(k, dim=-1)
-            return zip(values.tolist(), indices.tolist())
+            return zip(values.tolist(), indices.tolist(), strict=False)
 
         def launch(inputs: torch.Tensor) -> InFlight:
             return self._launch_probabilities(inputs, batch_size)
@@ -198,7 +198,7 @@ class Predictor:
             probs, classes = row
             yield ImagePredictions(name, tuple(
                 Prediction(rank, index, self.label(index), prob)
-                for rank, (prob, index) in enumerate(zip(probs, classes), start=1)))
+                for rank, (prob, index) in enumerate(zip(probs, classes, strict=False), start=1)))
 
     def predict(self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32,
                 workers: int = 0, errors: OnError = "raise") -> list[ImagePredictions]:
@@ -241,7 +241,7 @@ class Predictor:
         pin = self.device.type == "cuda"
         prepared = batches(images, self.preprocess, self.max_pixels, batch_size, workers, pin_memory=pin)
         launched: deque[tuple[int, Batch, InFlight | None]] = deque()
-        for start, batch in zip(range(0, len(images), batch_size), prepared):
+        for start, batch in zip(range(0, len(images), batch_size), prepared, strict=False):
             launched.append((start, batch, launch(batch.inputs) if batch.inputs is not None else None))
             if len(launched) > self._batches_ahead:
                 yield from _batch_rows(images, batch_size, errors, rows, *launched.popleft())

@@ -92,7 +92,7 @@ def tf_resize_bilinear(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if tuple(size) == pixels.shape[:2]:
         return pixels.astype(np.float32)  # TensorFlow's no-op resize: a cast
     (y_low, y_high, y_lerp), (x_low, x_high, x_lerp) = (
-        _tf_source_pixels(n_in, n_out) for n_in, n_out in zip(pixels.shape[:2], size))
+        _tf_source_pixels(n_in, n_out) for n_in, n_out in zip(pixels.shape[:2], size, strict=False))
     channels = pixels.shape[2]
     rows = pixels.reshape(pixels.shape[0], -1)  # (H, W * C): a pixel's channels side by side
     left, right = ((x[:, None] * channels + np.arange(channels)).ravel() for x in (x_low, x_high))

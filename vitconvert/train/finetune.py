@@ -21,9 +21,9 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from ..core.json_types import is_int
 from ..core.config import parse_size
 from ..core.errors import VitConvertError, VitConvertWarning
+from ..core.json_types import is_int
 from ..formats.source_hash import FileHash
 from ..formats.weights_file import Source, read_record
 from ..model.loading import float32_tensors, save_weights

@@ -17,8 +17,8 @@ from typing import Literal, get_args
 
 import torch
 
-from ..core.json_types import is_int, is_real
 from ..core.errors import VitConvertError
+from ..core.json_types import is_int, is_real
 
 Optimizer = Literal["sgd", "adamw"]
 OPTIMIZERS = get_args(Optimizer)
