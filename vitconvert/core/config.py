@@ -42,6 +42,10 @@ POS_RESIZES: tuple[PosResize, ...] = get_args(PosResize)
 # The hybrid ResNetV2 as vit_jax and timm build it (Big Transfer's), or jeonsworld/ViT-pytorch's port of it.
 HybridVariant = Literal["bit", "jeonsworld"]
 HYBRID_VARIANTS: tuple[HybridVariant, ...] = get_args(HybridVariant)
+# How a relative position bias table is resampled for another grid: the rules of model/relpos.py (its
+# RESIZERS, which a test holds equal to these), timm's and transformers'.
+RelPosResize = Literal["timm", "transformers"]
+REL_POS_RESIZES: tuple[RelPosResize, ...] = get_args(RelPosResize)
 
 # name -> (embed_dim, depth, num_heads, mlp_dim), as in the ViT and DeiT papers.
 WIDTHS: dict[str, tuple[int, int, int, int]] = {
@@ -58,9 +62,10 @@ _POSITIVE_INTS = ("in_chans", "embed_dim", "depth", "num_heads", "mlp_dim", "hyb
 _COUNTS = ("num_classes", "reg_tokens")  # zero allowed
 _BOOLS = ("fc_norm", "distilled", "qkv_bias", "no_embed_class", "pool_include_prefix", "final_norm", "pre_norm",
           "patch_bias", "patch_norm", "layer_scale", "qk_norm", "scale_attn_norm", "scale_mlp_norm", "proj_bias",
-          "patch_pre_norm")
+          "patch_pre_norm", "rel_pos_bias", "shared_rel_pos_bias")
 _CHOICES = {"pool": POOLS, "act": ACTIVATIONS, "norm": NORMS, "mlp": MLPS, "block": BLOCK_KINDS,
-            "pos_embed": POS_EMBEDS, "pos_resize": POS_RESIZES, "hybrid_variant": HYBRID_VARIANTS}
+            "pos_embed": POS_EMBEDS, "pos_resize": POS_RESIZES, "hybrid_variant": HYBRID_VARIANTS,
+            "rel_pos_resize": REL_POS_RESIZES}
 
 
 @dataclass(frozen=True)
@@ -230,6 +235,24 @@ class ViTConfig:
     shortcut a GroupNorm of one group per channel with eps 1e-5.
 
     Set by: tutorial (jeonsworld's hybrid)."""
+    rel_pos_bias: bool = False
+    """A relative position bias table in every block's attention (blocks.N.attn.relative_position_bias_table,
+    model/relpos.py): per head, one learned attention-logit bias for each offset between two patches and three
+    for the class token (BEiT's). Needs the class token and no other prefix token.
+
+    Set by: timm (Beit's use_rel_pos_bias), transformers (Beit's and Data2VecVision's
+    use_relative_position_bias)."""
+    shared_rel_pos_bias: bool = False
+    """One such table for all the blocks (rel_pos_bias.relative_position_bias_table), added to the attention
+    logits of each, after a block's own where it has one too.
+
+    Set by: timm (Beit's use_shared_rel_pos_bias), transformers (use_shared_relative_position_bias)."""
+    rel_pos_resize: RelPosResize = "timm"
+    """How the relative position tables are resampled for another input size (model/relpos.py): 'timm' (BEiT's
+    geometric-progression rule, timm's resize_rel_pos_bias_table) or 'transformers' (bilinear, as
+    BeitRelativePositionBias does at every forward).
+
+    Set by: timm ('timm'), transformers ('transformers')."""
 
     def __post_init__(self) -> None:
         # Types first: a config also comes from a file's JSON, and a wrong type must be a clear
@@ -265,6 +288,12 @@ class ViTConfig:
             problems.append("post-norm blocks have no layer scale")
         if self.block == "parallel" and (self.mlp != "mlp" or self.scale_attn_norm or self.scale_mlp_norm):
             problems.append("parallel blocks have a plain MLP and no scale norms")
+        if (self.rel_pos_bias or self.shared_rel_pos_bias) and not (self.has_class_token and
+                                                                  self.num_prefix_tokens == 1):
+            problems.append("a relative position bias table has rows for one class token: it needs the class "
+                            "token and no register or distillation token")
+        if (self.rel_pos_bias or self.shared_rel_pos_bias) and self.block == "parallel":
+            problems.append("parallel blocks take no relative position bias")
         if self.pos_embed == "sincos2d" and (self.embed_dim % 4 or self.embed_dim < 8):
             problems.append(f"a sincos2d position embedding needs embed_dim a multiple of 4 and >= 8 "
                             f"(sin and cos of each axis), got {self.embed_dim}")
@@ -405,9 +434,9 @@ class ViTConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON values; those added with timm's family (`SINCE_FAMILY`) and after it
-        (`SINCE_TORCH_SOURCES`) only where they are not their default, so a model that was expressible
-        before is written as it was."""
-        later = {**SINCE_FAMILY, **SINCE_TORCH_SOURCES}
+        (`SINCE_TORCH_SOURCES`, `SINCE_BEIT`) only where they are not their default, so a model that was
+        expressible before is written as it was."""
+        later = {**SINCE_FAMILY, **SINCE_TORCH_SOURCES, **SINCE_BEIT}
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in later or v != later[k]}
         for name in ("img_size", "patch_size", "hybrid_layers"):
             if isinstance(d[name], tuple):
@@ -441,6 +470,9 @@ SINCE_FAMILY = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.na
 # The fields added for the PyTorch sources (lucidrains' vit-pytorch, jeonsworld's ViT-pytorch, nn.TransformerEncoder).
 SINCE_TORCH_SOURCES = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in (
     "attn_head_dim", "patch_pre_norm", "hybrid_variant")}
+# The fields added for BEiT (timm's Beit, transformers' Beit and Data2VecVision).
+SINCE_BEIT = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in (
+    "rel_pos_bias", "shared_rel_pos_bias", "rel_pos_resize")}
 
 
 def timm_incompatibilities(cfg: ViTConfig) -> list[str]:
@@ -456,6 +488,8 @@ def timm_incompatibilities(cfg: ViTConfig) -> list[str]:
         reasons.append("a norm over the raw patches before the patch projection")
     if cfg.pos_embed == "sincos2d":
         reasons.append("a computed 2-D sin-cos position embedding")
+    if cfg.rel_pos_bias or cfg.shared_rel_pos_bias:
+        reasons.append("relative position bias tables (timm's Beit has them, its VisionTransformer does not)")
     if cfg.hybrid_variant == "jeonsworld":
         reasons.append("jeonsworld's ResNet (timm loads its tensors but pads and normalizes otherwise: other outputs)")
     return reasons

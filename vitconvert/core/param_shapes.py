@@ -42,6 +42,8 @@ def param_shapes(cfg: ViTConfig) -> Shapes:
         norm(shapes, "patch_embed.pre_norm", in_chs * cfg.patch_hw[0] * cfg.patch_hw[1])
     if cfg.pre_norm:
         norm(shapes, "norm_pre", d)
+    if cfg.shared_rel_pos_bias:
+        shapes["rel_pos_bias.relative_position_bias_table"] = rel_pos_table_shape(cfg)
     for i in range(cfg.depth):
         _block(shapes, cfg, f"blocks.{i}", norm)
     if cfg.final_norm and not cfg.fc_norm:
@@ -93,8 +95,21 @@ def _mlp(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
     _linear(shapes, f"{b}.mlp.fc2", hidden, d, cfg.proj_bias)
 
 
+def rel_pos_table_rows(grid: tuple[int, int]) -> int:
+    """Rows of a relative position bias table for a (rows, cols) patch grid: one per offset between two
+    patches, and three for the class token (model/relpos.py)."""
+    return (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
+
+
+def rel_pos_table_shape(cfg: ViTConfig) -> tuple[int, int]:
+    """(rows, heads) of the relative position bias tables `cfg` stores, for its own grid."""
+    return rel_pos_table_rows(cfg.grid_size), cfg.num_heads
+
+
 def _attention(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
     d, inner = cfg.embed_dim, cfg.attn_dim
+    if cfg.rel_pos_bias:
+        shapes[f"{b}.attn.relative_position_bias_table"] = rel_pos_table_shape(cfg)
     _linear(shapes, f"{b}.attn.qkv", d, 3 * inner, cfg.qkv_bias)
     if cfg.qk_norm:
         norm(shapes, f"{b}.attn.q_norm", cfg.head_dim)
