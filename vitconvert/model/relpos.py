@@ -26,6 +26,7 @@ step is 1) and stretches the far ones; transformers' scales every offset by the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,7 @@ CLASS_ROWS = 3
 TableResize = Callable[[torch.Tensor, tuple[int, int], tuple[int, int]], torch.Tensor]
 
 
+@lru_cache(maxsize=16)  # every block reads the same index each forward
 def relative_position_index(grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
     """(N + 1, N + 1) long, N = gh * gw, tokens class first then patches in row-major order: the table row
     each query (rows) and key (columns) pair reads."""
