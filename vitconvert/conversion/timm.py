@@ -234,7 +234,8 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]], where: str, num_he
             embed_dim=dim, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
             num_classes=dims("head.weight", 2)[0] if has("head.weight") else 0, pool=pool, fc_norm=fc_norm,
             representation_size=pre[0] if pre else None, distilled=distilled,
-            qkv_bias=has(b + ("in_proj.bias" if block == "parallel" else "attn.qkv.bias")),
+            qkv_bias=has(b + ("in_proj.bias" if block == "parallel" else "attn.qkv.bias")) or has(b + "attn.q_bias"),
+            k_bias=not has(b + "attn.q_bias"),  # Beit's (and Eva's) q and v biases beside a bias-free qkv
             no_embed_class=no_embed_class, hybrid_layers=hybrid_layers, hybrid_width=hybrid_width,
             hybrid_gn_eps=ViTConfig.hybrid_gn_eps if stem is None else TIMM_GN_EPS, class_token=class_token,
             reg_tokens=reg_tokens, final_norm=final_norm,

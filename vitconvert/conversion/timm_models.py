@@ -293,6 +293,25 @@ def _comparable(cfg: ViTConfig) -> dict[str, Any]:
     return d
 
 
+def is_beit(model: torch.nn.Module) -> bool:
+    """timm's Beit (timm/models/beit.py), whose blocks take no act_layer and whose state dict names differ."""
+    from timm.models.beit import Beit
+
+    return isinstance(model, Beit)
+
+
+def to_timm_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors in our names as timm's `model` loads them: in its family's names, through its own checkpoint
+    filter (which resamples what the model's input size needs)."""
+    from timm.models import beit, vision_transformer
+
+    from .timm_beit import to_timm_names
+
+    if is_beit(model):
+        return beit.checkpoint_filter_fn(to_timm_names(state), model)
+    return vision_transformer.checkpoint_filter_fn(dict(state), model)
+
+
 def is_dino_tag(model_name: str) -> bool:
     """A timm name whose tag is a DINO (v1) checkpoint's, e.g. 'vit_small_patch16_224.dino'."""
     tag = model_name.partition(".")[2].lower()

@@ -18,7 +18,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..conversion.timm_models import Difference, architecture_differences, create_timm_model, timm_config
+from ..conversion.timm_models import (
+    Difference,
+    architecture_differences,
+    create_timm_model,
+    is_beit,
+    timm_config,
+    to_timm_state,
+)
 from ..core.config import ACTIVATIONS, ViTConfig
 from ..core.errors import VitConvertError
 from ..model.loading import at_size, build_with_weights, load_state_dict
@@ -96,10 +103,10 @@ def load_timm_weights(model: torch.nn.Module, name: str, native: ViTConfig, sour
 
     native: the architecture of timm's `name`, which the original must have: timm's loaders copy
     whatever fits (the npz loader) or resample (the filter), so it is checked first."""
-    from timm.models.vision_transformer import _load_weights, checkpoint_filter_fn
+    from timm.models.vision_transformer import _load_weights
 
     if source is None:
-        _load_checked(model, checkpoint_filter_fn(ours_state, model), "our file", name)
+        _load_checked(model, to_timm_state(model, ours_state), "our file", name)
         return "our file, through timm's checkpoint_filter_fn"
     if source.suffix == ".npz":
         from ..conversion import jax_layouts
@@ -119,7 +126,7 @@ def load_timm_weights(model: torch.nn.Module, name: str, native: ViTConfig, sour
     inferred = config_from_shapes({k: tuple(v.shape) for k, v in state.items()}, str(source), named=True)
     _refuse_differences(inferred.differences_from(native, ignore=MATCHED + NOT_ARCHITECTURE), source, name)
     try:
-        state = checkpoint_filter_fn(state, model)
+        state = to_timm_state(model, state)
     except (RuntimeError, ValueError, KeyError, IndexError) as e:
         raise VitConvertError(f"{source}: timm's checkpoint filter cannot fit it to {name} ({e})") from None
     _load_checked(model, state, str(source), name)
@@ -174,7 +181,8 @@ def verify(path: str | os.PathLike, timm_model: str, *, source: str | os.PathLik
         raise VitConvertError(f"timm activation must be 'match' or one of {', '.join(map(repr, ACTIVATIONS))}, "
                               f"got {timm_act!r}")
     kwargs = dict(timm_kwargs or {})
-    native = timm_config(create_timm_model(timm_model, meta=True, **kwargs), timm_model)
+    shape_only = create_timm_model(timm_model, meta=True, **kwargs)
+    native = timm_config(shape_only, timm_model)
     described = dict(timm_model=timm_model, timm_kwargs=kwargs, ours_activation=record.config.act,
                      timm_activation=act, atol=atol)
     # The activation is not compared: --timm-act chooses the one timm runs.
@@ -186,7 +194,13 @@ def verify(path: str | os.PathLike, timm_model: str, *, source: str | os.PathLik
     ours = build_with_weights(cfg, state)
     # At another size timm's position embeddings are resampled to it too: the input size, not the architecture.
     at = {} if cfg.img_size == native.img_size else {"img_size": cfg.img_size}
-    theirs = create_timm_model(timm_model, **{**kwargs, **at, "act_layer": act})
+    if is_beit(shape_only):  # timm's Beit takes no act_layer
+        if act != native.act:
+            raise VitConvertError(f"timm's {timm_model} is a Beit, whose activation ({native.act}) timm does not let "
+                                  f"a caller change: it cannot run {act}")
+        theirs = create_timm_model(timm_model, **{**kwargs, **at})
+    else:
+        theirs = create_timm_model(timm_model, **{**kwargs, **at, "act_layer": act})
     origin = load_timm_weights(theirs, timm_model, native, Path(source) if source else None, state)
     if cfg.hybrid_layers is not None and timm_act == "match":
         original = "none" if source is None else "jax" if Path(source).suffix == ".npz" else "timm"
