@@ -1,4 +1,4 @@
-"""Hugging Face transformers checkpoints (ViT, DeiT, Dinov2) to our weights file.
+"""Hugging Face transformers checkpoints (ViT, DeiT, Dinov2, BEiT, Data2VecVision) to our weights file.
 
 SRC is a directory as `save_pretrained` writes it (config.json, model.safetensors or pytorch_model.bin,
 preprocessor_config.json), or its weights file with the config.json beside it. The architecture comes
@@ -110,7 +110,8 @@ def model_type(config: Mapping[str, Any], where: str) -> str:
     if kind not in hf_layouts.MODEL_TYPES:
         found = f"model_type {kind!r}" if kind is not None else "no model_type"
         raise VitConvertError(f"{where}: {found}; hf2torch converts "
-                              f"{', '.join(hf_layouts.MODEL_TYPES)} (transformers' ViT, DeiT and Dinov2)")
+                              f"{', '.join(hf_layouts.MODEL_TYPES)} (transformers' ViT, DeiT, Dinov2, BEiT and "
+                              "Data2VecVision)")
     return kind
 
 
@@ -147,21 +148,57 @@ def config_from_json(config: Mapping[str, Any], layout: HfLayout, where: str) ->
         mlp_dim = get("intermediate_size")
     size, patch = (tuple(v) if isinstance(v, list) else (v, v) if is_int(v) else v
                    for v in (get("image_size"), get("patch_size")))
-    fields = dict(img_size=size, patch_size=patch, in_chans=get("num_channels"), embed_dim=dim,
+    if layout.beit:
+        if (layout.rel_pos or layout.shared_rel_pos) and isinstance(size, tuple) and isinstance(patch, tuple) \
+                and len(size) == len(patch) == 2 and size[0] // patch[0] != size[1] // patch[1]:
+            raise VitConvertError(f"{where}: a relative position table for a non-square grid: transformers' "
+                                  "BeitRelativePositionBias reads it transposed (its (width, height) reshape), so its "
+                                  "outputs are not BEiT's")
+        pool = "gap" if layout.beit_norm == "pooler" else "token"
+        fields = dict(pool=pool, fc_norm=layout.beit_norm == "pooler", final_norm=layout.beit_norm != "none",
+                      class_token=True, k_bias=False, pos_embed="learn" if layout.abs_pos else "none",
+                      layer_scale=layout.layer_scale, rel_pos_bias=layout.rel_pos,
+                      shared_rel_pos_bias=layout.shared_rel_pos, rel_pos_resize="transformers")
+    else:
+        fields = dict(distilled=layout.head == "teacher", representation_size=config.get("pooler_output_size") or dim
+                      if layout.pooler else None, reg_tokens=int(layout.model_type == "deit" and
+                                                                 layout.head != "teacher"),
+                      layer_scale=layout.model_type == "dinov2")
+    fields |= dict(img_size=size, patch_size=patch, in_chans=get("num_channels"), embed_dim=dim,
                   depth=get("num_hidden_layers"), num_heads=heads, mlp_dim=mlp_dim, act=act,
-                  ln_eps=get("layer_norm_eps"), qkv_bias=get("qkv_bias"), num_classes=_num_classes(config, layout),
-                  distilled=layout.head == "teacher", reg_tokens=int(layout.model_type == "deit" and
-                                                                   layout.head != "teacher"),
-                  representation_size=config.get("pooler_output_size") or dim if layout.pooler else None,
-                  layer_scale=layout.model_type == "dinov2", mlp=layout.mlp, pos_resize="transformers")
+                  ln_eps=get("layer_norm_eps"), qkv_bias=config.get("qkv_bias", True),
+                  num_classes=_num_classes(config, layout), mlp=layout.mlp, pos_resize="transformers")
     try:
         return ViTConfig(**fields)
     except (VitConvertError, TypeError) as e:  # values of the wrong type: say which file they came from
         raise VitConvertError(f"{where}: {e}") from None
 
 
+def beit_layout(config: Mapping[str, Any], layout: HfLayout, where: str) -> HfLayout:
+    """A BEiT layout with the optional parts its config.json's use_* flags (transformers' defaults where it
+    leaves them out) build; the keys must then be those (the pipeline names any missing or left over)."""
+    defaults = hf_layouts.DEFAULTS[layout.model_type]
+
+    def flag(key: str) -> bool:
+        value = config.get(key, defaults[key])
+        if not isinstance(value, bool):
+            raise VitConvertError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+
+    scale = config.get("layer_scale_init_value", defaults["layer_scale_init_value"])
+    if not is_real(scale):
+        raise VitConvertError(f"{where}: layer_scale_init_value must be a number, got {scale!r}")
+    if flag("use_mean_pooling") != (layout.beit_norm in ("pooler", "none", "mim")):
+        found = {"pooler": "pooler.layernorm", "encoder": "layernorm", "mim": "layernorm", "none": "no final norm"}
+        raise VitConvertError(f"{where}: use_mean_pooling is {flag('use_mean_pooling')}, but the checkpoint holds "
+                              f"{found[layout.beit_norm]}")
+    return dataclasses.replace(layout, abs_pos=flag("use_absolute_position_embeddings"),
+                               rel_pos=flag("use_relative_position_bias"),
+                               shared_rel_pos=flag("use_shared_relative_position_bias"), layer_scale=scale > 0)
+
+
 def _num_classes(config: Mapping[str, Any], layout: HfLayout) -> int:
-    if layout.head is None:
+    if layout.head is None or layout.head == "mim":
         return 0
     id2label = config.get("id2label")
     return len(id2label) if isinstance(id2label, Mapping) else config.get("num_labels", 2)
@@ -184,8 +221,8 @@ def class_names(config: Mapping[str, Any], num_classes: int) -> tuple[tuple[str,
 def convert_hf(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False, dtype: str = "float32",
                labels: str | Sequence[str] | None = None, allow_nonfinite: bool = False,
                pos_resize: str | None = None, progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
-    """Convert a transformers ViT, DeiT or Dinov2 checkpoint at `src` (its directory, or its weights file with
-    config.json beside it) into our weights file at `dst`: `vitconvert.convert(..., source='hf')`.
+    """Convert a transformers ViT, DeiT, Dinov2, BEiT or Data2VecVision checkpoint at `src` (its directory, or its
+    weights file with config.json beside it) into our weights file at `dst`: `vitconvert.convert(..., source='hf')`.
 
     The architecture is config.json's; the class names its id2label's (unless `labels`: 'imagenet-1k',
     'imagenet-21k' or the names in class order); the preprocessing preprocessor_config.json's, where ours
@@ -199,10 +236,6 @@ def convert_hf(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = 
                    allow_nonfinite=allow_nonfinite, progress=progress)
 
 
-POOLER = "the pooler beside the classifier: transformers' classification models do not run it"
-MASK_TOKEN = "Dinov2's mask_token: masked-image pre-training only"
-
-
 def _plan(reader: HfReader, request: Request) -> Plan:
     found = reader.found
     where, config_file = str(found.weights), str(found.weights.parent / "config.json")
@@ -211,6 +244,8 @@ def _plan(reader: HfReader, request: Request) -> Plan:
     swiglu = kind == "dinov2" and found.config.get("use_swiglu_ffn", False)
     layout = dataclasses.replace(layout, qkv_bias=found.config.get("qkv_bias", True),
                                  mlp=("swiglu" if layout.modular else "swiglu_packed") if swiglu else "mlp")
+    if layout.beit:
+        layout = beit_layout(found.config, layout, config_file)
     cfg = config_from_json(found.config, layout, config_file)
     names, notes = class_names(found.config, cfg.num_classes)
     preprocess, more = preprocess_from(found.processor, kind, cfg.img_size, where)
@@ -221,10 +256,10 @@ def _plan(reader: HfReader, request: Request) -> Plan:
                      f"{preprocess.size[1]} (img_size=...) for transformers' pipeline")
     return Plan(config=cfg, rules=hf_layouts.import_rules(layout), bindings=block_bindings(cfg.depth),
                 source_format=f"transformers/{layout.architecture}", preprocess=preprocess, labels=names,
-                notes=notes, left_out={k: MASK_TOKEN if k.endswith("mask_token") else POOLER for k in ignored})
+                notes=notes, left_out=ignored)
 
 
-def _layout_notes(layout: HfLayout, ignored: tuple[str, ...]) -> list[str]:
+def _layout_notes(layout: HfLayout, ignored: Mapping[str, str]) -> list[str]:
     notes = []
     if layout.model_type == "deit" and layout.head != "teacher":
         notes.append("DeiT's distillation token, which no head of this model reads, is kept as a register token "
@@ -232,8 +267,11 @@ def _layout_notes(layout: HfLayout, ignored: tuple[str, ...]) -> list[str]:
     if any(k.endswith("pooler.dense.weight") for k in ignored):
         notes.append("the pooler beside the classifier was left out: transformers' classification models do not "
                      "run it")
-    if any(k.endswith("mask_token") for k in ignored):
+    if layout.model_type == "dinov2" and any(k.endswith("mask_token") for k in ignored):
         notes.append("Dinov2's mask_token (masked-image pre-training only) was left out")
+    if layout.head == "mim":
+        notes.append("BeitForMaskedImageModeling: its encoder, with the pre-training head's norm as the final norm; "
+                     "the features are its class token after that norm")
     if layout.modular:
         notes.append("tensors named as transformers 5's modules (a state_dict saved as it is)")
     return notes
@@ -254,7 +292,8 @@ def _detect(probe: Probe) -> Detection | None:
         kind = None
     if kind not in hf_layouts.MODEL_TYPES:
         return None
-    if probe.kind.kind != "directory" and not any(k.startswith(("embeddings.", f"{kind}.embeddings."))
+    under = hf_layouts.PREFIXES.get(kind, f"{kind}.")
+    if probe.kind.kind != "directory" and not any(k.startswith(("embeddings.", f"{under}embeddings."))
                                                   for k in probe.keys):
         return None  # a config.json beside some other checkpoint
     return Detection(1.0, f"config.json with model_type {kind!r}" + (" beside it" if probe.kind.kind != "directory"
@@ -262,7 +301,8 @@ def _detect(probe: Probe) -> Detection | None:
 
 
 HF = SourceFormat(
-    name="hf", summary="Hugging Face transformers ViT, DeiT, Dinov2 (save_pretrained's directory, or its weights file)",
+    name="hf", summary=("Hugging Face transformers ViT, DeiT, Dinov2, BEiT, Data2VecVision (save_pretrained's "
+                        "directory, or its weights file)"),
     detect=_detect, open=HfReader, plan=_plan,
     example="vitconvert convert vit-base-patch16-224/ vit-b16.safetensors",
     looks_for=f"a directory (or a weights file beside) with a config.json of model_type "

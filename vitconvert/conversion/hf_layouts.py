@@ -23,7 +23,11 @@ import numpy as np
 from ..core.errors import VitConvertError
 from .mapping import IDENTITY, Op, Rule, Shape
 
-MODEL_TYPES = ("vit", "deit", "dinov2")
+MODEL_TYPES = ("vit", "deit", "dinov2", "beit", "data2vec-vision")
+# BEiT's and Data2VecVision's models are one architecture under two names (transformers copies one into the other).
+BEIT_TYPES = ("beit", "data2vec-vision")
+# Where a model with a head keeps its encoder, where that is not under the model type's name.
+PREFIXES = {"data2vec-vision": "data2vec_vision."}
 # transformers' config classes' defaults (5.23), for the keys a config.json leaves out, as transformers reads it.
 DEFAULTS: dict[str, dict[str, object]] = {
     "vit": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
@@ -34,6 +38,11 @@ DEFAULTS: dict[str, dict[str, object]] = {
                    use_swiglu_ffn=False),
 }
 DEFAULTS["deit"] = DEFAULTS["vit"]
+DEFAULTS["beit"] = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                        hidden_act="gelu", layer_norm_eps=1e-12, image_size=224, patch_size=16, num_channels=3,
+                        use_absolute_position_embeddings=False, use_relative_position_bias=False,
+                        use_shared_relative_position_bias=False, layer_scale_init_value=0.1, use_mean_pooling=True)
+DEFAULTS["data2vec-vision"] = DEFAULTS["beit"]
 # transformers' activation names (its ACT2FN) -> ours. The tanh forms are one function written several ways
 # (torch's kernel, or the formula in Python), equal up to float rounding.
 ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_python_tanh": "gelu_tanh",
@@ -43,7 +52,10 @@ ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_pytorch_tanh": "gelu
 EXPORT_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu", "silu": "silu"}
 ARCHITECTURES = {("vit", None): "ViTModel", ("vit", "classifier"): "ViTForImageClassification",
                  ("deit", None): "DeiTModel", ("deit", "classifier"): "DeiTForImageClassification",
-                 ("deit", "teacher"): "DeiTForImageClassificationWithTeacher", ("dinov2", None): "Dinov2Model"}
+                 ("deit", "teacher"): "DeiTForImageClassificationWithTeacher", ("dinov2", None): "Dinov2Model",
+                 ("beit", None): "BeitModel", ("beit", "classifier"): "BeitForImageClassification",
+                 ("beit", "mim"): "BeitForMaskedImageModeling", ("data2vec-vision", None): "Data2VecVisionModel",
+                 ("data2vec-vision", "classifier"): "Data2VecVisionForImageClassification"}
 # Held by transformers' Dinov2Model but used only in masked-image pre-training: left out of our files, and
 # written as zeros (transformers' own initial value) on export so that nothing loads uninitialised.
 UNUSED = {"dinov2": ("embeddings.mask_token",)}
@@ -64,6 +76,20 @@ class HfLayout:
     # Our name for DeiT's distillation token: 'dist_token' where a head reads it, else 'reg_token' (a token
     # after the class token that no head reads, which is what a register token is).
     second_token: str = "reg_token"
+    # BEiT's optional parts (model_type beit, data2vec-vision; their config.json's use_* flags): the position
+    # embeddings, a relative position table per layer, one shared, the layer scales (lambda_1, lambda_2).
+    abs_pos: bool = True
+    rel_pos: bool = False
+    shared_rel_pos: bool = False
+    layer_scale: bool = False
+    # Where BEiT's final norm is: 'pooler' (after the mean of the patches: use_mean_pooling; our fc_norm),
+    # 'encoder' (on every token: our norm), 'mim' (BeitForMaskedImageModeling's own, on every token: our norm),
+    # 'none' (a BeitModel saved without its pooler, under mean pooling: no norm at all).
+    beit_norm: str = "none"
+
+    @property
+    def beit(self) -> bool:
+        return self.model_type in BEIT_TYPES
 
     @property
     def architecture(self) -> str:
@@ -90,15 +116,18 @@ def pairs(layout: HfLayout) -> list[Pair]:
     fc1, fc2 = ("mlp.fc1", "mlp.fc2") if modular or dinov2 else ("intermediate.dense", "output.dense")
     table = [
         Pair(("cls_token",), (f"{emb}cls_token",)),
-        Pair(("pos_embed",), (f"{emb}position_embeddings",)),
         Pair(("patch_embed.proj.weight",), (f"{emb}patch_embeddings.projection.weight",)),
         Pair(("patch_embed.proj.bias",), (f"{emb}patch_embeddings.projection.bias",)),
     ]
+    if layout.abs_pos:
+        table.insert(1, Pair(("pos_embed",), (f"{emb}position_embeddings",)))
     if layout.model_type == "deit":
         table.append(Pair((layout.second_token,), (f"{emb}distillation_token",)))
+    if layout.beit:
+        table += _beit_pairs(layout, layer, q, v)
     for w in ("weight", "bias"):
         table.append(Pair((f"blocks.{{i}}.norm1.{w}",), (f"{layer}{norm1}.{w}",), "block"))
-        if w == "weight" or layout.qkv_bias:
+        if w == "weight" or layout.qkv_bias and not layout.beit:  # BEiT's q and v biases: _beit_pairs
             table.append(Pair((f"blocks.{{i}}.attn.qkv.{w}",), tuple(f"{layer}{n}.{w}" for n in (q, k, v)), "block"))
         table += [Pair((f"blocks.{{i}}.attn.proj.{w}",), (f"{layer}{o}.{w}",), "block"),
                   Pair((f"blocks.{{i}}.norm2.{w}",), (f"{layer}{norm2}.{w}",), "block")]
@@ -112,7 +141,12 @@ def pairs(layout: HfLayout) -> list[Pair]:
                            "block"),
                       Pair((f"blocks.{{i}}.mlp.fc2.{w}",),
                            (f"{layer}mlp.{'down_proj' if modular else 'weights_out'}.{w}",), "block")]
-        table.append(Pair((f"norm.{w}",), (f"{p}layernorm.{w}",)))
+        if not layout.beit:
+            table.append(Pair((f"norm.{w}",), (f"{p}layernorm.{w}",)))
+        elif layout.beit_norm != "none":
+            ours, theirs = {"pooler": ("fc_norm", f"{p}pooler.layernorm"), "encoder": ("norm", f"{p}layernorm"),
+                            "mim": ("norm", "layernorm")}[layout.beit_norm]
+            table.append(Pair((f"{ours}.{w}",), (f"{theirs}.{w}",)))
         if layout.pooler:
             table.append(Pair((f"pre_logits.fc.{w}",), (f"{p}pooler.dense.{w}",)))
         if layout.head == "classifier":
@@ -123,6 +157,22 @@ def pairs(layout: HfLayout) -> list[Pair]:
     if dinov2:
         table += [Pair((f"blocks.{{i}}.ls{n}.gamma",), (f"{layer}layer_scale{n}.lambda1",), "block") for n in (1, 2)]
     return table
+
+
+def _beit_pairs(layout: HfLayout, layer: str, q: str, v: str) -> list[Pair]:
+    """BEiT's own tensors: q and v biases (its keys have none), the layer scales, the relative position tables."""
+    p, table = layout.prefix, "relative_position_bias.relative_position_bias_table"
+    pairs_ = [Pair(("blocks.{i}.attn.q_bias",), (f"{layer}{q}.bias",), "block"),
+              Pair(("blocks.{i}.attn.v_bias",), (f"{layer}{v}.bias",), "block")]
+    if layout.layer_scale:
+        pairs_ += [Pair((f"blocks.{{i}}.ls{n}.gamma",), (f"{layer}lambda_{n}",), "block") for n in (1, 2)]
+    if layout.rel_pos:
+        theirs = f"{layer}{table}" if layout.modular else f"{layer}attention.attention.{table}"
+        pairs_.append(Pair(("blocks.{i}.attn.relative_position_bias_table",), (theirs,), "block"))
+    if layout.shared_rel_pos:
+        theirs = f"{p}shared_position_bias.relative_position_bias_table" if layout.modular else f"{p}encoder.{table}"
+        pairs_.append(Pair(("rel_pos_bias.relative_position_bias_table",), (theirs,)))
+    return pairs_
 
 
 def _rows(part: int, parts: int) -> Op:
@@ -164,12 +214,25 @@ def export_rules(layout: HfLayout) -> list[Rule]:
     return _rules(pairs(layout), to_ours=False)
 
 
-def detect(model_type: str, shapes: Mapping[str, Shape], where: str) -> tuple[HfLayout, tuple[str, ...]]:
+POOLER = "the pooler beside the classifier: transformers' classification models do not run it"
+MASK_TOKENS = {"dinov2": "Dinov2's mask_token: masked-image pre-training only",
+               "beit": "BEiT's mask_token: masked-image pre-training only",
+               "data2vec-vision": "Data2VecVision's mask_token: masked-image pre-training only"}
+INDEX_BUFFER = "relative_position_index: a buffer computed from the grid (older transformers saved it), not stored"
+LM_HEAD = "BEiT's lm_head: the pre-training classifier over the visual tokenizer's codes"
+
+
+def detect(model_type: str, shapes: Mapping[str, Shape], where: str) -> tuple[HfLayout, dict[str, str]]:
     """The layout of a checkpoint of `model_type` from its keys (which head, a pooler, which names), and the
-    keys transformers would not run, which are left out: a pooler beside a classifier (transformers builds
-    its classifiers without one) and Dinov2's mask token. qkv_bias and the MLP kind are the config's."""
-    prefix = f"{model_type}." if f"{model_type}.embeddings.cls_token" in shapes else ""
+    keys transformers would not run, which are left out, each with its reason: a pooler beside a classifier
+    (transformers builds its classifiers without one), the mask tokens of masked-image pre-training, BEiT's
+    relative_position_index buffers and pre-training lm_head. qkv_bias, the MLP kind and BEiT's optional parts
+    are the config's."""
+    under = PREFIXES.get(model_type, f"{model_type}.")
+    prefix = under if f"{under}embeddings.cls_token" in shapes else ""
     head = "teacher" if "cls_classifier.weight" in shapes else "classifier" if "classifier.weight" in shapes else None
+    if model_type == "beit" and "lm_head.weight" in shapes:
+        head = "mim"
     if model_type == "dinov2" and head:
         raise VitConvertError(
             f"{where}: Dinov2ForImageClassification classifies the class token and the mean of the patch tokens "
@@ -179,12 +242,27 @@ def detect(model_type: str, shapes: Mapping[str, Shape], where: str) -> tuple[Hf
         raise VitConvertError(f"{where}: a {model_type} checkpoint with a teacher's heads is not a model "
                               "transformers has")
     pooler = f"{prefix}pooler.dense.weight" in shapes
-    ignored = tuple(f"{prefix}{k}" for k in UNUSED.get(model_type, ()))
+    ignored = dict.fromkeys((f"{prefix}{k}" for k in UNUSED.get(model_type, ())), MASK_TOKENS.get(model_type, ""))
     if pooler and head:
-        ignored += (f"{prefix}pooler.dense.weight", f"{prefix}pooler.dense.bias")
+        ignored |= dict.fromkeys((f"{prefix}pooler.dense.weight", f"{prefix}pooler.dense.bias"), POOLER)
+    if model_type in BEIT_TYPES:
+        ignored |= {k: MASK_TOKENS[model_type] for k in shapes if k == f"{prefix}embeddings.mask_token"}
+        ignored |= {k: INDEX_BUFFER for k in shapes if k.endswith("relative_position_index")}
+        ignored |= {k: LM_HEAD for k in shapes if k.startswith("lm_head.")}
     modular = any(f"{prefix}{layers}.0.attention.q_proj.weight" in shapes for layers in ("layers", "encoder.layer"))
     return HfLayout(model_type, prefix, head, pooler and not head, modular=modular,
-                  second_token="dist_token" if head == "teacher" else "reg_token"), ignored
+                    second_token="dist_token" if head == "teacher" else "reg_token",
+                    beit_norm=_beit_norm(prefix, head, shapes, where) if model_type in BEIT_TYPES else "none"), ignored
+
+
+def _beit_norm(prefix: str, head: str | None, shapes: Mapping[str, Shape], where: str) -> str:
+    """Where a BEiT checkpoint keeps its final norm (HfLayout.beit_norm), from its keys."""
+    found = [name for name, key in (("pooler", f"{prefix}pooler.layernorm.weight"),
+                                    ("encoder", f"{prefix}layernorm.weight"), ("mim", "layernorm.weight"))
+             if key in shapes and (name != "mim" or prefix)]
+    if len(found) > 1:
+        raise VitConvertError(f"{where}: BEiT with two final norms ({' and '.join(found)}): our model has one")
+    return found[0] if found else "none"
 
 
 def dinov2_mlp_hidden(hidden_size: int, mlp_ratio: float, swiglu: bool) -> int:

@@ -34,9 +34,13 @@ PROCESSORS: dict[str, dict[str, Any]] = {
                                    do_center_crop=False, mean_std=IMAGENET_STANDARD, shortest=True),
 }
 PROCESSORS["CLIPImageProcessor"] = PROCESSORS["BitImageProcessor"]
+# BEiT's (Data2VecVision's too): ViT's but bicubic, a crop only when asked.
+PROCESSORS["BeitImageProcessor"] = dict(size={"height": 224, "width": 224}, crop_size={"height": 224, "width": 224},
+                                        resample=3, do_center_crop=False, mean_std=IMAGENET_STANDARD, shortest=False)
 # What transformers' AutoImageProcessor picks for a model type without a preprocessor_config.json of its own
 # (the processors the published checkpoints of each carry).
-DEFAULT_PROCESSOR = {"vit": "ViTImageProcessor", "deit": "DeiTImageProcessor", "dinov2": "BitImageProcessor"}
+DEFAULT_PROCESSOR = {"vit": "ViTImageProcessor", "deit": "DeiTImageProcessor", "dinov2": "BitImageProcessor",
+                     "beit": "BeitImageProcessor", "data2vec-vision": "BeitImageProcessor"}
 
 
 def _processor_class(d: Mapping[str, Any]) -> str | None:
