@@ -47,6 +47,11 @@ TableResize = Callable[[torch.Tensor, tuple[int, int], tuple[int, int]], torch.T
 def relative_position_index(grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
     """(N + 1, N + 1) long, N = gh * gw, tokens class first then patches in row-major order: the table row
     each query (rows) and key (columns) pair reads."""
+    with torch.inference_mode(False):  # kept for later calls, which may need autograd: not an inference tensor
+        return _index(grid, device)
+
+
+def _index(grid: tuple[int, int], device: torch.device | None) -> torch.Tensor:
     gh, gw = grid
     rows = torch.arange(gh, device=device).repeat_interleave(gw)
     cols = torch.arange(gw, device=device).repeat(gh)
@@ -108,6 +113,7 @@ def _timm(table: torch.Tensor, old: tuple[int, int], new: tuple[int, int]) -> to
                               torch.arange(-(d // 2), d // 2 + 1, dtype=torch.float64))
               for s, d in ((sh, dh), (sw, dw)))
     grids = table.double().T.reshape(-1, sh, sw)  # (heads, rows, cols)
+    wy, wx = wy.to(table.device), wx.to(table.device)  # the weights are made on the CPU, as timm's
     return (wy @ grids @ wx.T).reshape(grids.shape[0], -1).T
 
 
