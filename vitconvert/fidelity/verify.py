@@ -32,9 +32,10 @@ from ..model.loading import at_size, build_with_weights, load_state_dict
 
 # Numerics that --timm-act match gives timm's model from our file, so no difference of architectures: the
 # activation (our names are timm's act_layer names) and a hybrid ResNet's GroupNorm eps. How a file resamples
-# position embeddings at another size is no part of the architecture timm builds either.
+# position embeddings and relative position tables at another size is no part of the architecture timm builds
+# either.
 MATCHED = ("act", "hybrid_gn_eps")
-NOT_ARCHITECTURE = ("pos_resize",)
+NOT_ARCHITECTURE = ("pos_resize", "rel_pos_resize")
 
 
 @dataclass(frozen=True)
