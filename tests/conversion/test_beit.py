@@ -53,7 +53,8 @@ def timm_differences(ours: torch.nn.Module, theirs: torch.nn.Module, x: torch.Te
         tokens = theirs.forward_features(x)
         return {"forward": (ours(x) - theirs(x)).abs().max().item(),
                 "forward_features": (ours.forward_features(x) - tokens).abs().max().item(),
-                "pre_logits": (ours.forward_pooled(x) - theirs.forward_head(tokens, pre_logits=True)).abs().max().item()}
+                "pre_logits": (ours.forward_pooled(x) - theirs.forward_head(tokens, pre_logits=True))
+                .abs().max().item()}
 
 
 # ==============================================================================================================
@@ -285,6 +286,25 @@ def test_transformers_5_module_names_and_old_index_buffers_convert_too(tmp_path)
     x = batch((32, 32))
     for name in ("modular", "old"):
         assert largest_difference(load_model(tmp_path / f"{name}.safetensors"), hf_outputs(model, x), x) <= ATOL
+
+
+def test_keys_config_json_leaves_out_are_read_as_transformers_reads_them(tmp_path) -> None:
+    import transformers
+
+    model = hf_beit("BeitForImageClassification", use_relative_position_bias=True)
+    model.save_pretrained(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    defaults = transformers.BeitConfig()
+    for key in ("layer_norm_eps", "hidden_act", "use_mean_pooling", "layer_scale_init_value",
+                "use_absolute_position_embeddings", "use_shared_relative_position_bias"):
+        del config[key]
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    record = convert(tmp_path / "hf", tmp_path / "out.safetensors")
+    assert record.config.ln_eps == defaults.layer_norm_eps == 1e-12
+    assert (record.config.pool, record.config.fc_norm, record.config.layer_scale) == ("gap", True, True)
+    x = batch((32, 32))
+    reloaded = transformers.AutoModelForImageClassification.from_pretrained(tmp_path / "hf").eval()
+    assert largest_difference(load_model(tmp_path / "out.safetensors"), outputs(reloaded, x), x) <= ATOL
 
 
 def test_beits_processor_is_recorded(tmp_path) -> None:

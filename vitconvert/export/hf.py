@@ -4,10 +4,11 @@ preprocessor_config.json.
 
 The model is written as the transformers class that computes what ours does: ViT (with the pooler for a
 representation layer), DeiT (distilled, or with the unread second token as a register token), Dinov2
-(layer scale, SwiGLU), or BEiT (relative position tables, q and v biases, mean pooling with its norm). What none of them expresses is refused, every reason named, before anything is
-written: a directory that loads and computes something else would be worse than none. The tensors stream
-from our file through `hf_layouts`' table (the one hf2torch reads) into the output one at a time; numpy
-only, and the directory appears under its name only when complete.
+(layer scale, SwiGLU), or BEiT (relative position tables, q and v biases, mean pooling with its norm). What
+none of them expresses is refused, every reason named, before anything is written: a directory that loads
+and computes something else would be worse than none. The tensors stream from our file through
+`hf_layouts`' table (the one hf2torch reads) into the output one at a time; numpy only, and the directory
+appears under its name only when complete.
 """
 
 from __future__ import annotations
