@@ -41,8 +41,10 @@ _OURS_GAMMA = re.compile(r"^(blocks\.\d+\.)ls([12])\.gamma$")
 
 
 def is_beit(keys: Mapping[str, object] | set[str] | frozenset[str]) -> bool:
-    """Keys only a Beit (or an Eva, for the layer scales) stores."""
-    return any(k.endswith(TABLE) or _GAMMA.match(k) for k in keys)
+    """Keys only a Beit stores: relative position tables, or layer scales named gamma_N beside q/v-only biases
+    (an Eva's too, which computes the same)."""
+    return any(k.endswith(TABLE) for k in keys) or (any(k.endswith(".attn.q_bias") for k in keys)
+                                                     and any(_GAMMA.match(k) for k in keys))
 
 
 def beit_layout(tensors: Mapping[str, T]) -> tuple[dict[str, T], list[str], dict[str, str]]:
