@@ -377,3 +377,18 @@ def test_a_beit_transformers_cannot_express_is_refused_and_nothing_written(tmp_p
     assert code == 1 and err.count("\n") == 1
     assert "a norm after the class token: BEiT normalises every token before it" in err
     assert not (tmp_path / "hf").exists()
+
+
+def test_a_beit_exports_to_onnx_and_leaves_no_tracer_tensor_behind(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from vitconvert.export.onnx import export_onnx
+
+    reference = timm_beit("beit_base_patch16_224", img_size=96, embed_dim=64, num_heads=4,
+                          use_shared_rel_pos_bias=True)
+    torch.save(reference.state_dict(), tmp_path / "beit.pth")
+    convert(tmp_path / "beit.pth", tmp_path / "ours.safetensors")
+    report = export_onnx(tmp_path / "ours.safetensors", tmp_path / "beit.onnx")
+    assert report.max_abs_diff <= ATOL  # onnxruntime against our model, on export's own check batch
+    with torch.inference_mode():  # the relative position index the export traced is not what runs now
+        logits = load_model(tmp_path / "ours.safetensors")(batch((96, 96)))
+    assert type(logits) is torch.Tensor and (logits - reference(batch((96, 96)))).abs().max().item() <= ATOL

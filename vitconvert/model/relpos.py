@@ -26,7 +26,6 @@ step is 1) and stretches the far ones; transformers' scales every offset by the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -39,16 +38,28 @@ from .posembed import GridTables
 
 # The class token's rows, after the patch offsets: class to patch, patch to class, class to class.
 CLASS_ROWS = 3
+# Indexes kept, by (grid, device), the oldest dropped first.
+MAX_INDEXES = 16
+_INDEXES: dict[tuple[tuple[int, int], torch.device | None], torch.Tensor] = {}
 # (offsets, heads) table without the class rows, stored grid, new grid -> the same for the new grid.
 TableResize = Callable[[torch.Tensor, tuple[int, int], tuple[int, int]], torch.Tensor]
 
 
-@lru_cache(maxsize=16)  # every block reads the same index each forward
 def relative_position_index(grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
     """(N + 1, N + 1) long, N = gh * gw, tokens class first then patches in row-major order: the table row
-    each query (rows) and key (columns) pair reads."""
+    each query (rows) and key (columns) pair reads. Kept per grid and device for eager runs (every block reads
+    the same index at each forward); made afresh under a tracer or compiler, whose tensors must not outlive it."""
+    traced = torch.compiler.is_compiling() or torch.jit.is_tracing()
+    key = (tuple(grid), None if device is None else torch.device(device))
+    if not traced and key in _INDEXES:
+        return _INDEXES[key]
     with torch.inference_mode(False):  # kept for later calls, which may need autograd: not an inference tensor
-        return _index(grid, device)
+        index = _index(grid, device)
+    if not traced and type(index) is torch.Tensor:  # not a tracer's fake tensor
+        if len(_INDEXES) >= MAX_INDEXES:
+            del _INDEXES[next(iter(_INDEXES))]
+        _INDEXES[key] = index
+    return index
 
 
 def _index(grid: tuple[int, int], device: torch.device | None) -> torch.Tensor:
