@@ -1,13 +1,14 @@
 """Inference settings: the compute dtype, checked against the device and what it runs fast.
 
 float32 is exact. bfloat16 halves memory traffic and on GPUs and on some CPUs runs matrix products
-several times faster, but a CPU's flags alone do not say whether it gains: with AMX tiles (Intel
-Xeon Sapphire Rapids and later) it does; with AVX512-BF16 and no AMX it did on one CPU and did not on
-another (an AMD EPYC and an Intel Xeon: docs/speed.md); without either it is emulated. So on a CPU with AVX512-BF16 (or AVX512-FP16) but no AMX
-a small matrix product is timed once per process in both dtypes, and the chosen dtype is allowed
-with a `VitConvertWarning` when it is slower than float32, as it is when emulated. float16 is for
-GPUs. 'int8' keeps float32 activations and runs the linear layers in int8 (dynamic quantisation,
-CPU only: `torch.qint8` stands for it); a dtype the device cannot run at all is refused.
+several times faster, but a CPU's flags alone do not say whether it gains: with AMX tiles (Intel Xeon
+Sapphire Rapids and later) it does; with AVX512-BF16 and no AMX it did on one CPU and did not on another
+(an AMD EPYC and an Intel Xeon: docs/speed.md); without either it is emulated. So on a CPU with
+AVX512-BF16 (or AVX512-FP16) but no AMX a small matrix product is timed once per process in both dtypes,
+and the chosen dtype is allowed with a `VitConvertWarning` when it is slower than float32, as it is when
+emulated. float16 is for GPUs. 'int8' keeps float32 activations and runs the linear layers in int8
+(dynamic quantisation, CPU only: `torch.qint8` stands for it); a dtype the device cannot run at all is
+refused.
 """
 
 from __future__ import annotations

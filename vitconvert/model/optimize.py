@@ -1,15 +1,15 @@
 """The model prepared for speed: the fastest float32 path, and dynamic int8 linears for the CPU.
 
-`compile_model` is what `load_model(..., compile=True)`, `Predictor(compile=True)` and
-`vitpredict --compile` run. On the CPU in float32 that is oneDNN's linear layers with their weights
-reordered once into oneDNN's blocked layout and the MLP's GELU fused into the first one: of the
-paths PyTorch offers (inductor with or without weight freezing, TorchScript's freeze +
-optimize_for_inference) it measured the fastest, since the linears are most of the time and oneDNN's
-kernels on a prepacked weight beat MKL's sgemm on the plain one (the figures, with their machine:
-benchmarks/RESULTS.md, "compile" and "peers"; docs/speed.md). Another CPU's BLAS may do better (Intel's MKL on an Intel CPU was not measured), so the
-choice is timed on the blocks' widest linear layer once a process (`packing_speedup`), and where
-packing is not the faster the model stays eager. Elsewhere (a GPU, another dtype) it is inductor with
-weight freezing, static shapes.
+`compile_model` is what `load_model(..., compile=True)`, `Predictor(compile=True)` and `vitpredict
+--compile` run. On the CPU in float32 that is oneDNN's linear layers with their weights reordered once
+into oneDNN's blocked layout and the MLP's GELU fused into the first one: of the paths PyTorch offers
+(inductor with or without weight freezing, TorchScript's freeze + optimize_for_inference) it measured
+the fastest, since the linears are most of the time and oneDNN's kernels on a prepacked weight beat
+MKL's sgemm on the plain one (the figures, with their machine: benchmarks/RESULTS.md, "compile" and
+"peers"; docs/speed.md). Another CPU's BLAS may do better (Intel's MKL on an Intel CPU was not
+measured), so the choice is timed on the blocks' widest linear layer once a process (`packing_speedup`),
+and where packing is not the faster the model stays eager. Elsewhere (a GPU, another dtype) it is
+inductor with weight freezing, static shapes.
 """
 
 from __future__ import annotations
