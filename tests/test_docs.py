@@ -1,9 +1,11 @@
-"""The command-line reference (docs/reference/cli.md) covers every command a user can type.
+"""The reference pages cover every command a user can type (docs/reference/cli.md) and every name
+`vitconvert` exports (docs/reference/api.md).
 
 mkdocs-click renders a group's subcommands by itself (a new `vitconvert` subcommand appears without a
 change to the page), but it renders only the commands the page names: a new console script, or a command
 renamed under its directive, would leave the reference silently short. The strict site build (.ci/run)
-catches a directive that no longer imports; these tests catch what it cannot.
+catches a directive that no longer imports; these tests catch what it cannot. The same holds for the
+API page: mkdocstrings renders the names it is given, so a new export needs its line there.
 """
 
 from __future__ import annotations
@@ -47,3 +49,12 @@ def test_the_cli_reference_directives_name_click_commands_with_every_subcommand_
             assert d.get("list_subcommands") == "true", d
             # mkdocs-click leaves hidden commands out: none of ours may be hidden.
             assert command.commands and not any(c.hidden for c in command.commands.values()), d
+
+
+def test_every_name_vitconvert_exports_has_its_api_reference() -> None:
+    import vitconvert
+
+    page = (ROOT / "docs" / "reference" / "api.md").read_text()
+    documented = set(re.findall(r"^::: ([\w.]+)$", page, re.MULTILINE))
+    for name, module in vitconvert._EXPORTS.items():
+        assert f"vitconvert.{module}.{name}" in documented, name
