@@ -116,7 +116,8 @@ def pack_linears(model: nn.Module) -> nn.Module:
         parent = model.get_submodule(parent_name)
         act = getattr(parent, "act", None) if child == "fc1" else None
         if isinstance(act, nn.GELU):  # Mlp: fc2(act(fc1(x))) becomes fc2(fc1_with_gelu(x))
-            setattr(parent, child, PackedLinear(getattr(parent, child), "tanh" if act.approximate == "tanh" else "none"))
+            approximate = "tanh" if act.approximate == "tanh" else "none"
+            setattr(parent, child, PackedLinear(getattr(parent, child), approximate))
             parent.act = nn.Identity()
         else:
             setattr(parent, child, PackedLinear(getattr(parent, child)))
