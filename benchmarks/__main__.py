@@ -171,7 +171,9 @@ def update(results: Path, bodies: dict[str, str]) -> None:
     old = {m.group(1): m.group(0) for m in section.finditer(text)}
     for name, body in bodies.items():
         old[name] = f"<!-- section:{name} -->\n{body}\n<!-- /section:{name} -->"
-    results.write_text(HEADER + "\n" + "\n\n".join(old[n] for n in SECTIONS if n in old) + "\n")
+    # Sections no runner writes (the one-off timings) are kept, after the runners' own.
+    order = [*SECTIONS, *sorted(set(old) - set(SECTIONS))]
+    results.write_text(HEADER + "\n" + "\n\n".join(old[n] for n in order if n in old) + "\n")
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ BV_VARIANTS = {"S": (384, 12, 6, 1536), "B": (768, 12, 12, 3072), "L": (1024, 24
 PINNED = re.compile(r"[\w.-]+/[\w.-]+@[0-9a-f]{12,40}\b")
 # The families added with big_vision's checkpoints: each entry cites its sources at a commit.
 CITED_FAMILIES = ("sam", "big_vision", "flexivit", "lit", "siglip", "siglip2")
-README = Path(__file__).resolve().parents[2] / "README.md"
+MANIFEST_PAGE = Path(__file__).resolve().parents[2] / "docs" / "manifest.md"
 
 
 # --- The schema, the loader's checks, and the facts each family's entries record ---
@@ -114,9 +114,9 @@ def test_the_new_families_cite_their_sources_at_a_commit():
             assert e.top1 is None or PINNED.search(e.top1_source), e.name
 
 
-def test_the_readme_says_where_each_familys_facts_come_from():
-    text = README.read_text(encoding="utf-8")
-    section = text.split("#### Where the facts come from", 1)[1].split("And for every family", 1)[0]
+def test_the_manifest_page_says_where_each_familys_facts_come_from():
+    text = MANIFEST_PAGE.read_text(encoding="utf-8")
+    section = text.split("## Where the facts come from", 1)[1].split("And for every family", 1)[0]
     bullets = {m.group(1): m.group(2) for m in re.finditer(r"^- `([\w-]+)`: (.*?)(?=^\S|^- |\Z)", section,
                                                             re.MULTILINE | re.DOTALL)}
     assert set(bullets) == set(FAMILIES)

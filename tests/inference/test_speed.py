@@ -297,8 +297,8 @@ def test_compiled_predictor_matches_eager(tmp_path, cat_jpg, packing_wins):
 
 # --- int8 ----------------------------------------------------------------------------------------
 
-# The README's bound for --dtype int8: the logits move by at most 0.2 of their standard deviation.
-# Observed: 0.17 on TINY over these 11 images; 0.13 on ViT-B/16 over the 5 sample photos (README).
+# The bound docs/speed.md states for --dtype int8: the logits move by at most 0.2 of their standard deviation.
+# Observed: 0.17 on TINY over these 11 images; 0.13 on ViT-B/16 over the 5 sample photos (docs/speed.md).
 INT8_BOUND = 0.2
 
 
