@@ -280,9 +280,8 @@ def torch2torch(src: str, dst: str, source: str, model_args: str | None, names: 
       vitconvert torch2torch simple.pt simple.safetensors --source lucidrains --model-args '{"image_size": 256}'
       vitconvert torch2torch cifar10_checkpoint.bin vit-b16-cifar10.safetensors --source jeonsworld
       vitconvert torch2torch model.pth model.safetensors --source torch-encoder --model-args '{"nhead": 4}'
-      vitconvert torch2torch model.pth model.safetensors --source torch-encoder \\
-          --model-args '{"nhead": 4, "norm_first": true, "activation": "gelu"}' \\
-          --map patch_embed=to_patches,cls_token=cls,pos_embed=pos,head=fc
+      vitconvert torch2torch m.pth m.safetensors --source torch-encoder --model-args '{"nhead": 4, "norm_first": true}'
+      vitconvert torch2torch m.pth m.safetensors --source torch-encoder --model-args '{"nhead": 4}' --map head=fc
     """
     args, parts = _json_object(model_args, "--model-args"), _names(names)
     if parts and source != "torch-encoder":
