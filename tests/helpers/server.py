@@ -46,9 +46,10 @@ def server_env() -> dict[str, str]:
 
 @contextlib.contextmanager
 def running_server(weights: Path, *args: str, start_timeout: float = 120) -> Iterator[Server]:
-    """`vitconvert serve WEIGHTS --port 0 ARGS...` started, its URL read from the line it says at start;
-    killed at the end if still running."""
-    process = subprocess.Popen([sys.executable, "-m", "vitconvert", "serve", str(weights), "--port", "0", *args],
+    """`vitconvert serve WEIGHTS ARGS...` started (on a free port unless ARGS has --port), its URL read from
+    the line it says at start; killed at the end if still running."""
+    port = [] if "--port" in args else ["--port", "0"]
+    process = subprocess.Popen([sys.executable, "-m", "vitconvert", "serve", str(weights), *port, *args],
                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=server_env())
     lines: list[str] = []
     found = threading.Event()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 
@@ -139,3 +140,29 @@ def test_sigterm_answers_every_request_in_flight_then_exits_0(tiny_weights, cat_
     assert refused is not None
     assert code == 0, "".join(server.stderr)
     assert any("stopped: 24 images answered" in line for line in server.stderr)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_on_a_local_ray_serve_the_answers_are_the_same(server, tiny_weights):
+    photos = sample_photos()
+    here = [httpx.post(f"{server.url}/predict", files=as_form(p), timeout=60).json() for p in photos]
+    with running_server(tiny_weights, "--ray", "--replicas", "2", "--port", str(free_port()),
+                        start_timeout=300) as on_ray:
+        async def load() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=120) as client:
+                return await asyncio.gather(*(client.post(f"{on_ray.url}/predict", files=as_form(p))
+                                              for p in photos * 2))
+
+        answers = asyncio.run(load())
+        model = httpx.get(f"{on_ray.url}/model", timeout=60).json()
+        assert on_ray.stop(120) == 0, "".join(on_ray.stderr)
+    assert [r.status_code for r in answers] == [200] * len(photos) * 2
+    for got, expected in zip(answers, here * 2, strict=True):
+        assert_same_answers(got.json(), expected)
+    assert model["file"] == str(tiny_weights)

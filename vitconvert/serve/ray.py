@@ -7,6 +7,7 @@ read on the replica's node: on a cluster it must be at the same path on every no
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -48,17 +49,19 @@ def serve_on_ray(weights: str | os.PathLike, address: str | None, host: str, por
         from ray import serve
     except ImportError:
         raise VitConvertError("--ray needs Ray Serve: pip install 'vitconvert[serve-ray]'") from None
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    logging.getLogger("ray.serve").setLevel(logging.ERROR)  # its INFO lines would bury the one we say
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 configure_logging=False)
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
     try:
         serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "ERROR"})
         serve.run(deployment(weights, replicas=replicas, cpus_per_replica=cpus_per_replica,
                              gpus_per_replica=gpus_per_replica, **app_options),
                   name="vitconvert", route_prefix="/", blocking=False)
+        # After ray.init, which puts its own SIGTERM handler in place (it aborts the process).
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
         if announce is not None:
             announce(f"http://{host}:{port}")
         while not stop.wait(0.5):  # a timed wait: the signal handler runs between waits
