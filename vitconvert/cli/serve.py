@@ -55,13 +55,17 @@ def serve_cmd(weights: Path, host: str, port: int, max_batch: int, max_wait_ms: 
     \b
     Examples:
       vitconvert serve vit-b16.safetensors
-      curl --data-binary @cat.jpg 'http://127.0.0.1:8000/predict?top=3'
-      curl -F image=@cat.jpg http://127.0.0.1:8000/predict
-      curl --data-binary @cat.jpg 'http://127.0.0.1:8000/embed?normalize=1'
       vitconvert serve vit-b16.safetensors --host 0.0.0.0 --port 9000 --max-batch 32 --max-wait-ms 10
       vitconvert serve vit-b16.safetensors --device cuda --dtype bfloat16 --max-batch 64
       vitconvert serve vit-b16.safetensors --ray --replicas 2
       vitconvert serve vit-b16.safetensors --ray auto --replicas 8 --host 0.0.0.0
+
+    \b
+    Then, from another shell:
+      curl --data-binary @cat.jpg 'http://127.0.0.1:8000/predict?top=3'
+      curl -F image=@cat.jpg http://127.0.0.1:8000/predict
+      curl --data-binary @cat.jpg 'http://127.0.0.1:8000/embed?normalize=1'
+      curl http://127.0.0.1:8000/health
     """
     from ..inference.plan import plan_prediction
     from ..serve.app import check_classes

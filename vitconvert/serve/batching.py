@@ -57,18 +57,17 @@ class Batcher:
 
     def start(self) -> None:
         """Start batching in the running event loop (`submit` does, if no one has: an app mounted in another
-        ASGI app gets no lifespan events of its own)."""
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        ASGI app gets no lifespan events of its own). A new loop (the app served again) gets a new queue."""
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.get_loop() is not loop or self._task.done():
+            self._queue, self._waiting = asyncio.Queue(), []
+            self._task = loop.create_task(self._run())
 
     async def stop(self) -> None:
-        """Run what is queued, then end the batching task and the threads."""
-        if self._task is not None and self._queue is not None:
+        """Run what is queued, then end the batching task (its threads idle; `start` may start it again)."""
+        if self._task is not None and self._queue is not None and not self._task.done():
             self._queue.put_nowait(None)
             await self._task
-        self._decode.shutdown(wait=True)
-        self._model.shutdown(wait=True)
 
     async def decode(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on a decoding thread."""
