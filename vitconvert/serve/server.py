@@ -24,6 +24,7 @@ def listen(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # from now on connections wait in the backlog until uvicorn takes them
     except OSError as e:
         sock.close()
         raise VitConvertError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
