@@ -70,8 +70,8 @@ def plain_app(weights: str):
     return Starlette(routes=[Route("/predict", predict, methods=["POST"])])
 
 
-def start(args: list[str]) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def start(args: list[str], threads: int | None = None) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     process = subprocess.Popen([sys.executable, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                text=True, env=env)
     for line in process.stderr:
@@ -126,19 +126,26 @@ def health(url: str) -> dict:
     return httpx.get(f"{url}/health", timeout=60).json()["batching"]
 
 
-def run(models: list[str], rounds: int, clients: int = 16, batch: int = 16, max_wait_ms: float = 20.0) -> dict:
+def run(models: list[str], rounds: int, clients: int = 16, batch: int = 16, max_wait_ms: float = 20.0,
+        threads: int | None = None) -> dict:
+    """`threads`: torch threads in every process (default torch's own, one a core)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     bodies = [p.read_bytes() for p in PHOTOS]
     results = {}
     for name in models:
         requests = (8 if name == "tiny" else 3) * batch
         with tempfile.TemporaryDirectory() as tmp:
             weights = str(write_weights(name, Path(tmp) / f"{name}.safetensors"))
-            results[name] = measure(weights, bodies, rounds, clients, batch, max_wait_ms, requests)
-    return {"models": results, "rounds": rounds, "clients": clients, "batch": batch, "max_wait_ms": max_wait_ms}
+            results[name] = measure(weights, bodies, rounds, clients, batch, max_wait_ms, requests, threads)
+    return {"models": results, "rounds": rounds, "clients": clients, "batch": batch, "max_wait_ms": max_wait_ms,
+            "threads": threads}
 
 
 def measure(weights: str, bodies: list[bytes], rounds: int, clients: int, batch: int, max_wait_ms: float,
-            requests: int) -> dict:
+            requests: int, threads: int | None) -> dict:
     """One model's rounds: images/s, CPU seconds per image and the servers' latencies of each path."""
     import torch
 
@@ -157,8 +164,8 @@ def measure(weights: str, bodies: list[bytes], rounds: int, clients: int, batch:
                 [predictor.transform(bodies[(first + i) % len(bodies)], "<body>") for i in range(batch)]))
 
     servers = {"vitconvert serve": start(["-m", "vitconvert", "serve", weights, "--port", "0", "--max-batch",
-                                          str(batch), "--max-wait-ms", str(max_wait_ms)]),
-               "plain app": start(["-m", "benchmarks.serve", "--plain-app", weights])}
+                                          str(batch), "--max-wait-ms", str(max_wait_ms)], threads),
+               "plain app": start(["-m", "benchmarks.serve", "--plain-app", weights], threads)}
     paths = {"model alone": (alone, None), "model with decoding": (with_decoding, None)}
     latency: dict[str, list[float]] = {key: [] for key in servers}
     for key, (process, url) in servers.items():
@@ -210,7 +217,8 @@ def text(result: dict) -> str:
     return (markdown(rows) + f"\n\n{result['clients']} concurrent clients (httpx, async, in the benchmark's process), "
             f"`vitconvert serve --max-batch {result['batch']} --max-wait-ms {result['max_wait_ms']:g}`; the model "
             f"alone in batches of {result['batch']} (with decoding: each photo's bytes prepared first, as vitpredict "
-            f"does); float32, 224, torch's default threads; median of {result['rounds']} interleaved round(s) of "
+            f"does); float32, 224, {result.get('threads') or 'the default'} torch thread(s) in each process; median "
+            f"of {result['rounds']} interleaved round(s) of "
             f"{', '.join(str(r['requests']) for r in result['models'].values())} requests "
             f"({', '.join(result['models'])}); latency over all rounds. CPU ms/image: the CPU time (user + system, "
             "every thread) of the server's process, or of the benchmark's for the model alone, per image: "
@@ -225,6 +233,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-wait-ms", type=float, default=20.0)
+    ap.add_argument("--threads", type=int, help="torch threads in every process (default: one a core)")
     ap.add_argument("--plain-app", metavar="WEIGHTS", help=argparse.SUPPRESS)  # the baseline server's process
     args = ap.parse_args()
     if args.plain_app:
@@ -235,7 +244,7 @@ def main() -> None:
         print(f"plain app on http://127.0.0.1:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
         run_server(app, sock)
         return
-    result = run(args.models, args.rounds, args.clients, args.batch, args.max_wait_ms)
+    result = run(args.models, args.rounds, args.clients, args.batch, args.max_wait_ms, args.threads)
     print(f"machine: {machine()}")
     print(text(result))
 

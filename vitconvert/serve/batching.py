@@ -101,7 +101,7 @@ class Batcher:
                     continue
                 self._waiting.append(job)
             stopping = await self._gather(stopping) or stopping
-            batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
+            batch, self._waiting = self._waiting, []
             await self._run_batch(batch)
 
     async def _gather(self, stopping: bool) -> bool:
