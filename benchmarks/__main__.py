@@ -151,7 +151,9 @@ def finetune(quick: bool) -> str:
 def serve(quick: bool) -> str:
     from benchmarks import serve as s
 
-    return s.text(s.run(list(s.MODELS), rounds=1 if quick else 3))
+    rounds = 1 if quick else 3
+    return (s.text(s.run(list(s.MODELS), rounds=rounds)) + "\n\n### One torch thread in every process\n\n"
+            + s.text(s.run(list(s.MODELS), rounds=rounds, threads=1)) + "\n\n" + s.READING)
 
 
 def gpu(quick: bool) -> str:

@@ -31,6 +31,27 @@ from pathlib import Path
 
 from benchmarks.common import PHOTOS, ROOT, machine, markdown, realistic_random
 
+READING = """How to read these figures. The machine's 2 cores are shared with other jobs (the load above): images/s
+is then the share of the cores each path wins as much as its own speed. A path that runs many threads at once
+(the plain app: up to 40 requests in Starlette's thread pool) wins a larger share than one that runs one
+forward at a time (the batcher's model thread) or the model alone in the benchmark's process; and with torch's
+default threads (one a core) a busy machine stalls torch's own threads on each other (the model alone's CPU ms
+per image is then far above its one-thread figure). CPU ms per image, the time the server's process itself
+spent, moves much less with the other jobs: it says what batching saves.
+
+Why batching gains little over one forward a request on a CPU: a ViT's matrix products multiply the tokens
+(197 at 224) by the weights, so a single image is already a 197-row product that keeps a core's vector units
+busy; a batch of 16 adds rows, not much efficiency (ViT-S/16 on one thread of this 2-core AMD EPYC, timm,
+2026-12-08: 125 ms of CPU an image at batch 1, 115 ms at batch 16, 8% less). What the batcher saves on a CPU
+is the per-request overhead and the threads' contention. The 2x target over a plain app is a GPU target in
+effect: not reached on these 2 cores.
+
+What a GPU would change (not measured: no GPU here). One image leaves a GPU mostly idle (a ViT-S/16 forward
+of one image is bound by kernel launches, not arithmetic), so a batch of 16 costs about what one image costs
+and batching multiplies throughput several times over the plain app; the model would no longer be the
+bottleneck, decoding and HTTP on the CPU would (about 200 photos/s a core decode and resize, the folder
+benchmark's figure), so more decoding threads and a larger --max-batch would be what matters there."""
+
 MODELS = {"tiny": ("vit_tiny_patch16_224", "ViT-Ti/16"), "s16": ("vit_small_patch16_224", "ViT-S/16")}
 URL = re.compile(r"on (http://[\d.]+:\d+)")
 
