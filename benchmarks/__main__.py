@@ -18,6 +18,9 @@ Sections (the first four also run alone: `python -m benchmarks.<module>`):
               whole process: wall and peak RSS; only when named (needs vitconvert[hf])
   finetune    `vitconvert.finetune` vs a plain timm training loop, and vs our training step without images
               to read: ViT-Ti/16 at 224, float32, CPU; only when named (minutes of training)
+  serve       `vitconvert serve` under 16 concurrent HTTP clients vs the model alone and vs a plain
+              one-request-one-forward app, ViT-Ti/16 and ViT-S/16: images/s, CPU per image, p50/p99
+              latency; only when named
   gpu         ViT-B/16 on a CUDA GPU vs timm, autocast bfloat16 and float16, eager and compiled, 224 and 384,
               batch 1, 64 and 256: images/s and % of the GPU's peak (compiled while 300 s last), then
               Predictor over 4000 photos vs the model alone; only when named (says so without a GPU)
@@ -37,9 +40,10 @@ from pathlib import Path
 from benchmarks.common import ROOT, OtherLoad, load, machine
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray", "hf", "finetune", "gpu"]
-# peers and compile (minutes of compiling), ray and hf (optional extras) and finetune (minutes of training) are
-# asked for by name
+SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray", "hf", "finetune", "serve",
+            "gpu"]
+# peers and compile (minutes of compiling), ray and hf (optional extras), finetune (minutes of training) and serve
+# (servers started, minutes of load) are asked for by name
 DEFAULT = SECTIONS[:4]
 HEADER = """# Benchmark results
 
@@ -144,6 +148,14 @@ def finetune(quick: bool) -> str:
     return f.text(f.run(rounds=1 if quick else 3, steps=5, batch=16))
 
 
+def serve(quick: bool) -> str:
+    from benchmarks import serve as s
+
+    rounds = 1 if quick else 3
+    return (s.text(s.run(list(s.MODELS), rounds=rounds)) + "\n\n### One torch thread in every process\n\n"
+            + s.text(s.run(list(s.MODELS), rounds=rounds, threads=1)) + "\n\n" + s.READING)
+
+
 def gpu(quick: bool) -> str:
     import torch
 
@@ -158,11 +170,13 @@ def gpu(quick: bool) -> str:
 
 
 RUNNERS = {"conversion": conversion, "inference": inference, "cold_start": cold_start, "folder": folder,
-           "peers": peers, "compile": compile_, "ray": ray, "hf": hf, "finetune": finetune, "gpu": gpu}
+           "peers": peers, "compile": compile_, "ray": ray, "hf": hf, "finetune": finetune, "serve": serve,
+           "gpu": gpu}
 TITLES = {"conversion": "Conversion", "inference": "Inference (CPU)", "cold_start": "Cold start",
           "folder": "A folder of 200 images", "peers": "Against ONNX Runtime and OpenVINO (CPU)",
           "compile": "compile=True: the float32 paths tried (CPU)", "ray": "Ray Data, local",
-          "hf": "transformers in and out", "finetune": "Fine-tuning (CPU)", "gpu": "GPU"}
+          "hf": "transformers in and out", "finetune": "Fine-tuning (CPU)", "serve": "Serving over HTTP (CPU)",
+          "gpu": "GPU"}
 
 
 def update(results: Path, bodies: dict[str, str]) -> None:

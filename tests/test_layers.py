@@ -30,6 +30,8 @@ MAY_IMPORT = {
     "cluster": {"core", "formats", "catalog", "model", "inference", "cluster"},  # Ray Data, on top of inference
     # Fine-tuning: reads images as inference does and writes our files; the CLI resolves --model names.
     "train": {"core", "formats", "model", "inference", "train"},
+    # The HTTP app: the predictor behind routes, batched.
+    "serve": {"core", "formats", "catalog", "model", "inference", "serve"},
 }
 NO_TORCH = {"core", "formats", "conversion", "catalog"}
 # Pickled state dicts need torch to read: formats/state_dict.py is the one reader (of timm's, the tutorial

@@ -25,9 +25,10 @@ from .transform import to_tensor
 ImageInput = str | os.PathLike | Image.Image
 
 
-def prepare(image: ImageInput, preprocess: Preprocess, max_pixels: int) -> torch.Tensor:
-    """One image to the model's (3, H, W) float32 input."""
-    return to_tensor(load_rgb(image, max_pixels), preprocess)
+def prepare(image: ImageInput | bytes, preprocess: Preprocess, max_pixels: int,
+            name: str | None = None) -> torch.Tensor:
+    """One image (or an image file's bytes, named `name` in errors) to the model's (3, H, W) float32 input."""
+    return to_tensor(load_rgb(image, max_pixels, name), preprocess)
 
 
 def default_workers(num_images: int, batch_size: int, device: str | torch.device = "cpu") -> int:

@@ -116,9 +116,10 @@ class Predictor:
     def label(self, index: int) -> str | None:
         return self.labels[index] if self.labels is not None else None
 
-    def transform(self, image: ImageInput) -> torch.Tensor:
-        """The model's input for one image: (3, H, W) float32, preprocessed as the weights file says."""
-        return prepare(image, self.preprocess, self.max_pixels)
+    def transform(self, image: ImageInput | bytes, name: str | None = None) -> torch.Tensor:
+        """The model's input for one image (or an image file's bytes, named `name` in errors): (3, H, W)
+        float32, preprocessed as the weights file says."""
+        return prepare(image, self.preprocess, self.max_pixels, name)
 
     def probabilities(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Softmax over the classes, (len(images), num_classes), float32 on the CPU."""
@@ -178,26 +179,24 @@ class Predictor:
         are yielded (errors='raise'), or is yielded as a result with `error` set and no predictions
         (errors='report'); either way the other images of its batch are classified.
         """
-        if top_k < 1:
-            raise VitConvertError(f"top_k must be at least 1, got {top_k}")
+        check_top_k_value(top_k)
         self.check_top_k()
-        k = min(top_k, self.config.num_classes)
-
-        def ranked(probabilities: torch.Tensor) -> Iterable[tuple[list[float], list[int]]]:
-            values, indices = probabilities.topk(k, dim=-1)
-            return zip(values.tolist(), indices.tolist(), strict=False)
 
         def launch(inputs: torch.Tensor) -> InFlight:
             return self._launch_probabilities(inputs, batch_size)
 
+        def ranked(probabilities: torch.Tensor) -> list[tuple[Prediction, ...]]:
+            return self.ranked(probabilities, top_k)
+
         for name, row, error in self._per_image(images, batch_size, workers, errors, launch, ranked):
-            if error is not None:
-                yield ImagePredictions(name, (), error=error)
-                continue
-            probs, classes = row
-            yield ImagePredictions(name, tuple(
-                Prediction(rank, index, self.label(index), prob)
-                for rank, (prob, index) in enumerate(zip(probs, classes, strict=False), start=1)))
+            yield ImagePredictions(name, () if error is not None else row, error=error)
+
+    def ranked(self, probabilities: torch.Tensor, top_k: int) -> list[tuple[Prediction, ...]]:
+        """The `top_k` most probable classes of each row of (B, num_classes) `probabilities`, named."""
+        values, indices = probabilities.topk(min(top_k, self.config.num_classes), dim=-1)
+        return [tuple(Prediction(rank, index, self.label(index), prob)
+                      for rank, (prob, index) in enumerate(zip(probs, classes, strict=True), start=1))
+                for probs, classes in zip(values.tolist(), indices.tolist(), strict=True)]
 
     def predict(self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32,
                 workers: int = 0, errors: OnError = "raise") -> list[ImagePredictions]:
@@ -301,6 +300,11 @@ def _batch_rows(images: list[ImageInput], batch_size: int, errors: OnError,
             yield name, None, batch.failed[offset]
         else:
             yield name, next(landed), None
+
+
+def check_top_k_value(top_k: int) -> None:
+    if top_k < 1:
+        raise VitConvertError(f"top_k must be at least 1, got {top_k}")
 
 
 def check_device(device: str | torch.device) -> torch.device:
