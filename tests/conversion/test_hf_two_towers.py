@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.two_towers import TEXTS, logits, perturb, train_sentencepiece
 
 import vitconvert
-from helpers.two_towers import TEXTS, logits, perturb, train_sentencepiece
 from vitconvert.core.errors import VitConvertError
 
 transformers = pytest.importorskip("transformers")

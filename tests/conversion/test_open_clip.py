@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.two_towers import TEXTS, logits, perturb, register_tiny_siglip, save_state_dict, train_sentencepiece
 
 import vitconvert
-from helpers.two_towers import (TEXTS, logits, perturb, register_tiny_siglip, save_state_dict,
-                                train_sentencepiece)
 from vitconvert.core.errors import VitConvertError
 
 open_clip = pytest.importorskip("open_clip")

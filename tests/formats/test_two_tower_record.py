@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.two_towers import save_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import vitconvert
-from helpers.two_towers import save_state_dict
 from vitconvert.core.errors import VitConvertError
 from vitconvert.formats.weights_file import META_KEY, READABLE_VERSIONS, TOKENIZER_KEY, read_record
 

@@ -7,8 +7,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from helpers.two_towers import train_sentencepiece
+
 from vitconvert.conversion.text_towers import clip_tokenizer, file_tokenizer
 from vitconvert.core.errors import VitConvertError
 from vitconvert.core.text_config import TokenizerConfig

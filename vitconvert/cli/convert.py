@@ -343,8 +343,9 @@ def convert_cmd(src: str, dst: str, source: str | None, gelu: str | None, model_
     running its code); a directory with config.json of model_type clip, siglip or siglip2 (both towers).
     Where two formats fit, or none, the error says which and what it looked for; --from chooses. The
     format options (--gelu, --model, --heads, --model-args, --map, --image-only, --tokenizer) are refused for
-    a format that does not take them. Every source tensor is converted or listed, with its reason, as left out (the summary's
-    notes; --json's left_out). The result is the file jax2torch, timm2torch, hf2torch or torch2torch writes.
+    a format that does not take them. Every source tensor is converted or listed, with its reason, as left
+    out (the summary's notes; --json's left_out). The result is the file jax2torch, timm2torch, hf2torch or
+    torch2torch writes.
     """
     from ..catalog.manifest import load_manifest
     from ..conversion.source import FORMATS

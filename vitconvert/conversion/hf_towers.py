@@ -92,7 +92,8 @@ def _vision(kind: str, vision: Mapping[str, Any], shapes: Mapping[str, tuple[int
     chans = _get(vision, d, "num_channels")
     common = dict(embed_dim=width, depth=depth, num_heads=heads, mlp_dim=mlp, in_chans=chans,
                   act=_act(_get(vision, d, "hidden_act"), where), ln_eps=_get(vision, d, "layer_norm_eps"))
-    rules = _layers(v, "", "block") + [Rule("norm." + p, (f"{v}post_layernorm.{p}",), IDENTITY) for p in ("weight", "bias")]
+    rules = _layers(v, "", "block") + [Rule("norm." + p, (f"{v}post_layernorm.{p}",), IDENTITY)
+                                       for p in ("weight", "bias")]
     if kind == "siglip2":
         side = math.isqrt(n_pos)
         patch = vision.get("patch_size", 16)
