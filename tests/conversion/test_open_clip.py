@@ -199,3 +199,34 @@ def test_a_torchscript_archive_naming_anything_but_tensors_is_refused(tmp_path: 
         z.writestr("evil/constants.pkl", b"")
     with pytest.raises(VitConvertError, match="cannot read as tensors.*os.system is not a tensor.*load_openai_model"):
         vitconvert.convert(tmp_path / "evil.pt", tmp_path / "out.safetensors")
+
+
+def test_vitconvert_convert_recognises_a_two_tower_file_and_takes_image_only(tmp_path: Path, capsys) -> None:
+    from helpers.cli import vitconvert_cli
+
+    model, cfg = _clip(True)
+    src = save_state_dict(model, tmp_path, cfg)
+    code, out, err = vitconvert_cli(capsys, "convert", src, tmp_path / "both.safetensors", "-q", "--json")
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed["format"] == "open_clip" and printed["record"]["text"]["probability"] == "softmax"
+    code, out, err = vitconvert_cli(capsys, "convert", src, tmp_path / "image.safetensors", "--image-only", "-q",
+                                    "--json")
+    assert code == 0, err
+    printed = json.loads(out)
+    assert "text" not in printed["record"] and printed["left_out"]["token_embedding.weight"].endswith("(--image-only)")
+    code, _, err = vitconvert_cli(capsys, "convert", src, tmp_path / "x.safetensors", "--from", "timm", "--image-only")
+    assert code == 2 and "--image-only does not apply to --from timm" in err
+
+
+def test_a_two_tower_files_image_tower_exports_to_onnx_as_before(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    model, cfg = _clip(True)
+    dst = tmp_path / "clip.safetensors"
+    vitconvert.convert(save_state_dict(model, tmp_path, cfg), dst)
+    vitconvert.export_onnx(dst, tmp_path / "clip.onnx")
+    x = torch.randn(1, 3, 32, 32)
+    session = ort.InferenceSession(str(tmp_path / "clip.onnx"))
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        assert (torch.from_numpy(out) - model.encode_image(x)).abs().max() < TOL
