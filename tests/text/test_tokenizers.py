@@ -81,3 +81,15 @@ def test_a_tokenizer_config_names_each_wrong_field() -> None:
         TokenizerConfig(kind="sentencepiece", context_length=8, vocab_size=10, pad_id=0, clean="shout")
     with pytest.raises(VitConvertError, match="context_length 2 leaves no room"):
         TokenizerConfig(kind="tokenizers", context_length=2, vocab_size=10, pad_id=0, bos_id=1, eos_id=2)
+
+
+def test_random_ascii_texts_tokenize_as_open_clips() -> None:
+    # printable ASCII skips ftfy (which leaves it unchanged) unless it holds '&', '\r' or control characters
+    import random
+    import string
+
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(string.printable) for _ in range(rng.randint(0, 40))) for _ in range(300)]
+    for clean in ("lower", "whitespace", "canonicalize"):
+        ours = Tokenizer(*clip_tokenizer(77, clean))
+        assert ours.encode_ids(texts) == open_clip.tokenizer.SimpleTokenizer(clean=clean)(texts).tolist()
