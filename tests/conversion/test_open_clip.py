@@ -34,6 +34,11 @@ def _clip(quick_gelu: bool) -> tuple[torch.nn.Module, dict]:
     return model, cfg
 
 
+# As the hub's OpenCLIP SigLIP repositories' open_clip_config.json gives it.
+SIGLIP_PREPROCESS = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
+                     "resize_mode": "squash"}
+
+
 @pytest.fixture(scope="module")
 def siglip(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path, Path]:
     """OpenCLIP's SigLIP layout (CustomTextCLIP, a timm trunk with attention pooling, text under text.*),
@@ -52,7 +57,7 @@ def siglip(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, P
     torch.manual_seed(0)
     model = open_clip.CustomTextCLIP(**cfg).eval()
     perturb(model)
-    src = save_state_dict(model, folder / "ck", {**cfg, "custom_text": True})
+    src = save_state_dict(model, folder / "ck", {**cfg, "custom_text": True}, preprocess_cfg=SIGLIP_PREPROCESS)
     SiglipTokenizer(str(train_sentencepiece(folder)), model_max_length=16).save_pretrained(folder / "ck")
     dst = folder / "siglip.safetensors"
     vitconvert.convert(src, dst)
@@ -97,6 +102,8 @@ def test_siglip_via_open_clips_timm_trunk_reproduces_open_clip(siglip: tuple) ->
         ours_image, ours_text = image(x), text(ids)
         ref_image, ref_text = model.encode_image(x), model.encode_text(ids)
     assert text.probability == "sigmoid" and text.logit_bias == pytest.approx(model.logit_bias.item())
+    pre = image.record.preprocess
+    assert (pre.resize, pre.interpolation, pre.mean, pre.std) == ("squash", "bicubic", (0.5,) * 3, (0.5,) * 3)
     assert (ours_image - ref_image).abs().max() < TOL
     assert (ours_text - ref_text).abs().max() < TOL
     image_features, text_features, scale, bias = out  # open_clip's forward: normalised features, exp(t), b

@@ -93,3 +93,24 @@ def test_random_ascii_texts_tokenize_as_open_clips() -> None:
     for clean in ("lower", "whitespace", "canonicalize"):
         ours = Tokenizer(*clip_tokenizer(77, clean))
         assert ours.encode_ids(texts) == open_clip.tokenizer.SimpleTokenizer(clean=clean)(texts).tolist()
+
+
+def test_a_tokenizer_json_adds_the_ids_its_post_processor_adds(tmp_path: Path) -> None:
+    from helpers.two_towers import CORPUS
+    from tokenizers import Tokenizer as HfTokenizer
+    from tokenizers import models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = HfTokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(CORPUS * 5, trainers.BpeTrainer(vocab_size=60, special_tokens=["<pad>", "</s>", "<unk>"]))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    reference = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    reference.save_pretrained(tmp_path)
+    config, data = file_tokenizer(tmp_path / "tokenizer.json", 12, "none", "test")
+    assert (config.kind, config.bos_id, config.eos_id, config.pad_id) == ("tokenizers", None, 1, 0)
+    texts = ["a photo of a cat", "the lazy dog", "hello world this is a test of sentencepiece again"]
+    expected = reference(texts, padding="max_length", max_length=12, truncation=True).input_ids
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert Tokenizer(config, data).encode_ids(texts) == expected
