@@ -59,6 +59,7 @@ CLEANERS: dict[Clean, Callable[[str], str]] = {
     "whitespace": lambda text: _whitespace(_basic(text)),
     "canonicalize": lambda text: _canonicalize(_basic(text)),
     "siglip": _siglip,
+    "lowercase": str.lower,
 }
 
 
