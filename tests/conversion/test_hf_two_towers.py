@@ -140,9 +140,8 @@ def test_image_only_and_a_damaged_tower(tmp_path: Path, spiece: Path) -> None:
 
 
 def test_a_siglip_tokenizer_json_without_lowercasing_is_lower_cased_as_siglip2_was_trained(tmp_path: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-
     from helpers.two_towers import CORPUS
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
