@@ -108,7 +108,8 @@ def converter_options(command: Callable) -> Callable:
                               "scale factor), 'flexivit' (FlexiViT's antialiased bilinear resize of its stored "
                               "grid; jax2torch records it for the FlexiViT files the manifest knows) or "
                               "'transformers' (transformers' interpolate_pos_encoding: no antialias; hf2torch's "
-                              "default)."),
+                              "default) or 'torchvision' (torchvision's interpolate_embeddings: bicubic, "
+                              "align_corners=True; the torchvision format's default)."),
             click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary."),
             click.option("--json", "as_json", is_flag=True, help="Print the written record as JSON."),
             debug_option)):
@@ -311,26 +312,33 @@ class _ConvertCommand(click.Command):
                    "names (two that fit are an error naming both).")
 @click.option("--gelu", type=click.Choice(["tanh", "erf"]),
               help="jax: the MLP activation to record, 'tanh' (the JAX models'; the default) or 'erf' (timm's).")
-@click.option("--model", "model_name", metavar="TIMM_NAME",
-              help="timm: timm's model name, with or without tag, for what the tensors do not show.")
-@click.option("--heads", type=click.IntRange(min=1), help="timm: attention heads, for a width that is not standard.")
+@click.option("--model", "model_name", metavar="NAME",
+              help="timm: timm's model name, with or without tag, for what the tensors do not show; torchvision: "
+                   "vit_b_16, vit_b_32, vit_l_16, vit_l_32 or vit_h_14, checked against the shapes.")
+@click.option("--heads", type=click.IntRange(min=1),
+              help="timm: attention heads, for a width that is not standard; torchvision: those of a custom "
+                   "VisionTransformer.")
+@click.option("--weights-enum", metavar="NAME",
+              help="torchvision: the weight enum whose transforms to record (e.g. "
+                   "ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1); default: the one the model and its size leave.")
 @click.option("--model-args", metavar="JSON",
               help="lucidrains, jeonsworld, torch-encoder: what the weights do not show (see torch2torch --help).")
 @click.option("--map", "names", metavar="PART=NAME,...",
               help="torch-encoder: the names of the parts around the encoder (see torch2torch --help).")
 @converter_options
 def convert_cmd(src: str, dst: str, source: str | None, gelu: str | None, model_name: str | None, heads: int | None,
-                model_args: str | None, names: str | None, labels: str | None, dtype: str, force: bool,
-                allow_nonfinite: bool, pos_resize: str | None, quiet: bool, as_json: bool) -> None:
+                weights_enum: str | None, model_args: str | None, names: str | None, labels: str | None, dtype: str,
+                force: bool, allow_nonfinite: bool, pos_resize: str | None, quiet: bool, as_json: bool) -> None:
     """Convert a ViT checkpoint of any source format to a vitconvert weights file.
 
     The format is recognised from SRC itself: an .npz's keys (Transformer/, params/, img/) for Google's
     JAX files; a directory (or weights file) with transformers' config.json; a state dict's key names
     (patch_embed. and blocks. for timm, DINO's teacher/backbone. too, to_patch_embedding. for
-    vit-pytorch, transformer.embeddings. for jeonsworld, layers.N.self_attn. for nn.TransformerEncoder).
+    vit-pytorch, transformer.embeddings. for jeonsworld, layers.N.self_attn. for nn.TransformerEncoder,
+    conv_proj and encoder.pos_embedding for torchvision).
     Where two formats fit, or none, the error says which and what it looked for; --from chooses. The
-    format options (--gelu, --model, --heads, --model-args, --map) are refused for a format that does not
-    take them. Every source tensor is converted or listed, with its reason, as left out (the summary's
+    format options (--gelu, --model, --heads, --weights-enum, --model-args, --map) are refused for a format
+    that does not take them. Every source tensor is converted or listed, with its reason, as left out (the summary's
     notes; --json's left_out). The result is the file jax2torch, timm2torch, hf2torch or torch2torch writes.
     """
     from ..catalog.manifest import load_manifest
@@ -339,7 +347,7 @@ def convert_cmd(src: str, dst: str, source: str | None, gelu: str | None, model_
     if source is not None and source not in FORMATS:
         raise click.BadParameter(f"{source!r} is not a format; the formats are: {', '.join(FORMATS)}",
                                  param_hint="--from")
-    options = dict(gelu=gelu, model=model_name, num_heads=heads, model_args=_json_object(model_args, "--model-args"),
-                   names=_names(names))
+    options = dict(gelu=gelu, model=model_name, num_heads=heads, weights_enum=weights_enum,
+                   model_args=_json_object(model_args, "--model-args"), names=_names(names))
     _convert(source, src, dst, labels, quiet, as_json, options=options, defaults=dict(catalog=load_manifest()),
              force=force, dtype=dtype, allow_nonfinite=allow_nonfinite, pos_resize=pos_resize)

@@ -34,6 +34,7 @@ FORMATS: dict[str, str] = {
     "lucidrains": "tutorial_vits:LUCIDRAINS",
     "jeonsworld": "tutorial_vits:JEONSWORLD",
     "torch-encoder": "tutorial_vits:TORCH_ENCODER",
+    "torchvision": "torchvision:TORCHVISION",
 }
 
 
