@@ -16,6 +16,8 @@ Sections (the first four also run alone: `python -m benchmarks.<module>`):
               only when named (needs vitconvert[ray])
   hf          hf2torch and export --to hf on a ViT-B/16 vs transformers' from_pretrained + save_pretrained,
               whole process: wall and peak RSS; only when named (needs vitconvert[hf])
+  sharded     hf2torch of a ViT-B/16 in safetensors shards and in .bin shards vs in one file: peak RSS vs the
+              checkpoint's size; only when named (needs vitconvert[hf])
   finetune    `vitconvert.finetune` vs a plain timm training loop, and vs our training step without images
               to read: ViT-Ti/16 at 224, float32, CPU; only when named (minutes of training)
   gpu         ViT-B/16 on a CUDA GPU vs timm, autocast bfloat16 and float16, eager and compiled, 224 and 384,
@@ -37,8 +39,9 @@ from pathlib import Path
 from benchmarks.common import ROOT, OtherLoad, load, machine
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray", "hf", "finetune", "gpu"]
-# peers and compile (minutes of compiling), ray and hf (optional extras) and finetune (minutes of training) are
+SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray", "hf", "sharded", "finetune",
+            "gpu"]
+# peers and compile (minutes of compiling), ray, hf and sharded (optional extras) and finetune (minutes of training) are
 # asked for by name
 DEFAULT = SECTIONS[:4]
 HEADER = """# Benchmark results
@@ -138,6 +141,13 @@ def hf(quick: bool) -> str:
 
 
 
+def sharded(quick: bool) -> str:
+    from benchmarks import sharded as s
+
+    repeats = 1 if quick else 3
+    return s.text(s.run(repeats, "100MB"), repeats, "100MB")
+
+
 def finetune(quick: bool) -> str:
     from benchmarks import finetune as f
 
@@ -158,11 +168,13 @@ def gpu(quick: bool) -> str:
 
 
 RUNNERS = {"conversion": conversion, "inference": inference, "cold_start": cold_start, "folder": folder,
-           "peers": peers, "compile": compile_, "ray": ray, "hf": hf, "finetune": finetune, "gpu": gpu}
+           "peers": peers, "compile": compile_, "ray": ray, "hf": hf, "sharded": sharded,
+           "finetune": finetune, "gpu": gpu}
 TITLES = {"conversion": "Conversion", "inference": "Inference (CPU)", "cold_start": "Cold start",
           "folder": "A folder of 200 images", "peers": "Against ONNX Runtime and OpenVINO (CPU)",
           "compile": "compile=True: the float32 paths tried (CPU)", "ray": "Ray Data, local",
-          "hf": "transformers in and out", "finetune": "Fine-tuning (CPU)", "gpu": "GPU"}
+          "hf": "transformers in and out", "sharded": "Sharded transformers checkpoints",
+          "finetune": "Fine-tuning (CPU)", "gpu": "GPU"}
 
 
 def update(results: Path, bodies: dict[str, str]) -> None:

@@ -1,9 +1,9 @@
 """Hugging Face transformers checkpoints (ViT, DeiT, Dinov2) to our weights file.
 
-SRC is a directory as `save_pretrained` writes it (config.json, model.safetensors or pytorch_model.bin,
-preprocessor_config.json), or its weights file with the config.json beside it. The architecture comes
-from config.json, read as JSON (transformers is never imported); which head and names the checkpoint has,
-from its keys; the tensors stream through `hf_layouts`' table into the writer one at a time. safetensors
+SRC is a directory as `save_pretrained` writes it (config.json, model.safetensors or pytorch_model.bin, or
+their shards and index: `hf_sharded`; preprocessor_config.json), or its weights file with the config.json
+beside it. The architecture comes from config.json, read as JSON (transformers is never imported); which head
+and names the checkpoint has, from its keys; the tensors stream through `hf_layouts`' table into the writer one at a time. safetensors
 files are read with numpy alone; pickled .bin files only with torch.load(weights_only=True), the reader
 timm2torch uses, imported for them alone.
 """
@@ -27,6 +27,7 @@ from ..formats.weights_file import WeightsRecord
 from . import hf_layouts
 from .hf_layouts import HfLayout
 from .hf_preprocess import preprocess_from
+from .hf_sharded import INDEXES, ShardedReader, find_index
 from .mapping import ArrayReader, Shape, block_bindings
 from .source import Detection, Plan, Probe, Request, SourceFormat
 
@@ -48,13 +49,10 @@ def locate(src: str | os.PathLike) -> HfCheckpoint:
     src = Path(src)
     if src.is_dir():
         folder = src
-        weights = next((src / name for name in WEIGHTS if (src / name).is_file()), None)
+        weights = next((src / name for name in WEIGHTS if (src / name).is_file()), None) or find_index(src)
         if weights is None:
-            sharded = [p.name for p in sorted(src.glob("*.index.json"))]
-            if sharded:
-                raise VitConvertError(f"{src}: a sharded checkpoint ({sharded[0]}) is not read yet; save it as one "
-                                      "file (save_pretrained(..., max_shard_size='50GB'))")
-            raise VitConvertError(f"{src}: no {' or '.join(WEIGHTS)} in the directory")
+            raise VitConvertError(f"{src}: no {' or '.join(WEIGHTS)} in the directory, nor a shard index "
+                                  f"({' or '.join(INDEXES)})")
     else:
         weights, folder = check_input(src, "a transformers checkpoint (a directory or its weights file)"), src.parent
         if weights.suffix != ".safetensors" and weights.suffix not in PICKLES:
@@ -79,7 +77,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def read_weights(path: Path, probed: Probe | None = None) -> ArrayReader:
     """A reader of the checkpoint's tensors: numpy for safetensors; torch's weights-only unpickler for .bin
-    (or the state dict `probed` already read from this very file)."""
+    (or the state dict `probed` already read from this very file); a shard index's shards, shard by shard."""
+    if path.name in INDEXES:
+        return ShardedReader(path)
     if path.suffix == ".safetensors":
         return SafetensorsReader(path)
     from ..formats.state_dict import TensorReader, read_state_dict  # torch, for pickles only
@@ -103,6 +103,10 @@ class HfReader:
     def check_weights(self, keys: list[str], where: str) -> None:
         if check := getattr(self.tensors, "check_weights", None):
             check(keys, where)
+
+    def close(self) -> None:
+        if close := getattr(self.tensors, "close", None):
+            close()
 
 
 def model_type(config: Mapping[str, Any], where: str) -> str:
