@@ -256,7 +256,8 @@ def bad(tmp_path, what: str):
 
 
 BAD = {
-    "another model type": "config.json: model_type 'swin'; hf2torch converts vit, deit, dinov2",
+    "another model type": "config.json: model_type 'swin'; hf2torch converts model types vit, deit, dinov2, "
+                          "dinov2_with_registers, vit_msn, vit_mae (ViTModel, ",
     "no config.json": "no config.json beside the weights",
     "hidden_size disagrees": "inconsistent shapes",
     "more layers than tensors": "missing keys: vit.encoder.layer.2.",

@@ -109,12 +109,27 @@ class HfReader:
             close()
 
 
-def model_type(config: Mapping[str, Any], where: str) -> str:
+def _claimed_type(config: Mapping[str, Any]) -> str | None:
+    """The model type config.json names: its model_type, or where it has none the type of the class its
+    `architectures` names (as AutoModel falls back on); one of ours or of REFUSED, else None."""
     kind = config.get("model_type")
-    if kind not in hf_layouts.MODEL_TYPES:
-        found = f"model_type {kind!r}" if kind is not None else "no model_type"
-        raise VitConvertError(f"{where}: {found}; hf2torch converts "
-                              f"{', '.join(hf_layouts.MODEL_TYPES)} (transformers' ViT, DeiT and Dinov2)")
+    if kind is not None:
+        return kind if kind in hf_layouts.MODEL_TYPES or kind in hf_layouts.REFUSED else None
+    names = config.get("architectures")
+    by_class = {name: t for (t, _), name in hf_layouts.ARCHITECTURES.items()}
+    return next((by_class[n] for n in names if isinstance(n, str) and n in by_class), None) \
+        if isinstance(names, list) else None
+
+
+def model_type(config: Mapping[str, Any], where: str) -> str:
+    kind = _claimed_type(config)
+    if kind in hf_layouts.REFUSED:
+        raise VitConvertError(f"{where}: model_type {kind!r} is not converted: {hf_layouts.REFUSED[kind]}")
+    if kind is None:
+        given = config.get("model_type")
+        found = f"model_type {given!r}" if given is not None else "no model_type, and no architectures it converts"
+        raise VitConvertError(f"{where}: {found}; hf2torch converts model types "
+                              f"{', '.join(hf_layouts.MODEL_TYPES)} ({', '.join(hf_layouts.ARCHITECTURES.values())})")
     return kind
 
 
@@ -138,10 +153,12 @@ def config_from_json(config: Mapping[str, Any], layout: HfLayout, where: str) ->
     if head_dim is not None and not (is_int(head_dim) and is_int(heads) and head_dim * heads == dim):
         raise VitConvertError(f"{where}: head_dim {head_dim!r} x {heads!r} heads is not hidden_size {dim!r}; "
                               "our attention splits the width evenly into heads")
+    dinov2 = layout.family == "dinov2"
     if layout.pooler and get("pooler_act") != "tanh":
         raise VitConvertError(f"{where}: pooler_act {get('pooler_act')!r}; our representation layer "
                               "is tanh")
-    if layout.model_type == "dinov2":
+    registers = get("num_register_tokens") if layout.model_type == "dinov2_with_registers" else 0
+    if dinov2:
         ratio = get("mlp_ratio")
         if not (is_int(dim) and is_real(ratio) and 0 < dim * ratio < 2 ** 31):
             raise VitConvertError(f"{where}: mlp_ratio {ratio!r} with hidden_size {dim!r} makes no MLP width")
@@ -154,18 +171,24 @@ def config_from_json(config: Mapping[str, Any], layout: HfLayout, where: str) ->
     fields = dict(img_size=size, patch_size=patch, in_chans=get("num_channels"), embed_dim=dim,
                   depth=get("num_hidden_layers"), num_heads=heads, mlp_dim=mlp_dim, act=act,
                   ln_eps=get("layer_norm_eps"), qkv_bias=get("qkv_bias"), num_classes=_num_classes(config, layout),
-                  distilled=layout.head == "teacher", reg_tokens=int(layout.model_type == "deit" and
-                                                                   layout.head != "teacher"),
+                  distilled=layout.head == "teacher",
+                  reg_tokens=int(layout.model_type == "deit" and layout.head != "teacher") + registers,
+                  no_embed_class=layout.model_type == "dinov2_with_registers",
                   representation_size=config.get("pooler_output_size") or dim if layout.pooler else None,
-                  layer_scale=layout.model_type == "dinov2", mlp=layout.mlp, pos_resize="transformers")
+                  layer_scale=dinov2, mlp=layout.mlp, pos_resize=POS_RESIZE.get(layout.model_type, "transformers"))
     try:
         return ViTConfig(**fields)
     except (VitConvertError, TypeError) as e:  # values of the wrong type: say which file they came from
         raise VitConvertError(f"{where}: {e}") from None
 
 
+# transformers' interpolate_pos_encoding: bicubic without antialias (posembed's 'transformers'), but in
+# Dinov2WithRegisters, which antialiases (timm's 'bicubic': size=, antialias=True, align_corners off).
+POS_RESIZE = {"dinov2_with_registers": "bicubic"}
+
+
 def _num_classes(config: Mapping[str, Any], layout: HfLayout) -> int:
-    if layout.head is None:
+    if layout.head in (None, "decoder"):
         return 0
     id2label = config.get("id2label")
     return len(id2label) if isinstance(id2label, Mapping) else config.get("num_labels", 2)
@@ -204,7 +227,12 @@ def convert_hf(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = 
 
 
 POOLER = "the pooler beside the classifier: transformers' classification models do not run it"
-MASK_TOKEN = "Dinov2's mask_token: masked-image pre-training only"
+MASK_TOKEN = "the mask_token: masked-image pre-training only"
+DECODER = "ViTMAEForPreTraining's decoder: it reconstructs masked pixels in pre-training; the encoder converts"
+
+
+def _left_out(key: str) -> str:
+    return DECODER if key.startswith("decoder.") else MASK_TOKEN if key.endswith("mask_token") else POOLER
 
 
 def _plan(reader: HfReader, request: Request) -> Plan:
@@ -212,7 +240,7 @@ def _plan(reader: HfReader, request: Request) -> Plan:
     where, config_file = str(found.weights), str(found.weights.parent / "config.json")
     kind = model_type(found.config, config_file)
     layout, ignored = hf_layouts.detect(kind, reader.shapes, where)
-    swiglu = kind == "dinov2" and found.config.get("use_swiglu_ffn", False)
+    swiglu = layout.family == "dinov2" and found.config.get("use_swiglu_ffn", False)
     layout = dataclasses.replace(layout, qkv_bias=found.config.get("qkv_bias", True),
                                  mlp=("swiglu" if layout.modular else "swiglu_packed") if swiglu else "mlp")
     cfg = config_from_json(found.config, layout, config_file)
@@ -225,7 +253,7 @@ def _plan(reader: HfReader, request: Request) -> Plan:
                      f"{preprocess.size[1]} (img_size=...) for transformers' pipeline")
     return Plan(config=cfg, rules=hf_layouts.import_rules(layout), bindings=block_bindings(cfg.depth),
                 source_format=f"transformers/{layout.architecture}", preprocess=preprocess, labels=names,
-                notes=notes, left_out={k: MASK_TOKEN if k.endswith("mask_token") else POOLER for k in ignored})
+                notes=notes, left_out={k: _left_out(k) for k in ignored})
 
 
 def _layout_notes(layout: HfLayout, ignored: tuple[str, ...]) -> list[str]:
@@ -236,8 +264,21 @@ def _layout_notes(layout: HfLayout, ignored: tuple[str, ...]) -> list[str]:
     if any(k.endswith("pooler.dense.weight") for k in ignored):
         notes.append("the pooler beside the classifier was left out: transformers' classification models do not "
                      "run it")
-    if any(k.endswith("mask_token") for k in ignored):
-        notes.append("Dinov2's mask_token (masked-image pre-training only) was left out")
+    if any(k.endswith("mask_token") and not k.startswith("decoder.") for k in ignored):
+        notes.append("the mask_token (masked-image pre-training only) was left out")
+    if layout.head == "decoder":
+        notes.append("ViTMAEForPreTraining's decoder was left out: the encoder converts, and runs as ViTMAEModel "
+                     "with mask_ratio 0 and the patches in their order (no random masking)")
+    elif layout.model_type == "vit_mae":
+        notes.append("ViTMAE's encoder runs without its random masking: ViTMAEModel with mask_ratio 0 and the "
+                     "patches in their order")
+    if layout.model_type == "dinov2_with_registers":
+        notes.append("the class token is stored with its position embedding added, and the table holds the "
+                     "patches' rows (as timm stores DINOv2 with registers): transformers adds that row to the "
+                     "class token alone and never resizes it")
+    if layout.layer_prefix is not None:
+        notes.append("the encoder's layers at the top of the file (encoder.layer.N) beside vit.embeddings, as "
+                     "transformers 5 saves ViTMSNForImageClassification")
     if layout.modular:
         notes.append("tensors named as transformers 5's modules (a state_dict saved as it is)")
     return notes
@@ -253,20 +294,22 @@ def _detect(probe: Probe) -> Detection | None:
     if not config.is_file():
         return None
     try:
-        kind = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        value = json.loads(config.read_text(encoding="utf-8"))
+        kind = _claimed_type(value) if isinstance(value, dict) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         kind = None
-    if kind not in hf_layouts.MODEL_TYPES:
+    if kind is None:
         return None
-    if probe.kind.kind != "directory" and not any(k.startswith(("embeddings.", f"{kind}.embeddings."))
-                                                  for k in probe.keys):
+    prefixes = ("embeddings.", f"{hf_layouts.BASE_PREFIX.get(kind, kind)}embeddings.")
+    if probe.kind.kind != "directory" and not any(k.startswith(prefixes) for k in probe.keys):
         return None  # a config.json beside some other checkpoint
-    return Detection(1.0, f"config.json with model_type {kind!r}" + (" beside it" if probe.kind.kind != "directory"
-                                                                      else ""))
+    return Detection(1.0, f"config.json of model type {kind!r}" + (" beside it" if probe.kind.kind != "directory"
+                                                                    else ""))
 
 
 HF = SourceFormat(
-    name="hf", summary="Hugging Face transformers ViT, DeiT, Dinov2 (save_pretrained's directory, or its weights file)",
+    name="hf", summary="Hugging Face transformers ViT, DeiT, Dinov2 (with registers), ViTMSN, ViTMAE (save_pretrained's "
+                       "directory, sharded too, or its weights file)",
     detect=_detect, open=HfReader, plan=_plan,
     example="vitconvert convert vit-base-patch16-224/ vit-b16.safetensors",
     looks_for=f"a directory (or a weights file beside) with a config.json of model_type "

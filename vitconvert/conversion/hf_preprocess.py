@@ -36,7 +36,9 @@ PROCESSORS: dict[str, dict[str, Any]] = {
 PROCESSORS["CLIPImageProcessor"] = PROCESSORS["BitImageProcessor"]
 # What transformers' AutoImageProcessor picks for a model type without a preprocessor_config.json of its own
 # (the processors the published checkpoints of each carry).
-DEFAULT_PROCESSOR = {"vit": "ViTImageProcessor", "deit": "DeiTImageProcessor", "dinov2": "BitImageProcessor"}
+DEFAULT_PROCESSOR = {"vit": "ViTImageProcessor", "deit": "DeiTImageProcessor", "dinov2": "BitImageProcessor",
+                     "dinov2_with_registers": "BitImageProcessor", "vit_msn": "ViTImageProcessor",
+                     "vit_mae": "ViTImageProcessor"}
 
 
 def _processor_class(d: Mapping[str, Any]) -> str | None:
