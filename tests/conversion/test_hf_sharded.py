@@ -125,6 +125,14 @@ def test_a_tensor_the_index_puts_in_another_shard_is_refused(tmp_path):
     refused(tmp_path, folder, f"{where}: holds tensors the index does not list there: classifier.weight")
 
 
+def test_one_shard_given_alone_asks_for_the_directory(tmp_path):
+    _, folder = sharded(tmp_path)
+    shard = sorted(folder.glob("model-*.safetensors"))[0]
+    with pytest.raises(VitConvertError, match=f"one shard of the checkpoint {INDEX} indexes: give the directory"):
+        convert(shard, tmp_path / "out.safetensors", source="hf")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
 @pytest.mark.parametrize("text", ["[]", '{"weight_map": {}}', '{"weight_map": {"a": "../x.safetensors"}}', "{"],
                          ids=["a list", "no tensors", "a shard outside the directory", "not JSON"])
 def test_an_index_that_is_not_a_shard_index_is_refused(tmp_path, text):

@@ -194,11 +194,14 @@ def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, la
 @converter_options
 def hf2torch(src: str, dst: str, labels: str | None, dtype: str, force: bool, allow_nonfinite: bool,
              pos_resize: str | None, quiet: bool, as_json: bool) -> None:
-    """Convert a Hugging Face transformers ViT, DeiT or Dinov2 checkpoint to a vitconvert weights file.
+    """Convert a Hugging Face transformers ViT, DeiT, Dinov2, ViTMSN or ViTMAE checkpoint to a vitconvert weights file.
 
-    SRC is the directory save_pretrained writes (config.json, model.safetensors or pytorch_model.bin,
+    SRC is the directory save_pretrained writes (config.json, model.safetensors or pytorch_model.bin, or
+    their shards and model.safetensors.index.json / pytorch_model.bin.index.json, read shard by shard;
     preprocessor_config.json), or its weights file with config.json beside it: ViTModel,
-    ViTForImageClassification, DeiTModel, DeiTForImageClassification(WithTeacher), Dinov2Model. The
+    ViTForImageClassification, DeiTModel, DeiTForImageClassification(WithTeacher), Dinov2Model,
+    Dinov2WithRegistersModel, ViTMSNModel, ViTMSNForImageClassification, ViTMAEModel and the encoder of
+    ViTMAEForPreTraining (its decoder is left out; the encoder runs without random masking). The
     architecture is read from config.json (layer_norm_eps, hidden_act, ...), the class names from its
     id2label, the preprocessing from preprocessor_config.json; ViTModel's pooler is kept as the
     representation layer. transformers is not needed: safetensors files are read with numpy, .bin
@@ -211,6 +214,7 @@ def hf2torch(src: str, dst: str, labels: str | None, dtype: str, force: bool, al
       vitconvert hf2torch dinov2-small/model.safetensors dinov2-s14.safetensors --dtype bfloat16
       vitconvert hf2torch deit-base-distilled-patch16-224/ deit-b16.safetensors --json
       vitconvert hf2torch my-finetune/ birds.safetensors --labels bird_names.txt --force
+      vitconvert hf2torch vit-huge-sharded/ vit-h14.safetensors
     """
     _convert("hf", src, dst, labels, quiet, as_json, force=force, dtype=dtype, allow_nonfinite=allow_nonfinite,
              pos_resize=pos_resize)

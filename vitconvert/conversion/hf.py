@@ -57,6 +57,10 @@ def locate(src: str | os.PathLike) -> HfCheckpoint:
         weights, folder = check_input(src, "a transformers checkpoint (a directory or its weights file)"), src.parent
         if weights.suffix != ".safetensors" and weights.suffix not in PICKLES:
             raise VitConvertError(f"{src}: expected a .safetensors or a pickled .bin weights file, or their directory")
+        if (index := find_index(folder)) is not None and weights.name in index.read_text(encoding="utf-8",
+                                                                                          errors="replace"):
+            raise VitConvertError(f"{src}: one shard of the checkpoint {index.name} indexes: give the directory, "
+                                  f"{folder}, to convert them all")
     config = folder / "config.json"
     if not config.is_file():
         raise VitConvertError(f"{src}: no config.json beside the weights (hf2torch reads the architecture from "
