@@ -3,9 +3,9 @@
 SRC is a directory as `save_pretrained` writes it (config.json, model.safetensors or pytorch_model.bin, or
 their shards and index: `hf_sharded`; preprocessor_config.json), or its weights file with the config.json
 beside it. The architecture comes from config.json, read as JSON (transformers is never imported); which head
-and names the checkpoint has, from its keys; the tensors stream through `hf_layouts`' table into the writer one at a time. safetensors
-files are read with numpy alone; pickled .bin files only with torch.load(weights_only=True), the reader
-timm2torch uses, imported for them alone.
+and names the checkpoint has, from its keys; the tensors stream through `hf_layouts`' table into the writer
+one at a time. safetensors files are read with numpy alone; pickled .bin files only with
+torch.load(weights_only=True), the reader timm2torch uses, imported for them alone.
 """
 
 from __future__ import annotations
@@ -312,8 +312,8 @@ def _detect(probe: Probe) -> Detection | None:
 
 
 HF = SourceFormat(
-    name="hf", summary="Hugging Face transformers ViT, DeiT, Dinov2 (with registers), ViTMSN, ViTMAE (save_pretrained's "
-                       "directory, sharded too, or its weights file)",
+    name="hf", summary="Hugging Face transformers ViT, DeiT, Dinov2 (with registers), ViTMSN, ViTMAE "
+                       "(save_pretrained's directory, sharded too, or its weights file)",
     detect=_detect, open=HfReader, plan=_plan,
     example="vitconvert convert vit-base-patch16-224/ vit-b16.safetensors",
     looks_for=f"a directory (or a weights file beside) with a config.json of model_type "

@@ -1,5 +1,5 @@
-"""transformers' ViT, DeiT, Dinov2 (with registers too), ViTMSN and ViTMAE checkpoints as data: which of their tensors make which of ours, in
-both directions (hf2torch reads the table one way, `export --to hf` the other).
+"""transformers' ViT, DeiT, Dinov2 (with registers too), ViTMSN and ViTMAE checkpoints as data: which of their
+tensors make which of ours, in both directions (hf2torch reads the table one way, `export --to hf` the other).
 
 A `Pair` says that our tensors' rows, concatenated, are the same matrix as theirs concatenated: q, k and v
 are our fused qkv; the gate and up halves of Dinov2's SwiGLU are one packed fc1 on one side or the other.
