@@ -17,12 +17,16 @@ transformers = pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 from helpers.hf import random_hf  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 from vitconvert import VitConvertError, convert, load_model  # noqa: E402
 
 # float32 renames (and the class token's position added once, the same float32 sum transformers makes).
 # Observed: <= 7.2e-7 over every case and size here.
 ATOL = 1e-5
+# ViTHybrid: a ResNet before the ViT amplifies the rounding of the convolutions (ours run the stored
+# standardized kernels, transformers standardizes at every forward). Observed: <= 1.4e-6 at 64, 96 and 32 px.
+HYBRID_ATOL = 1e-5
 MAE_DECODER = dict(decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_intermediate_size=32,
                    decoder_num_attention_heads=2)
 CASES = {  # name: (transformers class, config overrides, what our model's output is compared with)
@@ -104,21 +108,84 @@ def test_a_config_with_architectures_and_no_model_type_converts_as_automodel_rea
     assert record.source.format == "transformers/ViTMSNModel"
 
 
-def test_a_vit_hybrid_config_is_refused_with_the_reason(tmp_path):
-    hf = model("ViTMSNModel")
-    hf.save_pretrained(tmp_path / "hf")
-    config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "model_type": "vit-hybrid",
-                                                             "architectures": ["ViTHybridForImageClassification"]}))
-    with pytest.raises(VitConvertError, match="'vit-hybrid' is not converted: ViTHybrid .*transformers 5 no longer"):
-        convert(tmp_path / "hf", tmp_path / "ours.safetensors")
-    assert not (tmp_path / "ours.safetensors").exists()
-
-
 def test_a_dinov2_with_registers_classifier_is_refused_and_its_encoder_named(tmp_path):
     hf = random_hf("Dinov2WithRegistersForImageClassification")
     hf.save_pretrained(tmp_path / "hf")
     with pytest.raises(VitConvertError, match="Dinov2WithRegistersForImageClassification classifies the class token "
                                               "and the mean .* converts as a Dinov2WithRegistersModel"):
+        convert(tmp_path / "hf", tmp_path / "ours.safetensors")
+    assert not (tmp_path / "ours.safetensors").exists()
+
+
+# --- ViTHybrid ------------------------------------------------------------------------------------------------
+# transformers 5 has no ViTHybrid; its forward (transformers 4.45, deprecated/vit_hybrid) is ViT's on the last
+# feature map of a BitBackbone: `features = backbone(pixel_values).feature_maps[-1]`, then ViT's patch
+# `projection` (a 1x1 convolution) and ViT's encoder. The reference is those two installed classes, run so, and
+# the checkpoint their tensors under ViTHybrid's names (vit.embeddings.patch_embeddings.backbone.*).
+BIT_CONFIG = dict(layer_type="bottleneck", global_padding="same", depths=[1, 2], hidden_sizes=[128, 256],
+                  embedding_size=32, out_features=["stage2"], embedding_dynamic_padding=True)
+
+
+class HybridReference(torch.nn.Module):
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        from helpers.published_layouts import fill_random_
+
+        self.backbone = fill_random_(transformers.BitBackbone(transformers.BitConfig(**BIT_CONFIG)), seed).eval()
+        # The BiT's stride is 8 (two stages): 64 px inputs give an 8x8 grid of 256-channel features.
+        self.vit = random_hf("ViTForImageClassification", seed=seed + 1, num_channels=256, image_size=8,
+                             patch_size=1)
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.vit(pixel_values=self.backbone(x).feature_maps[-1], **kwargs).logits
+
+
+def save_hybrid(reference: HybridReference, folder) -> None:
+    from safetensors.torch import save_file
+
+    reference.vit.save_pretrained(folder)
+    state = load_file(folder / "model.safetensors")
+    state |= {f"vit.embeddings.patch_embeddings.backbone.{k}": v.contiguous()
+              for k, v in reference.backbone.state_dict().items()}
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"model_type": "vit-hybrid", "architectures": ["ViTHybridForImageClassification"], "image_size": 64,
+               "num_channels": 3, "backbone_config": BIT_CONFIG, "backbone_featmap_shape": [1, 256, 8, 8]}
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_a_vit_hybrid_converts_to_its_bit_backbone_and_vit_logits(tmp_path):
+    reference = HybridReference()
+    save_hybrid(reference, tmp_path / "hf")
+    record = convert(tmp_path / "hf", tmp_path / "ours.safetensors")
+    cfg = record.config
+    assert (cfg.hybrid_layers, cfg.hybrid_width, cfg.hybrid_gn_eps, cfg.img_size) == ((1, 2), 32, 1e-5, (64, 64))
+    assert record.source.format == "transformers/ViTHybridForImageClassification"
+    ours = load_model(tmp_path / "ours.safetensors").eval()
+    for size in (64, 96, 32):  # at other sizes, ViT's interpolate_pos_encoding on the feature grid
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+        kwargs = {"interpolate_pos_encoding": True} if size != 64 else {}
+        with torch.inference_mode():
+            assert (ours(x) - reference(x, **kwargs)).abs().max().item() <= HYBRID_ATOL, size
+
+
+def test_vit_hybrid_defaults_are_transformers_4_vithybridconfigs():
+    """ViTHybridConfig.__init__'s defaults as transformers 4.45's deprecated/vit_hybrid/configuration_vit_hybrid.py
+    writes them (transformers 5 has no such class to ask)."""
+    from vitconvert.conversion.hf_layouts import DEFAULTS
+
+    assert DEFAULTS["vit-hybrid"] == dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                          intermediate_size=3072, hidden_act="gelu", layer_norm_eps=1e-12,
+                                          image_size=224, patch_size=1, num_channels=3, qkv_bias=True)
+
+
+def test_a_vit_hybrid_backbone_other_than_bits_bottleneck_is_refused(tmp_path):
+    reference = HybridReference()
+    save_hybrid(reference, tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config["backbone_config"] = {**BIT_CONFIG, "layer_type": "preactivation"}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(VitConvertError, match="a ViTHybrid backbone with layer_type 'preactivation'"):
         convert(tmp_path / "hf", tmp_path / "ours.safetensors")
     assert not (tmp_path / "ours.safetensors").exists()

@@ -28,7 +28,8 @@ from . import hf_layouts
 from .hf_layouts import HfLayout
 from .hf_preprocess import preprocess_from
 from .hf_sharded import INDEXES, ShardedReader, find_index
-from .mapping import ArrayReader, Shape, block_bindings
+from .jax_layouts import bindings as resnet_bindings
+from .mapping import ArrayReader, Shape
 from .source import Detection, Plan, Probe, Request, SourceFormat
 
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -115,10 +116,10 @@ class HfReader:
 
 def _claimed_type(config: Mapping[str, Any]) -> str | None:
     """The model type config.json names: its model_type, or where it has none the type of the class its
-    `architectures` names (as AutoModel falls back on); one of ours or of REFUSED, else None."""
+    `architectures` names (as AutoModel falls back on); one of ours, else None."""
     kind = config.get("model_type")
     if kind is not None:
-        return kind if kind in hf_layouts.MODEL_TYPES or kind in hf_layouts.REFUSED else None
+        return kind if kind in hf_layouts.MODEL_TYPES else None
     names = config.get("architectures")
     by_class = {name: t for (t, _), name in hf_layouts.ARCHITECTURES.items()}
     return next((by_class[n] for n in names if isinstance(n, str) and n in by_class), None) \
@@ -127,8 +128,6 @@ def _claimed_type(config: Mapping[str, Any]) -> str | None:
 
 def model_type(config: Mapping[str, Any], where: str) -> str:
     kind = _claimed_type(config)
-    if kind in hf_layouts.REFUSED:
-        raise VitConvertError(f"{where}: model_type {kind!r} is not converted: {hf_layouts.REFUSED[kind]}")
     if kind is None:
         given = config.get("model_type")
         found = f"model_type {given!r}" if given is not None else "no model_type, and no architectures it converts"
@@ -137,7 +136,36 @@ def model_type(config: Mapping[str, Any], where: str) -> str:
     return kind
 
 
-def config_from_json(config: Mapping[str, Any], layout: HfLayout, where: str) -> ViTConfig:
+# ViTHybrid's backbone_config as the only BiT our model/hybrid.py builds: transformers 4's ViTHybridConfig default.
+BIT = {"layer_type": "bottleneck", "global_padding": "same", "hidden_act": "relu", "num_groups": 32}
+
+
+def _bit_fields(config: Mapping[str, Any], shapes: Mapping[str, Shape], layout: HfLayout,
+                where: str) -> dict[str, Any]:
+    """Our hybrid's fields from a ViTHybrid's backbone_config (BitConfig's defaults where it leaves keys out,
+    ViTHybridConfig's default backbone where it has none) and its keys."""
+    backbone = config.get("backbone_config")
+    backbone = {**BIT, "embedding_dynamic_padding": True} if backbone is None else backbone
+    if not isinstance(backbone, Mapping):
+        raise VitConvertError(f"{where}: backbone_config must be a JSON object, got {backbone!r}")
+    defaults = {"layer_type": "preactivation", "global_padding": None, "hidden_act": "relu", "num_groups": 32}
+    if differ := [f"{k} {backbone.get(k, defaults[k])!r}" for k, want in BIT.items()
+                  if str(backbone.get(k, defaults[k])).lower() != str(want)]:
+        raise VitConvertError(f"{where}: a ViTHybrid backbone with {', '.join(differ)}: our hybrid is the BiT of "
+                              f"{', '.join(f'{k} {v!r}' for k, v in BIT.items())} (timm's R50 hybrids)")
+    stem = f"{layout.prefix}{hf_layouts.BIT}embedder.convolution.weight"
+    if stem not in shapes or len(shapes[stem]) != 4:
+        raise VitConvertError(f"{where}: no BiT stem convolution ({stem})")
+    return dict(hybrid_layers=hf_layouts.bit_units(shapes, layout.prefix), hybrid_width=shapes[stem][0],
+                in_chans=shapes[stem][1], hybrid_gn_eps=BIT_GN_EPS)
+
+
+# BitGroupNormActivation's eps (and timm's GroupNormAct's in its hybrids).
+BIT_GN_EPS = 1e-5
+
+
+def config_from_json(config: Mapping[str, Any], layout: HfLayout, where: str,
+                     shapes: Mapping[str, Shape] | None = None) -> ViTConfig:
     """Our config from config.json (transformers' defaults for keys it leaves out) and the layout."""
     defaults = hf_layouts.DEFAULTS[layout.model_type]
 
@@ -180,6 +208,8 @@ def config_from_json(config: Mapping[str, Any], layout: HfLayout, where: str) ->
                   no_embed_class=layout.model_type == "dinov2_with_registers",
                   representation_size=config.get("pooler_output_size") or dim if layout.pooler else None,
                   layer_scale=dinov2, mlp=layout.mlp, pos_resize=POS_RESIZE.get(layout.model_type, "transformers"))
+    if layout.model_type == "vit-hybrid":
+        fields |= _bit_fields(config, shapes or {}, layout, where)
     try:
         return ViTConfig(**fields)
     except (VitConvertError, TypeError) as e:  # values of the wrong type: say which file they came from
@@ -247,7 +277,7 @@ def _plan(reader: HfReader, request: Request) -> Plan:
     swiglu = layout.family == "dinov2" and found.config.get("use_swiglu_ffn", False)
     layout = dataclasses.replace(layout, qkv_bias=found.config.get("qkv_bias", True),
                                  mlp=("swiglu" if layout.modular else "swiglu_packed") if swiglu else "mlp")
-    cfg = config_from_json(found.config, layout, config_file)
+    cfg = config_from_json(found.config, layout, config_file, reader.shapes)
     names, notes = class_names(found.config, cfg.num_classes)
     preprocess, more = preprocess_from(found.processor, kind, cfg.img_size, where)
     notes += more + _layout_notes(layout, ignored)
@@ -255,7 +285,8 @@ def _plan(reader: HfReader, request: Request) -> Plan:
         notes.append(f"the processor makes {preprocess.size[0]}x{preprocess.size[1]} inputs, the model is stored at "
                      f"{cfg.img_size[0]}x{cfg.img_size[1]}: run it with --res {preprocess.size[0]}x"
                      f"{preprocess.size[1]} (img_size=...) for transformers' pipeline")
-    return Plan(config=cfg, rules=hf_layouts.import_rules(layout), bindings=block_bindings(cfg.depth),
+    return Plan(config=cfg, rules=hf_layouts.import_rules(layout),
+                bindings=resnet_bindings(cfg.depth, cfg.hybrid_layers),
                 source_format=f"transformers/{layout.architecture}", preprocess=preprocess, labels=names,
                 notes=notes, left_out={k: _left_out(k) for k in ignored})
 
@@ -280,6 +311,9 @@ def _layout_notes(layout: HfLayout, ignored: tuple[str, ...]) -> list[str]:
         notes.append("the class token is stored with its position embedding added, and the table holds the "
                      "patches' rows (as timm stores DINOv2 with registers): transformers adds that row to the "
                      "class token alone and never resizes it")
+    if layout.model_type == "vit-hybrid":
+        notes.append("ViTHybrid's BiT kernels stored standardized as its WeightStandardizedConv2d computes them "
+                     "(batch_norm over each kernel, eps 1e-8: timm's StdConv2dSame)")
     if layout.layer_prefix is not None:
         notes.append("the encoder's layers at the top of the file (encoder.layer.N) beside vit.embeddings, as "
                      "transformers 5 saves ViTMSNForImageClassification")

@@ -15,6 +15,7 @@ the keys. Export writes the serialized names, which every transformers version r
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,17 +24,16 @@ import numpy as np
 from ..core.errors import VitConvertError
 from .mapping import IDENTITY, Op, Rule, Shape
 
-MODEL_TYPES = ("vit", "deit", "dinov2", "dinov2_with_registers", "vit_msn", "vit_mae")
+MODEL_TYPES = ("vit", "deit", "dinov2", "dinov2_with_registers", "vit_msn", "vit_mae", "vit-hybrid")
 # Which names each model type's tensors have: ViT's (ViTMSN and ViTMAE copy its modules) or Dinov2's.
-FAMILY = {"vit": "vit", "deit": "vit", "vit_msn": "vit", "vit_mae": "vit", "dinov2": "dinov2",
+FAMILY = {"vit": "vit", "deit": "vit", "vit_msn": "vit", "vit_mae": "vit", "vit-hybrid": "vit", "dinov2": "dinov2",
           "dinov2_with_registers": "dinov2"}
 # base_model_prefix: where a model with a head (or ViTMAE's decoder) keeps the encoder.
-BASE_PREFIX = {"vit": "vit.", "deit": "deit.", "vit_msn": "vit.", "vit_mae": "vit.", "dinov2": "dinov2.",
-               "dinov2_with_registers": "dinov2_with_registers."}
-# Model types a config.json may name that look like ViTs but are not converted, and why.
-REFUSED = {"vit-hybrid": ("ViTHybrid (a BiT ResNet stem): transformers 5 no longer has the class, so there is no "
-                          "reference to check a conversion against; timm's vit_base_r50_s16_384 is the same model "
-                          "(--from timm)")}
+BASE_PREFIX = {"vit": "vit.", "deit": "deit.", "vit_msn": "vit.", "vit_mae": "vit.", "vit-hybrid": "vit.",
+               "dinov2": "dinov2.", "dinov2_with_registers": "dinov2_with_registers."}
+# ViTHybrid's BiT backbone, under its patch embedding (transformers 4's deprecated vit_hybrid, whose forward is
+# ViT's on the backbone's last feature map: `backbone(pixel_values).feature_maps[-1]`, then `projection`).
+BIT = "embeddings.patch_embeddings.backbone.bit."
 # transformers' config classes' defaults (5.23), for the keys a config.json leaves out, as transformers reads it.
 DEFAULTS: dict[str, dict[str, object]] = {
     "vit": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
@@ -48,6 +48,8 @@ DEFAULTS["deit"] = DEFAULTS["vit"]
 DEFAULTS["vit_mae"] = {k: v for k, v in DEFAULTS["vit"].items() if k != "pooler_act"}
 DEFAULTS["vit_msn"] = {**DEFAULTS["vit_mae"], "layer_norm_eps": 1e-6}
 DEFAULTS["dinov2_with_registers"] = {**DEFAULTS["dinov2"], "patch_size": 16, "num_register_tokens": 4}
+# ViTHybridConfig's (transformers 4.45, deprecated/vit_hybrid; transformers 5 has no such class to read them from)
+DEFAULTS["vit-hybrid"] = {**DEFAULTS["vit_mae"], "patch_size": 1}
 # transformers' activation names (its ACT2FN) -> ours. The tanh forms are one function written several ways
 # (torch's kernel, or the formula in Python), equal up to float rounding.
 ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_python_tanh": "gelu_tanh",
@@ -60,7 +62,8 @@ ARCHITECTURES = {("vit", None): "ViTModel", ("vit", "classifier"): "ViTForImageC
                  ("deit", "teacher"): "DeiTForImageClassificationWithTeacher", ("dinov2", None): "Dinov2Model",
                  ("dinov2_with_registers", None): "Dinov2WithRegistersModel", ("vit_msn", None): "ViTMSNModel",
                  ("vit_msn", "classifier"): "ViTMSNForImageClassification", ("vit_mae", None): "ViTMAEModel",
-                 ("vit_mae", "decoder"): "ViTMAEForPreTraining"}
+                 ("vit_mae", "decoder"): "ViTMAEForPreTraining", ("vit-hybrid", None): "ViTHybridModel",
+                 ("vit-hybrid", "classifier"): "ViTHybridForImageClassification"}
 # Held by transformers' Dinov2Model but used only in masked-image pre-training: left out of our files, and
 # written as zeros (transformers' own initial value) on export so that nothing loads uninitialised.
 UNUSED = {"dinov2": ("embeddings.mask_token",), "dinov2_with_registers": ("embeddings.mask_token",)}
@@ -214,9 +217,38 @@ def _registers_rules(layout: HfLayout, to_ours: bool) -> list[Rule]:
                                          _with_zero_class_row, lambda s: (s[0], s[1] + 1, *s[2:])))]
 
 
+def _bit_rules(layout: HfLayout) -> list[Rule]:
+    """ViTHybrid's BiT (non-preactivation bottlenecks, TF 'SAME' padding) is timm's ResNetV2 of the R50 hybrids,
+    which our model/hybrid.py builds: its WeightStandardizedConv2d is timm's StdConv2dSame (F.batch_norm over
+    each kernel, eps 1e-8), stored standardized; its GroupNorms (eps 1e-5) are timm's. Bindings: jax_layouts'."""
+    from .timm import TIMM_STD_CONV
+
+    bit, unit = f"{layout.prefix}{BIT}", "patch_embed.backbone.stages.{si}.blocks.{ui}"
+    src = f"{bit}encoder.stages.{{si}}.layers.{{ui}}"
+    table = [Rule("{root}.conv.weight", (f"{bit}embedder.convolution.weight",), TIMM_STD_CONV, over="stem"),
+             Rule(f"{unit}.downsample.conv.weight", (f"{src}.downsample.conv.weight",), TIMM_STD_CONV,
+                  over="projection")]
+    for w in ("weight", "bias"):
+        table += [Rule(f"{{root}}.norm.{w}", (f"{bit}embedder.norm.{w}",), IDENTITY, over="stem"),
+                  Rule(f"{unit}.downsample.norm.{w}", (f"{src}.downsample.norm.{w}",), IDENTITY, over="projection")]
+    for r in (1, 2, 3):
+        table += [Rule(f"{unit}.conv{r}.weight", (f"{src}.conv{r}.weight",), TIMM_STD_CONV, over="unit"),
+                  *(Rule(f"{unit}.norm{r}.{w}", (f"{src}.norm{r}.{w}",), IDENTITY, over="unit")
+                    for w in ("weight", "bias"))]
+    return table
+
+
+def bit_units(shapes: Mapping[str, Shape], prefix: str) -> tuple[int, ...]:
+    """Units per stage of a ViTHybrid's BiT, counted from its keys."""
+    found = {(int(m[1]), int(m[2])) for k in shapes
+             if (m := re.match(re.escape(f"{prefix}{BIT}") + r"encoder\.stages\.(\d+)\.layers\.(\d+)\.", k))}
+    return tuple(sum(1 for s, _ in found if s == stage) for stage in range(max((s for s, _ in found), default=-1) + 1))
+
+
 def import_rules(layout: HfLayout) -> list[Rule]:
     """Their tensors -> ours."""
     extra = _registers_rules(layout, True) if layout.model_type == "dinov2_with_registers" else []
+    extra += _bit_rules(layout) if layout.model_type == "vit-hybrid" else []
     return extra + _rules(pairs(layout), to_ours=True)
 
 

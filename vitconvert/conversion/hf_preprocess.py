@@ -38,7 +38,7 @@ PROCESSORS["CLIPImageProcessor"] = PROCESSORS["BitImageProcessor"]
 # (the processors the published checkpoints of each carry).
 DEFAULT_PROCESSOR = {"vit": "ViTImageProcessor", "deit": "DeiTImageProcessor", "dinov2": "BitImageProcessor",
                      "dinov2_with_registers": "BitImageProcessor", "vit_msn": "ViTImageProcessor",
-                     "vit_mae": "ViTImageProcessor"}
+                     "vit_mae": "ViTImageProcessor", "vit-hybrid": "BitImageProcessor"}
 
 
 def _processor_class(d: Mapping[str, Any]) -> str | None:

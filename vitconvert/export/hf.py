@@ -57,7 +57,7 @@ def unexpressible(cfg: ViTConfig, features: bool) -> list[str]:
     registers = _with_registers(cfg)
     checks = [
         (cfg.hybrid_layers is not None, ("a ResNet stem before the patch embedding (a hybrid): transformers' ViT "
-                                         "embeds the image's patches directly")),
+                                         "embeds the image's patches directly (and transformers 5 has no ViTHybrid)")),
         (cfg.pool != "token", f"pooling {cfg.pool!r}: transformers' ViT, DeiT and Dinov2 read the class token"),
         (cfg.fc_norm, "a norm after the pooling (fc_norm): transformers normalises every token before it"),
         (not cfg.final_norm, "no final norm: transformers' models end in a LayerNorm"),
