@@ -201,7 +201,8 @@ def hf2torch(src: str, dst: str, labels: str | None, dtype: str, force: bool, al
     preprocessor_config.json), or its weights file with config.json beside it: ViTModel,
     ViTForImageClassification, DeiTModel, DeiTForImageClassification(WithTeacher), Dinov2Model,
     Dinov2WithRegistersModel, ViTMSNModel, ViTMSNForImageClassification, ViTMAEModel and the encoder of
-    ViTMAEForPreTraining (its decoder is left out; the encoder runs without random masking). The
+    ViTMAEForPreTraining (its decoder is left out; the encoder runs without random masking), ViTHybridModel
+    and ViTHybridForImageClassification (transformers 4's files: a BiT stem, run as timm's R50 hybrid). The
     architecture is read from config.json (layer_norm_eps, hidden_act, ...), the class names from its
     id2label, the preprocessing from preprocessor_config.json; ViTModel's pooler is kept as the
     representation layer. transformers is not needed: safetensors files are read with numpy, .bin

@@ -346,7 +346,7 @@ def _detect(probe: Probe) -> Detection | None:
 
 
 HF = SourceFormat(
-    name="hf", summary="Hugging Face transformers ViT, DeiT, Dinov2 (with registers), ViTMSN, ViTMAE "
+    name="hf", summary="Hugging Face transformers ViT, DeiT, Dinov2 (with registers), ViTMSN, ViTMAE, ViTHybrid "
                        "(save_pretrained's directory, sharded too, or its weights file)",
     detect=_detect, open=HfReader, plan=_plan,
     example="vitconvert convert vit-base-patch16-224/ vit-b16.safetensors",
