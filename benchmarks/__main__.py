@@ -179,10 +179,13 @@ TITLES = {"conversion": "Conversion", "inference": "Inference (CPU)", "cold_star
 
 def update(results: Path, bodies: dict[str, str]) -> None:
     text = results.read_text() if results.exists() else ""
-    old = {m.group(1): m.group(0) for m in re.finditer(r"<!-- section:(\w+) -->.*?<!-- /section:\1 -->", text, re.DOTALL)}
+    section = re.compile(r"<!-- section:(\w+) -->.*?<!-- /section:\1 -->", re.DOTALL)
+    old = {m.group(1): m.group(0) for m in section.finditer(text)}
     for name, body in bodies.items():
         old[name] = f"<!-- section:{name} -->\n{body}\n<!-- /section:{name} -->"
-    results.write_text(HEADER + "\n" + "\n\n".join(old[n] for n in SECTIONS if n in old) + "\n")
+    # Sections no runner writes (the one-off timings) are kept, after the runners' own.
+    order = [*SECTIONS, *sorted(set(old) - set(SECTIONS))]
+    results.write_text(HEADER + "\n" + "\n\n".join(old[n] for n in order if n in old) + "\n")
 
 
 def main() -> None:
@@ -203,7 +206,8 @@ def main() -> None:
             body = RUNNERS[name](args.quick)
         took = time.perf_counter() - start
         bodies[name] = (f"## {TITLES[name]}\n\n{when}, {'--quick' if args.quick else 'full'} run, {took:.0f} s. "
-                        f"Load average {start_load} before it (after {'the run started' if bodies else 'nothing of ours'}"
+                        f"Load average {start_load} before it "
+                        f"(after {'the run started' if bodies else 'nothing of ours'}"
                         f"); during it {other.text}.\nMachine: {machine()}.\n\n{body}")
         print("\n" + bodies[name], flush=True)
         if not args.no_write:  # after each section, so an interrupted run keeps what it measured

@@ -118,7 +118,8 @@ def test_convert_without_from_writes_the_file_the_formats_own_command_writes(tmp
     src, own = KINDS[kind][0](tmp_path)
     code, _, err = vitconvert(capsys, *own[:1], src, tmp_path / "own.safetensors", *own[1:], "-q")
     assert code == 0, err
-    extra = [a for flag, value in zip(own[1::2], own[2::2], strict=False) if flag == "--model-args" for a in (flag, value)]
+    pairs = zip(own[1::2], own[2::2], strict=True)
+    extra = [a for flag, value in pairs if flag == "--model-args" for a in (flag, value)]
     code, out, err = vitconvert(capsys, "convert", src, tmp_path / "any.safetensors", *extra, "--json")
     assert code == 0, err
     assert json.loads(out)["format"] == KINDS[kind][1]

@@ -345,7 +345,7 @@ def test_an_unknown_pos_resize_is_refused_before_writing(tmp_path, capsys) -> No
 # mean over tokens, which timm's blocks leave in another memory layout (4.8e-7).
 FAMILY_ATOL = 1e-5
 
-# Architectures of the family our ViT does not express, and why (README, "timm2torch" lists the same).
+# Architectures of the family our ViT does not express, and why (docs/sources/timm.md lists the same).
 EXCLUDED = {
     "vit_base_mci_224": "MobileCLIP's convolutional stem is the patch embedding (ConvStem, no patch projection)",
     "vit_dpwee_patch16_reg1_gap_256": "parallel blocks with differential attention (DiffParallelScalingBlock)",
@@ -406,9 +406,8 @@ def test_the_exclusions_are_of_the_family_and_few() -> None:
     assert len(FAMILY) - len(EXCLUDED) >= 166  # timm 1.0.31: 183 architectures, 17 excluded
 
 
-def test_the_readme_names_the_coverage_and_every_exclusion() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme[readme.index("### `vitconvert timm2torch"):readme.index("### `vitconvert torch2torch")]
+def test_the_timm_page_names_the_coverage_and_every_exclusion() -> None:
+    section = (Path(__file__).parents[2] / "docs" / "sources" / "timm.md").read_text()
     assert f"{len(FAMILY) - len(EXCLUDED)} of the {len(FAMILY)} architectures" in section
     globs = re.findall(r"`(\w+)_\*`", section)  # `vitamin_*`
     for name, reason in EXCLUDED.items():

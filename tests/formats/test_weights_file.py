@@ -155,10 +155,13 @@ def test_labels_that_do_not_fit_the_head_are_refused_on_write_and_read(tmp_path,
 def test_record_that_disagrees_with_tensors_names_the_tensors(converted) -> None:
     rec = record_of(converted)
     rec["config"]["depth"] = 3
-    with pytest.raises(VitConvertError, match=r"metadata disagrees with the tensors: tensors the model needs but the file lacks: blocks\.2\.attn\.proj\.bias"):
+    lacks = (r"metadata disagrees with the tensors: tensors the model needs but the file lacks: "
+             r"blocks\.2\.attn\.proj\.bias")
+    with pytest.raises(VitConvertError, match=lacks):
         read_record(rewrite(converted, record=rec))
     rec["config"]["depth"], rec["config"]["mlp_dim"] = 2, 512
-    with pytest.raises(VitConvertError, match=r"inconsistent shapes: .*blocks\.0\.mlp\.fc1\.bias \(768,\) \(expected \(512,\)\)"):
+    shapes = r"inconsistent shapes: .*blocks\.0\.mlp\.fc1\.bias \(768,\) \(expected \(512,\)\)"
+    with pytest.raises(VitConvertError, match=shapes):
         read_record(rewrite(converted, record=rec))
 
 

@@ -138,7 +138,8 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
 
 def scan(params: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
     """big_vision's `pyloop_to_scan`: every `encoderblock_N/...` stacked into `encoderblock/...` (SigLIP 2)."""
-    blocks = sorted({int(k.split('/')[1].rsplit('_', 1)[1]) for k in params if k.startswith('Transformer/encoderblock_')})
+    stem = 'Transformer/encoderblock_'
+    blocks = sorted({int(k.split('/')[1].rsplit('_', 1)[1]) for k in params if k.startswith(stem)})
     out = OrderedDict((k, v) for k, v in params.items() if not k.startswith('Transformer/encoderblock_'))
     for sub in [k.split('/', 2)[2] for k in params if k.startswith('Transformer/encoderblock_0/')]:
         out[f'Transformer/encoderblock/{sub}'] = _stack(

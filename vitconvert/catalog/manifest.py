@@ -1,8 +1,8 @@
-"""The published checkpoints we know by name: `weights_manifest.json` (schema in the README).
+"""The published checkpoints we know by name: `weights_manifest.json` (schema in docs/manifest.md).
 
 The file ships inside the package (`vitconvert/catalog/data/weights_manifest.json`), so an installed
-vitconvert finds it without the source tree; it is the one copy to read and edit. `$VITCONVERT_MANIFEST` points at another file
-(a private mirror's manifest with checksums filled in, say).
+vitconvert finds it without the source tree; it is the one copy to read and edit. `$VITCONVERT_MANIFEST` points at
+another file (a private mirror's manifest with checksums filled in, say).
 """
 
 from __future__ import annotations

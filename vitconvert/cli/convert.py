@@ -286,7 +286,9 @@ def torch2torch(src: str, dst: str, source: str, model_args: str | None, names: 
       vitconvert torch2torch simple.pt simple.safetensors --source lucidrains --model-args '{"image_size": 256}'
       vitconvert torch2torch cifar10_checkpoint.bin vit-b16-cifar10.safetensors --source jeonsworld
       vitconvert torch2torch model.pth model.safetensors --source torch-encoder --model-args '{"nhead": 4}'
-      vitconvert torch2torch model.pth model.safetensors --source torch-encoder --model-args '{"nhead": 4, "norm_first": true, "activation": "gelu"}' --map patch_embed=to_patches,cls_token=cls,pos_embed=pos,head=fc
+      vitconvert torch2torch model.pth model.safetensors --source torch-encoder \\
+          --model-args '{"nhead": 4, "norm_first": true, "activation": "gelu"}' \\
+          --map patch_embed=to_patches,cls_token=cls,pos_embed=pos,head=fc
     """
     args, parts = _json_object(model_args, "--model-args"), _names(names)
     if parts and source != "torch-encoder":
@@ -303,7 +305,8 @@ class _ConvertCommand(click.Command):
             formatter.write_dl([(fmt.name, fmt.summary) for fmt in _all_formats()])
         with formatter.section("Examples"):
             lines = [fmt.example for fmt in _all_formats() if fmt.example]
-            lines += ["vitconvert convert model.pth out.safetensors --from timm --model vit_small_patch16_224.augreg_in21k",
+            lines += ["vitconvert convert model.pth out.safetensors --from timm "
+                      "--model vit_small_patch16_224.augreg_in21k",
                       "vitconvert convert ViT-B_16.npz out.safetensors --gelu erf --dtype bfloat16 --json"]
             formatter.write_text("\b\n" + "\n".join(lines))
         super().format_epilog(ctx, formatter)

@@ -95,7 +95,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
                    "linear layers in int8, CPU only (logits move by up to ~0.2 of their spread).")
 @click.option("--compile", "compile_", is_flag=True,
               help="The fastest float32 path: on a CPU oneDNN's prepacked linear layers (no wait); on a GPU "
-                   "torch.compile, compiling once per batch size. How much faster: README, Speed.")
+                   "torch.compile, compiling once per batch size. How much faster: docs/speed.md.")
 @click.option("--workers", type=click.IntRange(min=0), metavar="N",
               help="Processes decoding and resizing images ahead of the model; 0: none. Default: "
                    "none for a single batch; on a GPU every core but one; on the CPU only cores torch leaves idle.")

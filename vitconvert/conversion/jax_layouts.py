@@ -29,9 +29,8 @@ WS_EPS = 1e-5  # weight standardization in the JAX ResNet: (w - mean) / (std + 1
 
 def transpose(w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """A contiguous w.T, copied 16 rows at a time: numpy's strided copy of a large transpose misses
-    the cache on every element, and this is 2.5-3x faster for ViT-sized kernels (a 1024 x 4096 kernel:
-    6-11 ms instead of 16-33 ms on the 2-core AMD EPYC here, 2026-11-21, with other processes on 67-74%
-    of its cores), which is most of a conversion's time."""
+    the cache on every element, and blocks of rows stay in it; the transposes are most of a conversion's time
+    (the timings: benchmarks/RESULTS.md, "One-off timings")."""
     out = np.empty(w.shape[::-1], w.dtype) if out is None else out
     for i in range(0, w.shape[0], 16):
         out[:, i:i + 16] = w[i:i + 16].T

@@ -104,6 +104,11 @@ class Reader(ArrayReader, Protocol):
 
 @dataclass(frozen=True)
 class SourceFormat:
+    """A source format, as the pipeline sees it: `name` (the --from value), `summary` (one line for --help),
+    `detect` (is a probed file this format's, and how sure), `open` (the file as a lazy reader), `plan`
+    (what its tensors convert into), its own `options`, an `example` command line for --help, and what
+    detection `looks_for`, said when no format recognises a file."""
+
     name: str  # the --from value
     summary: str  # one line, for --help
     detect: Callable[[Probe], Detection | None]

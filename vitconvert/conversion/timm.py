@@ -326,7 +326,7 @@ def _plan(reader: TimmReader, request: Request) -> Plan:
         if differences:
             raise VitConvertError(f"{src}: timm's {model} has another architecture than this checkpoint: "
                                   f"{'; '.join(d.describe('checkpoint') for d in differences)}")
-    if reader.dino:  # DINO resamples its position embeddings its own way (README: --pos-resize)
+    if reader.dino:  # DINO resamples its position embeddings its own way (docs/position-embeddings.md)
         cfg = cfg.replace(pos_resize="dino")
     if cfg.hybrid_layers is not None:
         notes.append("hybrid ResNet kernels stored standardized as timm's StdConv2dSame computes them, "

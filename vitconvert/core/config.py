@@ -65,7 +65,7 @@ _CHOICES = {"pool": POOLS, "act": ACTIVATIONS, "norm": NORMS, "mlp": MLPS, "bloc
 
 @dataclass(frozen=True)
 class ViTConfig:
-    """Every field has the default that files written before it existed mean (README, "The weights file").
+    """Every field has the default that files written before it existed mean (docs/weights-file.md).
 
     Names follow timm's VisionTransformer arguments where it has one; the module and parameter names of
     the model it describes are timm's (core/param_shapes.py lists them).

@@ -1,6 +1,6 @@
 """Our weights file: safetensors whose metadata says everything needed to run it.
 
-`__metadata__["vitconvert"]` holds a versioned JSON record (see README, "The weights file"):
+`__metadata__["vitconvert"]` holds a versioned JSON record (docs/weights-file.md describes it field by field):
 the architecture, the preprocessing, the class names (a label set's name or the names themselves),
 the head's state and the source.
 """
@@ -309,6 +309,6 @@ def _finite(spec: TensorSpec, where: str) -> Callable[[], np.ndarray]:
 
 def all_finite(array: np.ndarray) -> bool:
     """No NaN or Inf: NaN propagates through min and max, and an Inf is one of them. Two reductions
-    allocate nothing, where np.isfinite(array).all() writes a fresh boolean array for each tensor
-    (17% of a B/16 conversion's page faults)."""
+    allocate nothing, where np.isfinite(array).all() writes a fresh boolean array for each tensor (a
+    large share of a conversion's page faults)."""
     return array.size == 0 or bool(np.isfinite(array.min()) and np.isfinite(array.max()))

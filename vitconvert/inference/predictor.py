@@ -77,7 +77,7 @@ class Predictor:
     (`plan_prediction`'s: the record read and the request checked without torch); then the options it
     decided (`model`, `img_size`, `patch_size`, `labels`) are not given again.
 
-    Speed (the README's Speed section): `dtype` 'bfloat16' (CPUs where it is faster, GPUs) or 'float16'
+    Speed (docs/speed.md): `dtype` 'bfloat16' (CPUs where it is faster, GPUs) or 'float16'
     (GPUs) runs the model in that precision, 'int8' its linear layers in int8 (CPU), probabilities
     still computed in float32; `compile=True` runs the fastest float32 path of `load_model(...,
     compile=True)` (on a GPU it compiles on the first batch of each size). `workers`
@@ -159,10 +159,9 @@ class Predictor:
     def _run(self, method: str, batch: torch.Tensor, pad_to: int | None = None) -> torch.Tensor:
         """The (prepared, with compile=True) model's `method` on `batch`, on the model's device and dtype.
 
-        A model that torch.compile prepared for static shapes compiles again for each new batch size
-        (bfloat16 on the 2-core AMD EPYC here, avx512_bf16, no AMX: 6.4 s for a tiny ViT's second size,
-        20 s to compile a B/16): a batch shorter than `pad_to` (a folder's last, or one with unreadable images) runs padded
-        to it with copies of its last image, whose outputs are dropped."""
+        A model that torch.compile prepared for static shapes compiles again for each new batch size, which
+        costs seconds (docs/speed.md): a batch shorter than `pad_to` (a folder's last, or one with unreadable
+        images) runs padded to it with copies of its last image, whose outputs are dropped."""
         batch = batch.to(self.device, input_dtype(self.dtype), non_blocking=True)
         rows = batch.shape[0]
         if pad_to is not None and rows < pad_to and self._static_shapes:
