@@ -141,7 +141,8 @@ def test_methods_are_the_names_the_config_accepts():
 
 def test_unknown_method_is_refused_by_name():
     with pytest.raises(VitConvertError,
-                       match="resize must be one of 'bicubic', 'dino', 'flexivit', 'transformers', 'torchvision', got 'nearest'"):
+                       match="resize must be one of 'bicubic', 'dino', 'flexivit', 'transformers', 'torchvision', "
+                             "got 'nearest'"):
         resample_pos_embed(torch.zeros(1, 197, 8), (10, 10), (14, 14), 1, method="nearest")
 
 
