@@ -21,7 +21,7 @@ from vitconvert import VitConvertError, convert, load_model
 
 transformers = pytest.importorskip("transformers")
 
-# float32 renames, as in test_hf.py. Observed: logits <= 4.5e-7.
+# float32 renames, as in test_hf.py. Observed: logits <= 1.9e-6 (the .bin shards), 9.5e-7 (safetensors).
 ATOL = 1e-5
 INDEX = "model.safetensors.index.json"
 
