@@ -16,6 +16,8 @@ Sections (the first four also run alone: `python -m benchmarks.<module>`):
               only when named (needs vitconvert[ray])
   hf          hf2torch and export --to hf on a ViT-B/16 vs transformers' from_pretrained + save_pretrained,
               whole process: wall and peak RSS; only when named (needs vitconvert[hf])
+  sharded     hf2torch of a ViT-B/16 in safetensors shards and in .bin shards vs in one file: peak RSS vs the
+              checkpoint's size; only when named (needs vitconvert[hf])
   finetune    `vitconvert.finetune` vs a plain timm training loop, and vs our training step without images
               to read: ViT-Ti/16 at 224, float32, CPU; only when named (minutes of training)
   serve       `vitconvert serve` under 16 concurrent HTTP clients vs the model alone and vs a plain
@@ -40,10 +42,10 @@ from pathlib import Path
 from benchmarks.common import ROOT, OtherLoad, load, machine
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray", "hf", "finetune", "serve",
-            "gpu"]
-# peers and compile (minutes of compiling), ray and hf (optional extras), finetune (minutes of training) and serve
-# (servers started, minutes of load) are asked for by name
+SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray", "hf", "sharded", "finetune",
+            "serve", "gpu"]
+# peers and compile (minutes of compiling), ray, hf and sharded (optional extras), finetune (minutes of training) and
+# serve (servers started, minutes of load) are asked for by name
 DEFAULT = SECTIONS[:4]
 HEADER = """# Benchmark results
 
@@ -142,6 +144,13 @@ def hf(quick: bool) -> str:
 
 
 
+def sharded(quick: bool) -> str:
+    from benchmarks import sharded as s
+
+    repeats = 1 if quick else 3
+    return s.text(s.run(repeats, "100MB"), repeats, "100MB")
+
+
 def finetune(quick: bool) -> str:
     from benchmarks import finetune as f
 
@@ -170,13 +179,13 @@ def gpu(quick: bool) -> str:
 
 
 RUNNERS = {"conversion": conversion, "inference": inference, "cold_start": cold_start, "folder": folder,
-           "peers": peers, "compile": compile_, "ray": ray, "hf": hf, "finetune": finetune, "serve": serve,
-           "gpu": gpu}
+           "peers": peers, "compile": compile_, "ray": ray, "hf": hf, "sharded": sharded,
+           "finetune": finetune, "serve": serve, "gpu": gpu}
 TITLES = {"conversion": "Conversion", "inference": "Inference (CPU)", "cold_start": "Cold start",
           "folder": "A folder of 200 images", "peers": "Against ONNX Runtime and OpenVINO (CPU)",
           "compile": "compile=True: the float32 paths tried (CPU)", "ray": "Ray Data, local",
-          "hf": "transformers in and out", "finetune": "Fine-tuning (CPU)", "serve": "Serving over HTTP (CPU)",
-          "gpu": "GPU"}
+          "hf": "transformers in and out", "sharded": "Sharded transformers checkpoints",
+          "finetune": "Fine-tuning (CPU)", "serve": "Serving over HTTP (CPU)", "gpu": "GPU"}
 
 
 def update(results: Path, bodies: dict[str, str]) -> None:

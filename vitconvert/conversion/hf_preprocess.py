@@ -40,7 +40,9 @@ PROCESSORS["SiglipImageProcessor"] = dict(size={"height": 224, "width": 224}, re
 # What transformers' AutoImageProcessor picks for a model type without a preprocessor_config.json of its own
 # (the processors the published checkpoints of each carry).
 DEFAULT_PROCESSOR = {"vit": "ViTImageProcessor", "deit": "DeiTImageProcessor", "dinov2": "BitImageProcessor",
-                     "clip": "CLIPImageProcessor", "siglip": "SiglipImageProcessor", "siglip2": "SiglipImageProcessor"}
+                     "clip": "CLIPImageProcessor", "siglip": "SiglipImageProcessor", "siglip2": "SiglipImageProcessor",
+                     "dinov2_with_registers": "BitImageProcessor", "vit_msn": "ViTImageProcessor",
+                     "vit_mae": "ViTImageProcessor", "vit-hybrid": "BitImageProcessor"}
 
 
 def _processor_class(d: Mapping[str, Any]) -> str | None:

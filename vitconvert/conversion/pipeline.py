@@ -43,14 +43,16 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, source: str | Non
             progress: Callable[[int, int], None] | None = None, **format_options: Any) -> WeightsRecord:
     """Convert the checkpoint at `src` (a file, or a transformers directory) into our weights file at `dst`.
 
-    source: the format ('jax', 'timm', 'hf', 'lucidrains', 'jeonsworld', 'torch-encoder', 'open_clip', 'hf-towers'; see
+    source: the format ('jax', 'timm', 'hf', 'lucidrains', 'jeonsworld', 'torch-encoder', 'torchvision', 'open_clip',
+    'hf-towers'; see
     `vitconvert convert --help`); None: the one the file shows (an error names the candidates when two fit).
     dtype: stored tensor dtype. labels ('imagenet-1k', 'imagenet-21k' or the class names in class order),
     preprocess, pos_resize: what to record instead of the format's defaults. allow_nonfinite: convert
     weights holding NaN or Inf. progress(done_bytes, total_bytes) is called after each tensor.
     format_options: the chosen format's own (jax: gelu, catalog; timm: model, num_heads, timm_kwargs;
-    lucidrains, jeonsworld: model_args; torch-encoder: model_args, names; open_clip: model, image_only,
-    tokenizer; hf-towers: image_only, tokenizer); one it does not take is an error.
+    lucidrains, jeonsworld: model_args; torch-encoder: model_args, names; torchvision: model, num_heads,
+    weights_enum; open_clip: model, image_only, tokenizer; hf-towers: image_only, tokenizer); one it does not
+    take is an error.
     """
     return convert_source(src, dst, source=source, force=force, dtype=dtype, labels=labels, preprocess=preprocess,
                           pos_resize=pos_resize, allow_nonfinite=allow_nonfinite, progress=progress,

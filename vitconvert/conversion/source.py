@@ -36,6 +36,7 @@ FORMATS: dict[str, str] = {
     "torch-encoder": "tutorial_vits:TORCH_ENCODER",
     "open_clip": "open_clip:OPEN_CLIP",
     "hf-towers": "hf_towers:HF_TOWERS",
+    "torchvision": "torchvision:TORCHVISION",
 }
 
 

@@ -37,7 +37,7 @@ PosEmbed = Literal["learn", "none", "sincos2d"]
 POS_EMBEDS: tuple[PosEmbed, ...] = get_args(PosEmbed)
 # How a stored position table is resampled for another grid: the methods of model/posembed.py (its RESIZERS,
 # which a test holds equal to these), each one source's own.
-PosResize = Literal["bicubic", "dino", "flexivit", "transformers"]
+PosResize = Literal["bicubic", "dino", "flexivit", "transformers", "torchvision"]
 POS_RESIZES: tuple[PosResize, ...] = get_args(PosResize)
 # The hybrid ResNetV2 as vit_jax and timm build it (Big Transfer's), or jeonsworld/ViT-pytorch's port of it.
 HybridVariant = Literal["bit", "jeonsworld"]
@@ -153,7 +153,8 @@ class ViTConfig:
     """How the position table is resampled for another input size (model/posembed.py): bicubic is timm's.
 
     Set by: jax (the catalog's entry for a published file), timm (dino for a DINO checkpoint or tag),
-    transformers (its own method); every converter's `pos_resize=` (`--pos-resize`) overrides it."""
+    transformers (its own method), torchvision (its interpolate_embeddings); every converter's `pos_resize=`
+    (`--pos-resize`) overrides it."""
     hybrid_layers: tuple[int, ...] | None = None
     """Units per stage of a ResNetV2 before the patch embedding; None = plain ViT, () = stem only (R+Ti/16).
 

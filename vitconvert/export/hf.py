@@ -3,15 +3,18 @@ model.safetensors (transformers' serialized names; our qkv split into query, key
 preprocessor_config.json.
 
 The model is written as the transformers class that computes what ours does: ViT (with the pooler for a
-representation layer), DeiT (distilled, or with the unread second token as a register token), or Dinov2
-(layer scale, SwiGLU). What none of them expresses is refused, every reason named, before anything is
-written: a directory that loads and computes something else would be worse than none. The tensors stream
-from our file through `hf_layouts`' table (the one hf2torch reads) into the output one at a time; numpy
-only, and the directory appears under its name only when complete.
+representation layer), DeiT (distilled, or with the unread second token as a register token), Dinov2
+(layer scale, SwiGLU) or Dinov2WithRegisters (with register tokens); ViTMSN's classes, which compute what
+ViT's do without a pooler, where the file came from one or they are asked for (`architecture=`). What none
+of them expresses is refused, every reason named, before anything is written: a directory that loads and
+computes something else would be worse than none. The tensors stream from our file through `hf_layouts`'
+table (the one hf2torch reads) into the output one at a time; numpy only, and the directory appears under
+its name only when complete.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -48,11 +51,13 @@ class HfExport:
 
 
 def unexpressible(cfg: ViTConfig, features: bool) -> list[str]:
-    """What in `cfg` no transformers ViT, DeiT or Dinov2 computes, each with the reason; [] if all is."""
+    """What in `cfg` no transformers ViT, DeiT, Dinov2 or Dinov2WithRegisters computes, each with the reason;
+    [] if all is."""
     head = cfg.num_classes > 0 and not features
+    registers = _with_registers(cfg)
     checks = [
         (cfg.hybrid_layers is not None, ("a ResNet stem before the patch embedding (a hybrid): transformers' ViT "
-                                         "embeds the image's patches directly")),
+                                         "embeds the image's patches directly (and transformers 5 has no ViTHybrid)")),
         (cfg.pool != "token", f"pooling {cfg.pool!r}: transformers' ViT, DeiT and Dinov2 read the class token"),
         (cfg.fc_norm, "a norm after the pooling (fc_norm): transformers normalises every token before it"),
         (not cfg.final_norm, "no final norm: transformers' models end in a LayerNorm"),
@@ -62,15 +67,17 @@ def unexpressible(cfg: ViTConfig, features: bool) -> list[str]:
         (not cfg.patch_bias, "a patch embedding without bias"),
         (cfg.patch_norm, "a norm inside the patch embedding"),
         (cfg.pos_embed != "learn", "no position embedding: transformers adds a learned one"),
-        (cfg.no_embed_class, ("position embeddings for the patches only (no_embed_class): transformers adds one to "
-                              "the class token too")),
+        (cfg.no_embed_class and not registers,
+         ("position embeddings for the patches only (no_embed_class): transformers adds one to the class token too "
+          "(Dinov2WithRegisters gives its registers none, but has layer scale)")),
         (cfg.qk_norm, "norms on the queries and keys"),
         (cfg.scale_attn_norm, "a norm before the attention projection"),
         (cfg.scale_mlp_norm, "a norm inside the MLP"),
         (not cfg.proj_bias, "projections without bias"),
-        (cfg.reg_tokens > 1 or cfg.reg_tokens == 1 and cfg.layer_scale,
+        ((cfg.reg_tokens > 1 or cfg.reg_tokens == 1 and cfg.layer_scale) and not registers,
          (f"{cfg.reg_tokens} register token(s): transformers' ViT and Dinov2 have none (DeiT's distillation token "
-          "stands for one, in a model without layer scale)")),
+          "stands for one, in a model without layer scale; Dinov2WithRegisters has them, with layer scale and no "
+          "position embedding for them, no_embed_class)")),
         (cfg.mlp == "glu", "a GLU MLP gated by its second half"),
         (cfg.mlp != "mlp" and not cfg.layer_scale, ("a SwiGLU MLP without layer scale: only transformers' Dinov2 "
                                                     "has SwiGLU, and it has layer scale")),
@@ -95,6 +102,11 @@ def unexpressible(cfg: ViTConfig, features: bool) -> list[str]:
     return problems
 
 
+def _with_registers(cfg: ViTConfig) -> bool:
+    """Dinov2WithRegisters' model: layer scale, register tokens without positions, the class token's in it."""
+    return cfg.layer_scale and cfg.reg_tokens > 0 and cfg.no_embed_class and cfg.has_class_token
+
+
 def _hidden(cfg: ViTConfig) -> int:
     """The MLP's hidden width as transformers counts it (a packed SwiGLU's fc1 holds two of them)."""
     return cfg.mlp_dim // 2 if cfg.mlp == "swiglu_packed" else cfg.mlp_dim
@@ -108,13 +120,34 @@ def target_layout(cfg: ViTConfig, features: bool = False, where: str = "model") 
                               "nothing was written")
     head = cfg.num_classes > 0 and not features
     if cfg.layer_scale:
-        return HfLayout("dinov2", qkv_bias=cfg.qkv_bias, mlp=cfg.mlp)
+        return HfLayout("dinov2_with_registers" if cfg.reg_tokens else "dinov2", qkv_bias=cfg.qkv_bias, mlp=cfg.mlp)
     if cfg.distilled or cfg.reg_tokens:
         kind = None if not head else "teacher" if cfg.distilled else "classifier"
         return HfLayout("deit", "deit." if kind else "", kind, bool(cfg.representation_size), cfg.qkv_bias,
                       second_token="dist_token" if cfg.distilled else "reg_token")
     return HfLayout("vit", "vit." if head else "", "classifier" if head else None, bool(cfg.representation_size),
                   cfg.qkv_bias)
+
+
+# Classes that compute what a layout's does, under another model type: ViTMSN's are ViT's without the pooler.
+ALTERNATIVES = {("vit", None, False): "vit_msn", ("vit", "classifier", False): "vit_msn"}
+
+
+def choose_layout(record: WeightsRecord, features: bool, architecture: str | None, where: str) -> HfLayout:
+    """`target_layout`, or the class named by `architecture` (by default the file's own transformers class)
+    where it computes the same."""
+    layout = target_layout(record.config, features, where)
+    same = {layout.architecture: layout}
+    if (kind := ALTERNATIVES.get((layout.model_type, layout.head, layout.pooler))) is not None:
+        other = dataclasses.replace(layout, model_type=kind)
+        same[other.architecture] = other
+    if architecture is None:
+        source = record.source.format.removeprefix("transformers/")
+        return same.get(source, layout)
+    if architecture not in same:
+        raise VitConvertError(f"{where}: transformers' {architecture} does not compute this model; "
+                              f"{' or '.join(same)} does: nothing was written")
+    return same[architecture]
 
 
 def hf_config(record: WeightsRecord, layout: HfLayout, dtype: str) -> dict[str, Any]:
@@ -129,9 +162,12 @@ def hf_config(record: WeightsRecord, layout: HfLayout, dtype: str) -> dict[str, 
         else list(cfg.patch_size), "num_channels": cfg.in_chans, "qkv_bias": cfg.qkv_bias,
         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "dtype": dtype,
     }
-    if layout.model_type == "dinov2":
+    if layout.family == "dinov2":
         d.update(mlp_ratio=hf_layouts.dinov2_mlp_ratio(cfg.embed_dim, _hidden(cfg), cfg.mlp != "mlp"),
-                 use_swiglu_ffn=cfg.mlp != "mlp", layerscale_value=1.0, drop_path_rate=0.0, use_mask_token=True)
+                 use_swiglu_ffn=cfg.mlp != "mlp", layerscale_value=1.0, drop_path_rate=0.0)
+        d.update(num_register_tokens=cfg.reg_tokens) if cfg.reg_tokens else d.update(use_mask_token=True)
+    elif layout.model_type == "vit_msn":  # no pooler
+        d.update(intermediate_size=cfg.mlp_dim)
     else:
         d.update(intermediate_size=cfg.mlp_dim, pooler_output_size=cfg.representation_size or cfg.embed_dim,
                  pooler_act="tanh", encoder_stride=cfg.patch_size if isinstance(cfg.patch_size, int) else 16)
@@ -151,16 +187,18 @@ def _class_names(record: WeightsRecord) -> list[str]:
 
 
 def export_hf(src: str | os.PathLike, dst: str | os.PathLike, *, features: bool = False,
-              force: bool = False) -> HfExport:
+              force: bool = False, architecture: str | None = None) -> HfExport:
     """Write our weights file `src` as a transformers model directory `dst`.
 
     features: leave the classifier out (ViTModel, DeiTModel or Dinov2Model, for AutoModel); a model without
     a head always is. dst must not exist, or be empty; with `force`, a directory holding only what an export
-    writes is replaced. Refused, naming every reason, when transformers cannot express the model.
+    writes is replaced. architecture: the transformers class to write, where more than one computes the model
+    (ViTModel or ViTMSNModel, ...); default: the file's own (hf2torch's source), else ViT's, DeiT's or Dinov2's.
+    Refused, naming every reason, when transformers cannot express the model.
     """
     src = check_input(src, "a vitconvert weights file")
     record = read_record(src)
-    layout = target_layout(record.config, features, str(src))
+    layout = choose_layout(record, features, architecture, str(src))
     reader = SafetensorsReader(src)
     dtype = next(name for name, (code, _) in STORAGE.items() if code == next(iter(reader.dtypes.values())))
     dropped = [k for k in reader.shapes if k.startswith(("head.", "head_dist."))] if layout.head is None else []

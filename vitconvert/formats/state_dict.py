@@ -34,8 +34,10 @@ class Checkpoint:
     wrapper: tuple[str, ...] = ()  # the keys it was found under, outermost first (DINO: ('teacher',))
 
 
-def read_state_dict(path: str | os.PathLike) -> Checkpoint:
-    """Tensors of a .safetensors, or of a .pth/.bin read with weights_only (no code runs)."""
+def read_state_dict(path: str | os.PathLike, mmap: bool = False) -> Checkpoint:
+    """Tensors of a .safetensors, or of a .pth/.bin read with weights_only (no code runs). mmap: a zip-format
+    pickle's tensors stay in the file, mapped, until read (a sharded checkpoint's shards: only the pickle is
+    read to list them; a tensor's pages are read when it is)."""
     path = check_input(path, "a checkpoint file")
     if path.suffix == ".safetensors":
         read_header(path)  # clear errors for truncated or foreign files
@@ -45,7 +47,7 @@ def read_state_dict(path: str | os.PathLike) -> Checkpoint:
     try:
         # DINO's training checkpoints carry their command line as an argparse.Namespace: plain data.
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, zip errors...
         text = str(e)
         if "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text:
