@@ -76,14 +76,14 @@ def test_the_head_on_unit_image_embeddings_gives_openclips_logits(clip_model, to
         img = clip_model.encode_image(images, normalize=True)
         theirs = clip_model.logit_scale.exp() * img @ classifier
     torch.testing.assert_close(F.linear(img, head.weight, head.bias), theirs, atol=ATOL * 40, rtol=0)
-    assert head.classes == tuple(CLASSES) and head.probabilities == "softmax"
+    assert head.classes == tuple(CLASSES) and head.probability == "softmax"
 
 
 def test_a_bias_is_folded_in_and_makes_the_probabilities_sigmoid(clip_model, tokenizer):
     text = OpenClipText(clip_model, tokenizer, logit_bias=-10.0)
     head = build_head(text, CLASSES[:3], ["a photo of a {}."])
     assert head.bias.tolist() == [-10.0] * 3
-    assert head.probabilities == "sigmoid" and probabilities_of(OpenClipText(clip_model, tokenizer)) == "softmax"
+    assert head.probability == "sigmoid" and probabilities_of(OpenClipText(clip_model, tokenizer)) == "softmax"
 
 
 def test_canonicalize_fills_the_templates_as_big_visions_evaluator_but_keeps_the_given_names(clip_model, tokenizer):

@@ -25,9 +25,10 @@ from .safetensors_file import TensorSpec, read_header, write_safetensors
 from .source_hash import PLACEHOLDER, FileHash
 
 META_KEY = "vitconvert"
-# Version 2: `labels` may also be the list of class names. Version 1 files are still read.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# Version 2: `labels` may also be the list of class names. Version 3: `probability` (a sigmoid head), the
+# zero-shot head's config fields (ViTConfig's SINCE_ZEROSHOT). Versions 1 and 2 are still read.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 LABEL_SETS = {1000: "imagenet-1k", 21843: "imagenet-21k"}
 # A label set's name, the class names in class order, or None (class indices).
 Labels = str | tuple[str, ...] | None
@@ -39,6 +40,10 @@ RESIZES: tuple[Resize, ...] = get_args(Resize)
 # bilinear on float pixels, half-pixel centres, no antialiasing.
 Interpolation = Literal["bicubic", "bilinear", "bilinear_tf"]
 INTERPOLATIONS: tuple[Interpolation, ...] = get_args(Interpolation)
+# How the head's logits become probabilities: softmax over the classes (every classifier before, CLIP's
+# zero-shot heads), or a sigmoid of each (SigLIP's, trained with a per-pair sigmoid loss).
+Probability = Literal["softmax", "sigmoid"]
+PROBABILITIES: tuple[Probability, ...] = get_args(Probability)
 
 
 @dataclass(frozen=True)
@@ -122,10 +127,15 @@ class WeightsRecord:
     # The head projects into an embedding (a two-tower image tower's, LiT's img/head): its outputs are the
     # image embedding, not class scores. Written only when true, so other records read as before.
     head_is_embedding: bool = False
+    # How the logits become probabilities (see Probability). Written only when sigmoid.
+    probability: Probability = "softmax"
 
     def __post_init__(self) -> None:
         # Checked here, so a file cannot be written, nor read, with names that do not fit its head.
         object.__setattr__(self, "labels", check_labels(self.labels, self.config.num_classes))
+        if self.probability not in PROBABILITIES:
+            raise VitConvertError(f"probability must be {' or '.join(map(repr, PROBABILITIES))}, "
+                                  f"got {self.probability!r}")
         if not isinstance(self.head_is_embedding, bool):
             raise VitConvertError(f"head_is_embedding must be true or false, got {self.head_is_embedding!r}")
         if self.head_is_embedding and (not self.config.num_classes or self.labels is not None):
@@ -144,6 +154,7 @@ class WeightsRecord:
             "source": self.source.to_dict(),
             "notes": list(self.notes),
             **({"head_is_embedding": True} if self.head_is_embedding else {}),
+            **({"probability": self.probability} if self.probability != "softmax" else {}),
         }, sort_keys=True)
 
     @classmethod
@@ -181,6 +192,7 @@ class WeightsRecord:
                 head_is_zero=d["head_is_zero"],
                 notes=tuple(notes),
                 head_is_embedding=d.get("head_is_embedding", False),
+                probability=d.get("probability", "softmax"),
             )
         except VitConvertError as e:
             raise VitConvertError(f"{where}: {e}") from None

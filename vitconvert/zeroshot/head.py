@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from ..core.errors import VitConvertError
+from ..formats.weights_file import Probability
 from .prompts import canonicalized, prompts
 
-Probabilities = Literal["softmax", "sigmoid"]
 # Prompts per forward of the text tower: large enough that the matrix products are efficient, small
 # enough that a big tower's activations stay well under a gigabyte.
 TEXT_BATCH = 256
@@ -43,16 +43,16 @@ class ZeroShotHead:
     bias: torch.Tensor  # (classes,) float32: the logit bias
     classes: tuple[str, ...]
     templates: tuple[str, ...]
-    probabilities: Probabilities  # how the logits become probabilities, as the model was trained
+    probability: Probability  # how the logits become probabilities, as the model was trained
 
 
-def probabilities_of(text_model: TextModel) -> Probabilities:
+def probabilities_of(text_model: TextModel) -> Probability:
     """Sigmoid for a model trained with a per-pair bias (SigLIP's sigmoid loss), else softmax (CLIP, LiT);
-    a model that says which (`probabilities`) is taken at its word."""
-    said = getattr(text_model, "probabilities", None)
+    a model that says which (`probability`, as load_text_model's does) is taken at its word."""
+    said = getattr(text_model, "probability", None)
     if said is not None:
         if said not in ("softmax", "sigmoid"):
-            raise VitConvertError(f"text model: probabilities must be 'softmax' or 'sigmoid', got {said!r}")
+            raise VitConvertError(f"text model: probability must be 'softmax' or 'sigmoid', got {said!r}")
         return said
     return "sigmoid" if float(text_model.logit_bias) != 0 else "softmax"
 
@@ -93,4 +93,4 @@ def build_head(text_model: TextModel, classes: Sequence[str], templates: Sequenc
     scale, bias = float(text_model.logit_scale), float(text_model.logit_bias)
     return ZeroShotHead(weight=embeddings * scale, bias=torch.full((len(classes),), bias),
                         classes=tuple(classes), templates=tuple(templates),
-                        probabilities=probabilities_of(text_model))
+                        probability=probabilities_of(text_model))
