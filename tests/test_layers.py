@@ -30,6 +30,8 @@ MAY_IMPORT = {
     "cluster": {"core", "formats", "catalog", "model", "inference", "cluster"},  # Ray Data, on top of inference
     # Fine-tuning: reads images as inference does and writes our files; the CLI resolves --model names.
     "train": {"core", "formats", "model", "inference", "train"},
+    # Zero-shot heads: a two-tower file's text tower (text) embeds the prompts; the head is written as our file.
+    "zeroshot": {"core", "formats", "model", "text", "zeroshot"},
 }
 NO_TORCH = {"core", "formats", "conversion", "catalog"}
 # Pickled state dicts need torch to read: formats/state_dict.py is the one reader (of timm's, the tutorial

@@ -293,7 +293,7 @@ def test_cli_timm2torch_prints_the_record_as_json(tmp_path) -> None:
                                       "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
-    assert out["record"]["config"]["depth"] == 1 and out["record"]["version"] == 2
+    assert out["record"]["config"]["depth"] == 1 and out["record"]["version"] == 3
 
 
 @pytest.mark.parametrize("args, method", [([], "bicubic"), (["--pos-resize", "bicubic"], "bicubic"),

@@ -45,7 +45,7 @@ def record_of(path) -> dict:
 
 def test_record_documents_config_preprocessing_labels_and_source(converted) -> None:
     rec = record_of(converted)
-    assert rec["format"] == "vitconvert-weights" and rec["version"] == 2
+    assert rec["format"] == "vitconvert-weights" and rec["version"] == 3
     assert rec["config"]["embed_dim"] == 192 and rec["config"]["act"] == "gelu"
     assert set(rec["preprocess"]) == {"size", "resize", "crop_pct", "interpolation", "mean", "std"}
     assert rec["labels"] == "imagenet-1k" and rec["head_is_zero"] is False
