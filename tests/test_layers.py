@@ -20,6 +20,9 @@ MAY_IMPORT = {
     # The published checkpoints: the manifest, their download (through convert) and the cache they land in.
     "catalog": {"core", "formats", "conversion", "catalog"},
     "model": {"core", "formats", "model"},
+    # A two-tower model's text tower: its blocks are the ViT's own (model/blocks.py), its tokenizer reads the
+    # tokenizer files formats/tokenizer_files.py opens, its config is core's (the record holds it).
+    "text": {"core", "formats", "model", "text"},
     # Inference resolves a model name (--model) to its file in the catalog's cache.
     "inference": {"core", "formats", "catalog", "model", "inference"},
     # export --to hf reads the transformers table (convert/hf_layouts.py) the other way, and writes a label

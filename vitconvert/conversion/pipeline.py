@@ -87,7 +87,7 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, source: st
             config=cfg, preprocess=preprocess or plan.preprocess,
             source=Source(format=plan.source_format, file=reader.path.name),
             labels=labels if labels is not None else plan.labels, head_is_zero=head_is_zero(specs),
-            head_is_embedding=plan.head_is_embedding, notes=tuple(plan.notes + _left_out_note(plan.left_out)))
+            head_is_embedding=plan.head_is_embedding, text=plan.text, notes=tuple(plan.notes + _left_out_note(plan.left_out)))
         record = write_weights(dst, specs, record, source_path=reader.path, dtype=dtype, force=force,
                                allow_nonfinite=allow_nonfinite, progress=progress,
                                before_commit=getattr(reader, "verify", None))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..formats.file_kind import FileKind
-from ..formats.weights_file import Labels, Preprocess
+from ..formats.weights_file import Labels, Preprocess, TextTower
 from .mapping import ArrayReader, Rule
 
 if TYPE_CHECKING:  # torch: imported for pickles only
@@ -34,6 +34,7 @@ FORMATS: dict[str, str] = {
     "lucidrains": "tutorial_vits:LUCIDRAINS",
     "jeonsworld": "tutorial_vits:JEONSWORLD",
     "torch-encoder": "tutorial_vits:TORCH_ENCODER",
+    "open_clip": "open_clip:OPEN_CLIP",
 }
 
 
@@ -93,6 +94,8 @@ class Plan:
     # Source keys deliberately not converted -> why (DINO's projection head, a two-tower file's text tower, ...).
     left_out: dict[str, str] = field(default_factory=dict)
     head_is_embedding: bool = False
+    # A two-tower source's text tower (its tensors are among `rules`, named text.*); None: an image model.
+    text: TextTower | None = None
 
 
 class Reader(ArrayReader, Protocol):

@@ -124,6 +124,10 @@ class Attention(nn.Module):
     """Multi-head self-attention, fused qkv; optional per-head q/k norms and a norm before `proj`. Its inner
     width (heads x head width) is the model's unless the config sets another head width."""
 
+    # Each token attends to itself and those before it: a CLIP text tower's blocks (vitconvert.text) set it;
+    # an image model never does.
+    causal: bool = False
+
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         dim, inner, norm = cfg.embed_dim, cfg.attn_dim, norm_factory(cfg)
@@ -137,7 +141,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
+        x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v, is_causal=self.causal)
         return self.proj(self.norm(x.transpose(1, 2).reshape(B, N, -1)))
 
     def forward_first(self, x: torch.Tensor, n: int) -> torch.Tensor:

@@ -21,11 +21,9 @@ from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..formats.paths import check_output
 from ..formats.safetensors_file import SafetensorsReader, TensorSpec
-from ..formats.weights_file import Source, WeightsRecord, read_record, write_weights
+from ..formats.weights_file import TEXT_PREFIX, Source, WeightsRecord, read_record, write_weights
 from .head import TEXT_BATCH, ZeroShotHead, build_head
 from .prompts import resolve_classes, resolve_templates
-
-TEXT_PREFIX = "text."  # the text tower's tensors in a two-tower file
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ class ZeroShotRequest:
 def two_tower_record(path: str | os.PathLike) -> WeightsRecord:
     """`path`'s record, refused unless it holds a text tower to build a head with."""
     record = read_record(path)
-    if getattr(record, "text", None) is None:
+    if record.text is None:
         raise VitConvertError(f"{path}: this file holds no text tower, so it cannot name classes by text; convert "
                               f"the two-tower checkpoint (CLIP, SigLIP, LiT) without --image-only")
     return record
@@ -105,14 +103,14 @@ def build_zeroshot_classifier(src: str | os.PathLike, dst: str | os.PathLike, re
     """Write `dst`: the two-tower file `src`'s image tower with the zero-shot head of `request`; returns
     its record. Everything that can be refused (the output, the classes, the templates, a file without a
     text tower) is, before the text tower is loaded; the write is atomic."""
-    from ..text.loading import load_text_model  # torch from here on
+    from ..text.loading import text_model_from  # torch from here on
 
     check_output(dst, force, suffix=".safetensors")
     classes, templates = request.resolved()
     record = two_tower_record(src)
     embedding_head = record.head_is_embedding
     config = classifier_config(record.config, embedding_head, len(classes))
-    text = load_text_model(src)
+    text = text_model_from(record, src)
     head = build_head(text, classes, templates, canonicalize=canonicalizes(record), batch_size=batch_size,
                       progress=progress)
     reader = SafetensorsReader(src)

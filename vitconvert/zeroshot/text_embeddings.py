@@ -38,13 +38,13 @@ def embed_texts_to_npz(src: str | os.PathLike, texts: str | os.PathLike, out: st
     model's logit_scale, logit_bias and probability)."""
     check_output(out, force, suffix=".npz", what="output")
     items = read_texts(texts)
-    two_tower_record(src)
+    record = two_tower_record(src)
     import torch  # the text tower from here on
     import torch.nn.functional as F
 
-    from ..text.loading import load_text_model
+    from ..text.loading import text_model_from
 
-    model = load_text_model(src)
+    model = text_model_from(record, src)
     with torch.inference_mode():
         rows = [model.encode(items[i:i + batch_size]).float() for i in range(0, len(items), batch_size)]
         embeddings = torch.cat(rows)
@@ -54,4 +54,4 @@ def embed_texts_to_npz(src: str | os.PathLike, texts: str | os.PathLike, out: st
         np.savez(f, texts=np.array(items, dtype=str), embeddings=embeddings.numpy())
     return {"output": str(out), "texts": len(items), "shape": list(embeddings.shape), "dtype": "float32",
             "normalized": normalize, "logit_scale": float(model.logit_scale), "logit_bias": float(model.logit_bias),
-            "probability": getattr(model, "probability", "softmax")}
+            "probability": model.probability}
