@@ -11,7 +11,7 @@ which differ by under 1e-7 relative for any embedding a text tower gives.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,25 +57,56 @@ def probabilities_of(text_model: TextModel) -> Probability:
     return "sigmoid" if float(text_model.logit_bias) != 0 else "softmax"
 
 
+def _pooled_length(text_model: TextModel, ids: torch.Tensor) -> torch.Tensor | None:
+    """For a causally masked tower that pools one token by the ids (CLIP's end-of-text), each row's length up
+    to and including that token: what comes after it cannot change its output, so the padding after it
+    need not run. None for any other tower (SigLIP's sees every position, padding included)."""
+    cfg = getattr(text_model, "config", None)
+    if not (getattr(cfg, "causal", False) and getattr(cfg, "pool", None) in ("argmax", "eos")):
+        return None
+    at = ids.argmax(dim=-1) if cfg.pool == "argmax" else (ids == cfg.eos_id).int().argmax(dim=-1)
+    return at + 1
+
+
+def _embedded(text_model: TextModel, texts: list[str], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(rows of `texts`, their un-normalised embeddings), `batch_size` texts at a time. A tower that can
+    (`_pooled_length`) runs its batches sorted by length and cut after the longest pooled token of each:
+    the same embeddings (up to float rounding of shorter products), a fraction of the work for prompts
+    much shorter than the context (ImageNet's, some 10 of CLIP's 77 tokens)."""
+    tokenize = getattr(text_model, "tokenize", None)
+    ids = tokenize(texts) if tokenize is not None and getattr(text_model, "config", None) is not None else None
+    lengths = _pooled_length(text_model, ids) if ids is not None else None
+    if lengths is None:
+        for start in range(0, len(texts), batch_size):
+            yield torch.arange(start, min(start + batch_size, len(texts))), text_model.encode(
+                texts[start:start + batch_size])
+        return
+    order = lengths.argsort()
+    for start in range(0, len(texts), batch_size):
+        rows = order[start:start + batch_size]
+        yield rows, text_model(ids[rows, :int(lengths[rows].max())])
+
+
 @torch.inference_mode()
 def class_embeddings(text_model: TextModel, classes: Sequence[str], templates: Sequence[str], *,
                      batch_size: int = TEXT_BATCH,
                      progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """(classes, D) float32 unit vectors: each class's prompts embedded, normalised, averaged, normalised.
 
-    The prompts are encoded `batch_size` at a time whatever the class boundaries, and reduced as they come,
-    so memory holds one batch of embeddings and the running sums."""
+    The prompts are encoded `batch_size` at a time whatever the class boundaries (`_embedded`), and reduced
+    as they come, so memory holds one batch of embeddings and the running sums."""
     texts = prompts(list(classes), list(templates))
     per_class = len(templates)
     sums: torch.Tensor | None = None
-    for start in range(0, len(texts), batch_size):
-        emb = F.normalize(text_model.encode(texts[start:start + batch_size]).float(), dim=-1)
+    done = 0
+    for rows, embedded in _embedded(text_model, texts, batch_size):
+        emb = F.normalize(embedded.float(), dim=-1)
         if sums is None:
             sums = emb.new_zeros(len(classes), emb.shape[-1])
-        owner = torch.arange(start, start + emb.shape[0], device=emb.device) // per_class
-        sums.index_add_(0, owner, emb)
+        sums.index_add_(0, (rows // per_class).to(emb.device), emb)
+        done += len(rows)
         if progress:
-            progress(min(start + batch_size, len(texts)), len(texts))
+            progress(done, len(texts))
     return F.normalize(sums / per_class, dim=-1).cpu()
 
 
