@@ -37,7 +37,8 @@ from pathlib import Path
 from benchmarks.common import ROOT, OtherLoad, load, machine
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray", "hf", "finetune", "gpu"]
+SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray", "hf", "finetune", "zeroshot",
+            "gpu"]
 # peers and compile (minutes of compiling), ray and hf (optional extras) and finetune (minutes of training) are
 # asked for by name
 DEFAULT = SECTIONS[:4]
@@ -144,6 +145,12 @@ def finetune(quick: bool) -> str:
     return f.text(f.run(rounds=1 if quick else 3, steps=5, batch=16))
 
 
+def zeroshot(quick: bool) -> str:
+    from benchmarks import zeroshot as z
+
+    return z.text(z.run(classes=2 if quick else 5, repeats=1 if quick else 2))
+
+
 def gpu(quick: bool) -> str:
     import torch
 
@@ -158,11 +165,13 @@ def gpu(quick: bool) -> str:
 
 
 RUNNERS = {"conversion": conversion, "inference": inference, "cold_start": cold_start, "folder": folder,
-           "peers": peers, "compile": compile_, "ray": ray, "hf": hf, "finetune": finetune, "gpu": gpu}
+           "peers": peers, "compile": compile_, "ray": ray, "hf": hf, "finetune": finetune, "zeroshot": zeroshot,
+           "gpu": gpu}
 TITLES = {"conversion": "Conversion", "inference": "Inference (CPU)", "cold_start": "Cold start",
           "folder": "A folder of 200 images", "peers": "Against ONNX Runtime and OpenVINO (CPU)",
           "compile": "compile=True: the float32 paths tried (CPU)", "ray": "Ray Data, local",
-          "hf": "transformers in and out", "finetune": "Fine-tuning (CPU)", "gpu": "GPU"}
+          "hf": "transformers in and out", "finetune": "Fine-tuning (CPU)",
+          "zeroshot": "Zero-shot head building (CPU)", "gpu": "GPU"}
 
 
 def update(results: Path, bodies: dict[str, str]) -> None:
