@@ -148,7 +148,7 @@ def finetune(quick: bool) -> str:
 def zeroshot(quick: bool) -> str:
     from benchmarks import zeroshot as z
 
-    return z.text(z.run(classes=2 if quick else 5, repeats=1 if quick else 2))
+    return z.text(z.run(classes=2 if quick else 3, repeats=1 if quick else 2))
 
 
 def gpu(quick: bool) -> str:
