@@ -25,11 +25,13 @@ from vitconvert.inference.predictor import Predictor
 from vitconvert.zeroshot.classifier import ZeroShotRequest, build_zeroshot_classifier
 
 DATA = Path(__file__).parents[1] / "data"
-# float32 towers of two blocks against the float64 reference: observed ~1e-6 on embeddings of norm ~10.
-ATOL = 1e-5
+# float32 towers of two blocks against the float64 reference: observed 3.8e-7 on text embeddings of entries up
+# to 2.3, 1.1e-7 on the probabilities (of 0.1 to 0.5).
+ATOL = 2e-6
+PROB_ATOL = 5e-7
 TEXT = bv.BigVisionText()
 IMAGE = bv.BigVision(width=32, depth=2, heads=2, mlp=64, patch=8, grid=(4, 4), pool="map", num_classes=TEXT.out)
-T, B = 2.3, -4.0
+T, B = 2.3, -1.0
 CORPUS = ["a photo of a cat", "a photo of a dog", "the bird in the sky", "a small fish", "art of the tabby cat",
           "a blurry photo", "itap of a car", "a painting of a house", "the origami crane", "a sketch of a tree"] * 20
 
@@ -38,7 +40,7 @@ CORPUS = ["a photo of a cat", "a photo of a dog", "the bird in the sky", "a smal
 def sentencepiece_model(tmp_path_factory) -> Path:
     """A T5-style SentencePiece vocabulary: <pad> 0, </s> 1, <unk> 2, no <s>; smaller than the text tower's."""
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=model, vocab_size=60,
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=model, vocab_size=36, minloglevel=2,
                                    pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram",
                                    character_coverage=1.0)
     path = tmp_path_factory.mktemp("spm") / "spiece.model"
@@ -107,7 +109,7 @@ def test_zero_shot_probabilities_are_big_visions(siglip, sentencepiece_model, tm
         text, reference_ids(filled, sentencepiece_model, TEXT.length), TEXT)), len(templates))
     zimg = bv.normalize(bv.forward(image, x, IMAGE)["out"])
     theirs = torch.sigmoid(zimg @ ztxt.T * np.exp(np.float32(T)) + B)
-    torch.testing.assert_close(predictor.probabilities(images).double(), theirs, atol=ATOL, rtol=0)
+    torch.testing.assert_close(predictor.probabilities(images).double(), theirs, atol=PROB_ATOL, rtol=0)
     assert read_record(head).labels == tuple(classes)
 
 
@@ -127,7 +129,7 @@ def test_a_damaged_text_tower_is_one_line_and_writes_nothing(tmp_path, sentencep
 
 
 def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path, sentencepiece_model):
-    small = bv.BigVisionText(vocab=40)
+    small = bv.BigVisionText(vocab=30)
     bv.write_npz(tmp_path / "siglip.npz", bv.siglip_npz(bv.random_params(IMAGE), bv.random_text_params(small), T, B))
-    with pytest.raises(VitConvertError, match="the tokenizer has 60 tokens but the text tower embeds 40"):
+    with pytest.raises(VitConvertError, match="the tokenizer has 36 tokens but the text tower embeds 30"):
         convert(tmp_path / "siglip.npz", tmp_path / "out.safetensors", tokenizer=str(sentencepiece_model))

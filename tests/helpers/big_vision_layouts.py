@@ -352,8 +352,8 @@ class BigVisionText:
 def random_text_params(m: BigVisionText, seed: int = 1) -> OrderedDict[str, np.ndarray]:
     """Every parameter of the text tower under its big_vision name (no prefix, one `encoderblock_N` per layer):
     `Embed_0/embedding`, `pos_embedding`, `Encoder_0/...`, `head`, with `random_params`' scales."""
-    image_like = BigVision(width=m.width, depth=m.depth, heads=m.heads, mlp=m.mlp, pool='map' if m.pool == 'map' else 'gap',
-                           num_classes=0)
+    image_like = BigVision(width=m.width, depth=m.depth, heads=m.heads, mlp=m.mlp,
+                           pool='map' if m.pool == 'map' else 'gap', num_classes=0)
     rng = np.random.default_rng(seed)
     blocks = random_params(image_like, seed=seed + 1)
     out = OrderedDict()
