@@ -194,7 +194,7 @@ def test_our_own_file_as_source_is_recognised_by_every_command(tmp_path, capsys)
         code, _, err = vitconvert(capsys, command, tmp_path / "ours.safetensors", tmp_path / "again.safetensors")
         assert code == 1
         assert err.strip() == (f"error: {tmp_path / 'ours.safetensors'} is already a vitconvert weights file (format "
-                               f"version 2): use it as it is (vitpredict --weights {tmp_path / 'ours.safetensors'})")
+                               f"version 3): use it as it is (vitpredict --weights {tmp_path / 'ours.safetensors'})")
 
 
 @pytest.mark.parametrize(("options", "flag"), [(["--gelu", "erf"], "--gelu"), (["--heads", "3"], "--heads"),

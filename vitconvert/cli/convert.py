@@ -32,6 +32,10 @@ def _report(converted, dst: str, as_json: bool) -> None:
     head = f"{c.num_classes} classes" if c.num_classes else "no head (returns features)"
     if record.head_is_embedding:
         head = f"head projects into a {c.num_classes}-wide embedding (returns it)"
+    if (text := record.text) is not None:
+        t = text.config
+        head += (f"; text tower {t.width}-wide, {t.depth} blocks, {t.context_length} tokens ({text.tokenizer.kind}), "
+                 f"logit scale {text.logit_scale:.4g}, bias {text.logit_bias:.4g}, {text.probability}")
     click.echo(f"  model       {arch}; pool {c.pool}; {head}; act {c.act}")
     click.echo(f"  input       {c.img_size[0]}x{c.img_size[1]}, {record.preprocess.resize} "
                f"({record.preprocess.interpolation}), mean {list(record.preprocess.mean)}")
@@ -311,27 +315,37 @@ class _ConvertCommand(click.Command):
                    "names (two that fit are an error naming both).")
 @click.option("--gelu", type=click.Choice(["tanh", "erf"]),
               help="jax: the MLP activation to record, 'tanh' (the JAX models'; the default) or 'erf' (timm's).")
-@click.option("--model", "model_name", metavar="TIMM_NAME",
-              help="timm: timm's model name, with or without tag, for what the tensors do not show.")
+@click.option("--model", "model_name", metavar="NAME",
+              help="timm: timm's model name, with or without tag, for what the tensors do not show; open_clip: "
+                   "OpenCLIP's model name (its bundled config), where no open_clip_config.json is beside SRC.")
+@click.option("--image-only", is_flag=True,
+              help="open_clip, hf-towers: keep the image tower alone (a two-tower file's text tower left out).")
+@click.option("--tokenizer", "tokenizer", type=click.Path(dir_okay=False), metavar="FILE",
+              help="open_clip, hf-towers: the text tower's tokenizer (tokenizer.json, spiece.model) where it is "
+                   "not beside SRC.")
 @click.option("--heads", type=click.IntRange(min=1), help="timm: attention heads, for a width that is not standard.")
 @click.option("--model-args", metavar="JSON",
               help="lucidrains, jeonsworld, torch-encoder: what the weights do not show (see torch2torch --help).")
 @click.option("--map", "names", metavar="PART=NAME,...",
               help="torch-encoder: the names of the parts around the encoder (see torch2torch --help).")
 @converter_options
-def convert_cmd(src: str, dst: str, source: str | None, gelu: str | None, model_name: str | None, heads: int | None,
-                model_args: str | None, names: str | None, labels: str | None, dtype: str, force: bool,
+def convert_cmd(src: str, dst: str, source: str | None, gelu: str | None, model_name: str | None, image_only: bool,
+                tokenizer: str | None, heads: int | None, model_args: str | None, names: str | None,
+                labels: str | None, dtype: str, force: bool,
                 allow_nonfinite: bool, pos_resize: str | None, quiet: bool, as_json: bool) -> None:
     """Convert a ViT checkpoint of any source format to a vitconvert weights file.
 
     The format is recognised from SRC itself: an .npz's keys (Transformer/, params/, img/) for Google's
     JAX files; a directory (or weights file) with transformers' config.json; a state dict's key names
     (patch_embed. and blocks. for timm, DINO's teacher/backbone. too, to_patch_embedding. for
-    vit-pytorch, transformer.embeddings. for jeonsworld, layers.N.self_attn. for nn.TransformerEncoder).
+    vit-pytorch, transformer.embeddings. for jeonsworld, layers.N.self_attn. for nn.TransformerEncoder;
+    visual.* for OpenCLIP, both towers: a TorchScript archive as OpenAI releases them too, read without
+    running its code); a directory with config.json of model_type clip, siglip or siglip2 (both towers).
     Where two formats fit, or none, the error says which and what it looked for; --from chooses. The
-    format options (--gelu, --model, --heads, --model-args, --map) are refused for a format that does not
-    take them. Every source tensor is converted or listed, with its reason, as left out (the summary's
-    notes; --json's left_out). The result is the file jax2torch, timm2torch, hf2torch or torch2torch writes.
+    format options (--gelu, --model, --heads, --model-args, --map, --image-only, --tokenizer) are refused for
+    a format that does not take them. Every source tensor is converted or listed, with its reason, as left
+    out (the summary's notes; --json's left_out). The result is the file jax2torch, timm2torch, hf2torch or
+    torch2torch writes.
     """
     from ..catalog.manifest import load_manifest
     from ..conversion.source import FORMATS
@@ -340,6 +354,6 @@ def convert_cmd(src: str, dst: str, source: str | None, gelu: str | None, model_
         raise click.BadParameter(f"{source!r} is not a format; the formats are: {', '.join(FORMATS)}",
                                  param_hint="--from")
     options = dict(gelu=gelu, model=model_name, num_heads=heads, model_args=_json_object(model_args, "--model-args"),
-                   names=_names(names))
+                   names=_names(names), image_only=image_only or None, tokenizer=tokenizer)
     _convert(source, src, dst, labels, quiet, as_json, options=options, defaults=dict(catalog=load_manifest()),
              force=force, dtype=dtype, allow_nonfinite=allow_nonfinite, pos_resize=pos_resize)

@@ -34,9 +34,13 @@ PROCESSORS: dict[str, dict[str, Any]] = {
                                    do_center_crop=False, mean_std=IMAGENET_STANDARD, shortest=True),
 }
 PROCESSORS["CLIPImageProcessor"] = PROCESSORS["BitImageProcessor"]
+# SigLIP's: a resize to 224 x 224 (aspect ratio not kept), bicubic, mean = std = 0.5.
+PROCESSORS["SiglipImageProcessor"] = dict(size={"height": 224, "width": 224}, resample=3, do_center_crop=False,
+                                          mean_std=IMAGENET_STANDARD, shortest=False)
 # What transformers' AutoImageProcessor picks for a model type without a preprocessor_config.json of its own
 # (the processors the published checkpoints of each carry).
-DEFAULT_PROCESSOR = {"vit": "ViTImageProcessor", "deit": "DeiTImageProcessor", "dinov2": "BitImageProcessor"}
+DEFAULT_PROCESSOR = {"vit": "ViTImageProcessor", "deit": "DeiTImageProcessor", "dinov2": "BitImageProcessor",
+                     "clip": "CLIPImageProcessor", "siglip": "SiglipImageProcessor", "siglip2": "SiglipImageProcessor"}
 
 
 def _processor_class(d: Mapping[str, Any]) -> str | None:

@@ -37,7 +37,15 @@ from ..formats.weights_file import Preprocess
 from .hf_preprocess import OPENAI_CLIP
 from .mapping import IDENTITY, Op, Rule, block_bindings, source_dims
 from .source import Detection, Option, Plan, Probe, Request, SourceFormat
-from .text_towers import IMAGE_ONLY, TEXT_LEFT_OUT, TOKENIZER, clip_tokenizer, file_tokenizer, find_tokenizer, text_tower
+from .text_towers import (
+    IMAGE_ONLY,
+    TEXT_LEFT_OUT,
+    TOKENIZER,
+    clip_tokenizer,
+    file_tokenizer,
+    find_tokenizer,
+    text_tower,
+)
 
 CONFIG_FILE = "open_clip_config.json"
 TRANSPOSE = Op("transpose", lambda x: np.ascontiguousarray(x.T), lambda s: s[::-1])
@@ -253,7 +261,8 @@ def _text(shapes: Mapping[str, tuple[int, ...]], text: Mapping[str, Any], quick_
     return cfg, rules
 
 
-def _preprocess(pre: Mapping[str, Any], size: tuple[int, int], trunk: Preprocess | None) -> tuple[Preprocess, list[str]]:
+def _preprocess(pre: Mapping[str, Any], size: tuple[int, int],
+                trunk: Preprocess | None) -> tuple[Preprocess, list[str]]:
     """open_clip's eval transform: resize the shorter side (bicubic) and centre-crop, or squash; CLIP's mean
     and std unless its preprocess_cfg (or the timm trunk's) says otherwise."""
     if not pre:
@@ -289,7 +298,8 @@ def _plan(reader: OpenClipReader, request: Request) -> Plan:
     preprocess, notes = _preprocess(pre, image.img_size, trunk_pre)
     notes = [f"architecture from {told}", *notes]
     left_out = {k: SIZES_LEFT_OUT for k in SIZES if k in shapes}
-    left_out |= {k: "open_clip's causal mask buffer (rebuilt from the config)" for k in shapes if k.endswith("attn_mask")}
+    left_out |= {k: "open_clip's causal mask buffer (rebuilt from the config)" for k in shapes
+                 if k.endswith("attn_mask")}
     p = _text_prefix(shapes)
     text = None
     embedding = image.num_classes > 0

@@ -35,6 +35,7 @@ FORMATS: dict[str, str] = {
     "jeonsworld": "tutorial_vits:JEONSWORLD",
     "torch-encoder": "tutorial_vits:TORCH_ENCODER",
     "open_clip": "open_clip:OPEN_CLIP",
+    "hf-towers": "hf_towers:HF_TOWERS",
 }
 
 

@@ -93,6 +93,8 @@ def file_tokenizer(path: Path, context_length: int, clean: Clean, where: str,
     else:  # SiglipTokenizer's and T5's: the end-of-sequence id after each text, none before
         bos, eos = None, (backend.processor.eos_id() if backend.processor.eos_id() >= 0 else None)
     pad = token_id(_token(configs.get("pad_token")) or pad_default)
+    if pad is None and kind == "sentencepiece":
+        pad = eos  # SiglipTokenizer's default pad_token is its end-of-sequence token, </s>
     if pad is None:
         raise VitConvertError(f"{where}: the tokenizer names no padding token (tokenizer_config.json's pad_token)")
     return TokenizerConfig(kind=kind, context_length=context_length, vocab_size=backend.vocab_size, pad_id=pad,

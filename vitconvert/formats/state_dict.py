@@ -6,8 +6,11 @@ tutorial ViTs, transformers' pytorch_model.bin); what a format makes of the keys
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import pickle
 import re
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,8 @@ def read_state_dict(path: str | os.PathLike) -> Checkpoint:
     if path.suffix == ".safetensors":
         read_header(path)  # clear errors for truncated or foreign files
         return unwrap(read_tensors(path), str(path))
+    if torchscript_root(path) is not None:
+        return Checkpoint(read_torchscript(path))
     try:
         # DINO's training checkpoints carry their command line as an argparse.Namespace: plain data.
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -54,6 +59,86 @@ def read_state_dict(path: str | os.PathLike) -> Checkpoint:
         first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         raise VitConvertError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
     return unwrap(obj, str(path))
+
+
+def torchscript_root(path: Path) -> str | None:
+    """The folder of a TorchScript archive's members (OpenAI's CLIP releases are such archives), or None."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    roots = {n.split("/", 1)[0] for n in names if n.endswith("/constants.pkl") or "/code/" in n}
+    return next(iter(roots)) if len(roots) == 1 and f"{next(iter(roots))}/data.pkl" in names else None
+
+
+class _ScriptModule:
+    """A TorchScript module's attributes as data.pkl holds them: its state, never its code."""
+
+
+# What a TorchScript data.pkl may name besides its own modules' classes (whose code is never run: each becomes a
+# _ScriptModule holding its attributes): tensors rebuilt from storages, as torch.load(weights_only=True) allows,
+# and TorchScript's typed lists and type tags of plain attributes, taken as the values they wrap.
+_STORAGES = {"FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+             "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
+             "BoolStorage": torch.bool, "ByteStorage": torch.uint8, "CharStorage": torch.int8,
+             "ShortStorage": torch.int16}
+_PLAIN_VALUES = {"build_intlist", "build_doublelist", "build_boollist", "build_tensorlist", "restore_type_tag"}
+
+
+class _TorchScriptUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, root: str) -> None:
+        super().__init__(io.BytesIO(data))
+        self.archive, self.root = archive, root
+
+    def find_class(self, module: str, name: str) -> object:
+        if module == "__torch__" or module.startswith("__torch__."):
+            return type(name, (_ScriptModule,), {})
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return torch._utils._rebuild_tensor_v2
+        if (module, name) == ("collections", "OrderedDict"):
+            return dict
+        if module == "torch" and name in _STORAGES:
+            return _STORAGES[name]
+        if module == "torch.jit._pickle" and name in _PLAIN_VALUES:
+            return lambda value, *_: value
+        raise pickle.UnpicklingError(f"{module}.{name} is not a tensor")
+
+    def persistent_load(self, saved_id: tuple) -> torch.storage.TypedStorage:
+        _, dtype, key, _, numel = saved_id  # the storage's class, which find_class gave as its dtype
+        if not isinstance(dtype, torch.dtype):
+            raise pickle.UnpicklingError(f"storage {key} of an unknown type")
+        raw = torch.frombuffer(bytearray(self.archive.read(f"{self.root}/data/{key}")), dtype=dtype, count=numel)
+        # _rebuild_tensor_v2 takes the typed storage torch.load gives it (internal: no deprecation warning).
+        return torch.storage.TypedStorage(wrap_storage=raw.untyped_storage(), dtype=dtype, _internal=True)
+
+
+def read_torchscript(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a TorchScript archive (its modules' parameters, buffers and tensor attributes, by dotted
+    name), read from data.pkl with an unpickler that builds tensors and plain records only: no code in the
+    archive runs, as none does under torch.load(weights_only=True)."""
+    root = torchscript_root(path)
+    with zipfile.ZipFile(path) as archive:
+        try:
+            top = _TorchScriptUnpickler(archive.read(f"{root}/data.pkl"), archive, root).load()
+        except (pickle.UnpicklingError, ValueError, KeyError, TypeError, EOFError) as e:
+            raise VitConvertError(f"{path}: a TorchScript archive whose data vitconvert cannot read as tensors ({e}); "
+                                  "get its state dict with open_clip: torch.save(open_clip.load_openai_model("
+                                  "PATH, device='cpu', jit=False).state_dict(), 'state.pt')") from None
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(obj: object, prefix: str) -> None:
+        for name, value in vars(obj).items():
+            if isinstance(value, torch.Tensor):
+                tensors[prefix + name] = value
+            elif isinstance(value, _ScriptModule):
+                walk(value, f"{prefix}{name}.")
+
+    if not isinstance(top, _ScriptModule):
+        raise VitConvertError(f"{path}: a TorchScript archive without a module in its data.pkl")
+    walk(top, "")
+    if not tensors:
+        raise VitConvertError(f"{path}: the TorchScript archive holds no tensors")
+    return tensors
 
 
 def unwrap(obj: object, where: str) -> Checkpoint:

@@ -38,6 +38,8 @@ class Backend(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
+
 
 def _need(module: str) -> None:
     raise VitConvertError(f"reading a text tower's tokenizer needs the {module!r} package: pip install "
@@ -54,6 +56,9 @@ class TokenizersBackend:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
 
 @dataclass
 class SentencePieceBackend:
@@ -62,6 +67,9 @@ class SentencePieceBackend:
 
     def encode(self, text: str) -> list[int]:
         return self.processor.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.processor.encode(texts)
 
 
 def open_backend(kind: TokenizerKind, data: bytes, where: str = "tokenizer") -> Backend:

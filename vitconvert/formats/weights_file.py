@@ -218,7 +218,8 @@ class WeightsRecord:
                                   "no class names")
         if self.text is not None and self.image_embedding_dim != self.text.config.out_dim:
             raise VitConvertError(f"text: the text embedding has {self.text.config.out_dim} dimensions, the image "
-                                  f"embedding {self.image_embedding_dim or 'none (a classifier)'}: the towers do not fit")
+                                  f"embedding {self.image_embedding_dim or 'none (a classifier)'}: the towers do not "
+                                  "fit")
 
     @property
     def image_embedding_dim(self) -> int:

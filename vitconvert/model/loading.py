@@ -10,8 +10,15 @@ import torch
 from ..core.config import ViTConfig, parse_size
 from ..core.errors import VitConvertError
 from ..formats.safetensors_file import TensorSpec, read_tensors
-from ..formats.weights_file import (TEXT_PREFIX, Preprocess, Source, WeightsRecord, label_set_for, read_record,
-                                    write_weights)
+from ..formats.weights_file import (
+    TEXT_PREFIX,
+    Preprocess,
+    Source,
+    WeightsRecord,
+    label_set_for,
+    read_record,
+    write_weights,
+)
 from .optimize import compile_model, quantize_int8
 from .patch_resize import resample_patch_kernel
 from .posembed import pos_embed_on_grid

@@ -81,5 +81,7 @@ class TextModel(TextTransformer):
         return self.tokenizer(texts).to(self.pos_embed.device)
 
     @torch.no_grad()
-    def encode(self, texts: str | Sequence[str]) -> torch.Tensor:
-        return self(self.tokenize(texts))
+    def encode(self, texts: str | Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """The texts' embeddings (N, out_dim), tokenized at once and run `batch_size` texts at a time."""
+        ids = self.tokenize(texts)
+        return torch.cat([self(chunk) for chunk in ids.split(batch_size)]) if len(ids) else self(ids)

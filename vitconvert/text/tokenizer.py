@@ -79,11 +79,11 @@ class Tokenizer:
         head = [cfg.bos_id] if cfg.bos_id is not None else []
         tail = [cfg.eos_id] if cfg.eos_id is not None else []
         room = cfg.context_length - len(head) - len(tail)
-        out, cut = [], 0
         for text in texts:
             if not isinstance(text, str):
                 raise VitConvertError(f"texts must be strings, got {type(text).__name__}")
-            ids = self.backend.encode(clean_text(text, cfg.clean))
+        out, cut = [], 0
+        for ids in self.backend.encode_batch([clean_text(text, cfg.clean) for text in texts]):
             if len(ids) > room:
                 ids, cut = ids[:room], cut + 1
             ids = head + ids + tail
