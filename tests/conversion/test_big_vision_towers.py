@@ -133,3 +133,9 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path, sentencepie
     bv.write_npz(tmp_path / "siglip.npz", bv.siglip_npz(bv.random_params(IMAGE), bv.random_text_params(small), T, B))
     with pytest.raises(VitConvertError, match="the tokenizer has 36 tokens but the text tower embeds 30"):
         convert(tmp_path / "siglip.npz", tmp_path / "out.safetensors", tokenizer=str(sentencepiece_model))
+
+
+def test_the_record_says_the_text_tower_was_kept_not_left_out(siglip):
+    notes = read_record(siglip[2]).notes
+    assert any(n.startswith("text tower: 2 blocks, 32-wide, pool last") for n in notes)
+    assert not any("left out" in n and "txt/" in n for n in notes)

@@ -91,19 +91,20 @@ def config_from_shapes(reader: Shaped, layout: JaxLayout, act: str) -> ViTConfig
     return base.replace(img_size=(side * base.total_stride,) * 2)
 
 
-def layout_notes(reader: NpzReader, layout: JaxLayout, cfg: ViTConfig) -> list[str]:
-    """What the record should say about how the file became this model."""
+def layout_notes(reader: NpzReader, layout: JaxLayout, cfg: ViTConfig, with_text: bool = False) -> list[str]:
+    """What the record should say about how the file became this model (`with_text`: its text tower kept too)."""
     notes = []
     if any(reader.stored_dtype(k) == "bfloat16" for k in reader.shapes):
         notes.append("source arrays stored as bfloat16")
     if layout.posemb == "sincos2d":
         notes.append(f"no position table stored: big_vision's sincos2d, computed for the grid of each input "
                      f"size; the training size is not in the file, {cfg.img_size[0]}x{cfg.img_size[1]} assumed")
-    if layout.two_tower:
+    if layout.two_tower and not with_text:
         left = layout.other_tower(reader.shapes)
         notes.append(f"the image tower ({layout.prefix}) of a two-tower image-text model; the text tower and "
                      f"the loss's scalars ({len(left)} arrays: {layout.outer}txt/..., {layout.outer}t, "
                      f"{layout.outer}b) are left out")
+    if layout.two_tower:
         if cfg.num_classes:
             notes.append(f"the tower's head is its projection into the {cfg.num_classes}-wide image-text "
                          "embedding, not a classifier: the model's output is the image embedding (zimg) "
@@ -222,7 +223,9 @@ def _plan(reader: NpzReader, request: Request) -> Plan:
         raise VitConvertError(f"gelu must be 'tanh' or 'erf', got {gelu!r}")
     found = identify(reader, GELU[gelu], request.options.get("catalog"))
     layout, cfg, known = found.layout, found.config, found.known
-    notes = [*layout_notes(reader, layout, cfg), *found.notes]
+    with_text = layout.two_tower and request.options.get("tokenizer") is not None \
+        and not request.options.get("image_only")
+    notes = [*layout_notes(reader, layout, cfg, with_text), *found.notes]
     embedding = layout.two_tower and cfg.num_classes > 0
     labels = known.labels if known else None
     if known:
@@ -237,7 +240,7 @@ def _plan(reader: NpzReader, request: Request) -> Plan:
     o = layout.outer
     rules, bindings = jax_layouts.rules(layout), jax_layouts.bindings(cfg.depth, cfg.hybrid_layers)
     text = None
-    if layout.two_tower and request.options.get("tokenizer") is not None and not request.options.get("image_only"):
+    if with_text:
         text, text_rules = two_tower_text(reader, layout, GELU[gelu], request.options["tokenizer"])
         rules += text_rules
         bindings["text_block"] = [{"i": i} for i in range(text.config.depth)]
