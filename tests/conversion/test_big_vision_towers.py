@@ -139,3 +139,17 @@ def test_the_record_says_the_text_tower_was_kept_not_left_out(siglip):
     notes = read_record(siglip[2]).notes
     assert any(n.startswith("text tower: 2 blocks, 32-wide, pool last") for n in notes)
     assert not any("left out" in n and "txt/" in n for n in notes)
+
+
+def test_a_lit_file_keeps_its_sentencepiece_text_tower_with_softmax_probabilities(tmp_path, sentencepiece_model):
+    """vit_jax's LiT layout: the towers at the top (img/, txt/), vit_jax's block numbering, `t` without `b`."""
+    lit = bv.BigVisionText(vit_jax=True)
+    text = bv.random_text_params(lit)
+    image = bv.random_params(IMAGE, seed=5)
+    bv.write_npz(tmp_path / "lit.npz", bv.siglip_npz(image, text, T, None, outer=""))
+    out = tmp_path / "lit.safetensors"
+    record = convert(tmp_path / "lit.npz", out, tokenizer=str(sentencepiece_model))
+    assert record.text.probability == "softmax" and record.text.logit_bias == 0.0
+    texts = ["a photo of a cat", "a sketch of a tree"]
+    theirs = bv.text_forward(text, reference_ids(texts, sentencepiece_model, lit.length), lit)
+    torch.testing.assert_close(load_text_model(out).encode(texts).double(), theirs, atol=ATOL, rtol=0)

@@ -347,6 +347,7 @@ class BigVisionText:
     mlp: int = 64
     out: int = 24  # num_classes: the head's outputs, the embedding width
     pool: str = 'last'  # or 'map'
+    vit_jax: bool = False  # vit_jax's LiT TextTransformer: blocks numbered LayerNorm_0, ..._1, LayerNorm_2, MlpBlock_3
 
 
 def random_text_params(m: BigVisionText, seed: int = 1) -> OrderedDict[str, np.ndarray]:
@@ -361,6 +362,9 @@ def random_text_params(m: BigVisionText, seed: int = 1) -> OrderedDict[str, np.n
     out['pos_embedding'] = (0.5 * rng.standard_normal((1, m.length, m.width))).astype(np.float32)
     for k, v in blocks.items():  # the ViT's encoder blocks, renamed as vit.Encoder is named inside the text model
         if k.startswith('Transformer/'):
+            if m.vit_jax:
+                k = k.replace('MultiHeadDotProductAttention_0', 'MultiHeadDotProductAttention_1').replace(
+                    'LayerNorm_1', 'LayerNorm_2').replace('MlpBlock_0', 'MlpBlock_3')
             out['Encoder_0/' + k.removeprefix('Transformer/')] = v
         elif k.startswith('MAPHead_0/'):
             out[k] = v
@@ -392,12 +396,14 @@ def siglip_npz(image: dict[str, np.ndarray], text: dict[str, np.ndarray], t: flo
 def text_forward(params: dict[str, np.ndarray], ids: np.ndarray, m: BigVisionText) -> torch.Tensor:
     """text_transformer `_Model.__call__` on (N, L) ids, float64: ztxt, before two_towers' L2 normalisation."""
     x = _t(params['Embed_0/embedding'])[torch.as_tensor(ids, dtype=torch.long)] + _t(params['pos_embedding'])
+    mha, ln2, mlp = (('MultiHeadDotProductAttention_1', 'LayerNorm_2', 'MlpBlock_3') if m.vit_jax else
+                     ('MultiHeadDotProductAttention_0', 'LayerNorm_1', 'MlpBlock_0'))
     for i in range(m.depth):  # vit.Encoder: no mask
         b = f'Encoder_0/encoderblock_{i}'
         y = _layer_norm(x, params, f'{b}/LayerNorm_0')
-        x = x + _attention(y, y, params, f'{b}/MultiHeadDotProductAttention_0')
-        y = _layer_norm(x, params, f'{b}/LayerNorm_1')
-        x = x + _mlp(y, params, f'{b}/MlpBlock_0')
+        x = x + _attention(y, y, params, f'{b}/{mha}')
+        y = _layer_norm(x, params, f'{b}/{ln2}')
+        x = x + _mlp(y, params, f'{b}/{mlp}')
     x = _layer_norm(x, params, 'Encoder_0/encoder_norm')
     if m.pool == 'last':
         x = x[:, -1]

@@ -1,5 +1,7 @@
-"""The text tower of big_vision's two-tower `.npz` files (SigLIP, SigLIP 2; vit_jax's LiT files where their
-text tower is big_vision's text_transformer), read into our text tower (`text.*`, core/text_config.py).
+"""The text tower of big_vision's two-tower `.npz` files (SigLIP, SigLIP 2) and of vit_jax's LiT files with a
+SentencePiece text transformer (LiT-L16S, LiT-L16Ti; vit_jax/models_lit.py TextTransformer: the same model, its
+blocks numbered as vit_jax numbers them), read into our text tower (`text.*`, core/text_config.py). LiT's BERT
+text towers (LiT-B16B, LiT-L16L) are another architecture, not read.
 
 big_vision/models/proj/image_text/text_transformer.py: `Embed_0/embedding` (the token table), `pos_embedding`
 (1, L, width) added to every token, `vit.Encoder` (`Encoder_0`: pre-norm blocks numbered the Linen way,
@@ -10,7 +12,8 @@ no attention mask, a pooling (`pool_type`, default 'last': the sticky end-of-seq
 
 The npz holds no tokenizer: the SentencePiece model comes with `--tokenizer FILE` (catalog/data's manifest
 names where each published file's is). big_vision's SigLIP colab tokenizes with `eos="sticky"`, padding
-with id 1 for its T5 vocabularies (c4_en, mc4: `pad_value=1`, the end-of-sequence id) to 64 tokens.
+with id 1 for its T5 vocabularies (c4_en, mc4: `pad_value=1`, the end-of-sequence id) to 64 tokens; vit_jax's
+LiT `SentencepieceTokenizer` likewise pads with '</s>' (sticky eos) to its 16.
 """
 
 from __future__ import annotations
@@ -46,6 +49,16 @@ def _block(p: str, scanned: bool) -> str:
     return f"{p}Encoder_0/encoderblock" + ("" if scanned else "_{i}")
 
 
+def _names(shapes: Mapping[str, Shape], p: str, scanned: bool) -> tuple[str, str, str]:
+    """(attention, MLP, second norm) sub-module names: big_vision numbers them the Linen way (its
+    Encoder1DBlock: MultiHeadDotProductAttention_0, MlpBlock_0, LayerNorm_1), vit_jax's LiT text tower by
+    creation order (MultiHeadDotProductAttention_1, MlpBlock_3, LayerNorm_2)."""
+    first = _block(p, scanned).format(i=0)
+    if f"{first}/MultiHeadDotProductAttention_1/query/kernel" in shapes:
+        return "MultiHeadDotProductAttention_1", "MlpBlock_3", "LayerNorm_2"
+    return "MultiHeadDotProductAttention_0", "MlpBlock_0", "LayerNorm_1"
+
+
 def _depth(shapes: Mapping[str, Shape], p: str, scanned: bool, where: str) -> int:
     if scanned:
         key = f"{p}Encoder_0/encoderblock/LayerNorm_0/scale"
@@ -63,16 +76,17 @@ def text_config(shapes: Mapping[str, Shape], outer: str, act: str, where: str) -
     p = text_prefix(outer)
     scanned = _scanned(shapes, p)
     blk = _block(p, scanned).format(i=0)
-    needed = [f"{p}Embed_0/embedding", f"{p}pos_embedding", f"{blk}/MultiHeadDotProductAttention_0/query/kernel",
-              f"{blk}/MlpBlock_0/Dense_0/kernel", f"{p}Encoder_0/encoder_norm/scale"]
+    mha, mlp, _ = _names(shapes, p, scanned)
+    needed = [f"{p}Embed_0/embedding", f"{p}pos_embedding", f"{blk}/{mha}/query/kernel", f"{blk}/{mlp}/Dense_0/kernel",
+              f"{p}Encoder_0/encoder_norm/scale"]
     if missing := [k for k in needed if k not in shapes]:
         raise VitConvertError(f"{where}: the text tower is damaged: no {missing[0]}; convert with --image-only for "
                               "the image tower alone")
     vocab, width = source_dims(shapes, f"{p}Embed_0/embedding", 2, where)
     context = source_dims(shapes, f"{p}pos_embedding", 3, where)[1]
     lead = 1 if scanned else 0
-    heads = source_dims(shapes, f"{blk}/MultiHeadDotProductAttention_0/query/kernel", 3, where, lead)[1]
-    mlp_dim = source_dims(shapes, f"{blk}/MlpBlock_0/Dense_0/kernel", 2, where, lead)[1]
+    heads = source_dims(shapes, f"{blk}/{mha}/query/kernel", 3, where, lead)[1]
+    mlp_dim = source_dims(shapes, f"{blk}/{mlp}/Dense_0/kernel", 2, where, lead)[1]
     embed = source_dims(shapes, f"{p}head/kernel", 2, where)[1] if f"{p}head/kernel" in shapes else 0
     map_head = any(k.startswith(f"{p}MAPHead_0/") for k in shapes)
     try:
@@ -95,7 +109,7 @@ def text_rules(shapes: Mapping[str, Shape], outer: str) -> list[Rule]:
 
     rules = [Rule("text.token_embed.weight", (f"{p}Embed_0/embedding",), IDENTITY),
              Rule("text.pos_embed", (f"{p}pos_embedding",), IDENTITY),
-             *block_rules(blk, "MultiHeadDotProductAttention_0", "MlpBlock_0", "LayerNorm_1", "text.", "text_block"),
+             *block_rules(blk, *_names(shapes, p, scanned), "text.", "text_block"),
              Rule("text.norm.weight", (f"{p}Encoder_0/encoder_norm/scale",), IDENTITY),
              Rule("text.norm.bias", (f"{p}Encoder_0/encoder_norm/bias",), IDENTITY),
              Rule("text.proj.weight", (f"{p}head/kernel",), DENSE, optional=True),
