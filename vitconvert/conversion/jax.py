@@ -192,16 +192,17 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
 
 
 def two_tower_text(reader: NpzReader, layout: JaxLayout, act: str, tokenizer: str) -> tuple[object, list]:
-    """The text tower of a two-tower file (its record and its table), with the SentencePiece `tokenizer`: pads
-    and ends texts as big_vision's colabs do (jax_text.pad_token), no cleaning (big_vision's tokenize op does
-    none; its zero-shot evaluation canonicalizes the prompts, which `vitconvert zeroshot` does)."""
+    """The text tower of a two-tower file (its record and its table), with the SentencePiece `tokenizer`: cleans,
+    pads and ends texts as big_vision's colabs do (jax_text.clean, pad_token; its zero-shot evaluation
+    canonicalizes the prompts besides, which `vitconvert zeroshot` does)."""
     where, o = str(reader.path), layout.outer
     config = jax_text.text_config(reader.shapes, o, act, where)
     if f"{o}t" not in reader.shapes:
         raise VitConvertError(f"{where}: no temperature {o}t beside the text tower: a damaged two-tower file "
                               "(convert with --image-only for the image tower alone)")
     path = find_tokenizer(reader.path.parent, tokenizer, where)
-    tok = file_tokenizer(path, config.context_length, "none", where, pad_default=jax_text.pad_token(config.vocab_size))
+    tok = file_tokenizer(path, config.context_length, jax_text.clean(config.vocab_size), where,
+                         pad_default=jax_text.pad_token(config.vocab_size))
     t = float(reader.read(f"{o}t").reshape(-1)[0])
     b = float(reader.read(f"{o}b").reshape(-1)[0]) if f"{o}b" in reader.shapes else None
     return text_tower(config, tok, t, b, where), jax_text.text_rules(reader.shapes, o)

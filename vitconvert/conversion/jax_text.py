@@ -119,6 +119,13 @@ def text_rules(shapes: Mapping[str, Shape], outer: str) -> list[Rule]:
     return rules
 
 
+def clean(vocab_size: int) -> str:
+    """The cleaning before tokenizing: SigLIP 2's colab lower-cases (`lower(key="text")|tok(..., model="gemma")`),
+    which the Gemma vocabulary (256,000 tokens) marks; SigLIP's and LiT's tokenize the text as given. ('lower'
+    is open_clip's, which also collapses whitespace runs and fixes text with ftfy: equal on ordinary prompts.)"""
+    return "lower" if vocab_size == 256_000 else "none"
+
+
 def pad_token(vocab_size: int) -> str:
     """The padding big_vision's colabs tokenize with: SigLIP 2's Gemma vocabulary (256,000 tokens) pads with
     '<pad>' (id 0); SigLIP's T5 vocabularies with the end-of-sequence token '</s>' (`pad_value=1`)."""
