@@ -58,7 +58,8 @@ def text(r: dict) -> str:
             + markdown(rows)
             + f"\n\nThe two heads agree to {r['max_diff']:.1e} (max abs difference of the unit class embeddings). "
             "Ours runs each batch of prompts sorted by length and cut after its last end-of-text token "
-            "(CLIP's causal mask: the padding cannot reach it), about 8 of 77 positions for ImageNet's prompts; "
+            "(CLIP's causal mask: the padding cannot reach it), 10 of 77 positions on average for ImageNet's "
+            "80,000 prompts (22 at most, start and end tokens included); "
             "OpenCLIP runs all 77.")
 
 
