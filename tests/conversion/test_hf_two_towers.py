@@ -137,3 +137,22 @@ def test_image_only_and_a_damaged_tower(tmp_path: Path, spiece: Path) -> None:
     with pytest.raises(VitConvertError, match="missing keys: text_model.final_layer_norm.bias") as e:
         vitconvert.convert(src, tmp_path / "out.safetensors", tokenizer=str(spiece))
     assert "\n" not in str(e.value) and not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_siglip_tokenizer_json_without_lowercasing_is_lower_cased_as_siglip2_was_trained(tmp_path: Path) -> None:
+    from helpers.two_towers import CORPUS
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(CORPUS * 5, trainers.BpeTrainer(vocab_size=40, special_tokens=["<pad>", "<eos>", "<unk>"]))
+    tok.post_processor = processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", 1)])
+    reference = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+    config = transformers.SiglipConfig(text_config={**TEXT, "vocab_size": 40},
+                                       vision_config={**VISION, "image_size": 32})
+    src = _save(transformers.SiglipModel(config).eval(), reference, tmp_path / "s")
+    record = vitconvert.convert(src, tmp_path / "s.safetensors")
+    assert record.text.tokenizer.clean == "lowercase" and record.text.tokenizer.pad_id == 0
+    text = vitconvert.load_text_model(tmp_path / "s.safetensors")
+    expected = reference([t.lower() for t in TEXTS], padding="max_length", max_length=16, truncation=True).input_ids
+    assert text.tokenize(TEXTS).tolist() == expected

@@ -17,8 +17,8 @@ from vitconvert.core.errors import VitConvertError
 
 open_clip = pytest.importorskip("open_clip")
 
-# float32 through two blocks per tower: the largest differences seen were 7e-7 (image), 1e-6 (text) and 1.4e-6
-# (logits, scaled by exp(t) ~ 12).
+# float32 through two blocks per tower: the largest differences seen were 6e-7 (image), 1e-6 (text) and 2.1e-6
+# (logits, scaled by exp(t), 12 to 14).
 TOL = 1e-5
 CLIP_CFG = dict(embed_dim=32, vision_cfg=dict(image_size=32, layers=2, width=64, patch_size=8, head_width=16),
                 text_cfg=dict(context_length=77, vocab_size=49408, width=48, heads=4, layers=2))
@@ -32,6 +32,11 @@ def _clip(quick_gelu: bool) -> tuple[torch.nn.Module, dict]:
     with torch.no_grad():
         model.logit_scale.fill_(2.5)
     return model, cfg
+
+
+# As the hub's OpenCLIP SigLIP repositories' open_clip_config.json gives it.
+SIGLIP_PREPROCESS = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
+                     "resize_mode": "squash"}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +57,7 @@ def siglip(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, P
     torch.manual_seed(0)
     model = open_clip.CustomTextCLIP(**cfg).eval()
     perturb(model)
-    src = save_state_dict(model, folder / "ck", {**cfg, "custom_text": True})
+    src = save_state_dict(model, folder / "ck", {**cfg, "custom_text": True}, preprocess_cfg=SIGLIP_PREPROCESS)
     SiglipTokenizer(str(train_sentencepiece(folder)), model_max_length=16).save_pretrained(folder / "ck")
     dst = folder / "siglip.safetensors"
     vitconvert.convert(src, dst)
@@ -97,6 +102,8 @@ def test_siglip_via_open_clips_timm_trunk_reproduces_open_clip(siglip: tuple) ->
         ours_image, ours_text = image(x), text(ids)
         ref_image, ref_text = model.encode_image(x), model.encode_text(ids)
     assert text.probability == "sigmoid" and text.logit_bias == pytest.approx(model.logit_bias.item())
+    pre = image.record.preprocess
+    assert (pre.resize, pre.interpolation, pre.mean, pre.std) == ("squash", "bicubic", (0.5,) * 3, (0.5,) * 3)
     assert (ours_image - ref_image).abs().max() < TOL
     assert (ours_text - ref_text).abs().max() < TOL
     image_features, text_features, scale, bias = out  # open_clip's forward: normalised features, exp(t), b

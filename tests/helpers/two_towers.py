@@ -34,11 +34,13 @@ def train_sentencepiece(folder: Path) -> Path:
     return folder / "sp.model"
 
 
-def save_state_dict(model: torch.nn.Module, folder: Path, model_cfg: dict, name: str = "model.pth") -> Path:
+def save_state_dict(model: torch.nn.Module, folder: Path, model_cfg: dict, name: str = "model.pth",
+                    preprocess_cfg: dict | None = None) -> Path:
     """The state dict and open_clip_config.json beside it, as the hub's OpenCLIP repositories hold them."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), folder / name)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    config = {"model_cfg": model_cfg, **({"preprocess_cfg": preprocess_cfg} if preprocess_cfg else {})}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
     return folder / name
 
 

@@ -81,3 +81,36 @@ def test_a_tokenizer_config_names_each_wrong_field() -> None:
         TokenizerConfig(kind="sentencepiece", context_length=8, vocab_size=10, pad_id=0, clean="shout")
     with pytest.raises(VitConvertError, match="context_length 2 leaves no room"):
         TokenizerConfig(kind="tokenizers", context_length=2, vocab_size=10, pad_id=0, bos_id=1, eos_id=2)
+
+
+def test_random_ascii_texts_tokenize_as_open_clips() -> None:
+    # printable ASCII skips ftfy (which leaves it unchanged) unless it holds '&', '\r' or control characters
+    import random
+    import string
+
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(string.printable) for _ in range(rng.randint(0, 40))) for _ in range(300)]
+    for clean in ("lower", "whitespace", "canonicalize"):
+        ours = Tokenizer(*clip_tokenizer(77, clean))
+        assert ours.encode_ids(texts) == open_clip.tokenizer.SimpleTokenizer(clean=clean)(texts).tolist()
+
+
+def test_a_tokenizer_json_adds_the_ids_its_post_processor_adds(tmp_path: Path) -> None:
+    from helpers.two_towers import CORPUS
+    from tokenizers import Tokenizer as HfTokenizer
+    from tokenizers import models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = HfTokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(CORPUS * 5, trainers.BpeTrainer(vocab_size=60, special_tokens=["<pad>", "</s>", "<unk>"]))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    reference = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    reference.save_pretrained(tmp_path)
+    config, data = file_tokenizer(tmp_path / "tokenizer.json", 12, "none", "test")
+    assert (config.kind, config.bos_id, config.eos_id, config.pad_id) == ("tokenizers", None, 1, 0)
+    texts = ["a photo of a cat", "the lazy dog", "hello world this is a test of sentencepiece again"]
+    expected = reference(texts, padding="max_length", max_length=12, truncation=True).input_ids
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert Tokenizer(config, data).encode_ids(texts) == expected

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -177,6 +178,15 @@ def _text(kind: str, text: Mapping[str, Any], shapes: Mapping[str, tuple[int, ..
     return cfg, rules
 
 
+def _padding_side(folder: Path) -> object:
+    import json
+
+    try:
+        return json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("padding_side")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def _preprocess(kind: str, processor: Mapping[str, Any] | None, size: tuple[int, int],
                 where: str) -> tuple[Preprocess, list[str]]:
     if kind != "siglip2":
@@ -211,9 +221,17 @@ def _plan(reader: HfReader, request: Request) -> Plan:
         tcfg, text_rules = _text(kind, text, shapes, "text_projection.weight" if kind == "clip" else None, where)
         rules += text_rules
         path = find_tokenizer(found.weights.parent, request.options.get("tokenizer"), where)
-        # SiglipTokenizer canonicalises (lower-cased, punctuation removed); a tokenizer.json normalises inside.
+        # SiglipTokenizer canonicalises (lower-cased, punctuation removed); a tokenizer.json normalises inside, but
+        # SigLIP 2's Gemma tokenizer.json does not lower-case the texts SigLIP 2 was trained on.
         clean = "siglip" if path.suffix == ".model" and kind != "clip" else "none"
+        if kind != "clip" and path.suffix == ".json" and '"Lowercase"' not in path.read_text(encoding="utf-8"):
+            clean = "lowercase"
+            notes.append("texts lower-cased before the tokenizer, as SigLIP 2 was trained (big_vision) and as "
+                         "transformers' Siglip2Tokenizer does")
         tokenizer = file_tokenizer(path, tcfg.context_length, clean, where)
+        if kind != "clip" and _padding_side(path.parent) == "left":
+            notes.append("the tokenizer's config pads on the left; padded on the right here, as SigLIP was trained "
+                         "(its text tower has no mask, so the side changes the embedding)")
         b = float(reader.read("logit_bias").reshape(-1)[0]) if "logit_bias" in shapes else None
         tower = text_tower(tcfg, tokenizer, float(reader.read("logit_scale").reshape(-1)[0]), b, where)
         left_out = {k: "read into the record's logit_scale and logit_bias" for k in ("logit_scale", "logit_bias")

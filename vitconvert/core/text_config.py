@@ -34,8 +34,9 @@ TOKENIZER_KINDS: tuple[TokenizerKind, ...] = get_args(TokenizerKind)
 # with ftfy.fix_text and html.unescape twice; lower: whitespace runs to one space, stripped, lower-cased;
 # canonicalize: big_vision's canonicalize_text, '_' to space, string.punctuation removed, lower-cased).
 # siglip: transformers' SiglipTokenizer.canonicalize_text (lower-cased, string.punctuation removed, whitespace
-# runs to one space, stripped: no ftfy, and '_' is removed, not a space).
-Clean = Literal["none", "lower", "whitespace", "canonicalize", "siglip"]
+# runs to one space, stripped: no ftfy, and '_' is removed, not a space). lowercase: str.lower alone (SigLIP 2 was
+# trained on lower-cased texts; transformers' Siglip2Tokenizer puts a Lowercase normaliser before Gemma's).
+Clean = Literal["none", "lower", "whitespace", "canonicalize", "siglip", "lowercase"]
 CLEANS: tuple[Clean, ...] = get_args(Clean)
 
 

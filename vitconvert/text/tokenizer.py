@@ -16,6 +16,10 @@ from ..core.text_config import Clean, TokenizerConfig
 from ..formats.tokenizer_files import open_backend
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
+# Printable ASCII, tabs and newlines, no '&': what ftfy.fix_text and html.unescape leave as it is (ftfy changes only
+# non-ASCII text, control characters, terminal escapes, '\r' line breaks and HTML entities). Such a text skips them:
+# ftfy is most of the time a prompt set takes to tokenize.
+_PLAIN = re.compile(r"[\x20-\x25\x27-\x7e\t\n]*")
 
 
 def _fix_text(text: str) -> str:
@@ -29,6 +33,8 @@ def _fix_text(text: str) -> str:
 
 def _basic(text: str) -> str:
     """open_clip's basic_clean: ftfy's fixes, HTML entities unescaped twice, stripped."""
+    if _PLAIN.fullmatch(text):
+        return text.strip()
     return html.unescape(html.unescape(_fix_text(text))).strip()
 
 
@@ -53,6 +59,7 @@ CLEANERS: dict[Clean, Callable[[str], str]] = {
     "whitespace": lambda text: _whitespace(_basic(text)),
     "canonicalize": lambda text: _canonicalize(_basic(text)),
     "siglip": _siglip,
+    "lowercase": str.lower,
 }
 
 
