@@ -153,3 +153,11 @@ def test_a_lit_file_keeps_its_sentencepiece_text_tower_with_softmax_probabilitie
     texts = ["a photo of a cat", "a sketch of a tree"]
     theirs = bv.text_forward(text, reference_ids(texts, sentencepiece_model, lit.length), lit)
     torch.testing.assert_close(load_text_model(out).encode(texts).double(), theirs, atol=ATOL, rtol=0)
+
+
+def test_a_siglip2_file_lower_cases_texts_as_its_colab_does(tmp_path):
+    """SigLIP 2's Gemma vocabulary (256,000 rows) marks its `lower(key="text")` before tokenizing; no other
+    vocabulary's texts are changed."""
+    from vitconvert.conversion.jax_text import clean
+
+    assert clean(256_000) == "lowercase" and clean(32_000) == clean(250_000) == clean(16_000) == "none"

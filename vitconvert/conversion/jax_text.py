@@ -120,10 +120,10 @@ def text_rules(shapes: Mapping[str, Shape], outer: str) -> list[Rule]:
 
 
 def clean(vocab_size: int) -> str:
-    """The cleaning before tokenizing: SigLIP 2's colab lower-cases (`lower(key="text")|tok(..., model="gemma")`),
-    which the Gemma vocabulary (256,000 tokens) marks; SigLIP's and LiT's tokenize the text as given. ('lower'
-    is open_clip's, which also collapses whitespace runs and fixes text with ftfy: equal on ordinary prompts.)"""
-    return "lower" if vocab_size == 256_000 else "none"
+    """The cleaning before tokenizing: SigLIP 2's colab lower-cases (`lower(key="text")|tok(..., model="gemma")`,
+    tf.strings.lower: 'lowercase'), which the Gemma vocabulary (256,000 tokens) marks; SigLIP's and LiT's
+    tokenize the text as given."""
+    return "lowercase" if vocab_size == 256_000 else "none"
 
 
 def pad_token(vocab_size: int) -> str:
