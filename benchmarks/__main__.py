@@ -43,9 +43,9 @@ from benchmarks.common import ROOT, OtherLoad, load, machine
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray", "hf", "sharded", "finetune",
-            "serve", "gpu"]
-# peers and compile (minutes of compiling), ray, hf and sharded (optional extras), finetune (minutes of training) and
-# serve (servers started, minutes of load) are asked for by name
+            "zeroshot", "serve", "gpu"]
+# peers and compile (minutes of compiling), ray, hf and sharded (optional extras), finetune (minutes of training),
+# zeroshot (minutes of text encoding) and serve (servers started, minutes of load) are asked for by name
 DEFAULT = SECTIONS[:4]
 HEADER = """# Benchmark results
 
@@ -165,6 +165,12 @@ def serve(quick: bool) -> str:
             + s.text(s.run(list(s.MODELS), rounds=rounds, threads=1)) + "\n\n" + s.READING)
 
 
+def zeroshot(quick: bool) -> str:
+    from benchmarks import zeroshot as z
+
+    return z.text(z.run(classes=2 if quick else 3, repeats=1 if quick else 2))
+
+
 def gpu(quick: bool) -> str:
     import torch
 
@@ -180,12 +186,13 @@ def gpu(quick: bool) -> str:
 
 RUNNERS = {"conversion": conversion, "inference": inference, "cold_start": cold_start, "folder": folder,
            "peers": peers, "compile": compile_, "ray": ray, "hf": hf, "sharded": sharded,
-           "finetune": finetune, "serve": serve, "gpu": gpu}
+           "finetune": finetune, "zeroshot": zeroshot, "serve": serve, "gpu": gpu}
 TITLES = {"conversion": "Conversion", "inference": "Inference (CPU)", "cold_start": "Cold start",
           "folder": "A folder of 200 images", "peers": "Against ONNX Runtime and OpenVINO (CPU)",
           "compile": "compile=True: the float32 paths tried (CPU)", "ray": "Ray Data, local",
           "hf": "transformers in and out", "sharded": "Sharded transformers checkpoints",
-          "finetune": "Fine-tuning (CPU)", "serve": "Serving over HTTP (CPU)", "gpu": "GPU"}
+          "finetune": "Fine-tuning (CPU)", "zeroshot": "Zero-shot head building (CPU)",
+          "serve": "Serving over HTTP (CPU)", "gpu": "GPU"}
 
 
 def update(results: Path, bodies: dict[str, str]) -> None:

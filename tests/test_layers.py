@@ -35,6 +35,8 @@ MAY_IMPORT = {
     "train": {"core", "formats", "model", "inference", "train"},
     # The HTTP app: the predictor behind routes, batched.
     "serve": {"core", "formats", "catalog", "model", "inference", "serve"},
+    # Zero-shot heads: a two-tower file's text tower (text) embeds the prompts; the head is written as our file.
+    "zeroshot": {"core", "formats", "model", "text", "zeroshot"},
 }
 NO_TORCH = {"core", "formats", "conversion", "catalog"}
 # Pickled state dicts need torch to read: formats/state_dict.py is the one reader (of timm's, the tutorial

@@ -514,3 +514,23 @@ def test_timm_models_read_back_as_the_entrys_architecture(e):
     # pos_resize is how positions reach other input sizes, not the architecture (verify does not compare it).
     mine = at_size(e, cfg.patch_size, cfg.img_size)
     assert cfg == mine.replace(act=cfg.act, hybrid_gn_eps=cfg.hybrid_gn_eps, pos_resize=cfg.pos_resize)
+
+
+def test_every_two_tower_entry_whose_text_tower_is_read_names_its_vocabulary():
+    """big_vision's npz files hold no tokenizer: the manifest says where each is, as the sources load it
+    (the SigLIP colab's TOKENIZERS by vocabulary size and pp/ops_text.py's KNOWN_TOKENIZERS; SigLIP 2's
+    tokenizers.gemma; vit_jax's LiT vocab_path), and only there."""
+    from vitconvert.catalog.manifest import load_manifest
+
+    gcs = "https://storage.googleapis.com/"
+    for e in load_manifest().checkpoints:
+        if e.family == "siglip":
+            expected = gcs + ("t5-data/vocabs/mc4.250000.100extra/sentencepiece.model" if "i18n" in e.url
+                              else "t5-data/vocabs/cc_en.32000/sentencepiece.model")
+        elif e.family == "siglip2":
+            expected = gcs + "big_vision/gemma_tokenizer.model"
+        elif e.name in ("lit-L16S-img", "lit-L16Ti-img"):
+            expected = e.url.replace(".npz", ".model")
+        else:  # image models, and LiT's BERT text towers, which vitconvert does not read
+            expected = None
+        assert e.tokenizer == expected, e.name

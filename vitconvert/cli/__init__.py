@@ -48,9 +48,10 @@ def _register() -> None:
     from .manifest import download_cmd, list_cmd
     from .serve import serve_cmd
     from .verify import verify
+    from .zeroshot import embed_text_cmd, zeroshot_cmd
 
     for command in (convert_cmd, jax2torch, timm2torch, hf2torch, torch2torch, verify, export, list_cmd, download_cmd,
-                    finetune_cmd, serve_cmd):
+                    finetune_cmd, serve_cmd, zeroshot_cmd, embed_text_cmd):
         cli.add_command(command)
 
 

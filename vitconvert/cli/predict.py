@@ -12,7 +12,8 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ class Options:
     compile_: bool
     workers: int | None
     labels: str | None
+    classes: str | None
+    templates: str | None
     attention_out: Path | None
     embed_out: str | None  # None: classify; '': --embed without a file (with --ray); else OUT.npz
     tokens: bool
@@ -101,6 +104,12 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
                    "none for a single batch; on a GPU every core but one; on the CPU only cores torch leaves idle.")
 @click.option("--labels", metavar="imagenet-1k|imagenet-21k|FILE",
               help="Class names (a FILE has one name a line); default: the weights file's label set.")
+@click.option("--classes", metavar="imagenet-1k|FILE|LIST",
+              help="With a two-tower --weights file (CLIP, SigLIP, LiT): classify into these classes by their "
+                   "names, as `vitconvert zeroshot` would (imagenet-1k, a FILE with one a line, or 'cat,dog').")
+@click.option("--templates", metavar="SET|FILE|TEMPLATE",
+              help="With --classes: the prompt templates (default imagenet, OpenAI's 80; see "
+                   "`vitconvert zeroshot --help`).")
 @click.option("--attention-map", "attention_out", type=click.Path(dir_okay=False, path_type=Path),
               metavar="OUT.png",
               help="Save the attention rollout over each image (several images: OUT-<image>.png).")
@@ -147,6 +156,8 @@ def command(**given: Any) -> None:
       vitpredict photos/ -r --weights vit-b16.safetensors --ray --output predictions.parquet --embed
       vitpredict photos/ --weights vit-b16.safetensors --ray auto --replicas 8 --device cuda --output p.parquet
       vitpredict photos/ --weights vit-b16.safetensors --ray --replicas 2 --cpus-per-replica 0.5 --output p.parquet
+      vitpredict cat.jpg --weights siglip-b16.safetensors --classes imagenet-1k
+      vitpredict cat.jpg --weights clip-b32.safetensors --classes "cat,dog" --templates "a photo of a {}."
     """
     from ..inference.images import find_images
 
@@ -156,16 +167,41 @@ def command(**given: Any) -> None:
     if found.skipped():
         hint = " (--recursive searches sub-folders)" if found.skipped_folders else ""
         click.echo(f"note: skipped {found.skipped()}{hint}", err=True)
-    if options.ray_address is not None:
-        on_ray(found.paths, options)
-    else:
-        predict_here(found.paths, options, embed_out)
+    with zeroshot_weights(options) as options:
+        if options.ray_address is not None:
+            on_ray(found.paths, options)
+        else:
+            predict_here(found.paths, options, embed_out)
+
+
+@contextmanager
+def zeroshot_weights(o: Options) -> Iterator[Options]:
+    """With --classes, `o` on a zero-shot classifier built from the two-tower --weights file into a temporary
+    file (the one `vitconvert zeroshot` writes), removed afterwards; else `o` as it is."""
+    if o.classes is None:
+        yield o
+        return
+    import tempfile
+
+    from ..zeroshot.classifier import ZeroShotRequest, build_zeroshot_classifier
+
+    with tempfile.TemporaryDirectory(prefix="vitpredict-zeroshot-") as tmp:
+        out = Path(tmp) / "zeroshot.safetensors"
+        with progress_bar("embedding prompts", quiet=False) as progress:
+            build_zeroshot_classifier(resolve_weights(o.weights, o.model_name), out,
+                                      ZeroShotRequest(o.classes, o.templates or "imagenet"), progress=progress.update)
+        yield replace(o, weights=out, model_name=None, classes=None)
 
 
 def check_usage(ctx: click.Context, o: Options) -> Path | None:
     """The options that do not go together (exit 2); returns --embed's file, if any."""
     if o.weights is not None and o.model_name is not None:
         raise click.UsageError("give --weights FILE or --model NAME, not both")
+    if o.templates is not None and o.classes is None:
+        raise click.UsageError("--templates fill in the names of --classes; give --classes too")
+    if o.classes is not None and (o.labels is not None or o.embed_out is not None):
+        raise click.UsageError(f"--classes names the classes to rank: it cannot go with "
+                               f"{'--labels' if o.labels is not None else '--embed'}")
     if (o.ray_address is None) != (o.output is None):
         raise click.UsageError("--ray and --output go together")
     if o.ray_address is not None:
@@ -354,8 +390,10 @@ def attention_paths(out: Path, images: list[Path], force: bool) -> list[Path]:
 
 def format_table(entry: dict[str, Any]) -> str:
     """One image's entry (as in --json): the image, then rank, probability in % and label (the
-    class index when the classes have no names)."""
-    lines = [entry["image"], "  rank     prob  label"]
+    class index when the classes have no names). Sigmoid probabilities (SigLIP's) say so in the header:
+    each class is scored on its own, and they do not sum to 1."""
+    lines = [entry["image"], "  rank  sigmoid  label" if entry.get("probabilities") == "sigmoid"
+             else "  rank     prob  label"]
     for p in entry["predictions"]:
         label = p["label"] if p["label"] is not None else str(p["index"])
         lines.append(f"  {p['rank']:>4}  {p['probability'] * 100:6.2f}%  {label}")

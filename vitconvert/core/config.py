@@ -42,6 +42,13 @@ POS_RESIZES: tuple[PosResize, ...] = get_args(PosResize)
 # The hybrid ResNetV2 as vit_jax and timm build it (Big Transfer's), or jeonsworld/ViT-pytorch's port of it.
 HybridVariant = Literal["bit", "jeonsworld"]
 HYBRID_VARIANTS: tuple[HybridVariant, ...] = get_args(HybridVariant)
+# What the head reads: the features as they are, or scaled to unit length (a zero-shot head's cosines).
+HeadNorm = Literal["none", "l2"]
+HEAD_NORMS: tuple[HeadNorm, ...] = get_args(HeadNorm)
+# The representation layer's activation: tanh (the 2020 ImageNet-21k models) or none (a two-tower image
+# projection, kept before a zero-shot head).
+PreLogitsAct = Literal["tanh", "none"]
+PRE_LOGITS_ACTS: tuple[PreLogitsAct, ...] = get_args(PreLogitsAct)
 
 # name -> (embed_dim, depth, num_heads, mlp_dim), as in the ViT and DeiT papers.
 WIDTHS: dict[str, tuple[int, int, int, int]] = {
@@ -60,7 +67,8 @@ _BOOLS = ("fc_norm", "distilled", "qkv_bias", "no_embed_class", "pool_include_pr
           "patch_bias", "patch_norm", "layer_scale", "qk_norm", "scale_attn_norm", "scale_mlp_norm", "proj_bias",
           "patch_pre_norm")
 _CHOICES = {"pool": POOLS, "act": ACTIVATIONS, "norm": NORMS, "mlp": MLPS, "block": BLOCK_KINDS,
-            "pos_embed": POS_EMBEDS, "pos_resize": POS_RESIZES, "hybrid_variant": HYBRID_VARIANTS}
+            "pos_embed": POS_EMBEDS, "pos_resize": POS_RESIZES, "hybrid_variant": HYBRID_VARIANTS,
+            "head_norm": HEAD_NORMS, "pre_logits_act": PRE_LOGITS_ACTS}
 
 
 @dataclass(frozen=True)
@@ -231,6 +239,17 @@ class ViTConfig:
     shortcut a GroupNorm of one group per channel with eps 1e-5.
 
     Set by: tutorial (jeonsworld's hybrid)."""
+    head_norm: HeadNorm = "none"
+    """'l2': the head reads its input scaled to unit length (after the representation layer, if any), so
+    its logits are scaled cosines: a zero-shot head, whose rows are class text embeddings times the logit
+    scale and whose bias is the logit bias. 'none': the features as they are.
+
+    Set by: zeroshot (`vitconvert zeroshot`: `build_zeroshot_classifier`)."""
+    pre_logits_act: PreLogitsAct = "tanh"
+    """The representation layer's activation (with `representation_size`): 'tanh', the 2020 ImageNet-21k
+    models'; 'none', a plain Linear: a two-tower model's image projection kept before a zero-shot head.
+
+    Set by: zeroshot."""
 
     def __post_init__(self) -> None:
         # Types first: a config also comes from a file's JSON, and a wrong type must be a clear
@@ -266,6 +285,11 @@ class ViTConfig:
             problems.append("post-norm blocks have no layer scale")
         if self.block == "parallel" and (self.mlp != "mlp" or self.scale_attn_norm or self.scale_mlp_norm):
             problems.append("parallel blocks have a plain MLP and no scale norms")
+        if self.head_norm != "none" and (not self.num_classes or self.distilled):
+            problems.append("head_norm normalises what the head reads: it needs a head (num_classes > 0), and one "
+                            "head (not distilled)")
+        if self.pre_logits_act != "tanh" and not self.representation_size:
+            problems.append("pre_logits_act is the representation layer's activation: it needs representation_size")
         if self.pos_embed == "sincos2d" and (self.embed_dim % 4 or self.embed_dim < 8):
             problems.append(f"a sincos2d position embedding needs embed_dim a multiple of 4 and >= 8 "
                             f"(sin and cos of each axis), got {self.embed_dim}")
@@ -406,9 +430,9 @@ class ViTConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON values; those added with timm's family (`SINCE_FAMILY`) and after it
-        (`SINCE_TORCH_SOURCES`) only where they are not their default, so a model that was expressible
-        before is written as it was."""
-        later = {**SINCE_FAMILY, **SINCE_TORCH_SOURCES}
+        (`SINCE_TORCH_SOURCES`, `SINCE_ZEROSHOT`) only where they are not their default, so a model that was
+        expressible before is written as it was."""
+        later = {**SINCE_FAMILY, **SINCE_TORCH_SOURCES, **SINCE_ZEROSHOT}
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in later or v != later[k]}
         for name in ("img_size", "patch_size", "hybrid_layers"):
             if isinstance(d[name], tuple):
@@ -442,6 +466,10 @@ SINCE_FAMILY = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.na
 # The fields added for the PyTorch sources (lucidrains' vit-pytorch, jeonsworld's ViT-pytorch, nn.TransformerEncoder).
 SINCE_TORCH_SOURCES = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in (
     "attn_head_dim", "patch_pre_norm", "hybrid_variant")}
+# The fields added for zero-shot classifiers (issue 25: a two-tower model's image tower with a head of class
+# text embeddings).
+SINCE_ZEROSHOT = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in (
+    "head_norm", "pre_logits_act")}
 
 
 def timm_incompatibilities(cfg: ViTConfig) -> list[str]:
@@ -457,6 +485,10 @@ def timm_incompatibilities(cfg: ViTConfig) -> list[str]:
         reasons.append("a norm over the raw patches before the patch projection")
     if cfg.pos_embed == "sincos2d":
         reasons.append("a computed 2-D sin-cos position embedding")
+    if cfg.head_norm != "none":
+        reasons.append("a head on the unit-length features (a zero-shot head)")
+    if cfg.pre_logits_act != "tanh":
+        reasons.append("a representation layer without tanh")
     if cfg.hybrid_variant == "jeonsworld":
         reasons.append("jeonsworld's ResNet (timm loads its tensors but pads and normalizes otherwise: other outputs)")
     return reasons

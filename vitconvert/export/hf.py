@@ -90,6 +90,8 @@ def unexpressible(cfg: ViTConfig, features: bool) -> list[str]:
         (cfg.layer_scale and cfg.distilled, "a distillation token with layer scale: transformers' DeiT has none"),
         (cfg.distilled and bool(cfg.representation_size), ("a representation layer in a distilled model: "
                                                           "transformers' DeiT classifies the two tokens directly")),
+        (cfg.head_norm != "none", "a head on the unit-length features (a zero-shot classifier): transformers' "
+                                  "classifiers read the features as they are"),
         (bool(cfg.representation_size) and head, ("a representation layer before the classifier: transformers' "
                                                   "ViTForImageClassification classifies the class token directly; "
                                                   "export the features (--features) for a ViTModel whose pooler "

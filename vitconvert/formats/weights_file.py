@@ -34,7 +34,8 @@ TOKENIZER_KEY = "vitconvert.tokenizer"
 # Tensors of the text tower are named under this prefix; the image tower's keep timm's names.
 TEXT_PREFIX = "text."
 # Version 2: `labels` may also be the list of class names. Version 3: the optional `text` section (a two-tower
-# model's text tower, its tokenizer, logit scale and bias). Older files are still read.
+# model's text tower, its tokenizer, logit scale and bias),
+# `probability` (a zero-shot head's sigmoid) and ViTConfig's SINCE_ZEROSHOT fields. Older files are still read.
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 LABEL_SETS = {1000: "imagenet-1k", 21843: "imagenet-21k"}
@@ -200,10 +201,16 @@ class WeightsRecord:
     head_is_embedding: bool = False
     # A two-tower model's text tower (version 3); None: an image model, written as before.
     text: TextTower | None = None
+    # How the head's logits become probabilities (core/text_config.py's Probability): softmax (every classifier
+    # before, CLIP's zero-shot heads) or sigmoid (SigLIP's zero-shot heads). Written only when sigmoid.
+    probability: Probability = "softmax"
 
     def __post_init__(self) -> None:
         # Checked here, so a file cannot be written, nor read, with names that do not fit its head.
         object.__setattr__(self, "labels", check_labels(self.labels, self.config.num_classes))
+        if self.probability not in PROBABILITIES:
+            raise VitConvertError(f"probability must be {' or '.join(map(repr, PROBABILITIES))}, "
+                                  f"got {self.probability!r}")
         if not isinstance(self.head_is_embedding, bool):
             raise VitConvertError(f"head_is_embedding must be true or false, got {self.head_is_embedding!r}")
         if self.head_is_embedding and (not self.config.num_classes or self.labels is not None):
@@ -236,6 +243,7 @@ class WeightsRecord:
             "notes": list(self.notes),
             **({"head_is_embedding": True} if self.head_is_embedding else {}),
             **({"text": self.text.to_dict()} if self.text is not None else {}),
+            **({"probability": self.probability} if self.probability != "softmax" else {}),
         }, sort_keys=True)
 
     @classmethod
@@ -275,6 +283,7 @@ class WeightsRecord:
                 notes=tuple(notes),
                 head_is_embedding=d.get("head_is_embedding", False),
                 text=TextTower.from_dict(d["text"], tokenizer_file) if version >= 3 and "text" in d else None,
+                probability=d.get("probability", "softmax"),
             )
         except VitConvertError as e:
             raise VitConvertError(f"{where}: {e}") from None

@@ -38,7 +38,7 @@ class Prediction:
     rank: int  # 1 = most probable
     index: int  # class index in the model's head
     label: str | None  # None when the model's classes have no names
-    probability: float  # softmax, a fraction in [0, 1]
+    probability: float  # a fraction in [0, 1]: softmax, or sigmoid where the record says so (SigLIP)
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,14 @@ class ImagePredictions:
     image: str
     predictions: tuple[Prediction, ...]
     error: str | None = None  # why the image could not be classified (then no predictions)
+    kind: str = "softmax"  # how the probabilities were made: softmax, or sigmoid (SigLIP's zero-shot heads)
 
     def to_dict(self) -> dict:
         if self.error is not None:
             return {"image": self.image, "error": self.error}
-        return {"image": self.image, "predictions": [asdict(p) for p in self.predictions]}
+        # The kind only where it is not every classifier's softmax, so that their output stays as it was.
+        return {"image": self.image, "predictions": [asdict(p) for p in self.predictions],
+                **({"probabilities": self.kind} if self.kind != "softmax" else {})}
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,8 @@ class Predictor:
         return prepare(image, self.preprocess, self.max_pixels, name)
 
     def probabilities(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        """Softmax over the classes, (len(images), num_classes), float32 on the CPU."""
+        """Softmax over the classes (a sigmoid of each, where the record says so), (len(images), num_classes),
+        float32 on the CPU."""
         return self.batch_probabilities(torch.stack([self.transform(image) for image in _as_list(images)]))
 
     def check_top_k(self) -> None:
@@ -148,7 +152,8 @@ class Predictor:
 
     @torch.inference_mode()
     def _launch_probabilities(self, batch: torch.Tensor, pad_to: int | None = None) -> InFlight:
-        return InFlight.to_cpu(self._run("forward", batch, pad_to).float().softmax(dim=-1))
+        logits = self._run("forward", batch, pad_to).float()
+        return InFlight.to_cpu(logits.sigmoid() if self.record.probability == "sigmoid" else logits.softmax(dim=-1))
 
     @torch.inference_mode()
     def _launch_embeddings(self, batch: torch.Tensor, tokens: bool, normalize: bool,
@@ -189,7 +194,7 @@ class Predictor:
             return self.ranked(probabilities, top_k)
 
         for name, row, error in self._per_image(images, batch_size, workers, errors, launch, ranked):
-            yield ImagePredictions(name, () if error is not None else row, error=error)
+            yield ImagePredictions(name, () if error is not None else row, error=error, kind=self.record.probability)
 
     def ranked(self, probabilities: torch.Tensor, top_k: int) -> list[tuple[Prediction, ...]]:
         """The `top_k` most probable classes of each row of (B, num_classes) `probabilities`, named."""

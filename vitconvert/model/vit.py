@@ -46,14 +46,16 @@ class PatchEmbed(nn.Module):
 
 
 class PreLogits(nn.Module):
-    """The representation layer of the 2020 ImageNet-21k models: Linear + tanh."""
+    """The representation layer: Linear + tanh (the 2020 ImageNet-21k models), or the Linear alone (a
+    two-tower image projection before a zero-shot head)."""
 
-    def __init__(self, dim: int, size: int) -> None:
+    def __init__(self, dim: int, size: int, tanh: bool = True) -> None:
         super().__init__()
         self.fc = nn.Linear(dim, size)
+        self.tanh = tanh
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.fc(x))
+        return torch.tanh(self.fc(x)) if self.tanh else self.fc(x)
 
 
 class Intermediates(NamedTuple):
@@ -90,7 +92,7 @@ class VisionTransformer(nn.Module):
             self.attn_pool = AttentionPoolLatent(D, cfg.num_heads, cfg.mlp_dim, norm, cfg.act)
         self.fc_norm = norm(D) if cfg.final_norm and cfg.fc_norm else nn.Identity()
         if cfg.representation_size:
-            self.pre_logits = PreLogits(D, cfg.representation_size)
+            self.pre_logits = PreLogits(D, cfg.representation_size, tanh=cfg.pre_logits_act == "tanh")
         # A backbone (no classes) ends in its pooled features, as timm's does.
         self.head = nn.Linear(cfg.representation_size or D, cfg.num_classes) if cfg.num_classes else nn.Identity()
         if cfg.distilled:
@@ -169,6 +171,8 @@ class VisionTransformer(nn.Module):
             return (self.head(pooled[0]) + self.head_dist(pooled[1])) / 2
         if self.config.representation_size:
             pooled = self.pre_logits(pooled)
+        if self.config.head_norm == "l2":
+            pooled = F.normalize(pooled, dim=-1)
         return self.head(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

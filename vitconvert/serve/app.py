@@ -113,7 +113,8 @@ class _Server:
         self._classes()
         name, inputs = await self._image(request)
         probabilities = await self.batcher.submit(PREDICT, inputs)
-        return JSONResponse(ImagePredictions(name, self.predictor.ranked(probabilities[None], top_k)[0]).to_dict())
+        return JSONResponse(ImagePredictions(name, self.predictor.ranked(probabilities[None], top_k)[0],
+                                            kind=self.predictor.record.probability).to_dict())
 
     async def embed(self, request: Request) -> JSONResponse:
         tokens, normalize = _flag_param(request, "tokens"), _flag_param(request, "normalize")
