@@ -34,7 +34,7 @@ MAY_IMPORT = {
     # Fine-tuning: reads images as inference does and writes our files; the CLI resolves --model names.
     "train": {"core", "formats", "model", "inference", "train"},
     # The HTTP app: the predictor behind routes, batched.
-    "serve": {"core", "formats", "catalog", "model", "inference", "serve"},
+    "serve": {"core", "formats", "catalog", "model", "inference", "text", "zeroshot", "serve"},
     # Zero-shot heads: a two-tower file's text tower (text) embeds the prompts; the head is written as our file.
     "zeroshot": {"core", "formats", "model", "text", "zeroshot"},
 }

@@ -118,6 +118,38 @@ def test_zero_shot_classes_need_a_two_tower_file(tiny_weights):
         create_app(tiny_weights, classes=["cat", "dog"])
 
 
+def test_a_two_tower_file_with_classes_answers_as_vitpredict_classes(tmp_path, vitpredict, cat_jpg):
+    import open_clip
+
+    from vitconvert import convert
+
+    torch.manual_seed(0)
+    cfg = {"embed_dim": 24, "vision_cfg": {"layers": 2, "width": 32, "patch_size": 16, "image_size": 64,
+                                           "head_width": 16},
+           "text_cfg": {"layers": 2, "width": 32, "heads": 2, "context_length": 77}}
+    model = open_clip.CLIP(embed_dim=24, vision_cfg=open_clip.model.CLIPVisionCfg(**cfg["vision_cfg"]),
+                           text_cfg=open_clip.model.CLIPTextCfg(**cfg["text_cfg"]))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:  # weights large enough that the classes differ
+                p.normal_(0, 0.2)
+    torch.save(model.state_dict(), tmp_path / "clip.pt")
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    weights = convert(tmp_path / "clip.pt", tmp_path / "clip.safetensors") and tmp_path / "clip.safetensors"
+    classes, templates = "cat,dog,bird", tmp_path / "templates.txt"
+    templates.write_text("a photo of a {}.\nart of the {}.\n")
+    expected = vitpredict(cat_jpg, "--weights", weights, "--classes", classes, "--templates", templates,
+                          "--json", "--top", "3")
+    assert expected.code == 0, expected.err
+    expected = expected.json()[0]
+    served = create_app(weights, classes=classes, templates=str(templates))
+    (response,) = call(served, ("POST", "/predict", {"content": cat_jpg.read_bytes(), "params": {"top": "3"}}))
+    answer = response.json()
+    assert response.status_code == 200
+    assert [p["label"] for p in answer["predictions"]] == [p["label"] for p in expected["predictions"]]
+    assert answer["predictions"] == expected["predictions"]
+
+
 # The batcher alone.
 
 def doubling_forward(calls: list):

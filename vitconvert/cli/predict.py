@@ -8,6 +8,7 @@ that, so `--help` and a mistyped path answer at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections import Counter
@@ -181,15 +182,13 @@ def zeroshot_weights(o: Options) -> Iterator[Options]:
     if o.classes is None:
         yield o
         return
-    import tempfile
+    from ..zeroshot.classifier import ZeroShotRequest, zeroshot_classifier_file
 
-    from ..zeroshot.classifier import ZeroShotRequest, build_zeroshot_classifier
-
-    with tempfile.TemporaryDirectory(prefix="vitpredict-zeroshot-") as tmp:
-        out = Path(tmp) / "zeroshot.safetensors"
-        with progress_bar("embedding prompts", quiet=False) as progress:
-            build_zeroshot_classifier(resolve_weights(o.weights, o.model_name), out,
-                                      ZeroShotRequest(o.classes, o.templates or "imagenet"), progress=progress.update)
+    request = ZeroShotRequest(o.classes, o.templates or "imagenet")
+    with contextlib.ExitStack() as stack:
+        with progress_bar("embedding prompts", quiet=False) as progress:  # closed before the predictions start
+            out = stack.enter_context(zeroshot_classifier_file(resolve_weights(o.weights, o.model_name), request,
+                                                               progress=progress.update))
         yield replace(o, weights=out, model_name=None, classes=None)
 
 

@@ -24,8 +24,12 @@ from .errors import debug_option
               help="Most requests run through the model as one batch.")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Longest a request waits for others to join its batch, in milliseconds.")
-@click.option("--classes", metavar="NAME,NAME...|FILE",
-              help="Zero-shot class names (comma-separated, or a file with one a line), for a two-tower file.")
+@click.option("--classes", metavar="imagenet-1k|FILE|LIST",
+              help="With a two-tower file (CLIP, SigLIP, LiT): serve the zero-shot classifier of these classes, "
+                   "as vitconvert zeroshot builds it (comma-separated names, a file with one a line, or "
+                   "imagenet-1k).")
+@click.option("--templates", metavar="imagenet|FILE|LIST",
+              help="With --classes: the prompt templates, each with one {} (default imagenet).")
 @click.option("--labels", metavar="imagenet-1k|imagenet-21k|FILE",
               help="Class names of a classifier (a FILE has one name a line); default: the file's own.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
@@ -42,7 +46,7 @@ from .errors import debug_option
               help="With --ray: CPUs each replica takes.")
 @debug_option
 def serve_cmd(weights: Path, host: str, port: int, max_batch: int, max_wait_ms: float, classes: str | None,
-              labels: str | None, device: str, dtype: str, max_mb: float, ray_address: str | None,
+              templates: str | None, labels: str | None, device: str, dtype: str, max_mb: float, ray_address: str | None,
               replicas: int, cpus_per_replica: float) -> None:
     """Serve FILE over HTTP: POST /predict (an image as the body, or multipart field 'image'; ?top=K)
     answers the JSON vitpredict --json prints for it; POST /embed (?normalize=1, ?tokens=1) the embedding
@@ -58,6 +62,7 @@ def serve_cmd(weights: Path, host: str, port: int, max_batch: int, max_wait_ms: 
       vitconvert serve vit-b16.safetensors --host 0.0.0.0 --port 9000 --max-batch 32 --max-wait-ms 10
       vitconvert serve vit-b16.safetensors --device cuda --dtype bfloat16 --max-batch 64
       vitconvert serve vit-b16.safetensors --ray --replicas 2
+      vitconvert serve siglip-b16.safetensors --classes imagenet-1k
       vitconvert serve vit-b16.safetensors --ray auto --replicas 8 --host 0.0.0.0
 
     \b
@@ -75,11 +80,16 @@ def serve_cmd(weights: Path, host: str, port: int, max_batch: int, max_wait_ms: 
         for name in ("replicas", "cpus_per_replica"):
             if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
                 raise click.UsageError(f"--{name.replace('_', '-')} goes with --ray")
+    if templates is not None and classes is None:
+        raise click.UsageError("--templates fill in the names of --classes; give --classes too")
+    if classes is not None and labels is not None:
+        raise click.UsageError("--classes names the classes of a two-tower file: it cannot go with --labels")
     plan = plan_prediction(weights, labels=labels)  # the record, read once, before torch
     if classes is not None:
         check_classes(plan)
     options: dict[str, Any] = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "device": device,
-                               "dtype": dtype, "max_bytes": int(max_mb * 1024 * 1024)}
+                               "dtype": dtype, "max_bytes": int(max_mb * 1024 * 1024), "classes": classes,
+                               "templates": templates}
     reach = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else "other machines too"
 
     def announce(url: str) -> None:

@@ -51,21 +51,32 @@ class RequestError(Exception):
 
 
 def create_app(weights: str | os.PathLike | PredictionPlan, *, max_batch: int = 16, max_wait_ms: float = 5.0,
-               classes: Sequence[str] | None = None, device: str = "cpu", dtype: str = "float32",
+               classes: str | Sequence[str] | None = None, templates: str | Sequence[str] | None = None,
+               device: str = "cpu", dtype: str = "float32",
                img_size: int | str | tuple[int, int] | None = None, labels: str | os.PathLike | None = None,
                max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, decode_threads: int = 2) -> Starlette:
     """The app serving `weights` (a file, or `plan_prediction`'s plan of it), its model loaded now.
 
     `max_batch` requests at most run as one forward, the first of them waiting at most `max_wait_ms` for
-    the others; `decode_threads` threads decode images meanwhile. `classes`: zero-shot class names, for
-    a two-tower file (refused otherwise). `device`, `dtype`, `img_size` and `labels` are `Predictor`'s.
+    the others; `decode_threads` threads decode images meanwhile. `classes` (and `templates`, default
+    imagenet), as `vitconvert zeroshot` takes them: a two-tower file served as the zero-shot classifier
+    built from it (refused for a file without a text tower). `device`, `dtype`, `img_size` and `labels`
+    are `Predictor`'s.
     A body over `max_bytes`, or an image over `max_pixels`, is refused.
     """
     plan = weights if isinstance(weights, PredictionPlan) else plan_prediction(weights, img_size=img_size,
                                                                               labels=labels)
-    if classes is not None:
-        check_classes(plan)
-    predictor = Predictor(plan, device=device, dtype=dtype, max_pixels=max_pixels)
+    with contextlib.ExitStack() as baked:
+        if classes is not None:
+            check_classes(plan)
+            from ..zeroshot.classifier import ZeroShotRequest, zeroshot_classifier_file
+
+            request = ZeroShotRequest(classes, templates or "imagenet")
+            plan = plan_prediction(baked.enter_context(zeroshot_classifier_file(plan.path, request)),
+                                   img_size=img_size)
+        elif templates is not None:
+            raise VitConvertError("templates fill in the names of classes; give classes too")
+        predictor = Predictor(plan, device=device, dtype=dtype, max_pixels=max_pixels)  # loaded: the file may go
     batcher = Batcher(lambda key, batch: run_forward(predictor, key, batch), max_batch=max_batch,
                       max_wait_ms=max_wait_ms, decode_threads=decode_threads)
     server = _Server(predictor, batcher, max_bytes)
@@ -88,9 +99,10 @@ def create_app(weights: str | os.PathLike | PredictionPlan, *, max_batch: int = 
 
 
 def check_classes(plan: PredictionPlan) -> None:
-    """Zero-shot classes need a text tower to embed them; the files this version reads hold one image tower."""
-    raise VitConvertError(f"--classes needs a two-tower file (an image and a text tower, for zero-shot "
-                          f"classification); {plan.path} holds an image model only")
+    """Zero-shot classes need a text tower to embed them."""
+    if plan.record.text is None:
+        raise VitConvertError(f"--classes needs a two-tower file (an image and a text tower, for zero-shot "
+                              f"classification); {plan.path} holds an image model only")
 
 
 def run_forward(predictor: Predictor, key: Hashable, batch: torch.Tensor) -> torch.Tensor:

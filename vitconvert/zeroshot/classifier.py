@@ -10,8 +10,10 @@ and the zero-shot head (head.py) reads it: the logits are the source's
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,3 +120,14 @@ def build_zeroshot_classifier(src: str | os.PathLike, dst: str | os.PathLike, re
                                reader.shapes, embedding_head, head)
     return write_weights(dst, specs, zeroshot_record(record, src, config, head, request), source_path=src,
                          dtype=dtype, force=force)
+
+
+@contextlib.contextmanager
+def zeroshot_classifier_file(src: str | os.PathLike, request: ZeroShotRequest, *,
+                             progress: Callable[[int, int], None] | None = None) -> Iterator[Path]:
+    """The zero-shot classifier of the two-tower file `src` (the file `vitconvert zeroshot` writes), in a
+    temporary directory removed on exit: how vitpredict and serve classify by class names on the fly."""
+    with tempfile.TemporaryDirectory(prefix="vitconvert-zeroshot-") as tmp:
+        out = Path(tmp) / "zeroshot.safetensors"
+        build_zeroshot_classifier(src, out, request, progress=progress)
+        yield out
