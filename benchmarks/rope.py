@@ -28,7 +28,7 @@ def models(timm_name: str, res: int):
     from vitconvert.conversion.timm_models import timm_config
     from vitconvert.model.loading import build_with_weights
 
-    theirs = realistic_random(timm.create_model(timm_name, pretrained=False, img_size=res))
+    theirs = realistic_random(timm.create_model(timm_name, pretrained=False, img_size=res, num_classes=1000))
     cfg = timm_config(theirs, timm_name)
     ours = build_with_weights(cfg, to_our_names(theirs.state_dict(), torch.cat))
     return ours.eval(), theirs.eval()
