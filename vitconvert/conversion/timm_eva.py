@@ -20,15 +20,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..core.param_shapes import param_shapes
-from ..formats.weights_file import label_set_for
+from ..formats.weights_file import Preprocess, label_set_for
 from .mapping import IDENTITY, Op, Rule, Shape
 from .source import Detection, Option, Plan, Probe, Request, SourceFormat
+
+if TYPE_CHECKING:
+    from .timm import TimmReader
 
 T = TypeVar("T")
 
@@ -100,12 +104,12 @@ def _rules(sources: Mapping[str, tuple[str, ...]], targets: Sequence[str]) -> li
     return [Rule(t, sources.get(t, (t,)), QKV_ROWS if len(sources.get(t, ())) > 1 else IDENTITY) for t in targets]
 
 
-def _plan(reader: Any, request: Request) -> Plan:
+def _plan(reader: TimmReader, request: Request) -> Plan:
     from .timm_models import timm_pretrained
 
     src, model = reader.path, request.options.get("model")
     sources = eva_sources(reader.shapes.keys())
-    notes = list(getattr(reader, "notes", []))
+    notes = list(reader.notes)
     if model:
         cfg, preprocess = timm_pretrained(model, request.options.get("timm_kwargs"))
     else:
@@ -121,13 +125,13 @@ def _plan(reader: Any, request: Request) -> Plan:
                      "concatenated into qkv (q, k, v), their biases into qkv.bias or q_bias/v_bias")
     return Plan(config=cfg, rules=_rules(sources, list(param_shapes(cfg))), bindings={},
                 source_format="timm-eva" + (f"/{model}" if model else ""), preprocess=preprocess,
-                labels=label_set_for(cfg.num_classes), notes=notes, left_out=dict(getattr(reader, "left_out", {})))
+                labels=label_set_for(cfg.num_classes), notes=notes, left_out=dict(reader.left_out))
 
 
-def _mixed_without_name(reader: Any, src: Any, sources: Mapping[str, tuple[str, ...]]) -> tuple[Any, Any]:
+def _mixed_without_name(reader: TimmReader, src: Any, sources: Mapping[str, tuple[str, ...]]
+                        ) -> tuple[ViTConfig, Preprocess]:
     """A RoPE-Mixed file's config from its tensors: timm's VisionTransformer reading of the shapes under our
     names, the heads from `rope.freqs`, and Eva's marks (q/v biases, attention-only layer scale)."""
-    from ..formats.weights_file import Preprocess
     from .timm import TIMM_DEFAULT_PREPROCESS, config_from_shapes
 
     shapes = {ours: _rows_shape(*(reader.shapes[s] for s in srcs)) for ours, srcs in sources.items()}
@@ -164,7 +168,7 @@ def _detect(probe: Probe) -> Detection | None:
     return None if mark is None else Detection(1.0, f"a timm state dict with Eva's {mark}")
 
 
-def _open(probe: Probe) -> Any:
+def _open(probe: Probe) -> TimmReader:
     from .timm import TimmReader
 
     return TimmReader(probe)
