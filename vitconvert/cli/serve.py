@@ -46,8 +46,8 @@ from .errors import debug_option
               help="With --ray: CPUs each replica takes.")
 @debug_option
 def serve_cmd(weights: Path, host: str, port: int, max_batch: int, max_wait_ms: float, classes: str | None,
-              templates: str | None, labels: str | None, device: str, dtype: str, max_mb: float, ray_address: str | None,
-              replicas: int, cpus_per_replica: float) -> None:
+              templates: str | None, labels: str | None, device: str, dtype: str, max_mb: float,
+              ray_address: str | None, replicas: int, cpus_per_replica: float) -> None:
     """Serve FILE over HTTP: POST /predict (an image as the body, or multipart field 'image'; ?top=K)
     answers the JSON vitpredict --json prints for it; POST /embed (?normalize=1, ?tokens=1) the embedding
     vitpredict --embed computes; GET /health (with batching counts); GET /model (the file's record).

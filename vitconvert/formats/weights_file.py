@@ -34,8 +34,9 @@ TOKENIZER_KEY = "vitconvert.tokenizer"
 # Tensors of the text tower are named under this prefix; the image tower's keep timm's names.
 TEXT_PREFIX = "text."
 # Version 2: `labels` may also be the list of class names. Version 3: the optional `text` section (a two-tower
-# model's text tower, its tokenizer, logit scale and bias),
-# `probability` (a zero-shot head's sigmoid) and ViTConfig's SINCE_ZEROSHOT fields. Older files are still read.
+# model's text tower, its tokenizer, logit scale and bias), `probability` (a zero-shot head's sigmoid), and the
+# config's new fields (core/config.py SINCE_ROPE, SINCE_ZEROSHOT: rope, k_bias, kv_heads, head_norm, ...), which a
+# reader of version 2 does not know. Versions 1 and 2 are still read.
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 LABEL_SETS = {1000: "imagenet-1k", 21843: "imagenet-21k"}
