@@ -131,7 +131,7 @@ def test_intermediates_name_every_stage_and_end_in_the_logits() -> None:
     (dict(pool="cls"), "pool must be"),
     (dict(act="tanh"), "act must be"),
     (dict(pos_resize="bilinear"),
-     "pos_resize must be 'bicubic' or 'dino' or 'flexivit' or 'transformers', got 'bilinear'"),
+     "pos_resize must be 'bicubic' or 'dino' or 'flexivit' or 'transformers' or 'torchvision', got 'bilinear'"),
     (dict(pool="gap", distilled=True), "distilled model needs pool='token'"),
     (dict(block="parallel", attn_head_dim=32), "parallel blocks split embed_dim into the heads"),
     (dict(block="post_norm", layer_scale=True), "post-norm blocks have no layer scale"),
