@@ -74,6 +74,15 @@ class TokenParts(NamedTuple):
     patch_tokens: torch.Tensor  # (B, h * w, D), row by row
 
 
+def token_parts(x: torch.Tensor, cfg: ViTConfig) -> TokenParts:
+    """`cfg`'s model's tokens ([class, registers, distillation, patches], timm's order) split by kind."""
+    start, parts = 0, []
+    for count, single in ((int(cfg.has_class_token), True), (cfg.reg_tokens, False), (int(cfg.distilled), True)):
+        parts.append(None if not count else x[:, start] if single else x[:, start:start + count])
+        start += count
+    return TokenParts(*parts, x[:, start:])
+
+
 class VisionTransformer(nn.Module):
     """Runs at its config's size and at any other its patches tile: the stored position table resampled
     to the input's grid by the config's `pos_resize` (the same arithmetic as `load_model(img_size=)`),
@@ -161,15 +170,6 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Every token after the blocks and the final norm, (B, N, D): timm's `forward_features`."""
         return self.norm(self.blocks(self.embed_tokens(x)))
-
-    def token_parts(self, x: torch.Tensor) -> TokenParts:
-        """Tokens in this model's order ([class, registers, distillation, patches], timm's) split by kind."""
-        cfg, start = self.config, 0
-        parts: list[torch.Tensor | None] = []
-        for count, single in ((int(cfg.has_class_token), True), (cfg.reg_tokens, False), (int(cfg.distilled), True)):
-            parts.append(None if not count else x[:, start] if single else x[:, start:start + count])
-            start += count
-        return TokenParts(*parts, x[:, start:])
 
     def get_intermediate_layers(self, x: torch.Tensor, n: int | Sequence[int] = 1, reshape: bool = False,
                                 return_class_token: bool = False, norm: bool = True, *,
