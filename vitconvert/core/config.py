@@ -42,6 +42,18 @@ POS_RESIZES: tuple[PosResize, ...] = get_args(PosResize)
 # The hybrid ResNetV2 as vit_jax and timm build it (Big Transfer's), or jeonsworld/ViT-pytorch's port of it.
 HybridVariant = Literal["bit", "jeonsworld"]
 HYBRID_VARIANTS: tuple[HybridVariant, ...] = get_args(HybridVariant)
+# The rotary position embeddings of timm's Eva (layers/pos_embed_sincos.py), each computed for the input's grid:
+# cat: RotaryEmbeddingCat (EVA-02, PE, timm's SBB and Naver's axial RoPE-ViT): fixed inverse-temperature
+# frequencies on patch indices; mixed: RotaryEmbeddingMixed (Naver's RoPE-Mixed): learned per-block, per-head
+# frequencies (`rope.freqs`); dinov3: RotaryEmbeddingDinoV3: periods on centred coordinates normalised to [-1, 1].
+RopeKind = Literal["none", "cat", "mixed", "dinov3"]
+ROPE_KINDS: tuple[RopeKind, ...] = get_args(RopeKind)
+# meshgrid's indexing: ij keeps the coordinate channels (row, column); xy swaps them (column, row).
+GridIndexing = Literal["ij", "xy"]
+GRID_INDEXINGS: tuple[GridIndexing, ...] = get_args(GridIndexing)
+# How DINOv3's centred coordinates are divided: each axis by its own size, or both by the smaller or larger.
+RopeNormalize = Literal["separate", "min", "max"]
+ROPE_NORMALIZES: tuple[RopeNormalize, ...] = get_args(RopeNormalize)
 
 # name -> (embed_dim, depth, num_heads, mlp_dim), as in the ViT and DeiT papers.
 WIDTHS: dict[str, tuple[int, int, int, int]] = {
@@ -58,9 +70,10 @@ _POSITIVE_INTS = ("in_chans", "embed_dim", "depth", "num_heads", "mlp_dim", "hyb
 _COUNTS = ("num_classes", "reg_tokens")  # zero allowed
 _BOOLS = ("fc_norm", "distilled", "qkv_bias", "no_embed_class", "pool_include_prefix", "final_norm", "pre_norm",
           "patch_bias", "patch_norm", "layer_scale", "qk_norm", "scale_attn_norm", "scale_mlp_norm", "proj_bias",
-          "patch_pre_norm")
+          "patch_pre_norm", "k_bias", "mlp_layer_scale", "rope_rotate_half")
 _CHOICES = {"pool": POOLS, "act": ACTIVATIONS, "norm": NORMS, "mlp": MLPS, "block": BLOCK_KINDS,
-            "pos_embed": POS_EMBEDS, "pos_resize": POS_RESIZES, "hybrid_variant": HYBRID_VARIANTS}
+            "pos_embed": POS_EMBEDS, "pos_resize": POS_RESIZES, "hybrid_variant": HYBRID_VARIANTS,
+            "rope": ROPE_KINDS, "rope_grid_indexing": GRID_INDEXINGS, "rope_normalize_coords": ROPE_NORMALIZES}
 
 
 @dataclass(frozen=True)
@@ -230,6 +243,53 @@ class ViTConfig:
     shortcut a GroupNorm of one group per channel with eps 1e-5.
 
     Set by: tutorial (jeonsworld's hybrid)."""
+    k_bias: bool = True
+    """With qkv_bias: False leaves the keys without a bias (EVA's and BEiT's attention). The query and value
+    biases are then parameters of their own, `attn.q_bias` and `attn.v_bias` (timm's names), and qkv has none.
+
+    Set by: timm (Eva: EvaAttention; a separate q_proj/k_proj/v_proj without k_proj.bias)."""
+    kv_heads: tuple[int, ...] | None = None
+    """Key/value heads of each block, for grouped-query attention (head h reads key/value head
+    h // (num_heads / kv_heads[i])): qkv projects to (num_heads + 2 * kv_heads[i]) * head_dim. None: num_heads in
+    every block (a tuple of num_heads only is stored as None).
+
+    Set by: timm (Eva: Sapiens2's num_kv_heads)."""
+    mlp_layer_scale: bool = True
+    """With layer_scale: False scales the attention branch only (ls1.gamma; timm's attn_only_layer_scale).
+
+    Set by: timm (Eva: Sapiens2)."""
+    pool_heads: int | None = None
+    """Heads of the attention pooling (pool='map'); None: num_heads. Set by: timm (Eva: attn_pool_num_heads)."""
+    pool_mlp_dim: int | None = None
+    """The hidden width of the attention pooling's MLP (pool='map'); None: mlp_dim.
+
+    Set by: timm (Eva: attn_pool_mlp_ratio)."""
+    rope: RopeKind = "none"
+    """Rotary position embeddings in every attention layer (see RopeKind), on the queries and keys of the patch
+    tokens; the prefix tokens (class, registers) are not rotated. Computed for the input's patch grid.
+
+    Set by: timm (Eva: use_rot_pos_emb, rope_type)."""
+    rope_temperature: float = 10000.0
+    """The RoPE frequencies' base: cat: 1 / t**(i / n) for n = head_dim / 4 bands; mixed: the magnitudes its
+    learned frequencies were initialised from (not used at forward); dinov3: the periods t**(2i / (head_dim / 2)).
+
+    Set by: timm (Eva: rope_temperature)."""
+    rope_ref_grid: tuple[int, int] | None = None
+    """cat: the patch grid (rows, columns) the RoPE positions are scaled to: position p on a grid of n rows counts
+    as p * ref / n (EVA-02's and PE's rule for other sizes, each axis by its own). None: plain patch indices.
+
+    Set by: timm (Eva: ref_feat_shape)."""
+    rope_grid_offset: float = 0.0
+    """Added to every RoPE position before any scaling (cat: patch indices; dinov3: the centred ones, 0.5 +
+    index). Set by: timm (Eva: rope_grid_offset; PE's 1)."""
+    rope_grid_indexing: GridIndexing = "ij"
+    """The order of the RoPE frequency channels: ij rows first (the first half of each head's bands rotates by
+    the row), xy columns first. Set by: timm (Eva: rope_grid_indexing)."""
+    rope_rotate_half: bool = False
+    """How the rotated pairs sit in a head: False interleaved (x0, x1), (x2, x3), ...; True the two halves
+    (x_i, x_{i + head_dim / 2}), as in DINOv3 and LLaMA. Set by: timm (Eva: rope_rotate_half)."""
+    rope_normalize_coords: RopeNormalize = "separate"
+    """dinov3: what the centred coordinates are divided by (see RopeNormalize). Set by: timm ('separate')."""
 
     def __post_init__(self) -> None:
         # Types first: a config also comes from a file's JSON, and a wrong type must be a clear
@@ -245,6 +305,8 @@ class ViTConfig:
             object.__setattr__(self, "class_token", None)
         if self.attn_head_dim is not None and self.attn_head_dim * self.num_heads == self.embed_dim:
             object.__setattr__(self, "attn_head_dim", None)
+        if self.kv_heads is not None and set(self.kv_heads) == {self.num_heads}:
+            object.__setattr__(self, "kv_heads", None)
         # Attention pooling splits the width into the heads whatever attn_head_dim says.
         if (self.attn_head_dim is None or self.pool == "map") and self.embed_dim % self.num_heads:
             problems.append(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
@@ -265,6 +327,7 @@ class ViTConfig:
             problems.append("post-norm blocks have no layer scale")
         if self.block == "parallel" and (self.mlp != "mlp" or self.scale_attn_norm or self.scale_mlp_norm):
             problems.append("parallel blocks have a plain MLP and no scale norms")
+        problems += self._rope_attention_problems()
         if self.pos_embed == "sincos2d" and (self.embed_dim % 4 or self.embed_dim < 8):
             problems.append(f"a sincos2d position embedding needs embed_dim a multiple of 4 and >= 8 "
                             f"(sin and cos of each axis), got {self.embed_dim}")
@@ -280,6 +343,29 @@ class ViTConfig:
         if problems:
             raise VitConvertError("invalid ViT config: " + "; ".join(problems))
 
+    def _rope_attention_problems(self) -> list[str]:
+        problems = []
+        if not self.k_bias and not self.qkv_bias:
+            problems.append("k_bias=false (q and v biases only) needs qkv_bias")
+        if self.kv_heads is not None:
+            if len(self.kv_heads) != self.depth:
+                problems.append(f"kv_heads needs one count per block ({self.depth}), got {len(self.kv_heads)}")
+            elif bad := [n for n in self.kv_heads if self.num_heads % n]:
+                problems.append(f"kv_heads must divide num_heads {self.num_heads}, got {bad[0]}")
+        if (self.kv_heads is not None or not self.k_bias) and self.block not in ("pre_norm", "res_post"):
+            problems.append("q/v-only biases and grouped-query attention are built in pre-norm and res-post blocks")
+        if self.rope != "none":
+            if self.head_dim % 4:
+                problems.append(f"RoPE rotates pairs of each axis' bands: head_dim {self.head_dim} must be a "
+                                "multiple of 4")
+            if self.block not in ("pre_norm", "res_post"):
+                problems.append("RoPE is built in pre-norm and res-post blocks")
+        if self.rope_ref_grid is not None and self.rope != "cat":
+            problems.append("rope_ref_grid scales the positions of rope='cat' only")
+        if self.rope == "mixed" and self.rope_rotate_half:
+            problems.append("rope='mixed' rotates interleaved pairs (timm's RotaryEmbeddingMixed): no rope_rotate_half")
+        return problems
+
     def _type_problems(self) -> list[str]:
         problems = []
         if not is_size(self.img_size):
@@ -293,7 +379,7 @@ class ViTConfig:
         for name in _COUNTS:
             if not (is_int(value := getattr(self, name)) and value >= 0):
                 problems.append(f"{name} must be an integer >= 0, got {value!r}")
-        for name in ("representation_size", "attn_head_dim"):
+        for name in ("representation_size", "attn_head_dim", "pool_heads", "pool_mlp_dim"):
             if (value := getattr(self, name)) is not None and not (is_int(value) and value > 0):
                 problems.append(f"{name} must be a positive integer or null, got {value!r}")
         for name in _BOOLS:
@@ -301,9 +387,16 @@ class ViTConfig:
                 problems.append(f"{name} must be true or false, got {value!r}")
         if self.class_token is not None and not isinstance(self.class_token, bool):
             problems.append(f"class_token must be true, false or null, got {self.class_token!r}")
-        for name in ("ln_eps", "hybrid_gn_eps"):
+        for name in ("ln_eps", "hybrid_gn_eps", "rope_temperature"):
             if not (is_real(eps := getattr(self, name)) and eps > 0):
                 problems.append(f"{name} must be a positive number, got {eps!r}")
+        if not is_real(self.rope_grid_offset):
+            problems.append(f"rope_grid_offset must be a number, got {self.rope_grid_offset!r}")
+        if self.rope_ref_grid is not None and not is_size(self.rope_ref_grid):
+            problems.append(f"rope_ref_grid must be null or (rows, columns) > 0, got {self.rope_ref_grid!r}")
+        heads = self.kv_heads
+        if heads is not None and not (isinstance(heads, tuple) and all(is_int(n) and n > 0 for n in heads)):
+            problems.append(f"kv_heads must be null or a list of positive head counts, got {heads!r}")
         for name, choices in _CHOICES.items():
             if (value := getattr(self, name)) not in choices:
                 problems.append(f"{name} must be {' or '.join(map(repr, choices))}, got {value!r}")
@@ -374,6 +467,10 @@ class ViTConfig:
         """The width of each attention head."""
         return self.attn_head_dim or self.embed_dim // self.num_heads
 
+    def block_kv_heads(self, i: int) -> int:
+        """Key/value heads of block `i`."""
+        return self.num_heads if self.kv_heads is None else self.kv_heads[i]
+
     @property
     def attn_dim(self) -> int:
         """The attention's inner width: qkv's rows per q, k and v; proj's inputs."""
@@ -405,12 +502,12 @@ class ViTConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON values; those added with timm's family (`SINCE_FAMILY`) and after it
-        (`SINCE_TORCH_SOURCES`) only where they are not their default, so a model that was expressible
+        (`SINCE_TORCH_SOURCES`, `SINCE_ROPE`) only where they are not their default, so a model that was expressible
         before is written as it was."""
-        later = {**SINCE_FAMILY, **SINCE_TORCH_SOURCES}
+        later = {**SINCE_FAMILY, **SINCE_TORCH_SOURCES, **SINCE_ROPE}
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in later or v != later[k]}
-        for name in ("img_size", "patch_size", "hybrid_layers"):
-            if isinstance(d[name], tuple):
+        for name in TUPLE_FIELDS:
+            if isinstance(d.get(name), tuple):
                 d[name] = list(d[name])
         return d
 
@@ -424,7 +521,7 @@ class ViTConfig:
             raise VitConvertError(f"unknown ViT config fields: {', '.join(unknown)}")
         d = dict(d)
         # JSON has lists where the config has tuples; anything else is left for validation to name.
-        for name in ("img_size", "patch_size", "hybrid_layers"):
+        for name in TUPLE_FIELDS:
             if isinstance(d.get(name), list):
                 d[name] = tuple(d[name])
         try:
@@ -441,6 +538,12 @@ SINCE_FAMILY = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.na
 # The fields added for the PyTorch sources (lucidrains' vit-pytorch, jeonsworld's ViT-pytorch, nn.TransformerEncoder).
 SINCE_TORCH_SOURCES = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in (
     "attn_head_dim", "patch_pre_norm", "hybrid_variant")}
+# The fields added for the RoPE ViTs (timm's Eva: EVA-02, PE, RoPE-ViT, DINOv3, Sapiens2).
+SINCE_ROPE = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in (
+    "k_bias", "kv_heads", "mlp_layer_scale", "pool_heads", "pool_mlp_dim", "rope", "rope_temperature",
+    "rope_ref_grid", "rope_grid_offset", "rope_grid_indexing", "rope_rotate_half", "rope_normalize_coords")}
+# Fields JSON holds as lists.
+TUPLE_FIELDS = ("img_size", "patch_size", "hybrid_layers", "kv_heads", "rope_ref_grid")
 
 
 def timm_incompatibilities(cfg: ViTConfig) -> list[str]:
@@ -456,6 +559,16 @@ def timm_incompatibilities(cfg: ViTConfig) -> list[str]:
         reasons.append("a norm over the raw patches before the patch projection")
     if cfg.pos_embed == "sincos2d":
         reasons.append("a computed 2-D sin-cos position embedding")
+    if cfg.rope != "none":
+        reasons.append(f"rotary position embeddings ({cfg.rope}: timm's Eva builds them, its VisionTransformer does not)")
+    if not cfg.k_bias:
+        reasons.append("query and value biases without a key bias (timm's Eva and Beit)")
+    if cfg.kv_heads is not None:
+        reasons.append("grouped-query attention")
+    if cfg.layer_scale and not cfg.mlp_layer_scale:
+        reasons.append("layer scale on the attention branch only")
+    if cfg.pool == "map" and (cfg.pool_heads or cfg.pool_mlp_dim):
+        reasons.append("an attention pooling of other heads or MLP width than the blocks'")
     if cfg.hybrid_variant == "jeonsworld":
         reasons.append("jeonsworld's ResNet (timm loads its tensors but pads and normalizes otherwise: other outputs)")
     return reasons

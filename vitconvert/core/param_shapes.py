@@ -40,14 +40,16 @@ def param_shapes(cfg: ViTConfig) -> Shapes:
         norm(shapes, "patch_embed.norm", d)
     if cfg.patch_pre_norm:
         norm(shapes, "patch_embed.pre_norm", in_chs * cfg.patch_hw[0] * cfg.patch_hw[1])
+    if cfg.rope == "mixed":  # learned RoPE frequencies: (x, y), per block and head
+        shapes["rope.freqs"] = (2, cfg.depth, cfg.num_heads, cfg.head_dim // 2)
     if cfg.pre_norm:
         norm(shapes, "norm_pre", d)
     for i in range(cfg.depth):
-        _block(shapes, cfg, f"blocks.{i}", norm)
+        _block(shapes, cfg, i, norm)
     if cfg.final_norm and not cfg.fc_norm:
         norm(shapes, "norm", d)
     if cfg.pool == "map":
-        attention_pool_shapes(shapes, "attn_pool", d, cfg.mlp_dim, norm)
+        attention_pool_shapes(shapes, "attn_pool", d, cfg.pool_mlp_dim or cfg.mlp_dim, norm)
     if cfg.final_norm and cfg.fc_norm:
         norm(shapes, "fc_norm", d)
     if cfg.representation_size:
@@ -59,23 +61,23 @@ def param_shapes(cfg: ViTConfig) -> Shapes:
     return shapes
 
 
-def _block(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
-    d = cfg.embed_dim
+def _block(shapes: Shapes, cfg: ViTConfig, i: int, norm: NormShapes) -> None:
+    d, b = cfg.embed_dim, f"blocks.{i}"
     if cfg.block == "parallel":
         _parallel_block(shapes, cfg, b, norm)
     elif cfg.block in ("res_post", "post_norm"):  # each branch registered before its norm
-        _attention(shapes, cfg, b, norm)
+        _attention(shapes, cfg, i, norm)
         norm(shapes, f"{b}.norm1", d)
         _mlp(shapes, cfg, b, norm)
         norm(shapes, f"{b}.norm2", d)
     else:
         norm(shapes, f"{b}.norm1", d)
-        _attention(shapes, cfg, b, norm)
+        _attention(shapes, cfg, i, norm)
         if cfg.layer_scale:
             shapes[f"{b}.ls1.gamma"] = (d,)
         norm(shapes, f"{b}.norm2", d)
         _mlp(shapes, cfg, b, norm)
-        if cfg.layer_scale:
+        if cfg.layer_scale and cfg.mlp_layer_scale:
             shapes[f"{b}.ls2.gamma"] = (d,)
 
 
@@ -93,9 +95,13 @@ def _mlp(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
     _linear(shapes, f"{b}.mlp.fc2", hidden, d, cfg.proj_bias)
 
 
-def _attention(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
-    d, inner = cfg.embed_dim, cfg.attn_dim
-    _linear(shapes, f"{b}.attn.qkv", d, 3 * inner, cfg.qkv_bias)
+def _attention(shapes: Shapes, cfg: ViTConfig, i: int, norm: NormShapes) -> None:
+    d, inner, b = cfg.embed_dim, cfg.attn_dim, f"blocks.{i}"
+    kv = cfg.block_kv_heads(i) * cfg.head_dim
+    if cfg.qkv_bias and not cfg.k_bias:  # the attention's own parameters come before its qkv's
+        shapes[f"{b}.attn.q_bias"] = (inner,)
+        shapes[f"{b}.attn.v_bias"] = (kv,)
+    _linear(shapes, f"{b}.attn.qkv", d, inner + 2 * kv, cfg.qkv_bias and cfg.k_bias)
     if cfg.qk_norm:
         norm(shapes, f"{b}.attn.q_norm", cfg.head_dim)
         norm(shapes, f"{b}.attn.k_norm", cfg.head_dim)
@@ -105,7 +111,7 @@ def _attention(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None
 
 
 def _parallel_block(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
-    d, hidden = cfg.embed_dim, cfg.mlp_dim
+    d, hidden = cfg.embed_dim, cfg.mlp_dim  # (validated: no grouped queries, no q/v-only biases)
     if not cfg.qkv_bias:  # the MLP's input bias, apart from a bias-free fused projection
         shapes[f"{b}.mlp_bias"] = (hidden,)
     norm(shapes, f"{b}.in_norm", d)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.config import Activation, ViTConfig
+from .attn_context import AttnContext, logit_bias, rotate_qk
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -122,40 +123,87 @@ class LayerScale(nn.Module):
 
 class Attention(nn.Module):
     """Multi-head self-attention, fused qkv; optional per-head q/k norms and a norm before `proj`. Its inner
-    width (heads x head width) is the model's unless the config sets another head width."""
+    width (heads x head width) is the model's unless the config sets another head width.
 
-    def __init__(self, cfg: ViTConfig) -> None:
+    Block `index` of the config: with grouped-query attention (`kv_heads`) its own key/value head count, qkv's
+    rows then q (heads x d), k and v (kv heads x d each). Without a key bias (`k_bias` off) the query and value
+    biases are `q_bias` and `v_bias`, timm's EvaAttention's names. Each call takes the block's `AttnContext`
+    (RoPE on q and k after their norms, an additive logit bias), or None.
+    """
+
+    def __init__(self, cfg: ViTConfig, index: int = 0) -> None:
         super().__init__()
         dim, inner, norm = cfg.embed_dim, cfg.attn_dim, norm_factory(cfg)
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.qkv = nn.Linear(dim, 3 * inner, bias=cfg.qkv_bias)
+        self.kv_heads = cfg.block_kv_heads(index)
+        kv = self.kv_heads * cfg.head_dim
+        self.split = [inner, kv, kv]
+        if cfg.qkv_bias and not cfg.k_bias:
+            self.q_bias = nn.Parameter(torch.zeros(inner))
+            self.v_bias = nn.Parameter(torch.zeros(kv))
+        else:
+            self.q_bias = self.v_bias = None
+        self.qkv = nn.Linear(dim, inner + 2 * kv, bias=cfg.qkv_bias and cfg.k_bias)
         self.q_norm = norm(cfg.head_dim) if cfg.qk_norm else nn.Identity()
         self.k_norm = norm(cfg.head_dim) if cfg.qk_norm else nn.Identity()
         self.norm = norm(inner) if cfg.scale_attn_norm else nn.Identity()
         self.proj = nn.Linear(inner, dim, bias=cfg.proj_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _bias(self) -> torch.Tensor | None:
+        """qkv's bias, the key's zeros between q_bias and v_bias where those hold it."""
+        if self.q_bias is None:
+            return self.qkv.bias
+        return torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+
+    def _heads(self, t: torch.Tensor, heads: int) -> torch.Tensor:
+        B, N, _ = t.shape
+        return t.reshape(B, N, heads, self.head_dim).transpose(1, 2)
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values (B, heads, N, d) after the q/k norms; keys and values of kv_heads."""
         B, N, _ = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
+        # qkv itself, whatever a fast path made of it (model/optimize.py); q_bias and v_bias added after it.
+        qkv = self.qkv(x) if self.q_bias is None else self.qkv(x) + self._bias()
+        if self.kv_heads == self.num_heads:
+            q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        else:
+            q, k, v = torch.split(qkv, self.split, dim=-1)
+            q, k, v = self._heads(q, self.num_heads), self._heads(k, self.kv_heads), self._heads(v, self.kv_heads)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def _grouped(self, t: torch.Tensor) -> torch.Tensor:
+        """Keys or values of kv_heads repeated for the query heads that read them (head h reads h // groups)."""
+        groups = self.num_heads // self.kv_heads
+        return t if groups == 1 else t.repeat_interleave(groups, dim=1)
+
+    def forward(self, x: torch.Tensor, ctx: AttnContext | None = None) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = self._qkv(x)
+        q, k = rotate_qk(q, k, ctx)
+        x = F.scaled_dot_product_attention(q, self._grouped(k), self._grouped(v),
+                                           attn_mask=logit_bias(ctx, dtype=q.dtype))
         return self.proj(self.norm(x.transpose(1, 2).reshape(B, N, -1)))
 
-    def forward_first(self, x: torch.Tensor, n: int) -> torch.Tensor:
+    def forward_first(self, x: torch.Tensor, n: int, ctx: AttnContext | None = None) -> torch.Tensor:
         """The output for the first `n` tokens only, (B, n, D): queries for those, keys and values for all.
 
         The qkv weight's rows are [q; k; v], so its slices are contiguous views, no copies.
         """
         B, N, _ = x.shape
-        H, Dh = self.num_heads, self.head_dim
-        w, b, inner = self.qkv.weight, self.qkv.bias, H * Dh
-        q = F.linear(x[:, :n], w[:inner], None if b is None else b[:inner]).reshape(B, n, H, Dh).transpose(1, 2)
-        kv = F.linear(x, w[inner:], None if b is None else b[inner:]).reshape(B, N, 2, H, Dh).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(kv[0]), kv[1])
+        w, b, inner = self.qkv.weight, self._bias(), self.split[0]
+        q = self._heads(F.linear(x[:, :n], w[:inner], None if b is None else b[:inner]), self.num_heads)
+        k, v = torch.split(F.linear(x, w[inner:], None if b is None else b[inner:]), self.split[1:], dim=-1)
+        q, k, v = self.q_norm(q), self.k_norm(self._heads(k, self.kv_heads)), self._heads(v, self.kv_heads)
+        q, k = rotate_qk(q, k, ctx, queries=slice(0, n))
+        x = F.scaled_dot_product_attention(q, self._grouped(k), self._grouped(v),
+                                           attn_mask=logit_bias(ctx, slice(0, n), q.dtype))
         return self.proj(self.norm(x.transpose(1, 2).reshape(B, n, inner)))
 
-    def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
+    def attention_probs(self, x: torch.Tensor, ctx: AttnContext | None = None) -> torch.Tensor:
         """Softmax attention weights (B, heads, N, N); for attention maps, not the fast path."""
-        B, N, _ = x.shape
-        q, k, _ = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = self.q_norm(q), self.k_norm(k)
-        return (q * self.head_dim ** -0.5 @ k.transpose(-2, -1)).softmax(-1)  # timm's order of operations
+        q, k, _ = self._qkv(x)
+        q, k = rotate_qk(q, k, ctx)
+        logits = q * self.head_dim ** -0.5 @ self._grouped(k).transpose(-2, -1)  # timm's order of operations
+        if (bias := logit_bias(ctx, dtype=logits.dtype)) is not None:
+            logits = logits + bias
+        return logits.softmax(-1)

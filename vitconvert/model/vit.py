@@ -15,11 +15,13 @@ from torch import nn
 
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
+from .attn_context import AttnContext
 from .blocks import build_block
 from .hybrid import backbone_channels, build_backbone
 from .layers import norm_factory
 from .pooling import AttentionPoolLatent
 from .posembed import GridTables, pos_embed_on_grid, sincos_2d
+from .rope import Rope
 
 
 class PatchEmbed(nn.Module):
@@ -103,11 +105,14 @@ class VisionTransformer(nn.Module):
         if cfg.distilled:
             self.dist_token = nn.Parameter(torch.zeros(1, 1, D))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_pos_tokens, D)) if cfg.pos_embed == "learn" else None
+        # Registered where timm's Eva registers it, so that `rope.freqs` sits where its state dict has it.
+        self.rope = Rope(cfg) if cfg.rope != "none" else None
         self.norm_pre = norm(D) if cfg.pre_norm else nn.Identity()
-        self.blocks = nn.Sequential(*(build_block(cfg) for _ in range(cfg.depth)))
+        self.blocks = nn.Sequential(*(build_block(cfg, i) for i in range(cfg.depth)))
         self.norm = norm(D) if cfg.final_norm and not cfg.fc_norm else nn.Identity()
         if cfg.pool == "map":
-            self.attn_pool = AttentionPoolLatent(D, cfg.num_heads, cfg.mlp_dim, norm, cfg.act)
+            self.attn_pool = AttentionPoolLatent(D, cfg.pool_heads or cfg.num_heads, cfg.pool_mlp_dim or cfg.mlp_dim,
+                                                 norm, cfg.act)
         self.fc_norm = norm(D) if cfg.final_norm and cfg.fc_norm else nn.Identity()
         if cfg.representation_size:
             self.pre_logits = PreLogits(D, cfg.representation_size)
@@ -131,6 +136,22 @@ class VisionTransformer(nn.Module):
         else:
             x = torch.cat([*prefix, x], dim=1) + self.pos_embed_for(grid)
         return self.norm_pre(x)
+
+    def attn_contexts(self, x: torch.Tensor) -> list[AttnContext] | None:
+        """Each block's positional context for images `x` (B, C, H, W): RoPE for their grid, made once per grid
+        (model/rope.py); None where the model has none, which keeps every block on its plain path. An
+        attention-logit bias (BEiT's relative positions) belongs here too: one AttnContext per block."""
+        if self.rope is None:
+            return None
+        return self.rope.contexts(self.config.input_grid((x.shape[-2], x.shape[-1])), x.device)
+
+    def run_blocks(self, x: torch.Tensor, ctxs: list[AttnContext] | None) -> torch.Tensor:
+        """The blocks in turn, each with its context."""
+        if ctxs is None:
+            return self.blocks(x)
+        for block, ctx in zip(self.blocks, ctxs, strict=True):
+            x = block(x, ctx)
+        return x
 
     def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
         """The stored position table on `grid`: itself on the stored grid, else resampled by the config's
@@ -169,7 +190,8 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Every token after the blocks and the final norm, (B, N, D): timm's `forward_features`."""
-        return self.norm(self.blocks(self.embed_tokens(x)))
+        ctxs = self.attn_contexts(x)
+        return self.norm(self.run_blocks(self.embed_tokens(x), ctxs))
 
     def get_intermediate_layers(self, x: torch.Tensor, n: int | Sequence[int] = 1, reshape: bool = False,
                                 return_class_token: bool = False, norm: bool = True, *,
@@ -189,9 +211,10 @@ class VisionTransformer(nn.Module):
             raise VitConvertError("return_class_token: this model has no class token")
         cfg = self.config
         grid = cfg.input_grid((x.shape[-2], x.shape[-1]))
+        ctxs = self.attn_contexts(x) or [None] * len(self.blocks)
         h, entries = self.embed_tokens(x), []
-        for i, block in enumerate(self.blocks[:take[-1] + 1]):
-            h = block(h)
+        for i, (block, ctx) in enumerate(zip(self.blocks[:take[-1] + 1], ctxs, strict=False)):
+            h = block(h, ctx)
             if i not in take:
                 continue
             out = self.norm(h) if norm else h
@@ -228,7 +251,8 @@ class VisionTransformer(nn.Module):
 
     def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
         """`forward_head(forward_features(x), pre_logits=True)`, with the cheaper last block."""
-        return self.forward_head(self.norm(self.tokens_for_pool(self.embed_tokens(x))), pre_logits=True)
+        ctxs = self.attn_contexts(x)
+        return self.forward_head(self.norm(self.tokens_for_pool(self.embed_tokens(x), ctxs)), pre_logits=True)
 
     def head_logits(self, pooled: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         if isinstance(pooled, tuple):  # DeiT distilled: the two heads averaged, as at inference in DeiT
@@ -239,26 +263,29 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits; for a model without a head, the pooled features."""
-        return self.head_logits(self.pool(self.norm(self.tokens_for_pool(self.embed_tokens(x)))))
+        ctxs = self.attn_contexts(x)
+        return self.head_logits(self.pool(self.norm(self.tokens_for_pool(self.embed_tokens(x), ctxs))))
 
-    def tokens_for_pool(self, x: torch.Tensor) -> torch.Tensor:
+    def tokens_for_pool(self, x: torch.Tensor, ctxs: list[AttnContext] | None = None) -> torch.Tensor:
         """The blocks' output, where pooling reads it. Token pooling reads only the class token (and
         DeiT's distillation token), and after the last block's attention no token sees another, so the
         last block runs its queries, projection and MLP for those tokens alone: the same arithmetic for
         the tokens that are read (up to float rounding of a smaller matrix product), about 1/depth less
         work."""
         if self.config.pool != "token" or not len(self.blocks):
-            return self.blocks(x)
+            return self.run_blocks(x, ctxs)
         *rest, last = self.blocks
-        for block in rest:
-            x = block(x)
-        return last.forward_first(x, 1 + self.config.distilled)
+        ctxs = ctxs or [None] * len(self.blocks)
+        for block, ctx in zip(rest, ctxs, strict=False):
+            x = block(x, ctx)
+        return last.forward_first(x, 1 + self.config.distilled, ctxs[-1])
 
     def forward_intermediates(self, x: torch.Tensor) -> Intermediates:
+        ctxs = self.attn_contexts(x) or [None] * len(self.blocks)
         stages = {"embed": self.embed_tokens(x)}
         x = stages["embed"]
-        for i, block in enumerate(self.blocks):
-            x = stages[f"blocks.{i}"] = block(x)
+        for i, (block, ctx) in enumerate(zip(self.blocks, ctxs, strict=True)):
+            x = stages[f"blocks.{i}"] = block(x, ctx)
         x = stages["norm"] = self.norm(x)
         pooled = self.pool(x)
         if isinstance(pooled, tuple):
@@ -272,9 +299,10 @@ class VisionTransformer(nn.Module):
 
         A separate pass, so `forward` keeps its fused attention kernel.
         """
+        ctxs = self.attn_contexts(x) or [None] * len(self.blocks)
         x = self.embed_tokens(x)
         maps = []
-        for block in self.blocks:
-            maps.append(block.attention_probs(x))
-            x = block(x)
+        for block, ctx in zip(self.blocks, ctxs, strict=True):
+            maps.append(block.attention_probs(x, ctx))
+            x = block(x, ctx)
         return maps
