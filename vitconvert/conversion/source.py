@@ -31,6 +31,7 @@ FORMATS: dict[str, str] = {
     "jax": "jax:JAX",
     "timm": "timm:TIMM",
     "hf": "hf:HF",
+    "dinov3": "dinov3:DINOV3",
     "lucidrains": "tutorial_vits:LUCIDRAINS",
     "jeonsworld": "tutorial_vits:JEONSWORLD",
     "torch-encoder": "tutorial_vits:TORCH_ENCODER",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from ..core.errors import VitConvertError
+from .memory import check_memory
 from .paths import check_input
 from .safetensors_file import read_header, read_tensors
 
@@ -37,10 +39,15 @@ def read_state_dict(path: str | os.PathLike) -> Checkpoint:
     if path.suffix == ".safetensors":
         read_header(path)  # clear errors for truncated or foreign files
         return unwrap(read_tensors(path), str(path))
+    mapped = zipfile.is_zipfile(path)
+    if not mapped:  # an old-style pickle is read whole (a float32 copy of each tensor comes later, one at a time)
+        check_memory(path.stat().st_size, f"reading {path} (a pickle that is not zip-format is read whole)")
     try:
         # DINO's training checkpoints carry their command line as an argparse.Namespace: plain data.
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+            # A zip-format file (torch.save's since 1.6) is memory-mapped: its tensors are read from the file
+            # as the writer asks for them, so converting holds about one tensor, not the whole file.
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, zip errors...
         text = str(e)
         if "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text:
