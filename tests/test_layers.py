@@ -35,11 +35,12 @@ NO_TORCH = {"core", "formats", "conversion", "catalog"}
 # Pickled state dicts need torch to read: formats/state_dict.py is the one reader (of timm's, the tutorial
 # ViTs' and transformers' pytorch_model.bin), imported only for such a file. timm.py and tutorial_vits.py
 # also standardize hybrid ResNet kernels by their source's own float32 torch calls (to the bit: a ResNet
-# amplifies the rounding of any other formula), imported inside those ops. timm_models.py builds timm's models.
+# amplifies the rounding of any other formula), imported inside those ops. timm_models.py builds timm's models,
+# and timm_eva_models.py reads its Eva ones.
 TORCH_ALLOWED = {"formats/state_dict.py", "conversion/timm.py", "conversion/timm_models.py",
-                 "conversion/tutorial_vits.py"}
-# timm_models.py reads timm's own models (for a named --model, and for verify).
-TIMM_ALLOWED = {"conversion/timm_models.py", "fidelity/verify.py"}
+                 "conversion/timm_eva_models.py", "conversion/tutorial_vits.py"}
+# timm_models.py and timm_eva_models.py read timm's own models (for a named --model, and for verify).
+TIMM_ALLOWED = {"conversion/timm_models.py", "conversion/timm_eva_models.py", "fidelity/verify.py"}
 
 
 def modules() -> list[Path]:

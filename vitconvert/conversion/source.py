@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # torch: imported for pickles only
 FORMATS: dict[str, str] = {
     "jax": "jax:JAX",
     "timm": "timm:TIMM",
+    "timm-eva": "timm_eva:TIMM_EVA",
     "hf": "hf:HF",
     "dinov3": "dinov3:DINOV3",
     "lucidrains": "tutorial_vits:LUCIDRAINS",

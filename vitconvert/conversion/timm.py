@@ -305,9 +305,14 @@ class TimmReader:
 
 
 def _plan(reader: TimmReader, request: Request) -> Plan:
-    from .timm_models import timm_pretrained
+    from .timm_models import builds_eva, timm_pretrained
 
     src, model = reader.path, request.options.get("model")
+    if model and builds_eva(model):  # an Eva without Eva's own keys (PE Core, PE Spatial): Eva's names and RoPE
+        from .timm_eva import TIMM_EVA
+
+        return TIMM_EVA.plan(reader, Request({k: v for k, v in request.options.items() if k != "num_heads"},
+                                             request.labels, request.preprocess, request.pos_resize))
     named = timm_pretrained(model, request.options.get("timm_kwargs")) if model else None
     inferred = config_from_shapes(reader.shapes, str(src), request.options.get("num_heads"), named=named is not None)
     notes = list(reader.notes)
@@ -344,10 +349,11 @@ TIMM_MARKS = ("patch_embed.proj.weight", "backbone.patch_embed.proj.weight")
 def _detect(probe: Probe) -> Detection | None:
     if probe.kind.kind not in ("pickle", "torch-zip", "safetensors"):
         return None
+    from .timm_eva import has_eva_marks
+
     mark = next((k for k in TIMM_MARKS if k in probe.keys), None)
-    if mark is None or is_dinov3_release(probe.keys):  # DINOv3's own layout is the dinov3 format's
-        return None
-    if mark is None or not any(k.startswith(("blocks.", "backbone.blocks.")) for k in probe.keys):
+    if mark is None or not any(k.startswith(("blocks.", "backbone.blocks.")) for k in probe.keys) \
+            or has_eva_marks(probe.keys) or is_dinov3_release(probe.keys):  # timm-eva's, dinov3's
         return None
     dino = " (DINO's backbone)" if mark.startswith("backbone.") else ""
     return Detection(1.0, f"a state dict with {mark} and blocks.N.*{dino}")

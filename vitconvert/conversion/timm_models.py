@@ -37,10 +37,15 @@ def timm_config(model: torch.nn.Module, name: str) -> ViTConfig:
     """The architecture of timm's `model` (built as `name`) as our config; an error naming what in it
     our ViT cannot express. Reads no weights: works on the meta device."""
     from timm.models.deit import VisionTransformerDistilled
+    from timm.models.eva import Eva
     from timm.models.vision_transformer import VisionTransformer
 
+    if isinstance(model, Eva):
+        from .timm_eva_models import eva_config
+
+        return eva_config(model, name)
     if not isinstance(model, VisionTransformer):
-        raise VitConvertError(f"timm's {name} is a {type(model).__name__}, not a VisionTransformer: "
+        raise VitConvertError(f"timm's {name} is a {type(model).__name__}, not a VisionTransformer or an Eva: "
                               "vitconvert converts and runs ViTs only")
     problems = _unsupported(model)
     if problems:
@@ -82,6 +87,14 @@ def timm_config(model: torch.nn.Module, name: str) -> ViTConfig:
             ("parameters of other shapes", "; ".join(wrong[:4]))) if text]
         raise VitConvertError(f"timm's {name} is a ViT variant vitconvert cannot express: {'; '.join(parts)}")
     return cfg
+
+
+def builds_eva(name: str) -> bool:
+    """Whether timm's model `name` (with or without tag) is one of its `Eva` family (timm/models/eva.py)."""
+    from timm.models import is_model, model_entrypoint
+
+    arch = name.partition(".")[0]
+    return is_model(arch) and model_entrypoint(arch).__module__ == "timm.models.eva"
 
 
 def _block_fields(block: torch.nn.Module) -> dict[str, Any]:
