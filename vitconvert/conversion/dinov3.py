@@ -29,7 +29,8 @@ from . import dinov3_layouts as layouts
 from .mapping import Shape, block_bindings, source_dims
 from .source import Detection, Plan, Probe, Request, SourceFormat
 
-# DINOv3's README transform: resize to the size (no crop), antialiased, ImageNet's mean and std.
+# DINOv3's README transform: resize to 256x256 (no crop), antialiased, ImageNet's mean and std; 256 is also
+# timm's input size for these models. DINOv3 runs at any size its patches tile (vitpredict --res).
 PREPROCESS = dict(resize="squash", interpolation="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 MARKS = ("rope_embed.periods", "cls_token")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
@@ -143,7 +144,7 @@ def _config(dim: int, depth: int, heads: int, hidden: int, ffn: str, qkv_bias: b
             patch: tuple[int, ...], shapes: Mapping[str, Shape], base: float, where: str) -> ViTConfig:
     in_chans, *patch_hw = patch
     try:
-        return ViTConfig(img_size=(224, 224), patch_size=tuple(patch_hw), in_chans=in_chans, embed_dim=dim,
+        return ViTConfig(img_size=(256, 256), patch_size=tuple(patch_hw), in_chans=in_chans, embed_dim=dim,
                          depth=depth, num_heads=heads, mlp_dim=hidden, mlp="swiglu" if ffn == "swiglu" else "mlp",
                          act="silu" if ffn == "swiglu" else "gelu", ln_eps=layouts.HUB["ln_eps"], qkv_bias=qkv_bias,
                          k_bias=not masked, layer_scale="blocks.0.ls1.gamma" in shapes,

@@ -22,13 +22,18 @@ def available_memory() -> int | None:
         return None
 
 
-def gib(n: int) -> str:
-    return f"{n / 2 ** 30:.1f} GiB"
+def size_words(n: int) -> str:
+    """Bytes in the largest unit that keeps a number of at least 1: '192 KiB', '27.4 GiB'."""
+    for power, unit in ((3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if n >= 1024 ** power:
+            value = n / 1024 ** power
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{n} bytes"
 
 
 def check_memory(need: int, what: str) -> None:
     """Refuse, before reading, `what` that needs `need` bytes where less is available."""
     free = available_memory()
     if free is not None and need > free:
-        raise VitConvertError(f"{what} needs about {gib(need)} of memory and {gib(free)} is available: "
+        raise VitConvertError(f"{what} needs about {size_words(need)} of memory and {size_words(free)} is available: "
                               "free some, or convert on a larger machine")
