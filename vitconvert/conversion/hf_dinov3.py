@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = dict(hidden_size=384, num_hidden_layers=12, num_atten
                                 proj_bias=True, mlp_bias=True, layerscale_value=1.0, use_gated_mlp=False,
                                 num_register_tokens=0)
 MASK_TOKEN = "DINOv3's masked-patch token: pre-training only"
+NO_REGISTERS = "an empty table: the model has no register tokens (num_register_tokens 0)"
 INV_FREQ = "RoPE's inverse frequencies, which our model computes from rope_theta: checked equal"
 # Relative difference allowed between stored inverse frequencies and rope_theta's: float32 rounding of a power.
 INV_FREQ_RTOL = 1e-6
@@ -59,8 +60,8 @@ def pairs(cfg: ViTConfig, names: Names = Names()) -> list[tuple[str, tuple[str, 
     """(our tensor, theirs whose rows concatenated make it, 'block' where once per layer) for `cfg`."""
     b = names.block
     table: list[tuple[str, tuple[str, ...], str | None]] = [
-        ("cls_token", ("embeddings.cls_token",), None), ("patch_embed.proj.weight", ("embeddings.patch_embeddings.weight",),
-                                                         None),
+        ("cls_token", ("embeddings.cls_token",), None),
+        ("patch_embed.proj.weight", ("embeddings.patch_embeddings.weight",), None),
         ("patch_embed.proj.bias", ("embeddings.patch_embeddings.bias",), None)]
     if cfg.reg_tokens:
         table.append(("reg_token", ("embeddings.register_tokens",), None))
@@ -179,6 +180,8 @@ def _plan(reader: HfReader, request: Request) -> Plan:
     if names.modular:
         notes.append("tensors named as transformers 5's modules (a state_dict saved as it is)")
     left_out = {k: MASK_TOKEN for k in reader.shapes if k.endswith("embeddings.mask_token")}
+    if not cfg.reg_tokens and "embeddings.register_tokens" in reader.shapes:
+        left_out["embeddings.register_tokens"] = NO_REGISTERS
     if freq is not None:
         left_out[freq] = INV_FREQ
     return Plan(config=cfg, rules=import_rules(cfg, names), bindings=block_bindings(cfg.depth),
