@@ -4,6 +4,9 @@ is refused with a message that points to --embed."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,14 +16,18 @@ from PIL import Image
 from timm.data import create_transform
 from timm.layers import resample_abs_pos_embed
 
-from vitconvert import Predictor, ViTConfig, VitConvertError, convert_jax
+from vitconvert import Predictor, ViTConfig, VitConvertError, convert, convert_jax
 from vitconvert.inference.labels import check_top_k
+from vitconvert.model.vit import token_parts
 
 # Pooled features: measured 4.8e-7 to 7.2e-7 at 224 and 1.1e-6 at 160x224 (a class-token model's last
 # block runs for the prefix tokens alone, so rounding differs). Every token: measured 0 (the same
 # arithmetic as timm's forward_features); the bound leaves room for other machines' kernels.
 POOLED_ATOL = 2e-6
 TOKENS_ATOL = 1e-6
+# DINOv3's own outputs (test_dinov3.py's bound: measured 0 through our model's forward).
+DINOV3_ATOL = 1e-5
+DINOV3 = Path(__file__).parents[1] / "data" / "dinov3"
 
 # name: (timm model, its kwargs beyond TINY_TIMM_KWARGS, our config, where each prefix array is in timm's
 # forward_features tokens)
@@ -306,3 +313,32 @@ def test_record_of_a_headless_model_has_no_class_names():
         with pytest.raises(VitConvertError, match=r"this model has no classes \(num_classes 0\)"):
             check_labels(labels, 0)
 
+
+
+# --- dense features of a DINOv3 release file, at any size -------------------------------------------------
+
+def test_dinov3_tokens_are_dinov3s_own_at_a_non_square_size(tmp_path):
+    """DINOv3's forward (tests/data/make_dinov3_reference.py) on the same input: the patch tokens, the class
+    token and the storage tokens `embed_tokens` and `--embed --tokens` write."""
+    sys.path.insert(0, str(DINOV3.parent))
+    from make_dinov3_reference import reference_input
+
+    convert(DINOV3 / "plus.pth", tmp_path / "d.safetensors")
+    predictor = Predictor(tmp_path / "d.safetensors", img_size="160x288")
+    assert predictor.grid == (10, 18)
+    parts = token_parts(predictor.batch_embeddings(reference_input((160, 288)), tokens=True), predictor.config)
+    expected = np.load(DINOV3 / "plus.npz")
+    assert max_diff(parts.patch_tokens.numpy(), expected["160x288/patch_tokens"]) <= DINOV3_ATOL
+    assert max_diff(parts.class_token.numpy(), expected["160x288/class_token"]) <= DINOV3_ATOL
+    assert max_diff(parts.register_tokens.numpy(), expected["160x288/storage_tokens"]) <= DINOV3_ATOL
+
+
+def test_cli_embed_tokens_of_a_dinov3_file_keeps_the_storage_tokens_apart(vitpredict, cat_jpg, tmp_path):
+    convert(DINOV3 / "vits_b_l.pth", tmp_path / "d.safetensors")
+    out = tmp_path / "dense.npz"
+    result = vitpredict(cat_jpg, "--weights", tmp_path / "d.safetensors", "--res", "448x640", "--embed", out,
+                        "--tokens", "--json")
+    assert result.code == 0, result.err
+    assert result.json()["prefix_tokens"] == {"class_tokens": [1, 32], "register_tokens": [1, 4, 32]}
+    with np.load(out) as f:
+        assert f["grid"].tolist() == [28, 40] and f["embeddings"].shape == (1, 28 * 40, 32)
