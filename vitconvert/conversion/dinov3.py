@@ -46,7 +46,7 @@ class DinoV3Reader:
         from ..formats.state_dict import TensorReader, read_state_dict
 
         checkpoint = probe.state_dict or read_state_dict(probe.path)
-        self.tensors = TensorReader(checkpoint.tensors, probe.path)
+        self.tensors = TensorReader(checkpoint.tensors, probe.path, checkpoint.mapped)
         self.path, self.shapes = probe.path, self.tensors.shapes
 
     def read(self, key: str) -> np.ndarray:

@@ -6,6 +6,9 @@ tutorial ViTs, transformers' pytorch_model.bin); what a format makes of the keys
 from __future__ import annotations
 
 import argparse
+import ctypes
+import dataclasses
+import mmap
 import os
 import re
 import zipfile
@@ -21,6 +24,7 @@ from .memory import check_memory
 from .paths import check_input
 from .safetensors_file import read_header, read_tensors
 
+MADV_DONTNEED = 4  # Linux's madvise advice: the pages may be dropped (a file's are read again when touched)
 # Training checkpoints keep the weights under one of these (DINO: the teacher is the one to use).
 WRAPPERS = ("state_dict", "model", "model_ema", "module", "teacher", "student")
 
@@ -31,6 +35,8 @@ class Checkpoint:
 
     tensors: dict[str, torch.Tensor]
     wrapper: tuple[str, ...] = ()  # the keys it was found under, outermost first (DINO: ('teacher',))
+    # Address ranges of the memory-mapped file the tensors are in (a zip-format .pth), for TensorReader.
+    mapped: tuple[tuple[int, int], ...] = ()
 
 
 def read_state_dict(path: str | os.PathLike) -> Checkpoint:
@@ -60,7 +66,38 @@ def read_state_dict(path: str | os.PathLike) -> Checkpoint:
                 "dict with safetensors") from None
         first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         raise VitConvertError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
-    return unwrap(obj, str(path))
+    checkpoint = unwrap(obj, str(path))
+    return dataclasses.replace(checkpoint, mapped=_mapped_ranges(path)) if mapped else checkpoint
+
+
+def _mapped_ranges(path: Path) -> tuple[tuple[int, int], ...]:
+    """Where `path` is mapped into this process (Linux's /proc/self/maps); () where that cannot be read."""
+    real = os.path.realpath(path)
+    ranges = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].rstrip("\n") == real:
+                    start, end = (int(v, 16) for v in fields[0].split("-"))
+                    ranges.append((start, end))
+    except OSError:
+        return ()
+    return tuple(ranges)
+
+
+def _release_pages(t: torch.Tensor, ranges: tuple[tuple[int, int], ...]) -> None:
+    """Let the system drop the pages of a mapped tensor once it has been copied out (madvise DONTNEED): they
+    are the file's, read again from it if touched, so a conversion's resident memory stays near one tensor.
+    Only inside the file's own mapping (never anonymous memory, which DONTNEED would zero)."""
+    start = t.untyped_storage().data_ptr()
+    end = start + t.untyped_storage().nbytes()
+    page = mmap.PAGESIZE
+    lo, hi = -(-start // page) * page, end // page * page  # whole pages only: neighbours may still be needed
+    if hi <= lo or not any(a <= lo and hi <= b for a, b in ranges):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_DONTNEED)
 
 
 def unwrap(obj: object, where: str) -> Checkpoint:
@@ -89,9 +126,11 @@ def unwrap(obj: object, where: str) -> Checkpoint:
 class TensorReader:
     """A state dict's tensors as the mapping engine reads them (float32 numpy arrays, one at a time)."""
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor], path: Path | None = None) -> None:
+    def __init__(self, tensors: Mapping[str, torch.Tensor], path: Path | None = None,
+                 mapped: tuple[tuple[int, int], ...] = ()) -> None:
         self.tensors = tensors
         self.path = path
+        self.mapped = mapped  # Checkpoint.mapped: tensors there are copied out and their pages released
         self.shapes = {k: tuple(v.shape) for k, v in tensors.items()}
 
     def check_weights(self, keys: Iterable[str], where: str) -> None:
@@ -104,4 +143,9 @@ class TensorReader:
                 raise VitConvertError(f"{where}: tensor {k} is {kind}; expected dense floating point weights")
 
     def read(self, key: str) -> np.ndarray:
-        return self.tensors[key].detach().to(torch.float32).numpy()
+        t = self.tensors[key].detach()
+        if not self.mapped:
+            return t.to(torch.float32).numpy()
+        out = t.to(torch.float32, copy=True).numpy()
+        _release_pages(t, self.mapped)
+        return out
