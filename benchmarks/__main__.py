@@ -8,6 +8,8 @@ Sections (the first four also run alone: `python -m benchmarks.<module>`):
               top-1 agreement of bfloat16 with float32 on the sample photos
   cold_start  `vitpredict` vs a timm user's script, one image, whole process
   folder      `vitpredict` over 200 images vs the model alone at the same batch size
+  rope        RoPE ViT-B/16 (Naver's RoPE-ViT, DINOv3) vs timm's Eva, float32, 224 and 448, batch 1; only when
+              named
   peers       ViT-B/16 on the CPU vs timm, ONNX Runtime and OpenVINO, float32; then ours int8 and bfloat16
               (ONNX Runtime and OpenVINO from the `bench` extra); only when named
   compile     the float32 paths compile=True could take (inductor, with freezing, TorchScript, oneDNN) vs
@@ -37,9 +39,10 @@ from pathlib import Path
 from benchmarks.common import ROOT, OtherLoad, load, machine
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray", "hf", "finetune", "gpu"]
-# peers and compile (minutes of compiling), ray and hf (optional extras) and finetune (minutes of training) are
-# asked for by name
+SECTIONS = ["conversion", "inference", "cold_start", "folder", "rope", "peers", "compile", "ray", "hf", "finetune",
+            "gpu"]
+# rope (minutes at 448), peers and compile (minutes of compiling), ray and hf (optional extras) and finetune
+# (minutes of training) are asked for by name
 DEFAULT = SECTIONS[:4]
 HEADER = """# Benchmark results
 
@@ -109,6 +112,13 @@ def folder(quick: bool) -> str:
             f"{'met' if worst >= 0.8 else 'NOT met'}.")
 
 
+def rope(quick: bool) -> str:
+    from benchmarks import rope as r
+
+    repeats = 3 if quick else 10
+    return r.text(r.run([224, 448], batch=1, repeats=repeats), repeats)
+
+
 def compile_(quick: bool) -> str:
     from benchmarks import inference as i
 
@@ -157,10 +167,11 @@ def gpu(quick: bool) -> str:
     return table + "\n\n" + g.folder_text(g.folder_check(1000 if quick else 4000, 64, "bfloat16"))
 
 
-RUNNERS = {"conversion": conversion, "inference": inference, "cold_start": cold_start, "folder": folder,
+RUNNERS = {"conversion": conversion, "inference": inference, "cold_start": cold_start, "folder": folder, "rope": rope,
            "peers": peers, "compile": compile_, "ray": ray, "hf": hf, "finetune": finetune, "gpu": gpu}
 TITLES = {"conversion": "Conversion", "inference": "Inference (CPU)", "cold_start": "Cold start",
-          "folder": "A folder of 200 images", "peers": "Against ONNX Runtime and OpenVINO (CPU)",
+          "folder": "A folder of 200 images", "rope": "RoPE ViTs against timm's Eva (CPU)",
+          "peers": "Against ONNX Runtime and OpenVINO (CPU)",
           "compile": "compile=True: the float32 paths tried (CPU)", "ray": "Ray Data, local",
           "hf": "transformers in and out", "finetune": "Fine-tuning (CPU)", "gpu": "GPU"}
 

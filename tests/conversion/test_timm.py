@@ -28,6 +28,7 @@ from timm.models.vision_transformer import VisionTransformer
 from vitconvert import VitConvertError, convert_timm, load_model, read_record
 from vitconvert.cli import cli
 from vitconvert.conversion.timm_models import create_timm_model, timm_config
+from vitconvert.formats.weights_file import FORMAT_VERSION
 
 # ==============================================================================================================
 # timm's ViTs: every wrapper form, the record, --model and --heads, the errors, the command
@@ -293,7 +294,7 @@ def test_cli_timm2torch_prints_the_record_as_json(tmp_path) -> None:
                                       "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
-    assert out["record"]["config"]["depth"] == 1 and out["record"]["version"] == 2
+    assert out["record"]["config"]["depth"] == 1 and out["record"]["version"] == FORMAT_VERSION
 
 
 @pytest.mark.parametrize("args, method", [([], "bicubic"), (["--pos-resize", "bicubic"], "bicubic"),

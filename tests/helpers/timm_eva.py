@@ -18,14 +18,15 @@ def eva_family() -> list[str]:
 def reduced_eva(name: str) -> dict:
     """timm.create_model kwargs for a small model of `name` that keeps every option that sets it apart: 2 blocks,
     64 wide, 2 heads (head width 32: RoPE's 8 bands an axis), a 4x4 grid (Sapiens2 keeps its 4:3 one); its
-    ref_feat_shape, temperatures, pooling, norms and MLP kinds as defined. Sapiens2's grouped-query blocks are
-    kept as one block of 1 key/value head and one of 2 (its middle blocks and its outer ones)."""
+    ref_feat_shape, temperatures, pooling, norms and MLP kinds as defined. Sapiens2 keeps its grouped-query
+    attention: 4 heads (of width 16), a block of 2 key/value heads (its middle ones) and one of 4 (its outer
+    ones)."""
     with torch.device("meta"):
         full = timm.create_model(name, pretrained=False)
     patch = full.patch_embed.patch_size[0]
     kwargs = dict(depth=2, embed_dim=64, num_heads=2, img_size=4 * patch)
     if "sapiens2" in name:
-        kwargs.update(num_kv_heads=(1, 2), img_size=(4 * patch, 3 * patch))
+        kwargs.update(num_heads=4, num_kv_heads=(2, 4), img_size=(4 * patch, 3 * patch))
     return kwargs
 
 

@@ -305,7 +305,8 @@ class ViTConfig:
             object.__setattr__(self, "class_token", None)
         if self.attn_head_dim is not None and self.attn_head_dim * self.num_heads == self.embed_dim:
             object.__setattr__(self, "attn_head_dim", None)
-        if self.kv_heads is not None and set(self.kv_heads) == {self.num_heads}:
+        if isinstance(self.kv_heads, tuple) and len(self.kv_heads) == self.depth and set(self.kv_heads) == {
+                self.num_heads}:
             object.__setattr__(self, "kv_heads", None)
         # Attention pooling splits the width into the heads whatever attn_head_dim says.
         if (self.attn_head_dim is None or self.pool == "map") and self.embed_dim % self.num_heads:
@@ -560,7 +561,7 @@ def timm_incompatibilities(cfg: ViTConfig) -> list[str]:
     if cfg.pos_embed == "sincos2d":
         reasons.append("a computed 2-D sin-cos position embedding")
     if cfg.rope != "none":
-        reasons.append(f"rotary position embeddings ({cfg.rope}: timm's Eva builds them, its VisionTransformer does not)")
+        reasons.append(f"rotary position embeddings ({cfg.rope}: timm's Eva builds them, not its VisionTransformer)")
     if not cfg.k_bias:
         reasons.append("query and value biases without a key bias (timm's Eva and Beit)")
     if cfg.kv_heads is not None:

@@ -25,9 +25,11 @@ from .safetensors_file import TensorSpec, read_header, write_safetensors
 from .source_hash import PLACEHOLDER, FileHash
 
 META_KEY = "vitconvert"
-# Version 2: `labels` may also be the list of class names. Version 1 files are still read.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# Version 2: `labels` may also be the list of class names. Version 3: the config may hold the RoPE ViTs' fields
+# (core/config.py SINCE_ROPE: rope, k_bias, kv_heads, ...), which a reader of version 2 does not know. Versions 1
+# and 2 are still read.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 LABEL_SETS = {1000: "imagenet-1k", 21843: "imagenet-21k"}
 # A label set's name, the class names in class order, or None (class indices).
 Labels = str | tuple[str, ...] | None
