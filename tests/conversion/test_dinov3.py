@@ -117,6 +117,11 @@ def test_timms_eva_layout_of_the_same_weights_converts_to_the_same_tensors(conve
     with torch.inference_mode():  # and timm's Eva forward is DINOv3's too
         expected = np.load(DATA / "dinov3" / f"{family}.npz")
         assert max_diff(eva.forward_features(x)[:, 1 + STORAGE:], expected["160x288/patch_tokens"]) <= ATOL
+        # Our intermediate layers are timm's Eva's (forward_intermediates: normed, NCHW), at this size too.
+        theirs_layers = eva.forward_intermediates(x, indices=2, norm=True, output_fmt="NCHW", intermediates_only=True)
+        ours_layers = load_model(converted[family]).eval().get_intermediate_layers(x, 2, reshape=True)
+        assert len(ours_layers) == len(theirs_layers) == 2
+        assert all(max_diff(a, b) <= ATOL for a, b in zip(ours_layers, theirs_layers, strict=True))
 
 
 def test_vitconvert_convert_recognises_a_release_file(capsys, tmp_path):
