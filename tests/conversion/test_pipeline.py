@@ -20,6 +20,7 @@ from helpers.timm_reference import timm_vit
 from safetensors.torch import save_file
 
 from vitconvert import VitConvertError, convert, read_record
+from vitconvert.formats.weights_file import FORMAT_VERSION
 
 vit_pytorch = pytest.importorskip("vit_pytorch")
 
@@ -193,8 +194,9 @@ def test_our_own_file_as_source_is_recognised_by_every_command(tmp_path, capsys)
     for command in ("convert", "timm2torch"):
         code, _, err = vitconvert(capsys, command, tmp_path / "ours.safetensors", tmp_path / "again.safetensors")
         assert code == 1
-        assert err.strip() == (f"error: {tmp_path / 'ours.safetensors'} is already a vitconvert weights file (format "
-                               f"version 2): use it as it is (vitpredict --weights {tmp_path / 'ours.safetensors'})")
+        ours = tmp_path / "ours.safetensors"
+        assert err.strip() == (f"error: {ours} is already a vitconvert weights file (format "
+                               f"version {FORMAT_VERSION}): use it as it is (vitpredict --weights {ours})")
 
 
 @pytest.mark.parametrize(("options", "flag"), [(["--gelu", "erf"], "--gelu"), (["--heads", "3"], "--heads"),
