@@ -119,7 +119,9 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
                    "and 'embeddings'): the pooled features the head reads. Any model, with or without a head. "
                    "With --ray, give no file: the embeddings join the --output table.")
 @click.option("--tokens", is_flag=True,
-              help="With --embed: every token after the final norm, (images, tokens, width).")
+              help="With --embed: the patch tokens after the final norm, (images, h*w, width), and apart from "
+                   "them 'grid' (h, w) and the prefix tokens the model has: 'class_tokens', 'register_tokens' "
+                   "(registers, DINOv3's storage tokens), 'dist_tokens'.")
 @click.option("--normalize", is_flag=True, help="With --embed: each vector scaled to unit length.")
 @click.option("--recursive", "-r", is_flag=True, help="Also search the sub-folders of directories.")
 @click.option("--skip-errors", is_flag=True,
@@ -153,6 +155,7 @@ def command(**given: Any) -> None:
       vitpredict photos/ --recursive --weights vit-b16.safetensors --json > predictions.json
       vitpredict photos/ --weights vit-b16.safetensors --dtype bfloat16 --skip-errors
       vitpredict photos/ --model orig-B16-in21k --embed features.npz --normalize
+      vitpredict photos/ --weights dinov3-vitb16.safetensors --res 448x640 --embed dense.npz --tokens
       vitpredict cat.jpg --weights flexivit-b.safetensors --patch-size 16 --res 240
       vitpredict photos/ -r --weights vit-b16.safetensors --ray --output predictions.parquet --embed
       vitpredict photos/ --weights vit-b16.safetensors --ray auto --replicas 8 --device cuda --output p.parquet
@@ -208,6 +211,8 @@ def check_usage(ctx: click.Context, o: Options) -> Path | None:
             raise click.UsageError("--patch-size runs without --ray only")
         if o.embed_out:
             raise click.UsageError("with --ray, --embed takes no file: the embeddings go into the --output table")
+        if o.tokens:
+            raise click.UsageError("--tokens runs without --ray only (the --output table holds pooled features)")
         return None
     if o.verbose:
         raise click.UsageError("--verbose shows Ray's log lines; it goes with --ray")
@@ -300,7 +305,8 @@ def report(paths: list[Path], unreadable: dict[int, str], results: Iterator[Any]
             elif "error" not in entry:
                 click.echo(format_table(entry))
     if embed_out:
-        write_embeddings(embed_out, embedded, deferred, o.tokens, o.normalize, o.as_json)
+        write_embeddings(embed_out, embedded, deferred, o.tokens, o.normalize, o.as_json,
+                         predictor.grid if predictor is not None else None)
     elif o.as_json:
         click.echo(json.dumps(deferred, indent=2))
     else:
@@ -311,8 +317,9 @@ def report(paths: list[Path], unreadable: dict[int, str], results: Iterator[Any]
 
 
 def write_embeddings(out: Path, embedded: list[Any], failed: list[dict[str, Any]], tokens: bool,
-                     normalize: bool, as_json: bool) -> None:
-    """OUT.npz from the images embedded, then one summary line (or JSON with the failures too)."""
+                     normalize: bool, as_json: bool, grid: tuple[int, int] | None) -> None:
+    """OUT.npz from the images embedded (with `tokens`, their patch grid and prefix tokens too), then one
+    summary line (or JSON with the failures too)."""
     import numpy as np
 
     from ..formats.embeddings import save_embeddings
@@ -320,12 +327,17 @@ def write_embeddings(out: Path, embedded: list[Any], failed: list[dict[str, Any]
     if not embedded:
         raise VitConvertError(f"no image could be embedded, so {out} was not written")
     embeddings = np.stack([r.embedding for r in embedded])
-    save_embeddings(out, [r.image for r in embedded], embeddings)  # checked before the model loaded
-    what = ("tokens" if tokens else "pooled features") + (", unit length" if normalize else "")
+    prefix = {name: np.stack([r.prefix[name] for r in embedded]) for name in embedded[0].prefix}
+    extra = {"grid": np.array(grid), **prefix} if tokens else {}
+    save_embeddings(out, [r.image for r in embedded], embeddings, extra)  # checked before the model loaded
+    what = f"patch tokens on a {grid[0]}x{grid[1]} grid" if tokens else "pooled features"
+    what += (f", {' and '.join(prefix)} apart" if prefix else "") + (", unit length" if normalize else "")
     if as_json:
-        click.echo(json.dumps({"output": str(out), "images": len(embedded), "shape": list(embeddings.shape),
-                               "dtype": "float32", "tokens": tokens, "normalized": normalize,
-                               "errors": failed}, indent=2))
+        summary = {"output": str(out), "images": len(embedded), "shape": list(embeddings.shape),
+                   "dtype": "float32", "tokens": tokens, "normalized": normalize}
+        if tokens:
+            summary |= {"grid": list(grid), "prefix_tokens": {name: list(a.shape) for name, a in prefix.items()}}
+        click.echo(json.dumps({**summary, "errors": failed}, indent=2))
         return
     failures = f"; {len(failed)} image{'s' if len(failed) != 1 else ''} failed" if failed else ""
     click.echo(f"wrote {out}: {len(embedded)} embeddings, shape {tuple(embeddings.shape)} float32 ({what}){failures}")

@@ -79,7 +79,7 @@ class ShardedReader:
             if self.pickled:
                 from ..formats.state_dict import TensorReader, read_state_dict  # torch, for pickles only
 
-                reader = TensorReader(read_state_dict(self.folder / shard, mmap=True).tensors, self.folder / shard)
+                reader = TensorReader(read_state_dict(self.folder / shard).tensors, self.folder / shard)
             else:
                 reader = SafetensorsReader(self.folder / shard)
             self._open = (shard, reader)

@@ -32,6 +32,8 @@ FORMATS: dict[str, str] = {
     "timm": "timm:TIMM",
     "timm-eva": "timm_eva:TIMM_EVA",
     "hf": "hf:HF",
+    "dinov3": "dinov3:DINOV3",
+    "hf-dinov3": "hf_dinov3:HF_DINOV3",
     "lucidrains": "tutorial_vits:LUCIDRAINS",
     "jeonsworld": "tutorial_vits:JEONSWORLD",
     "torch-encoder": "tutorial_vits:TORCH_ENCODER",

@@ -29,6 +29,7 @@ from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..core.param_shapes import param_shapes
 from ..formats.weights_file import Preprocess, WeightsRecord, label_set_for
+from .dinov3 import is_release as is_dinov3_release
 from .mapping import IDENTITY, Op, Rule, source_dims
 from .source import Detection, Option, Plan, Probe, Request, SourceFormat
 
@@ -352,7 +353,7 @@ def _detect(probe: Probe) -> Detection | None:
 
     mark = next((k for k in TIMM_MARKS if k in probe.keys), None)
     if mark is None or not any(k.startswith(("blocks.", "backbone.blocks.")) for k in probe.keys) \
-            or has_eva_marks(probe.keys):  # timm-eva's
+            or has_eva_marks(probe.keys) or is_dinov3_release(probe.keys):  # timm-eva's, dinov3's
         return None
     dino = " (DINO's backbone)" if mark.startswith("backbone.") else ""
     return Detection(1.0, f"a state dict with {mark} and blocks.N.*{dino}")

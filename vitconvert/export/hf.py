@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..conversion import hf_layouts
+from ..conversion import hf_dinov3, hf_layouts
 from ..conversion.hf_layouts import HfLayout
 from ..conversion.hf_preprocess import processor_for
 from ..conversion.mapping import block_bindings, plan_tensors
@@ -188,6 +188,42 @@ def _class_names(record: WeightsRecord) -> list[str]:
     return list(labels) if labels else [f"LABEL_{i}" for i in range(n)]
 
 
+def dinov3_unexpressible(cfg: ViTConfig) -> list[str]:
+    """What in a DINOv3 model (rope 'dinov3') transformers' DINOv3ViTModel does not compute; [] if all is."""
+    checks = [
+        (cfg.num_classes > 0, "a classifier: DINOv3ViTModel is a backbone; export the features (--features)"),
+        (cfg.pool != "token", f"pooling {cfg.pool!r}: DINOv3ViTModel's pooler_output is the class token"),
+        (cfg.fc_norm or not cfg.final_norm or cfg.pre_norm, "other final norms than DINOv3ViTModel's one LayerNorm"),
+        (cfg.norm != "layernorm" or cfg.block != "pre_norm", "other norms or blocks than DINOv3's pre-norm LayerNorm"),
+        (cfg.pos_embed != "none", "an absolute position embedding beside RoPE"),
+        (not cfg.rope_rotate_half or cfg.rope_normalize_coords != "separate" or cfg.rope_grid_offset
+         or cfg.rope_grid_indexing != "ij", "another RoPE layout than DINOv3's (halves, 'separate', no offset)"),
+        (not cfg.layer_scale or not cfg.mlp_layer_scale, "no layer scale on both branches: DINOv3ViTModel has it"),
+        (cfg.mlp not in ("mlp", "swiglu"), f"a {cfg.mlp} MLP"),
+        (not cfg.has_class_token or cfg.distilled or cfg.hybrid_layers is not None or cfg.patch_norm
+         or not cfg.patch_bias or cfg.patch_pre_norm, "another patch embedding or prefix than DINOv3's"),
+        (cfg.qk_norm or cfg.scale_attn_norm or cfg.scale_mlp_norm or cfg.kv_heads is not None
+         or cfg.attn_head_dim is not None, "norms or heads inside the attention or MLP that DINOv3 has not"),
+    ]
+    return [why for failed, why in checks if failed]
+
+
+def dinov3_config(record: WeightsRecord, dtype: str) -> dict[str, Any]:
+    """config.json of a DINOv3ViTModel computing what `record`'s model does."""
+    cfg = record.config
+    h, w = cfg.img_size
+    return {"architectures": [hf_dinov3.ARCHITECTURE], "model_type": hf_dinov3.MODEL_TYPE,
+            "hidden_size": cfg.embed_dim, "num_hidden_layers": cfg.depth, "num_attention_heads": cfg.num_heads,
+            "intermediate_size": cfg.mlp_dim, "hidden_act": hf_layouts.EXPORT_ACTIVATIONS[cfg.act],
+            "layer_norm_eps": cfg.ln_eps, "rope_theta": cfg.rope_temperature, "image_size": h if h == w else [h, w],
+            "patch_size": cfg.patch_hw[0] if cfg.patch_hw[0] == cfg.patch_hw[1] else list(cfg.patch_hw),
+            "num_channels": cfg.in_chans, "query_bias": cfg.qkv_bias, "key_bias": cfg.qkv_bias and cfg.k_bias,
+            "value_bias": cfg.qkv_bias, "proj_bias": cfg.proj_bias, "mlp_bias": cfg.proj_bias,
+            "layerscale_value": 1.0, "drop_path_rate": 0.0, "use_gated_mlp": cfg.mlp == "swiglu",
+            "num_register_tokens": cfg.reg_tokens, "attention_dropout": 0.0, "initializer_range": 0.02,
+            "dtype": dtype}
+
+
 def export_hf(src: str | os.PathLike, dst: str | os.PathLike, *, features: bool = False,
               force: bool = False, architecture: str | None = None) -> HfExport:
     """Write our weights file `src` as a transformers model directory `dst`.
@@ -200,9 +236,11 @@ def export_hf(src: str | os.PathLike, dst: str | os.PathLike, *, features: bool 
     """
     src = check_input(src, "a vitconvert weights file")
     record = read_record(src)
+    if record.config.rope == "dinov3":
+        return _export_dinov3(src, dst, record, features, force)
     layout = choose_layout(record, features, architecture, str(src))
     reader = SafetensorsReader(src)
-    dtype = next(name for name, (code, _) in STORAGE.items() if code == next(iter(reader.dtypes.values())))
+    dtype = _dtype(reader)
     dropped = [k for k in reader.shapes if k.startswith(("head.", "head_dist."))] if layout.head is None else []
     specs = plan_tensors(hf_layouts.export_rules(layout), reader, block_bindings(record.config.depth),
                          where=str(src), ignore=dropped)
@@ -214,6 +252,35 @@ def export_hf(src: str | os.PathLike, dst: str | os.PathLike, *, features: bool 
         _write_json(tmp / "preprocessor_config.json", processor)
         write_safetensors(tmp / "model.safetensors", specs, dtype, {"format": "pt"})
     return HfExport(path=Path(dst), architecture=layout.architecture, model_type=layout.model_type,
+                    processor=processor["image_processor_type"], files=FILES, notes=tuple(notes))
+
+
+def _dtype(reader: SafetensorsReader) -> str:
+    return next(name for name, (code, _) in STORAGE.items() if code == next(iter(reader.dtypes.values())))
+
+
+def _export_dinov3(src: Path, dst: str | os.PathLike, record: WeightsRecord, features: bool, force: bool) -> HfExport:
+    """A DINOv3 model (rope 'dinov3') as transformers' DINOv3ViTModel, through hf_dinov3's table."""
+    cfg = record.config.replace(num_classes=0) if features else record.config
+    if problems := dinov3_unexpressible(cfg):
+        raise VitConvertError(f"{src}: transformers' DINOv3ViTModel cannot express this model: {'; '.join(problems)}; "
+                              "nothing was written")
+    reader = SafetensorsReader(src)
+    dtype = _dtype(reader)
+    dropped = [k for k in reader.shapes if k.startswith("head.")]
+    specs = plan_tensors(hf_dinov3.export_rules(cfg), reader, block_bindings(cfg.depth), where=str(src),
+                         ignore=dropped)
+    # transformers' own initial value: the mask token is pre-training only, and nothing should load uninitialised.
+    specs.append(TensorSpec("embeddings.mask_token", (1, 1, cfg.embed_dim), lambda: np.zeros((1, 1, cfg.embed_dim))))
+    if not cfg.reg_tokens:  # transformers holds an empty table then
+        specs.append(TensorSpec("embeddings.register_tokens", (1, 0, cfg.embed_dim),
+                                lambda: np.zeros((1, 0, cfg.embed_dim))))
+    processor, notes = processor_for(record.preprocess)
+    with atomic_directory(dst, force, replaceable=frozenset(FILES).__contains__) as tmp:
+        _write_json(tmp / "config.json", dinov3_config(record, dtype))
+        _write_json(tmp / "preprocessor_config.json", processor)
+        write_safetensors(tmp / "model.safetensors", specs, dtype, {"format": "pt"})
+    return HfExport(path=Path(dst), architecture=hf_dinov3.ARCHITECTURE, model_type=hf_dinov3.MODEL_TYPE,
                     processor=processor["image_processor_type"], files=FILES, notes=tuple(notes))
 
 

@@ -6,7 +6,10 @@ tutorial ViTs, transformers' pytorch_model.bin); what a format makes of the keys
 from __future__ import annotations
 
 import argparse
+import ctypes
+import dataclasses
 import io
+import mmap
 import os
 import pickle
 import re
@@ -19,9 +22,11 @@ import numpy as np
 import torch
 
 from ..core.errors import VitConvertError
+from .memory import check_memory
 from .paths import check_input
 from .safetensors_file import read_header, read_tensors
 
+MADV_DONTNEED = 4  # Linux's madvise advice: the pages may be dropped (a file's are read again when touched)
 # Training checkpoints keep the weights under one of these (DINO: the teacher is the one to use).
 WRAPPERS = ("state_dict", "model", "model_ema", "module", "teacher", "student")
 
@@ -32,22 +37,30 @@ class Checkpoint:
 
     tensors: dict[str, torch.Tensor]
     wrapper: tuple[str, ...] = ()  # the keys it was found under, outermost first (DINO: ('teacher',))
+    # Address ranges of the memory-mapped file the tensors are in (a zip-format .pth), for TensorReader.
+    mapped: tuple[tuple[int, int], ...] = ()
 
 
-def read_state_dict(path: str | os.PathLike, mmap: bool = False) -> Checkpoint:
-    """Tensors of a .safetensors, or of a .pth/.bin read with weights_only (no code runs). mmap: a zip-format
+def read_state_dict(path: str | os.PathLike) -> Checkpoint:
+    """Tensors of a .safetensors, or of a .pth/.bin read with weights_only (no code runs). A zip-format
     pickle's tensors stay in the file, mapped, until read (a sharded checkpoint's shards: only the pickle is
-    read to list them; a tensor's pages are read when it is)."""
+    read to list them; a tensor's pages are read when it is); a TorchScript archive's are read without
+    running its code."""
     path = check_input(path, "a checkpoint file")
     if path.suffix == ".safetensors":
         read_header(path)  # clear errors for truncated or foreign files
         return unwrap(read_tensors(path), str(path))
     if torchscript_root(path) is not None:
         return Checkpoint(read_torchscript(path))
+    mapped = zipfile.is_zipfile(path)
+    if not mapped:  # an old-style pickle is read whole (a float32 copy of each tensor comes later, one at a time)
+        check_memory(path.stat().st_size, f"reading {path} (a pickle that is not zip-format is read whole)")
     try:
         # DINO's training checkpoints carry their command line as an argparse.Namespace: plain data.
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+            # A zip-format file (torch.save's since 1.6) is memory-mapped: its tensors are read from the file
+            # as the writer asks for them, so converting holds about one tensor, not the whole file.
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, zip errors...
         text = str(e)
         if "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text:
@@ -60,7 +73,38 @@ def read_state_dict(path: str | os.PathLike, mmap: bool = False) -> Checkpoint:
                 "dict with safetensors") from None
         first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         raise VitConvertError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
-    return unwrap(obj, str(path))
+    checkpoint = unwrap(obj, str(path))
+    return dataclasses.replace(checkpoint, mapped=_mapped_ranges(path)) if mapped else checkpoint
+
+
+def _mapped_ranges(path: Path) -> tuple[tuple[int, int], ...]:
+    """Where `path` is mapped into this process (Linux's /proc/self/maps); () where that cannot be read."""
+    real = os.path.realpath(path)
+    ranges = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].rstrip("\n") == real:
+                    start, end = (int(v, 16) for v in fields[0].split("-"))
+                    ranges.append((start, end))
+    except OSError:
+        return ()
+    return tuple(ranges)
+
+
+def _release_pages(t: torch.Tensor, ranges: tuple[tuple[int, int], ...]) -> None:
+    """Let the system drop the pages of a mapped tensor once it has been copied out (madvise DONTNEED): they
+    are the file's, read again from it if touched, so a conversion's resident memory stays near one tensor.
+    Only inside the file's own mapping (never anonymous memory, which DONTNEED would zero)."""
+    start = t.untyped_storage().data_ptr()
+    end = start + t.untyped_storage().nbytes()
+    page = mmap.PAGESIZE
+    lo, hi = -(-start // page) * page, end // page * page  # whole pages only: neighbours may still be needed
+    if hi <= lo or not any(a <= lo and hi <= b for a, b in ranges):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_DONTNEED)
 
 
 def torchscript_root(path: Path) -> str | None:
@@ -169,9 +213,11 @@ def unwrap(obj: object, where: str) -> Checkpoint:
 class TensorReader:
     """A state dict's tensors as the mapping engine reads them (float32 numpy arrays, one at a time)."""
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor], path: Path | None = None) -> None:
+    def __init__(self, tensors: Mapping[str, torch.Tensor], path: Path | None = None,
+                 mapped: tuple[tuple[int, int], ...] = ()) -> None:
         self.tensors = tensors
         self.path = path
+        self.mapped = mapped  # Checkpoint.mapped: tensors there are copied out and their pages released
         self.shapes = {k: tuple(v.shape) for k, v in tensors.items()}
 
     def check_weights(self, keys: Iterable[str], where: str) -> None:
@@ -184,4 +230,9 @@ class TensorReader:
                 raise VitConvertError(f"{where}: tensor {k} is {kind}; expected dense floating point weights")
 
     def read(self, key: str) -> np.ndarray:
-        return self.tensors[key].detach().to(torch.float32).numpy()
+        t = self.tensors[key].detach()
+        if not self.mapped:
+            return t.to(torch.float32).numpy()
+        out = t.to(torch.float32, copy=True).numpy()
+        _release_pages(t, self.mapped)
+        return out

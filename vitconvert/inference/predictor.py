@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -23,6 +23,7 @@ from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..model.loading import model_from
 from ..model.optimize import compiled_for_static_shapes
+from ..model.vit import token_parts
 from .attention import overlay, rollout
 from .batches import Batch, ImageInput, batches, prepare
 from .images import MAX_PIXELS, load_rgb
@@ -56,11 +57,17 @@ class ImagePredictions:
                 **({"probabilities": self.kind} if self.kind != "softmax" else {})}
 
 
+# With tokens, the prefix tokens each kind apart (as `vitpredict --embed --tokens` names its arrays), those the
+# model has: the class token (D,), the register/storage tokens (R, D), DeiT's distillation token (D,).
+PREFIX_ARRAYS = ("class_tokens", "register_tokens", "dist_tokens")
+
+
 @dataclass(frozen=True)
 class ImageEmbedding:
     image: str
-    embedding: np.ndarray | None  # float32, (D,) pooled or (T, D) tokens; None when the image failed
+    embedding: np.ndarray | None  # float32, (D,) pooled or (h * w, D) patch tokens; None when the image failed
     error: str | None = None  # why the image could not be embedded
+    prefix: dict[str, np.ndarray] = field(default_factory=dict)  # with tokens: PREFIX_ARRAYS the model has
 
 
 class Predictor:
@@ -145,8 +152,9 @@ class Predictor:
         (B, D): the pooled features the head reads, before any representation layer (timm's
         `forward_head(x, pre_logits=True)`; a distilled model averages its two tokens); where the head is
         an embedding projection (`record.head_is_embedding`: LiT's image tower), its output, the image
-        embedding. `tokens`: (B, T, D), every token after the final norm (timm's `forward_features`).
-        `normalize`: each vector (each token's, with `tokens`) scaled to unit length.
+        embedding. `tokens`: (B, T, D), every token after the final norm (timm's `forward_features`:
+        [class, registers, patches]; `embed` splits them). `normalize`: each vector (each token's, with
+        `tokens`) scaled to unit length.
         """
         return self._launch_embeddings(batch, tokens, normalize).landed()
 
@@ -209,24 +217,48 @@ class Predictor:
 
     def iter_embed(self, images: Sequence[ImageInput], tokens: bool = False, normalize: bool = False,
                    batch_size: int = 32, workers: int = 0, errors: OnError = "raise") -> Iterator[ImageEmbedding]:
-        """`embed`, one image at a time, with `iter_predict`'s batching, workers and errors."""
+        """`embed`, one image at a time, with `iter_predict`'s batching, workers and errors; with `tokens`
+        each result's `prefix` holds its prefix tokens."""
         def launch(inputs: torch.Tensor) -> InFlight:
             return self._launch_embeddings(inputs, tokens, normalize, batch_size)
 
-        for name, embedding, error in self._per_image(images, batch_size, workers, errors, launch,
-                                                      lambda features: features.numpy()):
-            yield ImageEmbedding(name, embedding, error)
+        def rows(features: torch.Tensor) -> Iterable[tuple[np.ndarray, dict[str, np.ndarray]]]:
+            if not tokens:
+                return ((row, {}) for row in features.numpy())
+            parts = token_parts(features, self.config)
+            prefix = {name: t.numpy() for name, t in zip(PREFIX_ARRAYS, parts[:3], strict=True) if t is not None}
+            return ((patches, {name: t[i] for name, t in prefix.items()})
+                    for i, patches in enumerate(parts.patch_tokens.numpy()))
+
+        for name, row, error in self._per_image(images, batch_size, workers, errors, launch, rows):
+            yield ImageEmbedding(name, None, error) if row is None else ImageEmbedding(name, row[0], error, row[1])
 
     def embed(self, images: Sequence[ImageInput], tokens: bool = False, normalize: bool = False,
               batch_size: int = 32, workers: int = 0) -> np.ndarray:
         """One float32 vector per image, (len(images), D): the pooled features the head reads (see
-        `batch_embeddings`), for any model, with or without a head. `tokens`: every token instead,
-        (len(images), T, D). `normalize`: unit length. Computed with the file's preprocessing at this
-        predictor's size; an image that cannot be read raises its VitConvertError."""
-        rows = [r.embedding for r in self.iter_embed(images, tokens, normalize, batch_size, workers)]
-        if not rows:
-            raise VitConvertError("embed: no images given")
-        return np.stack(rows)
+        `batch_embeddings`), for any model, with or without a head. `tokens`: the patch tokens after the
+        final norm instead (DINO's `x_norm_patchtokens`), (len(images), h * w, D), row by row over the
+        `grid` (`embed_tokens` gives the prefix tokens too). `normalize`: unit length. Computed with the
+        file's preprocessing at this predictor's size; an image that cannot be read raises its
+        VitConvertError."""
+        if tokens:
+            return self.embed_tokens(images, normalize, batch_size, workers)["embeddings"]
+        return _stacked([r.embedding for r in self.iter_embed(images, False, normalize, batch_size, workers)])
+
+    def embed_tokens(self, images: Sequence[ImageInput], normalize: bool = False, batch_size: int = 32,
+                     workers: int = 0) -> dict[str, np.ndarray]:
+        """Every token after the final norm, split by kind, float32, as `vitpredict --embed --tokens`
+        writes them: 'embeddings', the patch tokens (len(images), h * w, D); 'grid', (h, w); and those of
+        PREFIX_ARRAYS the model has: 'class_tokens' (len(images), D), 'register_tokens' (len(images), R, D)
+        (registers, DINOv3's storage tokens), 'dist_tokens' (len(images), D)."""
+        results = list(self.iter_embed(images, True, normalize, batch_size, workers))
+        arrays = {"embeddings": _stacked([r.embedding for r in results]), "grid": np.array(self.grid)}
+        return arrays | {name: np.stack([r.prefix[name] for r in results]) for name in results[0].prefix}
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The patch grid (rows, columns) of this predictor's input size."""
+        return self.config.grid_size
 
     def _per_image(self, images: Sequence[ImageInput], batch_size: int, workers: int, errors: OnError,
                    launch: Callable[[torch.Tensor], InFlight], rows: Callable[[torch.Tensor], Iterable[Any]],
@@ -324,6 +356,12 @@ def check_device(device: str | torch.device) -> torch.device:
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise VitConvertError(f"device {dev}: Apple MPS is not available here")
     return dev
+
+
+def _stacked(rows: list[np.ndarray]) -> np.ndarray:
+    if not rows:
+        raise VitConvertError("embed: no images given")
+    return np.stack(rows)
 
 
 def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
