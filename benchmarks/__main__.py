@@ -8,6 +8,8 @@ Sections (the first four also run alone: `python -m benchmarks.<module>`):
               top-1 agreement of bfloat16 with float32 on the sample photos
   cold_start  `vitpredict` vs a timm user's script, one image, whole process
   folder      `vitpredict` over 200 images vs the model alone at the same batch size
+  rope        RoPE ViT-B/16 (Naver's RoPE-ViT, DINOv3) vs timm's Eva, float32, 224 and 448, batch 1; only when
+              named
   peers       ViT-B/16 on the CPU vs timm, ONNX Runtime and OpenVINO, float32; then ours int8 and bfloat16
               (ONNX Runtime and OpenVINO from the `bench` extra); only when named
   compile     the float32 paths compile=True could take (inductor, with freezing, TorchScript, oneDNN) vs
@@ -16,8 +18,13 @@ Sections (the first four also run alone: `python -m benchmarks.<module>`):
               only when named (needs vitconvert[ray])
   hf          hf2torch and export --to hf on a ViT-B/16 vs transformers' from_pretrained + save_pretrained,
               whole process: wall and peak RSS; only when named (needs vitconvert[hf])
+  sharded     hf2torch of a ViT-B/16 in safetensors shards and in .bin shards vs in one file: peak RSS vs the
+              checkpoint's size; only when named (needs vitconvert[hf])
   finetune    `vitconvert.finetune` vs a plain timm training loop, and vs our training step without images
               to read: ViT-Ti/16 at 224, float32, CPU; only when named (minutes of training)
+  serve       `vitconvert serve` under 16 concurrent HTTP clients vs the model alone and vs a plain
+              one-request-one-forward app, ViT-Ti/16 and ViT-S/16: images/s, CPU per image, p50/p99
+              latency; only when named
   gpu         ViT-B/16 on a CUDA GPU vs timm, autocast bfloat16 and float16, eager and compiled, 224 and 384,
               batch 1, 64 and 256: images/s and % of the GPU's peak (compiled while 300 s last), then
               Predictor over 4000 photos vs the model alone; only when named (says so without a GPU)
@@ -37,9 +44,11 @@ from pathlib import Path
 from benchmarks.common import ROOT, OtherLoad, load, machine
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-SECTIONS = ["conversion", "inference", "cold_start", "folder", "peers", "compile", "ray", "hf", "finetune", "gpu"]
-# peers and compile (minutes of compiling), ray and hf (optional extras) and finetune (minutes of training) are
-# asked for by name
+SECTIONS = ["conversion", "inference", "cold_start", "folder", "rope", "peers", "compile", "ray", "hf", "sharded",
+            "finetune", "zeroshot", "serve", "gpu"]
+# rope (minutes at 448), peers and compile (minutes of compiling), ray, hf and sharded (optional extras), finetune
+# (minutes of training), zeroshot (minutes of text encoding) and serve (servers started, minutes of load) are asked
+# for by name
 DEFAULT = SECTIONS[:4]
 HEADER = """# Benchmark results
 
@@ -109,6 +118,13 @@ def folder(quick: bool) -> str:
             f"{'met' if worst >= 0.8 else 'NOT met'}.")
 
 
+def rope(quick: bool) -> str:
+    from benchmarks import rope as r
+
+    repeats = 3 if quick else 10
+    return r.text(r.run([224, 448], batch=1, repeats=repeats), repeats)
+
+
 def compile_(quick: bool) -> str:
     from benchmarks import inference as i
 
@@ -138,10 +154,31 @@ def hf(quick: bool) -> str:
 
 
 
+def sharded(quick: bool) -> str:
+    from benchmarks import sharded as s
+
+    repeats = 1 if quick else 3
+    return s.text(s.run(repeats, "100MB"), repeats, "100MB")
+
+
 def finetune(quick: bool) -> str:
     from benchmarks import finetune as f
 
     return f.text(f.run(rounds=1 if quick else 3, steps=5, batch=16))
+
+
+def serve(quick: bool) -> str:
+    from benchmarks import serve as s
+
+    rounds = 1 if quick else 3
+    return (s.text(s.run(list(s.MODELS), rounds=rounds)) + "\n\n### One torch thread in every process\n\n"
+            + s.text(s.run(list(s.MODELS), rounds=rounds, threads=1)) + "\n\n" + s.READING)
+
+
+def zeroshot(quick: bool) -> str:
+    from benchmarks import zeroshot as z
+
+    return z.text(z.run(classes=2 if quick else 3, repeats=1 if quick else 2))
 
 
 def gpu(quick: bool) -> str:
@@ -157,20 +194,27 @@ def gpu(quick: bool) -> str:
     return table + "\n\n" + g.folder_text(g.folder_check(1000 if quick else 4000, 64, "bfloat16"))
 
 
-RUNNERS = {"conversion": conversion, "inference": inference, "cold_start": cold_start, "folder": folder,
-           "peers": peers, "compile": compile_, "ray": ray, "hf": hf, "finetune": finetune, "gpu": gpu}
+RUNNERS = {"conversion": conversion, "inference": inference, "cold_start": cold_start, "folder": folder, "rope": rope,
+           "peers": peers, "compile": compile_, "ray": ray, "hf": hf, "sharded": sharded,
+           "finetune": finetune, "zeroshot": zeroshot, "serve": serve, "gpu": gpu}
 TITLES = {"conversion": "Conversion", "inference": "Inference (CPU)", "cold_start": "Cold start",
-          "folder": "A folder of 200 images", "peers": "Against ONNX Runtime and OpenVINO (CPU)",
+          "folder": "A folder of 200 images", "rope": "RoPE ViTs against timm's Eva (CPU)",
+          "peers": "Against ONNX Runtime and OpenVINO (CPU)",
           "compile": "compile=True: the float32 paths tried (CPU)", "ray": "Ray Data, local",
-          "hf": "transformers in and out", "finetune": "Fine-tuning (CPU)", "gpu": "GPU"}
+          "hf": "transformers in and out", "sharded": "Sharded transformers checkpoints",
+          "finetune": "Fine-tuning (CPU)", "zeroshot": "Zero-shot head building (CPU)",
+          "serve": "Serving over HTTP (CPU)", "gpu": "GPU"}
 
 
 def update(results: Path, bodies: dict[str, str]) -> None:
     text = results.read_text() if results.exists() else ""
-    old = {m.group(1): m.group(0) for m in re.finditer(r"<!-- section:(\w+) -->.*?<!-- /section:\1 -->", text, re.DOTALL)}
+    section = re.compile(r"<!-- section:(\w+) -->.*?<!-- /section:\1 -->", re.DOTALL)
+    old = {m.group(1): m.group(0) for m in section.finditer(text)}
     for name, body in bodies.items():
         old[name] = f"<!-- section:{name} -->\n{body}\n<!-- /section:{name} -->"
-    results.write_text(HEADER + "\n" + "\n\n".join(old[n] for n in SECTIONS if n in old) + "\n")
+    # Sections no runner writes (the one-off timings) are kept, after the runners' own.
+    order = [*SECTIONS, *sorted(set(old) - set(SECTIONS))]
+    results.write_text(HEADER + "\n" + "\n\n".join(old[n] for n in order if n in old) + "\n")
 
 
 def main() -> None:
@@ -191,7 +235,8 @@ def main() -> None:
             body = RUNNERS[name](args.quick)
         took = time.perf_counter() - start
         bodies[name] = (f"## {TITLES[name]}\n\n{when}, {'--quick' if args.quick else 'full'} run, {took:.0f} s. "
-                        f"Load average {start_load} before it (after {'the run started' if bodies else 'nothing of ours'}"
+                        f"Load average {start_load} before it "
+                        f"(after {'the run started' if bodies else 'nothing of ours'}"
                         f"); during it {other.text}.\nMachine: {machine()}.\n\n{body}")
         print("\n" + bodies[name], flush=True)
         if not args.no_write:  # after each section, so an interrupted run keeps what it measured

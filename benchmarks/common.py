@@ -106,7 +106,8 @@ class OtherLoad:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        busy, ours, wall = (b - a for a, b in zip(self.start, (self._busy(), self._ours(), time.perf_counter()), strict=False))
+        now = (self._busy(), self._ours(), time.perf_counter())
+        busy, ours, wall = (b - a for a, b in zip(self.start, now, strict=True))
         cores = os.cpu_count() or 1
         self.fraction = max(0.0, busy - ours) / (wall * cores) if wall > 0 else 0.0
         self.text = f"other processes used {self.fraction * 100:.0f}% of the {cores} cores"

@@ -12,8 +12,8 @@ half type, LayerNorm and softmax in float32; never a cast of the whole model. Co
 compiled once per input shape before timing; at batch 1 ours also runs with CUDA graphs
 (`torch.compile(mode='reduce-overhead')`). Without a CUDA GPU it says so and measures nothing.
 
-Compiling a shape took 20 s for a B/16 on the 2-core AMD EPYC (not timed on a GPU), more than the
-timing itself, and a session lent a GPU has minutes: rows run most important first (bfloat16 before
+Compiling a shape takes longer than timing it (seconds per shape: docs/speed.md), and a session lent a
+GPU has minutes: rows run most important first (bfloat16 before
 float16, 224 before 384, batch 256, the target, before 1 and 64) and are printed as each is measured;
 once the compiled variants of another row would overrun `--budget-s` (estimated from the slowest row
 so far), the remaining rows are timed eager only, and the table says so.

@@ -208,7 +208,8 @@ def compiled_table(rows: list[dict], batch: int = 8) -> str:
               "images to pay back the compile", "max abs logit diff vs eager float32"]]
     for r in rows:
         gain = 1 / base[r["dtype"]] - 1 / r["ips"]  # seconds saved per image
-        payback = "-" if r["first"] is None else f"{(r['first'] - batch / r['ips']) / gain:.0f}" if gain > 0 else "never"
+        payback = ("-" if r["first"] is None
+                   else f"{(r['first'] - batch / r['ips']) / gain:.0f}" if gain > 0 else "never")
         lines.append([r["path"], r["dtype"], f"{r['ips']:.2f}", f"{r['ips'] / base[r['dtype']]:.2f}x",
                       "-" if r["first"] is None else f"{r['first']:.1f} s", payback, f"{r['diff']:.1e}"])
     return markdown(lines)

@@ -43,7 +43,7 @@ def cpu_text() -> str:
 
 def matmul_ms(repeats: int = 5) -> dict[str, float]:
     """A plain 4096x4096 matrix product in float32 and bfloat16, median milliseconds: the figure issue 17
-    compares across CPUs (an Intel Xeon with AVX512-BF16 and no AMX: 55 ms float32, 94 ms bfloat16)."""
+    compares across CPUs (its figures on other CPUs: docs/speed.md)."""
     a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
     a16, b16 = a.bfloat16(), b.bfloat16()
     seconds = interleaved_medians({"float32": lambda: a @ b, "bfloat16": lambda: a16 @ b16}, repeats, warmup=1)

@@ -133,3 +133,30 @@ def test_gpu_folder_check_runs_vitpredicts_path_on_the_cpu():
     r = folder_check(8, 4, "float32", device="cpu", workers=0, rounds=1)
     assert r["images"] == 8 and r["workers"] == 0 and r["folder"] > 0 and r["model"] > 0
     assert "over 8 photos" in folder_text(r)
+
+
+def test_serve_text_states_both_targets_from_the_medians():
+    from benchmarks.serve import text
+
+    rates = {"model alone": 10.0, "model with decoding": 8.0, "vitconvert serve": 9.0, "plain app": 3.0}
+    cpu = {"model alone": 0.2, "model with decoding": 0.25, "vitconvert serve": 0.22, "plain app": 0.6}
+    row = {"rates": rates, "cpu": cpu, "p50": {"vitconvert serve": 0.5, "plain app": 2.0},
+           "p99": {"vitconvert serve": 0.9, "plain app": 4.0}, "mean_batch": 12.5, "requests": 48}
+    out = text({"models": {"s16": row}, "rounds": 3, "clients": 16, "batch": 16, "max_wait_ms": 20})
+    assert "images/s 0.90x the model alone (met) and 3.00x the plain app (met)" in out
+    assert "mean batch 12.5" in out and "| ViT-S/16 | vitconvert serve    | 9.0" in out
+
+
+def test_serve_plain_app_answers_one_forward_a_request_as_the_server_does(tiny_weights, cat_jpg):
+    import asyncio
+
+    import httpx
+
+    from benchmarks.serve import plain_app
+    from vitconvert.serve import create_app
+
+    async def ask(app) -> dict:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return (await client.post("/predict", content=cat_jpg.read_bytes())).json()
+
+    assert asyncio.run(ask(plain_app(str(tiny_weights)))) == asyncio.run(ask(create_app(tiny_weights)))

@@ -20,6 +20,9 @@ MAY_IMPORT = {
     # The published checkpoints: the manifest, their download (through convert) and the cache they land in.
     "catalog": {"core", "formats", "conversion", "catalog"},
     "model": {"core", "formats", "model"},
+    # A two-tower model's text tower: its blocks are the ViT's own (model/blocks.py), its tokenizer reads the
+    # tokenizer files formats/tokenizer_files.py opens, its config is core's (the record holds it).
+    "text": {"core", "formats", "model", "text"},
     # Inference resolves a model name (--model) to its file in the catalog's cache.
     "inference": {"core", "formats", "catalog", "model", "inference"},
     # export --to hf reads the transformers table (convert/hf_layouts.py) the other way, and writes a label
@@ -30,16 +33,21 @@ MAY_IMPORT = {
     "cluster": {"core", "formats", "catalog", "model", "inference", "cluster"},  # Ray Data, on top of inference
     # Fine-tuning: reads images as inference does and writes our files; the CLI resolves --model names.
     "train": {"core", "formats", "model", "inference", "train"},
+    # The HTTP app: the predictor behind routes, batched.
+    "serve": {"core", "formats", "catalog", "model", "inference", "text", "zeroshot", "serve"},
+    # Zero-shot heads: a two-tower file's text tower (text) embeds the prompts; the head is written as our file.
+    "zeroshot": {"core", "formats", "model", "text", "zeroshot"},
 }
 NO_TORCH = {"core", "formats", "conversion", "catalog"}
 # Pickled state dicts need torch to read: formats/state_dict.py is the one reader (of timm's, the tutorial
 # ViTs' and transformers' pytorch_model.bin), imported only for such a file. timm.py and tutorial_vits.py
 # also standardize hybrid ResNet kernels by their source's own float32 torch calls (to the bit: a ResNet
-# amplifies the rounding of any other formula), imported inside those ops. timm_models.py builds timm's models.
+# amplifies the rounding of any other formula), imported inside those ops. timm_models.py builds timm's models,
+# and timm_eva_models.py reads its Eva ones.
 TORCH_ALLOWED = {"formats/state_dict.py", "conversion/timm.py", "conversion/timm_models.py",
-                 "conversion/tutorial_vits.py"}
-# timm_models.py reads timm's own models (for a named --model, and for verify).
-TIMM_ALLOWED = {"conversion/timm_models.py", "fidelity/verify.py"}
+                 "conversion/timm_eva_models.py", "conversion/tutorial_vits.py"}
+# timm_models.py and timm_eva_models.py read timm's own models (for a named --model, and for verify).
+TIMM_ALLOWED = {"conversion/timm_models.py", "conversion/timm_eva_models.py", "fidelity/verify.py"}
 
 
 def modules() -> list[Path]:

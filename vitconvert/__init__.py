@@ -22,6 +22,7 @@ _EXPORTS = {
     "VisionTransformer": "model.vit",
     "load_model": "model.loading",
     "save_weights": "model.loading",
+    "load_text_model": "text.loading",
     "resample_pos_embed": "model.posembed",
     "convert": "conversion.pipeline",
     "convert_jax": "conversion.jax",

@@ -342,8 +342,9 @@ def test_download_and_convert(env, monkeypatch):
 ENTRY_KNOWS = {
     "pos_resize flexivit": ({"pos_resize": "flexivit"}, 32, "position embeddings resized 'flexivit' at other "
                             f"sizes, as the published checkpoint '{TINY_NAME}' is run"),
-    "a size the patches do not tile": ({"img_size": [40, 40]}, 40, "image size 40x40 as published; the stored 2x2 "
-                                       "position grid alone would say 32x32 (the patch embedding never reads the last 8 px)"),
+    "a size the patches do not tile": (
+        {"img_size": [40, 40]}, 40, "image size 40x40 as published; the stored 2x2 position grid alone would say "
+        "32x32 (the patch embedding never reads the last 8 px)"),
 }
 
 

@@ -48,7 +48,7 @@ BV_VARIANTS = {"S": (384, 12, 6, 1536), "B": (768, 12, 12, 3072), "L": (1024, 24
 PINNED = re.compile(r"[\w.-]+/[\w.-]+@[0-9a-f]{12,40}\b")
 # The families added with big_vision's checkpoints: each entry cites its sources at a commit.
 CITED_FAMILIES = ("sam", "big_vision", "flexivit", "lit", "siglip", "siglip2")
-README = Path(__file__).resolve().parents[2] / "README.md"
+MANIFEST_PAGE = Path(__file__).resolve().parents[2] / "docs" / "manifest.md"
 
 
 # --- The schema, the loader's checks, and the facts each family's entries record ---
@@ -114,9 +114,9 @@ def test_the_new_families_cite_their_sources_at_a_commit():
             assert e.top1 is None or PINNED.search(e.top1_source), e.name
 
 
-def test_the_readme_says_where_each_familys_facts_come_from():
-    text = README.read_text(encoding="utf-8")
-    section = text.split("#### Where the facts come from", 1)[1].split("And for every family", 1)[0]
+def test_the_manifest_page_says_where_each_familys_facts_come_from():
+    text = MANIFEST_PAGE.read_text(encoding="utf-8")
+    section = text.split("## Where the facts come from", 1)[1].split("And for every family", 1)[0]
     bullets = {m.group(1): m.group(2) for m in re.finditer(r"^- `([\w-]+)`: (.*?)(?=^\S|^- |\Z)", section,
                                                             re.MULTILINE | re.DOTALL)}
     assert set(bullets) == set(FAMILIES)
@@ -167,7 +167,8 @@ def test_vit_jax_classifier_facts(e):
         if e.family == "augreg":
             assert e.filename.startswith(up.filename[: -len(".npz")] + "--imagenet2012-")
     if e.preprocess_source == "google":
-        assert (e.preprocess.resize, e.preprocess.interpolation) == ("squash", "bilinear_tf")  # vit_jax's tf.image.resize
+        # vit_jax's tf.image.resize
+        assert (e.preprocess.resize, e.preprocess.interpolation) == ("squash", "bilinear_tf")
     else:  # timm's pretrained cfgs: Pillow's bicubic and a center crop
         assert (e.preprocess.resize, e.preprocess.interpolation) == ("crop", "bicubic")
     assert e.preprocess.mean == e.preprocess.std == (0.5, 0.5, 0.5)
@@ -240,7 +241,8 @@ def test_lit_image_towers():
         assert e.num_classes == (768 if model == "B16B" else 0)
         assert e.labels is None and e.timm_model is None and e.top1 is None and not e.head_is_zero
         # vit_jax's PreprocessImages: tf.image.resize to 224x224, values to [-1, 1]
-        assert (e.preprocess_source, e.preprocess.resize, e.preprocess.interpolation) == ("google", "squash", "bilinear_tf")
+        assert e.preprocess_source == "google"
+        assert (e.preprocess.resize, e.preprocess.interpolation) == ("squash", "bilinear_tf")
 
 
 FLEXIVIT_TIMM = {"S": "flexivit_small", "B": "flexivit_base", "L": "flexivit_large"}
@@ -257,11 +259,13 @@ def test_flexivit(e):
     # paper's; an assumption the notes state) and posemb_size (7, 7), so 7 x 32 = 224 px; its position
     # embedding covers the patches only and is resized at every forward.
     c = e.config
-    assert (c.patch_size, e.train_resolution, c.pool, c.no_embed_class, c.pos_resize) == (32, 224, "token", True, "flexivit")
+    assert (c.patch_size, e.train_resolution, c.pool) == (32, 224, "token")
+    assert (c.no_embed_class, c.pos_resize) == (True, "flexivit")
     assert c.grid_size == (7, 7)
     assert e.num_classes == 1000 and e.labels == "imagenet-1k" and c.representation_size is None
     # pp_eval_student: resize(272)|central_crop(240)|value_range(-1, 1), its crop fraction at the file's size.
-    assert (e.preprocess_source, e.preprocess.resize, e.preprocess.interpolation) == ("big_vision", "squash", "bilinear_tf")
+    assert e.preprocess_source == "big_vision"
+    assert (e.preprocess.resize, e.preprocess.interpolation) == ("squash", "bilinear_tf")
     assert (e.preprocess.size, e.preprocess.crop_pct) == ((224, 224), 240 / 272)
     assert e.preprocess.mean == e.preprocess.std == (0.5, 0.5, 0.5)
     # i1k_deit3_distill.py evaluates the student at patch_size (16, 16), res 240: the entry says how to run that.
@@ -287,7 +291,8 @@ def test_siglip_image_towers(e):
             r"webli_(en|i18n)_(b|l|so400m)_?(\d+)?_(\d+)_\d+\.npz", e.filename).groups()
         patch = patch or "14"
     else:
-        lang, (variant, patch, res) = "en", re.fullmatch(r"siglip2_(b|l|so400m|g-opt)(\d+)_(\d+)\.npz", e.filename).groups()
+        name = re.fullmatch(r"siglip2_(b|l|so400m|g-opt)(\d+)_(\d+)\.npz", e.filename)
+        lang, (variant, patch, res) = "en", name.groups()
     variant, patch, res = SIGLIP_VARIANTS[variant], int(patch), int(res)
     i18n = "-i18n" if lang == "i18n" else ""
     assert e.name == f"{e.family}-{variant.replace('-', '')}{patch}{i18n}-{res}-img" and e.arch == f"{variant}/{patch}"
@@ -297,7 +302,8 @@ def test_siglip_image_towers(e):
     assert not e.config.no_embed_class  # no prefix token to leave out: spelled as jax2torch writes it, and timm
     assert e.labels is None and e.top1 is None and not e.head_is_zero
     # The demos' resize(RES)|value_range(-1, 1): tf.image.resize (bilinear) of both sides.
-    assert (e.preprocess_source, e.preprocess.resize, e.preprocess.interpolation) == ("big_vision", "squash", "bilinear_tf")
+    assert e.preprocess_source == "big_vision"
+    assert (e.preprocess.resize, e.preprocess.interpolation) == ("squash", "bilinear_tf")
     assert e.preprocess.mean == e.preprocess.std == (0.5, 0.5, 0.5)
     if e.timm_model is not None:
         tag = {"siglip": "webli_i18n" if i18n else "webli", "siglip2": "v2_webli"}[e.family]
@@ -328,7 +334,8 @@ DATA = tiny_npz_bytes()
     (lambda d: d["checkpoints"][0].update(sha256="ABC"), "sha256 must be 64 lowercase hex"),
     (lambda d: d["checkpoints"][0].update(top1=85.0), "with a top1_source"),
     (lambda d: d["checkpoints"][0].update(upstream="nope"), "upstream 'nope' is not in the manifest"),
-    (lambda d: d["checkpoints"][0]["config"].update(depth="1"), r"invalid ViT config: depth must be a positive integer, got '1'"),
+    (lambda d: d["checkpoints"][0]["config"].update(depth="1"),
+     r"invalid ViT config: depth must be a positive integer, got '1'"),
     (lambda d: d["checkpoints"][0]["config"].update(embed_dim=9), "invalid ViT config"),
     (lambda d: d["checkpoints"][0]["preprocess"].update(resize="stretch"), "preprocess.resize"),
     (lambda d: d["checkpoints"].append(dict(d["checkpoints"][0])), "appears twice"),
@@ -507,3 +514,23 @@ def test_timm_models_read_back_as_the_entrys_architecture(e):
     # pos_resize is how positions reach other input sizes, not the architecture (verify does not compare it).
     mine = at_size(e, cfg.patch_size, cfg.img_size)
     assert cfg == mine.replace(act=cfg.act, hybrid_gn_eps=cfg.hybrid_gn_eps, pos_resize=cfg.pos_resize)
+
+
+def test_every_two_tower_entry_whose_text_tower_is_read_names_its_vocabulary():
+    """big_vision's npz files hold no tokenizer: the manifest says where each is, as the sources load it
+    (the SigLIP colab's TOKENIZERS by vocabulary size and pp/ops_text.py's KNOWN_TOKENIZERS; SigLIP 2's
+    tokenizers.gemma; vit_jax's LiT vocab_path), and only there."""
+    from vitconvert.catalog.manifest import load_manifest
+
+    gcs = "https://storage.googleapis.com/"
+    for e in load_manifest().checkpoints:
+        if e.family == "siglip":
+            expected = gcs + ("t5-data/vocabs/mc4.250000.100extra/sentencepiece.model" if "i18n" in e.url
+                              else "t5-data/vocabs/cc_en.32000/sentencepiece.model")
+        elif e.family == "siglip2":
+            expected = gcs + "big_vision/gemma_tokenizer.model"
+        elif e.name in ("lit-L16S-img", "lit-L16Ti-img"):
+            expected = e.url.replace(".npz", ".model")
+        else:  # image models, and LiT's BERT text towers, which vitconvert does not read
+            expected = None
+        assert e.tokenizer == expected, e.name

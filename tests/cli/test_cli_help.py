@@ -13,7 +13,7 @@ from vitconvert.cli import cli
 from vitconvert.cli.predict import command as vitpredict_command
 
 SUBCOMMANDS = ["jax2torch", "timm2torch", "hf2torch", "torch2torch", "verify", "export", "list", "download",
-               "finetune"]
+               "finetune", "serve"]
 EVERY = [("vitconvert", name) for name in SUBCOMMANDS] + [("vitpredict", None)]
 
 

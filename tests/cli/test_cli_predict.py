@@ -453,5 +453,5 @@ def test_compile_help_quotes_no_speed_up_and_points_to_the_speed_section(vitpred
 
     help_text = " ".join(vitpredict("--help").out.split())
     compile_help = help_text.split("--compile", 1)[1].split("--workers", 1)[0]
-    assert "README, Speed" in compile_help
-    assert not re.search(r"\d(\.\d+)?x", compile_help)  # figures live in the README and benchmarks/RESULTS.md
+    assert "docs/speed.md" in compile_help
+    assert not re.search(r"\d(\.\d+)?x", compile_help)  # figures live in docs/speed.md and benchmarks/RESULTS.md

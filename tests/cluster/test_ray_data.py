@@ -166,7 +166,8 @@ def test_a_model_without_classes_to_rank_gives_embeddings_only(local_ray, weight
     from vitconvert.cluster import predict_dataset
 
     state = load_model(weights).state_dict()
-    state["head.weight"], state["head.bias"] = torch.zeros_like(state["head.weight"]), torch.zeros_like(state["head.bias"])
+    state["head.weight"].zero_()
+    state["head.bias"].zero_()
     zero = write_test_weights(tmp_path / "zero.safetensors", state, TINY)
     with pytest.raises(VitConvertError, match="all zeros.*--embed"):
         predict_dataset([str(DATA / "cat.jpg")], zero)

@@ -466,8 +466,9 @@ def timm_base(name: str) -> dict[str, torch.Tensor]:
 @st.composite
 def mutated_state_dict(draw):
     base = draw(st.sampled_from(sorted(TIMM_BASES)))
-    state, ops = mutate_state(draw, timm_base(base), ["dist_token", "cls_token", "pre_logits.fc.weight", "fc_norm.weight",
-                                                      "blocks.2.norm1.weight", "head_dist.weight", "norm_pre.weight", "x"],
+    state, ops = mutate_state(draw, timm_base(base),
+                              ["dist_token", "cls_token", "pre_logits.fc.weight", "fc_norm.weight",
+                               "blocks.2.norm1.weight", "head_dist.weight", "norm_pre.weight", "x"],
                               ["blocks.0", "blocks.1", "weight", "bias", "norm", "attn", "head"],
                               ["blocks.2", "blocks.9", "Weight", "", "fc_norm", "attention", "head_dist"])
     form = draw(st.sampled_from(["plain", "model", "state_dict", "module.", "extras", "safetensors"]))
@@ -565,8 +566,9 @@ def mutated_torch_source(draw):
     source = draw(st.sampled_from(sorted(TORCH_SOURCE_ARGS)))
     state, ops = mutate_state(
         draw, torch_source_base(source),
-        ["cls_token", "pos_embedding", "mlp_head.0.weight", "transformer.norm.weight", "transformer.layers.2.0.norm.weight",
-         "to_patch_embedding.1.weight", "transformer.encoder.layer.2.ffn.fc1.weight", "encoder.norm.weight", "x"],
+        ["cls_token", "pos_embedding", "mlp_head.0.weight", "transformer.norm.weight",
+         "transformer.layers.2.0.norm.weight", "to_patch_embedding.1.weight",
+         "transformer.encoder.layer.2.ffn.fc1.weight", "encoder.norm.weight", "x"],
         ["layers.0", "layers.1", "weight", "bias", "norm", "to_out.0", "net.4", "cls_token", "head", "in_proj_"],
         ["layers.2", "layers.9", "Weight", "", "fn.norm", "to_out", "net.3", "cls", "mlp_head.1", "q_proj_"])
     args = draw(st.sampled_from([TORCH_SOURCE_ARGS[source], {}, {"image_size": 32, **TORCH_SOURCE_ARGS[source]},

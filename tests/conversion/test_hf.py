@@ -177,6 +177,8 @@ def test_the_defaults_for_what_a_config_leaves_out_are_transformers():
     from vitconvert.conversion.hf_preprocess import PROCESSORS
 
     for kind, defaults in DEFAULTS.items():
+        if kind == "vit-hybrid":  # transformers 5 has no ViTHybridConfig: test_hf_more holds it to its source
+            continue
         config = transformers.AutoConfig.for_model(kind)
         assert {k: getattr(config, k) for k in defaults} == defaults, kind
     for name, ours in PROCESSORS.items():
@@ -256,7 +258,8 @@ def bad(tmp_path, what: str):
 
 
 BAD = {
-    "another model type": "config.json: model_type 'swin'; hf2torch converts vit, deit, dinov2",
+    "another model type": "config.json: model_type 'swin'; hf2torch converts model types vit, deit, dinov2, "
+                          "dinov2_with_registers, vit_msn, vit_mae, vit-hybrid, beit, data2vec-vision (ViTModel, ",
     "no config.json": "no config.json beside the weights",
     "hidden_size disagrees": "inconsistent shapes",
     "more layers than tensors": "missing keys: vit.encoder.layer.2.",

@@ -420,7 +420,8 @@ CLASSIFIERS = {
     # id: (model, prefix, scanned)
     "i1k baseline: sincos2d, gap, pre_logits": (
         bv.BigVision(patch=16, grid=(14, 14), posemb="sincos2d", pool="gap", rep_size=48), "params/", False),
-    "sincos2d, class token, no prefix": (bv.BigVision(patch=16, grid=(14, 14), posemb="sincos2d", pool="tok"), "", False),
+    "sincos2d, class token, no prefix": (
+        bv.BigVision(patch=16, grid=(14, 14), posemb="sincos2d", pool="tok"), "", False),
     "learned, MAP head": (bv.BigVision(pool="map"), "params/", False),
     "learned, MAP head, scanned": (bv.BigVision(pool="map", rep_size=24), "params/", True),
 }

@@ -28,6 +28,7 @@ from timm.models.vision_transformer import VisionTransformer
 from vitconvert import VitConvertError, convert_timm, load_model, read_record
 from vitconvert.cli import cli
 from vitconvert.conversion.timm_models import create_timm_model, timm_config
+from vitconvert.formats.weights_file import FORMAT_VERSION
 
 # ==============================================================================================================
 # timm's ViTs: every wrapper form, the record, --model and --heads, the errors, the command
@@ -293,7 +294,7 @@ def test_cli_timm2torch_prints_the_record_as_json(tmp_path) -> None:
                                       "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
-    assert out["record"]["config"]["depth"] == 1 and out["record"]["version"] == 2
+    assert out["record"]["config"]["depth"] == 1 and out["record"]["version"] == FORMAT_VERSION
 
 
 @pytest.mark.parametrize("args, method", [([], "bicubic"), (["--pos-resize", "bicubic"], "bicubic"),
@@ -317,13 +318,13 @@ def test_pos_resize_is_recorded_and_used_at_other_sizes(tmp_path, args: list, me
 
 def test_an_unknown_pos_resize_is_refused_before_writing(tmp_path, capsys) -> None:
     torch.save(timm_vit("vit_tiny_patch16_224", depth=1).state_dict(), tmp_path / "t.pth")
-    with pytest.raises(VitConvertError, match="pos_resize must be 'bicubic' or 'dino' or 'flexivit' or 'transformers', "
-                                              "got 'nearest'"):
+    with pytest.raises(VitConvertError, match="pos_resize must be 'bicubic' or 'dino' or 'flexivit' or 'transformers' "
+                                              "or 'torchvision', got 'nearest'"):
         convert_timm(tmp_path / "t.pth", tmp_path / "t.safetensors", pos_resize="nearest")
     code, err = cli_error(capsys, "timm2torch", str(tmp_path / "t.pth"), str(tmp_path / "t.safetensors"),
                           "--pos-resize", "nearest")
     assert code == 2 and err.startswith("error: ")
-    assert "'nearest' is not one of 'bicubic', 'dino', 'flexivit', 'transformers'" in err
+    assert "'nearest' is not one of 'bicubic', 'dino', 'flexivit', 'transformers', 'torchvision'" in err
     assert not (tmp_path / "t.safetensors").exists()
 
 # ==============================================================================================================
@@ -345,7 +346,7 @@ def test_an_unknown_pos_resize_is_refused_before_writing(tmp_path, capsys) -> No
 # mean over tokens, which timm's blocks leave in another memory layout (4.8e-7).
 FAMILY_ATOL = 1e-5
 
-# Architectures of the family our ViT does not express, and why (README, "timm2torch" lists the same).
+# Architectures of the family our ViT does not express, and why (docs/sources/timm.md lists the same).
 EXCLUDED = {
     "vit_base_mci_224": "MobileCLIP's convolutional stem is the patch embedding (ConvStem, no patch projection)",
     "vit_dpwee_patch16_reg1_gap_256": "parallel blocks with differential attention (DiffParallelScalingBlock)",
@@ -406,9 +407,8 @@ def test_the_exclusions_are_of_the_family_and_few() -> None:
     assert len(FAMILY) - len(EXCLUDED) >= 166  # timm 1.0.31: 183 architectures, 17 excluded
 
 
-def test_the_readme_names_the_coverage_and_every_exclusion() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme[readme.index("### `vitconvert timm2torch"):readme.index("### `vitconvert torch2torch")]
+def test_the_timm_page_names_the_coverage_and_every_exclusion() -> None:
+    section = (Path(__file__).parents[2] / "docs" / "sources" / "timm.md").read_text()
     assert f"{len(FAMILY) - len(EXCLUDED)} of the {len(FAMILY)} architectures" in section
     globs = re.findall(r"`(\w+)_\*`", section)  # `vitamin_*`
     for name, reason in EXCLUDED.items():

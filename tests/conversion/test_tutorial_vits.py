@@ -105,7 +105,8 @@ def release_state_dict(model: nn.Module, release: tuple[int, ...]) -> dict[str, 
             if wrap and sub == "0":  # Attention: norm, to_qkv, to_out
                 rest = norm + rest[len("norm"):] if rest.startswith("norm") else wrap + rest
             elif wrap:  # FeedForward, its LayerNorm net.0 outside, its Linears net.1, net.4 inside as net.0, net.3
-                rest = {"0": norm, "1": wrap + "net.0", "4": wrap + "net.3"}[rest.split(".")[1]] + "." + rest.split(".")[-1]
+                inner = {"0": norm, "1": wrap + "net.0", "4": wrap + "net.3"}[rest.split(".")[1]]
+                rest = inner + "." + rest.split(".")[-1]
             key = f"{layer}.{sub}.{rest}"
         elif key.startswith("to_patch_embedding.2.") and release < (1, 0, 0):
             key = key.replace(".2.", ".1.")

@@ -29,6 +29,11 @@ MODELS = {
     "gap-jax": SMALL.replace(pool="gap"),  # LayerNorm on every token, then the mean
     "distilled": SMALL.replace(distilled=True),
     "headless": SMALL.replace(num_classes=0),
+    # RoPE at the exported size (its tables constants of the graph), in each of timm's Eva variants.
+    "rope-cat": SMALL.replace(rope="cat", rope_ref_grid=(16, 16), rope_grid_offset=1.0, rope_grid_indexing="xy"),
+    "rope-mixed": SMALL.replace(rope="mixed", rope_grid_indexing="xy", pos_embed="none", layer_scale=True),
+    "rope-dinov3": SMALL.replace(rope="dinov3", rope_rotate_half=True, rope_temperature=100.0, reg_tokens=4,
+                                 pos_embed="none", k_bias=False, pool="gap"),
 }
 
 

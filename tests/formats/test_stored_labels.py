@@ -62,7 +62,8 @@ def test_labels_that_do_not_fit_are_refused_and_nothing_is_written(capsys, tmp_p
     pl.write_npz(pl.random_timm_vit("tiny"), tmp_path / "tiny.npz", "vit_jax")
     (tmp_path / "names.txt").write_text("\n".join(NAMES))
     arg = labels if labels.startswith("imagenet") else tmp_path / labels
-    code, _, err = vitconvert_cli(capsys, "jax2torch", tmp_path / "tiny.npz", tmp_path / "t.safetensors", "--labels", arg)
+    code, _, err = vitconvert_cli(capsys, "jax2torch", tmp_path / "tiny.npz", tmp_path / "t.safetensors",
+                                  "--labels", arg)
     assert code == 1 and err.startswith("error: ")
     assert re.search(message, err), err
     assert not (tmp_path / "t.safetensors").exists()

@@ -10,7 +10,7 @@ from helpers.timm_reference import timm_vit
 from safetensors.torch import load_file, save_file
 
 from vitconvert import VitConvertError, convert_timm, load_model, read_record
-from vitconvert.formats.weights_file import META_KEY
+from vitconvert.formats.weights_file import FORMAT_VERSION, META_KEY
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def record_of(path) -> dict:
 
 def test_record_documents_config_preprocessing_labels_and_source(converted) -> None:
     rec = record_of(converted)
-    assert rec["format"] == "vitconvert-weights" and rec["version"] == 2
+    assert rec["format"] == "vitconvert-weights" and rec["version"] == FORMAT_VERSION == 3
     assert rec["config"]["embed_dim"] == 192 and rec["config"]["act"] == "gelu"
     assert set(rec["preprocess"]) == {"size", "resize", "crop_pct", "interpolation", "mean", "std"}
     assert rec["labels"] == "imagenet-1k" and rec["head_is_zero"] is False
@@ -62,6 +62,12 @@ def test_unknown_version_is_a_clear_error(converted) -> None:
     rec = record_of(converted) | {"version": 99}
     with pytest.raises(VitConvertError, match="version 99 is not supported"):
         load_model(rewrite(converted, record=rec))
+
+
+def test_a_version_2_record_still_loads(converted) -> None:
+    # Version 3 added config fields only (the RoPE ViTs'); a version-2 file holds none of them.
+    rec = record_of(converted) | {"version": 2}
+    assert load_model(rewrite(converted, record=rec)).config == read_record(converted).config
 
 
 def test_tampered_json_is_a_clear_error(converted) -> None:
@@ -155,10 +161,13 @@ def test_labels_that_do_not_fit_the_head_are_refused_on_write_and_read(tmp_path,
 def test_record_that_disagrees_with_tensors_names_the_tensors(converted) -> None:
     rec = record_of(converted)
     rec["config"]["depth"] = 3
-    with pytest.raises(VitConvertError, match=r"metadata disagrees with the tensors: tensors the model needs but the file lacks: blocks\.2\.attn\.proj\.bias"):
+    lacks = (r"metadata disagrees with the tensors: tensors the model needs but the file lacks: "
+             r"blocks\.2\.attn\.proj\.bias")
+    with pytest.raises(VitConvertError, match=lacks):
         read_record(rewrite(converted, record=rec))
     rec["config"]["depth"], rec["config"]["mlp_dim"] = 2, 512
-    with pytest.raises(VitConvertError, match=r"inconsistent shapes: .*blocks\.0\.mlp\.fc1\.bias \(768,\) \(expected \(512,\)\)"):
+    shapes = r"inconsistent shapes: .*blocks\.0\.mlp\.fc1\.bias \(768,\) \(expected \(512,\)\)"
+    with pytest.raises(VitConvertError, match=shapes):
         read_record(rewrite(converted, record=rec))
 
 

@@ -37,6 +37,14 @@ __all__ = [
     'random_params',
     'scan',
     'tf_bilinear_resize_matrix',
+    'BigVisionText',
+    'average_embeddings',
+    'canonicalize_text',
+    'normalize',
+    'random_text_params',
+    'scan_text',
+    'siglip_npz',
+    'text_forward',
     'two_tower',
     'with_prefix',
     'write_npz',
@@ -138,7 +146,8 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
 
 def scan(params: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
     """big_vision's `pyloop_to_scan`: every `encoderblock_N/...` stacked into `encoderblock/...` (SigLIP 2)."""
-    blocks = sorted({int(k.split('/')[1].rsplit('_', 1)[1]) for k in params if k.startswith('Transformer/encoderblock_')})
+    stem = 'Transformer/encoderblock_'
+    blocks = sorted({int(k.split('/')[1].rsplit('_', 1)[1]) for k in params if k.startswith(stem)})
     out = OrderedDict((k, v) for k, v in params.items() if not k.startswith('Transformer/encoderblock_'))
     for sub in [k.split('/', 2)[2] for k in params if k.startswith('Transformer/encoderblock_0/')]:
         out[f'Transformer/encoderblock/{sub}'] = _stack(
@@ -320,3 +329,114 @@ def forward(params: dict[str, np.ndarray], images: torch.Tensor, m: BigVision,
         x = torch.tanh(x @ _t(params['pre_logits/kernel']) + _t(params['pre_logits/bias']))
     out = x @ _t(params['head/kernel']) + _t(params['head/bias']) if m.num_classes else x
     return {'pre_logits': x, 'out': out}
+
+
+# --------------------------------------------------------------------------------------------
+# big_vision's text tower (models/proj/image_text/text_transformer.py)
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BigVisionText:
+    """`text_transformer.Model(num_classes, width, depth, mlp_dim, num_heads, vocab_size, pool_type)` with its
+    sequence length (the stored `pos_embedding`'s)."""
+
+    vocab: int = 96
+    length: int = 16
+    width: int = 32
+    depth: int = 2
+    heads: int = 2
+    mlp: int = 64
+    out: int = 24  # num_classes: the head's outputs, the embedding width
+    pool: str = 'last'  # or 'map'
+    vit_jax: bool = False  # vit_jax's LiT TextTransformer: blocks numbered LayerNorm_0, ..._1, LayerNorm_2, MlpBlock_3
+
+
+def random_text_params(m: BigVisionText, seed: int = 1) -> OrderedDict[str, np.ndarray]:
+    """Every parameter of the text tower under its big_vision name (no prefix, one `encoderblock_N` per layer):
+    `Embed_0/embedding`, `pos_embedding`, `Encoder_0/...`, `head`, with `random_params`' scales."""
+    image_like = BigVision(width=m.width, depth=m.depth, heads=m.heads, mlp=m.mlp,
+                           pool='map' if m.pool == 'map' else 'gap', num_classes=0)
+    rng = np.random.default_rng(seed)
+    blocks = random_params(image_like, seed=seed + 1)
+    out = OrderedDict()
+    out['Embed_0/embedding'] = rng.standard_normal((m.vocab, m.width)).astype(np.float32)
+    out['pos_embedding'] = (0.5 * rng.standard_normal((1, m.length, m.width))).astype(np.float32)
+    for k, v in blocks.items():  # the ViT's encoder blocks, renamed as vit.Encoder is named inside the text model
+        if k.startswith('Transformer/'):
+            if m.vit_jax:
+                k = k.replace('MultiHeadDotProductAttention_0', 'MultiHeadDotProductAttention_1').replace(
+                    'LayerNorm_1', 'LayerNorm_2').replace('MlpBlock_0', 'MlpBlock_3')
+            out['Encoder_0/' + k.removeprefix('Transformer/')] = v
+        elif k.startswith('MAPHead_0/'):
+            out[k] = v
+    out['head/kernel'] = (rng.standard_normal((m.width, m.out)) / math.sqrt(m.width)).astype(np.float32)
+    out['head/bias'] = (0.03 * rng.standard_normal(m.out)).astype(np.float32)
+    return out
+
+
+def scan_text(params: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+    """`scan` for the text tower's `Encoder_0/encoderblock_N` (SigLIP 2's scanned text blocks)."""
+    renamed = OrderedDict((k.replace('Encoder_0/', 'Transformer/', 1) if k.startswith('Encoder_0/') else k, v)
+                          for k, v in params.items())
+    return OrderedDict((k.replace('Transformer/', 'Encoder_0/', 1) if k.startswith('Transformer/') else k, v)
+                       for k, v in scan(renamed).items())
+
+
+def siglip_npz(image: dict[str, np.ndarray], text: dict[str, np.ndarray], t: float, b: float | None,
+               outer: str = 'params/') -> OrderedDict[str, np.ndarray]:
+    """A whole two-tower file: `{outer}img/...`, `{outer}txt/...`, `{outer}t` and (SigLIP) `{outer}b`."""
+    out = with_prefix(image, f'{outer}img/')
+    out.update(with_prefix(text, f'{outer}txt/'))
+    out[f'{outer}t'] = np.array([t], np.float32)
+    if b is not None:
+        out[f'{outer}b'] = np.array([b], np.float32)
+    return out
+
+
+@torch.no_grad()
+def text_forward(params: dict[str, np.ndarray], ids: np.ndarray, m: BigVisionText) -> torch.Tensor:
+    """text_transformer `_Model.__call__` on (N, L) ids, float64: ztxt, before two_towers' L2 normalisation."""
+    x = _t(params['Embed_0/embedding'])[torch.as_tensor(ids, dtype=torch.long)] + _t(params['pos_embedding'])
+    mha, ln2, mlp = (('MultiHeadDotProductAttention_1', 'LayerNorm_2', 'MlpBlock_3') if m.vit_jax else
+                     ('MultiHeadDotProductAttention_0', 'LayerNorm_1', 'MlpBlock_0'))
+    for i in range(m.depth):  # vit.Encoder: no mask
+        b = f'Encoder_0/encoderblock_{i}'
+        y = _layer_norm(x, params, f'{b}/LayerNorm_0')
+        x = x + _attention(y, y, params, f'{b}/{mha}')
+        y = _layer_norm(x, params, f'{b}/{ln2}')
+        x = x + _mlp(y, params, f'{b}/{mlp}')
+    x = _layer_norm(x, params, 'Encoder_0/encoder_norm')
+    if m.pool == 'last':
+        x = x[:, -1]
+    elif m.pool == 'map':
+        probe = _t(params['MAPHead_0/probe']).expand(x.shape[0], -1, -1)
+        x = _attention(probe, x, params, 'MAPHead_0/MultiHeadDotProductAttention_0')
+        x = (x + _mlp(_layer_norm(x, params, 'MAPHead_0/LayerNorm_0'), params, 'MAPHead_0/MlpBlock_0'))[:, 0]
+    return x @ _t(params['head/kernel']) + _t(params['head/bias'])
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """two_towers.py's normalisation: x / (norm + 1e-8)."""
+    return x / (torch.linalg.norm(x, dim=1, keepdim=True) + 1e-8)
+
+
+def average_embeddings(embeddings: torch.Tensor, per_class: int) -> torch.Tensor:
+    """discriminative_classifier.py `_average_embeddings` (normalize=True) for prompts in class-major order."""
+    mean = embeddings.reshape(-1, per_class, embeddings.shape[-1]).mean(dim=1)
+    return mean / (1e-8 + torch.linalg.norm(mean, dim=1, keepdim=True))
+
+
+def canonicalize_text(text: str, *, keep_punctuation_exact_string: str | None = None) -> str:
+    """prompt_engineering.py `canonicalize_text`."""
+    import re
+    import string
+    text = text.replace('_', ' ')
+    if keep_punctuation_exact_string:
+        text = keep_punctuation_exact_string.join(
+            part.translate(str.maketrans('', '', string.punctuation))
+            for part in text.split(keep_punctuation_exact_string))
+    else:
+        text = text.translate(str.maketrans('', '', string.punctuation))
+    text = text.lower()
+    text = re.sub(r'\s+', ' ', text)
+    return text.strip()

@@ -218,7 +218,8 @@ class VisionTransformer(nn.Module):
     def __init__(self, *, hidden: int, depth: int, heads: int, mlp_dim: int, img_size: int, num_classes: int,
                  patch: int, resnet: tuple | None = None) -> None:
         super().__init__()
-        self.transformer = Transformer(Embeddings(hidden, img_size, patch, resnet), Encoder(hidden, depth, heads, mlp_dim))
+        embeddings = Embeddings(hidden, img_size, patch, resnet)
+        self.transformer = Transformer(embeddings, Encoder(hidden, depth, heads, mlp_dim))
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,9 @@ is refused with a message that points to --embed."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,22 +16,31 @@ from PIL import Image
 from timm.data import create_transform
 from timm.layers import resample_abs_pos_embed
 
-from vitconvert import Predictor, ViTConfig, VitConvertError, convert_jax
+from vitconvert import Predictor, ViTConfig, VitConvertError, convert, convert_jax
 from vitconvert.inference.labels import check_top_k
+from vitconvert.model.vit import token_parts
 
 # Pooled features: measured 4.8e-7 to 7.2e-7 at 224 and 1.1e-6 at 160x224 (a class-token model's last
 # block runs for the prefix tokens alone, so rounding differs). Every token: measured 0 (the same
 # arithmetic as timm's forward_features); the bound leaves room for other machines' kernels.
 POOLED_ATOL = 2e-6
 TOKENS_ATOL = 1e-6
+# DINOv3's own outputs (test_dinov3.py's bound: measured 0 through our model's forward).
+DINOV3_ATOL = 1e-5
+DINOV3 = Path(__file__).parents[1] / "data" / "dinov3"
 
-# name: (timm model, its kwargs beyond TINY_TIMM_KWARGS, our config, tokens per image at 224)
+# name: (timm model, its kwargs beyond TINY_TIMM_KWARGS, our config, where each prefix array is in timm's
+# forward_features tokens)
 KINDS = {
-    "class token": ("vit_tiny_patch16_224", {}, TINY, 197),
+    "class token": ("vit_tiny_patch16_224", {}, TINY, {"class_tokens": 0}),
     "gap, fc_norm": ("vit_tiny_patch16_224", dict(class_token=False, global_pool="avg", fc_norm=True),
-                     TINY.replace(pool="gap", fc_norm=True), 196),
-    "distilled": ("deit_tiny_distilled_patch16_224", {}, TINY.replace(distilled=True), 198),
+                     TINY.replace(pool="gap", fc_norm=True), {}),
+    "distilled": ("deit_tiny_distilled_patch16_224", {}, TINY.replace(distilled=True),
+                  {"class_tokens": 0, "dist_tokens": 1}),
+    "registers": ("vit_tiny_patch16_224", dict(reg_tokens=4), TINY.replace(reg_tokens=4),
+                  {"class_tokens": 0, "register_tokens": slice(1, 5)}),
 }
+PATCHES = 196  # at 224
 
 
 def timm_input(image, size: tuple[int, int] = (224, 224)) -> torch.Tensor:
@@ -53,28 +65,42 @@ def max_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module", params=list(KINDS), ids=list(KINDS))
 def kind(request, tmp_path_factory):
-    name, kwargs, config, num_tokens = KINDS[request.param]
+    name, kwargs, config, prefix = KINDS[request.param]
     model = timm_classifier(name, **TINY_TIMM_KWARGS, **kwargs)
     path = write_test_weights(tmp_path_factory.mktemp("embed") / "m.safetensors", model.state_dict(), config)
-    return path, model, num_tokens
+    return path, model, prefix
 
 
-def test_embed_is_timms_pooled_features_and_tokens(kind, cat_jpg, gray_png):
-    path, model, num_tokens = kind
+def timm_token_arrays(tokens: np.ndarray, prefix: dict) -> dict[str, np.ndarray]:
+    """timm's forward_features tokens as `embed_tokens` names them: the patches after the prefix tokens."""
+    return {"embeddings": tokens[:, -PATCHES:], **{name: tokens[:, where] for name, where in prefix.items()}}
+
+
+def test_embed_is_timms_pooled_features_and_patch_tokens(kind, cat_jpg, gray_png):
+    path, model, prefix = kind
     pooled, tokens = timm_features(model, [cat_jpg, gray_png])
     predictor = Predictor(path)
     ours = predictor.embed([cat_jpg, gray_png])
     assert ours.dtype == np.float32 and ours.shape == (2, 64)
     assert max_diff(ours, pooled) <= POOLED_ATOL
     ours_tokens = predictor.embed([cat_jpg, gray_png], tokens=True)
-    assert ours_tokens.dtype == np.float32 and ours_tokens.shape == (2, num_tokens, 64)
-    assert max_diff(ours_tokens, tokens) <= TOKENS_ATOL
+    assert ours_tokens.dtype == np.float32 and ours_tokens.shape == (2, PATCHES, 64)
+    assert max_diff(ours_tokens, tokens[:, -PATCHES:]) <= TOKENS_ATOL
+
+
+def test_embed_tokens_splits_timms_tokens_by_kind(kind, cat_jpg, gray_png):
+    path, model, prefix = kind
+    arrays = Predictor(path).embed_tokens([cat_jpg, gray_png])
+    expected = timm_token_arrays(timm_features(model, [cat_jpg, gray_png])[1], prefix)
+    assert sorted(arrays) == sorted([*expected, "grid"]) and arrays["grid"].tolist() == [14, 14]
+    for name, array in expected.items():
+        assert arrays[name].dtype == np.float32 and max_diff(arrays[name], array) <= TOKENS_ATOL, name
 
 
 def test_normalize_gives_unit_rows_in_the_same_direction(kind, cat_jpg, gray_png):
     path, _, _ = kind
     predictor = Predictor(path)
-    for tokens in (False, True):
+    for tokens in (False, True):  # the patch tokens; the prefix ones are scaled by the same code
         raw = predictor.embed([cat_jpg, gray_png], tokens=tokens).astype(np.float64)
         unit = predictor.embed([cat_jpg, gray_png], tokens=tokens, normalize=True)
         assert unit.dtype == np.float32
@@ -94,7 +120,8 @@ def test_embed_at_another_size_is_timms_model_at_that_size(tmp_path, cat_jpg):
     pooled, tokens = timm_features(theirs, [cat_jpg], size=(160, 224))
     predictor = Predictor(path, img_size="160x224")
     assert max_diff(predictor.embed([cat_jpg]), pooled) <= POOLED_ATOL
-    assert max_diff(predictor.embed([cat_jpg], tokens=True), tokens) <= TOKENS_ATOL
+    assert max_diff(predictor.embed([cat_jpg], tokens=True), tokens[:, 1:]) <= TOKENS_ATOL
+    assert predictor.embed_tokens([cat_jpg])["grid"].tolist() == [10, 14]
 
 
 def test_embed_raises_for_an_image_it_cannot_read(tiny_weights, cat_jpg, tmp_path):
@@ -127,16 +154,31 @@ def test_cli_embed_writes_timms_features_for_the_images_it_could_read(vitpredict
     assert vitpredict(cat_jpg, bad, "--weights", path, "--embed", out, "--skip-errors", "--force").code == 0
 
 
-def test_cli_embed_tokens_normalized_and_json(vitpredict, kind, cat_jpg, tmp_path):
-    path, model, num_tokens = kind
+def test_cli_embed_tokens_writes_patch_tokens_and_prefix_tokens_apart(vitpredict, kind, cat_jpg, tmp_path):
+    path, model, prefix = kind
     out = tmp_path / "tokens.npz"
     result = vitpredict(cat_jpg, "--weights", path, "--embed", out, "--tokens", "--normalize", "--json")
     assert result.code == 0
-    assert result.json() == {"output": str(out), "images": 1, "shape": [1, num_tokens, 64], "dtype": "float32",
-                             "tokens": True, "normalized": True, "errors": []}
     tokens = timm_features(model, [cat_jpg])[1].astype(np.float64)
-    with np.load(out) as f:
-        assert max_diff(f["embeddings"], tokens / np.linalg.norm(tokens, axis=-1, keepdims=True)) <= TOKENS_ATOL
+    expected = timm_token_arrays(tokens / np.linalg.norm(tokens, axis=-1, keepdims=True), prefix)
+    assert result.json() == {"output": str(out), "images": 1, "shape": [1, PATCHES, 64], "dtype": "float32",
+                             "tokens": True, "normalized": True, "grid": [14, 14],
+                             "prefix_tokens": {n: list(expected[n].shape) for n in prefix}, "errors": []}
+    with np.load(out) as f:  # no pickle needed
+        assert sorted(f.files) == sorted(["paths", "grid", *expected])
+        assert f["grid"].tolist() == [14, 14]
+        for name, array in expected.items():
+            assert max_diff(f[name], array) <= TOKENS_ATOL, name
+
+
+def test_cli_embed_tokens_summary_names_the_grid_and_the_arrays_apart(vitpredict, cat_jpg, tmp_path):
+    _, _, config, _ = KINDS["registers"]
+    path = write_test_weights(tmp_path / "m.safetensors", our_vit(config).state_dict(), config)
+    out = tmp_path / "tokens.npz"
+    result = vitpredict(cat_jpg, "--weights", path, "--res", "160x224", "--embed", out, "--tokens")
+    assert result.code == 0
+    assert result.out == (f"wrote {out}: 1 embeddings, shape (1, 140, 64) float32 (patch tokens on a 10x14 grid, "
+                          f"class_tokens and register_tokens apart)\n")
 
 
 def test_cli_embed_writes_nothing_when_no_image_could_be_read(vitpredict, tiny_weights, tmp_path):
@@ -170,6 +212,7 @@ def test_cli_embed_replaces_the_output_whole(vitpredict, tiny_weights, cat_jpg, 
 @pytest.mark.parametrize("args, message", [
     (["--tokens"], "--tokens and --normalize shape the output of --embed OUT.npz"),
     (["--normalize"], "--tokens and --normalize shape the output of --embed OUT.npz"),
+    (["--embed", "--tokens", "--ray", "--output", "p.parquet"], "--tokens runs without --ray only"),
     (["--embed", "o.npz", "--top", "3"], "--embed writes features, not classes: --top cannot go with it"),
     (["--embed", "o.npz", "--labels", "imagenet-1k", "--attention-map", "a.png"],
      "--embed writes features, not classes: --labels and --attention-map cannot go with it"),
@@ -251,7 +294,7 @@ def test_headless_backbone_embeds_timms_features_and_refuses_top_k(vitpredict, t
     predictor = Predictor(path)
     assert predictor.labels is None
     assert max_diff(predictor.embed([cat_jpg]), pooled) <= POOLED_ATOL
-    assert max_diff(predictor.embed([cat_jpg], tokens=True), tokens) <= TOKENS_ATOL
+    assert max_diff(predictor.embed([cat_jpg], tokens=True), tokens[:, 1:]) <= TOKENS_ATOL
     with pytest.raises(VitConvertError, match="no classification head"):
         predictor.predict([cat_jpg])
     refused = vitpredict(cat_jpg, "--weights", path)
@@ -270,3 +313,32 @@ def test_record_of_a_headless_model_has_no_class_names():
         with pytest.raises(VitConvertError, match=r"this model has no classes \(num_classes 0\)"):
             check_labels(labels, 0)
 
+
+
+# --- dense features of a DINOv3 release file, at any size -------------------------------------------------
+
+def test_dinov3_tokens_are_dinov3s_own_at_a_non_square_size(tmp_path):
+    """DINOv3's forward (tests/data/make_dinov3_reference.py) on the same input: the patch tokens, the class
+    token and the storage tokens `embed_tokens` and `--embed --tokens` write."""
+    sys.path.insert(0, str(DINOV3.parent))
+    from make_dinov3_reference import reference_input
+
+    convert(DINOV3 / "plus.pth", tmp_path / "d.safetensors")
+    predictor = Predictor(tmp_path / "d.safetensors", img_size="160x288")
+    assert predictor.grid == (10, 18)
+    parts = token_parts(predictor.batch_embeddings(reference_input((160, 288)), tokens=True), predictor.config)
+    expected = np.load(DINOV3 / "plus.npz")
+    assert max_diff(parts.patch_tokens.numpy(), expected["160x288/patch_tokens"]) <= DINOV3_ATOL
+    assert max_diff(parts.class_token.numpy(), expected["160x288/class_token"]) <= DINOV3_ATOL
+    assert max_diff(parts.register_tokens.numpy(), expected["160x288/storage_tokens"]) <= DINOV3_ATOL
+
+
+def test_cli_embed_tokens_of_a_dinov3_file_keeps_the_storage_tokens_apart(vitpredict, cat_jpg, tmp_path):
+    convert(DINOV3 / "vits_b_l.pth", tmp_path / "d.safetensors")
+    out = tmp_path / "dense.npz"
+    result = vitpredict(cat_jpg, "--weights", tmp_path / "d.safetensors", "--res", "448x640", "--embed", out,
+                        "--tokens", "--json")
+    assert result.code == 0, result.err
+    assert result.json()["prefix_tokens"] == {"class_tokens": [1, 32], "register_tokens": [1, 4, 32]}
+    with np.load(out) as f:
+        assert f["grid"].tolist() == [28, 40] and f["embeddings"].shape == (1, 28 * 40, 32)

@@ -182,8 +182,9 @@ def test_a_model_compiled_for_static_shapes_sees_only_full_batches(tiny_weights,
     assert seen == [3, 3, 3]
     assert [(r.image, r.error, [p.index for p in r.predictions]) for r in got] == \
         [(r.image, r.error, [p.index for p in r.predictions]) for r in expected]
-    assert max(abs(a.probability - b.probability) for r, e in zip(got, expected, strict=False)
-               for a, b in zip(r.predictions, e.predictions, strict=False)) <= 5e-7  # observed 1.8e-7: other GEMM shapes
+    # observed 1.8e-7: other GEMM shapes
+    assert max(abs(a.probability - b.probability) for r, e in zip(got, expected, strict=True)
+               for a, b in zip(r.predictions, e.predictions, strict=True)) <= 5e-7
     seen.clear()
     embedded = padded.embed(photos[:5], batch_size=2)
     assert seen == [2, 2, 2] and embedded.shape[0] == 5
@@ -220,7 +221,8 @@ def test_compile_errors_become_one_clear_error():
     def broken(_batch):
         raise BackendCompilerFailed(lambda *a: None, RuntimeError("no C++ compiler found\nmore"), None)
 
-    with pytest.raises(VitConvertError, match=r"^torch.compile failed \(RuntimeError: no C\+\+ compiler found\); run without --compile"):
+    message = r"^torch.compile failed \(RuntimeError: no C\+\+ compiler found\); run without --compile"
+    with pytest.raises(VitConvertError, match=message):
         run_compiled(broken, torch.zeros(1))
     with pytest.raises(ValueError):  # anything else is not the compiler's and passes through
         run_compiled(lambda _b: (_ for _ in ()).throw(ValueError("x")), torch.zeros(1))
@@ -295,8 +297,8 @@ def test_compiled_predictor_matches_eager(tmp_path, cat_jpg, packing_wins):
 
 # --- int8 ----------------------------------------------------------------------------------------
 
-# The README's bound for --dtype int8: the logits move by at most 0.2 of their standard deviation.
-# Observed: 0.17 on TINY over these 11 images; 0.13 on ViT-B/16 over the 5 sample photos (README).
+# The bound docs/speed.md states for --dtype int8: the logits move by at most 0.2 of their standard deviation.
+# Observed: 0.17 on TINY over these 11 images; 0.13 on ViT-B/16 over the 5 sample photos (docs/speed.md).
 INT8_BOUND = 0.2
 
 

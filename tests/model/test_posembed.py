@@ -135,13 +135,14 @@ def test_dino_samples_at_the_given_scale_not_the_grid_ratio(old, new):
 
 def test_methods_are_the_names_the_config_accepts():
     accepted = typing.get_args(typing.get_type_hints(ViTConfig)["pos_resize"])
-    assert set(RESIZERS) == set(accepted) == {"bicubic", "dino", "flexivit", "transformers"}
+    assert set(RESIZERS) == set(accepted) == {"bicubic", "dino", "flexivit", "transformers", "torchvision"}
     assert ViTConfig().pos_resize == "bicubic"  # timm's, for every file that does not say
 
 
 def test_unknown_method_is_refused_by_name():
     with pytest.raises(VitConvertError,
-                       match="resize must be one of 'bicubic', 'dino', 'flexivit', 'transformers', got 'nearest'"):
+                       match="resize must be one of 'bicubic', 'dino', 'flexivit', 'transformers', 'torchvision', "
+                             "got 'nearest'"):
         resample_pos_embed(torch.zeros(1, 197, 8), (10, 10), (14, 14), 1, method="nearest")
 
 

@@ -1,8 +1,8 @@
-"""The published checkpoints we know by name: `weights_manifest.json` (schema in the README).
+"""The published checkpoints we know by name: `weights_manifest.json` (schema in docs/manifest.md).
 
 The file ships inside the package (`vitconvert/catalog/data/weights_manifest.json`), so an installed
-vitconvert finds it without the source tree; it is the one copy to read and edit. `$VITCONVERT_MANIFEST` points at another file
-(a private mirror's manifest with checksums filled in, say).
+vitconvert finds it without the source tree; it is the one copy to read and edit. `$VITCONVERT_MANIFEST` points at
+another file (a private mirror's manifest with checksums filled in, say).
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "size_bytes": (int, type(None)),
     "sha256": (str, type(None)),
     "notes": (list,),
+    "tokenizer": (str, type(None)),
 }
+# Fields an entry may leave out (then null): added after the first manifests were written.
+_OPTIONAL = ("tokenizer",)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,9 @@ class CheckpointEntry:
     size_bytes: int | None
     sha256: str | None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # Where the vocabulary of a two-tower file is (a big_vision .npz holds none: `--tokenizer FILE`); None for
+    # image models, and for text towers vitconvert does not read (LiT's BERT).
+    tokenizer: str | None = None
 
     @property
     def filename(self) -> str:
@@ -101,6 +107,7 @@ class CheckpointEntry:
             "head_is_zero": self.head_is_zero, "timm_model": self.timm_model, "top1": self.top1,
             "top1_source": self.top1_source, "upstream": self.upstream,
             "size_bytes": self.size_bytes, "sha256": self.sha256, "notes": list(self.notes),
+            **({"tokenizer": self.tokenizer} if self.tokenizer is not None else {}),
         }
 
 
@@ -247,6 +254,7 @@ def _parse_entry(item: Any, index: int, where: str) -> CheckpointEntry:
     if not isinstance(item, dict):
         raise VitConvertError(f"{where}: checkpoint #{index} is not an object")
     label = f"{where}: checkpoint {item.get('name', f'#{index}')!r}"
+    item = {**dict.fromkeys(_OPTIONAL), **item}
     missing = [k for k in _FIELDS if k not in item]
     unknown = sorted(set(item) - set(_FIELDS))
     if missing or unknown:
@@ -264,6 +272,8 @@ def _parse_entry(item: Any, index: int, where: str) -> CheckpointEntry:
         problems.append(f"name {name!r} may use letters, digits and . _ + - only")
     if not url.startswith("https://"):
         problems.append(f"url must be https, got {url!r}")
+    if item["tokenizer"] is not None and not item["tokenizer"].startswith("https://"):
+        problems.append(f"tokenizer must be an https url or null, got {item['tokenizer']!r}")
     if item["family"] not in FAMILIES:
         problems.append(f"family must be one of {', '.join(FAMILIES)}")
     if item["preprocess_source"] not in PREPROCESS_SOURCES:
@@ -311,5 +321,5 @@ def _parse_entry(item: Any, index: int, where: str) -> CheckpointEntry:
         act=item["act"], head_is_zero=item["head_is_zero"], timm_model=item["timm_model"],
         top1=None if top1 is None else float(top1), top1_source=item["top1_source"],
         upstream=item["upstream"], size_bytes=item["size_bytes"], sha256=item["sha256"],
-        notes=tuple(item["notes"]),
+        notes=tuple(item["notes"]), tokenizer=item["tokenizer"],
     )

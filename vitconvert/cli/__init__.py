@@ -25,6 +25,7 @@ def cli(ctx: click.Context) -> None:
       vitpredict cat.jpg --weights vit-b16.safetensors
       vitconvert export vit-b16.safetensors --to onnx vit-b16.onnx
       vitconvert finetune vit-b16.safetensors flowers/ flowers.safetensors --val-split 0.1
+      vitconvert serve vit-b16.safetensors --port 8000
 
     Each command's --help has examples. Add --debug to any command to see a traceback when it fails.
     """
@@ -45,10 +46,12 @@ def _register() -> None:
     from .export import export
     from .finetune import finetune_cmd
     from .manifest import download_cmd, list_cmd
+    from .serve import serve_cmd
     from .verify import verify
+    from .zeroshot import embed_text_cmd, zeroshot_cmd
 
     for command in (convert_cmd, jax2torch, timm2torch, hf2torch, torch2torch, verify, export, list_cmd, download_cmd,
-                    finetune_cmd):
+                    finetune_cmd, serve_cmd, zeroshot_cmd, embed_text_cmd):
         cli.add_command(command)
 
 

@@ -32,6 +32,10 @@ def _report(converted, dst: str, as_json: bool) -> None:
     head = f"{c.num_classes} classes" if c.num_classes else "no head (returns features)"
     if record.head_is_embedding:
         head = f"head projects into a {c.num_classes}-wide embedding (returns it)"
+    if (text := record.text) is not None:
+        t = text.config
+        head += (f"; text tower {t.width}-wide, {t.depth} blocks, {t.context_length} tokens ({text.tokenizer.kind}), "
+                 f"logit scale {text.logit_scale:.4g}, bias {text.logit_bias:.4g}, {text.probability}")
     click.echo(f"  model       {arch}; pool {c.pool}; {head}; act {c.act}")
     click.echo(f"  input       {c.img_size[0]}x{c.img_size[1]}, {record.preprocess.resize} "
                f"({record.preprocess.interpolation}), mean {list(record.preprocess.mean)}")
@@ -108,7 +112,8 @@ def converter_options(command: Callable) -> Callable:
                               "scale factor), 'flexivit' (FlexiViT's antialiased bilinear resize of its stored "
                               "grid; jax2torch records it for the FlexiViT files the manifest knows) or "
                               "'transformers' (transformers' interpolate_pos_encoding: no antialias; hf2torch's "
-                              "default)."),
+                              "default) or 'torchvision' (torchvision's interpolate_embeddings: bicubic, "
+                              "align_corners=True; the torchvision format's default)."),
             click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary."),
             click.option("--json", "as_json", is_flag=True, help="Print the written record as JSON."),
             debug_option)):
@@ -193,11 +198,15 @@ def timm2torch(src: str, dst: str, model_name: str | None, heads: int | None, la
 @converter_options
 def hf2torch(src: str, dst: str, labels: str | None, dtype: str, force: bool, allow_nonfinite: bool,
              pos_resize: str | None, quiet: bool, as_json: bool) -> None:
-    """Convert a Hugging Face transformers ViT, DeiT or Dinov2 checkpoint to a vitconvert weights file.
+    """Convert a Hugging Face transformers ViT, DeiT, Dinov2, ViTMSN or ViTMAE checkpoint to a vitconvert weights file.
 
-    SRC is the directory save_pretrained writes (config.json, model.safetensors or pytorch_model.bin,
+    SRC is the directory save_pretrained writes (config.json, model.safetensors or pytorch_model.bin, or
+    their shards and model.safetensors.index.json / pytorch_model.bin.index.json, read shard by shard;
     preprocessor_config.json), or its weights file with config.json beside it: ViTModel,
-    ViTForImageClassification, DeiTModel, DeiTForImageClassification(WithTeacher), Dinov2Model. The
+    ViTForImageClassification, DeiTModel, DeiTForImageClassification(WithTeacher), Dinov2Model,
+    Dinov2WithRegistersModel, ViTMSNModel, ViTMSNForImageClassification, ViTMAEModel and the encoder of
+    ViTMAEForPreTraining (its decoder is left out; the encoder runs without random masking), ViTHybridModel
+    and ViTHybridForImageClassification (transformers 4's files: a BiT stem, run as timm's R50 hybrid). The
     architecture is read from config.json (layer_norm_eps, hidden_act, ...), the class names from its
     id2label, the preprocessing from preprocessor_config.json; ViTModel's pooler is kept as the
     representation layer. transformers is not needed: safetensors files are read with numpy, .bin
@@ -210,6 +219,7 @@ def hf2torch(src: str, dst: str, labels: str | None, dtype: str, force: bool, al
       vitconvert hf2torch dinov2-small/model.safetensors dinov2-s14.safetensors --dtype bfloat16
       vitconvert hf2torch deit-base-distilled-patch16-224/ deit-b16.safetensors --json
       vitconvert hf2torch my-finetune/ birds.safetensors --labels bird_names.txt --force
+      vitconvert hf2torch vit-huge-sharded/ vit-h14.safetensors
     """
     _convert("hf", src, dst, labels, quiet, as_json, force=force, dtype=dtype, allow_nonfinite=allow_nonfinite,
              pos_resize=pos_resize)
@@ -280,7 +290,8 @@ def torch2torch(src: str, dst: str, source: str, model_args: str | None, names: 
       vitconvert torch2torch simple.pt simple.safetensors --source lucidrains --model-args '{"image_size": 256}'
       vitconvert torch2torch cifar10_checkpoint.bin vit-b16-cifar10.safetensors --source jeonsworld
       vitconvert torch2torch model.pth model.safetensors --source torch-encoder --model-args '{"nhead": 4}'
-      vitconvert torch2torch model.pth model.safetensors --source torch-encoder --model-args '{"nhead": 4, "norm_first": true, "activation": "gelu"}' --map patch_embed=to_patches,cls_token=cls,pos_embed=pos,head=fc
+      vitconvert torch2torch m.pth m.safetensors --source torch-encoder --model-args '{"nhead": 4, "norm_first": true}'
+      vitconvert torch2torch m.pth m.safetensors --source torch-encoder --model-args '{"nhead": 4}' --map head=fc
     """
     args, parts = _json_object(model_args, "--model-args"), _names(names)
     if parts and source != "torch-encoder":
@@ -297,7 +308,8 @@ class _ConvertCommand(click.Command):
             formatter.write_dl([(fmt.name, fmt.summary) for fmt in _all_formats()])
         with formatter.section("Examples"):
             lines = [fmt.example for fmt in _all_formats() if fmt.example]
-            lines += ["vitconvert convert model.pth out.safetensors --from timm --model vit_small_patch16_224.augreg_in21k",
+            lines += ["vitconvert convert model.pth out.safetensors --from timm "
+                      "--model vit_small_patch16_224.augreg_in21k",
                       "vitconvert convert ViT-B_16.npz out.safetensors --gelu erf --dtype bfloat16 --json"]
             formatter.write_text("\b\n" + "\n".join(lines))
         super().format_epilog(ctx, formatter)
@@ -311,27 +323,44 @@ class _ConvertCommand(click.Command):
                    "names (two that fit are an error naming both).")
 @click.option("--gelu", type=click.Choice(["tanh", "erf"]),
               help="jax: the MLP activation to record, 'tanh' (the JAX models'; the default) or 'erf' (timm's).")
-@click.option("--model", "model_name", metavar="TIMM_NAME",
-              help="timm: timm's model name, with or without tag, for what the tensors do not show.")
-@click.option("--heads", type=click.IntRange(min=1), help="timm: attention heads, for a width that is not standard.")
+@click.option("--model", "model_name", metavar="NAME",
+              help="timm: timm's model name, with or without tag, for what the tensors do not show; open_clip: "
+                   "OpenCLIP's model name (its bundled config), where no open_clip_config.json is beside SRC; "
+                   "torchvision: vit_b_16, vit_b_32, vit_l_16, vit_l_32 or vit_h_14, checked against the shapes.")
+@click.option("--image-only", is_flag=True,
+              help="open_clip, hf-towers: keep the image tower alone (a two-tower file's text tower left out).")
+@click.option("--tokenizer", "tokenizer", type=click.Path(dir_okay=False), metavar="FILE",
+              help="open_clip, hf-towers: the text tower's tokenizer (tokenizer.json, spiece.model) where it is "
+                   "not beside SRC.")
+@click.option("--heads", type=click.IntRange(min=1),
+              help="timm: attention heads, for a width that is not standard; torchvision: those of a custom "
+                   "VisionTransformer.")
+@click.option("--weights-enum", metavar="NAME",
+              help="torchvision: the weight enum whose transforms to record (e.g. "
+                   "ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1); default: the one the model and its size leave.")
 @click.option("--model-args", metavar="JSON",
               help="lucidrains, jeonsworld, torch-encoder: what the weights do not show (see torch2torch --help).")
 @click.option("--map", "names", metavar="PART=NAME,...",
               help="torch-encoder: the names of the parts around the encoder (see torch2torch --help).")
 @converter_options
-def convert_cmd(src: str, dst: str, source: str | None, gelu: str | None, model_name: str | None, heads: int | None,
-                model_args: str | None, names: str | None, labels: str | None, dtype: str, force: bool,
+def convert_cmd(src: str, dst: str, source: str | None, gelu: str | None, model_name: str | None, image_only: bool,
+                tokenizer: str | None, heads: int | None, weights_enum: str | None, model_args: str | None,
+                names: str | None, labels: str | None, dtype: str, force: bool,
                 allow_nonfinite: bool, pos_resize: str | None, quiet: bool, as_json: bool) -> None:
     """Convert a ViT checkpoint of any source format to a vitconvert weights file.
 
     The format is recognised from SRC itself: an .npz's keys (Transformer/, params/, img/) for Google's
     JAX files; a directory (or weights file) with transformers' config.json; a state dict's key names
     (patch_embed. and blocks. for timm, DINO's teacher/backbone. too, to_patch_embedding. for
-    vit-pytorch, transformer.embeddings. for jeonsworld, layers.N.self_attn. for nn.TransformerEncoder).
+    vit-pytorch, transformer.embeddings. for jeonsworld, layers.N.self_attn. for nn.TransformerEncoder,
+    conv_proj and encoder.pos_embedding for torchvision; visual.* for OpenCLIP, both towers: a TorchScript
+    archive as OpenAI releases them too, read without running its code); a directory with config.json of
+    model_type clip, siglip or siglip2 (both towers).
     Where two formats fit, or none, the error says which and what it looked for; --from chooses. The
-    format options (--gelu, --model, --heads, --model-args, --map) are refused for a format that does not
-    take them. Every source tensor is converted or listed, with its reason, as left out (the summary's
-    notes; --json's left_out). The result is the file jax2torch, timm2torch, hf2torch or torch2torch writes.
+    format options (--gelu, --model, --heads, --weights-enum, --model-args, --map, --image-only, --tokenizer)
+    are refused for a format that does not take them. Every source tensor is converted or listed, with its
+    reason, as left out (the summary's notes; --json's left_out). The result is the file jax2torch,
+    timm2torch, hf2torch or torch2torch writes.
     """
     from ..catalog.manifest import load_manifest
     from ..conversion.source import FORMATS
@@ -339,7 +368,8 @@ def convert_cmd(src: str, dst: str, source: str | None, gelu: str | None, model_
     if source is not None and source not in FORMATS:
         raise click.BadParameter(f"{source!r} is not a format; the formats are: {', '.join(FORMATS)}",
                                  param_hint="--from")
-    options = dict(gelu=gelu, model=model_name, num_heads=heads, model_args=_json_object(model_args, "--model-args"),
-                   names=_names(names))
+    options = dict(gelu=gelu, model=model_name, num_heads=heads, weights_enum=weights_enum,
+                   model_args=_json_object(model_args, "--model-args"), names=_names(names),
+                   image_only=image_only or None, tokenizer=tokenizer)
     _convert(source, src, dst, labels, quiet, as_json, options=options, defaults=dict(catalog=load_manifest()),
              force=force, dtype=dtype, allow_nonfinite=allow_nonfinite, pos_resize=pos_resize)

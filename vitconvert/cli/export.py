@@ -45,12 +45,16 @@ ONNX_ONLY = ("res", "batch", "opset")
 @click.option("--features", is_flag=True,
               help="Output the pooled features instead of the logits (a model without a head always does); "
                    "hf: write the model without its classifier (ViTModel, DeiTModel, Dinov2Model).")
+@click.option("--architecture", metavar="CLASS",
+              help="hf: the transformers class to write where more than one computes the model (ViTModel or "
+                   "ViTMSNModel, ViTForImageClassification or ViTMSNForImageClassification); default: the class "
+                   "the file was converted from, else ViT's, DeiT's, Dinov2's or Dinov2WithRegisters'.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists (hf: only a directory an export wrote).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @debug_option
 @click.pass_context
 def export(ctx: click.Context, src: str, dst: str, fmt: str, res: tuple[int, int] | None, batch: int | None,
-           opset: int | None, features: bool, force: bool, as_json: bool) -> None:
+           opset: int | None, features: bool, architecture: str | None, force: bool, as_json: bool) -> None:
     """Export FILE (a vitconvert weights file) as an ONNX model or a transformers model directory OUT.
 
     --to onnx: the file's record (preprocessing, label set, architecture at the exported size) goes into
@@ -71,6 +75,7 @@ def export(ctx: click.Context, src: str, dst: str, fmt: str, res: tuple[int, int
       vitconvert export vit-b16.safetensors --to onnx vit-b16-features.onnx --features --opset 18
       vitconvert export vit-b16.safetensors --to hf vit-b16-hf
       vitconvert export dino-s16.safetensors --to hf dino-s16-hf --force --json
+      vitconvert export vit-s16.safetensors --to hf vit-msn-s16-hf --architecture ViTMSNModel
     """
     if fmt == "hf":
         given = [f"--{name}" for name in ONNX_ONLY
@@ -78,8 +83,10 @@ def export(ctx: click.Context, src: str, dst: str, fmt: str, res: tuple[int, int
         if given:
             raise click.UsageError(f"{', '.join(given)}: {'an ONNX option' if len(given) == 1 else 'ONNX options'}; "
                                    "--to hf writes the model at the file's input size")
-        _export_hf(src, dst, features, force, as_json)
+        _export_hf(src, dst, features, force, as_json, architecture)
         return
+    if architecture is not None:
+        raise click.UsageError("--architecture: an hf option; --to onnx writes our model's graph")
     from ..formats.paths import check_input, check_output
 
     check_input(src, "a vitconvert weights file")
@@ -102,10 +109,10 @@ def export(ctx: click.Context, src: str, dst: str, fmt: str, res: tuple[int, int
                f"{done.max_abs_diff:.2e} (atol {done.atol:g})")
 
 
-def _export_hf(src: str, dst: str, features: bool, force: bool, as_json: bool) -> None:
+def _export_hf(src: str, dst: str, features: bool, force: bool, as_json: bool, architecture: str | None) -> None:
     from ..export.hf import export_hf
 
-    done = export_hf(src, dst, features=features, force=force)
+    done = export_hf(src, dst, features=features, force=force, architecture=architecture)
     if as_json:
         click.echo(json.dumps({**asdict(done), "path": str(done.path)}, indent=2))
         return

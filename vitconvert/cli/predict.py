@@ -8,11 +8,13 @@ that, so `--help` and a mistyped path answer at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,8 @@ class Options:
     compile_: bool
     workers: int | None
     labels: str | None
+    classes: str | None
+    templates: str | None
     attention_out: Path | None
     embed_out: str | None  # None: classify; '': --embed without a file (with --ray); else OUT.npz
     tokens: bool
@@ -95,12 +99,18 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
                    "linear layers in int8, CPU only (logits move by up to ~0.2 of their spread).")
 @click.option("--compile", "compile_", is_flag=True,
               help="The fastest float32 path: on a CPU oneDNN's prepacked linear layers (no wait); on a GPU "
-                   "torch.compile, compiling once per batch size. How much faster: README, Speed.")
+                   "torch.compile, compiling once per batch size. How much faster: docs/speed.md.")
 @click.option("--workers", type=click.IntRange(min=0), metavar="N",
               help="Processes decoding and resizing images ahead of the model; 0: none. Default: "
                    "none for a single batch; on a GPU every core but one; on the CPU only cores torch leaves idle.")
 @click.option("--labels", metavar="imagenet-1k|imagenet-21k|FILE",
               help="Class names (a FILE has one name a line); default: the weights file's label set.")
+@click.option("--classes", metavar="imagenet-1k|FILE|LIST",
+              help="With a two-tower --weights file (CLIP, SigLIP, LiT): classify into these classes by their "
+                   "names, as `vitconvert zeroshot` would (imagenet-1k, a FILE with one a line, or 'cat,dog').")
+@click.option("--templates", metavar="SET|FILE|TEMPLATE",
+              help="With --classes: the prompt templates (default imagenet, OpenAI's 80; see "
+                   "`vitconvert zeroshot --help`).")
 @click.option("--attention-map", "attention_out", type=click.Path(dir_okay=False, path_type=Path),
               metavar="OUT.png",
               help="Save the attention rollout over each image (several images: OUT-<image>.png).")
@@ -109,7 +119,9 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
                    "and 'embeddings'): the pooled features the head reads. Any model, with or without a head. "
                    "With --ray, give no file: the embeddings join the --output table.")
 @click.option("--tokens", is_flag=True,
-              help="With --embed: every token after the final norm, (images, tokens, width).")
+              help="With --embed: the patch tokens after the final norm, (images, h*w, width), and apart from "
+                   "them 'grid' (h, w) and the prefix tokens the model has: 'class_tokens', 'register_tokens' "
+                   "(registers, DINOv3's storage tokens), 'dist_tokens'.")
 @click.option("--normalize", is_flag=True, help="With --embed: each vector scaled to unit length.")
 @click.option("--recursive", "-r", is_flag=True, help="Also search the sub-folders of directories.")
 @click.option("--skip-errors", is_flag=True,
@@ -143,10 +155,13 @@ def command(**given: Any) -> None:
       vitpredict photos/ --recursive --weights vit-b16.safetensors --json > predictions.json
       vitpredict photos/ --weights vit-b16.safetensors --dtype bfloat16 --skip-errors
       vitpredict photos/ --model orig-B16-in21k --embed features.npz --normalize
+      vitpredict photos/ --weights dinov3-vitb16.safetensors --res 448x640 --embed dense.npz --tokens
       vitpredict cat.jpg --weights flexivit-b.safetensors --patch-size 16 --res 240
       vitpredict photos/ -r --weights vit-b16.safetensors --ray --output predictions.parquet --embed
       vitpredict photos/ --weights vit-b16.safetensors --ray auto --replicas 8 --device cuda --output p.parquet
       vitpredict photos/ --weights vit-b16.safetensors --ray --replicas 2 --cpus-per-replica 0.5 --output p.parquet
+      vitpredict cat.jpg --weights siglip-b16.safetensors --classes imagenet-1k
+      vitpredict cat.jpg --weights clip-b32.safetensors --classes "cat,dog" --templates "a photo of a {}."
     """
     from ..inference.images import find_images
 
@@ -156,16 +171,39 @@ def command(**given: Any) -> None:
     if found.skipped():
         hint = " (--recursive searches sub-folders)" if found.skipped_folders else ""
         click.echo(f"note: skipped {found.skipped()}{hint}", err=True)
-    if options.ray_address is not None:
-        on_ray(found.paths, options)
-    else:
-        predict_here(found.paths, options, embed_out)
+    with zeroshot_weights(options) as options:
+        if options.ray_address is not None:
+            on_ray(found.paths, options)
+        else:
+            predict_here(found.paths, options, embed_out)
+
+
+@contextmanager
+def zeroshot_weights(o: Options) -> Iterator[Options]:
+    """With --classes, `o` on a zero-shot classifier built from the two-tower --weights file into a temporary
+    file (the one `vitconvert zeroshot` writes), removed afterwards; else `o` as it is."""
+    if o.classes is None:
+        yield o
+        return
+    from ..zeroshot.classifier import ZeroShotRequest, zeroshot_classifier_file
+
+    request = ZeroShotRequest(o.classes, o.templates or "imagenet")
+    with contextlib.ExitStack() as stack:
+        with progress_bar("embedding prompts", quiet=False) as progress:  # closed before the predictions start
+            out = stack.enter_context(zeroshot_classifier_file(resolve_weights(o.weights, o.model_name), request,
+                                                               progress=progress.update))
+        yield replace(o, weights=out, model_name=None, classes=None)
 
 
 def check_usage(ctx: click.Context, o: Options) -> Path | None:
     """The options that do not go together (exit 2); returns --embed's file, if any."""
     if o.weights is not None and o.model_name is not None:
         raise click.UsageError("give --weights FILE or --model NAME, not both")
+    if o.templates is not None and o.classes is None:
+        raise click.UsageError("--templates fill in the names of --classes; give --classes too")
+    if o.classes is not None and (o.labels is not None or o.embed_out is not None):
+        raise click.UsageError(f"--classes names the classes to rank: it cannot go with "
+                               f"{'--labels' if o.labels is not None else '--embed'}")
     if (o.ray_address is None) != (o.output is None):
         raise click.UsageError("--ray and --output go together")
     if o.ray_address is not None:
@@ -173,6 +211,8 @@ def check_usage(ctx: click.Context, o: Options) -> Path | None:
             raise click.UsageError("--patch-size runs without --ray only")
         if o.embed_out:
             raise click.UsageError("with --ray, --embed takes no file: the embeddings go into the --output table")
+        if o.tokens:
+            raise click.UsageError("--tokens runs without --ray only (the --output table holds pooled features)")
         return None
     if o.verbose:
         raise click.UsageError("--verbose shows Ray's log lines; it goes with --ray")
@@ -265,7 +305,8 @@ def report(paths: list[Path], unreadable: dict[int, str], results: Iterator[Any]
             elif "error" not in entry:
                 click.echo(format_table(entry))
     if embed_out:
-        write_embeddings(embed_out, embedded, deferred, o.tokens, o.normalize, o.as_json)
+        write_embeddings(embed_out, embedded, deferred, o.tokens, o.normalize, o.as_json,
+                         predictor.grid if predictor is not None else None)
     elif o.as_json:
         click.echo(json.dumps(deferred, indent=2))
     else:
@@ -276,8 +317,9 @@ def report(paths: list[Path], unreadable: dict[int, str], results: Iterator[Any]
 
 
 def write_embeddings(out: Path, embedded: list[Any], failed: list[dict[str, Any]], tokens: bool,
-                     normalize: bool, as_json: bool) -> None:
-    """OUT.npz from the images embedded, then one summary line (or JSON with the failures too)."""
+                     normalize: bool, as_json: bool, grid: tuple[int, int] | None) -> None:
+    """OUT.npz from the images embedded (with `tokens`, their patch grid and prefix tokens too), then one
+    summary line (or JSON with the failures too)."""
     import numpy as np
 
     from ..formats.embeddings import save_embeddings
@@ -285,12 +327,17 @@ def write_embeddings(out: Path, embedded: list[Any], failed: list[dict[str, Any]
     if not embedded:
         raise VitConvertError(f"no image could be embedded, so {out} was not written")
     embeddings = np.stack([r.embedding for r in embedded])
-    save_embeddings(out, [r.image for r in embedded], embeddings)  # checked before the model loaded
-    what = ("tokens" if tokens else "pooled features") + (", unit length" if normalize else "")
+    prefix = {name: np.stack([r.prefix[name] for r in embedded]) for name in embedded[0].prefix}
+    extra = {"grid": np.array(grid), **prefix} if tokens else {}
+    save_embeddings(out, [r.image for r in embedded], embeddings, extra)  # checked before the model loaded
+    what = f"patch tokens on a {grid[0]}x{grid[1]} grid" if tokens else "pooled features"
+    what += (f", {' and '.join(prefix)} apart" if prefix else "") + (", unit length" if normalize else "")
     if as_json:
-        click.echo(json.dumps({"output": str(out), "images": len(embedded), "shape": list(embeddings.shape),
-                               "dtype": "float32", "tokens": tokens, "normalized": normalize,
-                               "errors": failed}, indent=2))
+        summary = {"output": str(out), "images": len(embedded), "shape": list(embeddings.shape),
+                   "dtype": "float32", "tokens": tokens, "normalized": normalize}
+        if tokens:
+            summary |= {"grid": list(grid), "prefix_tokens": {name: list(a.shape) for name, a in prefix.items()}}
+        click.echo(json.dumps({**summary, "errors": failed}, indent=2))
         return
     failures = f"; {len(failed)} image{'s' if len(failed) != 1 else ''} failed" if failed else ""
     click.echo(f"wrote {out}: {len(embedded)} embeddings, shape {tuple(embeddings.shape)} float32 ({what}){failures}")
@@ -354,8 +401,10 @@ def attention_paths(out: Path, images: list[Path], force: bool) -> list[Path]:
 
 def format_table(entry: dict[str, Any]) -> str:
     """One image's entry (as in --json): the image, then rank, probability in % and label (the
-    class index when the classes have no names)."""
-    lines = [entry["image"], "  rank     prob  label"]
+    class index when the classes have no names). Sigmoid probabilities (SigLIP's) say so in the header:
+    each class is scored on its own, and they do not sum to 1."""
+    lines = [entry["image"], "  rank  sigmoid  label" if entry.get("probabilities") == "sigmoid"
+             else "  rank     prob  label"]
     for p in entry["predictions"]:
         label = p["label"] if p["label"] is not None else str(p["index"])
         lines.append(f"  {p['rank']:>4}  {p['probability'] * 100:6.2f}%  {label}")

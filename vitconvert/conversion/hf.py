@@ -1,11 +1,11 @@
-"""Hugging Face transformers checkpoints (ViT, DeiT, Dinov2, BEiT, Data2VecVision) to our weights file.
+"""Hugging Face transformers checkpoints (ViT, DeiT, Dinov2, BEiT, Data2VecVision, ...) to our weights file.
 
-SRC is a directory as `save_pretrained` writes it (config.json, model.safetensors or pytorch_model.bin,
-preprocessor_config.json), or its weights file with the config.json beside it. The architecture comes
-from config.json, read as JSON (transformers is never imported); which head and names the checkpoint has,
-from its keys; the tensors stream through `hf_layouts`' table into the writer one at a time. safetensors
-files are read with numpy alone; pickled .bin files only with torch.load(weights_only=True), the reader
-timm2torch uses, imported for them alone.
+SRC is a directory as `save_pretrained` writes it (config.json, model.safetensors or pytorch_model.bin, or
+their shards and index: `hf_sharded`; preprocessor_config.json), or its weights file with the config.json
+beside it. The architecture comes from config.json, read as JSON (transformers is never imported); which head
+and names the checkpoint has, from its keys; the tensors stream through `hf_layouts`' table into the writer
+one at a time. safetensors files are read with numpy alone; pickled .bin files only with
+torch.load(weights_only=True), the reader timm2torch uses, imported for them alone.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from ..formats.weights_file import WeightsRecord
 from . import hf_layouts
 from .hf_layouts import HfLayout
 from .hf_preprocess import preprocess_from
-from .mapping import ArrayReader, Shape, block_bindings
+from .hf_sharded import INDEXES, ShardedReader, find_index
+from .jax_layouts import bindings as resnet_bindings
+from .mapping import ArrayReader, Shape
 from .source import Detection, Plan, Probe, Request, SourceFormat
 
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -48,17 +50,18 @@ def locate(src: str | os.PathLike) -> HfCheckpoint:
     src = Path(src)
     if src.is_dir():
         folder = src
-        weights = next((src / name for name in WEIGHTS if (src / name).is_file()), None)
+        weights = next((src / name for name in WEIGHTS if (src / name).is_file()), None) or find_index(src)
         if weights is None:
-            sharded = [p.name for p in sorted(src.glob("*.index.json"))]
-            if sharded:
-                raise VitConvertError(f"{src}: a sharded checkpoint ({sharded[0]}) is not read yet; save it as one "
-                                      "file (save_pretrained(..., max_shard_size='50GB'))")
-            raise VitConvertError(f"{src}: no {' or '.join(WEIGHTS)} in the directory")
+            raise VitConvertError(f"{src}: no {' or '.join(WEIGHTS)} in the directory, nor a shard index "
+                                  f"({' or '.join(INDEXES)})")
     else:
         weights, folder = check_input(src, "a transformers checkpoint (a directory or its weights file)"), src.parent
         if weights.suffix != ".safetensors" and weights.suffix not in PICKLES:
             raise VitConvertError(f"{src}: expected a .safetensors or a pickled .bin weights file, or their directory")
+        if (index := find_index(folder)) is not None and weights.name in index.read_text(encoding="utf-8",
+                                                                                          errors="replace"):
+            raise VitConvertError(f"{src}: one shard of the checkpoint {index.name} indexes: give the directory, "
+                                  f"{folder}, to convert them all")
     config = folder / "config.json"
     if not config.is_file():
         raise VitConvertError(f"{src}: no config.json beside the weights (hf2torch reads the architecture from "
@@ -79,7 +82,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def read_weights(path: Path, probed: Probe | None = None) -> ArrayReader:
     """A reader of the checkpoint's tensors: numpy for safetensors; torch's weights-only unpickler for .bin
-    (or the state dict `probed` already read from this very file)."""
+    (or the state dict `probed` already read from this very file); a shard index's shards, shard by shard."""
+    if path.name in INDEXES:
+        return ShardedReader(path)
     if path.suffix == ".safetensors":
         return SafetensorsReader(path)
     from ..formats.state_dict import TensorReader, read_state_dict  # torch, for pickles only
@@ -104,18 +109,63 @@ class HfReader:
         if check := getattr(self.tensors, "check_weights", None):
             check(keys, where)
 
+    def close(self) -> None:
+        if close := getattr(self.tensors, "close", None):
+            close()
+
+
+def _claimed_type(config: Mapping[str, Any]) -> str | None:
+    """The model type config.json names: its model_type, or where it has none the type of the class its
+    `architectures` names (as AutoModel falls back on); one of ours, else None."""
+    kind = config.get("model_type")
+    if kind is not None:
+        return kind if kind in hf_layouts.MODEL_TYPES else None
+    names = config.get("architectures")
+    by_class = {name: t for (t, _), name in hf_layouts.ARCHITECTURES.items()}
+    return next((by_class[n] for n in names if isinstance(n, str) and n in by_class), None) \
+        if isinstance(names, list) else None
+
 
 def model_type(config: Mapping[str, Any], where: str) -> str:
-    kind = config.get("model_type")
-    if kind not in hf_layouts.MODEL_TYPES:
-        found = f"model_type {kind!r}" if kind is not None else "no model_type"
-        raise VitConvertError(f"{where}: {found}; hf2torch converts "
-                              f"{', '.join(hf_layouts.MODEL_TYPES)} (transformers' ViT, DeiT, Dinov2, BEiT and "
-                              "Data2VecVision)")
+    kind = _claimed_type(config)
+    if kind is None:
+        given = config.get("model_type")
+        found = f"model_type {given!r}" if given is not None else "no model_type, and no architectures it converts"
+        raise VitConvertError(f"{where}: {found}; hf2torch converts model types "
+                              f"{', '.join(hf_layouts.MODEL_TYPES)} ({', '.join(hf_layouts.ARCHITECTURES.values())})")
     return kind
 
 
-def config_from_json(config: Mapping[str, Any], layout: HfLayout, where: str) -> ViTConfig:
+# ViTHybrid's backbone_config as the only BiT our model/hybrid.py builds: transformers 4's ViTHybridConfig default.
+BIT = {"layer_type": "bottleneck", "global_padding": "same", "hidden_act": "relu", "num_groups": 32}
+
+
+def _bit_fields(config: Mapping[str, Any], shapes: Mapping[str, Shape], layout: HfLayout,
+                where: str) -> dict[str, Any]:
+    """Our hybrid's fields from a ViTHybrid's backbone_config (BitConfig's defaults where it leaves keys out,
+    ViTHybridConfig's default backbone where it has none) and its keys."""
+    backbone = config.get("backbone_config")
+    backbone = {**BIT, "embedding_dynamic_padding": True} if backbone is None else backbone
+    if not isinstance(backbone, Mapping):
+        raise VitConvertError(f"{where}: backbone_config must be a JSON object, got {backbone!r}")
+    defaults = {"layer_type": "preactivation", "global_padding": None, "hidden_act": "relu", "num_groups": 32}
+    if differ := [f"{k} {backbone.get(k, defaults[k])!r}" for k, want in BIT.items()
+                  if str(backbone.get(k, defaults[k])).lower() != str(want)]:
+        raise VitConvertError(f"{where}: a ViTHybrid backbone with {', '.join(differ)}: our hybrid is the BiT of "
+                              f"{', '.join(f'{k} {v!r}' for k, v in BIT.items())} (timm's R50 hybrids)")
+    stem = f"{layout.prefix}{hf_layouts.BIT}embedder.convolution.weight"
+    if stem not in shapes or len(shapes[stem]) != 4:
+        raise VitConvertError(f"{where}: no BiT stem convolution ({stem})")
+    return dict(hybrid_layers=hf_layouts.bit_units(shapes, layout.prefix), hybrid_width=shapes[stem][0],
+                in_chans=shapes[stem][1], hybrid_gn_eps=BIT_GN_EPS)
+
+
+# BitGroupNormActivation's eps (and timm's GroupNormAct's in its hybrids).
+BIT_GN_EPS = 1e-5
+
+
+def config_from_json(config: Mapping[str, Any], layout: HfLayout, where: str,
+                     shapes: Mapping[str, Shape] | None = None) -> ViTConfig:
     """Our config from config.json (transformers' defaults for keys it leaves out) and the layout."""
     defaults = hf_layouts.DEFAULTS[layout.model_type]
 
@@ -135,10 +185,12 @@ def config_from_json(config: Mapping[str, Any], layout: HfLayout, where: str) ->
     if head_dim is not None and not (is_int(head_dim) and is_int(heads) and head_dim * heads == dim):
         raise VitConvertError(f"{where}: head_dim {head_dim!r} x {heads!r} heads is not hidden_size {dim!r}; "
                               "our attention splits the width evenly into heads")
+    dinov2 = layout.family == "dinov2"
     if layout.pooler and get("pooler_act") != "tanh":
         raise VitConvertError(f"{where}: pooler_act {get('pooler_act')!r}; our representation layer "
                               "is tanh")
-    if layout.model_type == "dinov2":
+    registers = get("num_register_tokens") if layout.model_type == "dinov2_with_registers" else 0
+    if dinov2:
         ratio = get("mlp_ratio")
         if not (is_int(dim) and is_real(ratio) and 0 < dim * ratio < 2 ** 31):
             raise VitConvertError(f"{where}: mlp_ratio {ratio!r} with hidden_size {dim!r} makes no MLP width")
@@ -148,30 +200,39 @@ def config_from_json(config: Mapping[str, Any], layout: HfLayout, where: str) ->
         mlp_dim = get("intermediate_size")
     size, patch = (tuple(v) if isinstance(v, list) else (v, v) if is_int(v) else v
                    for v in (get("image_size"), get("patch_size")))
-    if layout.beit:
-        if (layout.rel_pos or layout.shared_rel_pos) and isinstance(size, tuple) and isinstance(patch, tuple) \
-                and len(size) == len(patch) == 2 and size[0] // patch[0] != size[1] // patch[1]:
-            raise VitConvertError(f"{where}: a relative position table for a non-square grid: transformers' "
-                                  "BeitRelativePositionBias reads it transposed (its (width, height) reshape), so its "
-                                  "outputs are not BEiT's")
-        pool = "gap" if layout.beit_norm == "pooler" else "token"
-        fields = dict(pool=pool, fc_norm=layout.beit_norm == "pooler", final_norm=layout.beit_norm != "none",
-                      class_token=True, k_bias=False, pos_embed="learn" if layout.abs_pos else "none",
-                      layer_scale=layout.layer_scale, rel_pos_bias=layout.rel_pos,
-                      shared_rel_pos_bias=layout.shared_rel_pos, rel_pos_resize="transformers")
-    else:
-        fields = dict(distilled=layout.head == "teacher", representation_size=config.get("pooler_output_size") or dim
-                      if layout.pooler else None, reg_tokens=int(layout.model_type == "deit" and
-                                                                 layout.head != "teacher"),
-                      layer_scale=layout.model_type == "dinov2")
-    fields |= dict(img_size=size, patch_size=patch, in_chans=get("num_channels"), embed_dim=dim,
+    if layout.beit and (layout.rel_pos or layout.shared_rel_pos) and isinstance(size, tuple) \
+            and isinstance(patch, tuple) and len(size) == len(patch) == 2 \
+            and size[0] // patch[0] != size[1] // patch[1]:
+        raise VitConvertError(f"{where}: a relative position table for a non-square grid: transformers' "
+                              "BeitRelativePositionBias reads it transposed (its (width, height) reshape), so its "
+                              "outputs are not BEiT's")
+    fields = dict(img_size=size, patch_size=patch, in_chans=get("num_channels"), embed_dim=dim,
                   depth=get("num_hidden_layers"), num_heads=heads, mlp_dim=mlp_dim, act=act,
-                  ln_eps=get("layer_norm_eps"), qkv_bias=config.get("qkv_bias", True),
-                  num_classes=_num_classes(config, layout), mlp=layout.mlp, pos_resize="transformers")
+                  # BEiT's query and value always have biases (its key none: k_bias), and its config no qkv_bias
+                  ln_eps=get("layer_norm_eps"), qkv_bias=True if layout.beit else get("qkv_bias"),
+                  num_classes=_num_classes(config, layout),
+                  distilled=layout.head == "teacher",
+                  reg_tokens=int(layout.model_type == "deit" and layout.head != "teacher") + registers,
+                  no_embed_class=layout.model_type == "dinov2_with_registers",
+                  representation_size=config.get("pooler_output_size") or dim if layout.pooler else None,
+                  layer_scale=dinov2, mlp=layout.mlp, pos_resize=POS_RESIZE.get(layout.model_type, "transformers"))
+    if layout.model_type == "vit-hybrid":
+        fields |= _bit_fields(config, shapes or {}, layout, where)
+    if layout.beit:
+        fields |= dict(pool="gap" if layout.beit_norm == "pooler" else "token", fc_norm=layout.beit_norm == "pooler",
+                       final_norm=layout.beit_norm != "none", class_token=True, k_bias=False,
+                       pos_embed="learn" if layout.abs_pos else "none", layer_scale=layout.layer_scale,
+                       rel_pos_bias=layout.rel_pos, shared_rel_pos_bias=layout.shared_rel_pos,
+                       rel_pos_resize="transformers")
     try:
         return ViTConfig(**fields)
     except (VitConvertError, TypeError) as e:  # values of the wrong type: say which file they came from
         raise VitConvertError(f"{where}: {e}") from None
+
+
+# transformers' interpolate_pos_encoding: bicubic without antialias (posembed's 'transformers'), but in
+# Dinov2WithRegisters, which antialiases (timm's 'bicubic': size=, antialias=True, align_corners off).
+POS_RESIZE = {"dinov2_with_registers": "bicubic"}
 
 
 def beit_layout(config: Mapping[str, Any], layout: HfLayout, where: str) -> HfLayout:
@@ -198,7 +259,7 @@ def beit_layout(config: Mapping[str, Any], layout: HfLayout, where: str) -> HfLa
 
 
 def _num_classes(config: Mapping[str, Any], layout: HfLayout) -> int:
-    if layout.head is None or layout.head == "mim":
+    if layout.head in (None, "decoder", "mim"):
         return 0
     id2label = config.get("id2label")
     return len(id2label) if isinstance(id2label, Mapping) else config.get("num_labels", 2)
@@ -221,8 +282,9 @@ def class_names(config: Mapping[str, Any], num_classes: int) -> tuple[tuple[str,
 def convert_hf(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False, dtype: str = "float32",
                labels: str | Sequence[str] | None = None, allow_nonfinite: bool = False,
                pos_resize: str | None = None, progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
-    """Convert a transformers ViT, DeiT, Dinov2, BEiT or Data2VecVision checkpoint at `src` (its directory, or its
-    weights file with config.json beside it) into our weights file at `dst`: `vitconvert.convert(..., source='hf')`.
+    """Convert a transformers checkpoint (ViT, DeiT, Dinov2, BEiT, ...: hf_layouts.MODEL_TYPES) at `src` (its
+    directory, or its weights file with config.json beside it) into our weights file at `dst`:
+    `vitconvert.convert(..., source='hf')`.
 
     The architecture is config.json's; the class names its id2label's (unless `labels`: 'imagenet-1k',
     'imagenet-21k' or the names in class order); the preprocessing preprocessor_config.json's, where ours
@@ -241,12 +303,12 @@ def _plan(reader: HfReader, request: Request) -> Plan:
     where, config_file = str(found.weights), str(found.weights.parent / "config.json")
     kind = model_type(found.config, config_file)
     layout, ignored = hf_layouts.detect(kind, reader.shapes, where)
-    swiglu = kind == "dinov2" and found.config.get("use_swiglu_ffn", False)
+    swiglu = layout.family == "dinov2" and found.config.get("use_swiglu_ffn", False)
     layout = dataclasses.replace(layout, qkv_bias=found.config.get("qkv_bias", True),
                                  mlp=("swiglu" if layout.modular else "swiglu_packed") if swiglu else "mlp")
     if layout.beit:
         layout = beit_layout(found.config, layout, config_file)
-    cfg = config_from_json(found.config, layout, config_file)
+    cfg = config_from_json(found.config, layout, config_file, reader.shapes)
     names, notes = class_names(found.config, cfg.num_classes)
     preprocess, more = preprocess_from(found.processor, kind, cfg.img_size, where)
     notes += more + _layout_notes(layout, ignored)
@@ -254,7 +316,8 @@ def _plan(reader: HfReader, request: Request) -> Plan:
         notes.append(f"the processor makes {preprocess.size[0]}x{preprocess.size[1]} inputs, the model is stored at "
                      f"{cfg.img_size[0]}x{cfg.img_size[1]}: run it with --res {preprocess.size[0]}x"
                      f"{preprocess.size[1]} (img_size=...) for transformers' pipeline")
-    return Plan(config=cfg, rules=hf_layouts.import_rules(layout), bindings=block_bindings(cfg.depth),
+    return Plan(config=cfg, rules=hf_layouts.import_rules(layout),
+                bindings=resnet_bindings(cfg.depth, cfg.hybrid_layers),
                 source_format=f"transformers/{layout.architecture}", preprocess=preprocess, labels=names,
                 notes=notes, left_out=ignored)
 
@@ -267,11 +330,27 @@ def _layout_notes(layout: HfLayout, ignored: Mapping[str, str]) -> list[str]:
     if any(k.endswith("pooler.dense.weight") for k in ignored):
         notes.append("the pooler beside the classifier was left out: transformers' classification models do not "
                      "run it")
-    if layout.model_type == "dinov2" and any(k.endswith("mask_token") for k in ignored):
-        notes.append("Dinov2's mask_token (masked-image pre-training only) was left out")
-    if layout.head == "mim":
+    if any(k.endswith("mask_token") and not k.startswith("decoder.") for k in ignored):
+        notes.append("the mask_token (masked-image pre-training only) was left out")
+    if layout.head == "decoder":
+        notes.append("ViTMAEForPreTraining's decoder was left out: the encoder converts, and runs as ViTMAEModel "
+                     "with mask_ratio 0 and the patches in their order (no random masking)")
+    elif layout.head == "mim":
         notes.append("BeitForMaskedImageModeling: its encoder, with the pre-training head's norm as the final norm; "
                      "the features are its class token after that norm")
+    elif layout.model_type == "vit_mae":
+        notes.append("ViTMAE's encoder runs without its random masking: ViTMAEModel with mask_ratio 0 and the "
+                     "patches in their order")
+    if layout.model_type == "dinov2_with_registers":
+        notes.append("the class token is stored with its position embedding added, and the table holds the "
+                     "patches' rows (as timm stores DINOv2 with registers): transformers adds that row to the "
+                     "class token alone and never resizes it")
+    if layout.model_type == "vit-hybrid":
+        notes.append("ViTHybrid's BiT kernels stored standardized as its WeightStandardizedConv2d computes them "
+                     "(batch_norm over each kernel, eps 1e-8: timm's StdConv2dSame)")
+    if layout.layer_prefix is not None:
+        notes.append("the encoder's layers at the top of the file (encoder.layer.N) beside vit.embeddings, as "
+                     "transformers 5 saves ViTMSNForImageClassification")
     if layout.modular:
         notes.append("tensors named as transformers 5's modules (a state_dict saved as it is)")
     return notes
@@ -287,22 +366,22 @@ def _detect(probe: Probe) -> Detection | None:
     if not config.is_file():
         return None
     try:
-        kind = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        value = json.loads(config.read_text(encoding="utf-8"))
+        kind = _claimed_type(value) if isinstance(value, dict) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         kind = None
-    if kind not in hf_layouts.MODEL_TYPES:
+    if kind is None:
         return None
-    under = hf_layouts.PREFIXES.get(kind, f"{kind}.")
-    if probe.kind.kind != "directory" and not any(k.startswith(("embeddings.", f"{under}embeddings."))
-                                                  for k in probe.keys):
+    prefixes = ("embeddings.", f"{hf_layouts.BASE_PREFIX.get(kind, kind)}embeddings.")
+    if probe.kind.kind != "directory" and not any(k.startswith(prefixes) for k in probe.keys):
         return None  # a config.json beside some other checkpoint
-    return Detection(1.0, f"config.json with model_type {kind!r}" + (" beside it" if probe.kind.kind != "directory"
-                                                                      else ""))
+    return Detection(1.0, f"config.json of model type {kind!r}" + (" beside it" if probe.kind.kind != "directory"
+                                                                    else ""))
 
 
 HF = SourceFormat(
-    name="hf", summary=("Hugging Face transformers ViT, DeiT, Dinov2, BEiT, Data2VecVision (save_pretrained's "
-                        "directory, or its weights file)"),
+    name="hf", summary="Hugging Face transformers ViT, DeiT, Dinov2 (with registers), ViTMSN, ViTMAE, ViTHybrid, "
+                       "BEiT, Data2VecVision (save_pretrained's directory, sharded too, or its weights file)",
     detect=_detect, open=HfReader, plan=_plan,
     example="vitconvert convert vit-base-patch16-224/ vit-b16.safetensors",
     looks_for=f"a directory (or a weights file beside) with a config.json of model_type "

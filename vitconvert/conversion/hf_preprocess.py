@@ -17,6 +17,7 @@ from ..core.json_types import is_int, is_real
 from ..formats.weights_file import Preprocess
 
 IMAGENET_STANDARD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+IMAGENET_DEFAULT = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 # Pillow's filter numbers, which the processors store as `resample`.
 RESAMPLE = {2: "bilinear", 3: "bicubic"}
@@ -34,12 +35,20 @@ PROCESSORS: dict[str, dict[str, Any]] = {
                                    do_center_crop=False, mean_std=IMAGENET_STANDARD, shortest=True),
 }
 PROCESSORS["CLIPImageProcessor"] = PROCESSORS["BitImageProcessor"]
+# SigLIP's: a resize to 224 x 224 (aspect ratio not kept), bicubic, mean = std = 0.5.
+PROCESSORS["SiglipImageProcessor"] = dict(size={"height": 224, "width": 224}, resample=3, do_center_crop=False,
+                                          mean_std=IMAGENET_STANDARD, shortest=False)
+PROCESSORS["DINOv3ViTImageProcessor"] = dict(size={"height": 224, "width": 224}, resample=2, do_center_crop=False,
+                                             mean_std=IMAGENET_DEFAULT, shortest=False)
 # BEiT's (Data2VecVision's too): ViT's but bicubic, a crop only when asked.
 PROCESSORS["BeitImageProcessor"] = dict(size={"height": 224, "width": 224}, crop_size={"height": 224, "width": 224},
                                         resample=3, do_center_crop=False, mean_std=IMAGENET_STANDARD, shortest=False)
 # What transformers' AutoImageProcessor picks for a model type without a preprocessor_config.json of its own
 # (the processors the published checkpoints of each carry).
 DEFAULT_PROCESSOR = {"vit": "ViTImageProcessor", "deit": "DeiTImageProcessor", "dinov2": "BitImageProcessor",
+                     "clip": "CLIPImageProcessor", "siglip": "SiglipImageProcessor", "siglip2": "SiglipImageProcessor",
+                     "dinov2_with_registers": "BitImageProcessor", "vit_msn": "ViTImageProcessor",
+                     "vit_mae": "ViTImageProcessor", "vit-hybrid": "BitImageProcessor",
                      "beit": "BeitImageProcessor", "data2vec-vision": "BeitImageProcessor"}
 
 

@@ -17,10 +17,11 @@ from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..formats.npz import NpzReader
 from ..formats.weights_file import Preprocess, WeightsRecord, label_set_for
-from . import jax_layouts
+from . import jax_layouts, jax_text
 from .jax_layouts import JaxLayout
 from .mapping import source_dims
 from .source import Detection, Option, Plan, Probe, Request, SourceFormat
+from .text_towers import IMAGE_ONLY, TOKENIZER, file_tokenizer, find_tokenizer, text_tower
 
 GELU = {"tanh": "gelu_tanh", "erf": "gelu"}
 
@@ -90,19 +91,20 @@ def config_from_shapes(reader: Shaped, layout: JaxLayout, act: str) -> ViTConfig
     return base.replace(img_size=(side * base.total_stride,) * 2)
 
 
-def layout_notes(reader: NpzReader, layout: JaxLayout, cfg: ViTConfig) -> list[str]:
-    """What the record should say about how the file became this model."""
+def layout_notes(reader: NpzReader, layout: JaxLayout, cfg: ViTConfig, with_text: bool = False) -> list[str]:
+    """What the record should say about how the file became this model (`with_text`: its text tower kept too)."""
     notes = []
     if any(reader.stored_dtype(k) == "bfloat16" for k in reader.shapes):
         notes.append("source arrays stored as bfloat16")
     if layout.posemb == "sincos2d":
         notes.append(f"no position table stored: big_vision's sincos2d, computed for the grid of each input "
                      f"size; the training size is not in the file, {cfg.img_size[0]}x{cfg.img_size[1]} assumed")
-    if layout.two_tower:
+    if layout.two_tower and not with_text:
         left = layout.other_tower(reader.shapes)
         notes.append(f"the image tower ({layout.prefix}) of a two-tower image-text model; the text tower and "
                      f"the loss's scalars ({len(left)} arrays: {layout.outer}txt/..., {layout.outer}t, "
                      f"{layout.outer}b) are left out")
+    if layout.two_tower:
         if cfg.num_classes:
             notes.append(f"the tower's head is its projection into the {cfg.num_classes}-wide image-text "
                          "embedding, not a classifier: the model's output is the image embedding (zimg) "
@@ -189,6 +191,23 @@ def convert_jax(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool =
                    catalog=catalog)
 
 
+def two_tower_text(reader: NpzReader, layout: JaxLayout, act: str, tokenizer: str) -> tuple[object, list]:
+    """The text tower of a two-tower file (its record and its table), with the SentencePiece `tokenizer`: cleans,
+    pads and ends texts as big_vision's colabs do (jax_text.clean, pad_token; its zero-shot evaluation
+    canonicalizes the prompts besides, which `vitconvert zeroshot` does)."""
+    where, o = str(reader.path), layout.outer
+    config = jax_text.text_config(reader.shapes, o, act, where)
+    if f"{o}t" not in reader.shapes:
+        raise VitConvertError(f"{where}: no temperature {o}t beside the text tower: a damaged two-tower file "
+                              "(convert with --image-only for the image tower alone)")
+    path = find_tokenizer(reader.path.parent, tokenizer, where)
+    tok = file_tokenizer(path, config.context_length, jax_text.clean(config.vocab_size), where,
+                         pad_default=jax_text.pad_token(config.vocab_size))
+    t = float(reader.read(f"{o}t").reshape(-1)[0])
+    b = float(reader.read(f"{o}b").reshape(-1)[0]) if f"{o}b" in reader.shapes else None
+    return text_tower(config, tok, t, b, where), jax_text.text_rules(reader.shapes, o)
+
+
 def _detect(probe: Probe) -> Detection | None:
     if probe.kind.kind != "npz":
         return None
@@ -205,7 +224,9 @@ def _plan(reader: NpzReader, request: Request) -> Plan:
         raise VitConvertError(f"gelu must be 'tanh' or 'erf', got {gelu!r}")
     found = identify(reader, GELU[gelu], request.options.get("catalog"))
     layout, cfg, known = found.layout, found.config, found.known
-    notes = [*layout_notes(reader, layout, cfg), *found.notes]
+    with_text = layout.two_tower and request.options.get("tokenizer") is not None \
+        and not request.options.get("image_only")
+    notes = [*layout_notes(reader, layout, cfg, with_text), *found.notes]
     embedding = layout.two_tower and cfg.num_classes > 0
     labels = known.labels if known else None
     if known:
@@ -218,10 +239,25 @@ def _plan(reader: NpzReader, request: Request) -> Plan:
             notes.append(f"position embeddings resized '{cfg.pos_resize}' at other sizes, as the published "
                          f"checkpoint '{known.name}' is run")
     o = layout.outer
-    left_out = {k: "the text tower of a two-tower image-text model" if k.startswith(f"{o}txt/") else
-                "a scalar of the image-text loss (temperature t, bias b)" for k in layout.other_tower(reader.shapes)}
+    rules, bindings = jax_layouts.rules(layout), jax_layouts.bindings(cfg.depth, cfg.hybrid_layers)
+    text = None
+    if with_text:
+        text, text_rules = two_tower_text(reader, layout, GELU[gelu], request.options["tokenizer"])
+        rules += text_rules
+        bindings["text_block"] = [{"i": i} for i in range(text.config.depth)]
+        notes.append(f"text tower: {text.config.depth} blocks, {text.config.width}-wide, pool {text.config.pool}, "
+                     f"tokenizer {Path(request.options['tokenizer']).name}; probabilities by {text.probability}")
+    elif layout.two_tower and jax_text.has_text_tower(reader.shapes, o) and not request.options.get("image_only"):
+        notes.append("the image tower alone: a big_vision .npz holds no tokenizer; give its SentencePiece model "
+                     "with --tokenizer FILE to keep the text tower too")
+    left_out = {} if text else {
+        k: "the text tower of a two-tower image-text model" if k.startswith(f"{o}txt/") else
+        "a scalar of the image-text loss (temperature t, bias b)" for k in layout.other_tower(reader.shapes)}
+    if text:
+        left_out = {k: "read into the record's logit_scale and logit_bias" for k in (f"{o}t", f"{o}b")
+                    if k in reader.shapes}
     return Plan(
-        config=cfg, rules=jax_layouts.rules(layout), bindings=jax_layouts.bindings(cfg.depth, cfg.hybrid_layers),
+        config=cfg, rules=rules, bindings=bindings, text=text,
         source_format=f"jax-npz/{layout.name}" + ("-scanned" if layout.scanned else ""),
         preprocess=known.preprocess if known else Preprocess.google(cfg.img_size),
         labels=labels if labels is not None or embedding else label_set_for(cfg.num_classes),
@@ -233,6 +269,7 @@ JAX = SourceFormat(
     detect=_detect, open=lambda probe: NpzReader(probe.path), plan=_plan,
     options=(Option("gelu", "--gelu", "the MLP activation to record: 'tanh' (the JAX models'; default) or 'erf'"),
              Option("catalog", "", "the published checkpoints the file's name is looked up in (Python only; the "
-                                   "command line gives the manifest)")),
+                                   "command line gives the manifest)"),
+             TOKENIZER, IMAGE_ONLY),
     example="vitconvert convert ViT-B_16.npz vit-b16.safetensors",
     looks_for="an .npz with embedding/kernel at the top or under opt/target/, params/, img/ or params/img/")

@@ -12,7 +12,7 @@ leading axis ('scanned'). `detect` reads which from the keys; `rules` builds the
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,9 +29,8 @@ WS_EPS = 1e-5  # weight standardization in the JAX ResNet: (w - mean) / (std + 1
 
 def transpose(w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """A contiguous w.T, copied 16 rows at a time: numpy's strided copy of a large transpose misses
-    the cache on every element, and this is 2.5-3x faster for ViT-sized kernels (a 1024 x 4096 kernel:
-    6-11 ms instead of 16-33 ms on the 2-core AMD EPYC here, 2026-11-21, with other processes on 67-74%
-    of its cores), which is most of a conversion's time."""
+    the cache on every element, and blocks of rows stay in it; the transposes are most of a conversion's time
+    (the timings: benchmarks/RESULTS.md, "One-off timings")."""
     out = np.empty(w.shape[::-1], w.dtype) if out is None else out
     for i in range(0, w.shape[0], 16):
         out[:, i:i + 16] = w[i:i + 16].T
@@ -211,20 +210,7 @@ def rules(layout: JaxLayout) -> list[Rule]:
         Rule("patch_embed.proj.bias", (f"{p}embedding/bias",), IDENTITY),
         Rule("cls_token", (f"{p}cls",), IDENTITY, optional=True),
         *([Rule("pos_embed", (layout.pos_embed,), IDENTITY)] if layout.posemb == "learn" else []),
-        Rule("blocks.{i}.norm1.weight", (blk("LayerNorm_0/scale"),), IDENTITY, over="block"),
-        Rule("blocks.{i}.norm1.bias", (blk("LayerNorm_0/bias"),), IDENTITY, over="block"),
-        Rule("blocks.{i}.attn.qkv.weight", tuple(blk(f"{mha}/{n}/kernel") for n in ("query", "key", "value")),
-             QKV_KERNEL, over="block"),
-        Rule("blocks.{i}.attn.qkv.bias", tuple(blk(f"{mha}/{n}/bias") for n in ("query", "key", "value")),
-             QKV_BIAS, over="block"),
-        Rule("blocks.{i}.attn.proj.weight", (blk(f"{mha}/out/kernel"),), OUT_KERNEL, over="block"),
-        Rule("blocks.{i}.attn.proj.bias", (blk(f"{mha}/out/bias"),), IDENTITY, over="block"),
-        Rule("blocks.{i}.norm2.weight", (blk(f"{ln2}/scale"),), IDENTITY, over="block"),
-        Rule("blocks.{i}.norm2.bias", (blk(f"{ln2}/bias"),), IDENTITY, over="block"),
-        Rule("blocks.{i}.mlp.fc1.weight", (blk(f"{mlp}/Dense_0/kernel"),), DENSE, over="block"),
-        Rule("blocks.{i}.mlp.fc1.bias", (blk(f"{mlp}/Dense_0/bias"),), IDENTITY, over="block"),
-        Rule("blocks.{i}.mlp.fc2.weight", (blk(f"{mlp}/Dense_1/kernel"),), DENSE, over="block"),
-        Rule("blocks.{i}.mlp.fc2.bias", (blk(f"{mlp}/Dense_1/bias"),), IDENTITY, over="block"),
+        *block_rules(blk, mha, mlp, ln2),
         Rule("norm.weight", (f"{p}Transformer/encoder_norm/scale",), IDENTITY),
         Rule("norm.bias", (f"{p}Transformer/encoder_norm/bias",), IDENTITY),
         *(map_head_rules(p) if layout.map_head else []),
@@ -239,11 +225,35 @@ def rules(layout: JaxLayout) -> list[Rule]:
     return table
 
 
-def map_head_rules(p: str) -> list[Rule]:
-    """big_vision's MAPHead (a learned probe attending over the tokens, LayerNorm, residual MLP) as timm's
-    AttentionPoolLatent: probe -> latent, query -> q, key and value fused -> kv, out -> proj."""
-    head, mha = f"{p}MAPHead_0", f"{p}MAPHead_0/MultiHeadDotProductAttention_0"
+def block_rules(blk: Callable[[str], str], mha: str, mlp: str, ln2: str, target: str = "",
+                over: str = "block") -> list[Rule]:
+    """One pre-norm Flax encoder block (`blk(sub)`: the key of its parameter `sub`) as our (timm's) Block
+    under `{target}blocks.{i}.`: the image tower's, and big_vision's text tower's."""
+    t = f"{target}blocks.{{i}}"
     return [
+        Rule(f"{t}.norm1.weight", (blk("LayerNorm_0/scale"),), IDENTITY, over=over),
+        Rule(f"{t}.norm1.bias", (blk("LayerNorm_0/bias"),), IDENTITY, over=over),
+        Rule(f"{t}.attn.qkv.weight", tuple(blk(f"{mha}/{n}/kernel") for n in ("query", "key", "value")),
+             QKV_KERNEL, over=over),
+        Rule(f"{t}.attn.qkv.bias", tuple(blk(f"{mha}/{n}/bias") for n in ("query", "key", "value")),
+             QKV_BIAS, over=over),
+        Rule(f"{t}.attn.proj.weight", (blk(f"{mha}/out/kernel"),), OUT_KERNEL, over=over),
+        Rule(f"{t}.attn.proj.bias", (blk(f"{mha}/out/bias"),), IDENTITY, over=over),
+        Rule(f"{t}.norm2.weight", (blk(f"{ln2}/scale"),), IDENTITY, over=over),
+        Rule(f"{t}.norm2.bias", (blk(f"{ln2}/bias"),), IDENTITY, over=over),
+        Rule(f"{t}.mlp.fc1.weight", (blk(f"{mlp}/Dense_0/kernel"),), DENSE, over=over),
+        Rule(f"{t}.mlp.fc1.bias", (blk(f"{mlp}/Dense_0/bias"),), IDENTITY, over=over),
+        Rule(f"{t}.mlp.fc2.weight", (blk(f"{mlp}/Dense_1/kernel"),), DENSE, over=over),
+        Rule(f"{t}.mlp.fc2.bias", (blk(f"{mlp}/Dense_1/bias"),), IDENTITY, over=over),
+    ]
+
+
+def map_head_rules(p: str, target: str = "") -> list[Rule]:
+    """big_vision's MAPHead (a learned probe attending over the tokens, LayerNorm, residual MLP) as timm's
+    AttentionPoolLatent: probe -> latent, query -> q, key and value fused -> kv, out -> proj (under
+    `{target}attn_pool.`)."""
+    head, mha = f"{p}MAPHead_0", f"{p}MAPHead_0/MultiHeadDotProductAttention_0"
+    rules = [
         Rule("attn_pool.latent", (f"{head}/probe",), IDENTITY),
         Rule("attn_pool.q.weight", (f"{mha}/query/kernel",), QKV_KERNEL),
         Rule("attn_pool.q.bias", (f"{mha}/query/bias",), QKV_BIAS),
@@ -258,6 +268,7 @@ def map_head_rules(p: str) -> list[Rule]:
         Rule("attn_pool.mlp.fc2.weight", (f"{head}/MlpBlock_0/Dense_1/kernel",), DENSE),
         Rule("attn_pool.mlp.fc2.bias", (f"{head}/MlpBlock_0/Dense_1/bias",), IDENTITY),
     ]
+    return [Rule(target + r.target, r.sources, r.op, r.over, r.optional) for r in rules]
 
 
 def hybrid_rules(p: str) -> list[Rule]:

@@ -43,13 +43,16 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, source: str | Non
             progress: Callable[[int, int], None] | None = None, **format_options: Any) -> WeightsRecord:
     """Convert the checkpoint at `src` (a file, or a transformers directory) into our weights file at `dst`.
 
-    source: the format ('jax', 'timm', 'hf', 'lucidrains', 'jeonsworld', 'torch-encoder'; see
+    source: the format ('jax', 'timm', 'hf', 'lucidrains', 'jeonsworld', 'torch-encoder', 'torchvision', 'open_clip',
+    'hf-towers'; see
     `vitconvert convert --help`); None: the one the file shows (an error names the candidates when two fit).
     dtype: stored tensor dtype. labels ('imagenet-1k', 'imagenet-21k' or the class names in class order),
     preprocess, pos_resize: what to record instead of the format's defaults. allow_nonfinite: convert
     weights holding NaN or Inf. progress(done_bytes, total_bytes) is called after each tensor.
     format_options: the chosen format's own (jax: gelu, catalog; timm: model, num_heads, timm_kwargs;
-    lucidrains, jeonsworld: model_args; torch-encoder: model_args, names); one it does not take is an error.
+    lucidrains, jeonsworld: model_args; torch-encoder: model_args, names; torchvision: model, num_heads,
+    weights_enum; open_clip: model, image_only, tokenizer; hf-towers: image_only, tokenizer); one it does not
+    take is an error.
     """
     return convert_source(src, dst, source=source, force=force, dtype=dtype, labels=labels, preprocess=preprocess,
                           pos_resize=pos_resize, allow_nonfinite=allow_nonfinite, progress=progress,
@@ -87,7 +90,8 @@ def convert_source(src: str | os.PathLike, dst: str | os.PathLike, *, source: st
             config=cfg, preprocess=preprocess or plan.preprocess,
             source=Source(format=plan.source_format, file=reader.path.name),
             labels=labels if labels is not None else plan.labels, head_is_zero=head_is_zero(specs),
-            head_is_embedding=plan.head_is_embedding, notes=tuple(plan.notes + _left_out_note(plan.left_out)))
+            head_is_embedding=plan.head_is_embedding, text=plan.text,
+            notes=tuple(plan.notes + _left_out_note(plan.left_out)))
         record = write_weights(dst, specs, record, source_path=reader.path, dtype=dtype, force=force,
                                allow_nonfinite=allow_nonfinite, progress=progress,
                                before_commit=getattr(reader, "verify", None))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..formats.file_kind import FileKind
-from ..formats.weights_file import Labels, Preprocess
+from ..formats.weights_file import Labels, Preprocess, TextTower
 from .mapping import ArrayReader, Rule
 
 if TYPE_CHECKING:  # torch: imported for pickles only
@@ -30,10 +30,16 @@ if TYPE_CHECKING:  # torch: imported for pickles only
 FORMATS: dict[str, str] = {
     "jax": "jax:JAX",
     "timm": "timm:TIMM",
+    "timm-eva": "timm_eva:TIMM_EVA",
     "hf": "hf:HF",
+    "dinov3": "dinov3:DINOV3",
+    "hf-dinov3": "hf_dinov3:HF_DINOV3",
     "lucidrains": "tutorial_vits:LUCIDRAINS",
     "jeonsworld": "tutorial_vits:JEONSWORLD",
     "torch-encoder": "tutorial_vits:TORCH_ENCODER",
+    "open_clip": "open_clip:OPEN_CLIP",
+    "hf-towers": "hf_towers:HF_TOWERS",
+    "torchvision": "torchvision:TORCHVISION",
 }
 
 
@@ -93,6 +99,8 @@ class Plan:
     # Source keys deliberately not converted -> why (DINO's projection head, a two-tower file's text tower, ...).
     left_out: dict[str, str] = field(default_factory=dict)
     head_is_embedding: bool = False
+    # A two-tower source's text tower (its tensors are among `rules`, named text.*); None: an image model.
+    text: TextTower | None = None
 
 
 class Reader(ArrayReader, Protocol):
@@ -103,6 +111,11 @@ class Reader(ArrayReader, Protocol):
 
 @dataclass(frozen=True)
 class SourceFormat:
+    """A source format, as the pipeline sees it: `name` (the --from value), `summary` (one line for --help),
+    `detect` (is a probed file this format's, and how sure), `open` (the file as a lazy reader), `plan`
+    (what its tensors convert into), its own `options`, an `example` command line for --help, and what
+    detection `looks_for`, said when no format recognises a file."""
+
     name: str  # the --from value
     summary: str  # one line, for --help
     detect: Callable[[Probe], Detection | None]

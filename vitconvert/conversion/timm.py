@@ -29,6 +29,7 @@ from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..core.param_shapes import param_shapes
 from ..formats.weights_file import Preprocess, WeightsRecord, label_set_for
+from .dinov3 import is_release as is_dinov3_release
 from .mapping import IDENTITY, Op, Rule, source_dims
 from .source import Detection, Option, Plan, Probe, Request, SourceFormat
 from .timm_beit import TABLE, beit_layout, rel_pos_tables
@@ -319,9 +320,14 @@ class TimmReader:
 
 
 def _plan(reader: TimmReader, request: Request) -> Plan:
-    from .timm_models import timm_pretrained
+    from .timm_models import builds_eva, timm_pretrained
 
     src, model = reader.path, request.options.get("model")
+    if model and builds_eva(model):  # an Eva without Eva's own keys (PE Core, PE Spatial): Eva's names and RoPE
+        from .timm_eva import TIMM_EVA
+
+        return TIMM_EVA.plan(reader, Request({k: v for k, v in request.options.items() if k != "num_heads"},
+                                             request.labels, request.preprocess, request.pos_resize))
     named = timm_pretrained(model, request.options.get("timm_kwargs")) if model else None
     inferred = config_from_shapes(reader.shapes, str(src), request.options.get("num_heads"), named=named is not None)
     notes = list(reader.notes)
@@ -341,7 +347,7 @@ def _plan(reader: TimmReader, request: Request) -> Plan:
         if differences:
             raise VitConvertError(f"{src}: timm's {model} has another architecture than this checkpoint: "
                                   f"{'; '.join(d.describe('checkpoint') for d in differences)}")
-    if reader.dino:  # DINO resamples its position embeddings its own way (README: --pos-resize)
+    if reader.dino:  # DINO resamples its position embeddings its own way (docs/position-embeddings.md)
         cfg = cfg.replace(pos_resize="dino")
     if cfg.hybrid_layers is not None:
         notes.append("hybrid ResNet kernels stored standardized as timm's StdConv2dSame computes them, "
@@ -358,15 +364,22 @@ TIMM_MARKS = ("patch_embed.proj.weight", "backbone.patch_embed.proj.weight")
 def _detect(probe: Probe) -> Detection | None:
     if probe.kind.kind not in ("pickle", "torch-zip", "safetensors"):
         return None
+    from .timm_eva import has_eva_marks
+
     mark = next((k for k in TIMM_MARKS if k in probe.keys), None)
-    if mark is None or not any(k.startswith(("blocks.", "backbone.blocks.")) for k in probe.keys):
+    # A Beit has Eva's marks (gamma_1, q_bias) too, and relative position tables, which no Eva has.
+    beit = any(k.endswith(TABLE) for k in probe.keys)
+    if mark is None or not any(k.startswith(("blocks.", "backbone.blocks.")) for k in probe.keys) \
+            or has_eva_marks(probe.keys) and not beit or is_dinov3_release(probe.keys):  # timm-eva's, dinov3's
         return None
-    dino = " (DINO's backbone)" if mark.startswith("backbone.") else ""
+    dino = " (DINO's backbone)" if mark.startswith("backbone.") else " (a Beit's relative position tables)" if beit \
+        else ""
     return Detection(1.0, f"a state dict with {mark} and blocks.N.*{dino}")
 
 
 TIMM = SourceFormat(
-    name="timm", summary="timm VisionTransformer state dicts (.pth, .bin, .safetensors), DINO and DINOv2 included",
+    name="timm", summary="timm VisionTransformer and Beit state dicts (.pth, .bin, .safetensors), DINO and DINOv2 "
+                         "included",
     detect=_detect, open=TimmReader, plan=_plan,
     options=(Option("model", "--model", "timm's model name (with tag): what the tensors do not show"),
              Option("num_heads", "--heads", "attention heads, for a width that is not a standard one"),

@@ -38,12 +38,17 @@ def timm_config(model: torch.nn.Module, name: str) -> ViTConfig:
     our ViT cannot express. Reads no weights: works on the meta device."""
     from timm.models.beit import Beit
     from timm.models.deit import VisionTransformerDistilled
+    from timm.models.eva import Eva
     from timm.models.vision_transformer import VisionTransformer
 
     if isinstance(model, Beit):
         return _beit_config(model, name)
+    if isinstance(model, Eva):
+        from .timm_eva_models import eva_config
+
+        return eva_config(model, name)
     if not isinstance(model, VisionTransformer):
-        raise VitConvertError(f"timm's {name} is a {type(model).__name__}, not a VisionTransformer: "
+        raise VitConvertError(f"timm's {name} is a {type(model).__name__}, not a VisionTransformer, a Beit or an Eva: "
                               "vitconvert converts and runs ViTs only")
     problems = _unsupported(model)
     if problems:
@@ -130,6 +135,14 @@ def _beit_config(model: torch.nn.Module, name: str) -> ViTConfig:
         raise VitConvertError(f"timm's {name} has norm layers of different eps ({', '.join(map(str, sorted(eps)))})")
     _check_parameters(beit_layout(model.state_dict())[0], cfg, name)  # in our names
     return cfg
+
+
+def builds_eva(name: str) -> bool:
+    """Whether timm's model `name` (with or without tag) is one of its `Eva` family (timm/models/eva.py)."""
+    from timm.models import is_model, model_entrypoint
+
+    arch = name.partition(".")[0]
+    return is_model(arch) and model_entrypoint(arch).__module__ == "timm.models.eva"
 
 
 def _block_fields(block: torch.nn.Module) -> dict[str, Any]:

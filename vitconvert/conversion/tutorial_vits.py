@@ -242,7 +242,8 @@ def _jeonsworld(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any]
                 "torch/jeonsworld-vit-pytorch", notes, preprocess_known=True)
 
 
-def _encoder(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any], given: Mapping[str, str] | None) -> Planned:
+def _encoder(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any],
+             given: Mapping[str, str] | None) -> Planned:
     names = layouts.EncoderNames.parse(given)
     prefix = layouts.encoder_prefix(shapes, where)
     depth = layouts.count_blocks(shapes, f"{prefix}layers.")
@@ -307,8 +308,8 @@ def _encoder(shapes: Mapping[str, Shape], where: str, args: Mapping[str, Any], g
     notes = [f"nn.TransformerEncoder at '{prefix or '(top level)'}', norm_first={norm_first}, activation {cfg.act}"]
     if f"{layer}.norm1.weight" in shapes and f"{layer}.norm1.bias" not in shapes:
         notes.append("its LayerNorms have no bias (bias=False): stored as zeros")
-    return Planned(cfg, layouts.encoder_rules(prefix, names, shapes), block_bindings(depth), "torch/nn.TransformerEncoder",
-                notes)
+    rules = layouts.encoder_rules(prefix, names, shapes)
+    return Planned(cfg, rules, block_bindings(depth), "torch/nn.TransformerEncoder", notes)
 
 
 PLANNERS: dict[str, Callable[[Mapping[str, Shape], str, Mapping[str, Any], Any], Planned]] = {

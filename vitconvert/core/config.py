@@ -37,11 +37,18 @@ PosEmbed = Literal["learn", "none", "sincos2d"]
 POS_EMBEDS: tuple[PosEmbed, ...] = get_args(PosEmbed)
 # How a stored position table is resampled for another grid: the methods of model/posembed.py (its RESIZERS,
 # which a test holds equal to these), each one source's own.
-PosResize = Literal["bicubic", "dino", "flexivit", "transformers"]
+PosResize = Literal["bicubic", "dino", "flexivit", "transformers", "torchvision"]
 POS_RESIZES: tuple[PosResize, ...] = get_args(PosResize)
 # The hybrid ResNetV2 as vit_jax and timm build it (Big Transfer's), or jeonsworld/ViT-pytorch's port of it.
 HybridVariant = Literal["bit", "jeonsworld"]
 HYBRID_VARIANTS: tuple[HybridVariant, ...] = get_args(HybridVariant)
+# What the head reads: the features as they are, or scaled to unit length (a zero-shot head's cosines).
+HeadNorm = Literal["none", "l2"]
+HEAD_NORMS: tuple[HeadNorm, ...] = get_args(HeadNorm)
+# The representation layer's activation: tanh (the 2020 ImageNet-21k models) or none (a two-tower image
+# projection, kept before a zero-shot head).
+PreLogitsAct = Literal["tanh", "none"]
+PRE_LOGITS_ACTS: tuple[PreLogitsAct, ...] = get_args(PreLogitsAct)
 # The rotary position embeddings of timm's Eva (layers/pos_embed_sincos.py), each computed for the input's grid:
 # cat: RotaryEmbeddingCat (EVA-02, PE, timm's SBB and Naver's axial RoPE-ViT): fixed inverse-temperature
 # frequencies on patch indices; mixed: RotaryEmbeddingMixed (Naver's RoPE-Mixed): learned per-block, per-head
@@ -78,13 +85,14 @@ _BOOLS = ("fc_norm", "distilled", "qkv_bias", "no_embed_class", "pool_include_pr
           "shared_rel_pos_bias")
 _CHOICES = {"pool": POOLS, "act": ACTIVATIONS, "norm": NORMS, "mlp": MLPS, "block": BLOCK_KINDS,
             "pos_embed": POS_EMBEDS, "pos_resize": POS_RESIZES, "hybrid_variant": HYBRID_VARIANTS,
+            "head_norm": HEAD_NORMS, "pre_logits_act": PRE_LOGITS_ACTS,
             "rope": ROPE_KINDS, "rope_grid_indexing": GRID_INDEXINGS, "rope_normalize_coords": ROPE_NORMALIZES,
             "rel_pos_resize": REL_POS_RESIZES}
 
 
 @dataclass(frozen=True)
 class ViTConfig:
-    """Every field has the default that files written before it existed mean (README, "The weights file").
+    """Every field has the default that files written before it existed mean (docs/weights-file.md).
 
     Names follow timm's VisionTransformer arguments where it has one; the module and parameter names of
     the model it describes are timm's (core/param_shapes.py lists them).
@@ -172,7 +180,8 @@ class ViTConfig:
     """How the position table is resampled for another input size (model/posembed.py): bicubic is timm's.
 
     Set by: jax (the catalog's entry for a published file), timm (dino for a DINO checkpoint or tag),
-    transformers (its own method); every converter's `pos_resize=` (`--pos-resize`) overrides it."""
+    transformers (its own method), torchvision (its interpolate_embeddings); every converter's `pos_resize=`
+    (`--pos-resize`) overrides it."""
     hybrid_layers: tuple[int, ...] | None = None
     """Units per stage of a ResNetV2 before the patch embedding; None = plain ViT, () = stem only (R+Ti/16).
 
@@ -249,6 +258,17 @@ class ViTConfig:
     shortcut a GroupNorm of one group per channel with eps 1e-5.
 
     Set by: tutorial (jeonsworld's hybrid)."""
+    head_norm: HeadNorm = "none"
+    """'l2': the head reads its input scaled to unit length (after the representation layer, if any), so
+    its logits are scaled cosines: a zero-shot head, whose rows are class text embeddings times the logit
+    scale and whose bias is the logit bias. 'none': the features as they are.
+
+    Set by: zeroshot (`vitconvert zeroshot`: `build_zeroshot_classifier`)."""
+    pre_logits_act: PreLogitsAct = "tanh"
+    """The representation layer's activation (with `representation_size`): 'tanh', the 2020 ImageNet-21k
+    models'; 'none', a plain Linear: a two-tower model's image projection kept before a zero-shot head.
+
+    Set by: zeroshot."""
     k_bias: bool = True
     """With qkv_bias: False leaves the keys without a bias (EVA's and BEiT's attention). The query and value
     biases are then parameters of their own, `attn.q_bias` and `attn.v_bias` (timm's names), and qkv has none.
@@ -329,7 +349,8 @@ class ViTConfig:
             object.__setattr__(self, "class_token", None)
         if self.attn_head_dim is not None and self.attn_head_dim * self.num_heads == self.embed_dim:
             object.__setattr__(self, "attn_head_dim", None)
-        if self.kv_heads is not None and set(self.kv_heads) == {self.num_heads}:
+        if isinstance(self.kv_heads, tuple) and len(self.kv_heads) == self.depth and set(self.kv_heads) == {
+                self.num_heads}:
             object.__setattr__(self, "kv_heads", None)
         # Attention pooling splits the width into the heads whatever attn_head_dim says.
         if (self.attn_head_dim is None or self.pool == "map") and self.embed_dim % self.num_heads:
@@ -351,6 +372,11 @@ class ViTConfig:
             problems.append("post-norm blocks have no layer scale")
         if self.block == "parallel" and (self.mlp != "mlp" or self.scale_attn_norm or self.scale_mlp_norm):
             problems.append("parallel blocks have a plain MLP and no scale norms")
+        if self.head_norm != "none" and (not self.num_classes or self.distilled):
+            problems.append("head_norm normalises what the head reads: it needs a head (num_classes > 0), and one "
+                            "head (not distilled)")
+        if self.pre_logits_act != "tanh" and not self.representation_size:
+            problems.append("pre_logits_act is the representation layer's activation: it needs representation_size")
         problems += self._rope_attention_problems()
         if (self.rel_pos_bias or self.shared_rel_pos_bias) and not (self.has_class_token and
                                                                   self.num_prefix_tokens == 1):
@@ -532,9 +558,9 @@ class ViTConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON values; those added with timm's family (`SINCE_FAMILY`) and after it
-        (`SINCE_TORCH_SOURCES`, `SINCE_ROPE`, `SINCE_BEIT`) only where they are not their default, so a model
-        that was expressible before is written as it was."""
-        later = {**SINCE_FAMILY, **SINCE_TORCH_SOURCES, **SINCE_ROPE, **SINCE_BEIT}
+        (`SINCE_TORCH_SOURCES`, `SINCE_ROPE`, `SINCE_ZEROSHOT`, `SINCE_BEIT`) only where they are not their
+        default, so a model that was expressible before is written as it was."""
+        later = {**SINCE_FAMILY, **SINCE_TORCH_SOURCES, **SINCE_ROPE, **SINCE_ZEROSHOT, **SINCE_BEIT}
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in later or v != later[k]}
         for name in TUPLE_FIELDS:
             if isinstance(d.get(name), tuple):
@@ -568,15 +594,19 @@ SINCE_FAMILY = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.na
 # The fields added for the PyTorch sources (lucidrains' vit-pytorch, jeonsworld's ViT-pytorch, nn.TransformerEncoder).
 SINCE_TORCH_SOURCES = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in (
     "attn_head_dim", "patch_pre_norm", "hybrid_variant")}
+# The fields added for zero-shot classifiers (issue 25: a two-tower model's image tower with a head of class
+# text embeddings).
+SINCE_ZEROSHOT = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in (
+    "head_norm", "pre_logits_act")}
 # The fields added for the RoPE ViTs (timm's Eva: EVA-02, PE, RoPE-ViT, DINOv3, Sapiens2).
 SINCE_ROPE = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in (
     "k_bias", "kv_heads", "mlp_layer_scale", "pool_heads", "pool_mlp_dim", "rope", "rope_temperature",
     "rope_ref_grid", "rope_grid_offset", "rope_grid_indexing", "rope_rotate_half", "rope_normalize_coords")}
-# Fields JSON holds as lists.
-TUPLE_FIELDS = ("img_size", "patch_size", "hybrid_layers", "kv_heads", "rope_ref_grid")
 # The fields added for BEiT (timm's Beit, transformers' Beit and Data2VecVision).
 SINCE_BEIT = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in (
     "rel_pos_bias", "shared_rel_pos_bias", "rel_pos_resize")}
+# Fields JSON holds as lists.
+TUPLE_FIELDS = ("img_size", "patch_size", "hybrid_layers", "kv_heads", "rope_ref_grid")
 
 
 def timm_incompatibilities(cfg: ViTConfig) -> list[str]:
@@ -592,8 +622,12 @@ def timm_incompatibilities(cfg: ViTConfig) -> list[str]:
         reasons.append("a norm over the raw patches before the patch projection")
     if cfg.pos_embed == "sincos2d":
         reasons.append("a computed 2-D sin-cos position embedding")
+    if cfg.head_norm != "none":
+        reasons.append("a head on the unit-length features (a zero-shot head)")
+    if cfg.pre_logits_act != "tanh":
+        reasons.append("a representation layer without tanh")
     if cfg.rope != "none":
-        reasons.append(f"rotary position embeddings ({cfg.rope}: timm's Eva builds them, its VisionTransformer does not)")
+        reasons.append(f"rotary position embeddings ({cfg.rope}: timm's Eva builds them, not its VisionTransformer)")
     if not cfg.k_bias:
         reasons.append("query and value biases without a key bias (timm's Eva and Beit)")
     if cfg.kv_heads is not None:

@@ -106,6 +106,8 @@ def load_timm_weights(model: torch.nn.Module, name: str, native: ViTConfig, sour
     whatever fits (the npz loader) or resample (the filter), so it is checked first."""
     from timm.models.vision_transformer import _load_weights
 
+    if type(model).__name__ == "Eva":
+        return _load_eva_weights(model, name, source, ours_state)
     if source is None:
         _load_checked(model, to_timm_state(model, ours_state), "our file", name)
         return "our file, through timm's checkpoint_filter_fn"
@@ -132,6 +134,24 @@ def load_timm_weights(model: torch.nn.Module, name: str, native: ViTConfig, sour
         raise VitConvertError(f"{source}: timm's checkpoint filter cannot fit it to {name} ({e})") from None
     _load_checked(model, state, str(source), name)
     return f"{source.name}, through timm's checkpoint_filter_fn"
+
+
+def _load_eva_weights(model: torch.nn.Module, name: str, source: Path | None,
+                      ours_state: dict[str, torch.Tensor]) -> str:
+    """An Eva's weights: our tensors under its names (conversion/timm_eva.py's renames undone), or the original
+    state dict, each through timm's Eva checkpoint_filter_fn."""
+    from timm.models.eva import checkpoint_filter_fn
+
+    from ..conversion.timm_eva import to_eva_names
+
+    if source is None:
+        state = to_eva_names(ours_state, list(model.state_dict()), lambda t, a, b: t[a:b])
+        _load_checked(model, checkpoint_filter_fn(state, model), "our file", name)
+        return "our file, under Eva's names, through timm's Eva checkpoint_filter_fn"
+    from ..formats.state_dict import read_state_dict
+
+    _load_checked(model, checkpoint_filter_fn(read_state_dict(source).tensors, model), str(source), name)
+    return f"{source.name}, through timm's Eva checkpoint_filter_fn"
 
 
 def _load_checked(model: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str, name: str) -> None:
@@ -182,8 +202,13 @@ def verify(path: str | os.PathLike, timm_model: str, *, source: str | os.PathLik
         raise VitConvertError(f"timm activation must be 'match' or one of {', '.join(map(repr, ACTIVATIONS))}, "
                               f"got {timm_act!r}")
     kwargs = dict(timm_kwargs or {})
-    shape_only = create_timm_model(timm_model, meta=True, **kwargs)
-    native = timm_config(shape_only, timm_model)
+    meta = create_timm_model(timm_model, meta=True, **kwargs)
+    native = timm_config(meta, timm_model)
+    # Eva and Beit take no act_layer: their MLPs' activations are fixed (GELU, or SiLU in Eva's SwiGLU).
+    eva, beit = type(meta).__name__ == "Eva", is_beit(meta)
+    if eva and timm_act != "match":
+        raise VitConvertError(f"timm's {timm_model} is an Eva, which takes no activation: --timm-act applies to "
+                              "VisionTransformer models")
     described = dict(timm_model=timm_model, timm_kwargs=kwargs, ours_activation=record.config.act,
                      timm_activation=act, atol=atol)
     # The activation is not compared: --timm-act chooses the one timm runs.
@@ -195,13 +220,10 @@ def verify(path: str | os.PathLike, timm_model: str, *, source: str | os.PathLik
     ours = build_with_weights(cfg, state)
     # At another size timm's position embeddings are resampled to it too: the input size, not the architecture.
     at = {} if cfg.img_size == native.img_size else {"img_size": cfg.img_size}
-    if is_beit(shape_only):  # timm's Beit takes no act_layer
-        if act != native.act:
-            raise VitConvertError(f"timm's {timm_model} is a Beit, whose activation ({native.act}) timm does not let "
-                                  f"a caller change: it cannot run {act}")
-        theirs = create_timm_model(timm_model, **{**kwargs, **at})
-    else:
-        theirs = create_timm_model(timm_model, **{**kwargs, **at, "act_layer": act})
+    if beit and act != native.act:
+        raise VitConvertError(f"timm's {timm_model} is a Beit, whose activation ({native.act}) timm does not let "
+                              f"a caller change: it cannot run {act}")
+    theirs = create_timm_model(timm_model, **{**kwargs, **at, **({} if eva or beit else {"act_layer": act})})
     origin = load_timm_weights(theirs, timm_model, native, Path(source) if source else None, state)
     if cfg.hybrid_layers is not None and timm_act == "match":
         original = "none" if source is None else "jax" if Path(source).suffix == ".npz" else "timm"

@@ -1,11 +1,11 @@
 """Writing a large new file straight to the disk (O_DIRECT), bypassing the page cache.
 
 A buffered write copies every byte into freshly allocated page cache, which fsync then writes out:
-on the 2-core AMD EPYC VM of README's Speed section that copy was the largest single cost of a
-conversion (18% of its CPU samples). Through O_DIRECT, bytes go from a few reused, aligned staging
-blocks to the disk by DMA, on a second thread while the caller makes the next tensor, and nothing
-is left for fsync but the metadata: 346 MB in 0.21 s and 0.05 s of CPU, against 0.30 s and 0.10 s
-buffered with fsync (median of 10, alone on that machine, 2026-11-21). Where the file system refuses O_DIRECT
+that copy was the largest single cost of a conversion in a profile. Through O_DIRECT, bytes go from a
+few reused, aligned staging blocks to the disk by DMA, on a second thread while the caller makes the
+next tensor, and nothing is left for fsync but the metadata, in less time and CPU than the buffered
+write (the timings, with their machine: benchmarks/RESULTS.md, "One-off timings"; docs/speed.md).
+Where the file system refuses O_DIRECT
 (tmpfs, some FUSE mounts), `open_writer` returns a buffered writer with the same interface.
 
 O_DIRECT needs aligned memory, lengths and offsets: blocks are written whole, the last one padded

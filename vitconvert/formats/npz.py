@@ -5,7 +5,7 @@ before any weights are read; arrays are read one at a time, never with pickle. S
 members, as `np.savez` writes them, are read straight into their array with one read call: zipfile
 and numpy would take the bytes in 256 KiB pieces, copy them twice and run Python for each piece.
 Their CRC-32 is checked over those same bytes on a second thread (zlib releases the GIL), while the
-caller transforms and writes the array: on 2 AMD EPYC cores it was 0.085 s of a B/16's 0.7 s critical path.
+caller transforms and writes the array, so it takes the second core rather than the critical path.
 `verify()` waits for the last check; a caller commits nothing before it returns.
 """
 

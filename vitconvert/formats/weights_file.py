@@ -1,12 +1,15 @@
 """Our weights file: safetensors whose metadata says everything needed to run it.
 
-`__metadata__["vitconvert"]` holds a versioned JSON record (see README, "The weights file"):
+`__metadata__["vitconvert"]` holds a versioned JSON record (docs/weights-file.md describes it field by field):
 the architecture, the preprocessing, the class names (a label set's name or the names themselves),
-the head's state and the source.
+the head's state and the source; a two-tower model's text tower (`TextTower`), whose tokenizer file
+travels in its own metadata key (`TOKENIZER_KEY`), so that the record's JSON stays small.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -16,18 +19,26 @@ from typing import Literal, get_args
 import numpy as np
 
 from ..core.config import ViTConfig
-from ..core.errors import VitConvertError
+from ..core.errors import VitConvertError, name_list
 from ..core.json_types import is_real, is_size
 from ..core.param_shapes import check_shapes
+from ..core.text_config import PROBABILITIES, Probability, TextConfig, TokenizerConfig, text_param_shapes
 from .dtypes import STORAGE, check_dtype
 from .file_kind import file_kind
 from .safetensors_file import TensorSpec, read_header, write_safetensors
 from .source_hash import PLACEHOLDER, FileHash
 
 META_KEY = "vitconvert"
-# Version 2: `labels` may also be the list of class names. Version 1 files are still read.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# The embedded tokenizer file of a two-tower model, base64: beside the record, not in it.
+TOKENIZER_KEY = "vitconvert.tokenizer"
+# Tensors of the text tower are named under this prefix; the image tower's keep timm's names.
+TEXT_PREFIX = "text."
+# Version 2: `labels` may also be the list of class names. Version 3: the optional `text` section (a two-tower
+# model's text tower, its tokenizer, logit scale and bias), `probability` (a zero-shot head's sigmoid), and the
+# config's new fields (core/config.py SINCE_ROPE, SINCE_ZEROSHOT: rope, k_bias, kv_heads, head_norm, ...), which a
+# reader of version 2 does not know. Versions 1 and 2 are still read.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 LABEL_SETS = {1000: "imagenet-1k", 21843: "imagenet-21k"}
 # A label set's name, the class names in class order, or None (class indices).
 Labels = str | tuple[str, ...] | None
@@ -112,6 +123,73 @@ class Source:
 
 
 @dataclass(frozen=True)
+class TextTower:
+    """A two-tower model's text side: its architecture, its tokenizer (the file's bytes and how to use them),
+    and how similarities become logits: `cos(img, txt) * logit_scale + logit_bias`, made probabilities by
+    `probability` (softmax over the classes for CLIP, a sigmoid of each for SigLIP)."""
+
+    config: TextConfig
+    tokenizer: TokenizerConfig
+    tokenizer_file: bytes = field(repr=False)
+    logit_scale: float  # exp(t), computed in float32 as the sources compute it
+    logit_bias: float = 0.0  # b; 0 where the model has none (CLIP)
+    probability: Probability = "softmax"
+
+    def __post_init__(self) -> None:
+        for name in ("logit_scale", "logit_bias"):
+            if not is_real(value := getattr(self, name)):
+                raise VitConvertError(f"text.{name} must be a finite number, got {value!r}")
+        if self.logit_scale <= 0:
+            raise VitConvertError(f"text.logit_scale must be positive (it is exp(t)), got {self.logit_scale}")
+        if self.probability not in PROBABILITIES:
+            raise VitConvertError(f"text.probability must be {' or '.join(map(repr, PROBABILITIES))}, "
+                                  f"got {self.probability!r}")
+        if not isinstance(self.tokenizer_file, bytes) or not self.tokenizer_file:
+            raise VitConvertError("text: the tokenizer file is missing")
+        digest = hashlib.sha256(self.tokenizer_file).hexdigest()
+        if not self.tokenizer.sha256:
+            object.__setattr__(self, "tokenizer", replace(self.tokenizer, sha256=digest))
+        elif self.tokenizer.sha256 != digest:
+            raise VitConvertError("text: the embedded tokenizer file is damaged (its sha256 is not the record's)")
+        if self.tokenizer.vocab_size > self.config.vocab_size:
+            raise VitConvertError(f"text: the tokenizer's vocabulary ({self.tokenizer.vocab_size} tokens) does not fit "
+                                  f"the text tower's ({self.config.vocab_size} token embeddings): not this model's "
+                                  "tokenizer")
+        if self.tokenizer.context_length > self.config.context_length:
+            raise VitConvertError(f"text: the tokenizer makes {self.tokenizer.context_length} ids per text, the text "
+                                  f"tower has {self.config.context_length} positions")
+
+    def to_dict(self) -> dict:
+        return {"config": self.config.to_dict(), "tokenizer": self.tokenizer.to_dict(),
+                "logit_scale": self.logit_scale, "logit_bias": self.logit_bias, "probability": self.probability}
+
+    @classmethod
+    def from_dict(cls, d: object, tokenizer_file: str | None) -> TextTower:
+        if not isinstance(d, dict):
+            raise VitConvertError(f"text must be a JSON object, got {d!r}")
+        if tokenizer_file is None:
+            raise VitConvertError(f"the text tower's tokenizer ({TOKENIZER_KEY}) is missing from the metadata")
+        try:
+            data = base64.b64decode(tokenizer_file.encode("ascii"), validate=True)
+        except (ValueError, UnicodeEncodeError):
+            raise VitConvertError(f"{TOKENIZER_KEY} is not base64: the tokenizer is damaged") from None
+        unknown = sorted(set(d) - {"config", "tokenizer", "logit_scale", "logit_bias", "probability"})
+        if unknown:
+            raise VitConvertError(f"unknown text fields: {', '.join(unknown)}")
+        return cls(config=TextConfig.from_dict(d["config"]), tokenizer=TokenizerConfig.from_dict(d["tokenizer"]),
+                   tokenizer_file=data, logit_scale=d["logit_scale"], logit_bias=d.get("logit_bias", 0.0),
+                   probability=d.get("probability", "softmax"))
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return text_param_shapes(self.config, TEXT_PREFIX)
+
+
+def float32_exp(t: float) -> float:
+    """exp(t) rounded to float32, as the sources compute their logit scale (`logit_scale.exp()` in float32)."""
+    return float(np.exp(np.float32(t)))
+
+
+@dataclass(frozen=True)
 class WeightsRecord:
     config: ViTConfig
     preprocess: Preprocess
@@ -122,15 +200,36 @@ class WeightsRecord:
     # The head projects into an embedding (a two-tower image tower's, LiT's img/head): its outputs are the
     # image embedding, not class scores. Written only when true, so other records read as before.
     head_is_embedding: bool = False
+    # A two-tower model's text tower (version 3); None: an image model, written as before.
+    text: TextTower | None = None
+    # How the head's logits become probabilities (core/text_config.py's Probability): softmax (every classifier
+    # before, CLIP's zero-shot heads) or sigmoid (SigLIP's zero-shot heads). Written only when sigmoid.
+    probability: Probability = "softmax"
 
     def __post_init__(self) -> None:
         # Checked here, so a file cannot be written, nor read, with names that do not fit its head.
         object.__setattr__(self, "labels", check_labels(self.labels, self.config.num_classes))
+        if self.probability not in PROBABILITIES:
+            raise VitConvertError(f"probability must be {' or '.join(map(repr, PROBABILITIES))}, "
+                                  f"got {self.probability!r}")
         if not isinstance(self.head_is_embedding, bool):
             raise VitConvertError(f"head_is_embedding must be true or false, got {self.head_is_embedding!r}")
         if self.head_is_embedding and (not self.config.num_classes or self.labels is not None):
             raise VitConvertError("head_is_embedding: an embedding head needs a head (num_classes > 0) and has "
                                   "no class names")
+        if self.text is not None and self.image_embedding_dim != self.text.config.out_dim:
+            raise VitConvertError(f"text: the text embedding has {self.text.config.out_dim} dimensions, the image "
+                                  f"embedding {self.image_embedding_dim or 'none (a classifier)'}: the towers do not "
+                                  "fit")
+
+    @property
+    def image_embedding_dim(self) -> int:
+        """The width of the image model's output where it is an embedding (an embedding head's, or a backbone's
+        pooled features), else 0 (a classifier)."""
+        cfg = self.config
+        if self.head_is_embedding:
+            return cfg.num_classes
+        return 0 if cfg.num_classes else cfg.representation_size or cfg.embed_dim
 
     def to_json(self) -> str:
         return json.dumps({
@@ -144,10 +243,13 @@ class WeightsRecord:
             "source": self.source.to_dict(),
             "notes": list(self.notes),
             **({"head_is_embedding": True} if self.head_is_embedding else {}),
+            **({"text": self.text.to_dict()} if self.text is not None else {}),
+            **({"probability": self.probability} if self.probability != "softmax" else {}),
         }, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, where: str = "weights file") -> WeightsRecord:
+    def from_json(cls, text: str, where: str = "weights file", tokenizer_file: str | None = None) -> WeightsRecord:
+        """The record of a file's metadata; `tokenizer_file`: its TOKENIZER_KEY entry, where it has one."""
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
@@ -181,6 +283,8 @@ class WeightsRecord:
                 head_is_zero=d["head_is_zero"],
                 notes=tuple(notes),
                 head_is_embedding=d.get("head_is_embedding", False),
+                text=TextTower.from_dict(d["text"], tokenizer_file) if version >= 3 and "text" in d else None,
+                probability=d.get("probability", "softmax"),
             )
         except VitConvertError as e:
             raise VitConvertError(f"{where}: {e}") from None
@@ -188,7 +292,31 @@ class WeightsRecord:
             raise VitConvertError(f"{where}: malformed weights record ({type(e).__name__}: {e})") from None
 
     def metadata(self) -> dict[str, str]:
-        return {META_KEY: self.to_json()}
+        if self.text is None:
+            return {META_KEY: self.to_json()}
+        return {META_KEY: self.to_json(), TOKENIZER_KEY: base64.b64encode(self.text.tokenizer_file).decode("ascii")}
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor the file holds (both towers), by name."""
+        from ..core.param_shapes import param_shapes
+
+        return {**param_shapes(self.config), **(self.text.param_shapes() if self.text is not None else {})}
+
+
+def check_record_shapes(record: WeightsRecord, shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    """The tensors are the record's: the image tower's by its config, the text tower's (`text.*`) by its own."""
+    image = {k: v for k, v in shapes.items() if not k.startswith(TEXT_PREFIX)}
+    check_shapes(record.config, image, where)
+    text = {k: tuple(v) for k, v in shapes.items() if k.startswith(TEXT_PREFIX)}
+    expected = record.text.param_shapes() if record.text is not None else {}
+    if text == expected:
+        return
+    wrong = sorted(k for k in text.keys() & expected.keys() if text[k] != expected[k])
+    extra, missing = sorted(text.keys() - expected.keys()), sorted(expected.keys() - text.keys())
+    parts = ([f"inconsistent text-tower shapes: {name_list(wrong)}"] if wrong else []) + (
+        [f"tensors the text tower lacks: {name_list(extra)}"] if extra else []) + (
+        [f"tensors the text tower needs but the file lacks: {name_list(missing)}"] if missing else [])
+    raise VitConvertError(f"{where}: " + "; ".join(parts))
 
 
 def label_set_for(num_classes: int) -> str | None:
@@ -241,13 +369,14 @@ def read_record(path: str | os.PathLike) -> WeightsRecord:
         raise
     if META_KEY not in header.metadata:  # a safetensors checkpoint someone else wrote
         raise _not_converted(path)
-    record = WeightsRecord.from_json(header.metadata[META_KEY], where=str(path))
+    record = WeightsRecord.from_json(header.metadata[META_KEY], where=str(path),
+                                     tokenizer_file=header.metadata.get(TOKENIZER_KEY))
     dtypes = {dtype for dtype, _ in header.tensors.values()}
     if not dtypes <= FLOAT_DTYPES or len(dtypes) > 1:
         raise VitConvertError(f"{path}: tensors must all have one dtype of {', '.join(sorted(FLOAT_DTYPES))}; "
                               f"found {', '.join(sorted(map(str, dtypes)))}")
-    check_shapes(record.config, {k: shape for k, (_, shape) in header.tensors.items()},
-                 f"{path}: metadata disagrees with the tensors")
+    check_record_shapes(record, {k: shape for k, (_, shape) in header.tensors.items()},
+                        f"{path}: metadata disagrees with the tensors")
     return record
 
 
@@ -272,7 +401,7 @@ def write_weights(dst: str | os.PathLike, specs: Sequence[TensorSpec], record: W
     (see `write_safetensors`) may still refuse the file after its tensors are written.
     """
     check_dtype(dtype)
-    check_shapes(record.config, {s.name: s.shape for s in specs}, str(source_path or dst))
+    check_record_shapes(record, {s.name: s.shape for s in specs}, str(source_path or dst))
     file_hash = FileHash(source_path) if source_path is not None else None
     if file_hash:
         record = replace(record, source=replace(record.source, sha256=PLACEHOLDER))
@@ -309,6 +438,6 @@ def _finite(spec: TensorSpec, where: str) -> Callable[[], np.ndarray]:
 
 def all_finite(array: np.ndarray) -> bool:
     """No NaN or Inf: NaN propagates through min and max, and an Inf is one of them. Two reductions
-    allocate nothing, where np.isfinite(array).all() writes a fresh boolean array for each tensor
-    (17% of a B/16 conversion's page faults)."""
+    allocate nothing, where np.isfinite(array).all() writes a fresh boolean array for each tensor (a
+    large share of a conversion's page faults)."""
     return array.size == 0 or bool(np.isfinite(array.min()) and np.isfinite(array.max()))

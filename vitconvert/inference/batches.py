@@ -25,20 +25,19 @@ from .transform import to_tensor
 ImageInput = str | os.PathLike | Image.Image
 
 
-def prepare(image: ImageInput, preprocess: Preprocess, max_pixels: int) -> torch.Tensor:
-    """One image to the model's (3, H, W) float32 input."""
-    return to_tensor(load_rgb(image, max_pixels), preprocess)
+def prepare(image: ImageInput | bytes, preprocess: Preprocess, max_pixels: int,
+            name: str | None = None) -> torch.Tensor:
+    """One image (or an image file's bytes, named `name` in errors) to the model's (3, H, W) float32 input."""
+    return to_tensor(load_rgb(image, max_pixels, name), preprocess)
 
 
 def default_workers(num_images: int, batch_size: int, device: str | torch.device = "cpu") -> int:
     """Worker processes worth starting: none for a single batch (nothing to overlap). With the model
-    on a GPU, every core but the one feeding it (at least two): decoding is what limits a GPU, at about
-    200 photos/s a core (the folder benchmark's 150-1000 px photos, 2-core AMD EPYC, 2026-12-07), so
-    two workers would hold any GPU to some 400 images/s. With the model on the CPU, only on cores
-    torch's threads leave idle (up to two): there, workers take cores from the matrix products, and on
-    a machine whose cores torch uses they cost more than decoding in between batches does (2-core AMD
-    EPYC, ViT-B/16 bfloat16 over 200 photos: 0.83x the model's images/s with 2 workers, 0.87x with
-    none; benchmarks/RESULTS.md). The loader starts no more workers than there are batches."""
+    on a GPU, every core but the one feeding it (at least two): decoding, a few hundred photos a second
+    per core, is what limits a GPU. With the model on the CPU, only on cores torch's threads leave idle
+    (up to two): there, workers take cores from the matrix products, and on a machine whose cores torch
+    uses they cost more than decoding in between batches does (measured: benchmarks/RESULTS.md, "A
+    folder of 200 images"; docs/speed.md). The loader starts no more workers than there are batches."""
     if num_images <= batch_size:
         return 0
     try:

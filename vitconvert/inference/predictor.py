@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -23,6 +23,7 @@ from ..core.config import ViTConfig
 from ..core.errors import VitConvertError
 from ..model.loading import model_from
 from ..model.optimize import compiled_for_static_shapes
+from ..model.vit import token_parts
 from .attention import overlay, rollout
 from .batches import Batch, ImageInput, batches, prepare
 from .images import MAX_PIXELS, load_rgb
@@ -38,7 +39,7 @@ class Prediction:
     rank: int  # 1 = most probable
     index: int  # class index in the model's head
     label: str | None  # None when the model's classes have no names
-    probability: float  # softmax, a fraction in [0, 1]
+    probability: float  # a fraction in [0, 1]: softmax, or sigmoid where the record says so (SigLIP)
 
 
 @dataclass(frozen=True)
@@ -46,18 +47,27 @@ class ImagePredictions:
     image: str
     predictions: tuple[Prediction, ...]
     error: str | None = None  # why the image could not be classified (then no predictions)
+    kind: str = "softmax"  # how the probabilities were made: softmax, or sigmoid (SigLIP's zero-shot heads)
 
     def to_dict(self) -> dict:
         if self.error is not None:
             return {"image": self.image, "error": self.error}
-        return {"image": self.image, "predictions": [asdict(p) for p in self.predictions]}
+        # The kind only where it is not every classifier's softmax, so that their output stays as it was.
+        return {"image": self.image, "predictions": [asdict(p) for p in self.predictions],
+                **({"probabilities": self.kind} if self.kind != "softmax" else {})}
+
+
+# With tokens, the prefix tokens each kind apart (as `vitpredict --embed --tokens` names its arrays), those the
+# model has: the class token (D,), the register/storage tokens (R, D), DeiT's distillation token (D,).
+PREFIX_ARRAYS = ("class_tokens", "register_tokens", "dist_tokens")
 
 
 @dataclass(frozen=True)
 class ImageEmbedding:
     image: str
-    embedding: np.ndarray | None  # float32, (D,) pooled or (T, D) tokens; None when the image failed
+    embedding: np.ndarray | None  # float32, (D,) pooled or (h * w, D) patch tokens; None when the image failed
     error: str | None = None  # why the image could not be embedded
+    prefix: dict[str, np.ndarray] = field(default_factory=dict)  # with tokens: PREFIX_ARRAYS the model has
 
 
 class Predictor:
@@ -77,7 +87,7 @@ class Predictor:
     (`plan_prediction`'s: the record read and the request checked without torch); then the options it
     decided (`model`, `img_size`, `patch_size`, `labels`) are not given again.
 
-    Speed (the README's Speed section): `dtype` 'bfloat16' (CPUs where it is faster, GPUs) or 'float16'
+    Speed (docs/speed.md): `dtype` 'bfloat16' (CPUs where it is faster, GPUs) or 'float16'
     (GPUs) runs the model in that precision, 'int8' its linear layers in int8 (CPU), probabilities
     still computed in float32; `compile=True` runs the fastest float32 path of `load_model(...,
     compile=True)` (on a GPU it compiles on the first batch of each size). `workers`
@@ -116,12 +126,14 @@ class Predictor:
     def label(self, index: int) -> str | None:
         return self.labels[index] if self.labels is not None else None
 
-    def transform(self, image: ImageInput) -> torch.Tensor:
-        """The model's input for one image: (3, H, W) float32, preprocessed as the weights file says."""
-        return prepare(image, self.preprocess, self.max_pixels)
+    def transform(self, image: ImageInput | bytes, name: str | None = None) -> torch.Tensor:
+        """The model's input for one image (or an image file's bytes, named `name` in errors): (3, H, W)
+        float32, preprocessed as the weights file says."""
+        return prepare(image, self.preprocess, self.max_pixels, name)
 
     def probabilities(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        """Softmax over the classes, (len(images), num_classes), float32 on the CPU."""
+        """Softmax over the classes (a sigmoid of each, where the record says so), (len(images), num_classes),
+        float32 on the CPU."""
         return self.batch_probabilities(torch.stack([self.transform(image) for image in _as_list(images)]))
 
     def check_top_k(self) -> None:
@@ -140,14 +152,16 @@ class Predictor:
         (B, D): the pooled features the head reads, before any representation layer (timm's
         `forward_head(x, pre_logits=True)`; a distilled model averages its two tokens); where the head is
         an embedding projection (`record.head_is_embedding`: LiT's image tower), its output, the image
-        embedding. `tokens`: (B, T, D), every token after the final norm (timm's `forward_features`).
-        `normalize`: each vector (each token's, with `tokens`) scaled to unit length.
+        embedding. `tokens`: (B, T, D), every token after the final norm (timm's `forward_features`:
+        [class, registers, patches]; `embed` splits them). `normalize`: each vector (each token's, with
+        `tokens`) scaled to unit length.
         """
         return self._launch_embeddings(batch, tokens, normalize).landed()
 
     @torch.inference_mode()
     def _launch_probabilities(self, batch: torch.Tensor, pad_to: int | None = None) -> InFlight:
-        return InFlight.to_cpu(self._run("forward", batch, pad_to).float().softmax(dim=-1))
+        logits = self._run("forward", batch, pad_to).float()
+        return InFlight.to_cpu(logits.sigmoid() if self.record.probability == "sigmoid" else logits.softmax(dim=-1))
 
     @torch.inference_mode()
     def _launch_embeddings(self, batch: torch.Tensor, tokens: bool, normalize: bool,
@@ -159,10 +173,9 @@ class Predictor:
     def _run(self, method: str, batch: torch.Tensor, pad_to: int | None = None) -> torch.Tensor:
         """The (prepared, with compile=True) model's `method` on `batch`, on the model's device and dtype.
 
-        A model that torch.compile prepared for static shapes compiles again for each new batch size
-        (bfloat16 on the 2-core AMD EPYC here, avx512_bf16, no AMX: 6.4 s for a tiny ViT's second size,
-        20 s to compile a B/16): a batch shorter than `pad_to` (a folder's last, or one with unreadable images) runs padded
-        to it with copies of its last image, whose outputs are dropped."""
+        A model that torch.compile prepared for static shapes compiles again for each new batch size, which
+        costs seconds (docs/speed.md): a batch shorter than `pad_to` (a folder's last, or one with unreadable
+        images) runs padded to it with copies of its last image, whose outputs are dropped."""
         batch = batch.to(self.device, input_dtype(self.dtype), non_blocking=True)
         rows = batch.shape[0]
         if pad_to is not None and rows < pad_to and self._static_shapes:
@@ -179,26 +192,24 @@ class Predictor:
         are yielded (errors='raise'), or is yielded as a result with `error` set and no predictions
         (errors='report'); either way the other images of its batch are classified.
         """
-        if top_k < 1:
-            raise VitConvertError(f"top_k must be at least 1, got {top_k}")
+        check_top_k_value(top_k)
         self.check_top_k()
-        k = min(top_k, self.config.num_classes)
-
-        def ranked(probabilities: torch.Tensor) -> Iterable[tuple[list[float], list[int]]]:
-            values, indices = probabilities.topk(k, dim=-1)
-            return zip(values.tolist(), indices.tolist(), strict=False)
 
         def launch(inputs: torch.Tensor) -> InFlight:
             return self._launch_probabilities(inputs, batch_size)
 
+        def ranked(probabilities: torch.Tensor) -> list[tuple[Prediction, ...]]:
+            return self.ranked(probabilities, top_k)
+
         for name, row, error in self._per_image(images, batch_size, workers, errors, launch, ranked):
-            if error is not None:
-                yield ImagePredictions(name, (), error=error)
-                continue
-            probs, classes = row
-            yield ImagePredictions(name, tuple(
-                Prediction(rank, index, self.label(index), prob)
-                for rank, (prob, index) in enumerate(zip(probs, classes, strict=False), start=1)))
+            yield ImagePredictions(name, () if error is not None else row, error=error, kind=self.record.probability)
+
+    def ranked(self, probabilities: torch.Tensor, top_k: int) -> list[tuple[Prediction, ...]]:
+        """The `top_k` most probable classes of each row of (B, num_classes) `probabilities`, named."""
+        values, indices = probabilities.topk(min(top_k, self.config.num_classes), dim=-1)
+        return [tuple(Prediction(rank, index, self.label(index), prob)
+                      for rank, (prob, index) in enumerate(zip(probs, classes, strict=True), start=1))
+                for probs, classes in zip(values.tolist(), indices.tolist(), strict=True)]
 
     def predict(self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32,
                 workers: int = 0, errors: OnError = "raise") -> list[ImagePredictions]:
@@ -206,24 +217,48 @@ class Predictor:
 
     def iter_embed(self, images: Sequence[ImageInput], tokens: bool = False, normalize: bool = False,
                    batch_size: int = 32, workers: int = 0, errors: OnError = "raise") -> Iterator[ImageEmbedding]:
-        """`embed`, one image at a time, with `iter_predict`'s batching, workers and errors."""
+        """`embed`, one image at a time, with `iter_predict`'s batching, workers and errors; with `tokens`
+        each result's `prefix` holds its prefix tokens."""
         def launch(inputs: torch.Tensor) -> InFlight:
             return self._launch_embeddings(inputs, tokens, normalize, batch_size)
 
-        for name, embedding, error in self._per_image(images, batch_size, workers, errors, launch,
-                                                      lambda features: features.numpy()):
-            yield ImageEmbedding(name, embedding, error)
+        def rows(features: torch.Tensor) -> Iterable[tuple[np.ndarray, dict[str, np.ndarray]]]:
+            if not tokens:
+                return ((row, {}) for row in features.numpy())
+            parts = token_parts(features, self.config)
+            prefix = {name: t.numpy() for name, t in zip(PREFIX_ARRAYS, parts[:3], strict=True) if t is not None}
+            return ((patches, {name: t[i] for name, t in prefix.items()})
+                    for i, patches in enumerate(parts.patch_tokens.numpy()))
+
+        for name, row, error in self._per_image(images, batch_size, workers, errors, launch, rows):
+            yield ImageEmbedding(name, None, error) if row is None else ImageEmbedding(name, row[0], error, row[1])
 
     def embed(self, images: Sequence[ImageInput], tokens: bool = False, normalize: bool = False,
               batch_size: int = 32, workers: int = 0) -> np.ndarray:
         """One float32 vector per image, (len(images), D): the pooled features the head reads (see
-        `batch_embeddings`), for any model, with or without a head. `tokens`: every token instead,
-        (len(images), T, D). `normalize`: unit length. Computed with the file's preprocessing at this
-        predictor's size; an image that cannot be read raises its VitConvertError."""
-        rows = [r.embedding for r in self.iter_embed(images, tokens, normalize, batch_size, workers)]
-        if not rows:
-            raise VitConvertError("embed: no images given")
-        return np.stack(rows)
+        `batch_embeddings`), for any model, with or without a head. `tokens`: the patch tokens after the
+        final norm instead (DINO's `x_norm_patchtokens`), (len(images), h * w, D), row by row over the
+        `grid` (`embed_tokens` gives the prefix tokens too). `normalize`: unit length. Computed with the
+        file's preprocessing at this predictor's size; an image that cannot be read raises its
+        VitConvertError."""
+        if tokens:
+            return self.embed_tokens(images, normalize, batch_size, workers)["embeddings"]
+        return _stacked([r.embedding for r in self.iter_embed(images, False, normalize, batch_size, workers)])
+
+    def embed_tokens(self, images: Sequence[ImageInput], normalize: bool = False, batch_size: int = 32,
+                     workers: int = 0) -> dict[str, np.ndarray]:
+        """Every token after the final norm, split by kind, float32, as `vitpredict --embed --tokens`
+        writes them: 'embeddings', the patch tokens (len(images), h * w, D); 'grid', (h, w); and those of
+        PREFIX_ARRAYS the model has: 'class_tokens' (len(images), D), 'register_tokens' (len(images), R, D)
+        (registers, DINOv3's storage tokens), 'dist_tokens' (len(images), D)."""
+        results = list(self.iter_embed(images, True, normalize, batch_size, workers))
+        arrays = {"embeddings": _stacked([r.embedding for r in results]), "grid": np.array(self.grid)}
+        return arrays | {name: np.stack([r.prefix[name] for r in results]) for name in results[0].prefix}
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The patch grid (rows, columns) of this predictor's input size."""
+        return self.config.grid_size
 
     def _per_image(self, images: Sequence[ImageInput], batch_size: int, workers: int, errors: OnError,
                    launch: Callable[[torch.Tensor], InFlight], rows: Callable[[torch.Tensor], Iterable[Any]],
@@ -304,6 +339,11 @@ def _batch_rows(images: list[ImageInput], batch_size: int, errors: OnError,
             yield name, next(landed), None
 
 
+def check_top_k_value(top_k: int) -> None:
+    if top_k < 1:
+        raise VitConvertError(f"top_k must be at least 1, got {top_k}")
+
+
 def check_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
@@ -316,6 +356,12 @@ def check_device(device: str | torch.device) -> torch.device:
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise VitConvertError(f"device {dev}: Apple MPS is not available here")
     return dev
+
+
+def _stacked(rows: list[np.ndarray]) -> np.ndarray:
+    if not rows:
+        raise VitConvertError("embed: no images given")
+    return np.stack(rows)
 
 
 def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:

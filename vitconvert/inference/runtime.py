@@ -1,14 +1,14 @@
 """Inference settings: the compute dtype, checked against the device and what it runs fast.
 
 float32 is exact. bfloat16 halves memory traffic and on GPUs and on some CPUs runs matrix products
-several times faster, but a CPU's flags alone do not say whether it gains: with AMX tiles (Intel
-Xeon Sapphire Rapids and later) it does; with AVX512-BF16 and no AMX it did on an AMD EPYC (a
-4096x4096 matrix product 2x faster than float32) and did not on an Intel Xeon (94 ms vs 55 ms in
-float32); without either it is emulated. So on a CPU with AVX512-BF16 (or AVX512-FP16) but no AMX
-a small matrix product is timed once per process in both dtypes, and the chosen dtype is allowed
-with a `VitConvertWarning` when it is slower than float32, as it is when emulated. float16 is for
-GPUs. 'int8' keeps float32 activations and runs the linear layers in int8 (dynamic quantisation,
-CPU only: `torch.qint8` stands for it); a dtype the device cannot run at all is refused.
+several times faster, but a CPU's flags alone do not say whether it gains: with AMX tiles (Intel Xeon
+Sapphire Rapids and later) it does; with AVX512-BF16 and no AMX it did on one CPU and did not on another
+(an AMD EPYC and an Intel Xeon: docs/speed.md); without either it is emulated. So on a CPU with
+AVX512-BF16 (or AVX512-FP16) but no AMX a small matrix product is timed once per process in both dtypes,
+and the chosen dtype is allowed with a `VitConvertWarning` when it is slower than float32, as it is when
+emulated. float16 is for GPUs. 'int8' keeps float32 activations and runs the linear layers in int8
+(dynamic quantisation, CPU only: `torch.qint8` stands for it); a dtype the device cannot run at all is
+refused.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def cpu_support(dtype: torch.dtype) -> str:
 @functools.cache
 def matmul_slowdown(dtype: torch.dtype) -> float:
     """Time of a ViT-sized matrix product (512x768 by 768x3072) in `dtype` over its time in float32,
-    on this CPU with torch's threads: best of 3 after a warm-up, once a process (0.26-0.65 s in all
-    on the 2-core AMD EPYC here with other processes busy on it; README, "Speed")."""
+    on this CPU with torch's threads: best of 3 after a warm-up, once a process, since the flags do not
+    say which dtype is faster (what it costs at start: docs/speed.md)."""
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(512, 768, generator=gen), torch.randn(768, 3072, generator=gen)
 
@@ -151,9 +151,8 @@ def keep_freed_memory() -> bool:
     """Let this process reuse the memory a forward pass frees instead of returning it to the system.
 
     glibc gives big blocks back to the kernel when they are freed (and maps blocks over its
-    threshold afresh), so every forward pass page-faults its activations in again: on 2 cores of
-    an AMD EPYC (avx512_bf16, no AMX), ViT-B/16 over 200 images in a fresh process took 1.2 million
-    page faults and 13.1 s in bfloat16, 11.5 s with this (float32: 35.8 s, 34.1 s). It sets glibc's
+    threshold afresh), so every forward pass page-faults its activations in again (a million faults
+    over a folder of photos; the timings with and without: docs/speed.md). It sets glibc's
     mmap threshold to its largest value and the trim threshold to 1 GiB, which is process-wide:
     `vitpredict` calls it; a library user may (the process keeps up to 1 GiB of freed memory for
     reuse). True if it took effect; a no-op returning False outside glibc.

@@ -87,8 +87,8 @@ def tf_resize_bilinear(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """`tf.image.resize(pixels, size)` (bilinear, no antialiasing) of an (H, W, C) uint8 array, as float32
     (H', W', C): TensorFlow's CPU kernel (resize_bilinear_op.cc, half-pixel centres) step by step, each
     float32 operation rounded on its own as its SSE code does, so the results are the same floats.
-    Only the source rows and columns the output reads are made float: 0.9 ms to 224x224 from a
-    451x300 photo, 1.4 ms from 4000x3000 (F.interpolate on the whole image: 0.26 and 52 ms; 2-core AMD EPYC, 2026-12-07)."""
+    Only the source rows and columns the output reads are made float, so a large photo costs about what a
+    small one does (the timings: benchmarks/RESULTS.md, "One-off timings")."""
     if tuple(size) == pixels.shape[:2]:
         return pixels.astype(np.float32)  # TensorFlow's no-op resize: a cast
     (y_low, y_high, y_lerp), (x_low, x_high, x_lerp) = (

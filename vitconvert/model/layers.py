@@ -134,6 +134,10 @@ class Attention(nn.Module):
     (RoPE on q and k after their norms, an additive logit bias), or None.
     """
 
+    # Each token attends to itself and those before it: a CLIP text tower's blocks (vitconvert.text) set it;
+    # an image model never does.
+    causal: bool = False
+
     def __init__(self, cfg: ViTConfig, index: int = 0) -> None:
         super().__init__()
         dim, inner, norm = cfg.embed_dim, cfg.attn_dim, norm_factory(cfg)
@@ -192,8 +196,9 @@ class Attention(nn.Module):
         B, N, _ = x.shape
         q, k, v = self._qkv(x)
         q, k = rotate_qk(q, k, ctx)
+        # A causal text tower has no context (no RoPE, no bias): SDPA takes a mask or is_causal, not both.
         x = F.scaled_dot_product_attention(q, self._grouped(k), self._grouped(v),
-                                           attn_mask=logit_bias(ctx, dtype=q.dtype))
+                                           attn_mask=logit_bias(ctx, dtype=q.dtype), is_causal=self.causal)
         return self.proj(self.norm(x.transpose(1, 2).reshape(B, N, -1)))
 
     def forward_first(self, x: torch.Tensor, n: int, ctx: AttnContext | None = None) -> torch.Tensor:

@@ -10,7 +10,15 @@ import torch
 from ..core.config import ViTConfig, parse_size
 from ..core.errors import VitConvertError
 from ..formats.safetensors_file import TensorSpec, read_tensors
-from ..formats.weights_file import Preprocess, Source, WeightsRecord, label_set_for, read_record, write_weights
+from ..formats.weights_file import (
+    TEXT_PREFIX,
+    Preprocess,
+    Source,
+    WeightsRecord,
+    label_set_for,
+    read_record,
+    write_weights,
+)
 from .optimize import compile_model, quantize_int8
 from .patch_resize import resample_patch_kernel
 from .posembed import pos_embed_on_grid
@@ -25,9 +33,10 @@ def load_state_dict(path: str | os.PathLike) -> tuple[WeightsRecord, dict[str, t
 
 
 def float32_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The file's tensors in float32: a bfloat16 or float16 file stores them smaller, and computes in
-    float32 unless asked otherwise (the widening is exact)."""
-    return {k: v.float() for k, v in read_tensors(path).items()}
+    """The image model's tensors in float32: a bfloat16 or float16 file stores them smaller, and computes in
+    float32 unless asked otherwise (the widening is exact). A two-tower file's text tower (`text.*`) is
+    `vitconvert.load_text_model`'s."""
+    return {k: v.float() for k, v in read_tensors(path).items() if not k.startswith(TEXT_PREFIX)}
 
 
 def at_size(cfg: ViTConfig, state: dict[str, torch.Tensor], img_size: tuple[int, int],

@@ -1,15 +1,15 @@
 """The model prepared for speed: the fastest float32 path, and dynamic int8 linears for the CPU.
 
-`compile_model` is what `load_model(..., compile=True)`, `Predictor(compile=True)` and
-`vitpredict --compile` run. On the CPU in float32 that is oneDNN's linear layers with their weights
-reordered once into oneDNN's blocked layout and the MLP's GELU fused into the first one: of the
-paths PyTorch offers it measured fastest on a 2-core AMD EPYC (avx512_bf16, no AMX), 1.22-1.32x the
-eager model, where inductor (with or without weight freezing) and TorchScript's freeze +
-optimize_for_inference gave 0.97-1.06x (README, "Speed"; benchmarks/RESULTS.md, "compile" and
-"peers"). Another CPU's BLAS may do better (Intel's MKL on an Intel CPU was not measured), so the
-choice is timed on the blocks' widest linear layer once a process (`packing_speedup`), and where
-packing is not the faster the model stays eager. Elsewhere (a GPU, another dtype) it is inductor with
-weight freezing, static shapes.
+`compile_model` is what `load_model(..., compile=True)`, `Predictor(compile=True)` and `vitpredict
+--compile` run. On the CPU in float32 that is oneDNN's linear layers with their weights reordered once
+into oneDNN's blocked layout and the MLP's GELU fused into the first one: of the paths PyTorch offers
+(inductor with or without weight freezing, TorchScript's freeze + optimize_for_inference) it measured
+the fastest, since the linears are most of the time and oneDNN's kernels on a prepacked weight beat
+MKL's sgemm on the plain one (the figures, with their machine: benchmarks/RESULTS.md, "compile" and
+"peers"; docs/speed.md). Another CPU's BLAS may do better (Intel's MKL on an Intel CPU was not
+measured), so the choice is timed on the blocks' widest linear layer once a process (`packing_speedup`),
+and where packing is not the faster the model stays eager. Elsewhere (a GPU, another dtype) it is
+inductor with weight freezing, static shapes.
 """
 
 from __future__ import annotations
@@ -65,9 +65,8 @@ def compiled_for_static_shapes(model: nn.Module) -> bool:
 @functools.cache
 def packing_speedup(in_features: int, out_features: int, rows: int = 256) -> float:
     """How many times faster `PackedLinear` ran than `F.linear` on a (rows, in) input to `out_features`, on
-    this CPU with torch's threads: best of 3 after a warm-up each, once a process per shape. ViT-B/16's
-    fc1 on the 2-core AMD EPYC here (avx512_bf16, no AMX; 2026-12-07): 1.44x by this probe, in 0.09 s;
-    1.16-1.25x at 128 to 1576 rows in a separate timing."""
+    this CPU with torch's threads: best of 3 after a warm-up each, once a process per shape, so that a CPU
+    where packing does not pay keeps the eager model (what it found on the machine measured: docs/speed.md)."""
     gen = torch.Generator().manual_seed(0)
     linear = nn.Linear(in_features, out_features)
     x = torch.randn(rows, in_features, generator=gen)
@@ -90,8 +89,8 @@ class PackedLinear(nn.Module):
     """A float32 linear layer (optionally followed by GELU) run by oneDNN on a weight reordered once.
 
     `F.linear` goes through MKL's sgemm, which re-reads the weight in its plain layout every call;
-    oneDNN's kernels on a weight already in their blocked layout measured 20-25% faster on ViT-B/16's
-    products on the AMD EPYC here, and fusing the GELU saves a pass over the MLP's widest activation.
+    oneDNN's kernels on a weight already in their blocked layout skip that (how much faster, and where:
+    docs/speed.md), and fusing the GELU saves a pass over the MLP's widest activation.
     """
 
     def __init__(self, linear: nn.Linear, gelu: str | None = None) -> None:
@@ -117,7 +116,8 @@ def pack_linears(model: nn.Module) -> nn.Module:
         parent = model.get_submodule(parent_name)
         act = getattr(parent, "act", None) if child == "fc1" else None
         if isinstance(act, nn.GELU):  # Mlp: fc2(act(fc1(x))) becomes fc2(fc1_with_gelu(x))
-            setattr(parent, child, PackedLinear(getattr(parent, child), "tanh" if act.approximate == "tanh" else "none"))
+            approximate = "tanh" if act.approximate == "tanh" else "none"
+            setattr(parent, child, PackedLinear(getattr(parent, child), approximate))
             parent.act = nn.Identity()
         else:
             setattr(parent, child, PackedLinear(getattr(parent, child)))

@@ -2,7 +2,8 @@
 for a fixed size (`loading.at_size`) and at forward for the input's grid (`VisionTransformer`, which keeps
 the tables it makes in a `GridTables`).
 
-Every method resamples the patch grid in float32, align_corners off, prefix tokens untouched:
+Every method resamples the patch grid in float32, prefix tokens untouched, align_corners off but in
+'torchvision':
 
 - 'bicubic': timm's `resample_abs_pos_embed` (its state-dict path): antialias, target given by `size=`,
   so a model at 384 gives what timm's model at 384 gives on the same weights.
@@ -11,6 +12,8 @@ Every method resamples the patch grid in float32, align_corners off, prefix toke
   with `jax.image.resize(..., 'linear')`: bilinear, antialiased when shrinking.
 - 'transformers': Hugging Face transformers' `interpolate_pos_encoding` (ViT, DeiT, Dinov2), so a file
   converted from transformers gives what transformers' model gives at that size.
+- 'torchvision': torchvision's `interpolate_embeddings` (vision_transformer.py), which its users call on the
+  state dict before building a VisionTransformer of another image_size.
 """
 
 from __future__ import annotations
@@ -70,6 +73,12 @@ def _transformers(grid: torch.Tensor, new: tuple[int, int], old: tuple[int, int]
     return F.interpolate(grid, size=new, mode="bicubic", align_corners=False)
 
 
+def _torchvision(grid: torch.Tensor, new: tuple[int, int], old: tuple[int, int]) -> torch.Tensor:
+    """torchvision 0.29.1's `interpolate_embeddings` (read from its source): bicubic with align_corners=True,
+    no antialias, `size=` the new grid side (it is square there; each side here)."""
+    return F.interpolate(grid, size=new, mode="bicubic", align_corners=True)
+
+
 def sincos_2d(grid: tuple[int, int], dim: int, device: torch.device | None = None,
               temperature: float = 10_000.0) -> torch.Tensor:
     """The fixed 2-D sin-cos table of a (rows, cols) patch grid, (1, rows*cols, dim), float32: big_vision's
@@ -86,7 +95,7 @@ def sincos_2d(grid: tuple[int, int], dim: int, device: torch.device | None = Non
 
 # One function per name ViTConfig.pos_resize accepts (a test holds the two equal).
 RESIZERS: dict[PosResize, GridResize] = {"bicubic": _timm_bicubic, "dino": _dino, "flexivit": _flexivit,
-                                         "transformers": _transformers}
+                                         "transformers": _transformers, "torchvision": _torchvision}
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int],

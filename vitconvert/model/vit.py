@@ -6,6 +6,7 @@ state dict of this model loads into timm's model of the same shape and the other
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.config import ViTConfig
+from ..core.errors import VitConvertError
 from .attn_context import AttnContext
 from .blocks import build_block
 from .hybrid import backbone_channels, build_backbone
@@ -49,14 +51,16 @@ class PatchEmbed(nn.Module):
 
 
 class PreLogits(nn.Module):
-    """The representation layer of the 2020 ImageNet-21k models: Linear + tanh."""
+    """The representation layer: Linear + tanh (the 2020 ImageNet-21k models), or the Linear alone (a
+    two-tower image projection before a zero-shot head)."""
 
-    def __init__(self, dim: int, size: int) -> None:
+    def __init__(self, dim: int, size: int, tanh: bool = True) -> None:
         super().__init__()
         self.fc = nn.Linear(dim, size)
+        self.tanh = tanh
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.fc(x))
+        return torch.tanh(self.fc(x)) if self.tanh else self.fc(x)
 
 
 class Intermediates(NamedTuple):
@@ -64,6 +68,24 @@ class Intermediates(NamedTuple):
 
     logits: torch.Tensor
     stages: dict[str, torch.Tensor]
+
+
+class TokenParts(NamedTuple):
+    """A (B, N, D) token sequence split by kind: (B, D) or (B, R, D) each, None where the model has none."""
+
+    class_token: torch.Tensor | None
+    register_tokens: torch.Tensor | None  # register tokens (timm's reg_token; DINOv3's storage tokens)
+    dist_token: torch.Tensor | None  # DeiT's distillation token
+    patch_tokens: torch.Tensor  # (B, h * w, D), row by row
+
+
+def token_parts(x: torch.Tensor, cfg: ViTConfig) -> TokenParts:
+    """`cfg`'s model's tokens ([class, registers, distillation, patches], timm's order) split by kind."""
+    start, parts = 0, []
+    for count, single in ((int(cfg.has_class_token), True), (cfg.reg_tokens, False), (int(cfg.distilled), True)):
+        parts.append(None if not count else x[:, start] if single else x[:, start:start + count])
+        start += count
+    return TokenParts(*parts, x[:, start:])
 
 
 class VisionTransformer(nn.Module):
@@ -97,7 +119,7 @@ class VisionTransformer(nn.Module):
                                                  norm, cfg.act)
         self.fc_norm = norm(D) if cfg.final_norm and cfg.fc_norm else nn.Identity()
         if cfg.representation_size:
-            self.pre_logits = PreLogits(D, cfg.representation_size)
+            self.pre_logits = PreLogits(D, cfg.representation_size, tanh=cfg.pre_logits_act == "tanh")
         # A backbone (no classes) ends in its pooled features, as timm's does.
         self.head = nn.Linear(cfg.representation_size or D, cfg.num_classes) if cfg.num_classes else nn.Identity()
         if cfg.distilled:
@@ -183,6 +205,53 @@ class VisionTransformer(nn.Module):
         ctxs = self.attn_contexts(x)
         return self.norm(self.run_blocks(self.embed_tokens(x), ctxs))
 
+    def get_intermediate_layers(self, x: torch.Tensor, n: int | Sequence[int] = 1, reshape: bool = False,
+                                return_class_token: bool = False, norm: bool = True, *,
+                                return_extra_tokens: bool = False) -> tuple:
+        """DINOv2's and DINOv3's `get_intermediate_layers`: the patch tokens after each block asked for.
+
+        `n` an int: the last n blocks; a sequence: those block indices (negative ones count from the
+        end, as in timm). One entry per block, in block order (DINO's order, whatever the sequence's).
+        `norm`: each output through the final norm first. `reshape`: (B, D, h, w) for the input's patch
+        grid, else (B, h * w, D). `return_class_token` / `return_extra_tokens` (DINOv3's keyword: the
+        prefix tokens after the class token, (B, R, D): registers/storage tokens, DeiT's distillation
+        token) make each entry a tuple (patches, class, extra), in that order, as DINOv3's. Only the
+        blocks up to the last one asked for run.
+        """
+        take = self.block_indices(n)
+        if return_class_token and not self.config.has_class_token:
+            raise VitConvertError("return_class_token: this model has no class token")
+        cfg = self.config
+        grid = cfg.input_grid((x.shape[-2], x.shape[-1]))
+        ctxs = self.attn_contexts(x) or [None] * len(self.blocks)
+        h, entries = self.embed_tokens(x), []
+        for i, (block, ctx) in enumerate(zip(self.blocks[:take[-1] + 1], ctxs, strict=False)):
+            h = block(h, ctx)
+            if i not in take:
+                continue
+            out = self.norm(h) if norm else h
+            patches = out[:, cfg.num_prefix_tokens:]
+            if reshape:
+                patches = patches.reshape(x.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous()
+            entry = (patches, *([out[:, 0]] if return_class_token else []),
+                     *([out[:, int(cfg.has_class_token):cfg.num_prefix_tokens]] if return_extra_tokens else []))
+            entries.append(entry if len(entry) > 1 else patches)
+        return tuple(entries)
+
+    def block_indices(self, n: int | Sequence[int]) -> list[int]:
+        """`get_intermediate_layers`' `n` as sorted block indices; an index out of range is refused."""
+        depth = len(self.blocks)
+        if isinstance(n, int):
+            if not 1 <= n <= depth:
+                raise VitConvertError(f"n={n}: this model has {depth} blocks, so the last 1 to {depth} can be taken")
+            return list(range(depth - n, depth))
+        indices = [i + depth if i < 0 else i for i in n]
+        bad = [i for i, j in zip(n, indices, strict=True) if not 0 <= j < depth]
+        if bad or not indices or len(set(indices)) != len(indices):
+            raise VitConvertError(f"blocks {list(n)}: give distinct indices from {-depth} to {depth - 1} "
+                                  f"(this model has {depth} blocks)")
+        return sorted(indices)
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """`forward_features`' tokens pooled, then (unless `pre_logits`) through the head: timm's
         `forward_head`. The pooled features come before the representation layer (a distilled model
@@ -202,6 +271,8 @@ class VisionTransformer(nn.Module):
             return (self.head(pooled[0]) + self.head_dist(pooled[1])) / 2
         if self.config.representation_size:
             pooled = self.pre_logits(pooled)
+        if self.config.head_norm == "l2":
+            pooled = F.normalize(pooled, dim=-1)
         return self.head(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

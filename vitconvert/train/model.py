@@ -23,7 +23,9 @@ def finetuning_config(cfg: ViTConfig, classes: int) -> ViTConfig:
     if cfg.pool == "none":
         raise VitConvertError("this model's pooling is 'none' (a class per token, not per image); fine-tuning "
                               "trains one class per image, so it needs a pooled model")
-    return cfg.replace(num_classes=classes, representation_size=None)
+    # A zero-shot classifier's projection and unit-length features go with its head: the new head reads the
+    # pooled features, as every fine-tuned model's does.
+    return cfg.replace(num_classes=classes, representation_size=None, pre_logits_act="tanh", head_norm="none")
 
 
 def finetuning_model(record: WeightsRecord, state: dict[str, torch.Tensor], classes: int,
