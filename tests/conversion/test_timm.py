@@ -318,8 +318,8 @@ def test_pos_resize_is_recorded_and_used_at_other_sizes(tmp_path, args: list, me
 
 def test_an_unknown_pos_resize_is_refused_before_writing(tmp_path, capsys) -> None:
     torch.save(timm_vit("vit_tiny_patch16_224", depth=1).state_dict(), tmp_path / "t.pth")
-    with pytest.raises(VitConvertError, match="pos_resize must be 'bicubic' or 'dino' or 'flexivit' or 'transformers', "
-                                              "got 'nearest'"):
+    with pytest.raises(VitConvertError, match="pos_resize must be 'bicubic' or 'dino' or 'flexivit' or 'transformers' "
+                                              "or 'torchvision', got 'nearest'"):
         convert_timm(tmp_path / "t.pth", tmp_path / "t.safetensors", pos_resize="nearest")
     code, err = cli_error(capsys, "timm2torch", str(tmp_path / "t.pth"), str(tmp_path / "t.safetensors"),
                           "--pos-resize", "nearest")

@@ -77,7 +77,13 @@ def timm_config(model: torch.nn.Module, name: str) -> ViTConfig:
     except VitConvertError as e:
         raise VitConvertError(f"timm's {name}: {e}") from None
     # The parameters show what the checks above do not look for.
-    theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_same_parameters(name, "a ViT", {k: tuple(v.shape) for k, v in model.state_dict().items()}, cfg)
+    return cfg
+
+
+def check_same_parameters(name: str, family: str, theirs: Mapping[str, tuple[int, ...]], cfg: ViTConfig) -> None:
+    """timm's model `name` (of `family`) has the parameters, by our names and shapes, that `cfg` builds; else
+    the error names what differs."""
     ours = param_shapes(cfg)
     if theirs != ours:
         wrong = [f"{k} {theirs[k]} (ours {ours[k]})" for k in theirs if k in ours and theirs[k] != ours[k]]
@@ -85,8 +91,7 @@ def timm_config(model: torch.nn.Module, name: str) -> ViTConfig:
             ("parameters our ViT lacks", name_list(set(theirs) - set(ours))),
             ("parameters it lacks", name_list(set(ours) - set(theirs))),
             ("parameters of other shapes", "; ".join(wrong[:4]))) if text]
-        raise VitConvertError(f"timm's {name} is a ViT variant vitconvert cannot express: {'; '.join(parts)}")
-    return cfg
+        raise VitConvertError(f"timm's {name} is {family} variant vitconvert cannot express: {'; '.join(parts)}")
 
 
 def builds_eva(name: str) -> bool:
