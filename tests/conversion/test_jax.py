@@ -369,7 +369,8 @@ def test_pos_resize_is_recorded_and_used_at_other_sizes(tmp_path) -> None:
 
 def test_an_unknown_pos_resize_is_refused_before_writing(tmp_path) -> None:
     expect_error(tmp_path, arrays_of(tmp_path),
-                 "pos_resize must be 'bicubic' or 'dino' or 'flexivit' or 'transformers', got 'nearest'",
+                 "pos_resize must be 'bicubic' or 'dino' or 'flexivit' or 'transformers' or 'torchvision', "
+                 "got 'nearest'",
                  pos_resize="nearest")
 
 

@@ -90,7 +90,11 @@ def test_bad_requests_get_one_line_json_errors_and_the_good_ones_beside_them_are
     ]
     responses = call(app, good, *(request for request, _ in bad), good)
     assert responses[0].status_code == responses[-1].status_code == 200
-    assert responses[0].json() == responses[-1].json()
+    # The two good requests may run in batches of other sizes, whose float32 products differ in the last bits
+    # (observed 6.6e-7, see test_server_process.py): the same classes, probabilities within 1e-6.
+    first, last = responses[0].json()["predictions"], responses[-1].json()["predictions"]
+    assert [p["index"] for p in first] == [p["index"] for p in last]
+    assert [p["probability"] for p in first] == pytest.approx([p["probability"] for p in last], abs=1e-6)
     for response, (_, (status, words)) in zip(responses[1:-1], bad, strict=True):
         assert (response.status_code, response.text.count("\n")) == (status, 0)
         assert list(response.json()) == ["error"] and words in response.json()["error"]

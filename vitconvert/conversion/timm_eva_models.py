@@ -10,10 +10,9 @@ from typing import Any
 import torch
 
 from ..core.config import ViTConfig
-from ..core.errors import VitConvertError, name_list
-from ..core.param_shapes import param_shapes
+from ..core.errors import VitConvertError
 from .timm_eva import to_our_names
-from .timm_models import _absent, _activation, _mlp_kind, _norm_kind
+from .timm_models import _absent, _activation, _mlp_kind, _norm_kind, check_same_parameters
 
 POOLS = {"token": "token", "avg": "gap", "avgmax": "avgmax", "max": "max", "map": "map", "": "none"}
 
@@ -58,15 +57,8 @@ def eva_config(model: torch.nn.Module, name: str) -> ViTConfig:
         raise VitConvertError(f"timm's {name}: {e}") from None
     # The parameters show what the checks above do not look for.
     theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = to_our_names(theirs, lambda parts: (sum(p[0] for p in parts), *parts[0][1:]))
-    ours = param_shapes(cfg)
-    if theirs != ours:
-        wrong = [f"{k} {theirs[k]} (ours {ours[k]})" for k in theirs if k in ours and theirs[k] != ours[k]]
-        parts = [f"{what}: {text}" for what, text in (
-            ("parameters our ViT lacks", name_list(set(theirs) - set(ours))),
-            ("parameters it lacks", name_list(set(ours) - set(theirs))),
-            ("parameters of other shapes", "; ".join(wrong[:4]))) if text]
-        raise VitConvertError(f"timm's {name} is an Eva variant vitconvert cannot express: {'; '.join(parts)}")
+    check_same_parameters(name, "an Eva", to_our_names(theirs, lambda parts: (sum(p[0] for p in parts),
+                                                                            *parts[0][1:])), cfg)
     return cfg
 
 

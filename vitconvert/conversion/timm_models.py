@@ -79,14 +79,14 @@ def timm_config(model: torch.nn.Module, name: str) -> ViTConfig:
             pos_embed="none" if model.pos_embed is None else "learn", **_block_fields(model.blocks[0]))
     except VitConvertError as e:
         raise VitConvertError(f"timm's {name}: {e}") from None
-    _check_parameters(model.state_dict(), cfg, name)
+    # The parameters show what the checks above do not look for.
+    check_same_parameters(name, "a ViT", {k: tuple(v.shape) for k, v in model.state_dict().items()}, cfg)
     return cfg
 
 
-def _check_parameters(state: Mapping[str, torch.Tensor], cfg: ViTConfig, name: str) -> None:
-    """The parameters show what the checks of the modules do not look for: those of timm's model `name` (in our
-    names) must be the ones `cfg` has."""
-    theirs = {k: tuple(v.shape) for k, v in state.items()}
+def check_same_parameters(name: str, family: str, theirs: Mapping[str, tuple[int, ...]], cfg: ViTConfig) -> None:
+    """timm's model `name` (of `family`) has the parameters, by our names and shapes, that `cfg` builds; else
+    the error names what differs."""
     ours = param_shapes(cfg)
     if theirs != ours:
         wrong = [f"{k} {theirs[k]} (ours {ours[k]})" for k in theirs if k in ours and theirs[k] != ours[k]]
@@ -94,7 +94,8 @@ def _check_parameters(state: Mapping[str, torch.Tensor], cfg: ViTConfig, name: s
             ("parameters our ViT lacks", name_list(set(theirs) - set(ours))),
             ("parameters it lacks", name_list(set(ours) - set(theirs))),
             ("parameters of other shapes", "; ".join(wrong[:4]))) if text]
-        raise VitConvertError(f"timm's {name} is a ViT variant vitconvert cannot express: {'; '.join(parts)}")
+        raise VitConvertError(f"timm's {name} is {family} variant vitconvert cannot express: {'; '.join(parts)}")
+
 
 
 def _beit_config(model: torch.nn.Module, name: str) -> ViTConfig:
@@ -133,7 +134,8 @@ def _beit_config(model: torch.nn.Module, name: str) -> ViTConfig:
     eps = {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
     if len(eps) > 1:
         raise VitConvertError(f"timm's {name} has norm layers of different eps ({', '.join(map(str, sorted(eps)))})")
-    _check_parameters(beit_layout(model.state_dict())[0], cfg, name)  # in our names
+    ours = beit_layout(model.state_dict())[0]  # in our names
+    check_same_parameters(name, "a Beit", {k: tuple(v.shape) for k, v in ours.items()}, cfg)
     return cfg
 
 

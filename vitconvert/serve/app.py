@@ -32,7 +32,8 @@ from starlette.routing import Route
 from ..core.errors import VitConvertError
 from ..inference.images import MAX_PIXELS
 from ..inference.plan import PredictionPlan, plan_prediction
-from ..inference.predictor import ImagePredictions, Predictor
+from ..inference.predictor import PREFIX_ARRAYS, ImagePredictions, Predictor
+from ..model.vit import token_parts
 from .batching import Batcher
 
 # A body over this many bytes is refused before it is read whole (a photo is a few MB; the pixel limit,
@@ -132,8 +133,13 @@ class _Server:
         tokens, normalize = _flag_param(request, "tokens"), _flag_param(request, "normalize")
         name, inputs = await self._image(request)
         embedding = await self.batcher.submit((tokens, normalize), inputs)
+        prefix: dict[str, list] = {}
+        if tokens:  # the patch tokens, and each kind of prefix token apart, as vitpredict --embed --tokens writes
+            parts = token_parts(embedding[None], self.predictor.config)
+            embedding = parts.patch_tokens[0]
+            prefix = {name: t[0].tolist() for name, t in zip(PREFIX_ARRAYS, parts[:3], strict=True) if t is not None}
         return JSONResponse({"image": name, "embedding": embedding.tolist(), "shape": list(embedding.shape),
-                             "dtype": "float32", "tokens": tokens, "normalized": normalize})
+                             "dtype": "float32", "tokens": tokens, "normalized": normalize, **prefix})
 
     async def health(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "max_batch": self.batcher.max_batch,
