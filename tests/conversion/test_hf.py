@@ -259,7 +259,7 @@ def bad(tmp_path, what: str):
 
 BAD = {
     "another model type": "config.json: model_type 'swin'; hf2torch converts model types vit, deit, dinov2, "
-                          "dinov2_with_registers, vit_msn, vit_mae, vit-hybrid (ViTModel, ",
+                          "dinov2_with_registers, vit_msn, vit_mae, vit-hybrid, beit, data2vec-vision (ViTModel, ",
     "no config.json": "no config.json beside the weights",
     "hidden_size disagrees": "inconsistent shapes",
     "more layers than tensors": "missing keys: vit.encoder.layer.2.",

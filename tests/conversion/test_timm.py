@@ -324,7 +324,7 @@ def test_an_unknown_pos_resize_is_refused_before_writing(tmp_path, capsys) -> No
     code, err = cli_error(capsys, "timm2torch", str(tmp_path / "t.pth"), str(tmp_path / "t.safetensors"),
                           "--pos-resize", "nearest")
     assert code == 2 and err.startswith("error: ")
-    assert "'nearest' is not one of 'bicubic', 'dino', 'flexivit', 'transformers'" in err
+    assert "'nearest' is not one of 'bicubic', 'dino', 'flexivit', 'transformers', 'torchvision'" in err
     assert not (tmp_path / "t.safetensors").exists()
 
 # ==============================================================================================================

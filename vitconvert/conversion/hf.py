@@ -1,4 +1,4 @@
-"""Hugging Face transformers checkpoints (ViT, DeiT, Dinov2) to our weights file.
+"""Hugging Face transformers checkpoints (ViT, DeiT, Dinov2, BEiT, Data2VecVision, ...) to our weights file.
 
 SRC is a directory as `save_pretrained` writes it (config.json, model.safetensors or pytorch_model.bin, or
 their shards and index: `hf_sharded`; preprocessor_config.json), or its weights file with the config.json
@@ -200,9 +200,17 @@ def config_from_json(config: Mapping[str, Any], layout: HfLayout, where: str,
         mlp_dim = get("intermediate_size")
     size, patch = (tuple(v) if isinstance(v, list) else (v, v) if is_int(v) else v
                    for v in (get("image_size"), get("patch_size")))
+    if layout.beit and (layout.rel_pos or layout.shared_rel_pos) and isinstance(size, tuple) \
+            and isinstance(patch, tuple) and len(size) == len(patch) == 2 \
+            and size[0] // patch[0] != size[1] // patch[1]:
+        raise VitConvertError(f"{where}: a relative position table for a non-square grid: transformers' "
+                              "BeitRelativePositionBias reads it transposed (its (width, height) reshape), so its "
+                              "outputs are not BEiT's")
     fields = dict(img_size=size, patch_size=patch, in_chans=get("num_channels"), embed_dim=dim,
                   depth=get("num_hidden_layers"), num_heads=heads, mlp_dim=mlp_dim, act=act,
-                  ln_eps=get("layer_norm_eps"), qkv_bias=get("qkv_bias"), num_classes=_num_classes(config, layout),
+                  # BEiT's query and value always have biases (its key none: k_bias), and its config no qkv_bias
+                  ln_eps=get("layer_norm_eps"), qkv_bias=True if layout.beit else get("qkv_bias"),
+                  num_classes=_num_classes(config, layout),
                   distilled=layout.head == "teacher",
                   reg_tokens=int(layout.model_type == "deit" and layout.head != "teacher") + registers,
                   no_embed_class=layout.model_type == "dinov2_with_registers",
@@ -210,6 +218,12 @@ def config_from_json(config: Mapping[str, Any], layout: HfLayout, where: str,
                   layer_scale=dinov2, mlp=layout.mlp, pos_resize=POS_RESIZE.get(layout.model_type, "transformers"))
     if layout.model_type == "vit-hybrid":
         fields |= _bit_fields(config, shapes or {}, layout, where)
+    if layout.beit:
+        fields |= dict(pool="gap" if layout.beit_norm == "pooler" else "token", fc_norm=layout.beit_norm == "pooler",
+                       final_norm=layout.beit_norm != "none", class_token=True, k_bias=False,
+                       pos_embed="learn" if layout.abs_pos else "none", layer_scale=layout.layer_scale,
+                       rel_pos_bias=layout.rel_pos, shared_rel_pos_bias=layout.shared_rel_pos,
+                       rel_pos_resize="transformers")
     try:
         return ViTConfig(**fields)
     except (VitConvertError, TypeError) as e:  # values of the wrong type: say which file they came from
@@ -221,8 +235,31 @@ def config_from_json(config: Mapping[str, Any], layout: HfLayout, where: str,
 POS_RESIZE = {"dinov2_with_registers": "bicubic"}
 
 
+def beit_layout(config: Mapping[str, Any], layout: HfLayout, where: str) -> HfLayout:
+    """A BEiT layout with the optional parts its config.json's use_* flags (transformers' defaults where it
+    leaves them out) build; the keys must then be those (the pipeline names any missing or left over)."""
+    defaults = hf_layouts.DEFAULTS[layout.model_type]
+
+    def flag(key: str) -> bool:
+        value = config.get(key, defaults[key])
+        if not isinstance(value, bool):
+            raise VitConvertError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+
+    scale = config.get("layer_scale_init_value", defaults["layer_scale_init_value"])
+    if not is_real(scale):
+        raise VitConvertError(f"{where}: layer_scale_init_value must be a number, got {scale!r}")
+    if flag("use_mean_pooling") != (layout.beit_norm in ("pooler", "none", "mim")):
+        found = {"pooler": "pooler.layernorm", "encoder": "layernorm", "mim": "layernorm", "none": "no final norm"}
+        raise VitConvertError(f"{where}: use_mean_pooling is {flag('use_mean_pooling')}, but the checkpoint holds "
+                              f"{found[layout.beit_norm]}")
+    return dataclasses.replace(layout, abs_pos=flag("use_absolute_position_embeddings"),
+                               rel_pos=flag("use_relative_position_bias"),
+                               shared_rel_pos=flag("use_shared_relative_position_bias"), layer_scale=scale > 0)
+
+
 def _num_classes(config: Mapping[str, Any], layout: HfLayout) -> int:
-    if layout.head in (None, "decoder"):
+    if layout.head in (None, "decoder", "mim"):
         return 0
     id2label = config.get("id2label")
     return len(id2label) if isinstance(id2label, Mapping) else config.get("num_labels", 2)
@@ -245,8 +282,9 @@ def class_names(config: Mapping[str, Any], num_classes: int) -> tuple[tuple[str,
 def convert_hf(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False, dtype: str = "float32",
                labels: str | Sequence[str] | None = None, allow_nonfinite: bool = False,
                pos_resize: str | None = None, progress: Callable[[int, int], None] | None = None) -> WeightsRecord:
-    """Convert a transformers ViT, DeiT or Dinov2 checkpoint at `src` (its directory, or its weights file with
-    config.json beside it) into our weights file at `dst`: `vitconvert.convert(..., source='hf')`.
+    """Convert a transformers checkpoint (ViT, DeiT, Dinov2, BEiT, ...: hf_layouts.MODEL_TYPES) at `src` (its
+    directory, or its weights file with config.json beside it) into our weights file at `dst`:
+    `vitconvert.convert(..., source='hf')`.
 
     The architecture is config.json's; the class names its id2label's (unless `labels`: 'imagenet-1k',
     'imagenet-21k' or the names in class order); the preprocessing preprocessor_config.json's, where ours
@@ -260,15 +298,6 @@ def convert_hf(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = 
                    allow_nonfinite=allow_nonfinite, progress=progress)
 
 
-POOLER = "the pooler beside the classifier: transformers' classification models do not run it"
-MASK_TOKEN = "the mask_token: masked-image pre-training only"
-DECODER = "ViTMAEForPreTraining's decoder: it reconstructs masked pixels in pre-training; the encoder converts"
-
-
-def _left_out(key: str) -> str:
-    return DECODER if key.startswith("decoder.") else MASK_TOKEN if key.endswith("mask_token") else POOLER
-
-
 def _plan(reader: HfReader, request: Request) -> Plan:
     found = reader.found
     where, config_file = str(found.weights), str(found.weights.parent / "config.json")
@@ -277,6 +306,8 @@ def _plan(reader: HfReader, request: Request) -> Plan:
     swiglu = layout.family == "dinov2" and found.config.get("use_swiglu_ffn", False)
     layout = dataclasses.replace(layout, qkv_bias=found.config.get("qkv_bias", True),
                                  mlp=("swiglu" if layout.modular else "swiglu_packed") if swiglu else "mlp")
+    if layout.beit:
+        layout = beit_layout(found.config, layout, config_file)
     cfg = config_from_json(found.config, layout, config_file, reader.shapes)
     names, notes = class_names(found.config, cfg.num_classes)
     preprocess, more = preprocess_from(found.processor, kind, cfg.img_size, where)
@@ -288,10 +319,10 @@ def _plan(reader: HfReader, request: Request) -> Plan:
     return Plan(config=cfg, rules=hf_layouts.import_rules(layout),
                 bindings=resnet_bindings(cfg.depth, cfg.hybrid_layers),
                 source_format=f"transformers/{layout.architecture}", preprocess=preprocess, labels=names,
-                notes=notes, left_out={k: _left_out(k) for k in ignored})
+                notes=notes, left_out=ignored)
 
 
-def _layout_notes(layout: HfLayout, ignored: tuple[str, ...]) -> list[str]:
+def _layout_notes(layout: HfLayout, ignored: Mapping[str, str]) -> list[str]:
     notes = []
     if layout.model_type == "deit" and layout.head != "teacher":
         notes.append("DeiT's distillation token, which no head of this model reads, is kept as a register token "
@@ -304,6 +335,9 @@ def _layout_notes(layout: HfLayout, ignored: tuple[str, ...]) -> list[str]:
     if layout.head == "decoder":
         notes.append("ViTMAEForPreTraining's decoder was left out: the encoder converts, and runs as ViTMAEModel "
                      "with mask_ratio 0 and the patches in their order (no random masking)")
+    elif layout.head == "mim":
+        notes.append("BeitForMaskedImageModeling: its encoder, with the pre-training head's norm as the final norm; "
+                     "the features are its class token after that norm")
     elif layout.model_type == "vit_mae":
         notes.append("ViTMAE's encoder runs without its random masking: ViTMAEModel with mask_ratio 0 and the "
                      "patches in their order")
@@ -346,8 +380,8 @@ def _detect(probe: Probe) -> Detection | None:
 
 
 HF = SourceFormat(
-    name="hf", summary="Hugging Face transformers ViT, DeiT, Dinov2 (with registers), ViTMSN, ViTMAE, ViTHybrid "
-                       "(save_pretrained's directory, sharded too, or its weights file)",
+    name="hf", summary="Hugging Face transformers ViT, DeiT, Dinov2 (with registers), ViTMSN, ViTMAE, ViTHybrid, "
+                       "BEiT, Data2VecVision (save_pretrained's directory, sharded too, or its weights file)",
     detect=_detect, open=HfReader, plan=_plan,
     example="vitconvert convert vit-base-patch16-224/ vit-b16.safetensors",
     looks_for=f"a directory (or a weights file beside) with a config.json of model_type "

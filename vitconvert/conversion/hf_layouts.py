@@ -1,5 +1,6 @@
-"""transformers' ViT, DeiT, Dinov2 (with registers too), ViTMSN and ViTMAE checkpoints as data: which of their
-tensors make which of ours, in both directions (hf2torch reads the table one way, `export --to hf` the other).
+"""transformers' ViT, DeiT, Dinov2 (with registers too), ViTMSN, ViTMAE, BEiT and Data2VecVision checkpoints as
+data: which of their tensors make which of ours, in both directions (hf2torch reads the table one way, `export
+--to hf` the other).
 
 A `Pair` says that our tensors' rows, concatenated, are the same matrix as theirs concatenated: q, k and v
 are our fused qkv; the gate and up halves of Dinov2's SwiGLU are one packed fc1 on one side or the other.
@@ -24,13 +25,17 @@ import numpy as np
 from ..core.errors import VitConvertError
 from .mapping import IDENTITY, Op, Rule, Shape
 
-MODEL_TYPES = ("vit", "deit", "dinov2", "dinov2_with_registers", "vit_msn", "vit_mae", "vit-hybrid")
-# Which names each model type's tensors have: ViT's (ViTMSN and ViTMAE copy its modules) or Dinov2's.
+MODEL_TYPES = ("vit", "deit", "dinov2", "dinov2_with_registers", "vit_msn", "vit_mae", "vit-hybrid", "beit",
+               "data2vec-vision")
+# BEiT's and Data2VecVision's models are one architecture under two names (transformers copies one into the other).
+BEIT_TYPES = ("beit", "data2vec-vision")
+# Which names each model type's tensors have: ViT's (ViTMSN, ViTMAE and BEiT copy its modules) or Dinov2's.
 FAMILY = {"vit": "vit", "deit": "vit", "vit_msn": "vit", "vit_mae": "vit", "vit-hybrid": "vit", "dinov2": "dinov2",
-          "dinov2_with_registers": "dinov2"}
+          "dinov2_with_registers": "dinov2", "beit": "vit", "data2vec-vision": "vit"}
 # base_model_prefix: where a model with a head (or ViTMAE's decoder) keeps the encoder.
 BASE_PREFIX = {"vit": "vit.", "deit": "deit.", "vit_msn": "vit.", "vit_mae": "vit.", "vit-hybrid": "vit.",
-               "dinov2": "dinov2.", "dinov2_with_registers": "dinov2_with_registers."}
+               "dinov2": "dinov2.", "dinov2_with_registers": "dinov2_with_registers.", "beit": "beit.",
+               "data2vec-vision": "data2vec_vision."}
 # ViTHybrid's BiT backbone, under its patch embedding (transformers 4's deprecated vit_hybrid, whose forward is
 # ViT's on the backbone's last feature map: `backbone(pixel_values).feature_maps[-1]`, then `projection`).
 BIT = "embeddings.patch_embeddings.backbone.bit."
@@ -50,6 +55,11 @@ DEFAULTS["vit_msn"] = {**DEFAULTS["vit_mae"], "layer_norm_eps": 1e-6}
 DEFAULTS["dinov2_with_registers"] = {**DEFAULTS["dinov2"], "patch_size": 16, "num_register_tokens": 4}
 # ViTHybridConfig's (transformers 4.45, deprecated/vit_hybrid; transformers 5 has no such class to read them from)
 DEFAULTS["vit-hybrid"] = {**DEFAULTS["vit_mae"], "patch_size": 1}
+DEFAULTS["beit"] = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                        hidden_act="gelu", layer_norm_eps=1e-12, image_size=224, patch_size=16, num_channels=3,
+                        use_absolute_position_embeddings=False, use_relative_position_bias=False,
+                        use_shared_relative_position_bias=False, layer_scale_init_value=0.1, use_mean_pooling=True)
+DEFAULTS["data2vec-vision"] = DEFAULTS["beit"]
 # transformers' activation names (its ACT2FN) -> ours. The tanh forms are one function written several ways
 # (torch's kernel, or the formula in Python), equal up to float rounding.
 ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_python_tanh": "gelu_tanh",
@@ -63,7 +73,10 @@ ARCHITECTURES = {("vit", None): "ViTModel", ("vit", "classifier"): "ViTForImageC
                  ("dinov2_with_registers", None): "Dinov2WithRegistersModel", ("vit_msn", None): "ViTMSNModel",
                  ("vit_msn", "classifier"): "ViTMSNForImageClassification", ("vit_mae", None): "ViTMAEModel",
                  ("vit_mae", "decoder"): "ViTMAEForPreTraining", ("vit-hybrid", None): "ViTHybridModel",
-                 ("vit-hybrid", "classifier"): "ViTHybridForImageClassification"}
+                 ("vit-hybrid", "classifier"): "ViTHybridForImageClassification",
+                 ("beit", None): "BeitModel", ("beit", "classifier"): "BeitForImageClassification",
+                 ("beit", "mim"): "BeitForMaskedImageModeling", ("data2vec-vision", None): "Data2VecVisionModel",
+                 ("data2vec-vision", "classifier"): "Data2VecVisionForImageClassification"}
 # Held by transformers' Dinov2Model but used only in masked-image pre-training: left out of our files, and
 # written as zeros (transformers' own initial value) on export so that nothing loads uninitialised.
 UNUSED = {"dinov2": ("embeddings.mask_token",), "dinov2_with_registers": ("embeddings.mask_token",)}
@@ -75,7 +88,8 @@ class HfLayout:
     # Where the encoder's tensors are: '' in the bare encoders (ViTModel, ...), 'vit.' / 'deit.' under a head.
     prefix: str = ""
     # None; 'classifier' (on the class token); 'teacher' (DeiT's cls_classifier and distillation_classifier);
-    # 'decoder' (ViTMAEForPreTraining's pixel decoder, which is left out: the encoder converts).
+    # 'decoder' (ViTMAEForPreTraining's pixel decoder, which is left out: the encoder converts); 'mim'
+    # (BeitForMaskedImageModeling's lm_head, left out: the encoder and the head's norm convert).
     head: str | None = None
     pooler: bool = False  # ViTModel's and DeiTModel's pooler, Dense + tanh on the class token
     qkv_bias: bool = True
@@ -88,6 +102,16 @@ class HfLayout:
     # Where the encoder's layers are when not under `prefix`: transformers 5.25 saves ViTMSNForImageClassification's
     # as encoder.layer.N at the top (and loads them back so), beside vit.embeddings. None: under `prefix`.
     layer_prefix: str | None = None
+    # BEiT's optional parts (model_type beit, data2vec-vision; their config.json's use_* flags): the position
+    # embeddings, a relative position table per layer, one shared, the layer scales (lambda_1, lambda_2).
+    abs_pos: bool = True
+    rel_pos: bool = False
+    shared_rel_pos: bool = False
+    layer_scale: bool = False
+    # Where BEiT's final norm is: 'pooler' (after the mean of the patches: use_mean_pooling; our fc_norm),
+    # 'encoder' (on every token: our norm), 'mim' (BeitForMaskedImageModeling's own, on every token: our norm),
+    # 'none' (a BeitModel saved without its pooler, under mean pooling: no norm at all).
+    beit_norm: str = "none"
 
     @property
     def architecture(self) -> str:
@@ -96,6 +120,10 @@ class HfLayout:
     @property
     def family(self) -> str:
         return FAMILY[self.model_type]
+
+    @property
+    def beit(self) -> bool:
+        return self.model_type in BEIT_TYPES
 
 
 @dataclass(frozen=True)
@@ -124,12 +152,16 @@ def pairs(layout: HfLayout) -> list[Pair]:
     if layout.model_type == "dinov2_with_registers":  # the class token and its position: _registers_rules
         table.append(Pair(("reg_token",), (f"{emb}register_tokens",)))
     else:
-        table += [Pair(("cls_token",), (f"{emb}cls_token",)), Pair(("pos_embed",), (f"{emb}position_embeddings",))]
+        table.append(Pair(("cls_token",), (f"{emb}cls_token",)))
+        if layout.abs_pos:
+            table.append(Pair(("pos_embed",), (f"{emb}position_embeddings",)))
     if layout.model_type == "deit":
         table.append(Pair((layout.second_token,), (f"{emb}distillation_token",)))
+    if layout.beit:
+        table += _beit_pairs(layout, layer, q, v)
     for w in ("weight", "bias"):
         table.append(Pair((f"blocks.{{i}}.norm1.{w}",), (f"{layer}{norm1}.{w}",), "block"))
-        if w == "weight" or layout.qkv_bias:
+        if w == "weight" or layout.qkv_bias and not layout.beit:  # BEiT's q and v biases: _beit_pairs
             table.append(Pair((f"blocks.{{i}}.attn.qkv.{w}",), tuple(f"{layer}{n}.{w}" for n in (q, k, v)), "block"))
         table += [Pair((f"blocks.{{i}}.attn.proj.{w}",), (f"{layer}{o}.{w}",), "block"),
                   Pair((f"blocks.{{i}}.norm2.{w}",), (f"{layer}{norm2}.{w}",), "block")]
@@ -143,7 +175,12 @@ def pairs(layout: HfLayout) -> list[Pair]:
                            "block"),
                       Pair((f"blocks.{{i}}.mlp.fc2.{w}",),
                            (f"{layer}mlp.{'down_proj' if modular else 'weights_out'}.{w}",), "block")]
-        table.append(Pair((f"norm.{w}",), (f"{p}layernorm.{w}",)))
+        if not layout.beit:
+            table.append(Pair((f"norm.{w}",), (f"{p}layernorm.{w}",)))
+        elif layout.beit_norm != "none":
+            ours, theirs = {"pooler": ("fc_norm", f"{p}pooler.layernorm"), "encoder": ("norm", f"{p}layernorm"),
+                            "mim": ("norm", "layernorm")}[layout.beit_norm]
+            table.append(Pair((f"{ours}.{w}",), (f"{theirs}.{w}",)))
         if layout.pooler:
             table.append(Pair((f"pre_logits.fc.{w}",), (f"{p}pooler.dense.{w}",)))
         if layout.head == "classifier":
@@ -154,6 +191,22 @@ def pairs(layout: HfLayout) -> list[Pair]:
     if dinov2:
         table += [Pair((f"blocks.{{i}}.ls{n}.gamma",), (f"{layer}layer_scale{n}.lambda1",), "block") for n in (1, 2)]
     return table
+
+
+def _beit_pairs(layout: HfLayout, layer: str, q: str, v: str) -> list[Pair]:
+    """BEiT's own tensors: q and v biases (its keys have none), the layer scales, the relative position tables."""
+    p, table = layout.prefix, "relative_position_bias.relative_position_bias_table"
+    pairs_ = [Pair(("blocks.{i}.attn.q_bias",), (f"{layer}{q}.bias",), "block"),
+              Pair(("blocks.{i}.attn.v_bias",), (f"{layer}{v}.bias",), "block")]
+    if layout.layer_scale:
+        pairs_ += [Pair((f"blocks.{{i}}.ls{n}.gamma",), (f"{layer}lambda_{n}",), "block") for n in (1, 2)]
+    if layout.rel_pos:
+        theirs = f"{layer}{table}" if layout.modular else f"{layer}attention.attention.{table}"
+        pairs_.append(Pair(("blocks.{i}.attn.relative_position_bias_table",), (theirs,), "block"))
+    if layout.shared_rel_pos:
+        theirs = f"{p}shared_position_bias.relative_position_bias_table" if layout.modular else f"{p}encoder.{table}"
+        pairs_.append(Pair(("rel_pos_bias.relative_position_bias_table",), (theirs,)))
+    return pairs_
 
 
 def _rows(part: int, parts: int) -> Op:
@@ -258,15 +311,28 @@ def export_rules(layout: HfLayout) -> list[Rule]:
     return extra + _rules(pairs(layout), to_ours=False)
 
 
-def detect(model_type: str, shapes: Mapping[str, Shape], where: str) -> tuple[HfLayout, tuple[str, ...]]:
+POOLER = "the pooler beside the classifier: transformers' classification models do not run it"
+MASK_TOKENS = {"beit": "BEiT's mask_token: masked-image pre-training only",
+               "data2vec-vision": "Data2VecVision's mask_token: masked-image pre-training only"}
+MASK_TOKEN = "the mask_token: masked-image pre-training only"
+DECODER = "ViTMAEForPreTraining's decoder: it reconstructs masked pixels in pre-training; the encoder converts"
+INDEX_BUFFER = "relative_position_index: a buffer computed from the grid (older transformers saved it), not stored"
+LM_HEAD = "BEiT's lm_head: the pre-training classifier over the visual tokenizer's codes"
+
+
+def detect(model_type: str, shapes: Mapping[str, Shape], where: str) -> tuple[HfLayout, dict[str, str]]:
     """The layout of a checkpoint of `model_type` from its keys (which head, a pooler, which names), and the
-    keys transformers would not run, which are left out: a pooler beside a classifier (transformers builds
-    its classifiers without one) and Dinov2's mask token. qkv_bias and the MLP kind are the config's."""
+    keys transformers would not run, which are left out, each with its reason: a pooler beside a classifier
+    (transformers builds its classifiers without one), the mask tokens of masked-image pre-training, ViTMAE's
+    decoder, BEiT's relative_position_index buffers and pre-training lm_head. qkv_bias, the MLP kind and
+    BEiT's optional parts are the config's."""
     base = BASE_PREFIX[model_type]
     prefix = base if f"{base}embeddings.cls_token" in shapes else ""
     head = "teacher" if "cls_classifier.weight" in shapes else "classifier" if "classifier.weight" in shapes else None
     if model_type == "vit_mae" and any(k.startswith("decoder.") for k in shapes):
         head = "decoder"
+    if model_type == "beit" and "lm_head.weight" in shapes:
+        head = "mim"
     if FAMILY[model_type] == "dinov2" and head:
         name = ARCHITECTURES[(model_type, None)].removesuffix("Model")
         raise VitConvertError(
@@ -277,13 +343,17 @@ def detect(model_type: str, shapes: Mapping[str, Shape], where: str) -> tuple[Hf
         raise VitConvertError(f"{where}: a {model_type} checkpoint with a teacher's heads is not a model "
                               "transformers has")
     pooler = f"{prefix}pooler.dense.weight" in shapes
-    ignored = tuple(f"{prefix}{k}" for k in UNUSED.get(model_type, ()))
+    ignored = dict.fromkeys((f"{prefix}{k}" for k in UNUSED.get(model_type, ())), MASK_TOKEN)
     if pooler and head:
-        ignored += (f"{prefix}pooler.dense.weight", f"{prefix}pooler.dense.bias")
-    if model_type == "vit_msn" and f"{prefix}embeddings.mask_token" in shapes:  # ViTMSNModel(use_mask_token=True)
-        ignored += (f"{prefix}embeddings.mask_token",)
+        ignored |= dict.fromkeys((f"{prefix}pooler.dense.weight", f"{prefix}pooler.dense.bias"), POOLER)
+    # ViTMSNModel(use_mask_token=True), BEiT's use_mask_token
+    if model_type in ("vit_msn", *BEIT_TYPES) and f"{prefix}embeddings.mask_token" in shapes:
+        ignored[f"{prefix}embeddings.mask_token"] = MASK_TOKENS.get(model_type, MASK_TOKEN)
     if head == "decoder":
-        ignored += tuple(sorted(k for k in shapes if k.startswith("decoder.")))
+        ignored |= dict.fromkeys(sorted(k for k in shapes if k.startswith("decoder.")), DECODER)
+    if model_type in BEIT_TYPES:
+        ignored |= {k: INDEX_BUFFER for k in shapes if k.endswith("relative_position_index")}
+        ignored |= {k: LM_HEAD for k in shapes if k.startswith("lm_head.")}
     # The layers under the prefix, or (transformers 5.25's ViTMSN classifier) at the top beside it.
     layer_prefix = next((lp for lp in (prefix, "") for layers in ("layers", "encoder.layer")
                          if any(k.startswith(f"{lp}{layers}.0.") for k in shapes)), prefix)
@@ -291,7 +361,18 @@ def detect(model_type: str, shapes: Mapping[str, Shape], where: str) -> tuple[Hf
                   for layers in ("layers", "encoder.layer"))
     return HfLayout(model_type, prefix, head, pooler and not head, modular=modular,
                     second_token="dist_token" if head == "teacher" else "reg_token",
-                    layer_prefix=None if layer_prefix == prefix else layer_prefix), ignored
+                    layer_prefix=None if layer_prefix == prefix else layer_prefix,
+                    beit_norm=_beit_norm(prefix, shapes, where) if model_type in BEIT_TYPES else "none"), ignored
+
+
+def _beit_norm(prefix: str, shapes: Mapping[str, Shape], where: str) -> str:
+    """Where a BEiT checkpoint keeps its final norm (HfLayout.beit_norm), from its keys."""
+    found = [name for name, key in (("pooler", f"{prefix}pooler.layernorm.weight"),
+                                    ("encoder", f"{prefix}layernorm.weight"), ("mim", "layernorm.weight"))
+             if key in shapes and (name != "mim" or prefix)]
+    if len(found) > 1:
+        raise VitConvertError(f"{where}: BEiT with two final norms ({' and '.join(found)}): our model has one")
+    return found[0] if found else "none"
 
 
 def dinov2_mlp_hidden(hidden_size: int, mlp_ratio: float, swiglu: bool) -> int:

@@ -40,12 +40,16 @@ PROCESSORS["SiglipImageProcessor"] = dict(size={"height": 224, "width": 224}, re
                                           mean_std=IMAGENET_STANDARD, shortest=False)
 PROCESSORS["DINOv3ViTImageProcessor"] = dict(size={"height": 224, "width": 224}, resample=2, do_center_crop=False,
                                              mean_std=IMAGENET_DEFAULT, shortest=False)
+# BEiT's (Data2VecVision's too): ViT's but bicubic, a crop only when asked.
+PROCESSORS["BeitImageProcessor"] = dict(size={"height": 224, "width": 224}, crop_size={"height": 224, "width": 224},
+                                        resample=3, do_center_crop=False, mean_std=IMAGENET_STANDARD, shortest=False)
 # What transformers' AutoImageProcessor picks for a model type without a preprocessor_config.json of its own
 # (the processors the published checkpoints of each carry).
 DEFAULT_PROCESSOR = {"vit": "ViTImageProcessor", "deit": "DeiTImageProcessor", "dinov2": "BitImageProcessor",
                      "clip": "CLIPImageProcessor", "siglip": "SiglipImageProcessor", "siglip2": "SiglipImageProcessor",
                      "dinov2_with_registers": "BitImageProcessor", "vit_msn": "ViTImageProcessor",
-                     "vit_mae": "ViTImageProcessor", "vit-hybrid": "BitImageProcessor"}
+                     "vit_mae": "ViTImageProcessor", "vit-hybrid": "BitImageProcessor",
+                     "beit": "BeitImageProcessor", "data2vec-vision": "BeitImageProcessor"}
 
 
 def _processor_class(d: Mapping[str, Any]) -> str | None:

@@ -32,6 +32,7 @@ from ..formats.weights_file import Preprocess, WeightsRecord, label_set_for
 from .dinov3 import is_release as is_dinov3_release
 from .mapping import IDENTITY, Op, Rule, source_dims
 from .source import Detection, Option, Plan, Probe, Request, SourceFormat
+from .timm_beit import TABLE, beit_layout, rel_pos_tables
 
 if TYPE_CHECKING:
     import torch
@@ -153,9 +154,14 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]], where: str, num_he
     class_token, distilled = has("cls_token"), has("dist_token")
     reg_tokens = dims("reg_token", 3)[1] if has("reg_token") else 0
     final_norm, fc_norm = has("norm.weight") or has("fc_norm.weight"), has("fc_norm.weight")
+    beit = any(k.endswith(TABLE) for k in shapes)  # timm's Beit, whose relative position tables show it
     if has("attn_pool.latent"):
         pool = "map"
         missing.append("the activation of its attention-pooling model (SigLIP: gelu or gelu_tanh)")
+    elif class_token and fc_norm and beit:  # Beit's fc_norm comes with its mean pooling unless told otherwise
+        pool = "gap"
+        unseen.append("pool")
+        assumed.append("pooling 'gap' (the mean of the patch tokens, timm's Beit with fc_norm)")
     elif class_token and fc_norm:
         pool = "gap"
         unseen.append("pool")
@@ -187,9 +193,17 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]], where: str, num_he
                            + f" its {prefix} prefix token(s)")
         if prefix == 0:
             unseen.append("no_embed_class")  # nothing to leave out: both readings are one model
-    else:
+    elif not beit:
         unseen += ["img_size", "no_embed_class"]
         missing.append("the input size (there is no pos_embed)")
+    rel_pos_bias, shared_rel_pos_bias, table_grid, table_heads = rel_pos_tables(
+        shapes, where, grid if has("pos_embed") and "img_size" not in unseen else None)
+    grid = table_grid or grid
+    if table_heads is not None:  # a table has a column per head
+        if num_heads not in (None, table_heads):
+            raise VitConvertError(f"{where}: {num_heads} heads given, but its relative position tables have "
+                                  f"{table_heads} (one column per head)")
+        num_heads = table_heads
 
     if has(attn + "q_norm.weight"):  # per-head norms show the head width
         head_dim = dims(attn + "q_norm.weight", 1)[0]
@@ -221,7 +235,8 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]], where: str, num_he
             embed_dim=dim, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
             num_classes=dims("head.weight", 2)[0] if has("head.weight") else 0, pool=pool, fc_norm=fc_norm,
             representation_size=pre[0] if pre else None, distilled=distilled,
-            qkv_bias=has(b + ("in_proj.bias" if block == "parallel" else "attn.qkv.bias")),
+            qkv_bias=has(b + ("in_proj.bias" if block == "parallel" else "attn.qkv.bias")) or has(b + "attn.q_bias"),
+            k_bias=not has(b + "attn.q_bias"),  # Beit's (and Eva's) q and v biases beside a bias-free qkv
             no_embed_class=no_embed_class, hybrid_layers=hybrid_layers, hybrid_width=hybrid_width,
             hybrid_gn_eps=ViTConfig.hybrid_gn_eps if stem is None else TIMM_GN_EPS, class_token=class_token,
             reg_tokens=reg_tokens, final_norm=final_norm,
@@ -230,7 +245,7 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]], where: str, num_he
             norm=norm, layer_scale=has(b + "ls1.gamma") or has(b + "ls.gamma"), qk_norm=has(attn + "q_norm.weight"),
             scale_attn_norm=has(b + "attn.norm.weight"), scale_mlp_norm=has(b + "mlp.norm.weight"),
             proj_bias=has(b + ("attn_out_proj.bias" if block == "parallel" else "attn.proj.bias")), mlp=mlp,
-            block=block)
+            block=block, rel_pos_bias=rel_pos_bias, shared_rel_pos_bias=shared_rel_pos_bias)
     except VitConvertError as e:  # shapes that make no model: say which file they came from
         raise VitConvertError(f"{where}: {e}") from None
     return Inferred(cfg, tuple(unseen), tuple(missing), tuple(assumed), shapes.get("pos_embed"))
@@ -265,11 +280,11 @@ DINOV2_MASK = "DINOv2's mask_token: used in masked-image training only"
 
 def release_layout(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool, list[str], dict[str, str]]:
     """The tensors in timm's names, for DINO's and DINOv2's own release files: DINO's 'backbone.' prefix
-    taken off and its projection head ('head.*') left out; DINOv2's release read as timm reads it. Returns
+    taken off and its projection head ('head.*') left out; DINOv2's release read as timm reads it; a Beit's
+    in our names (timm_beit.beit_layout: its layer scales, what its pre-training alone uses). Returns
     the tensors, whether it is a DINO (v1) backbone, notes, and the keys left out with their reasons."""
+    tensors, notes, left_out = beit_layout(tensors)  # its mask_token is BEiT's, not DINOv2's
     dino = "patch_embed.proj.weight" not in tensors and "backbone.patch_embed.proj.weight" in tensors
-    notes: list[str] = []
-    left_out: dict[str, str] = {}
     if dino:
         head = [k for k in tensors if k.startswith("head.")]
         left_out.update(dict.fromkeys(head, DINO_HEAD))
@@ -352,15 +367,19 @@ def _detect(probe: Probe) -> Detection | None:
     from .timm_eva import has_eva_marks
 
     mark = next((k for k in TIMM_MARKS if k in probe.keys), None)
+    # A Beit has Eva's marks (gamma_1, q_bias) too, and relative position tables, which no Eva has.
+    beit = any(k.endswith(TABLE) for k in probe.keys)
     if mark is None or not any(k.startswith(("blocks.", "backbone.blocks.")) for k in probe.keys) \
-            or has_eva_marks(probe.keys) or is_dinov3_release(probe.keys):  # timm-eva's, dinov3's
+            or has_eva_marks(probe.keys) and not beit or is_dinov3_release(probe.keys):  # timm-eva's, dinov3's
         return None
-    dino = " (DINO's backbone)" if mark.startswith("backbone.") else ""
+    dino = " (DINO's backbone)" if mark.startswith("backbone.") else " (a Beit's relative position tables)" if beit \
+        else ""
     return Detection(1.0, f"a state dict with {mark} and blocks.N.*{dino}")
 
 
 TIMM = SourceFormat(
-    name="timm", summary="timm VisionTransformer state dicts (.pth, .bin, .safetensors), DINO and DINOv2 included",
+    name="timm", summary="timm VisionTransformer and Beit state dicts (.pth, .bin, .safetensors), DINO and DINOv2 "
+                         "included",
     detect=_detect, open=TimmReader, plan=_plan,
     options=(Option("model", "--model", "timm's model name (with tag): what the tensors do not show"),
              Option("num_heads", "--heads", "attention heads, for a width that is not a standard one"),

@@ -30,6 +30,7 @@ from ..core.param_shapes import param_shapes
 from ..formats.weights_file import Preprocess, label_set_for
 from .mapping import IDENTITY, Op, Rule, Shape
 from .source import Detection, Option, Plan, Probe, Request, SourceFormat
+from .timm_beit import TABLE
 
 if TYPE_CHECKING:
     from .timm import TimmReader
@@ -105,9 +106,13 @@ def _rules(sources: Mapping[str, tuple[str, ...]], targets: Sequence[str]) -> li
 
 
 def _plan(reader: TimmReader, request: Request) -> Plan:
-    from .timm_models import timm_pretrained
+    from .timm_models import builds_eva, timm_pretrained
 
     src, model = reader.path, request.options.get("model")
+    if model and not builds_eva(model):  # Eva's marks, but a model of timm's VisionTransformer or Beit named
+        from .timm import TIMM
+
+        return TIMM.plan(reader, request)
     sources = eva_sources(reader.shapes.keys())
     notes = list(reader.notes)
     if model:
@@ -165,6 +170,8 @@ def _detect(probe: Probe) -> Detection | None:
     if probe.kind.kind not in ("pickle", "torch-zip", "safetensors") or "patch_embed.proj.weight" not in probe.keys:
         return None
     mark = next((k for k in sorted(probe.keys) if EVA_MARKS.match(k)), None)
+    if any(k.endswith(TABLE) for k in probe.keys):  # a Beit's relative position tables: the timm format's
+        return None
     return None if mark is None else Detection(1.0, f"a timm state dict with Eva's {mark}")
 
 
@@ -181,4 +188,4 @@ TIMM_EVA = SourceFormat(
              Option("timm_kwargs", "", "given to timm.create_model with the model name (Python only)")),
     example="vitconvert convert eva02_base.safetensors eva02-b.safetensors --model eva02_base_patch14_224",
     looks_for="a state dict with patch_embed.proj.weight and Eva's blocks.N.gamma_1, attn.q_bias, attn.q_proj or "
-              "rope.freqs")
+              "rope.freqs, and no relative position tables (a Beit's: the timm format's)")

@@ -36,16 +36,19 @@ def create_timm_model(name: str, *, meta: bool = False, **kwargs: Any) -> torch.
 def timm_config(model: torch.nn.Module, name: str) -> ViTConfig:
     """The architecture of timm's `model` (built as `name`) as our config; an error naming what in it
     our ViT cannot express. Reads no weights: works on the meta device."""
+    from timm.models.beit import Beit
     from timm.models.deit import VisionTransformerDistilled
     from timm.models.eva import Eva
     from timm.models.vision_transformer import VisionTransformer
 
+    if isinstance(model, Beit):
+        return _beit_config(model, name)
     if isinstance(model, Eva):
         from .timm_eva_models import eva_config
 
         return eva_config(model, name)
     if not isinstance(model, VisionTransformer):
-        raise VitConvertError(f"timm's {name} is a {type(model).__name__}, not a VisionTransformer or an Eva: "
+        raise VitConvertError(f"timm's {name} is a {type(model).__name__}, not a VisionTransformer, a Beit or an Eva: "
                               "vitconvert converts and runs ViTs only")
     problems = _unsupported(model)
     if problems:
@@ -92,6 +95,48 @@ def check_same_parameters(name: str, family: str, theirs: Mapping[str, tuple[int
             ("parameters it lacks", name_list(set(ours) - set(theirs))),
             ("parameters of other shapes", "; ".join(wrong[:4]))) if text]
         raise VitConvertError(f"timm's {name} is {family} variant vitconvert cannot express: {'; '.join(parts)}")
+
+
+
+def _beit_config(model: torch.nn.Module, name: str) -> ViTConfig:
+    """The architecture of timm's Beit `model` (timm/models/beit.py) as our config: pre-norm blocks with q and v
+    biases, layer scale, relative position tables per block or shared, the class token, mean pooling with its
+    fc_norm or the class token after the final norm."""
+    from timm.layers import Mlp, SwiGLU
+    from timm.models.beit import Attention, Block
+
+    from .timm_beit import beit_layout
+
+    block = model.blocks[0]
+    attn, mlp = block.attn, block.mlp
+    kinds = {f"{type(b).__name__}/{type(b.attn).__name__}/{type(b.mlp).__name__}" for b in model.blocks}
+    if kinds - {f"{Block.__name__}/{Attention.__name__}/{t.__name__}" for t in (Mlp, SwiGLU)} or len(kinds) > 1:
+        raise VitConvertError(f"timm's {name} is a Beit of other blocks than timm's Beit builds: {', '.join(kinds)}")
+    if type(model.patch_embed).__name__ != "PatchEmbed" or getattr(model.patch_embed, "dynamic_img_pad", False):
+        raise VitConvertError(f"timm's {name} has a patch embedding vitconvert does not run")
+    act = _activation(mlp.act)
+    if act is None:
+        raise VitConvertError(f"timm's {name} is a Beit with activation {type(mlp.act).__name__}")
+    pools = {"avg": "gap", "token": "token", "": "none"}
+    try:
+        cfg = ViTConfig(
+            img_size=tuple(model.patch_embed.img_size), patch_size=tuple(model.patch_embed.patch_size),
+            in_chans=model.in_chans, embed_dim=model.embed_dim, depth=len(model.blocks), num_heads=attn.num_heads,
+            mlp_dim=(mlp.fc1_g if hasattr(mlp, "fc1_g") else mlp.fc1).out_features, num_classes=model.num_classes,
+            pool=pools[model.global_pool], fc_norm=not _absent(model.fc_norm), class_token=True,
+            qkv_bias=attn.q_bias is not None, k_bias=attn.q_bias is None, ln_eps=block.norm1.eps, act=act,
+            pos_embed="none" if model.pos_embed is None else "learn", layer_scale=block.gamma_1 is not None,
+            scale_mlp_norm=not _absent(mlp.norm), mlp=_mlp_kind(mlp), rel_pos_bias=attn.window_size is not None,
+            shared_rel_pos_bias=model.rel_pos_bias is not None, rel_pos_resize="timm")
+    except VitConvertError as e:
+        raise VitConvertError(f"timm's {name}: {e}") from None
+    # Every norm of ours is of one eps: timm's Beit builds them all from one norm_layer, but a caller's may differ.
+    eps = {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
+    if len(eps) > 1:
+        raise VitConvertError(f"timm's {name} has norm layers of different eps ({', '.join(map(str, sorted(eps)))})")
+    ours = beit_layout(model.state_dict())[0]  # in our names
+    check_same_parameters(name, "a Beit", {k: tuple(v.shape) for k, v in ours.items()}, cfg)
+    return cfg
 
 
 def builds_eva(name: str) -> bool:
@@ -261,6 +306,25 @@ def _comparable(cfg: ViTConfig) -> dict[str, Any]:
     d = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
     d["class_token"] = cfg.has_class_token
     return d
+
+
+def is_beit(model: torch.nn.Module) -> bool:
+    """timm's Beit (timm/models/beit.py), whose blocks take no act_layer and whose state dict names differ."""
+    from timm.models.beit import Beit
+
+    return isinstance(model, Beit)
+
+
+def to_timm_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors in our names as timm's `model` loads them: in its family's names, through its own checkpoint
+    filter (which resamples what the model's input size needs)."""
+    from timm.models import beit, vision_transformer
+
+    from .timm_beit import to_timm_names
+
+    if is_beit(model):
+        return beit.checkpoint_filter_fn(to_timm_names(state), model)
+    return vision_transformer.checkpoint_filter_fn(dict(state), model)
 
 
 def is_dino_tag(model_name: str) -> bool:

@@ -61,6 +61,10 @@ GRID_INDEXINGS: tuple[GridIndexing, ...] = get_args(GridIndexing)
 # How DINOv3's centred coordinates are divided: each axis by its own size, or both by the smaller or larger.
 RopeNormalize = Literal["separate", "min", "max"]
 ROPE_NORMALIZES: tuple[RopeNormalize, ...] = get_args(RopeNormalize)
+# How a relative position bias table is resampled for another grid: the rules of model/relpos.py (its
+# RESIZERS, which a test holds equal to these), timm's and transformers'.
+RelPosResize = Literal["timm", "transformers"]
+REL_POS_RESIZES: tuple[RelPosResize, ...] = get_args(RelPosResize)
 
 # name -> (embed_dim, depth, num_heads, mlp_dim), as in the ViT and DeiT papers.
 WIDTHS: dict[str, tuple[int, int, int, int]] = {
@@ -77,11 +81,13 @@ _POSITIVE_INTS = ("in_chans", "embed_dim", "depth", "num_heads", "mlp_dim", "hyb
 _COUNTS = ("num_classes", "reg_tokens")  # zero allowed
 _BOOLS = ("fc_norm", "distilled", "qkv_bias", "no_embed_class", "pool_include_prefix", "final_norm", "pre_norm",
           "patch_bias", "patch_norm", "layer_scale", "qk_norm", "scale_attn_norm", "scale_mlp_norm", "proj_bias",
-          "patch_pre_norm", "k_bias", "mlp_layer_scale", "rope_rotate_half")
+          "patch_pre_norm", "k_bias", "mlp_layer_scale", "rope_rotate_half", "rel_pos_bias",
+          "shared_rel_pos_bias")
 _CHOICES = {"pool": POOLS, "act": ACTIVATIONS, "norm": NORMS, "mlp": MLPS, "block": BLOCK_KINDS,
             "pos_embed": POS_EMBEDS, "pos_resize": POS_RESIZES, "hybrid_variant": HYBRID_VARIANTS,
             "head_norm": HEAD_NORMS, "pre_logits_act": PRE_LOGITS_ACTS,
-            "rope": ROPE_KINDS, "rope_grid_indexing": GRID_INDEXINGS, "rope_normalize_coords": ROPE_NORMALIZES}
+            "rope": ROPE_KINDS, "rope_grid_indexing": GRID_INDEXINGS, "rope_normalize_coords": ROPE_NORMALIZES,
+            "rel_pos_resize": REL_POS_RESIZES}
 
 
 @dataclass(frozen=True)
@@ -310,6 +316,24 @@ class ViTConfig:
     (x_i, x_{i + head_dim / 2}), as in DINOv3 and LLaMA. Set by: timm (Eva: rope_rotate_half)."""
     rope_normalize_coords: RopeNormalize = "separate"
     """dinov3: what the centred coordinates are divided by (see RopeNormalize). Set by: timm ('separate')."""
+    rel_pos_bias: bool = False
+    """A relative position bias table in every block's attention (blocks.N.attn.relative_position_bias_table,
+    model/relpos.py): per head, one learned attention-logit bias for each offset between two patches and three
+    for the class token (BEiT's). Needs the class token and no other prefix token.
+
+    Set by: timm (Beit's use_rel_pos_bias), transformers (Beit's and Data2VecVision's
+    use_relative_position_bias)."""
+    shared_rel_pos_bias: bool = False
+    """One such table for all the blocks (rel_pos_bias.relative_position_bias_table), added to the attention
+    logits of each, after a block's own where it has one too.
+
+    Set by: timm (Beit's use_shared_rel_pos_bias), transformers (use_shared_relative_position_bias)."""
+    rel_pos_resize: RelPosResize = "timm"
+    """How the relative position tables are resampled for another input size (model/relpos.py): 'timm' (BEiT's
+    geometric-progression rule, timm's resize_rel_pos_bias_table) or 'transformers' (bilinear, as
+    BeitRelativePositionBias does at every forward).
+
+    Set by: timm ('timm'), transformers ('transformers')."""
 
     def __post_init__(self) -> None:
         # Types first: a config also comes from a file's JSON, and a wrong type must be a clear
@@ -354,6 +378,12 @@ class ViTConfig:
         if self.pre_logits_act != "tanh" and not self.representation_size:
             problems.append("pre_logits_act is the representation layer's activation: it needs representation_size")
         problems += self._rope_attention_problems()
+        if (self.rel_pos_bias or self.shared_rel_pos_bias) and not (self.has_class_token and
+                                                                  self.num_prefix_tokens == 1):
+            problems.append("a relative position bias table has rows for one class token: it needs the class "
+                            "token and no register or distillation token")
+        if (self.rel_pos_bias or self.shared_rel_pos_bias) and self.block == "parallel":
+            problems.append("parallel blocks take no relative position bias")
         if self.pos_embed == "sincos2d" and (self.embed_dim % 4 or self.embed_dim < 8):
             problems.append(f"a sincos2d position embedding needs embed_dim a multiple of 4 and >= 8 "
                             f"(sin and cos of each axis), got {self.embed_dim}")
@@ -528,9 +558,9 @@ class ViTConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON values; those added with timm's family (`SINCE_FAMILY`) and after it
-        (`SINCE_TORCH_SOURCES`, `SINCE_ROPE`, `SINCE_ZEROSHOT`) only where they are not their default, so a model
-        that was expressible before is written as it was."""
-        later = {**SINCE_FAMILY, **SINCE_TORCH_SOURCES, **SINCE_ROPE, **SINCE_ZEROSHOT}
+        (`SINCE_TORCH_SOURCES`, `SINCE_ROPE`, `SINCE_ZEROSHOT`, `SINCE_BEIT`) only where they are not their
+        default, so a model that was expressible before is written as it was."""
+        later = {**SINCE_FAMILY, **SINCE_TORCH_SOURCES, **SINCE_ROPE, **SINCE_ZEROSHOT, **SINCE_BEIT}
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in later or v != later[k]}
         for name in TUPLE_FIELDS:
             if isinstance(d.get(name), tuple):
@@ -572,6 +602,9 @@ SINCE_ZEROSHOT = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.
 SINCE_ROPE = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in (
     "k_bias", "kv_heads", "mlp_layer_scale", "pool_heads", "pool_mlp_dim", "rope", "rope_temperature",
     "rope_ref_grid", "rope_grid_offset", "rope_grid_indexing", "rope_rotate_half", "rope_normalize_coords")}
+# The fields added for BEiT (timm's Beit, transformers' Beit and Data2VecVision).
+SINCE_BEIT = {f.name: f.default for f in dataclasses.fields(ViTConfig) if f.name in (
+    "rel_pos_bias", "shared_rel_pos_bias", "rel_pos_resize")}
 # Fields JSON holds as lists.
 TUPLE_FIELDS = ("img_size", "patch_size", "hybrid_layers", "kv_heads", "rope_ref_grid")
 
@@ -603,6 +636,8 @@ def timm_incompatibilities(cfg: ViTConfig) -> list[str]:
         reasons.append("layer scale on the attention branch only")
     if cfg.pool == "map" and (cfg.pool_heads or cfg.pool_mlp_dim):
         reasons.append("an attention pooling of other heads or MLP width than the blocks'")
+    if cfg.rel_pos_bias or cfg.shared_rel_pos_bias:
+        reasons.append("relative position bias tables (timm's Beit has them, its VisionTransformer does not)")
     if cfg.hybrid_variant == "jeonsworld":
         reasons.append("jeonsworld's ResNet (timm loads its tensors but pads and normalizes otherwise: other outputs)")
     return reasons

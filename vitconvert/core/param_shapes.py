@@ -44,6 +44,8 @@ def param_shapes(cfg: ViTConfig) -> Shapes:
         shapes["rope.freqs"] = (2, cfg.depth, cfg.num_heads, cfg.head_dim // 2)
     if cfg.pre_norm:
         norm(shapes, "norm_pre", d)
+    if cfg.shared_rel_pos_bias:
+        shapes["rel_pos_bias.relative_position_bias_table"] = rel_pos_table_shape(cfg)
     for i in range(cfg.depth):
         _block(shapes, cfg, i, norm)
     if cfg.final_norm and not cfg.fc_norm:
@@ -95,12 +97,25 @@ def _mlp(shapes: Shapes, cfg: ViTConfig, b: str, norm: NormShapes) -> None:
     _linear(shapes, f"{b}.mlp.fc2", hidden, d, cfg.proj_bias)
 
 
+def rel_pos_table_rows(grid: tuple[int, int]) -> int:
+    """Rows of a relative position bias table for a (rows, cols) patch grid: one per offset between two
+    patches, and three for the class token (model/relpos.py)."""
+    return (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
+
+
+def rel_pos_table_shape(cfg: ViTConfig) -> tuple[int, int]:
+    """(rows, heads) of the relative position bias tables `cfg` stores, for its own grid."""
+    return rel_pos_table_rows(cfg.grid_size), cfg.num_heads
+
+
 def _attention(shapes: Shapes, cfg: ViTConfig, i: int, norm: NormShapes) -> None:
     d, inner, b = cfg.embed_dim, cfg.attn_dim, f"blocks.{i}"
     kv = cfg.block_kv_heads(i) * cfg.head_dim
     if cfg.qkv_bias and not cfg.k_bias:  # the attention's own parameters come before its qkv's
         shapes[f"{b}.attn.q_bias"] = (inner,)
         shapes[f"{b}.attn.v_bias"] = (kv,)
+    if cfg.rel_pos_bias:
+        shapes[f"{b}.attn.relative_position_bias_table"] = rel_pos_table_shape(cfg)
     _linear(shapes, f"{b}.attn.qkv", d, inner + 2 * kv, cfg.qkv_bias and cfg.k_bias)
     if cfg.qk_norm:
         norm(shapes, f"{b}.attn.q_norm", cfg.head_dim)

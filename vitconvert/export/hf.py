@@ -4,12 +4,12 @@ preprocessor_config.json.
 
 The model is written as the transformers class that computes what ours does: ViT (with the pooler for a
 representation layer), DeiT (distilled, or with the unread second token as a register token), Dinov2
-(layer scale, SwiGLU) or Dinov2WithRegisters (with register tokens); ViTMSN's classes, which compute what
-ViT's do without a pooler, where the file came from one or they are asked for (`architecture=`). What none
-of them expresses is refused, every reason named, before anything is written: a directory that loads and
-computes something else would be worse than none. The tensors stream from our file through `hf_layouts`'
-table (the one hf2torch reads) into the output one at a time; numpy only, and the directory appears under
-its name only when complete.
+(layer scale, SwiGLU), Dinov2WithRegisters (with register tokens) or BEiT (relative position tables, q and
+v biases, mean pooling with its norm); ViTMSN's classes, which compute what ViT's do without a pooler, where
+the file came from one or they are asked for (`architecture=`). What none of them expresses is refused,
+every reason named, before anything is written: a directory that loads and computes something else would be
+worse than none. The tensors stream from our file through `hf_layouts`' table (the one hf2torch reads) into
+the output one at a time; numpy only, and the directory appears under its name only when complete.
 """
 
 from __future__ import annotations
@@ -109,6 +109,49 @@ def _with_registers(cfg: ViTConfig) -> bool:
     return cfg.layer_scale and cfg.reg_tokens > 0 and cfg.no_embed_class and cfg.has_class_token
 
 
+def is_beit(cfg: ViTConfig) -> bool:
+    """Whether `cfg` needs transformers' BEiT: relative position tables, q and v biases without a key bias, or
+    the mean of the patches after a class token, normed after the pooling (BEiT's use_mean_pooling)."""
+    return cfg.rel_pos_bias or cfg.shared_rel_pos_bias or (cfg.qkv_bias and not cfg.k_bias) or (
+        cfg.pool == "gap" and cfg.fc_norm and cfg.has_class_token)
+
+
+def beit_unexpressible(cfg: ViTConfig) -> list[str]:
+    """What in a BEiT-like `cfg` transformers' BeitModel and BeitForImageClassification do not compute."""
+    gh, gw = cfg.grid_size
+    checks = [
+        (not (cfg.has_class_token and cfg.num_prefix_tokens == 1), "prefix tokens other than BEiT's one class token"),
+        (cfg.pool not in ("token", "gap"), f"pooling {cfg.pool!r}: BEiT reads the class token or the patches' mean"),
+        (cfg.pool == "gap" and (not cfg.fc_norm or cfg.pool_include_prefix),
+         "a mean pooling other than BEiT's (the patch tokens' mean, then its norm)"),
+        (cfg.pool == "token" and cfg.fc_norm, "a norm after the class token: BEiT normalises every token before it"),
+        (not cfg.final_norm, "no final norm: transformers' BEiT ends in a LayerNorm"),
+        (not cfg.qkv_bias or cfg.k_bias, ("attention biases other than BEiT's (on the queries and values, none on the "
+                                          "keys)")),
+        ((cfg.rel_pos_bias or cfg.shared_rel_pos_bias) and gh != gw,
+         (f"a relative position table for a {gh}x{gw} grid: transformers' BEiT reads one of a non-square grid "
+          "transposed")),
+        (not isinstance(cfg.patch_size, int), "non-square patches: transformers' BEiT divides by one patch size"),
+        (cfg.hybrid_layers is not None, "a ResNet stem before the patch embedding"),
+        (cfg.norm != "layernorm", f"{cfg.norm} layers: BEiT normalises with LayerNorm"),
+        (cfg.block != "pre_norm", f"{cfg.block} blocks: BEiT's blocks are pre-norm"),
+        (cfg.pre_norm or cfg.patch_norm or cfg.patch_pre_norm or cfg.qk_norm or cfg.scale_attn_norm
+         or cfg.scale_mlp_norm, "norms BEiT has not (before the blocks, in the patch embedding, on q and k, in "
+                                "the attention or the MLP)"),
+        (not cfg.patch_bias or not cfg.proj_bias, "projections without bias"),
+        (cfg.pos_embed == "sincos2d" or cfg.no_embed_class, "a position embedding other than BEiT's learned one"),
+        (cfg.mlp != "mlp", f"a {cfg.mlp} MLP: BEiT's is fc1, activation, fc2"),
+        (cfg.attn_head_dim is not None or cfg.kv_heads is not None, "attention heads not of the width's split"),
+        (cfg.rope != "none", "rotary position embeddings"),
+        (cfg.layer_scale and not cfg.mlp_layer_scale, "layer scale on the attention branch only"),
+        (bool(cfg.representation_size), "a representation layer: BEiT's pooler has none"),
+        (cfg.head_norm != "none", "a head on the unit-length features (a zero-shot classifier): transformers' "
+                                  "classifiers read the features as they are"),
+        (cfg.act not in hf_layouts.EXPORT_ACTIVATIONS, f"activation {cfg.act}"),
+    ]
+    return [why for failed, why in checks if failed]
+
+
 def _hidden(cfg: ViTConfig) -> int:
     """The MLP's hidden width as transformers counts it (a packed SwiGLU's fc1 holds two of them)."""
     return cfg.mlp_dim // 2 if cfg.mlp == "swiglu_packed" else cfg.mlp_dim
@@ -116,11 +159,16 @@ def _hidden(cfg: ViTConfig) -> int:
 
 def target_layout(cfg: ViTConfig, features: bool = False, where: str = "model") -> HfLayout:
     """The transformers model that computes what `cfg` does (its features only, with `features`)."""
-    problems = unexpressible(cfg, features)
+    problems = beit_unexpressible(cfg) if is_beit(cfg) else unexpressible(cfg, features)
     if problems:
         raise VitConvertError(f"{where}: transformers cannot express this model: {'; '.join(problems)}; "
                               "nothing was written")
     head = cfg.num_classes > 0 and not features
+    if is_beit(cfg):
+        return HfLayout("beit", "beit." if head else "", "classifier" if head else None, qkv_bias=True,
+                        abs_pos=cfg.pos_embed == "learn", rel_pos=cfg.rel_pos_bias,
+                        shared_rel_pos=cfg.shared_rel_pos_bias, layer_scale=cfg.layer_scale,
+                        beit_norm="pooler" if cfg.pool == "gap" else "encoder")
     if cfg.layer_scale:
         return HfLayout("dinov2_with_registers" if cfg.reg_tokens else "dinov2", qkv_bias=cfg.qkv_bias, mlp=cfg.mlp)
     if cfg.distilled or cfg.reg_tokens:
@@ -164,7 +212,13 @@ def hf_config(record: WeightsRecord, layout: HfLayout, dtype: str) -> dict[str, 
         else list(cfg.patch_size), "num_channels": cfg.in_chans, "qkv_bias": cfg.qkv_bias,
         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "dtype": dtype,
     }
-    if layout.family == "dinov2":
+    if layout.beit:
+        del d["qkv_bias"]  # BEiT's queries and values have a bias, its keys none
+        d.update(intermediate_size=cfg.mlp_dim, use_absolute_position_embeddings=layout.abs_pos,
+                 use_relative_position_bias=layout.rel_pos, use_shared_relative_position_bias=layout.shared_rel_pos,
+                 layer_scale_init_value=0.1 if layout.layer_scale else 0.0, use_mean_pooling=cfg.pool == "gap",
+                 use_mask_token=False, drop_path_rate=0.0)
+    elif layout.family == "dinov2":
         d.update(mlp_ratio=hf_layouts.dinov2_mlp_ratio(cfg.embed_dim, _hidden(cfg), cfg.mlp != "mlp"),
                  use_swiglu_ffn=cfg.mlp != "mlp", layerscale_value=1.0, drop_path_rate=0.0)
         d.update(num_register_tokens=cfg.reg_tokens) if cfg.reg_tokens else d.update(use_mask_token=True)
@@ -247,12 +301,27 @@ def export_hf(src: str | os.PathLike, dst: str | os.PathLike, *, features: bool 
     specs += [TensorSpec(name, (1, record.config.embed_dim), lambda d=record.config.embed_dim: np.zeros((1, d)))
               for name in hf_layouts.UNUSED.get(layout.model_type, ())]
     processor, notes = processor_for(record.preprocess)
+    if layout.beit:
+        notes += _beit_resize_notes(record.config)
     with atomic_directory(dst, force, replaceable=frozenset(FILES).__contains__) as tmp:
         _write_json(tmp / "config.json", hf_config(record, layout, dtype))
         _write_json(tmp / "preprocessor_config.json", processor)
         write_safetensors(tmp / "model.safetensors", specs, dtype, {"format": "pt"})
     return HfExport(path=Path(dst), architecture=layout.architecture, model_type=layout.model_type,
                     processor=processor["image_processor_type"], files=FILES, notes=tuple(notes))
+
+
+def _beit_resize_notes(cfg: ViTConfig) -> list[str]:
+    """Where transformers' BEiT resamples for other input sizes otherwise than the file says (at its own size the
+    two are the same)."""
+    notes = []
+    if (cfg.rel_pos_bias or cfg.shared_rel_pos_bias) and cfg.rel_pos_resize != "transformers":
+        notes.append(f"at other input sizes transformers resamples the relative position tables bilinearly, the file "
+                     f"by {cfg.rel_pos_resize}'s rule")
+    if cfg.pos_embed == "learn" and cfg.pos_resize != "transformers":
+        notes.append(f"at other input sizes transformers resamples the position embeddings its own way, the file by "
+                     f"{cfg.pos_resize!r}")
+    return notes
 
 
 def _dtype(reader: SafetensorsReader) -> str:

@@ -18,16 +18,24 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..conversion.timm_models import Difference, architecture_differences, create_timm_model, timm_config
+from ..conversion.timm_models import (
+    Difference,
+    architecture_differences,
+    create_timm_model,
+    is_beit,
+    timm_config,
+    to_timm_state,
+)
 from ..core.config import ACTIVATIONS, ViTConfig
 from ..core.errors import VitConvertError
 from ..model.loading import at_size, build_with_weights, load_state_dict
 
 # Numerics that --timm-act match gives timm's model from our file, so no difference of architectures: the
 # activation (our names are timm's act_layer names) and a hybrid ResNet's GroupNorm eps. How a file resamples
-# position embeddings at another size is no part of the architecture timm builds either.
+# position embeddings and relative position tables at another size is no part of the architecture timm builds
+# either.
 MATCHED = ("act", "hybrid_gn_eps")
-NOT_ARCHITECTURE = ("pos_resize",)
+NOT_ARCHITECTURE = ("pos_resize", "rel_pos_resize")
 
 
 @dataclass(frozen=True)
@@ -96,12 +104,12 @@ def load_timm_weights(model: torch.nn.Module, name: str, native: ViTConfig, sour
 
     native: the architecture of timm's `name`, which the original must have: timm's loaders copy
     whatever fits (the npz loader) or resample (the filter), so it is checked first."""
-    from timm.models.vision_transformer import _load_weights, checkpoint_filter_fn
+    from timm.models.vision_transformer import _load_weights
 
     if type(model).__name__ == "Eva":
         return _load_eva_weights(model, name, source, ours_state)
     if source is None:
-        _load_checked(model, checkpoint_filter_fn(ours_state, model), "our file", name)
+        _load_checked(model, to_timm_state(model, ours_state), "our file", name)
         return "our file, through timm's checkpoint_filter_fn"
     if source.suffix == ".npz":
         from ..conversion import jax_layouts
@@ -121,7 +129,7 @@ def load_timm_weights(model: torch.nn.Module, name: str, native: ViTConfig, sour
     inferred = config_from_shapes({k: tuple(v.shape) for k, v in state.items()}, str(source), named=True)
     _refuse_differences(inferred.differences_from(native, ignore=MATCHED + NOT_ARCHITECTURE), source, name)
     try:
-        state = checkpoint_filter_fn(state, model)
+        state = to_timm_state(model, state)
     except (RuntimeError, ValueError, KeyError, IndexError) as e:
         raise VitConvertError(f"{source}: timm's checkpoint filter cannot fit it to {name} ({e})") from None
     _load_checked(model, state, str(source), name)
@@ -196,8 +204,8 @@ def verify(path: str | os.PathLike, timm_model: str, *, source: str | os.PathLik
     kwargs = dict(timm_kwargs or {})
     meta = create_timm_model(timm_model, meta=True, **kwargs)
     native = timm_config(meta, timm_model)
-    # Eva takes no act_layer: its MLPs' activations are fixed (GELU, or SiLU in its SwiGLU).
-    eva = type(meta).__name__ == "Eva"
+    # Eva and Beit take no act_layer: their MLPs' activations are fixed (GELU, or SiLU in Eva's SwiGLU).
+    eva, beit = type(meta).__name__ == "Eva", is_beit(meta)
     if eva and timm_act != "match":
         raise VitConvertError(f"timm's {timm_model} is an Eva, which takes no activation: --timm-act applies to "
                               "VisionTransformer models")
@@ -212,7 +220,10 @@ def verify(path: str | os.PathLike, timm_model: str, *, source: str | os.PathLik
     ours = build_with_weights(cfg, state)
     # At another size timm's position embeddings are resampled to it too: the input size, not the architecture.
     at = {} if cfg.img_size == native.img_size else {"img_size": cfg.img_size}
-    theirs = create_timm_model(timm_model, **{**kwargs, **at, **({} if eva else {"act_layer": act})})
+    if beit and act != native.act:
+        raise VitConvertError(f"timm's {timm_model} is a Beit, whose activation ({native.act}) timm does not let "
+                              f"a caller change: it cannot run {act}")
+    theirs = create_timm_model(timm_model, **{**kwargs, **at, **({} if eva or beit else {"act_layer": act})})
     origin = load_timm_weights(theirs, timm_model, native, Path(source) if source else None, state)
     if cfg.hybrid_layers is not None and timm_act == "match":
         original = "none" if source is None else "jax" if Path(source).suffix == ".npz" else "timm"

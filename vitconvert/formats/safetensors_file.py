@@ -14,7 +14,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,15 +213,21 @@ class SafetensorsReader:
         self.metadata = header.metadata
         self.shapes = {name: shape for name, (_, shape) in header.tensors.items()}
         self.dtypes = {name: dtype for name, (dtype, _) in header.tensors.items()}
-        for name, dtype in self.dtypes.items():
-            if dtype not in FLOAT_STORAGE:
-                raise VitConvertError(f"{self.path}: tensor {name} has dtype {dtype}; expected floating point weights")
         with open(self.path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
             entries = json.loads(f.read(size))
         self._offsets = {name: 8 + size + entries[name]["data_offsets"][0] for name in self.shapes}
 
+    def check_weights(self, keys: Iterable[str], where: str) -> None:
+        """Floating point tensors only, among `keys`: an integer one (an index buffer an older save kept beside
+        the weights, which a converter leaves out) would read as nonsense."""
+        for name in keys:
+            if self.dtypes[name] not in FLOAT_STORAGE:
+                raise VitConvertError(f"{where}: tensor {name} has dtype {self.dtypes[name]}; expected floating point "
+                                      "weights")
+
     def read(self, key: str) -> np.ndarray:
+        self.check_weights([key], str(self.path))
         stored = FLOAT_STORAGE[self.dtypes[key]]
         count = int(np.prod(self.shapes[key], dtype=np.int64))
         try:

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.config import Activation, ViTConfig
+from ..core.param_shapes import rel_pos_table_shape
 from .attn_context import AttnContext, logit_bias, rotate_qk
+from .relpos import RelPosBias
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -127,7 +129,8 @@ class Attention(nn.Module):
 
     Block `index` of the config: with grouped-query attention (`kv_heads`) its own key/value head count, qkv's
     rows then q (heads x d), k and v (kv heads x d each). Without a key bias (`k_bias` off) the query and value
-    biases are `q_bias` and `v_bias`, timm's EvaAttention's names. Each call takes the block's `AttnContext`
+    biases are `q_bias` and `v_bias`, timm's EvaAttention's names; BEiT's relative position table of the block is
+    `relative_position_bias_table` (the model puts its bias into the context). Each call takes the block's `AttnContext`
     (RoPE on q and k after their norms, an additive logit bias), or None.
     """
 
@@ -147,11 +150,20 @@ class Attention(nn.Module):
             self.v_bias = nn.Parameter(torch.zeros(kv))
         else:
             self.q_bias = self.v_bias = None
+        if cfg.rel_pos_bias:  # BEiT's table of this block (model/relpos.py), timm's Beit's name
+            self.relative_position_bias_table = nn.Parameter(torch.zeros(rel_pos_table_shape(cfg)))
+            self._rel_pos = RelPosBias(cfg)
         self.qkv = nn.Linear(dim, inner + 2 * kv, bias=cfg.qkv_bias and cfg.k_bias)
         self.q_norm = norm(cfg.head_dim) if cfg.qk_norm else nn.Identity()
         self.k_norm = norm(cfg.head_dim) if cfg.qk_norm else nn.Identity()
         self.norm = norm(inner) if cfg.scale_attn_norm else nn.Identity()
         self.proj = nn.Linear(inner, dim, bias=cfg.proj_bias)
+
+    def rel_pos_bias(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        """This block's relative position bias on `grid`, (1, heads, N, N), or None without a table of its own."""
+        if not hasattr(self, "relative_position_bias_table"):
+            return None
+        return self._rel_pos(self.relative_position_bias_table, grid)
 
     def _bias(self) -> torch.Tensor | None:
         """qkv's bias, the key's zeros between q_bias and v_bias where those hold it."""

@@ -22,6 +22,7 @@ from ..formats.weights_file import (
 from .optimize import compile_model, quantize_int8
 from .patch_resize import resample_patch_kernel
 from .posembed import pos_embed_on_grid
+from .relpos import resize_table
 from .vit import VisionTransformer
 
 
@@ -41,8 +42,8 @@ def float32_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def at_size(cfg: ViTConfig, state: dict[str, torch.Tensor], img_size: tuple[int, int],
             patch_size: int | tuple[int, int] | None = None) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
     """Config and weights for another input size, another patch size or both: the patch kernel PI-resized
-    (patch_resize.py, FlexiViT's), the position embeddings resampled by the config's method from the
-    stored grid to the new one (the grid changes with either)."""
+    (patch_resize.py, FlexiViT's), the position embeddings and relative position tables resampled by the
+    config's methods from the stored grid to the new one (the grid changes with either)."""
     patch = cfg.patch_hw if patch_size is None else parse_size(patch_size)
     if tuple(img_size) == cfg.img_size and patch == cfg.patch_hw:
         return cfg, state
@@ -51,9 +52,12 @@ def at_size(cfg: ViTConfig, state: dict[str, torch.Tensor], img_size: tuple[int,
     changed = {}
     if patch != cfg.patch_hw:
         changed["patch_embed.proj.weight"] = resample_patch_kernel(state["patch_embed.proj.weight"], patch)
-    # Nothing else depends on the position (sincos2d is computed per grid).
+    # Nothing else depends on the position (sincos2d and RoPE are computed per grid).
     if cfg.pos_embed == "learn" and new.grid_size != cfg.grid_size:
         changed["pos_embed"] = pos_embed_on_grid(state["pos_embed"], cfg, new.grid_size)
+    if new.grid_size != cfg.grid_size:  # BEiT's relative position tables, by the file's rule
+        changed |= {k: resize_table(v, cfg.grid_size, new.grid_size, cfg.rel_pos_resize) for k, v in state.items()
+                    if k.endswith(".relative_position_bias_table")}
     return new, {**state, **changed} if changed else state
 
 

@@ -148,6 +148,8 @@ class GridTables:
 
     def get(self, param: torch.Tensor, grid: tuple[int, int],
             resample: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if param.is_inference():  # a model built under inference_mode: no version counter to key a table by
+            return resample()
         state = (param._version, param.data_ptr(), param.dtype, param.device)
         if self._param is None or self._param() is not param or state != self._state:
             self._param, self._state, self._tables = weakref.ref(param), state, {}

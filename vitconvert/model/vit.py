@@ -21,6 +21,7 @@ from .hybrid import backbone_channels, build_backbone
 from .layers import norm_factory
 from .pooling import AttentionPoolLatent
 from .posembed import GridTables, pos_embed_on_grid, sincos_2d
+from .relpos import RelativePositionBias
 from .rope import Rope
 
 
@@ -110,6 +111,7 @@ class VisionTransformer(nn.Module):
         # Registered where timm's Eva registers it, so that `rope.freqs` sits where its state dict has it.
         self.rope = Rope(cfg) if cfg.rope != "none" else None
         self.norm_pre = norm(D) if cfg.pre_norm else nn.Identity()
+        self.rel_pos_bias = RelativePositionBias(cfg) if cfg.shared_rel_pos_bias else None
         self.blocks = nn.Sequential(*(build_block(cfg, i) for i in range(cfg.depth)))
         self.norm = norm(D) if cfg.final_norm and not cfg.fc_norm else nn.Identity()
         if cfg.pool == "map":
@@ -141,11 +143,19 @@ class VisionTransformer(nn.Module):
 
     def attn_contexts(self, x: torch.Tensor) -> list[AttnContext] | None:
         """Each block's positional context for images `x` (B, C, H, W): RoPE for their grid, made once per grid
-        (model/rope.py); None where the model has none, which keeps every block on its plain path. An
-        attention-logit bias (BEiT's relative positions) belongs here too: one AttnContext per block."""
-        if self.rope is None:
+        (model/rope.py), and BEiT's relative position bias (model/relpos.py: the shared table's, plus the
+        block's own); None where the model has neither, which keeps every block on its plain path."""
+        cfg = self.config
+        if self.rope is None and not (cfg.rel_pos_bias or cfg.shared_rel_pos_bias):
             return None
-        return self.rope.contexts(self.config.input_grid((x.shape[-2], x.shape[-1])), x.device)
+        grid = cfg.input_grid((x.shape[-2], x.shape[-1]))
+        ctxs = self.rope.contexts(grid, x.device) if self.rope is not None else [AttnContext()] * len(self.blocks)
+        if not (cfg.rel_pos_bias or cfg.shared_rel_pos_bias):
+            return ctxs
+        shared = self.rel_pos_bias(grid) if self.rel_pos_bias is not None else None
+        biases = [block.attn.rel_pos_bias(grid) for block in self.blocks]
+        biases = [own if shared is None else shared if own is None else own + shared for own in biases]
+        return [ctx._replace(bias=bias) for ctx, bias in zip(ctxs, biases, strict=True)]
 
     def run_blocks(self, x: torch.Tensor, ctxs: list[AttnContext] | None) -> torch.Tensor:
         """The blocks in turn, each with its context."""
