@@ -141,6 +141,8 @@ REFUSED = {  # our config -> a phrase of the reason
     "layer scale with a classifier": (DINOV2.replace(num_classes=5), "layer scale with a classifier"),
     "representation layer before a classifier": (SMALL.replace(representation_size=48),
                                                  "a representation layer before the classifier"),
+    "RoPE (Naver's, with a key bias)": (SMALL.replace(rope="cat"), "rotary position embeddings (cat)"),
+    "grouped-query attention": (SMALL.replace(kv_heads=(1,) * SMALL.depth), "attention heads not of the width"),
 }
 
 

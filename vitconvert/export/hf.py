@@ -96,6 +96,11 @@ def unexpressible(cfg: ViTConfig, features: bool) -> list[str]:
                                                   "ViTForImageClassification classifies the class token directly; "
                                                   "export the features (--features) for a ViTModel whose pooler "
                                                   "it is")),
+        (cfg.rope != "none", f"rotary position embeddings ({cfg.rope}): transformers' ViT, DeiT and Dinov2 have "
+                             "none (DINOv3's own, DINOv3ViTModel, is written for rope 'dinov3')"),
+        (cfg.attn_head_dim is not None or cfg.kv_heads is not None,
+         "attention heads not of the width's split (another head width, or grouped-query attention)"),
+        (cfg.layer_scale and not cfg.mlp_layer_scale, "layer scale on the attention branch only"),
     ]
     problems = [why for failed, why in checks if failed]
     if cfg.layer_scale and not problems and hf_layouts.dinov2_mlp_ratio(cfg.embed_dim, _hidden(cfg),
