@@ -3,9 +3,8 @@ and refused as the CLI promises; canonicalization is big_vision's."""
 
 from __future__ import annotations
 
-import string
-
 import pytest
+from helpers.big_vision_layouts import canonicalize_text as big_vision_canonicalize_text  # written out
 from open_clip import zero_shot_metadata as oc
 
 from vitconvert.core.errors import VitConvertError
@@ -70,21 +69,6 @@ def test_a_template_without_exactly_one_slot_is_refused(spec):
 
 def test_prompts_are_filled_by_substitution_class_major():
     assert prompts(["a", "b"], ["x {}", "{} y {z}"]) == ["x a", "a y {z}", "x b", "b y {z}"]
-
-
-def big_vision_canonicalize_text(text, *, keep_punctuation_exact_string=None):
-    # big_vision/evaluators/proj/image_text/prompt_engineering.py, written out.
-    import re
-    text = text.replace("_", " ")
-    if keep_punctuation_exact_string:
-        text = keep_punctuation_exact_string.join(
-            part.translate(str.maketrans("", "", string.punctuation))
-            for part in text.split(keep_punctuation_exact_string))
-    else:
-        text = text.translate(str.maketrans("", "", string.punctuation))
-    text = text.lower()
-    text = re.sub(r"\s+", " ", text)
-    return text.strip()
 
 
 @pytest.mark.parametrize("keep", [None, ",", "{}"])
